@@ -1,0 +1,391 @@
+#!/usr/bin/env python3
+"""Train a hypergrid GFlowNet with torchgfn 2.4.1 and print one JSON line.
+
+Peer driver for `cargo xtask bench hypergrid --vs torchgfn`. It follows the
+recipe of torchgfn's own `tutorials/examples/train_hypergrid.py` (the
+trajectory-balance paper's hypergrid set-up): K-hot input, an MLP policy whose
+trunk is shared by P_B (and by log F for DB/SubTB), Adam with one learning rate
+for the networks and another for log Z, on-policy sampling.
+
+Quality is measured exactly, not by sampling: every `--eval-every` iterations
+(and at the end) the terminating distribution P_T of the current forward
+policy is computed over all H^d states by dynamic programming in float64 and
+compared with p*(x) = R(x)/Z. Evaluations are not timed.
+
+stdout carries exactly one line of JSON; everything else goes to stderr.
+See benches/peers/README.md.
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import resource
+import sys
+import time
+
+# Keep stdout for the single JSON line: anything a library prints goes to stderr.
+_REAL_STDOUT = sys.stdout
+sys.stdout = sys.stderr
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import gfn  # noqa: E402
+from gfn.estimators import DiscretePolicyEstimator, ScalarEstimator  # noqa: E402
+from gfn.gflownet import (  # noqa: E402
+    DBGFlowNet,
+    FMGFlowNet,
+    SubTBGFlowNet,
+    TBGFlowNet,
+)
+from gfn.gym import HyperGrid  # noqa: E402
+from gfn.preprocessors import KHotPreprocessor  # noqa: E402
+from gfn.utils.modules import MLP  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ndim", type=int, default=4)
+    p.add_argument("--height", type=int, default=8)
+    p.add_argument("--r0", type=float, default=0.1)
+    p.add_argument("--r1", type=float, default=0.5)
+    p.add_argument("--r2", type=float, default=2.0)
+    p.add_argument("--loss", choices=["tb", "db", "subtb", "fm"], default="tb")
+    p.add_argument("--lambda", dest="lamda", type=float, default=0.9,
+                   help="SubTB lambda (geometric_within weighting)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--iterations", type=int, default=10000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr-logz", type=float, default=0.1)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--epsilon", type=float, default=0.0)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    if args.iterations < 1 or args.batch_size < 1 or args.eval_every < 1:
+        p.error("--iterations, --batch-size and --eval-every must be >= 1")
+    if args.height < 2 or args.ndim < 1:
+        p.error("--height must be >= 2 and --ndim >= 1")
+    return args
+
+
+def config_dict(args):
+    return {
+        "ndim": args.ndim,
+        "height": args.height,
+        "r0": args.r0,
+        "r1": args.r1,
+        "r2": args.r2,
+        "loss": args.loss,
+        "lambda": args.lamda,
+        "batch_size": args.batch_size,
+        "iterations": args.iterations,
+        "seed": args.seed,
+        "lr": args.lr,
+        "lr_logz": args.lr_logz,
+        "hidden": args.hidden,
+        "layers": args.layers,
+        "eval_every": args.eval_every,
+        "epsilon": args.epsilon,
+        "temperature": args.temperature,
+        "threads": args.threads,
+    }
+
+
+# --------------------------------------------------------------------------
+# Model construction (torchgfn API, as in tutorials/examples/train_hypergrid.py)
+# --------------------------------------------------------------------------
+
+def build_gflownet(args, env, preprocessor):
+    """Returns (gflownet, policy_estimator) where policy_estimator gives P_F logits."""
+    if args.loss == "fm":
+        # FM: a DiscretePolicyEstimator whose outputs are log edge flows; the
+        # sampling policy is their masked softmax.
+        module = MLP(
+            input_dim=preprocessor.output_dim,
+            output_dim=env.n_actions,
+            hidden_dim=args.hidden,
+            n_hidden_layers=args.layers,
+        )
+        logF = DiscretePolicyEstimator(
+            module=module, n_actions=env.n_actions, preprocessor=preprocessor
+        )
+        return FMGFlowNet(logF), logF
+
+    pf_module = MLP(
+        input_dim=preprocessor.output_dim,
+        output_dim=env.n_actions,
+        hidden_dim=args.hidden,
+        n_hidden_layers=args.layers,
+    )
+    # P_B learned, sharing P_F's trunk ("tied"); only its last layer is its own.
+    pb_module = MLP(
+        input_dim=preprocessor.output_dim,
+        output_dim=env.n_actions - 1,
+        hidden_dim=args.hidden,
+        n_hidden_layers=args.layers,
+        trunk=pf_module.trunk,
+    )
+    pf = DiscretePolicyEstimator(
+        module=pf_module, n_actions=env.n_actions, preprocessor=preprocessor
+    )
+    pb = DiscretePolicyEstimator(
+        module=pb_module,
+        n_actions=env.n_actions,
+        is_backward=True,
+        preprocessor=preprocessor,
+    )
+    if args.loss == "tb":
+        return TBGFlowNet(pf=pf, pb=pb, init_logZ=0.0), pf
+
+    # log F(s) as a ScalarEstimator, sharing the same trunk.
+    logF_module = MLP(
+        input_dim=preprocessor.output_dim,
+        output_dim=1,
+        hidden_dim=args.hidden,
+        n_hidden_layers=args.layers,
+        trunk=pf_module.trunk,
+    )
+    logF = ScalarEstimator(module=logF_module, preprocessor=preprocessor)
+    if args.loss == "db":
+        return DBGFlowNet(pf=pf, pb=pb, logF=logF), pf
+    return (
+        SubTBGFlowNet(
+            pf=pf, pb=pb, logF=logF, weighting="geometric_within", lamda=args.lamda
+        ),
+        pf,
+    )
+
+
+def build_optimizer(args, gflownet):
+    # named_parameters() deduplicates the shared trunk. Only TB has a logZ.
+    named = dict(gflownet.named_parameters())
+    logz = [v for k, v in named.items() if k == "logZ"]
+    others = [v for k, v in named.items() if k != "logZ"]
+    groups = [{"params": others, "lr": args.lr}]
+    if logz:
+        groups.append({"params": logz, "lr": args.lr_logz})
+    return torch.optim.Adam(groups)
+
+
+# --------------------------------------------------------------------------
+# Exact evaluation
+# --------------------------------------------------------------------------
+
+class ExactEvaluator:
+    """Exact P_T of the forward policy over all H^d states, in float64.
+
+    State index = sum_i x_i * H^i (coordinate 0 least significant), so every
+    forward move i increases the index by H^i. The DP runs level by level
+    (level = sum of coordinates), which is a topological order; within a level
+    it is vectorised.
+    """
+
+    def __init__(self, args, env):
+        self.H = H = args.height
+        self.d = d = args.ndim
+        self.n = n = H ** d
+        idx = np.arange(n, dtype=np.int64)
+        self.strides = H ** np.arange(d, dtype=np.int64)  # H^i
+        coords = (idx[:, None] // self.strides[None, :]) % H  # [n, d]
+        self.coords = coords
+        # Valid forward actions: increment i when x_i < H-1; exit always valid.
+        self.valid = np.concatenate(
+            [coords < H - 1, np.ones((n, 1), dtype=bool)], axis=1
+        )
+        self.levels = [np.nonzero(coords.sum(1) == k)[0] for k in range(d * (H - 1) + 1)]
+        self.states = env.States(torch.as_tensor(coords, dtype=torch.long))
+
+        # Reward R0 + R1*prod 1[0.25<ax] + R2*prod 1[0.3<ax<0.4], ax=|x/(H-1)-0.5|.
+        ax = np.abs(coords / (H - 1) - 0.5)
+        reward = (
+            args.r0
+            + args.r1 * np.prod(ax > 0.25, axis=1)
+            + args.r2 * np.prod((ax > 0.3) & (ax < 0.4), axis=1)
+        ).astype(np.float64)
+        # Cross-check against torchgfn's own reward (float32, with a small eps).
+        env_reward = env.reward(self.states).detach().double().numpy()
+        if not np.allclose(env_reward, reward, rtol=1e-5, atol=1e-6):
+            raise RuntimeError("reward mismatch between driver and torchgfn HyperGrid")
+        self.Z = float(reward.sum())
+        self.target = reward / self.Z
+        self.log_z_true = math.log(self.Z)
+
+    def terminating_distribution(self, logits):
+        """logits: float64 numpy [n, d+1] raw network outputs for every state."""
+        x = np.where(self.valid, logits, -np.inf)
+        x = x - x.max(axis=1, keepdims=True)
+        logp = x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+        p = np.exp(logp)  # exactly 0 on invalid actions
+        u = np.zeros(self.n, dtype=np.float64)
+        u[0] = 1.0
+        for lvl in self.levels[1:]:
+            acc = np.zeros(len(lvl), dtype=np.float64)
+            c = self.coords[lvl]
+            for i in range(self.d):
+                has = c[:, i] > 0
+                child = lvl[has]
+                parent = child - self.strides[i]
+                acc[has] += u[parent] * p[parent, i]
+            u[lvl] = acc
+        return u * p[:, self.d]
+
+    def metrics(self, pt):
+        q = self.target
+        diff = np.abs(pt - q)
+        l1 = float(diff.sum())
+        m = 0.5 * (pt + q)
+
+        def kl(a, b):
+            mask = a > 0
+            return float(np.sum(a[mask] * (np.log(a[mask]) - np.log(np.maximum(b[mask], 1e-300)))))
+
+        return {
+            "l1_sum": l1,
+            "tv": l1 / 2.0,
+            "l1_mean": l1 / self.n,
+            "jsd": 0.5 * kl(pt, m) + 0.5 * kl(q, m),
+            "kl": kl(q, pt),
+        }
+
+
+@torch.no_grad()
+def evaluate(args, env, gflownet, policy, evaluator):
+    logits = policy(evaluator.states).double().numpy()  # raw module outputs
+    pt = evaluator.terminating_distribution(logits)
+    out = evaluator.metrics(pt)
+    if args.loss == "tb":
+        log_z = float(gflownet.logZ.detach().double().item())
+    elif args.loss in ("db", "subtb"):
+        s0 = env.reset(batch_shape=(1,))
+        log_z = float(gflownet.logF(s0).double().reshape(-1)[0].item())
+    else:  # fm: log of the total out-flow of s0 (all edges, exit included)
+        row = np.where(evaluator.valid[0], logits[0], -np.inf)
+        mx = row.max()
+        log_z = float(mx + np.log(np.exp(row - mx).sum()))
+    out["log_z_learned"] = log_z
+    return out
+
+
+# --------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+
+    env = HyperGrid(
+        ndim=args.ndim,
+        height=args.height,
+        reward_fn_str="original",
+        reward_fn_kwargs={"R0": args.r0, "R1": args.r1, "R2": args.r2},
+        device="cpu",
+        calculate_partition=False,
+        store_all_states=False,
+        debug=False,
+    )
+    preprocessor = KHotPreprocessor(height=args.height, ndim=args.ndim)
+    gflownet, policy = build_gflownet(args, env, preprocessor)
+    optimizer = build_optimizer(args, gflownet)
+    evaluator = ExactEvaluator(args, env)
+
+    on_policy = args.epsilon == 0.0 and args.temperature == 1.0
+    # SubTB with geometric weighting needs a sum (torchgfn coerces mean to sum;
+    # the example passes "sum" explicitly).
+    reduction = "sum" if args.loss == "subtb" else "mean"
+
+    evals = []
+    wall = 0.0
+    for it in range(1, args.iterations + 1):
+        t0 = time.perf_counter()
+        trajectories = gflownet.sample_trajectories(
+            env,
+            n=args.batch_size,
+            save_logprobs=on_policy,
+            save_estimator_outputs=not on_policy,
+            epsilon=args.epsilon,
+            temperature=args.temperature,
+        )
+        training_samples = gflownet.to_training_samples(trajectories)
+        optimizer.zero_grad()
+        loss = gflownet.loss(
+            env,
+            training_samples,
+            recalculate_all_logprobs=not on_policy,
+            reduction=reduction,
+        )
+        loss.backward()
+        optimizer.step()
+        wall += time.perf_counter() - t0
+
+        if it % args.eval_every == 0 or it == args.iterations:
+            e = {"iteration": it}
+            e.update(evaluate(args, env, gflownet, policy, evaluator))
+            evals.append(e)
+            print(
+                f"iter {it} loss {loss.item():.4f} l1 {e['l1_sum']:.4f} "
+                f"logZ {e['log_z_learned']:.4f} (true {evaluator.log_z_true:.4f}) "
+                f"train {wall:.1f}s",
+                file=sys.stderr,
+            )
+
+    iterations = args.iterations
+    trajectories_n = iterations * args.batch_size
+    final = dict(evals[-1])
+    final["log_z_true"] = evaluator.log_z_true
+    last5 = evals[-5:]
+    result = {
+        "library": "torchgfn",
+        "versions": {
+            "torchgfn": getattr(gfn, "__version__", None) or _dist_version("torchgfn"),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+        "config": config_dict(args),
+        "iterations": iterations,
+        "trajectories": trajectories_n,
+        "wall_seconds": wall,
+        "iterations_per_second": iterations / wall if wall > 0 else None,
+        "trajectories_per_second": trajectories_n / wall if wall > 0 else None,
+        "ms_per_iteration": 1000.0 * wall / iterations,
+        "evals": evals,
+        "final": final,
+        "quality_l1_sum_last5": float(np.mean([e["l1_sum"] for e in last5])),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+    }
+    _REAL_STDOUT.write(json.dumps(_finite_or_null(result), allow_nan=False) + "\n")
+    _REAL_STDOUT.flush()
+
+
+def _finite_or_null(x):
+    """Strict JSON: a diverged run's NaN / inf metrics become null."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite_or_null(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite_or_null(v) for v in x]
+    return x
+
+
+def _dist_version(name):
+    try:
+        from importlib.metadata import version
+
+        return version(name)
+    except Exception:
+        return None
+
+
+if __name__ == "__main__":
+    main()

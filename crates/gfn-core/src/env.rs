@@ -1,0 +1,147 @@
+//! The environment trait: a discrete DAG of partial objects, batch-first.
+//!
+//! A state is a fixed-width row of `i32` (`state_dim` of them). A batch of states is one contiguous
+//! `&[i32]` of `n * state_dim` values; a batch of masks is one contiguous `&mut [bool]` of
+//! `n * n_actions` values. The per-row methods are the ones an implementor writes; the `*_batch`
+//! methods have default loops over rows and may be overridden with vectorised versions.
+//!
+//! # Terminal objects
+//! Two shapes of DAG are supported:
+//! * **with an exit action** (`exit_action()` is `Some(a)`): taking `a` in state `s` terminates the
+//!   trajectory with the object `x = s` (the move `s → s_f`). Every state where `a` is allowed is a
+//!   terminal object. A trajectory with `n` actions visits `n` real states `s_0 … s_{n−1}`.
+//! * **without** (`exit_action()` is `None`): a trajectory ends when it reaches a state for which
+//!   [`Env::is_terminal`] holds; that state is the object `x`. A trajectory with `n` actions visits
+//!   `n + 1` real states `s_0 … s_n`.
+//!
+//! # Example: a new environment is one trait impl
+//! A chain `0 → 1 → … → L−1` where every node may also exit, with reward `exp(−|node − 2|)`:
+//! ```
+//! use gfn_core::Env;
+//!
+//! struct Chain { len: i32 }
+//!
+//! impl Env for Chain {
+//!     fn name(&self) -> String { format!("chain-{}", self.len) }
+//!     fn state_dim(&self) -> usize { 1 }
+//!     fn n_actions(&self) -> usize { 2 }            // 0: advance, 1: exit
+//!     fn n_backward_actions(&self) -> usize { 1 }   // 0: go back
+//!     fn exit_action(&self) -> Option<usize> { Some(1) }
+//!     fn feature_dim(&self) -> usize { self.len as usize }
+//!     fn max_actions(&self) -> usize { self.len as usize } // L−1 advances + exit
+//!     fn initial_state(&self, out: &mut [i32]) { out[0] = 0; }
+//!     fn forward_mask(&self, s: &[i32], mask: &mut [bool]) {
+//!         mask[0] = s[0] + 1 < self.len;
+//!         mask[1] = true;
+//!     }
+//!     fn backward_mask(&self, s: &[i32], mask: &mut [bool]) { mask[0] = s[0] > 0; }
+//!     fn step(&self, s: &mut [i32], _action: usize) -> usize { s[0] += 1; 0 }
+//!     fn backward_step(&self, s: &mut [i32], _action: usize) -> usize { s[0] -= 1; 0 }
+//!     fn log_reward(&self, s: &[i32]) -> f64 { -f64::from((s[0] - 2).abs()) }
+//!     fn featurize(&self, s: &[i32], out: &mut [f32]) {
+//!         out.fill(0.0);
+//!         out[s[0] as usize] = 1.0;
+//!     }
+//!     fn enumerate_states(&self) -> Option<Vec<i32>> { Some((0..self.len).collect()) }
+//!     fn state_index(&self, s: &[i32]) -> Option<usize> { Some(s[0] as usize) }
+//! }
+//!
+//! let env = Chain { len: 5 };
+//! let ev = gfn_core::exact::ExactEvaluator::new(&env).unwrap();
+//! assert_eq!(ev.num_terminal(), 5);
+//! ```
+//! With that impl the chain trains with every objective, is evaluated exactly, and runs through the
+//! samplers unchanged.
+
+/// A discrete GFlowNet environment: a DAG over fixed-width integer states.
+///
+/// Invariants an implementation must keep (checked by [`crate::dag::check_env`] in tests):
+/// `step` and `backward_step` are inverse to each other on valid actions, the graph is acyclic,
+/// [`Env::enumerate_states`] lists every reachable state exactly once, parents before children.
+pub trait Env: Send + Sync {
+    /// A short name with the parameters, e.g. `hypergrid-4x8`.
+    fn name(&self) -> String;
+    /// Number of `i32` values in one state row.
+    fn state_dim(&self) -> usize;
+    /// Number of forward actions, including the exit action if there is one.
+    fn n_actions(&self) -> usize;
+    /// Number of backward actions.
+    fn n_backward_actions(&self) -> usize;
+    /// The index of the exit action, if the environment has one.
+    fn exit_action(&self) -> Option<usize>;
+    /// Width of the feature vector given to the network.
+    fn feature_dim(&self) -> usize;
+    /// Upper bound on the number of forward actions in one trajectory (including the exit).
+    fn max_actions(&self) -> usize;
+    /// Write the initial state `s_0`.
+    fn initial_state(&self, out: &mut [i32]);
+    /// Which forward actions are allowed in `state` (including the exit action).
+    fn forward_mask(&self, state: &[i32], mask: &mut [bool]);
+    /// Which backward actions are allowed in `state` (none in `s_0`).
+    fn backward_mask(&self, state: &[i32], mask: &mut [bool]);
+    /// Apply the non-exit forward `action` in place; return the backward action that undoes it.
+    fn step(&self, state: &mut [i32], action: usize) -> usize;
+    /// Apply backward `action` in place (to the parent); return the forward action that undoes it.
+    fn backward_step(&self, state: &mut [i32], action: usize) -> usize;
+    /// `log R(x)` of a terminal object.
+    fn log_reward(&self, state: &[i32]) -> f64;
+    /// Write the network input for `state` into `out` (`feature_dim` values).
+    fn featurize(&self, state: &[i32], out: &mut [f32]);
+
+    /// Whether `state` is a terminal object in an environment without exit action.
+    /// Environments with an exit action keep the default.
+    fn is_terminal(&self, _state: &[i32]) -> bool {
+        false
+    }
+    /// Whether `state` is the initial state.
+    fn is_initial(&self, state: &[i32]) -> bool {
+        let mut s0 = vec![0; self.state_dim()];
+        self.initial_state(&mut s0);
+        s0 == state
+    }
+    /// Whether a terminal object counts as a mode (for the "modes found" metric).
+    fn is_mode(&self, _state: &[i32]) -> bool {
+        false
+    }
+    /// All states, flattened, in a topological order (parents first), where the space is small
+    /// enough to enumerate; `None` otherwise.
+    fn enumerate_states(&self) -> Option<Vec<i32>> {
+        None
+    }
+    /// The position of `state` in [`Env::enumerate_states`], if the environment can compute it
+    /// directly; `None` makes callers build a hash map.
+    fn state_index(&self, _state: &[i32]) -> Option<usize> {
+        None
+    }
+
+    /// Forward masks for a batch of states (`states.len() / state_dim` rows).
+    fn forward_masks(&self, states: &[i32], masks: &mut [bool]) {
+        let (d, a) = (self.state_dim(), self.n_actions());
+        for (s, m) in states.chunks_exact(d).zip(masks.chunks_exact_mut(a)) {
+            self.forward_mask(s, m);
+        }
+    }
+    /// Backward masks for a batch of states.
+    fn backward_masks(&self, states: &[i32], masks: &mut [bool]) {
+        let (d, a) = (self.state_dim(), self.n_backward_actions());
+        for (s, m) in states.chunks_exact(d).zip(masks.chunks_exact_mut(a)) {
+            self.backward_mask(s, m);
+        }
+    }
+    /// Features for a batch of states.
+    fn featurize_batch(&self, states: &[i32], out: &mut [f32]) {
+        let (d, f) = (self.state_dim(), self.feature_dim());
+        for (s, o) in states.chunks_exact(d).zip(out.chunks_exact_mut(f)) {
+            self.featurize(s, o);
+        }
+    }
+}
+
+/// Number of real states (rows needing a network evaluation) in a trajectory of `n_actions` actions.
+pub fn states_in_trajectory(env: &(impl Env + ?Sized), n_actions: usize) -> usize {
+    if env.exit_action().is_some() {
+        n_actions
+    } else {
+        n_actions + 1
+    }
+}

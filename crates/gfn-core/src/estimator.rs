@@ -1,0 +1,246 @@
+//! Estimators: one MLP (or one per head) giving P_F logits, P_B logits, log F(s), and a scalar log Z.
+//!
+//! With a shared trunk the last layer emits `[P_F logits | P_B logits | log F]` in one matmul and
+//! the heads are column slices; with separate trunks each head has its own MLP. A uniform P_B has
+//! no parameters. The device is whatever the caller passes: CPU now, CUDA later.
+
+use candle_core::{D, DType, Device, Tensor, Var};
+
+use crate::nn::{Mlp, scalar_var};
+use crate::{GfnError, GfnRng, Result};
+
+/// How the backward policy P_B is parameterised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackwardPolicy {
+    /// Learned, a head of the network.
+    Learned,
+    /// Uniform over the allowed backward actions; no parameters.
+    Uniform,
+}
+
+impl std::str::FromStr for BackwardPolicy {
+    type Err = GfnError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "learned" => Ok(Self::Learned),
+            "uniform" => Ok(Self::Uniform),
+            other => Err(GfnError::invalid("backward_policy", other, "must be learned or uniform")),
+        }
+    }
+}
+
+/// Shape of the estimator.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EstimatorConfig {
+    /// Width of each hidden layer.
+    pub hidden: usize,
+    /// Number of hidden layers.
+    pub layers: usize,
+    /// One trunk for every head (true) or one MLP per head.
+    pub shared_trunk: bool,
+    /// P_B learned or uniform.
+    pub backward: BackwardPolicy,
+    /// Whether to have a log F(s) head (DB, SubTB).
+    pub flow_head: bool,
+}
+
+impl EstimatorConfig {
+    /// Check the sizes, naming the bad field.
+    pub fn validate(&self) -> Result<()> {
+        if self.hidden == 0 {
+            return Err(GfnError::invalid("hidden", self.hidden, "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Network outputs for a batch of states `[n, feature_dim]`.
+#[derive(Debug, Clone)]
+pub struct EstimatorOutput {
+    /// Unmasked forward logits `[n, n_actions]` (log edge flows for flow matching).
+    pub pf_logits: Tensor,
+    /// Unmasked backward logits `[n, n_backward_actions]`; `None` for a uniform P_B.
+    pub pb_logits: Option<Tensor>,
+    /// `log F(s)`, `[n]`; `None` without a flow head.
+    pub log_flow: Option<Tensor>,
+}
+
+/// The GFlowNet's parameterised functions.
+#[derive(Debug, Clone)]
+pub struct Estimator {
+    config: EstimatorConfig,
+    feature_dim: usize,
+    n_actions: usize,
+    n_backward: usize,
+    /// Shared: one net. Separate: P_F, then P_B (if learned), then F (if a flow head).
+    nets: Vec<Mlp>,
+    log_z: Var,
+    device: Device,
+}
+
+impl Estimator {
+    /// Build with parameters drawn from `rng` (in a fixed order, so a seed fixes every weight).
+    pub fn new(
+        config: EstimatorConfig,
+        feature_dim: usize,
+        n_actions: usize,
+        n_backward: usize,
+        device: &Device,
+        rng: &mut GfnRng,
+    ) -> Result<Self> {
+        config.validate()?;
+        let learned_pb = config.backward == BackwardPolicy::Learned;
+        let (h, l) = (config.hidden, config.layers);
+        let nets = if config.shared_trunk {
+            let out = n_actions + if learned_pb { n_backward } else { 0 } + usize::from(config.flow_head);
+            vec![Mlp::new(feature_dim, h, l, out, device, rng)?]
+        } else {
+            let mut nets = vec![Mlp::new(feature_dim, h, l, n_actions, device, rng)?];
+            if learned_pb {
+                nets.push(Mlp::new(feature_dim, h, l, n_backward, device, rng)?);
+            }
+            if config.flow_head {
+                nets.push(Mlp::new(feature_dim, h, l, 1, device, rng)?);
+            }
+            nets
+        };
+        Ok(Self {
+            config,
+            feature_dim,
+            n_actions,
+            n_backward,
+            nets,
+            log_z: scalar_var(0.0, device)?,
+            device: device.clone(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EstimatorConfig {
+        &self.config
+    }
+    /// The device the parameters live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    /// Input width.
+    pub fn feature_dim(&self) -> usize {
+        self.feature_dim
+    }
+    /// The scalar `log Z` parameter, shape `[1]`.
+    pub fn log_z(&self) -> &Var {
+        &self.log_z
+    }
+    /// Current value of `log Z`.
+    pub fn log_z_value(&self) -> Result<f64> {
+        Ok(f64::from(self.log_z.as_tensor().to_vec1::<f32>()?[0]))
+    }
+
+    /// Network parameters by name (sorted by construction order: `net{k}.{layer}.weight|bias`).
+    /// `log Z` is separate ([`Estimator::log_z`]) because it has its own learning rate.
+    pub fn named_params(&self) -> Vec<(String, Var)> {
+        let mut out = Vec::new();
+        for (k, net) in self.nets.iter().enumerate() {
+            net.named_params(&format!("net{k}"), &mut out);
+        }
+        out
+    }
+
+    /// Number of scalar parameters, `log Z` included.
+    pub fn num_params(&self) -> usize {
+        self.nets.iter().map(Mlp::num_params).sum::<usize>() + 1
+    }
+
+    /// Every head on a batch of features `[n, feature_dim]`, recording the autograd graph.
+    pub fn forward(&self, features: &Tensor) -> Result<EstimatorOutput> {
+        self.forward_impl(features, false)
+    }
+
+    /// Every head without recording a graph (evaluation).
+    pub fn forward_detached(&self, features: &Tensor) -> Result<EstimatorOutput> {
+        self.forward_impl(features, true)
+    }
+
+    /// Only the P_F logits, without a graph: what a rollout needs.
+    pub fn pf_logits_detached(&self, features: &Tensor) -> Result<Tensor> {
+        let out = self.nets[0].forward(features, true)?;
+        if self.config.shared_trunk {
+            Ok(out.narrow(D::Minus1, 0, self.n_actions)?)
+        } else {
+            Ok(out)
+        }
+    }
+
+    /// Only the P_B logits, without a graph (`None` for a uniform P_B).
+    pub fn pb_logits_detached(&self, features: &Tensor) -> Result<Option<Tensor>> {
+        Ok(self.forward_impl(features, true)?.pb_logits)
+    }
+
+    fn forward_impl(&self, features: &Tensor, detached: bool) -> Result<EstimatorOutput> {
+        let learned_pb = self.config.backward == BackwardPolicy::Learned;
+        if self.config.shared_trunk {
+            let out = self.nets[0].forward(features, detached)?;
+            let pf_logits = out.narrow(D::Minus1, 0, self.n_actions)?;
+            let mut col = self.n_actions;
+            let pb_logits = if learned_pb {
+                col += self.n_backward;
+                Some(out.narrow(D::Minus1, self.n_actions, self.n_backward)?)
+            } else {
+                None
+            };
+            let log_flow = if self.config.flow_head {
+                Some(out.narrow(D::Minus1, col, 1)?.squeeze(D::Minus1)?)
+            } else {
+                None
+            };
+            Ok(EstimatorOutput { pf_logits, pb_logits, log_flow })
+        } else {
+            let pf_logits = self.nets[0].forward(features, detached)?;
+            let mut k = 1;
+            let pb_logits = if learned_pb {
+                k += 1;
+                Some(self.nets[1].forward(features, detached)?)
+            } else {
+                None
+            };
+            let log_flow = if self.config.flow_head {
+                Some(self.nets[k].forward(features, detached)?.squeeze(D::Minus1)?)
+            } else {
+                None
+            };
+            Ok(EstimatorOutput { pf_logits, pb_logits, log_flow })
+        }
+    }
+
+    /// Upload a feature buffer `[rows, feature_dim]` to the estimator's device.
+    pub fn features_tensor(&self, features: &[f32], rows: usize) -> Result<Tensor> {
+        Ok(Tensor::from_slice(features, (rows, self.feature_dim), &self.device)?)
+    }
+}
+
+/// Fill value for masked logits: finite, so a row with nothing allowed (the backward logits of
+/// `s_0`) gives finite values and finite gradients instead of NaN, yet `exp` of it is exactly 0.
+pub const MASK_FILL: f32 = -1.0e30;
+
+/// Masked log-softmax over the last dimension: `mask` is `u8` (1 = allowed), same shape.
+pub fn masked_log_softmax(logits: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let fill = Tensor::new(MASK_FILL, logits.device())?
+        .to_dtype(logits.dtype())?
+        .broadcast_as(logits.shape())?;
+    let masked = mask.where_cond(logits, &fill)?;
+    Ok(candle_nn::ops::log_softmax(&masked, D::Minus1)?)
+}
+
+/// Masked log-sum-exp over the last dimension (same masking as [`masked_log_softmax`]).
+pub fn masked_logsumexp(logits: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let fill = Tensor::new(MASK_FILL, logits.device())?
+        .to_dtype(logits.dtype())?
+        .broadcast_as(logits.shape())?;
+    Ok(mask.where_cond(logits, &fill)?.log_sum_exp(D::Minus1)?)
+}
+
+/// Convert a tensor to `Vec<f32>` row-major (any shape, any float dtype).
+pub fn to_vec_f32(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+}

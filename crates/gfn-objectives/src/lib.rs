@@ -1,0 +1,128 @@
+//! # gfn-objectives
+//!
+//! Balance objectives for GFlowNets, each in its own file with its formula:
+//! [`fm`] flow matching, [`db`] detailed balance, [`tb`] trajectory balance, [`subtb`] SubTB(λ).
+//! They take [`BalanceTerms`] (or [`fm::FlowMatchingTerms`]): padded per-step log-probabilities
+//! and flows gathered from one batched forward pass, so no log-probability is computed twice.
+//! [`Objective`] ties a loss to a batch and an estimator.
+
+pub mod db;
+pub mod fm;
+pub mod subtb;
+pub mod tb;
+pub mod terms;
+
+use candle_core::Tensor;
+use gfn_core::batch::TrajectoryBatch;
+use gfn_core::estimator::{Estimator, masked_logsumexp};
+use gfn_core::{Env, GfnError, Result};
+
+pub use db::detailed_balance;
+pub use fm::{FlowMatchingTerms, flow_matching};
+pub use subtb::subtrajectory_balance;
+pub use tb::trajectory_balance;
+pub use terms::BalanceTerms;
+
+/// A training objective.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Objective {
+    /// Flow matching.
+    FlowMatching,
+    /// Detailed balance.
+    DetailedBalance,
+    /// Trajectory balance.
+    TrajectoryBalance,
+    /// SubTB(λ).
+    SubTrajectoryBalance {
+        /// Geometric weight λ > 0.
+        lambda: f64,
+    },
+}
+
+impl Objective {
+    /// The names accepted by [`Objective::parse`].
+    pub const NAMES: &'static str = "fm, db, tb, subtb";
+
+    /// `fm`, `db`, `tb` or `subtb` (with `lambda`).
+    pub fn parse(name: &str, lambda: f64) -> Result<Self> {
+        match name {
+            "fm" => Ok(Self::FlowMatching),
+            "db" => Ok(Self::DetailedBalance),
+            "tb" => Ok(Self::TrajectoryBalance),
+            "subtb" => {
+                if !(lambda.is_finite() && lambda > 0.0) {
+                    return Err(GfnError::invalid("lambda", lambda, "must be finite and > 0"));
+                }
+                Ok(Self::SubTrajectoryBalance { lambda })
+            }
+            other => Err(GfnError::invalid("loss", other, format!("must be one of {}", Self::NAMES))),
+        }
+    }
+
+    /// Short name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::FlowMatching => "fm",
+            Self::DetailedBalance => "db",
+            Self::TrajectoryBalance => "tb",
+            Self::SubTrajectoryBalance { .. } => "subtb",
+        }
+    }
+
+    /// Whether the estimator needs a log F(s) head.
+    pub fn needs_flow_head(&self) -> bool {
+        matches!(self, Self::DetailedBalance | Self::SubTrajectoryBalance { .. })
+    }
+
+    /// Whether the objective uses P_B (flow matching does not).
+    pub fn uses_backward_policy(&self) -> bool {
+        !matches!(self, Self::FlowMatching)
+    }
+
+    /// Whether the scalar log Z is trained.
+    pub fn uses_log_z(&self) -> bool {
+        matches!(self, Self::TrajectoryBalance)
+    }
+
+    /// The loss on `batch`: one batched forward pass of `estimator` over every visited state
+    /// (flow matching adds the parents of each), with gradients.
+    pub fn loss<E: Env + ?Sized>(&self, env: &E, batch: &TrajectoryBatch, estimator: &Estimator) -> Result<Tensor> {
+        if let Self::FlowMatching = self {
+            return flow_matching(&FlowMatchingTerms::from_batch(env, batch, estimator)?);
+        }
+        let x = estimator.features_tensor(&batch.features, batch.num_rows())?;
+        let out = estimator.forward(&x)?;
+        let terms = BalanceTerms::from_batch(batch, &out)?;
+        match *self {
+            Self::TrajectoryBalance => trajectory_balance(&terms, estimator.log_z().as_tensor()),
+            Self::DetailedBalance => detailed_balance(&terms),
+            Self::SubTrajectoryBalance { lambda } => subtrajectory_balance(&terms, lambda),
+            Self::FlowMatching => unreachable!(),
+        }
+    }
+
+    /// The model's estimate of log Z: the log Z parameter (TB), log F(s_0) (DB, SubTB), or the
+    /// total log edge flow out of s_0 (FM).
+    pub fn log_z_estimate<E: Env + ?Sized>(&self, env: &E, estimator: &Estimator) -> Result<f64> {
+        if self.uses_log_z() {
+            return estimator.log_z_value();
+        }
+        let mut s0 = vec![0; env.state_dim()];
+        env.initial_state(&mut s0);
+        let mut f = vec![0.0; env.feature_dim()];
+        env.featurize(&s0, &mut f);
+        let out = estimator.forward_detached(&estimator.features_tensor(&f, 1)?)?;
+        let v = match (self, out.log_flow) {
+            (Self::FlowMatching, _) => {
+                let mut m = vec![false; env.n_actions()];
+                env.forward_mask(&s0, &mut m);
+                let m: Vec<u8> = m.into_iter().map(u8::from).collect();
+                let m = Tensor::from_vec(m, (1, env.n_actions()), estimator.device())?;
+                masked_logsumexp(&out.pf_logits, &m)?
+            }
+            (_, Some(f)) => f,
+            (_, None) => return Err(GfnError::Other("estimator has no log F head".into())),
+        };
+        Ok(f64::from(v.flatten_all()?.to_vec1::<f32>()?[0]))
+    }
+}

@@ -1,0 +1,150 @@
+//! The training configuration: one struct for command-line flags and TOML files, merged with a
+//! clear error when the two disagree, and resolved against the defaults.
+//!
+//! Defaults are the trajectory-balance paper's hypergrid recipe as used by torchgfn
+//! (`reference/baselines.md`): 4×8 hypergrid, R0 0.1; MLP 2×256 with P_B sharing the trunk;
+//! Adam lr 1e-3, log Z lr 0.1; batch 16; on-policy.
+
+use serde::{Deserialize, Serialize};
+
+use gfn_core::{BackwardPolicy, GfnError, Result};
+
+macro_rules! config {
+    ($( $(#[$doc:meta])* $field:ident : $ty:ty = $default:expr ),* $(,)?) => {
+        /// A fully resolved training configuration (what `config.toml` in a run directory holds).
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct TrainConfig {
+            $( $(#[$doc])* pub $field: $ty, )*
+        }
+
+        /// Options as given on the command line or in a TOML file; `None` = not given.
+        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
+        #[serde(deny_unknown_fields)]
+        pub struct ConfigArgs {
+            $( $(#[$doc])* #[arg(long)] pub $field: Option<$ty>, )*
+        }
+
+        impl Default for TrainConfig {
+            fn default() -> Self {
+                Self { $( $field: $default, )* }
+            }
+        }
+
+        impl ConfigArgs {
+            /// Merge flags (`self`) with a file's values, then fill defaults. A key given in both
+            /// with different values is an error naming it.
+            pub fn resolve(self, file: ConfigArgs, file_name: &str) -> Result<TrainConfig> {
+                let d = TrainConfig::default();
+                Ok(TrainConfig { $( $field: merge(stringify!($field), self.$field, file.$field, d.$field, file_name)?, )* })
+            }
+
+            /// Names of the options that were given.
+            pub fn given(&self) -> Vec<&'static str> {
+                let mut v = Vec::new();
+                $( if self.$field.is_some() { v.push(stringify!($field)); } )*
+                v
+            }
+        }
+    };
+}
+
+fn merge<T: PartialEq + std::fmt::Debug>(
+    name: &'static str,
+    flag: Option<T>,
+    file: Option<T>,
+    default: T,
+    file_name: &str,
+) -> Result<T> {
+    match (flag, file) {
+        (Some(a), Some(b)) if a != b => Err(GfnError::invalid(
+            name,
+            format!("{a:?}"),
+            format!("given as {a:?} on the command line but as {b:?} in {file_name}; give it once"),
+        )),
+        (Some(a), _) => Ok(a),
+        (None, Some(b)) => Ok(b),
+        (None, None) => Ok(default),
+    }
+}
+
+config! {
+    /// Environment: `hypergrid`.
+    env: String = "hypergrid".into(),
+    /// Hypergrid dimension d.
+    ndim: usize = 4,
+    /// Hypergrid side H (≥ 2).
+    height: usize = 8,
+    /// Hypergrid base reward R0.
+    r0: f64 = 0.1,
+    /// Hypergrid outer-region bonus R1.
+    r1: f64 = 0.5,
+    /// Hypergrid mode bonus R2.
+    r2: f64 = 2.0,
+    /// Objective: fm, db, tb, subtb.
+    loss: String = "tb".into(),
+    /// SubTB(λ) weight λ > 0.
+    lambda: f64 = 0.9,
+    /// Trajectories per iteration.
+    batch_size: usize = 16,
+    /// Training iterations.
+    iterations: usize = 10_000,
+    /// Seed of the run's random number generator.
+    seed: u64 = 0,
+    /// ε-uniform exploration mixed into P_F when sampling, in [0, 1].
+    epsilon: f64 = 0.0,
+    /// Sampling temperature of P_F (> 0).
+    temperature: f64 = 1.0,
+    /// Adam learning rate of the networks.
+    lr: f64 = 1e-3,
+    /// Adam learning rate of log Z.
+    lr_logz: f64 = 0.1,
+    /// Decoupled weight decay of the networks (AdamW); 0 = Adam.
+    weight_decay: f64 = 0.0,
+    /// Hidden width of the MLP.
+    hidden: usize = 256,
+    /// Number of hidden layers.
+    layers: usize = 2,
+    /// Share one trunk between P_F, P_B and log F (true) or give each its own MLP.
+    shared_trunk: bool = true,
+    /// Backward policy: learned or uniform.
+    backward_policy: BackwardPolicy = BackwardPolicy::Learned,
+    /// Evaluate (exact metrics), log and checkpoint every this many iterations.
+    eval_every: usize = 100,
+    /// Number of most recent sampled terminal states in the empirical distribution.
+    empirical_window: usize = 200_000,
+    /// Intra-op threads for matrix products (1 is fastest at these sizes).
+    threads: usize = 1,
+}
+
+impl TrainConfig {
+    /// Check every field's range, naming the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        let positive = |field: &'static str, v: usize| {
+            if v == 0 { Err(GfnError::invalid(field, v, "must be at least 1")) } else { Ok(()) }
+        };
+        positive("batch_size", self.batch_size)?;
+        positive("iterations", self.iterations)?;
+        positive("hidden", self.hidden)?;
+        positive("eval_every", self.eval_every)?;
+        positive("empirical_window", self.empirical_window)?;
+        positive("threads", self.threads)?;
+        for (field, v) in [("lr", self.lr), ("lr_logz", self.lr_logz)] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(GfnError::invalid(field, v, "must be finite and > 0"));
+            }
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(GfnError::invalid("weight_decay", self.weight_decay, "must be finite and ≥ 0"));
+        }
+        gfn_core::SamplingOptions { epsilon: self.epsilon, temperature: self.temperature }.validate()?;
+        gfn_objectives::Objective::parse(&self.loss, self.lambda)?;
+        crate::envs::build_env(self)?;
+        Ok(())
+    }
+
+    /// The configuration as TOML text.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a TrainConfig always serialises")
+    }
+}

@@ -1,0 +1,21 @@
+//! Building the environment a configuration names.
+
+use gfn_core::{Env, GfnError, Result};
+use gfn_envs::{Hypergrid, HypergridReward};
+
+use crate::config::TrainConfig;
+
+/// The environment names `gfn train --env` accepts.
+pub const ENV_NAMES: &str = "hypergrid";
+
+/// Build the environment of `config`.
+pub fn build_env(config: &TrainConfig) -> Result<Box<dyn Env>> {
+    match config.env.as_str() {
+        "hypergrid" => Ok(Box::new(Hypergrid::new(
+            config.ndim,
+            config.height,
+            HypergridReward { r0: config.r0, r1: config.r1, r2: config.r2 },
+        )?)),
+        other => Err(GfnError::invalid("env", other, format!("must be one of: {ENV_NAMES}"))),
+    }
+}

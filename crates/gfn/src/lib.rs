@@ -1,0 +1,24 @@
+//! # gfn
+//!
+//! Generative Flow Networks in Rust. This facade re-exports the layered crates and holds the
+//! training loop behind the `gfn` command:
+//!
+//! * [`core`] (`gfn-core`): the [`core::Env`] trait, trajectory batches, estimators, samplers,
+//!   exact evaluation;
+//! * [`objectives`] (`gfn-objectives`): FM, DB, TB, SubTB(λ);
+//! * [`environments`] (`gfn-envs`): the tasks, and [`envs`]: building one from a configuration;
+//! * [`train`]: run directories, checkpoints, resume.
+//!
+//! Binaries that use gfn should set a fast global allocator: candle allocates a buffer per tensor
+//! op, and glibc's malloc maps and unmaps large ones every time (`reference/candle-cpu.md` §3a,
+//! 1.8–3× slower steps). The `gfn` binary uses mimalloc.
+
+pub mod checkpoint;
+pub mod config;
+pub mod envs;
+pub mod io;
+pub mod train;
+
+pub use gfn_core as core;
+pub use gfn_envs as environments;
+pub use gfn_objectives as objectives;

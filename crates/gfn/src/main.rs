@@ -1,0 +1,285 @@
+//! The `gfn` command: train, sample from and evaluate GFlowNets.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use candle_core::Device;
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use gfn::config::{ConfigArgs, TrainConfig};
+use gfn::train::{self, EvalRecord, Progress, RunDir, files};
+use gfn_core::{Sampler, SamplingOptions, TrajectoryBatch, rng_from_seed};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "gfn", version, about = "Generative Flow Networks: train, sample, evaluate")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a GFlowNet and evaluate it exactly.
+    Train {
+        #[command(flatten)]
+        options: Box<ConfigArgs>,
+        /// Read options from a TOML file (flags may repeat a value, not contradict it).
+        #[arg(long, value_name = "FILE.toml")]
+        config: Option<PathBuf>,
+        /// Run directory (default: runs/<env>-<loss>-seed<seed>).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Continue the run in DIR (only --iterations may be given with it).
+        #[arg(long, value_name = "DIR")]
+        resume: Option<PathBuf>,
+    },
+    /// Draw terminal objects from a trained policy (ε 0, temperature 1) into a CSV file.
+    Sample {
+        /// Run directory.
+        #[arg(long, value_name = "DIR")]
+        run: PathBuf,
+        /// Number of samples.
+        #[arg(long, default_value_t = 10_000)]
+        n: usize,
+        /// Seed of the sampling RNG.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output CSV file.
+        #[arg(long, value_name = "FILE.csv")]
+        out: PathBuf,
+    },
+    /// Print the exact metrics of a trained policy.
+    Eval {
+        /// Run directory.
+        #[arg(long, value_name = "DIR")]
+        run: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// An error in what the user asked for (exit code 2), as opposed to a failure while running (1).
+struct Fatal {
+    code: u8,
+    error: anyhow::Error,
+}
+
+fn usage<T>(r: Result<T>) -> Result<T, Fatal> {
+    r.map_err(|error| Fatal { code: 2, error })
+}
+
+fn failure<T>(r: Result<T>) -> Result<T, Fatal> {
+    r.map_err(|error| Fatal { code: 1, error })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fatal { code, error }) => {
+            let msg = format!("{error:#}").replace('\n', " ");
+            eprintln!("error: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn dispatch(cmd: Command) -> Result<(), Fatal> {
+    match cmd {
+        Command::Train { options, config, out, resume } => train_cmd(*options, config, out, resume),
+        Command::Sample { run, n, seed, out } => usage(sample_cmd(&run, n, seed, &out)),
+        Command::Eval { run, json } => usage(eval_cmd(&run, json)),
+    }
+}
+
+#[allow(unsafe_code)]
+fn set_threads(n: usize) {
+    // SAFETY: called from the main thread before any other thread exists or candle runs.
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+}
+
+fn train_cmd(options: ConfigArgs, config: Option<PathBuf>, out: Option<PathBuf>, resume: Option<PathBuf>) -> Result<(), Fatal> {
+    let device = Device::Cpu;
+    let (mut trainer, dir) = if let Some(dir_path) = resume {
+        let others: Vec<_> = options.given().into_iter().filter(|&n| n != "iterations").collect();
+        if !others.is_empty() || config.is_some() || out.is_some() {
+            let mut names: Vec<String> = others.iter().map(|n| format!("--{}", n.replace('_', "-"))).collect();
+            if config.is_some() {
+                names.push("--config".into());
+            }
+            if out.is_some() {
+                names.push("--out".into());
+            }
+            return usage(Err(anyhow::anyhow!(
+                "--resume continues a run with its own configuration; only --iterations may be given with it, not {}",
+                names.join(", ")
+            )));
+        }
+        let dir = RunDir::new(&dir_path);
+        usage(gfn::io::ensure_writable_dir(&dir.path))?;
+        let cfg = usage(dir.read_config())?;
+        set_threads(cfg.threads);
+        let t = usage(train::resume(&dir, options.iterations, &device))?;
+        eprintln!("resuming {} at iteration {} of {}", dir.path.display(), t.iteration, t.config.iterations);
+        (t, dir)
+    } else {
+        let file = match &config {
+            Some(p) => {
+                let text = usage(std::fs::read_to_string(p).with_context(|| format!("cannot read config file {}", p.display())))?;
+                usage(toml::from_str::<ConfigArgs>(&text).with_context(|| format!("config file {} is invalid", p.display())))?
+            }
+            None => ConfigArgs::default(),
+        };
+        let name = config.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+        let cfg: TrainConfig = usage(options.resolve(file, &name).map_err(anyhow::Error::from))?;
+        usage(cfg.validate().map_err(anyhow::Error::from))?;
+        let out = out.unwrap_or_else(|| PathBuf::from(format!("runs/{}-{}-{}-seed{}", cfg.env, default_env_tag(&cfg), cfg.loss, cfg.seed)));
+        let dir = RunDir::new(&out);
+        usage(gfn::io::ensure_writable_dir(&dir.path))?;
+        if dir.file(files::CHECKPOINT).exists() {
+            return usage(Err(anyhow::anyhow!(
+                "{} already holds a run; continue it with --resume {} or choose another --out",
+                out.display(),
+                out.display()
+            )));
+        }
+        set_threads(cfg.threads);
+        let t = usage(gfn::train::Trainer::new(cfg, &device))?;
+        (t, dir)
+    };
+    let c = &trainer.config;
+    eprintln!(
+        "training {} with {} on {} | batch {} | {} iterations | {} parameters | seed {} | out {}",
+        trainer.env.name(),
+        trainer.objective.name(),
+        "cpu",
+        c.batch_size,
+        c.iterations,
+        trainer.estimator.num_params(),
+        c.seed,
+        dir.path.display()
+    );
+    let mut bar = Bar::new(c.iterations as u64, trainer.iteration);
+    let summary = failure(train::run(&mut trainer, &dir, &mut bar))?;
+    bar.bar.finish_and_clear();
+    print_summary(&summary, &dir.path);
+    Ok(())
+}
+
+fn default_env_tag(c: &TrainConfig) -> String {
+    format!("{}x{}", c.ndim, c.height)
+}
+
+struct Bar {
+    bar: ProgressBar,
+    last_tv: Option<f64>,
+}
+
+impl Bar {
+    fn new(total: u64, start: u64) -> Self {
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
+                .expect("valid template"),
+        );
+        bar.set_position(start);
+        Self { bar, last_tv: None }
+    }
+}
+
+impl Progress for Bar {
+    fn on_step(&mut self, iteration: u64, loss: f64) {
+        if iteration % 10 == 0 {
+            self.bar.set_position(iteration);
+            let tv = self.last_tv.map(|t| format!(" | exact TV {t:.4}")).unwrap_or_default();
+            self.bar.set_message(format!("loss {loss:.4}{tv}"));
+        }
+    }
+    fn on_eval(&mut self, r: &EvalRecord) {
+        self.last_tv = r.exact.map(|e| e.dist.tv);
+        self.bar.set_position(r.iteration);
+    }
+}
+
+fn print_summary(s: &serde_json::Value, dir: &Path) {
+    let f = |p: &str| s.pointer(p).and_then(|v| v.as_f64()).map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
+    println!("{} · {} · {} iterations · {} trajectories", s["env"].as_str().unwrap_or("?"), s["loss"].as_str().unwrap_or("?"), s["iterations"], s["trajectories"]);
+    println!(
+        "  training time {} s ({} trajectories/s, {} iterations/s)",
+        f("/wall_seconds"),
+        s["trajectories_per_second"].as_f64().map(|v| format!("{v:.0}")).unwrap_or_default(),
+        s["iterations_per_second"].as_f64().map(|v| format!("{v:.1}")).unwrap_or_default()
+    );
+    println!("  exact   TV {}  L1 {}  JSD {}  KL(p*‖P_T) {}", f("/exact/tv"), f("/exact/l1_sum"), f("/exact/jsd"), f("/exact/kl"));
+    println!("  mean of last 5 evaluations: L1 {}  TV {}", f("/exact_last5_mean/l1_sum"), f("/exact_last5_mean/tv"));
+    println!("  log Z   learned {}  true {}", f("/log_z/learned"), f("/log_z/true"));
+    if let (Some(found), Some(total)) = (s.pointer("/modes/found"), s.pointer("/modes/total")) {
+        println!("  modes visited {found}/{total}");
+    }
+    println!("  run directory {}", dir.display());
+}
+
+fn sample_cmd(run: &Path, n: usize, seed: u64, out: &Path) -> Result<()> {
+    if n == 0 {
+        bail!("invalid n = 0: must be at least 1");
+    }
+    let dir = RunDir::new(run);
+    let cfg = dir.read_config()?;
+    set_threads(cfg.threads);
+    let t = dir.load_trainer(&Device::Cpu)?;
+    let env = t.env.as_ref();
+    let mut rng = rng_from_seed(seed);
+    let mut sampler = Sampler::new();
+    let mut batch = TrajectoryBatch::default();
+    let d = env.state_dim();
+    let mut text: String = (0..d).map(|i| format!("x{i},")).collect();
+    text.push_str("log_reward\n");
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(4096);
+        sampler.sample_forward(env, &t.estimator, k, SamplingOptions::default(), &mut rng, &mut batch)?;
+        for b in 0..k {
+            for x in batch.terminal_state(b) {
+                text.push_str(&format!("{x},"));
+            }
+            text.push_str(&format!("{}\n", batch.log_reward[b]));
+        }
+        left -= k;
+    }
+    gfn::io::write_atomic(out, text.as_bytes()).with_context(|| format!("cannot write {}", out.display()))?;
+    eprintln!("wrote {n} samples to {}", out.display());
+    Ok(())
+}
+
+fn eval_cmd(run: &Path, json: bool) -> Result<()> {
+    let dir = RunDir::new(run);
+    let cfg = dir.read_config()?;
+    set_threads(cfg.threads);
+    let mut t = dir.load_trainer(&Device::Cpu)?;
+    if t.evaluator.is_none() {
+        bail!("environment {} is not enumerable: no exact metrics", t.env.name());
+    }
+    let rec = t.evaluate()?;
+    let e = rec.exact.expect("enumerable");
+    if json {
+        println!("{}", serde_json::to_string_pretty(&e)?);
+    } else {
+        println!("{} · {} · iteration {}", t.env.name(), t.objective.name(), t.iteration);
+        println!("  tv       {:.6}", e.dist.tv);
+        println!("  l1_sum   {:.6}", e.dist.l1_sum);
+        println!("  l1_mean  {:.3e}", e.dist.l1_mean);
+        println!("  jsd      {:.6}", e.dist.jsd);
+        println!("  kl       {:.6}  (KL(p*‖P_T))", e.dist.kl);
+        println!("  log Z    learned {:.6}  true {:.6}  |error| {:.6}", e.log_z_learned, e.log_z_true, e.log_z_error);
+        if let Some(m) = rec.modes_found {
+            println!("  modes visited in training {m}/{}", t.evaluator.as_ref().map_or(0, |ev| ev.num_modes()));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,414 @@
+//! The training loop: sample → loss (one batched forward) → backward → Adam step, with periodic
+//! exact evaluation, metrics, checkpoints, and resume that reproduces the uninterrupted run bit for
+//! bit.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+
+use gfn_core::exact::{DistributionMetrics, EmpiricalTracker, ExactEvaluator, ExactMetrics};
+use gfn_core::optim::{Adam, AdamParams};
+use gfn_core::{
+    BackwardPolicy, Env, Estimator, EstimatorConfig, GfnRng, Sampler, SamplingOptions, TrajectoryBatch, rng_from_seed,
+};
+use gfn_objectives::Objective;
+
+use crate::checkpoint::Checkpoint;
+use crate::config::TrainConfig;
+use crate::io::write_atomic;
+
+/// File names inside a run directory.
+pub mod files {
+    /// Resolved configuration.
+    pub const CONFIG: &str = "config.toml";
+    /// One JSON line per evaluation.
+    pub const METRICS: &str = "metrics.jsonl";
+    /// Parameters, optimiser state, RNG state.
+    pub const CHECKPOINT: &str = "checkpoint.safetensors";
+    /// Final summary.
+    pub const SUMMARY: &str = "summary.json";
+}
+
+/// One evaluation, as a line of `metrics.jsonl`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct EvalRecord {
+    /// Iterations completed.
+    pub iteration: u64,
+    /// Trajectories sampled so far.
+    pub trajectories: u64,
+    /// Mean training loss since the previous evaluation.
+    pub loss: f64,
+    /// Exact metrics of the current policy.
+    pub exact: Option<ExactMetrics>,
+    /// Empirical distribution of the last sampled terminal states against p*.
+    pub empirical: Option<DistributionMetrics>,
+    /// Modes visited so far by training samples.
+    pub modes_found: Option<usize>,
+}
+
+/// A training run in memory.
+pub struct Trainer {
+    /// The configuration.
+    pub config: TrainConfig,
+    /// The environment.
+    pub env: Box<dyn Env>,
+    /// The objective.
+    pub objective: Objective,
+    /// The networks.
+    pub estimator: Estimator,
+    /// The optimiser.
+    pub optimizer: Adam,
+    /// The run's RNG.
+    pub rng: GfnRng,
+    /// Exact evaluator, when the environment is enumerable.
+    pub evaluator: Option<ExactEvaluator>,
+    /// Empirical tracker of sampled terminal states.
+    pub tracker: EmpiricalTracker,
+    /// Iterations completed.
+    pub iteration: u64,
+    /// Trajectories sampled.
+    pub trajectories: u64,
+    /// Seconds spent in training steps (evaluation and I/O excluded).
+    pub wall_seconds: f64,
+    /// Evaluation history.
+    pub history: Vec<EvalRecord>,
+    sampler: Sampler,
+    batch: TrajectoryBatch,
+    loss_sum: f64,
+    loss_count: u64,
+}
+
+/// Build the estimator and optimiser of `config` for `env`, parameters drawn from `rng`.
+pub fn build_model(config: &TrainConfig, env: &dyn Env, objective: Objective, device: &Device, rng: &mut GfnRng) -> Result<(Estimator, Adam)> {
+    let est_config = EstimatorConfig {
+        hidden: config.hidden,
+        layers: config.layers,
+        shared_trunk: config.shared_trunk,
+        backward: if objective.uses_backward_policy() { config.backward_policy } else { BackwardPolicy::Uniform },
+        flow_head: objective.needs_flow_head(),
+    };
+    let estimator = Estimator::new(est_config, env.feature_dim(), env.n_actions(), env.n_backward_actions(), device, rng)?;
+    let mut params: Vec<_> = estimator.named_params().into_iter().map(|(n, v)| (n, v, 0)).collect();
+    if objective.uses_log_z() {
+        params.push(("log_z".into(), estimator.log_z().clone(), 1));
+    }
+    let groups = vec![
+        AdamParams { weight_decay: config.weight_decay, ..AdamParams::adam(config.lr) },
+        AdamParams::adam(config.lr_logz),
+    ];
+    Ok((estimator, Adam::new(params, groups)))
+}
+
+impl Trainer {
+    /// A fresh run.
+    pub fn new(config: TrainConfig, device: &Device) -> Result<Self> {
+        config.validate()?;
+        let env = crate::envs::build_env(&config)?;
+        let objective = Objective::parse(&config.loss, config.lambda)?;
+        let mut rng = rng_from_seed(config.seed);
+        let (estimator, optimizer) = build_model(&config, env.as_ref(), objective, device, &mut rng)?;
+        let evaluator = ExactEvaluator::new(env.as_ref()).ok();
+        let tracker = EmpiricalTracker::new(config.empirical_window);
+        Ok(Self {
+            config,
+            env,
+            objective,
+            estimator,
+            optimizer,
+            rng,
+            evaluator,
+            tracker,
+            iteration: 0,
+            trajectories: 0,
+            wall_seconds: 0.0,
+            history: Vec::new(),
+            sampler: Sampler::new(),
+            batch: TrajectoryBatch::default(),
+            loss_sum: 0.0,
+            loss_count: 0,
+        })
+    }
+
+    /// Sampling options of the configuration.
+    pub fn sampling_options(&self) -> SamplingOptions {
+        SamplingOptions { epsilon: self.config.epsilon, temperature: self.config.temperature }
+    }
+
+    /// One training iteration; returns the loss.
+    pub fn step(&mut self) -> Result<f64> {
+        let start = Instant::now();
+        let opts = self.sampling_options();
+        let env = self.env.as_ref();
+        self.sampler.sample_forward(env, &self.estimator, self.config.batch_size, opts, &mut self.rng, &mut self.batch)?;
+        let loss = self.objective.loss(env, &self.batch, &self.estimator)?;
+        let value = f64::from(loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?);
+        if !value.is_finite() {
+            bail!(
+                "training stopped: the {} loss is {value} at iteration {}; files already written are intact",
+                self.objective.name(),
+                self.iteration + 1
+            );
+        }
+        let grads = loss.backward()?;
+        self.optimizer.step(&grads)?;
+        self.wall_seconds += start.elapsed().as_secs_f64();
+        self.iteration += 1;
+        self.trajectories += self.config.batch_size as u64;
+        self.loss_sum += value;
+        self.loss_count += 1;
+        if let Some(ev) = &self.evaluator {
+            for b in 0..self.batch.batch_size {
+                let x = self.batch.terminal_state(b);
+                if let Some(t) = ev.terminal_index(x) {
+                    self.tracker.record(t, ev.modes()[t]);
+                }
+            }
+        }
+        Ok(value)
+    }
+
+    /// Evaluate now and append to the history.
+    pub fn evaluate(&mut self) -> Result<EvalRecord> {
+        let log_z = self.objective.log_z_estimate(self.env.as_ref(), &self.estimator)?;
+        let (exact, empirical, modes_found) = match &self.evaluator {
+            Some(ev) => (
+                Some(ev.evaluate(&self.estimator, log_z)?),
+                (!self.tracker.is_empty()).then(|| self.tracker.metrics(ev.target())),
+                Some(self.tracker.modes_found()),
+            ),
+            None => (None, None, None),
+        };
+        let loss = if self.loss_count > 0 { self.loss_sum / self.loss_count as f64 } else { f64::NAN };
+        // The window restarts at periodic evaluations only, so a final evaluation at an odd
+        // iteration does not change what a resumed, longer run reports later.
+        if self.iteration % self.config.eval_every as u64 == 0 {
+            self.loss_sum = 0.0;
+            self.loss_count = 0;
+        }
+        let rec = EvalRecord { iteration: self.iteration, trajectories: self.trajectories, loss, exact, empirical, modes_found };
+        self.history.push(rec.clone());
+        Ok(rec)
+    }
+
+    /// Current state as a checkpoint.
+    pub fn checkpoint(&self) -> Result<Checkpoint> {
+        let mut tensors = Vec::new();
+        let mut push = |name: String, t: &Tensor| -> Result<()> {
+            tensors.push((name, t.dims().to_vec(), t.flatten_all()?.to_vec1::<f32>()?));
+            Ok(())
+        };
+        for (n, v) in self.estimator.named_params() {
+            push(format!("param/{n}"), v.as_tensor())?;
+        }
+        push("param/log_z".into(), self.estimator.log_z().as_tensor())?;
+        for s in &self.optimizer.slots {
+            let shape = s.var.dims().to_vec();
+            tensors.push((format!("adam_m/{}", s.name), shape.clone(), s.m.clone()));
+            tensors.push((format!("adam_v/{}", s.name), shape, s.v.clone()));
+        }
+        Ok(Checkpoint {
+            iteration: self.iteration,
+            trajectories: self.trajectories,
+            wall_seconds: self.wall_seconds,
+            rng: self.rng.clone(),
+            adam_t: self.optimizer.t,
+            loss_window: (self.loss_sum, self.loss_count),
+            tracker: self.tracker.clone(),
+            tensors,
+        })
+    }
+
+    /// Restore parameters, optimiser and counters from `ck` (the model must have been built from
+    /// the same configuration).
+    pub fn restore(&mut self, ck: &Checkpoint) -> Result<()> {
+        let set = |name: &str, var: &candle_core::Var| -> Result<()> {
+            let (_, shape, data) = ck.tensor(name)?;
+            if shape.as_slice() != var.dims() {
+                bail!("tensor {name} has shape {shape:?}, the model expects {:?}", var.dims());
+            }
+            var.set(&Tensor::from_slice(data, shape.as_slice(), var.device())?)?;
+            Ok(())
+        };
+        for (n, v) in self.estimator.named_params() {
+            set(&format!("param/{n}"), &v)?;
+        }
+        set("param/log_z", self.estimator.log_z())?;
+        for s in &mut self.optimizer.slots {
+            for (kind, dst) in [("adam_m", &mut s.m), ("adam_v", &mut s.v)] {
+                let (_, _, data) = ck.tensor(&format!("{kind}/{}", s.name))?;
+                if data.len() != dst.len() {
+                    bail!("optimiser state {kind}/{} has the wrong size", s.name);
+                }
+                dst.copy_from_slice(data);
+            }
+        }
+        self.optimizer.t = ck.adam_t;
+        self.iteration = ck.iteration;
+        self.trajectories = ck.trajectories;
+        self.wall_seconds = ck.wall_seconds;
+        self.rng = ck.rng.clone();
+        self.tracker = ck.tracker.clone();
+        (self.loss_sum, self.loss_count) = ck.loss_window;
+        Ok(())
+    }
+}
+
+/// The `summary.json` of a finished run.
+pub fn summary_json(t: &Trainer) -> serde_json::Value {
+    let last = t.history.last();
+    let exact = last.and_then(|r| r.exact);
+    let tail: Vec<&ExactMetrics> = t.history.iter().rev().filter_map(|r| r.exact.as_ref()).take(5).collect();
+    let mean = |f: fn(&ExactMetrics) -> f64| {
+        if tail.is_empty() { None } else { Some(tail.iter().map(|m| f(m)).sum::<f64>() / tail.len() as f64) }
+    };
+    let tps = if t.wall_seconds > 0.0 { t.trajectories as f64 / t.wall_seconds } else { 0.0 };
+    serde_json::json!({
+        "env": t.env.name(),
+        "loss": t.objective.name(),
+        "seed": t.config.seed,
+        "iterations": t.iteration,
+        "trajectories": t.trajectories,
+        "wall_seconds": t.wall_seconds,
+        "trajectories_per_second": tps,
+        "iterations_per_second": if t.wall_seconds > 0.0 { t.iteration as f64 / t.wall_seconds } else { 0.0 },
+        "num_params": t.estimator.num_params(),
+        "final_loss": last.map(|r| r.loss),
+        "exact": exact.map(|e| serde_json::json!({
+            "tv": e.dist.tv, "l1_sum": e.dist.l1_sum, "l1_mean": e.dist.l1_mean, "jsd": e.dist.jsd, "kl": e.dist.kl,
+        })),
+        "exact_last5_mean": {
+            "evaluations": tail.len(),
+            "tv": mean(|m| m.dist.tv),
+            "l1_sum": mean(|m| m.dist.l1_sum),
+            "jsd": mean(|m| m.dist.jsd),
+        },
+        "log_z": exact.map(|e| serde_json::json!({"learned": e.log_z_learned, "true": e.log_z_true, "error": e.log_z_error})),
+        "empirical": last.and_then(|r| r.empirical).map(|e| serde_json::json!({
+            "window": t.tracker.len(), "tv": e.tv, "l1_sum": e.l1_sum, "l1_mean": e.l1_mean, "jsd": e.jsd,
+        })),
+        "modes": t.evaluator.as_ref().map(|ev| serde_json::json!({
+            "found": t.tracker.modes_found(), "total": ev.num_modes(),
+        })),
+    })
+}
+
+/// A run directory: where `gfn train` writes, and what `--resume`, `sample` and `eval` read.
+pub struct RunDir {
+    /// The directory.
+    pub path: PathBuf,
+}
+
+impl RunDir {
+    /// The run directory at `path`.
+    pub fn new(path: &Path) -> Self {
+        Self { path: path.to_path_buf() }
+    }
+    /// Path of a file inside.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+    /// Read the resolved configuration.
+    pub fn read_config(&self) -> Result<TrainConfig> {
+        let p = self.file(files::CONFIG);
+        let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}: is this a run directory?", p.display()))?;
+        toml::from_str(&text).with_context(|| format!("{} is not a valid configuration", p.display()))
+    }
+    /// Write the configuration atomically.
+    pub fn write_config(&self, c: &TrainConfig) -> Result<()> {
+        write_atomic(&self.file(files::CONFIG), c.to_toml().as_bytes())
+    }
+    /// Rewrite `metrics.jsonl` atomically from the history.
+    pub fn write_metrics(&self, history: &[EvalRecord]) -> Result<()> {
+        let mut text = String::new();
+        for r in history {
+            text.push_str(&serde_json::to_string(r)?);
+            text.push('\n');
+        }
+        write_atomic(&self.file(files::METRICS), text.as_bytes())
+    }
+    /// Read `metrics.jsonl`.
+    pub fn read_metrics(&self) -> Result<Vec<EvalRecord>> {
+        let p = self.file(files::METRICS);
+        let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        text.lines()
+            .enumerate()
+            .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{} line {} is not valid", p.display(), i + 1)))
+            .collect()
+    }
+    /// Load a trained model from the directory's configuration and checkpoint.
+    pub fn load_trainer(&self, device: &Device) -> Result<Trainer> {
+        let config = self.read_config()?;
+        let mut t = Trainer::new(config, device)?;
+        let ck = Checkpoint::load(&self.file(files::CHECKPOINT))?;
+        t.restore(&ck).with_context(|| format!("checkpoint in {} does not match its config.toml", self.path.display()))?;
+        Ok(t)
+    }
+}
+
+/// Observer of training progress (the CLI's progress bar).
+pub trait Progress {
+    /// After each iteration.
+    fn on_step(&mut self, iteration: u64, loss: f64);
+    /// After each evaluation.
+    fn on_eval(&mut self, record: &EvalRecord);
+}
+
+/// No progress output.
+pub struct Silent;
+impl Progress for Silent {
+    fn on_step(&mut self, _: u64, _: f64) {}
+    fn on_eval(&mut self, _: &EvalRecord) {}
+}
+
+/// Train `t` up to `t.config.iterations`, writing metrics and checkpoints into `dir` at every
+/// evaluation and a final evaluation, checkpoint and summary at the end.
+pub fn run(t: &mut Trainer, dir: &RunDir, progress: &mut dyn Progress) -> Result<serde_json::Value> {
+    let total = t.config.iterations as u64;
+    let every = t.config.eval_every as u64;
+    dir.write_config(&t.config)?;
+    while t.iteration < total {
+        let loss = t.step()?;
+        progress.on_step(t.iteration, loss);
+        if t.iteration % every == 0 || t.iteration == total {
+            let rec = t.evaluate()?;
+            dir.write_metrics(&t.history)?;
+            t.checkpoint()?.save(&dir.file(files::CHECKPOINT))?;
+            progress.on_eval(&rec);
+        }
+    }
+    if t.history.last().is_none_or(|r| r.iteration != t.iteration) {
+        // Resumed at the end of an earlier run: the final evaluation is still due.
+        let rec = t.evaluate()?;
+        dir.write_metrics(&t.history)?;
+        t.checkpoint()?.save(&dir.file(files::CHECKPOINT))?;
+        progress.on_eval(&rec);
+    }
+    let summary = summary_json(t);
+    write_atomic(&dir.file(files::SUMMARY), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    Ok(summary)
+}
+
+/// Prepare a trainer that continues the run in `dir` up to `iterations` (default: its own total).
+/// Evaluation lines after the checkpoint, and a final evaluation that an uninterrupted run to the
+/// new total would not have made, are dropped, so the continued run ends with the same files.
+pub fn resume(dir: &RunDir, iterations: Option<usize>, device: &Device) -> Result<Trainer> {
+    let mut t = dir.load_trainer(device)?;
+    if let Some(n) = iterations {
+        if (n as u64) < t.iteration {
+            bail!("invalid iterations = {n}: the run in {} already has {} iterations", dir.path.display(), t.iteration);
+        }
+        t.config.iterations = n;
+    }
+    let every = t.config.eval_every as u64;
+    let total = t.config.iterations as u64;
+    let ck_iter = t.iteration;
+    t.history = dir
+        .read_metrics()?
+        .into_iter()
+        .filter(|r| r.iteration <= ck_iter && (r.iteration % every == 0 || r.iteration == total))
+        .collect();
+    Ok(t)
+}
