@@ -190,7 +190,7 @@ impl Estimator {
                 None
             };
             let log_flow = if self.config.flow_head {
-                Some(out.narrow(D::Minus1, col, 1)?.squeeze(D::Minus1)?)
+                Some(out.narrow(D::Minus1, col, 1)?.squeeze(D::Minus1)?.contiguous()?)
             } else {
                 None
             };

@@ -39,84 +39,112 @@ pub fn flow_matching(terms: &FlowMatchingTerms) -> Result<Tensor> {
     Ok(loss)
 }
 
+/// Which rows flow matching evaluates: the batch's rows followed by the parents of every
+/// constrained state, and where each edge flow sits in the `[rows, n_actions]` logits.
+#[derive(Debug, Clone, Default)]
+pub struct FlowMatchingLayout {
+    /// States of all rows, `[rows, state_dim]`.
+    pub states: Vec<i32>,
+    /// Features of all rows, `[rows, feature_dim]`.
+    pub features: Vec<f32>,
+    /// Number of rows.
+    pub rows: usize,
+    in_idx: Vec<u32>,
+    in_mask: Vec<u8>,
+    out_rows: Vec<u32>,
+    out_mask: Vec<u8>,
+    out_extra: Vec<f64>,
+    exit_idx: Vec<u32>,
+    exit_log_reward: Vec<f64>,
+    n_parents: usize,
+    n_actions: usize,
+}
+
+impl FlowMatchingLayout {
+    /// Lay out the rows of `batch` and the parents of each of its states other than `s_0`.
+    pub fn new<E: Env + ?Sized>(env: &E, batch: &TrajectoryBatch) -> Result<Self> {
+        let (sd, na, nb, nf) = (batch.state_dim, batch.n_actions, batch.n_backward, batch.feature_dim);
+        let rows = batch.num_rows();
+        let mut l = Self {
+            states: batch.states.clone(),
+            features: batch.features.clone(),
+            n_parents: nb,
+            n_actions: na,
+            ..Self::default()
+        };
+        let mut parent = vec![0; sd];
+        for r in 0..rows {
+            let bmask = &batch.backward_masks[r * nb..(r + 1) * nb];
+            if bmask.iter().all(|&m| m == 0) {
+                continue; // s_0: no inflow constraint
+            }
+            let state = &batch.states[r * sd..(r + 1) * sd];
+            for (b, &m) in bmask.iter().enumerate() {
+                if m != 0 {
+                    parent.copy_from_slice(state);
+                    let a = env.backward_step(&mut parent, b);
+                    let p_row = l.states.len() / sd;
+                    l.states.extend_from_slice(&parent);
+                    l.features.resize(l.features.len() + nf, 0.0);
+                    env.featurize(&parent, &mut l.features[p_row * nf..]);
+                    l.in_idx.push((p_row * na + a) as u32);
+                    l.in_mask.push(1);
+                } else {
+                    l.in_idx.push(0);
+                    l.in_mask.push(0);
+                }
+            }
+            l.out_rows.push(r as u32);
+            l.out_mask.extend_from_slice(&batch.forward_masks[r * na..(r + 1) * na]);
+            let terminal = batch.exit_action.is_none() && env.is_terminal(state);
+            l.out_extra.push(if terminal { env.log_reward(state) } else { f64::from(MASK_FILL) });
+        }
+        if l.out_rows.is_empty() {
+            return Err(GfnError::Other("flow matching: the batch visited no state besides s_0".into()));
+        }
+        if let Some(e) = batch.exit_action {
+            for b in 0..batch.batch_size {
+                let x_row = batch.node_row(b, batch.lengths[b] as usize - 1);
+                l.exit_idx.push(x_row * na as u32 + e as u32);
+                l.exit_log_reward.push(batch.log_reward[b]);
+            }
+        }
+        l.rows = l.states.len() / sd;
+        Ok(l)
+    }
+
+    /// Gather the terms from the forward logits (log edge flows) of all rows, `[rows, n_actions]`.
+    pub fn gather(&self, logits: &Tensor) -> Result<FlowMatchingTerms> {
+        let (s, nb, na) = (self.out_rows.len(), self.n_parents, self.n_actions);
+        let dev = logits.device().clone();
+        let dt = logits.dtype();
+        let fill = |shape: (usize, usize)| -> Result<Tensor> { Ok(Tensor::full(MASK_FILL, shape, &dev)?.to_dtype(dt)?) };
+        let flat = logits.flatten_all()?;
+        let in_vals = flat.index_select(&Tensor::from_slice(&self.in_idx, s * nb, &dev)?, 0)?.reshape((s, nb))?;
+        let in_mask = Tensor::from_slice(&self.in_mask, (s, nb), &dev)?;
+        let log_inflow_edges = in_mask.where_cond(&in_vals, &fill((s, nb))?)?;
+        let out_vals = logits.index_select(&Tensor::from_slice(&self.out_rows, s, &dev)?, 0)?;
+        let out_mask = Tensor::from_slice(&self.out_mask, (s, na), &dev)?;
+        let children = out_mask.where_cond(&out_vals, &fill((s, na))?)?;
+        let extra = Tensor::from_slice(&self.out_extra, (s, 1), &dev)?.to_dtype(dt)?;
+        let log_outflow_edges = Tensor::cat(&[&children, &extra], 1)?;
+        let (exit_log_flow, exit_log_reward) = if self.exit_idx.is_empty() {
+            (None, None)
+        } else {
+            let x = self.exit_idx.len();
+            let f = flat.index_select(&Tensor::from_slice(&self.exit_idx, x, &dev)?, 0)?;
+            (Some(f), Some(Tensor::from_slice(&self.exit_log_reward, x, &dev)?.to_dtype(dt)?))
+        };
+        Ok(FlowMatchingTerms { log_inflow_edges, log_outflow_edges, exit_log_flow, exit_log_reward })
+    }
+}
+
 impl FlowMatchingTerms {
     /// Evaluate the estimator on every visited state and all of its parents in one batched
     /// forward pass, and gather the edge flows.
     pub fn from_batch<E: Env + ?Sized>(env: &E, batch: &TrajectoryBatch, estimator: &Estimator) -> Result<Self> {
-        let (sd, na, nb, nf) = (batch.state_dim, batch.n_actions, batch.n_backward, batch.feature_dim);
-        let rows = batch.num_rows();
-        let exit = batch.exit_action;
-        let k = na + 1; // children + one column for log R of exit-less terminal states
-        let mut features = batch.features.clone();
-        let mut in_idx = Vec::new();
-        let mut in_mask = Vec::new();
-        let mut out_rows = Vec::new();
-        let mut out_extra = Vec::new();
-        let mut parent = vec![0; sd];
-        let mut bmask = vec![false; nb];
-        for r in 0..rows {
-            let state = &batch.states[r * sd..(r + 1) * sd];
-            bmask.iter_mut().zip(&batch.backward_masks[r * nb..(r + 1) * nb]).for_each(|(d, &s)| *d = s != 0);
-            if !bmask.iter().any(|&m| m) {
-                continue; // s_0: no inflow constraint
-            }
-            for b in 0..nb {
-                if bmask[b] {
-                    parent.copy_from_slice(state);
-                    let a = env.backward_step(&mut parent, b);
-                    let p_row = features.len() / nf;
-                    features.resize(features.len() + nf, 0.0);
-                    env.featurize(&parent, &mut features[p_row * nf..]);
-                    in_idx.push((p_row * na + a) as u32);
-                    in_mask.push(1u8);
-                } else {
-                    in_idx.push(0);
-                    in_mask.push(0);
-                }
-            }
-            out_rows.push(r as u32);
-            out_extra.push(if exit.is_none() && env.is_terminal(state) { env.log_reward(state) as f32 } else { MASK_FILL });
-        }
-        let s = out_rows.len();
-        if s == 0 {
-            return Err(GfnError::Other("flow matching: the batch visited no state besides s_0".into()));
-        }
-        let total_rows = features.len() / nf;
-        let x = estimator.features_tensor(&features, total_rows)?;
-        let logits = estimator.forward(&x)?.pf_logits; // [total_rows, na]
-        let dev = logits.device().clone();
-        let dt = logits.dtype();
-        let flat = logits.flatten_all()?;
-        let fill = |shape: (usize, usize)| -> Result<Tensor> { Ok(Tensor::full(MASK_FILL, shape, &dev)?.to_dtype(dt)?) };
-
-        let in_vals = flat.index_select(&Tensor::from_vec(in_idx, s * nb, &dev)?, 0)?.reshape((s, nb))?;
-        let in_mask = Tensor::from_vec(in_mask, (s, nb), &dev)?;
-        let log_inflow_edges = in_mask.where_cond(&in_vals, &fill((s, nb))?)?;
-
-        let out_rows_t = Tensor::from_vec(out_rows.clone(), s, &dev)?;
-        let out_vals = logits.index_select(&out_rows_t, 0)?;
-        let mut out_mask = Vec::with_capacity(s * na);
-        for &r in &out_rows {
-            out_mask.extend_from_slice(&batch.forward_masks[r as usize * na..(r as usize + 1) * na]);
-        }
-        let out_mask = Tensor::from_vec(out_mask, (s, na), &dev)?;
-        let children = out_mask.where_cond(&out_vals, &fill((s, na))?)?;
-        let extra = Tensor::from_vec(out_extra, (s, 1), &dev)?.to_dtype(dt)?;
-        let log_outflow_edges = Tensor::cat(&[&children, &extra], 1)?;
-        debug_assert_eq!(log_outflow_edges.dim(1)?, k);
-
-        let (exit_log_flow, exit_log_reward) = match exit {
-            Some(e) => {
-                let bsz = batch.batch_size;
-                let idx: Vec<u32> = (0..bsz)
-                    .map(|b| batch.node_row(b, batch.lengths[b] as usize - 1) * na as u32 + e as u32)
-                    .collect();
-                let f = flat.index_select(&Tensor::from_vec(idx, bsz, &dev)?, 0)?;
-                let r: Vec<f32> = batch.log_reward.iter().map(|&r| r as f32).collect();
-                (Some(f), Some(Tensor::from_vec(r, bsz, &dev)?.to_dtype(dt)?))
-            }
-            None => (None, None),
-        };
-        Ok(Self { log_inflow_edges, log_outflow_edges, exit_log_flow, exit_log_reward })
+        let layout = FlowMatchingLayout::new(env, batch)?;
+        let x = estimator.features_tensor(&layout.features, layout.rows)?;
+        layout.gather(&estimator.forward(&x)?.pf_logits)
     }
 }

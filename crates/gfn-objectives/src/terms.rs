@@ -115,7 +115,8 @@ impl BalanceTerms {
             }
         }
         let step_mask: Vec<f32> = lengths.iter().flat_map(|&n| (0..t).map(move |k| f32::from(u8::from(k < n)))).collect();
-        let step_mask = Tensor::from_vec(step_mask, (bsz, t), &dev)?;
+        let dt = out.pf_logits.dtype();
+        let step_mask = Tensor::from_vec(step_mask, (bsz, t), &dev)?.to_dtype(dt)?;
         let u8_tensor = |v: &[u8], w: usize| Tensor::from_slice(v, (rows, w), &dev);
         let idx = |v: Vec<u32>| Tensor::from_vec(v, bsz * t, &dev);
 
@@ -123,7 +124,7 @@ impl BalanceTerms {
         let lpf_all = masked_log_softmax(&out.pf_logits, &fmask)?.flatten_all()?;
         let log_pf = (lpf_all.index_select(&idx(idx_pf)?, 0)?.reshape((bsz, t))? * &step_mask)?;
 
-        let pb_mask_t = Tensor::from_vec(pb_mask.clone(), (bsz, t), &dev)?;
+        let pb_mask_t = Tensor::from_vec(pb_mask.clone(), (bsz, t), &dev)?.to_dtype(dt)?;
         let log_pb = match &out.pb_logits {
             Some(pb) => {
                 let bmask = u8_tensor(&batch.backward_masks, nb)?;
@@ -144,15 +145,15 @@ impl BalanceTerms {
                         -(k as f32).ln()
                     })
                     .collect();
-                Tensor::from_vec(v, (bsz, t), &dev)?.to_dtype(out.pf_logits.dtype())?
+                Tensor::from_vec(v, (bsz, t), &dev)?.to_dtype(dt)?
             }
         };
         let log_flow = match &out.log_flow {
             Some(f) => Some((f.index_select(&idx(idx_node)?, 0)?.reshape((bsz, t))? * &step_mask)?),
             None => None,
         };
-        let log_reward: Vec<f32> = batch.log_reward.iter().map(|&r| r as f32).collect();
-        let log_reward = Tensor::from_vec(log_reward, bsz, &dev)?.to_dtype(out.pf_logits.dtype())?;
+        let log_reward = batch.log_reward.clone();
+        let log_reward = Tensor::from_vec(log_reward, bsz, &dev)?.to_dtype(dt)?;
         let terms = Self { log_pf, log_pb, log_flow, log_reward, lengths };
         Ok(terms)
     }
