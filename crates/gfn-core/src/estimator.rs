@@ -177,10 +177,21 @@ impl Estimator {
         Ok(self.forward_impl(features, true)?.pb_logits)
     }
 
-    fn forward_impl(&self, features: &Tensor, detached: bool) -> Result<EstimatorOutput> {
+    /// The MLPs: shared trunk: one; separate: P_F, then P_B (if learned), then F (if a head).
+    pub fn nets(&self) -> &[Mlp] {
+        &self.nets
+    }
+
+    /// Number of forward actions.
+    pub fn n_actions(&self) -> usize {
+        self.n_actions
+    }
+
+    /// Split per-net outputs (`outs[k]` from `nets()[k]`, `[n, width_k]`) into the heads.
+    pub fn split_heads(&self, outs: &[Tensor]) -> Result<EstimatorOutput> {
         let learned_pb = self.config.backward == BackwardPolicy::Learned;
         if self.config.shared_trunk {
-            let out = self.nets[0].forward(features, detached)?;
+            let out = &outs[0];
             let pf_logits = out.narrow(D::Minus1, 0, self.n_actions)?;
             let mut col = self.n_actions;
             let pb_logits = if learned_pb {
@@ -196,26 +207,70 @@ impl Estimator {
             };
             Ok(EstimatorOutput { pf_logits, pb_logits, log_flow })
         } else {
-            let pf_logits = self.nets[0].forward(features, detached)?;
             let mut k = 1;
             let pb_logits = if learned_pb {
                 k += 1;
-                Some(self.nets[1].forward(features, detached)?)
+                Some(outs[1].clone())
             } else {
                 None
             };
-            let log_flow = if self.config.flow_head {
-                Some(self.nets[k].forward(features, detached)?.squeeze(D::Minus1)?)
-            } else {
-                None
-            };
-            Ok(EstimatorOutput { pf_logits, pb_logits, log_flow })
+            let log_flow = if self.config.flow_head { Some(outs[k].squeeze(D::Minus1)?.contiguous()?) } else { None };
+            Ok(EstimatorOutput { pf_logits: outs[0].clone(), pb_logits, log_flow })
         }
+    }
+
+    fn forward_impl(&self, features: &Tensor, detached: bool) -> Result<EstimatorOutput> {
+        let outs = self.nets.iter().map(|n| n.forward(features, detached)).collect::<Result<Vec<_>>>()?;
+        self.split_heads(&outs)
     }
 
     /// Upload a feature buffer `[rows, feature_dim]` to the estimator's device.
     pub fn features_tensor(&self, features: &[f32], rows: usize) -> Result<Tensor> {
         Ok(Tensor::from_slice(features, (rows, self.feature_dim), &self.device)?)
+    }
+}
+
+/// What a rollout needs from a policy: forward logits for a batch of new states.
+pub trait RolloutPolicy {
+    /// Evaluate `rows` states with features `x` (`[rows, feature_dim]`), writing `rows × stride`
+    /// values into `out` whose first `n_actions` columns per row are the P_F logits; returns the
+    /// stride.
+    fn pf_logits(&mut self, x: &[f32], rows: usize, out: &mut Vec<f32>) -> Result<usize>;
+}
+
+impl RolloutPolicy for &Estimator {
+    fn pf_logits(&mut self, x: &[f32], rows: usize, out: &mut Vec<f32>) -> Result<usize> {
+        let t = self.pf_logits_detached(&self.features_tensor(x, rows)?)?;
+        *out = to_vec_f32(&t)?;
+        Ok(self.n_actions)
+    }
+}
+
+/// What a loss needs from the estimator: outputs, with gradients, for every row of a batch (in
+/// row order) followed by extra rows (the parents that flow matching evaluates).
+pub trait RowForward {
+    /// Outputs over `batch.num_rows() + extra_rows` rows; `extra` holds the extra rows' features.
+    fn forward_rows(&mut self, batch: &crate::TrajectoryBatch, extra: &[f32], extra_rows: usize) -> Result<EstimatorOutput>;
+    /// The `log Z` parameter, shape `[1]`.
+    fn log_z(&self) -> Tensor;
+}
+
+/// The reference path: one candle forward pass with an autograd graph over all rows.
+impl RowForward for &Estimator {
+    fn forward_rows(&mut self, batch: &crate::TrajectoryBatch, extra: &[f32], extra_rows: usize) -> Result<EstimatorOutput> {
+        let rows = batch.num_rows();
+        let x = if extra_rows == 0 {
+            self.features_tensor(&batch.features, rows)?
+        } else {
+            let mut all = Vec::with_capacity(batch.features.len() + extra.len());
+            all.extend_from_slice(&batch.features);
+            all.extend_from_slice(extra);
+            self.features_tensor(&all, rows + extra_rows)?
+        };
+        self.forward(&x)
+    }
+    fn log_z(&self) -> Tensor {
+        Estimator::log_z(self).as_tensor().clone()
     }
 }
 

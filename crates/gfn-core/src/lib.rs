@@ -13,15 +13,17 @@ pub mod env;
 pub mod error;
 pub mod estimator;
 pub mod exact;
+pub mod fast;
 pub mod nn;
 pub mod optim;
 pub mod rng;
 pub mod sampler;
+pub mod tape;
 
 pub use batch::TrajectoryBatch;
 pub use env::Env;
 pub use error::{GfnError, Result};
-pub use estimator::{BackwardPolicy, Estimator, EstimatorConfig, EstimatorOutput};
+pub use estimator::{BackwardPolicy, Estimator, EstimatorConfig, EstimatorOutput, RolloutPolicy, RowForward};
 pub use rng::{GfnRng, rng_from_seed};
 pub use sampler::{Sampler, SamplingOptions};
 

@@ -62,6 +62,45 @@ pub struct Adam {
     pub t: u64,
 }
 
+/// The update of one parameter tensor, in one vectorisable pass.
+fn adam_update(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], hp: AdamParams, t: u64) {
+    let t = t as i32;
+    let (be1, be2) = (hp.beta1 as f32, hp.beta2 as f32);
+    let (lr, eps) = (hp.lr as f32, hp.eps as f32);
+    let decay = 1.0 - (hp.lr * hp.weight_decay) as f32;
+    let sm = 1.0 / (1.0 - be1.powi(t));
+    let sv = 1.0 / (1.0 - be2.powi(t));
+    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+        *m = be1 * *m + (1.0 - be1) * g;
+        *v = be2 * *v + (1.0 - be2) * g * g;
+        *p = *p * decay - lr * (*m * sm) / ((*v * sv).sqrt() + eps);
+    }
+}
+
+/// In-place update with the gradient given as a slice (the fast path's gradients).
+struct FusedAdamSlice<'a> {
+    g: &'a [f32],
+    m: RefCell<&'a mut [f32]>,
+    v: RefCell<&'a mut [f32]>,
+    p: AdamParams,
+    t: u64,
+}
+
+impl candle_core::InplaceOp1 for FusedAdamSlice<'_> {
+    fn name(&self) -> &'static str {
+        "gfn-fused-adam-slice"
+    }
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
+        let CpuStorage::F32(p) = s else { candle_core::bail!("fused adam: f32 parameters only") };
+        let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("fused adam: contiguous tensors only") };
+        if b - a != self.g.len() {
+            candle_core::bail!("fused adam: {} gradients for {} parameters", self.g.len(), b - a);
+        }
+        adam_update(&mut p[a..b], self.g, &mut self.m.borrow_mut(), &mut self.v.borrow_mut(), self.p, self.t);
+        Ok(())
+    }
+}
+
 struct FusedAdam<'a> {
     m: RefCell<&'a mut [f32]>,
     v: RefCell<&'a mut [f32]>,
@@ -87,20 +126,7 @@ impl candle_core::InplaceOp2 for FusedAdam<'_> {
         else {
             candle_core::bail!("fused adam: contiguous tensors only")
         };
-        let (p, g) = (&mut p[a1..b1], &g[a2..b2]);
-        let (mut m, mut v) = (self.m.borrow_mut(), self.v.borrow_mut());
-        let hp = self.p;
-        let t = self.t as i32;
-        let (be1, be2) = (hp.beta1 as f32, hp.beta2 as f32);
-        let (lr, eps) = (hp.lr as f32, hp.eps as f32);
-        let decay = 1.0 - (hp.lr * hp.weight_decay) as f32;
-        let sm = 1.0 / (1.0 - be1.powi(t));
-        let sv = 1.0 / (1.0 - be2.powi(t));
-        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-            *m = be1 * *m + (1.0 - be1) * g;
-            *v = be2 * *v + (1.0 - be2) * g * g;
-            *p = *p * decay - lr * (*m * sm) / ((*v * sv).sqrt() + eps);
-        }
+        adam_update(&mut p[a1..b1], &g[a2..b2], &mut self.m.borrow_mut(), &mut self.v.borrow_mut(), self.p, self.t);
         Ok(())
     }
 }
@@ -137,6 +163,27 @@ impl Adam {
             } else {
                 step_with_tensor_ops(slot, g, hp, self.t)?;
             }
+        }
+        Ok(())
+    }
+
+    /// One update from gradients given as slices, one per slot in order (`None` skips a slot).
+    /// CPU parameters only.
+    pub fn step_slices(&mut self, grads: &[Option<&[f32]>]) -> Result<()> {
+        if grads.len() != self.slots.len() {
+            return Err(crate::GfnError::Other(format!("{} gradients for {} parameters", grads.len(), self.slots.len())));
+        }
+        self.t += 1;
+        for (slot, g) in self.slots.iter_mut().zip(grads) {
+            let Some(g) = g else { continue };
+            let op = FusedAdamSlice {
+                g,
+                m: RefCell::new(&mut slot.m),
+                v: RefCell::new(&mut slot.v),
+                p: self.groups[slot.group],
+                t: self.t,
+            };
+            slot.var.as_tensor().inplace_op1(&op)?;
         }
         Ok(())
     }

@@ -8,7 +8,7 @@
 //! pass then walks dozens of tiny per-step matmuls.
 
 use crate::batch::{NONE, TrajectoryBatch};
-use crate::estimator::{Estimator, to_vec_f32};
+use crate::estimator::{Estimator, RolloutPolicy, to_vec_f32};
 use crate::rng::{sample_weighted, GfnRng};
 use crate::{Env, GfnError, Result};
 
@@ -52,6 +52,7 @@ pub struct Sampler {
     active: Vec<usize>,
     next_active: Vec<usize>,
     weights: Vec<f64>,
+    logits: Vec<f32>,
     path_states: Vec<i32>,
     path_forward: Vec<u32>,
     path_backward: Vec<u32>,
@@ -111,11 +112,25 @@ impl Sampler {
         Self::default()
     }
 
-    /// Sample `n` trajectories forward from `s_0` with P_F into `batch`.
+    /// Sample `n` trajectories forward from `s_0` with the estimator's P_F into `batch`.
     pub fn sample_forward<E: Env + ?Sized>(
         &mut self,
         env: &E,
         estimator: &Estimator,
+        n: usize,
+        opts: SamplingOptions,
+        rng: &mut GfnRng,
+        batch: &mut TrajectoryBatch,
+    ) -> Result<()> {
+        self.sample_forward_with(env, &mut &*estimator, n, opts, rng, batch)
+    }
+
+    /// Sample `n` trajectories forward with any [`RolloutPolicy`] (e.g. the fast path's taped
+    /// view, which records the outputs for the loss).
+    pub fn sample_forward_with<E: Env + ?Sized, P: RolloutPolicy + ?Sized>(
+        &mut self,
+        env: &E,
+        policy: &mut P,
         n: usize,
         opts: SamplingOptions,
         rng: &mut GfnRng,
@@ -149,8 +164,8 @@ impl Sampler {
                 batch.push_row(env, b, t, &self.current[b * sd..(b + 1) * sd]);
             }
             let rows = self.active.len();
-            let x = estimator.features_tensor(&batch.features[first_row * nf..], rows)?;
-            let logits = to_vec_f32(&estimator.pf_logits_detached(&x)?)?;
+            let stride = policy.pf_logits(&batch.features[first_row * nf..], rows, &mut self.logits)?;
+            let logits = &self.logits;
             self.next_active.clear();
             for (i, &b) in self.active.iter().enumerate() {
                 let state = &mut self.current[b * sd..(b + 1) * sd];
@@ -161,7 +176,7 @@ impl Sampler {
                 let row = first_row + i;
                 let mask = &batch.forward_masks[row * na..(row + 1) * na];
                 let (a, log_p) =
-                    draw_action(rng, &logits[i * na..(i + 1) * na], |a| mask[a] != 0, opts, &mut self.weights)?;
+                    draw_action(rng, &logits[i * stride..i * stride + na], |a| mask[a] != 0, opts, &mut self.weights)?;
                 if Some(a) == exit {
                     batch.set_step(b, t, a as u32, NONE, log_p as f32, 0.0);
                     batch.finish(env, b, t + 1, state);

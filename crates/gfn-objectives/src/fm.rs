@@ -11,7 +11,7 @@
 
 use candle_core::{D, Tensor};
 use gfn_core::batch::TrajectoryBatch;
-use gfn_core::estimator::{Estimator, MASK_FILL};
+use gfn_core::estimator::{MASK_FILL, RowForward};
 use gfn_core::{Env, GfnError, Result};
 
 /// Edge flows around the visited states, padded with [`MASK_FILL`] (contributes `exp = 0`).
@@ -43,12 +43,12 @@ pub fn flow_matching(terms: &FlowMatchingTerms) -> Result<Tensor> {
 /// constrained state, and where each edge flow sits in the `[rows, n_actions]` logits.
 #[derive(Debug, Clone, Default)]
 pub struct FlowMatchingLayout {
-    /// States of all rows, `[rows, state_dim]`.
+    /// States of all rows (batch rows, then parents), `[rows, state_dim]`.
     pub states: Vec<i32>,
-    /// Features of all rows, `[rows, feature_dim]`.
-    pub features: Vec<f32>,
-    /// Number of rows.
-    pub rows: usize,
+    /// Features of the parent rows only, `[parent_rows, feature_dim]`.
+    pub parent_features: Vec<f32>,
+    /// Number of parent rows.
+    pub parent_rows: usize,
     in_idx: Vec<u32>,
     in_mask: Vec<u8>,
     out_rows: Vec<u32>,
@@ -67,7 +67,6 @@ impl FlowMatchingLayout {
         let rows = batch.num_rows();
         let mut l = Self {
             states: batch.states.clone(),
-            features: batch.features.clone(),
             n_parents: nb,
             n_actions: na,
             ..Self::default()
@@ -85,8 +84,9 @@ impl FlowMatchingLayout {
                     let a = env.backward_step(&mut parent, b);
                     let p_row = l.states.len() / sd;
                     l.states.extend_from_slice(&parent);
-                    l.features.resize(l.features.len() + nf, 0.0);
-                    env.featurize(&parent, &mut l.features[p_row * nf..]);
+                    let f0 = l.parent_features.len();
+                    l.parent_features.resize(f0 + nf, 0.0);
+                    env.featurize(&parent, &mut l.parent_features[f0..]);
                     l.in_idx.push((p_row * na + a) as u32);
                     l.in_mask.push(1);
                 } else {
@@ -109,7 +109,7 @@ impl FlowMatchingLayout {
                 l.exit_log_reward.push(batch.log_reward[b]);
             }
         }
-        l.rows = l.states.len() / sd;
+        l.parent_rows = l.parent_features.len() / nf;
         Ok(l)
     }
 
@@ -119,6 +119,7 @@ impl FlowMatchingLayout {
         let dev = logits.device().clone();
         let dt = logits.dtype();
         let fill = |shape: (usize, usize)| -> Result<Tensor> { Ok(Tensor::full(MASK_FILL, shape, &dev)?.to_dtype(dt)?) };
+        let logits = logits.contiguous()?; // a column slice of a shared trunk's output is strided
         let flat = logits.flatten_all()?;
         let in_vals = flat.index_select(&Tensor::from_slice(&self.in_idx, s * nb, &dev)?, 0)?.reshape((s, nb))?;
         let in_mask = Tensor::from_slice(&self.in_mask, (s, nb), &dev)?;
@@ -140,11 +141,12 @@ impl FlowMatchingLayout {
 }
 
 impl FlowMatchingTerms {
-    /// Evaluate the estimator on every visited state and all of its parents in one batched
-    /// forward pass, and gather the edge flows.
-    pub fn from_batch<E: Env + ?Sized>(env: &E, batch: &TrajectoryBatch, estimator: &Estimator) -> Result<Self> {
+    /// Evaluate the estimator on every visited state and all of its parents (one batched forward
+    /// pass, or the rollout's recorded outputs plus one pass over the parents), and gather the
+    /// edge flows.
+    pub fn from_batch<E: Env + ?Sized>(env: &E, batch: &TrajectoryBatch, forward: &mut dyn RowForward) -> Result<Self> {
         let layout = FlowMatchingLayout::new(env, batch)?;
-        let x = estimator.features_tensor(&layout.features, layout.rows)?;
-        layout.gather(&estimator.forward(&x)?.pf_logits)
+        let out = forward.forward_rows(batch, &layout.parent_features, layout.parent_rows)?;
+        layout.gather(&out.pf_logits)
     }
 }

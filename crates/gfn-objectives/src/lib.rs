@@ -14,7 +14,7 @@ pub mod terms;
 
 use candle_core::Tensor;
 use gfn_core::batch::TrajectoryBatch;
-use gfn_core::estimator::{Estimator, masked_logsumexp};
+use gfn_core::estimator::{Estimator, RowForward, masked_logsumexp};
 use gfn_core::{Env, GfnError, Result};
 
 pub use db::detailed_balance;
@@ -84,17 +84,17 @@ impl Objective {
         matches!(self, Self::TrajectoryBalance)
     }
 
-    /// The loss on `batch`: one batched forward pass of `estimator` over every visited state
-    /// (flow matching adds the parents of each), with gradients.
-    pub fn loss<E: Env + ?Sized>(&self, env: &E, batch: &TrajectoryBatch, estimator: &Estimator) -> Result<Tensor> {
+    /// The loss on `batch`, from the estimator's outputs on every visited state (flow matching
+    /// adds the parents of each), with gradients. `forward` is `&mut &estimator` for candle's
+    /// graph, or the fast path's taped view that reuses the rollout's outputs.
+    pub fn loss<E: Env + ?Sized>(&self, env: &E, batch: &TrajectoryBatch, forward: &mut dyn RowForward) -> Result<Tensor> {
         if let Self::FlowMatching = self {
-            return flow_matching(&FlowMatchingTerms::from_batch(env, batch, estimator)?);
+            return flow_matching(&FlowMatchingTerms::from_batch(env, batch, forward)?);
         }
-        let x = estimator.features_tensor(&batch.features, batch.num_rows())?;
-        let out = estimator.forward(&x)?;
+        let out = forward.forward_rows(batch, &[], 0)?;
         let terms = BalanceTerms::from_batch(batch, &out)?;
         match *self {
-            Self::TrajectoryBalance => trajectory_balance(&terms, estimator.log_z().as_tensor()),
+            Self::TrajectoryBalance => trajectory_balance(&terms, &forward.log_z()),
             Self::DetailedBalance => detailed_balance(&terms),
             Self::SubTrajectoryBalance { lambda } => subtrajectory_balance(&terms, lambda),
             Self::FlowMatching => unreachable!(),

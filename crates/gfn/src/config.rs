@@ -115,6 +115,9 @@ config! {
     empirical_window: usize = 200_000,
     /// Intra-op threads for matrix products (1 is fastest at these sizes).
     threads: usize = 1,
+    /// Training engine: `auto` (tape on CPU, graph elsewhere), `tape` (rollout outputs reused,
+    /// hand-written batched backward), or `graph` (candle autograd over one batched forward).
+    engine: String = "auto".into(),
 }
 
 impl TrainConfig {
@@ -136,6 +139,9 @@ impl TrainConfig {
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return Err(GfnError::invalid("weight_decay", self.weight_decay, "must be finite and ≥ 0"));
+        }
+        if !matches!(self.engine.as_str(), "auto" | "tape" | "graph") {
+            return Err(GfnError::invalid("engine", &self.engine, "must be auto, tape or graph"));
         }
         gfn_core::SamplingOptions { epsilon: self.epsilon, temperature: self.temperature }.validate()?;
         gfn_objectives::Objective::parse(&self.loss, self.lambda)?;

@@ -10,6 +10,7 @@ use candle_core::{Device, Tensor};
 use serde::Serialize;
 
 use gfn_core::exact::{DistributionMetrics, EmpiricalTracker, ExactEvaluator, ExactMetrics};
+use gfn_core::fast::FastPath;
 use gfn_core::optim::{Adam, AdamParams};
 use gfn_core::{
     BackwardPolicy, Env, Estimator, EstimatorConfig, GfnRng, Sampler, SamplingOptions, TrajectoryBatch, rng_from_seed,
@@ -77,6 +78,7 @@ pub struct Trainer {
     pub history: Vec<EvalRecord>,
     sampler: Sampler,
     batch: TrajectoryBatch,
+    fast: Option<FastPath>,
     loss_sum: f64,
     loss_count: u64,
 }
@@ -112,6 +114,11 @@ impl Trainer {
         let (estimator, optimizer) = build_model(&config, env.as_ref(), objective, device, &mut rng)?;
         let evaluator = ExactEvaluator::new(env.as_ref()).ok();
         let tracker = EmpiricalTracker::new(config.empirical_window);
+        let fast = match config.engine.as_str() {
+            "graph" => None,
+            "tape" if !FastPath::supports(&estimator) => bail!("invalid engine = tape: it needs f32 parameters on the CPU"),
+            _ => FastPath::supports(&estimator).then(FastPath::default),
+        };
         Ok(Self {
             config,
             env,
@@ -127,6 +134,7 @@ impl Trainer {
             history: Vec::new(),
             sampler: Sampler::new(),
             batch: TrajectoryBatch::default(),
+            fast,
             loss_sum: 0.0,
             loss_count: 0,
         })
@@ -142,18 +150,39 @@ impl Trainer {
         let start = Instant::now();
         let opts = self.sampling_options();
         let env = self.env.as_ref();
-        self.sampler.sample_forward(env, &self.estimator, self.config.batch_size, opts, &mut self.rng, &mut self.batch)?;
-        let loss = self.objective.loss(env, &self.batch, &self.estimator)?;
-        let value = f64::from(loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?);
-        if !value.is_finite() {
-            bail!(
-                "training stopped: the {} loss is {value} at iteration {}; files already written are intact",
-                self.objective.name(),
-                self.iteration + 1
-            );
-        }
-        let grads = loss.backward()?;
-        self.optimizer.step(&grads)?;
+        let n = self.config.batch_size;
+        let est = &self.estimator;
+        let (loss, value) = match &mut self.fast {
+            // Fast path: the rollout records the outputs, the loss reuses them, one batched backward.
+            Some(fast) => {
+                fast.clear();
+                let mut view = fast.view(est);
+                self.sampler.sample_forward_with(env, &mut view, n, opts, &mut self.rng, &mut self.batch)?;
+                let loss = self.objective.loss(env, &self.batch, &mut view)?;
+                let value = check_finite(&loss, self.objective, self.iteration)?;
+                let grads = loss.backward()?;
+                let log_z_grad = match grads.get(est.log_z().as_tensor()) {
+                    Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
+                    None => vec![0.0],
+                };
+                let mut slices: Vec<Option<&[f32]>> = fast.backward(est, &grads)?.into_iter().map(Some).collect();
+                if self.objective.uses_log_z() {
+                    slices.push(Some(&log_z_grad));
+                }
+                self.optimizer.step_slices(&slices)?;
+                (loss, value)
+            }
+            // Reference path: no-grad rollout, then one batched forward with candle's graph.
+            None => {
+                self.sampler.sample_forward(env, est, n, opts, &mut self.rng, &mut self.batch)?;
+                let loss = self.objective.loss(env, &self.batch, &mut &*est)?;
+                let value = check_finite(&loss, self.objective, self.iteration)?;
+                let grads = loss.backward()?;
+                self.optimizer.step(&grads)?;
+                (loss, value)
+            }
+        };
+        drop(loss);
         self.wall_seconds += start.elapsed().as_secs_f64();
         self.iteration += 1;
         self.trajectories += self.config.batch_size as u64;
@@ -254,6 +283,18 @@ impl Trainer {
         (self.loss_sum, self.loss_count) = ck.loss_window;
         Ok(())
     }
+}
+
+fn check_finite(loss: &Tensor, objective: Objective, iteration: u64) -> Result<f64> {
+    let value = f64::from(loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?);
+    if !value.is_finite() {
+        bail!(
+            "training stopped: the {} loss is {value} at iteration {}; files already written are intact",
+            objective.name(),
+            iteration + 1
+        );
+    }
+    Ok(value)
 }
 
 /// The `summary.json` of a finished run.
