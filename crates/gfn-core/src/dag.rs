@@ -24,14 +24,27 @@ impl DagEnv {
     /// A DAG from an adjacency matrix (`adjacency[i * n + j]` for the edge `i → j`, only `i < j`),
     /// per-node log rewards, and whether there is an exit action. Every node must be reachable
     /// from node 0.
-    pub fn new(n: usize, adjacency: Vec<bool>, log_rewards: Vec<f64>, with_exit: bool) -> Result<Self> {
+    pub fn new(
+        n: usize,
+        adjacency: Vec<bool>,
+        log_rewards: Vec<f64>,
+        with_exit: bool,
+    ) -> Result<Self> {
         if n < 2 || adjacency.len() != n * n || log_rewards.len() != n {
-            return Err(GfnError::invalid("n", n, "need n ≥ 2, an n×n adjacency and n rewards"));
+            return Err(GfnError::invalid(
+                "n",
+                n,
+                "need n ≥ 2, an n×n adjacency and n rewards",
+            ));
         }
         for i in 0..n {
             for j in 0..=i {
                 if adjacency[i * n + j] {
-                    return Err(GfnError::invalid("adjacency", format!("{i}→{j}"), "edges must go from lower to higher index"));
+                    return Err(GfnError::invalid(
+                        "adjacency",
+                        format!("{i}→{j}"),
+                        "edges must go from lower to higher index",
+                    ));
                 }
             }
         }
@@ -40,16 +53,30 @@ impl DagEnv {
         depth[0] = 0;
         for i in 0..n {
             if depth[i] == usize::MAX {
-                return Err(GfnError::invalid("adjacency", format!("node {i}"), "every node must be reachable from node 0"));
+                return Err(GfnError::invalid(
+                    "adjacency",
+                    format!("node {i}"),
+                    "every node must be reachable from node 0",
+                ));
             }
             for j in i + 1..n {
                 if adjacency[i * n + j] {
-                    depth[j] = if depth[j] == usize::MAX { depth[i] + 1 } else { depth[j].max(depth[i] + 1) };
+                    depth[j] = if depth[j] == usize::MAX {
+                        depth[i] + 1
+                    } else {
+                        depth[j].max(depth[i] + 1)
+                    };
                 }
             }
         }
         let max_depth = depth.into_iter().max().unwrap_or(0);
-        Ok(Self { n, adjacency, log_rewards, with_exit, depth: max_depth })
+        Ok(Self {
+            n,
+            adjacency,
+            log_rewards,
+            with_exit,
+            depth: max_depth,
+        })
     }
 
     /// A random DAG on `n` nodes: each node `j > 0` gets one random parent below it, plus each
@@ -85,7 +112,11 @@ impl DagEnv {
 
 impl Env for DagEnv {
     fn name(&self) -> String {
-        format!("dag-{}{}", self.n, if self.with_exit { "-exit" } else { "" })
+        format!(
+            "dag-{}{}",
+            self.n,
+            if self.with_exit { "-exit" } else { "" }
+        )
     }
     fn state_dim(&self) -> usize {
         1
@@ -166,18 +197,24 @@ pub fn check_env<E: Env + ?Sized>(env: &E) -> Result<()> {
         for a in 0..na {
             if let Some((c, b)) = ev.child(s, a) {
                 if !ev.backward_mask()[c * nb + b] {
-                    return Err(GfnError::Other(format!("{state:?}: step {a} undone by masked backward action {b}")));
+                    return Err(GfnError::Other(format!(
+                        "{state:?}: step {a} undone by masked backward action {b}"
+                    )));
                 }
                 buf.copy_from_slice(&states[c * sd..(c + 1) * sd]);
                 let back = env.backward_step(&mut buf, b);
                 if buf != state || back != a {
-                    return Err(GfnError::Other(format!("{state:?}: backward_step does not invert step {a}")));
+                    return Err(GfnError::Other(format!(
+                        "{state:?}: backward_step does not invert step {a}"
+                    )));
                 }
             }
         }
         let parents = (0..nb).filter(|&b| ev.parent(s, b).is_some()).count();
         if env.is_initial(state) != (parents == 0) {
-            return Err(GfnError::Other(format!("{state:?}: only s_0 may have no parent")));
+            return Err(GfnError::Other(format!(
+                "{state:?}: only s_0 may have no parent"
+            )));
         }
     }
     Ok(())

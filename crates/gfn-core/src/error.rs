@@ -14,7 +14,9 @@ pub enum GfnError {
         allowed: String,
     },
     /// The environment cannot enumerate its states, so exact evaluation is impossible.
-    #[error("environment {0} cannot enumerate its states; exact evaluation needs an enumerable environment")]
+    #[error(
+        "environment {0} cannot enumerate its states; exact evaluation needs an enumerable environment"
+    )]
     NotEnumerable(String),
     /// A tensor operation failed.
     #[error(transparent)]
@@ -30,6 +32,10 @@ pub type Result<T, E = GfnError> = std::result::Result<T, E>;
 impl GfnError {
     /// Shorthand for [`GfnError::InvalidConfig`].
     pub fn invalid(field: &'static str, value: impl ToString, allowed: impl Into<String>) -> Self {
-        GfnError::InvalidConfig { field, value: value.to_string(), allowed: allowed.into() }
+        GfnError::InvalidConfig {
+            field,
+            value: value.to_string(),
+            allowed: allowed.into(),
+        }
     }
 }

@@ -25,7 +25,11 @@ impl std::str::FromStr for BackwardPolicy {
         match s {
             "learned" => Ok(Self::Learned),
             "uniform" => Ok(Self::Uniform),
-            other => Err(GfnError::invalid("backward_policy", other, "must be learned or uniform")),
+            other => Err(GfnError::invalid(
+                "backward_policy",
+                other,
+                "must be learned or uniform",
+            )),
         }
     }
 }
@@ -49,7 +53,11 @@ impl EstimatorConfig {
     /// Check the sizes, naming the bad field.
     pub fn validate(&self) -> Result<()> {
         if self.hidden == 0 {
-            return Err(GfnError::invalid("hidden", self.hidden, "must be at least 1"));
+            return Err(GfnError::invalid(
+                "hidden",
+                self.hidden,
+                "must be at least 1",
+            ));
         }
         Ok(())
     }
@@ -93,7 +101,8 @@ impl Estimator {
         let learned_pb = config.backward == BackwardPolicy::Learned;
         let (h, l) = (config.hidden, config.layers);
         let nets = if config.shared_trunk {
-            let out = n_actions + if learned_pb { n_backward } else { 0 } + usize::from(config.flow_head);
+            let out =
+                n_actions + if learned_pb { n_backward } else { 0 } + usize::from(config.flow_head);
             vec![Mlp::new(feature_dim, h, l, out, device, rng)?]
         } else {
             let mut nets = vec![Mlp::new(feature_dim, h, l, n_actions, device, rng)?];
@@ -201,11 +210,19 @@ impl Estimator {
                 None
             };
             let log_flow = if self.config.flow_head {
-                Some(out.narrow(D::Minus1, col, 1)?.squeeze(D::Minus1)?.contiguous()?)
+                Some(
+                    out.narrow(D::Minus1, col, 1)?
+                        .squeeze(D::Minus1)?
+                        .contiguous()?,
+                )
             } else {
                 None
             };
-            Ok(EstimatorOutput { pf_logits, pb_logits, log_flow })
+            Ok(EstimatorOutput {
+                pf_logits,
+                pb_logits,
+                log_flow,
+            })
         } else {
             let mut k = 1;
             let pb_logits = if learned_pb {
@@ -214,19 +231,35 @@ impl Estimator {
             } else {
                 None
             };
-            let log_flow = if self.config.flow_head { Some(outs[k].squeeze(D::Minus1)?.contiguous()?) } else { None };
-            Ok(EstimatorOutput { pf_logits: outs[0].clone(), pb_logits, log_flow })
+            let log_flow = if self.config.flow_head {
+                Some(outs[k].squeeze(D::Minus1)?.contiguous()?)
+            } else {
+                None
+            };
+            Ok(EstimatorOutput {
+                pf_logits: outs[0].clone(),
+                pb_logits,
+                log_flow,
+            })
         }
     }
 
     fn forward_impl(&self, features: &Tensor, detached: bool) -> Result<EstimatorOutput> {
-        let outs = self.nets.iter().map(|n| n.forward(features, detached)).collect::<Result<Vec<_>>>()?;
+        let outs = self
+            .nets
+            .iter()
+            .map(|n| n.forward(features, detached))
+            .collect::<Result<Vec<_>>>()?;
         self.split_heads(&outs)
     }
 
     /// Upload a feature buffer `[rows, feature_dim]` to the estimator's device.
     pub fn features_tensor(&self, features: &[f32], rows: usize) -> Result<Tensor> {
-        Ok(Tensor::from_slice(features, (rows, self.feature_dim), &self.device)?)
+        Ok(Tensor::from_slice(
+            features,
+            (rows, self.feature_dim),
+            &self.device,
+        )?)
     }
 }
 
@@ -250,14 +283,24 @@ impl RolloutPolicy for &Estimator {
 /// row order) followed by extra rows (the parents that flow matching evaluates).
 pub trait RowForward {
     /// Outputs over `batch.num_rows() + extra_rows` rows; `extra` holds the extra rows' features.
-    fn forward_rows(&mut self, batch: &crate::TrajectoryBatch, extra: &[f32], extra_rows: usize) -> Result<EstimatorOutput>;
+    fn forward_rows(
+        &mut self,
+        batch: &crate::TrajectoryBatch,
+        extra: &[f32],
+        extra_rows: usize,
+    ) -> Result<EstimatorOutput>;
     /// The `log Z` parameter, shape `[1]`.
     fn log_z(&self) -> Tensor;
 }
 
 /// The reference path: one candle forward pass with an autograd graph over all rows.
 impl RowForward for &Estimator {
-    fn forward_rows(&mut self, batch: &crate::TrajectoryBatch, extra: &[f32], extra_rows: usize) -> Result<EstimatorOutput> {
+    fn forward_rows(
+        &mut self,
+        batch: &crate::TrajectoryBatch,
+        extra: &[f32],
+        extra_rows: usize,
+    ) -> Result<EstimatorOutput> {
         let rows = batch.num_rows();
         let x = if extra_rows == 0 {
             self.features_tensor(&batch.features, rows)?

@@ -24,18 +24,28 @@ pub fn logsumexp(xs: impl IntoIterator<Item = f64> + Clone) -> f64 {
     max + xs.into_iter().map(|x| (x - max).exp()).sum::<f64>().ln()
 }
 
+/// Deserialise an f64 that may have been written as `null` (JSON has no NaN or infinity).
+pub fn f64_or_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(<Option<f64> as serde::Deserialize>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
 /// Divergences between a model distribution `p` and the target `q` over the same support.
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct DistributionMetrics {
     /// Total variation `½ Σ|p − q|`.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub tv: f64,
     /// `Σ|p − q|`.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub l1_sum: f64,
     /// `Σ|p − q| / |X|` (the TB paper's convention).
+    #[serde(deserialize_with = "f64_or_nan")]
     pub l1_mean: f64,
     /// Jensen–Shannon divergence (natural log).
+    #[serde(deserialize_with = "f64_or_nan")]
     pub jsd: f64,
     /// `KL(q ‖ p)` = KL(p* ‖ P_T); infinite when `p` misses part of the target's support.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub kl: f64,
 }
 
@@ -51,7 +61,13 @@ impl DistributionMetrics {
             jsd += 0.5 * xlogx(pi, m) + 0.5 * xlogx(qi, m);
             kl += xlogx(qi, pi);
         }
-        Self { tv: 0.5 * l1, l1_sum: l1, l1_mean: l1 / p.len() as f64, jsd, kl }
+        Self {
+            tv: 0.5 * l1,
+            l1_sum: l1,
+            l1_mean: l1 / p.len() as f64,
+            jsd,
+            kl,
+        }
     }
 }
 
@@ -85,18 +101,33 @@ pub struct ExactEvaluator {
 impl ExactEvaluator {
     /// Enumerate `env` and precompute the DAG's structure, rewards and target.
     pub fn new<E: Env + ?Sized>(env: &E) -> Result<Self> {
-        let states = env.enumerate_states().ok_or_else(|| GfnError::NotEnumerable(env.name()))?;
-        let (sd, na, nb, nf) =
-            (env.state_dim(), env.n_actions(), env.n_backward_actions(), env.feature_dim());
+        let states = env
+            .enumerate_states()
+            .ok_or_else(|| GfnError::NotEnumerable(env.name()))?;
+        let (sd, na, nb, nf) = (
+            env.state_dim(),
+            env.n_actions(),
+            env.n_backward_actions(),
+            env.feature_dim(),
+        );
         let n = states.len() / sd;
-        let index: HashMap<Vec<i32>, u32> =
-            states.chunks_exact(sd).enumerate().map(|(i, s)| (s.to_vec(), i as u32)).collect();
+        let index: HashMap<Vec<i32>, u32> = states
+            .chunks_exact(sd)
+            .enumerate()
+            .map(|(i, s)| (s.to_vec(), i as u32))
+            .collect();
         if index.len() != n {
-            return Err(GfnError::Other(format!("{}: enumerate_states lists a state twice", env.name())));
+            return Err(GfnError::Other(format!(
+                "{}: enumerate_states lists a state twice",
+                env.name()
+            )));
         }
         let lookup = |s: &[i32]| -> Result<u32> {
             index.get(s).copied().ok_or_else(|| {
-                GfnError::Other(format!("{}: state {s:?} reachable but not enumerated", env.name()))
+                GfnError::Other(format!(
+                    "{}: state {s:?} reachable but not enumerated",
+                    env.name()
+                ))
             })
         };
         let exit = env.exit_action();
@@ -140,7 +171,8 @@ impl ExactEvaluator {
                 parents[i * nb + b] = (lookup(&buf)?, fwd as u32);
             }
         }
-        let initial = initial.ok_or_else(|| GfnError::Other(format!("{}: s_0 not enumerated", env.name())))?;
+        let initial = initial
+            .ok_or_else(|| GfnError::Other(format!("{}: s_0 not enumerated", env.name())))?;
         let is_terminal = |i: usize, s: &[i32]| match exit {
             Some(e) => forward_mask[i * na + e],
             None => env.is_terminal(s),
@@ -155,7 +187,10 @@ impl ExactEvaluator {
                 terminal.push(i as u32);
                 let lr = env.log_reward(s);
                 if lr.is_nan() || lr == f64::INFINITY {
-                    return Err(GfnError::Other(format!("{}: log_reward({s:?}) = {lr}", env.name())));
+                    return Err(GfnError::Other(format!(
+                        "{}: log_reward({s:?}) = {lr}",
+                        env.name()
+                    )));
                 }
                 log_reward.push(lr);
                 modes.push(env.is_mode(s));
@@ -239,7 +274,12 @@ impl ExactEvaluator {
     /// Child of state `s` by forward action `a`, if any (not for the exit).
     pub fn child(&self, s: usize, a: usize) -> Option<(usize, usize)> {
         let c = self.children[s * self.n_actions + a];
-        (c != NONE).then(|| (c as usize, self.child_backward[s * self.n_actions + a] as usize))
+        (c != NONE).then(|| {
+            (
+                c as usize,
+                self.child_backward[s * self.n_actions + a] as usize,
+            )
+        })
     }
     /// Parent of state `s` by backward action `b`, with the forward action from it.
     pub fn parent(&self, s: usize, b: usize) -> Option<(usize, usize)> {
@@ -262,8 +302,17 @@ impl ExactEvaluator {
     /// Masked log-softmax of raw logits `[S * width]` in f64 (`−∞` on disallowed entries).
     pub fn log_softmax_masked(logits: &[f32], mask: &[bool], width: usize) -> Vec<f64> {
         let mut out = vec![f64::NEG_INFINITY; logits.len()];
-        for ((l, m), o) in logits.chunks_exact(width).zip(mask.chunks_exact(width)).zip(out.chunks_exact_mut(width)) {
-            let lse = logsumexp(l.iter().zip(m).filter(|(_, m)| **m).map(|(x, _)| f64::from(*x)));
+        for ((l, m), o) in logits
+            .chunks_exact(width)
+            .zip(mask.chunks_exact(width))
+            .zip(out.chunks_exact_mut(width))
+        {
+            let lse = logsumexp(
+                l.iter()
+                    .zip(m)
+                    .filter(|(_, m)| **m)
+                    .map(|(x, _)| f64::from(*x)),
+            );
             for a in 0..width {
                 if m[a] {
                     o[a] = f64::from(l[a]) - lse;
@@ -281,7 +330,11 @@ impl ExactEvaluator {
         let mut out = Vec::with_capacity(n * self.n_actions);
         for start in (0..n).step_by(CHUNK) {
             let rows = CHUNK.min(n - start);
-            let x = Tensor::from_slice(&self.features[start * nf..(start + rows) * nf], (rows, nf), estimator.device())?;
+            let x = Tensor::from_slice(
+                &self.features[start * nf..(start + rows) * nf],
+                (rows, nf),
+                estimator.device(),
+            )?;
             out.extend(to_vec_f32(&estimator.pf_logits_detached(&x)?)?);
         }
         Ok(out)
@@ -289,7 +342,11 @@ impl ExactEvaluator {
 
     /// `log P_F(a|s)` for every state and action, `[S * n_actions]`.
     pub fn policy_log_probs(&self, estimator: &Estimator) -> Result<Vec<f64>> {
-        Ok(Self::log_softmax_masked(&self.policy_logits(estimator)?, &self.forward_mask, self.n_actions))
+        Ok(Self::log_softmax_masked(
+            &self.policy_logits(estimator)?,
+            &self.forward_mask,
+            self.n_actions,
+        ))
     }
 
     /// Terminating distribution `P_T` over terminal objects for forward log-probs `[S * n_actions]`.
@@ -331,7 +388,12 @@ impl ExactEvaluator {
     pub fn metrics_for(&self, log_pf: &[f64], log_z_learned: f64) -> ExactMetrics {
         let p = self.terminating_distribution(log_pf);
         let dist = DistributionMetrics::compare(&p, &self.target);
-        ExactMetrics { dist, log_z_learned, log_z_true: self.log_z, log_z_error: (log_z_learned - self.log_z).abs() }
+        ExactMetrics {
+            dist,
+            log_z_learned,
+            log_z_true: self.log_z,
+            log_z_error: (log_z_learned - self.log_z).abs(),
+        }
     }
 
     /// The flows and policies that satisfy every balance condition for the backward policy
@@ -367,17 +429,31 @@ impl ExactEvaluator {
         let log_pf = (0..n * na)
             .map(|i| {
                 let f = log_flow[i / na];
-                if self.forward_mask[i] && f > f64::NEG_INFINITY { log_edge[i] - f } else { f64::NEG_INFINITY }
+                if self.forward_mask[i] && f > f64::NEG_INFINITY {
+                    log_edge[i] - f
+                } else {
+                    f64::NEG_INFINITY
+                }
             })
             .collect();
-        ExactSolution { log_z: log_flow[self.initial], log_flow, log_edge_flow: log_edge, log_pf, log_pb: log_pb.to_vec() }
+        ExactSolution {
+            log_z: log_flow[self.initial],
+            log_flow,
+            log_edge_flow: log_edge,
+            log_pf,
+            log_pb: log_pb.to_vec(),
+        }
     }
 
     /// Uniform backward policy over allowed backward actions, `[S * n_backward]`.
     pub fn uniform_log_pb(&self) -> Vec<f64> {
         let nb = self.n_backward;
         let mut out = vec![f64::NEG_INFINITY; self.backward_mask.len()];
-        for (m, o) in self.backward_mask.chunks_exact(nb).zip(out.chunks_exact_mut(nb)) {
+        for (m, o) in self
+            .backward_mask
+            .chunks_exact(nb)
+            .zip(out.chunks_exact_mut(nb))
+        {
             let k = m.iter().filter(|&&x| x).count();
             for b in 0..nb {
                 if m[b] {
@@ -396,10 +472,13 @@ pub struct ExactMetrics {
     #[serde(flatten)]
     pub dist: DistributionMetrics,
     /// The model's `log Ẑ`.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub log_z_learned: f64,
     /// The exact `log Z`.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub log_z_true: f64,
     /// `|log Ẑ − log Z|`.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub log_z_error: f64,
 }
 
@@ -434,7 +513,13 @@ pub struct EmpiricalTracker {
 impl EmpiricalTracker {
     /// Track the last `window` (≥ 1) samples.
     pub fn new(window: usize) -> Self {
-        Self { window: window.max(1), ring: Vec::new(), next: 0, visited_modes: Vec::new(), mode_seen: Vec::new() }
+        Self {
+            window: window.max(1),
+            ring: Vec::new(),
+            next: 0,
+            visited_modes: Vec::new(),
+            mode_seen: Vec::new(),
+        }
     }
 
     /// Record one sampled terminal object by its terminal index.

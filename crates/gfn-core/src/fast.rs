@@ -26,7 +26,11 @@ impl FastPath {
     /// Whether `estimator` can use the fast path (f32 parameters on the CPU).
     pub fn supports(estimator: &Estimator) -> bool {
         estimator.device().is_cpu()
-            && estimator.nets().iter().all(|n| n.layers.iter().all(|l| l.weight.dtype() == candle_core::DType::F32))
+            && estimator.nets().iter().all(|n| {
+                n.layers
+                    .iter()
+                    .all(|l| l.weight.dtype() == candle_core::DType::F32)
+            })
     }
 
     /// Start a new iteration.
@@ -37,23 +41,39 @@ impl FastPath {
 
     /// A view that records rollouts and serves the loss.
     pub fn view<'a>(&'a mut self, estimator: &'a Estimator) -> Taped<'a> {
-        self.tapes.resize_with(estimator.nets().len(), MlpTape::default);
-        Taped { estimator, fast: self }
+        self.tapes
+            .resize_with(estimator.nets().len(), MlpTape::default);
+        Taped {
+            estimator,
+            fast: self,
+        }
     }
 
     /// After `loss.backward()`: parameter gradients of every network, in the order of
     /// [`Estimator::named_params`] (per net, per layer: weight, bias).
     pub fn backward(&mut self, estimator: &Estimator, grads: &GradStore) -> Result<Vec<&[f32]>> {
-        self.grads.resize_with(estimator.nets().len(), MlpGrads::default);
+        self.grads
+            .resize_with(estimator.nets().len(), MlpGrads::default);
         for (k, net) in estimator.nets().iter().enumerate() {
-            let leaf = self.leaves.get(k).ok_or_else(|| GfnError::Other("fast path: backward before the loss".into()))?;
+            let leaf = self
+                .leaves
+                .get(k)
+                .ok_or_else(|| GfnError::Other("fast path: backward before the loss".into()))?;
             let d_out: Vec<f32> = match grads.get(leaf.as_tensor()) {
                 Some(g) => g.flatten_all()?.to_vec1()?,
                 None => vec![0.0; leaf.elem_count()],
             };
             net.backward_taped(&self.tapes[k], &d_out, &mut self.grads[k])?;
         }
-        Ok(self.grads.iter().flat_map(|g| g.layers.iter().flat_map(|(w, b)| [w.as_slice(), b.as_slice()])).collect())
+        Ok(self
+            .grads
+            .iter()
+            .flat_map(|g| {
+                g.layers
+                    .iter()
+                    .flat_map(|(w, b)| [w.as_slice(), b.as_slice()])
+            })
+            .collect())
     }
 }
 
@@ -74,7 +94,12 @@ impl RolloutPolicy for Taped<'_> {
 }
 
 impl RowForward for Taped<'_> {
-    fn forward_rows(&mut self, batch: &TrajectoryBatch, extra: &[f32], extra_rows: usize) -> Result<EstimatorOutput> {
+    fn forward_rows(
+        &mut self,
+        batch: &TrajectoryBatch,
+        extra: &[f32],
+        extra_rows: usize,
+    ) -> Result<EstimatorOutput> {
         let rows = batch.num_rows();
         if self.fast.tapes[0].rows() != rows {
             return Err(GfnError::Other(format!(
@@ -94,7 +119,11 @@ impl RowForward for Taped<'_> {
             if extra_rows > 0 {
                 net.forward_taped(extra, extra_rows, tape)?;
             }
-            let leaf = Var::from_tensor(&Tensor::from_slice(tape.outputs(), (tape.rows(), tape.out_dim()), &dev)?)?;
+            let leaf = Var::from_tensor(&Tensor::from_slice(
+                tape.outputs(),
+                (tape.rows(), tape.out_dim()),
+                &dev,
+            )?)?;
             outs.push(leaf.as_tensor().clone());
             self.fast.leaves.push(leaf);
         }

@@ -32,7 +32,13 @@ pub struct AdamParams {
 impl AdamParams {
     /// Adam with the usual β₁ = 0.9, β₂ = 0.999, ε = 1e-8 and no weight decay.
     pub fn adam(lr: f64) -> Self {
-        Self { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }
+        Self {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
     }
 }
 
@@ -91,12 +97,27 @@ impl candle_core::InplaceOp1 for FusedAdamSlice<'_> {
         "gfn-fused-adam-slice"
     }
     fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
-        let CpuStorage::F32(p) = s else { candle_core::bail!("fused adam: f32 parameters only") };
-        let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("fused adam: contiguous tensors only") };
+        let CpuStorage::F32(p) = s else {
+            candle_core::bail!("fused adam: f32 parameters only")
+        };
+        let Some((a, b)) = l.contiguous_offsets() else {
+            candle_core::bail!("fused adam: contiguous tensors only")
+        };
         if b - a != self.g.len() {
-            candle_core::bail!("fused adam: {} gradients for {} parameters", self.g.len(), b - a);
+            candle_core::bail!(
+                "fused adam: {} gradients for {} parameters",
+                self.g.len(),
+                b - a
+            );
         }
-        adam_update(&mut p[a..b], self.g, &mut self.m.borrow_mut(), &mut self.v.borrow_mut(), self.p, self.t);
+        adam_update(
+            &mut p[a..b],
+            self.g,
+            &mut self.m.borrow_mut(),
+            &mut self.v.borrow_mut(),
+            self.p,
+            self.t,
+        );
         Ok(())
     }
 }
@@ -126,7 +147,14 @@ impl candle_core::InplaceOp2 for FusedAdam<'_> {
         else {
             candle_core::bail!("fused adam: contiguous tensors only")
         };
-        adam_update(&mut p[a1..b1], &g[a2..b2], &mut self.m.borrow_mut(), &mut self.v.borrow_mut(), self.p, self.t);
+        adam_update(
+            &mut p[a1..b1],
+            &g[a2..b2],
+            &mut self.m.borrow_mut(),
+            &mut self.v.borrow_mut(),
+            self.p,
+            self.t,
+        );
         Ok(())
     }
 }
@@ -138,10 +166,20 @@ impl Adam {
             .into_iter()
             .map(|(name, var, group)| {
                 let n = var.elem_count();
-                AdamSlot { name, var, m: vec![0.0; n], v: vec![0.0; n], group }
+                AdamSlot {
+                    name,
+                    var,
+                    m: vec![0.0; n],
+                    v: vec![0.0; n],
+                    group,
+                }
             })
             .collect();
-        Self { slots, groups, t: 0 }
+        Self {
+            slots,
+            groups,
+            t: 0,
+        }
     }
 
     /// One update from the gradients in `grads`. Parameters without a gradient are skipped, as
@@ -149,7 +187,9 @@ impl Adam {
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
         self.t += 1;
         for slot in &mut self.slots {
-            let Some(g) = grads.get(slot.var.as_tensor()) else { continue };
+            let Some(g) = grads.get(slot.var.as_tensor()) else {
+                continue;
+            };
             let hp = self.groups[slot.group];
             if slot.var.device().is_cpu() {
                 let g = g.contiguous()?;
@@ -171,7 +211,11 @@ impl Adam {
     /// CPU parameters only.
     pub fn step_slices(&mut self, grads: &[Option<&[f32]>]) -> Result<()> {
         if grads.len() != self.slots.len() {
-            return Err(crate::GfnError::Other(format!("{} gradients for {} parameters", grads.len(), self.slots.len())));
+            return Err(crate::GfnError::Other(format!(
+                "{} gradients for {} parameters",
+                grads.len(),
+                self.slots.len()
+            )));
         }
         self.t += 1;
         for (slot, g) in self.slots.iter_mut().zip(grads) {

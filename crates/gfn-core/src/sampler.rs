@@ -9,7 +9,7 @@
 
 use crate::batch::{NONE, TrajectoryBatch};
 use crate::estimator::{Estimator, RolloutPolicy, to_vec_f32};
-use crate::rng::{sample_weighted, GfnRng};
+use crate::rng::{GfnRng, sample_weighted};
 use crate::{Env, GfnError, Result};
 
 /// Exploration settings of a forward rollout.
@@ -23,7 +23,10 @@ pub struct SamplingOptions {
 
 impl Default for SamplingOptions {
     fn default() -> Self {
-        Self { epsilon: 0.0, temperature: 1.0 }
+        Self {
+            epsilon: 0.0,
+            temperature: 1.0,
+        }
     }
 }
 
@@ -31,10 +34,18 @@ impl SamplingOptions {
     /// Check ranges, naming the bad field.
     pub fn validate(&self) -> Result<()> {
         if !(0.0..=1.0).contains(&self.epsilon) {
-            return Err(GfnError::invalid("epsilon", self.epsilon, "must be in [0, 1]"));
+            return Err(GfnError::invalid(
+                "epsilon",
+                self.epsilon,
+                "must be in [0, 1]",
+            ));
         }
         if !(self.temperature.is_finite() && self.temperature > 0.0) {
-            return Err(GfnError::invalid("temperature", self.temperature, "must be finite and > 0"));
+            return Err(GfnError::invalid(
+                "temperature",
+                self.temperature,
+                "must be finite and > 0",
+            ));
         }
         Ok(())
     }
@@ -81,14 +92,22 @@ fn draw_action(
         }
     }
     if n_valid == 0 {
-        return Err(GfnError::Other("a non-terminal state has no allowed action".into()));
+        return Err(GfnError::Other(
+            "a non-terminal state has no allowed action".into(),
+        ));
     }
     if !max.is_finite() {
-        return Err(GfnError::Other(format!("policy logits are not finite ({max})")));
+        return Err(GfnError::Other(format!(
+            "policy logits are not finite ({max})"
+        )));
     }
     let mut total = 0.0;
     for (a, &l) in logits.iter().enumerate() {
-        let w = if mask(a) { (f64::from(l) * inv_t - max).exp() } else { 0.0 };
+        let w = if mask(a) {
+            (f64::from(l) * inv_t - max).exp()
+        } else {
+            0.0
+        };
         total += w;
         weights.push(w);
     }
@@ -164,7 +183,8 @@ impl Sampler {
                 batch.push_row(env, b, t, &self.current[b * sd..(b + 1) * sd]);
             }
             let rows = self.active.len();
-            let stride = policy.pf_logits(&batch.features[first_row * nf..], rows, &mut self.logits)?;
+            let stride =
+                policy.pf_logits(&batch.features[first_row * nf..], rows, &mut self.logits)?;
             let logits = &self.logits;
             self.next_active.clear();
             for (i, &b) in self.active.iter().enumerate() {
@@ -175,8 +195,13 @@ impl Sampler {
                 }
                 let row = first_row + i;
                 let mask = &batch.forward_masks[row * na..(row + 1) * na];
-                let (a, log_p) =
-                    draw_action(rng, &logits[i * stride..i * stride + na], |a| mask[a] != 0, opts, &mut self.weights)?;
+                let (a, log_p) = draw_action(
+                    rng,
+                    &logits[i * stride..i * stride + na],
+                    |a| mask[a] != 0,
+                    opts,
+                    &mut self.weights,
+                )?;
                 if Some(a) == exit {
                     batch.set_step(b, t, a as u32, NONE, log_p as f32, 0.0);
                     batch.finish(env, b, t + 1, state);
@@ -203,8 +228,12 @@ impl Sampler {
         rng: &mut GfnRng,
         batch: &mut TrajectoryBatch,
     ) -> Result<()> {
-        let (sd, nb, nf, na) =
-            (env.state_dim(), env.n_backward_actions(), env.feature_dim(), env.n_actions());
+        let (sd, nb, nf, na) = (
+            env.state_dim(),
+            env.n_backward_actions(),
+            env.feature_dim(),
+            env.n_actions(),
+        );
         let n = terminals.len() / sd;
         if n == 0 || terminals.len() != n * sd {
             return Err(GfnError::invalid(
@@ -225,7 +254,11 @@ impl Sampler {
                 None => env.is_terminal(x),
             };
             if !ok {
-                return Err(GfnError::invalid("terminals", format!("{x:?}"), "must be terminal objects of the environment"));
+                return Err(GfnError::invalid(
+                    "terminals",
+                    format!("{x:?}"),
+                    "must be terminal objects of the environment",
+                ));
             }
         }
         // Walk back, all trajectories in lockstep; path k = k-th state from the end.
@@ -244,7 +277,8 @@ impl Sampler {
         self.current.extend_from_slice(terminals);
         self.active.clear();
         for b in 0..n {
-            self.path_states[b * stride..b * stride + sd].copy_from_slice(&terminals[b * sd..(b + 1) * sd]);
+            self.path_states[b * stride..b * stride + sd]
+                .copy_from_slice(&terminals[b * sd..(b + 1) * sd]);
             if !env.is_initial(&terminals[b * sd..(b + 1) * sd]) {
                 self.active.push(b);
             }
@@ -253,13 +287,19 @@ impl Sampler {
         let mut k = 0;
         while !self.active.is_empty() {
             if k >= cap {
-                return Err(GfnError::Other(format!("{}: a backward walk exceeded max_actions", env.name())));
+                return Err(GfnError::Other(format!(
+                    "{}: a backward walk exceeded max_actions",
+                    env.name()
+                )));
             }
             let rows = self.active.len();
             self.features.clear();
             self.features.resize(rows * nf, 0.0);
             for (i, &b) in self.active.iter().enumerate() {
-                env.featurize(&self.current[b * sd..(b + 1) * sd], &mut self.features[i * nf..(i + 1) * nf]);
+                env.featurize(
+                    &self.current[b * sd..(b + 1) * sd],
+                    &mut self.features[i * nf..(i + 1) * nf],
+                );
             }
             let x = estimator.features_tensor(&self.features, rows)?;
             let logits = match estimator.pb_logits_detached(&x)? {
@@ -271,8 +311,13 @@ impl Sampler {
                 let state = &mut self.current[b * sd..(b + 1) * sd];
                 env.backward_mask(state, &mut self.masks[..nb]);
                 let mask = &self.masks[..nb];
-                let (a, log_p) =
-                    draw_action(rng, &logits[i * nb..(i + 1) * nb], |a| mask[a], on_policy, &mut self.weights)?;
+                let (a, log_p) = draw_action(
+                    rng,
+                    &logits[i * nb..(i + 1) * nb],
+                    |a| mask[a],
+                    on_policy,
+                    &mut self.weights,
+                )?;
                 let fwd = env.backward_step(state, a);
                 self.path_forward[b * cap + k] = fwd as u32;
                 self.path_backward[b * cap + k] = a as u32;
@@ -303,7 +348,14 @@ impl Sampler {
                 if p > 0 {
                     // Forward step t goes from path p to path p − 1, undone by backward move p − 1.
                     let j = b * cap + (p - 1);
-                    batch.set_step(b, t, self.path_forward[j], self.path_backward[j], 0.0, self.path_log_pb[j]);
+                    batch.set_step(
+                        b,
+                        t,
+                        self.path_forward[j],
+                        self.path_backward[j],
+                        0.0,
+                        self.path_log_pb[j],
+                    );
                 }
             }
         }

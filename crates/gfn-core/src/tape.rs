@@ -19,8 +19,21 @@ use crate::{GfnError, Result};
 /// transposed). `C` is `m×n`, `op(A)` is `m×k`, `op(B)` is `k×n`.
 #[allow(unsafe_code)]
 #[allow(clippy::too_many_arguments)]
-pub fn sgemm(m: usize, n: usize, k: usize, a: &[f32], a_t: bool, b: &[f32], b_t: bool, c: &mut [f32], accumulate: bool) {
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "sgemm: operand too short");
+pub fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_t: bool,
+    b: &[f32],
+    b_t: bool,
+    c: &mut [f32],
+    accumulate: bool,
+) {
+    assert!(
+        a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
+        "sgemm: operand too short"
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -30,10 +43,22 @@ pub fn sgemm(m: usize, n: usize, k: usize, a: &[f32], a_t: bool, b: &[f32], b_t:
         }
         return;
     }
-    let (a_rs, a_cs) = if a_t { (1, m as isize) } else { (k as isize, 1) };
-    let (b_rs, b_cs) = if b_t { (1, k as isize) } else { (n as isize, 1) };
+    let (a_rs, a_cs) = if a_t {
+        (1, m as isize)
+    } else {
+        (k as isize, 1)
+    };
+    let (b_rs, b_cs) = if b_t {
+        (1, k as isize)
+    } else {
+        (n as isize, 1)
+    };
     let threads = candle_core::utils::get_num_threads();
-    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
     // SAFETY: the asserts above guarantee that every index the strides can reach
     // (rows < m or k, columns < k or n) lies inside the slices, and `c` is borrowed mutably, so
     // it aliases neither `a` nor `b`.
@@ -70,7 +95,9 @@ pub fn with_cpu_f32<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
         .ok_or_else(|| GfnError::Other("fast path: parameters must be contiguous".into()))?;
     match &*storage {
         Storage::Cpu(CpuStorage::F32(v)) => Ok(f(&v[start..end])),
-        _ => Err(GfnError::Other("fast path: f32 parameters on the CPU only".into())),
+        _ => Err(GfnError::Other(
+            "fast path: f32 parameters on the CPU only".into(),
+        )),
     }
 }
 
@@ -123,7 +150,12 @@ impl Mlp {
 
     /// Evaluate `rows` new rows `x` (`[rows, in]`), append their activations to `tape`, and
     /// return their outputs.
-    pub fn forward_taped<'t>(&self, x: &[f32], rows: usize, tape: &'t mut MlpTape) -> Result<&'t [f32]> {
+    pub fn forward_taped<'t>(
+        &self,
+        x: &[f32],
+        rows: usize,
+        tape: &'t mut MlpTape,
+    ) -> Result<&'t [f32]> {
         let dims = self.dims();
         if tape.dims != dims {
             tape.dims = dims.clone();
@@ -131,7 +163,11 @@ impl Mlp {
             tape.rows = 0;
         }
         if x.len() != rows * dims[0] {
-            return Err(GfnError::Other(format!("fast path: {} inputs for {rows} rows of width {}", x.len(), dims[0])));
+            return Err(GfnError::Other(format!(
+                "fast path: {} inputs for {rows} rows of width {}",
+                x.len(),
+                dims[0]
+            )));
         }
         let r0 = tape.rows;
         tape.acts[0].extend_from_slice(x);
@@ -148,7 +184,17 @@ impl Mlp {
                 }
             })?;
             with_cpu_f32(layer.weight.as_tensor(), |w| {
-                sgemm(rows, dout, din, input, false, w, false, &mut out[start..], true);
+                sgemm(
+                    rows,
+                    dout,
+                    din,
+                    input,
+                    false,
+                    w,
+                    false,
+                    &mut out[start..],
+                    true,
+                );
             })?;
             if l < last {
                 out[start..].iter_mut().for_each(|v| *v = v.max(0.0));
@@ -160,11 +206,18 @@ impl Mlp {
 
     /// Backward pass over every row of `tape` given `d_out = ∂L/∂outputs` (`[rows, out]`):
     /// fills `grads` with `∂L/∂W`, `∂L/∂b` of every layer.
-    pub fn backward_taped(&self, tape: &MlpTape, d_out: &[f32], grads: &mut MlpGrads) -> Result<()> {
+    pub fn backward_taped(
+        &self,
+        tape: &MlpTape,
+        d_out: &[f32],
+        grads: &mut MlpGrads,
+    ) -> Result<()> {
         let dims = &tape.dims;
         let rows = tape.rows;
         if *dims != self.dims() || d_out.len() != rows * tape.out_dim() {
-            return Err(GfnError::Other("fast path: tape and gradient do not match the network".into()));
+            return Err(GfnError::Other(
+                "fast path: tape and gradient do not match the network".into(),
+            ));
         }
         let nl = self.layers.len();
         grads.layers.resize_with(nl, Default::default);

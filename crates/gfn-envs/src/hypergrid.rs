@@ -28,7 +28,11 @@ pub struct HypergridReward {
 
 impl Default for HypergridReward {
     fn default() -> Self {
-        Self { r0: 0.1, r1: 0.5, r2: 2.0 }
+        Self {
+            r0: 0.1,
+            r1: 0.5,
+            r2: 2.0,
+        }
     }
 }
 
@@ -53,7 +57,11 @@ impl Hypergrid {
             return Err(GfnError::invalid("height", height, "must be at least 2"));
         }
         if (height as f64).powi(ndim as i32) > 2f64.powi(31) {
-            return Err(GfnError::invalid("height", height, format!("height^ndim must be below 2^31 (ndim = {ndim})")));
+            return Err(GfnError::invalid(
+                "height",
+                height,
+                format!("height^ndim must be below 2^31 (ndim = {ndim})"),
+            ));
         }
         for (field, v) in [("r0", reward.r0), ("r1", reward.r1), ("r2", reward.r2)] {
             if !(v.is_finite() && v >= 0.0) {
@@ -61,7 +69,11 @@ impl Hypergrid {
             }
         }
         if reward.r0 == 0.0 && reward.r1 == 0.0 && reward.r2 == 0.0 {
-            return Err(GfnError::invalid("r0", 0, "r0, r1, r2 are all 0: the reward must be positive somewhere"));
+            return Err(GfnError::invalid(
+                "r0",
+                0,
+                "r0, r1, r2 are all 0: the reward must be positive somewhere",
+            ));
         }
         let h1 = (height - 1) as i64;
         let coord_flags = (0..height as i64)
@@ -70,7 +82,12 @@ impl Hypergrid {
                 (2 * c > h1, 6 * h1 < 10 * c && 10 * c < 8 * h1)
             })
             .collect();
-        Ok(Self { ndim, height, reward, coord_flags })
+        Ok(Self {
+            ndim,
+            height,
+            reward,
+            coord_flags,
+        })
     }
 
     /// Number of dimensions `d`.
@@ -94,7 +111,9 @@ impl Hypergrid {
             outer &= o;
             band &= b;
         }
-        self.reward.r0 + if outer { self.reward.r1 } else { 0.0 } + if band { self.reward.r2 } else { 0.0 }
+        self.reward.r0
+            + if outer { self.reward.r1 } else { 0.0 }
+            + if band { self.reward.r2 } else { 0.0 }
     }
 
     /// Number of grid points, `H^d`.
@@ -177,7 +196,12 @@ impl Env for Hypergrid {
         Some(out)
     }
     fn state_index(&self, state: &[i32]) -> Option<usize> {
-        Some(state.iter().rev().fold(0, |acc, &x| acc * self.height + x as usize))
+        Some(
+            state
+                .iter()
+                .rev()
+                .fold(0, |acc, &x| acc * self.height + x as usize),
+        )
     }
 }
 
@@ -188,7 +212,15 @@ mod tests {
     use gfn_core::exact::ExactEvaluator;
 
     fn grid(d: usize, h: usize, r0: f64) -> Hypergrid {
-        Hypergrid::new(d, h, HypergridReward { r0, ..Default::default() }).unwrap()
+        Hypergrid::new(
+            d,
+            h,
+            HypergridReward {
+                r0,
+                ..Default::default()
+            },
+        )
+        .unwrap()
     }
 
     /// papers.md §3.1, exact anchors [calc, float64].
@@ -225,7 +257,10 @@ mod tests {
     #[test]
     fn float_boundary_uses_exact_arithmetic() {
         let env = grid(2, 256, 0.1);
-        assert!(!env.coord_flags[204].1, "x = 204 is exactly on the 0.3 edge: excluded");
+        assert!(
+            !env.coord_flags[204].1,
+            "x = 204 is exactly on the 0.3 edge: excluded"
+        );
         assert!(env.coord_flags[205].1 && env.coord_flags[26].1 && !env.coord_flags[25].1);
         let modes = (0..256).filter(|&x| env.coord_flags[x].1).count();
         assert_eq!(modes * modes, 2500);
@@ -244,9 +279,20 @@ mod tests {
 
     #[test]
     fn rejects_bad_parameters() {
-        let err = Hypergrid::new(2, 1, HypergridReward::default()).unwrap_err().to_string();
+        let err = Hypergrid::new(2, 1, HypergridReward::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("height") && err.contains('1'), "{err}");
-        let err = Hypergrid::new(2, 8, HypergridReward { r0: -0.1, ..Default::default() }).unwrap_err().to_string();
+        let err = Hypergrid::new(
+            2,
+            8,
+            HypergridReward {
+                r0: -0.1,
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("r0") && err.contains("-0.1"), "{err}");
     }
 }

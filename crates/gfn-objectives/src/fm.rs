@@ -63,7 +63,12 @@ pub struct FlowMatchingLayout {
 impl FlowMatchingLayout {
     /// Lay out the rows of `batch` and the parents of each of its states other than `s_0`.
     pub fn new<E: Env + ?Sized>(env: &E, batch: &TrajectoryBatch) -> Result<Self> {
-        let (sd, na, nb, nf) = (batch.state_dim, batch.n_actions, batch.n_backward, batch.feature_dim);
+        let (sd, na, nb, nf) = (
+            batch.state_dim,
+            batch.n_actions,
+            batch.n_backward,
+            batch.feature_dim,
+        );
         let rows = batch.num_rows();
         let mut l = Self {
             states: batch.states.clone(),
@@ -95,12 +100,19 @@ impl FlowMatchingLayout {
                 }
             }
             l.out_rows.push(r as u32);
-            l.out_mask.extend_from_slice(&batch.forward_masks[r * na..(r + 1) * na]);
+            l.out_mask
+                .extend_from_slice(&batch.forward_masks[r * na..(r + 1) * na]);
             let terminal = batch.exit_action.is_none() && env.is_terminal(state);
-            l.out_extra.push(if terminal { env.log_reward(state) } else { f64::from(MASK_FILL) });
+            l.out_extra.push(if terminal {
+                env.log_reward(state)
+            } else {
+                f64::from(MASK_FILL)
+            });
         }
         if l.out_rows.is_empty() {
-            return Err(GfnError::Other("flow matching: the batch visited no state besides s_0".into()));
+            return Err(GfnError::Other(
+                "flow matching: the batch visited no state besides s_0".into(),
+            ));
         }
         if let Some(e) = batch.exit_action {
             for b in 0..batch.batch_size {
@@ -118,10 +130,14 @@ impl FlowMatchingLayout {
         let (s, nb, na) = (self.out_rows.len(), self.n_parents, self.n_actions);
         let dev = logits.device().clone();
         let dt = logits.dtype();
-        let fill = |shape: (usize, usize)| -> Result<Tensor> { Ok(Tensor::full(MASK_FILL, shape, &dev)?.to_dtype(dt)?) };
+        let fill = |shape: (usize, usize)| -> Result<Tensor> {
+            Ok(Tensor::full(MASK_FILL, shape, &dev)?.to_dtype(dt)?)
+        };
         let logits = logits.contiguous()?; // a column slice of a shared trunk's output is strided
         let flat = logits.flatten_all()?;
-        let in_vals = flat.index_select(&Tensor::from_slice(&self.in_idx, s * nb, &dev)?, 0)?.reshape((s, nb))?;
+        let in_vals = flat
+            .index_select(&Tensor::from_slice(&self.in_idx, s * nb, &dev)?, 0)?
+            .reshape((s, nb))?;
         let in_mask = Tensor::from_slice(&self.in_mask, (s, nb), &dev)?;
         let log_inflow_edges = in_mask.where_cond(&in_vals, &fill((s, nb))?)?;
         let out_vals = logits.index_select(&Tensor::from_slice(&self.out_rows, s, &dev)?, 0)?;
@@ -134,9 +150,17 @@ impl FlowMatchingLayout {
         } else {
             let x = self.exit_idx.len();
             let f = flat.index_select(&Tensor::from_slice(&self.exit_idx, x, &dev)?, 0)?;
-            (Some(f), Some(Tensor::from_slice(&self.exit_log_reward, x, &dev)?.to_dtype(dt)?))
+            (
+                Some(f),
+                Some(Tensor::from_slice(&self.exit_log_reward, x, &dev)?.to_dtype(dt)?),
+            )
         };
-        Ok(FlowMatchingTerms { log_inflow_edges, log_outflow_edges, exit_log_flow, exit_log_reward })
+        Ok(FlowMatchingTerms {
+            log_inflow_edges,
+            log_outflow_edges,
+            exit_log_flow,
+            exit_log_reward,
+        })
     }
 }
 
@@ -144,7 +168,11 @@ impl FlowMatchingTerms {
     /// Evaluate the estimator on every visited state and all of its parents (one batched forward
     /// pass, or the rollout's recorded outputs plus one pass over the parents), and gather the
     /// edge flows.
-    pub fn from_batch<E: Env + ?Sized>(env: &E, batch: &TrajectoryBatch, forward: &mut dyn RowForward) -> Result<Self> {
+    pub fn from_batch<E: Env + ?Sized>(
+        env: &E,
+        batch: &TrajectoryBatch,
+        forward: &mut dyn RowForward,
+    ) -> Result<Self> {
         let layout = FlowMatchingLayout::new(env, batch)?;
         let out = forward.forward_rows(batch, &layout.parent_features, layout.parent_rows)?;
         layout.gather(&out.pf_logits)

@@ -51,11 +51,19 @@ impl Objective {
             "tb" => Ok(Self::TrajectoryBalance),
             "subtb" => {
                 if !(lambda.is_finite() && lambda > 0.0) {
-                    return Err(GfnError::invalid("lambda", lambda, "must be finite and > 0"));
+                    return Err(GfnError::invalid(
+                        "lambda",
+                        lambda,
+                        "must be finite and > 0",
+                    ));
                 }
                 Ok(Self::SubTrajectoryBalance { lambda })
             }
-            other => Err(GfnError::invalid("loss", other, format!("must be one of {}", Self::NAMES))),
+            other => Err(GfnError::invalid(
+                "loss",
+                other,
+                format!("must be one of {}", Self::NAMES),
+            )),
         }
     }
 
@@ -71,7 +79,10 @@ impl Objective {
 
     /// Whether the estimator needs a log F(s) head.
     pub fn needs_flow_head(&self) -> bool {
-        matches!(self, Self::DetailedBalance | Self::SubTrajectoryBalance { .. })
+        matches!(
+            self,
+            Self::DetailedBalance | Self::SubTrajectoryBalance { .. }
+        )
     }
 
     /// Whether the objective uses P_B (flow matching does not).
@@ -87,7 +98,12 @@ impl Objective {
     /// The loss on `batch`, from the estimator's outputs on every visited state (flow matching
     /// adds the parents of each), with gradients. `forward` is `&mut &estimator` for candle's
     /// graph, or the fast path's taped view that reuses the rollout's outputs.
-    pub fn loss<E: Env + ?Sized>(&self, env: &E, batch: &TrajectoryBatch, forward: &mut dyn RowForward) -> Result<Tensor> {
+    pub fn loss<E: Env + ?Sized>(
+        &self,
+        env: &E,
+        batch: &TrajectoryBatch,
+        forward: &mut dyn RowForward,
+    ) -> Result<Tensor> {
         if let Self::FlowMatching = self {
             return flow_matching(&FlowMatchingTerms::from_batch(env, batch, forward)?);
         }

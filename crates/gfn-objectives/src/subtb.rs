@@ -22,14 +22,20 @@ use crate::terms::{BalanceTerms, constant};
 /// per trajectory.
 pub fn subtb_weights(lengths: &[usize], t: usize, lambda: f64) -> Result<Vec<f64>> {
     if !(lambda.is_finite() && lambda > 0.0) {
-        return Err(GfnError::invalid("lambda", lambda, "must be finite and > 0"));
+        return Err(GfnError::invalid(
+            "lambda",
+            lambda,
+            "must be finite and > 0",
+        ));
     }
     let ln_l = lambda.ln();
     let w = t + 1;
     let mut out = vec![0.0; lengths.len() * w * w];
     for (b, &n) in lengths.iter().enumerate() {
         // log-weights (j − i)·ln λ, normalised by their log-sum-exp.
-        let lse = gfn_core::exact::logsumexp((0..n).flat_map(|i| (i + 1..=n).map(move |j| (j - i) as f64 * ln_l)));
+        let lse = gfn_core::exact::logsumexp(
+            (0..n).flat_map(|i| (i + 1..=n).map(move |j| (j - i) as f64 * ln_l)),
+        );
         for i in 0..n {
             for j in i + 1..=n {
                 out[b * w * w + i * w + j] = ((j - i) as f64 * ln_l - lse).exp();
@@ -56,7 +62,12 @@ pub fn subtrajectory_balance(terms: &BalanceTerms, lambda: f64) -> Result<Tensor
     let t = terms.max_len();
     let g = potentials(terms)?;
     let b = terms.batch_size();
-    let w = constant(subtb_weights(&terms.lengths, t, lambda)?, &[b, t + 1, t + 1], g.dtype(), g.device())?;
+    let w = constant(
+        subtb_weights(&terms.lengths, t, lambda)?,
+        &[b, t + 1, t + 1],
+        g.dtype(),
+        g.device(),
+    )?;
     let diff = g.unsqueeze(2)?.broadcast_sub(&g.unsqueeze(1)?)?;
     Ok(((diff.sqr()? * w)?.sum_all()? / b as f64)?)
 }

@@ -46,17 +46,29 @@ impl BalanceTerms {
     pub fn validate(&self) -> Result<()> {
         let (b, t) = self.log_pf.dims2()?;
         if b == 0 || b != self.lengths.len() {
-            return Err(GfnError::invalid("lengths", self.lengths.len(), format!("must be the batch size {b} (≥ 1)")));
+            return Err(GfnError::invalid(
+                "lengths",
+                self.lengths.len(),
+                format!("must be the batch size {b} (≥ 1)"),
+            ));
         }
         if let Some(&bad) = self.lengths.iter().find(|&&n| n == 0 || n > t) {
-            return Err(GfnError::invalid("lengths", bad, format!("each must be in 1..={t}")));
+            return Err(GfnError::invalid(
+                "lengths",
+                bad,
+                format!("each must be in 1..={t}"),
+            ));
         }
         if self.log_pb.dims2()? != (b, t) || self.log_reward.dims1()? != b {
-            return Err(GfnError::Other("balance terms: log_pb must be [B, T] and log_reward [B]".into()));
+            return Err(GfnError::Other(
+                "balance terms: log_pb must be [B, T] and log_reward [B]".into(),
+            ));
         }
         if let Some(f) = &self.log_flow {
             if f.dims2()? != (b, t) {
-                return Err(GfnError::Other("balance terms: log_flow must be [B, T]".into()));
+                return Err(GfnError::Other(
+                    "balance terms: log_flow must be [B, T]".into(),
+                ));
             }
         }
         Ok(())
@@ -65,7 +77,11 @@ impl BalanceTerms {
     /// `[B, T]` mask, 1 for `t < n_b`.
     pub fn step_mask(&self) -> Result<Tensor> {
         let t = self.max_len();
-        let m: Vec<f32> = self.lengths.iter().flat_map(|&n| (0..t).map(move |k| f32::from(u8::from(k < n)))).collect();
+        let m: Vec<f32> = self
+            .lengths
+            .iter()
+            .flat_map(|&n| (0..t).map(move |k| f32::from(u8::from(k < n))))
+            .collect();
         let dev = self.log_pf.device();
         Ok(Tensor::from_vec(m, (self.batch_size(), t), dev)?.to_dtype(self.log_pf.dtype())?)
     }
@@ -73,7 +89,10 @@ impl BalanceTerms {
     /// `[B, T+1]` flow of every node with the terminal boundary: `log F(s_t)` for `t < n`,
     /// `log R(x)` at `t = n`, 0 after.
     pub fn node_log_flows(&self) -> Result<Tensor> {
-        let flow = self.log_flow.as_ref().ok_or_else(|| GfnError::Other("this objective needs a log F head".into()))?;
+        let flow = self
+            .log_flow
+            .as_ref()
+            .ok_or_else(|| GfnError::Other("this objective needs a log F head".into()))?;
         let (b, t) = flow.dims2()?;
         let dev = flow.device();
         let dt = flow.dtype();
@@ -114,7 +133,10 @@ impl BalanceTerms {
                 }
             }
         }
-        let step_mask: Vec<f32> = lengths.iter().flat_map(|&n| (0..t).map(move |k| f32::from(u8::from(k < n)))).collect();
+        let step_mask: Vec<f32> = lengths
+            .iter()
+            .flat_map(|&n| (0..t).map(move |k| f32::from(u8::from(k < n))))
+            .collect();
         let dt = out.pf_logits.dtype();
         let step_mask = Tensor::from_vec(step_mask, (bsz, t), &dev)?.to_dtype(dt)?;
         let u8_tensor = |v: &[u8], w: usize| Tensor::from_slice(v, (rows, w), &dev);
@@ -141,7 +163,10 @@ impl BalanceTerms {
                             return 0.0;
                         }
                         let row = i as usize / nb;
-                        let k = batch.backward_masks[row * nb..(row + 1) * nb].iter().filter(|&&x| x != 0).count();
+                        let k = batch.backward_masks[row * nb..(row + 1) * nb]
+                            .iter()
+                            .filter(|&&x| x != 0)
+                            .count();
                         -(k as f32).ln()
                     })
                     .collect();
@@ -154,12 +179,23 @@ impl BalanceTerms {
         };
         let log_reward = batch.log_reward.clone();
         let log_reward = Tensor::from_vec(log_reward, bsz, &dev)?.to_dtype(dt)?;
-        let terms = Self { log_pf, log_pb, log_flow, log_reward, lengths };
+        let terms = Self {
+            log_pf,
+            log_pb,
+            log_flow,
+            log_reward,
+            lengths,
+        };
         Ok(terms)
     }
 }
 
 /// `Tensor` of f64 values in `dtype` on `dev`.
-pub(crate) fn constant(values: Vec<f64>, shape: &[usize], dtype: DType, dev: &Device) -> Result<Tensor> {
+pub(crate) fn constant(
+    values: Vec<f64>,
+    shape: &[usize],
+    dtype: DType,
+    dev: &Device,
+) -> Result<Tensor> {
     Ok(Tensor::from_vec(values, shape, dev)?.to_dtype(dtype)?)
 }

@@ -1,5 +1,7 @@
 //! Checkpoints: parameters, Adam moments, RNG state and counters in one safetensors file,
 //! written atomically, with a checksum over the tensor bytes so corruption is detected on load.
+//! A checkpoint holds only what determines the rest of the run, so the same seed and
+//! configuration give the same bytes; wall-clock time lives in `timing.json` beside it.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -19,8 +21,6 @@ pub struct Checkpoint {
     pub iteration: u64,
     /// Trajectories sampled.
     pub trajectories: u64,
-    /// Training-loop seconds so far.
-    pub wall_seconds: f64,
     /// The run's RNG.
     pub rng: GfnRng,
     /// Adam's step counter.
@@ -34,7 +34,9 @@ pub struct Checkpoint {
 }
 
 fn fnv1a(h: u64, bytes: &[u8]) -> u64 {
-    bytes.iter().fold(h, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+    bytes
+        .iter()
+        .fold(h, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
@@ -46,23 +48,30 @@ impl Checkpoint {
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let mut sorted: Vec<_> = self.tensors.iter().collect();
         sorted.sort_by(|a, b| a.0.cmp(&b.0));
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
-            sorted.iter().map(|(n, s, v)| (n.clone(), s.clone(), f32_bytes(v))).collect();
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = sorted
+            .iter()
+            .map(|(n, s, v)| (n.clone(), s.clone(), f32_bytes(v)))
+            .collect();
         let mut sum = 0xcbf2_9ce4_8422_2325u64;
         for (n, _, b) in &bytes {
             sum = fnv1a(fnv1a(sum, n.as_bytes()), b);
         }
-        let mut meta = HashMap::new();
-        meta.insert("format".to_string(), FORMAT.to_string());
-        meta.insert("iteration".into(), self.iteration.to_string());
-        meta.insert("trajectories".into(), self.trajectories.to_string());
-        meta.insert("wall_seconds".into(), format!("{:e}", self.wall_seconds));
-        meta.insert("adam_t".into(), self.adam_t.to_string());
-        meta.insert("loss_sum".into(), format!("{:e}", self.loss_window.0));
-        meta.insert("loss_count".into(), self.loss_window.1.to_string());
-        meta.insert("rng".into(), serde_json::to_string(&self.rng)?);
-        meta.insert("tracker".into(), serde_json::to_string(&self.tracker)?);
-        meta.insert("checksum".into(), format!("{sum:016x}"));
+        // One metadata entry holding a JSON object with sorted keys: safetensors takes a HashMap,
+        // whose iteration order (and so the file's bytes) would differ from run to run.
+        let fields: std::collections::BTreeMap<&str, String> = [
+            ("format", FORMAT.to_string()),
+            ("iteration", self.iteration.to_string()),
+            ("trajectories", self.trajectories.to_string()),
+            ("adam_t", self.adam_t.to_string()),
+            ("loss_sum", format!("{:e}", self.loss_window.0)),
+            ("loss_count", self.loss_window.1.to_string()),
+            ("rng", serde_json::to_string(&self.rng)?),
+            ("tracker", serde_json::to_string(&self.tracker)?),
+            ("checksum", format!("{sum:016x}")),
+        ]
+        .into_iter()
+        .collect();
+        let meta = HashMap::from([("gfn".to_string(), serde_json::to_string(&fields)?)]);
         let views = bytes
             .iter()
             .map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
@@ -77,16 +86,27 @@ impl Checkpoint {
 
     /// Read and verify `path`.
     pub fn load(path: &Path) -> Result<Self> {
-        let data = std::fs::read(path).with_context(|| format!("cannot read checkpoint {}", path.display()))?;
-        Self::from_bytes(&data).with_context(|| format!("checkpoint {} is corrupt or truncated", path.display()))
+        let data = std::fs::read(path)
+            .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+        Self::from_bytes(&data)
+            .with_context(|| format!("checkpoint {} is corrupt or truncated", path.display()))
     }
 
     /// Parse and verify safetensors bytes.
     pub fn from_bytes(data: &[u8]) -> Result<Self> {
         let st = SafeTensors::deserialize(data)?;
         let (_, header) = SafeTensors::read_metadata(data)?;
-        let meta = header.metadata().clone().unwrap_or_default();
-        let get = |k: &str| meta.get(k).with_context(|| format!("missing metadata field {k}"));
+        let raw = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("gfn"))
+            .context("not a gfn checkpoint (no gfn metadata)")?;
+        let meta: HashMap<String, String> =
+            serde_json::from_str(raw).context("gfn metadata is not valid JSON")?;
+        let get = |k: &str| {
+            meta.get(k)
+                .with_context(|| format!("missing metadata field {k}"))
+        };
         if get("format")? != FORMAT {
             bail!("unknown format {:?} (expected {FORMAT})", get("format")?);
         }
@@ -100,7 +120,11 @@ impl Checkpoint {
                 bail!("tensor {n} is {:?}, expected F32", t.dtype());
             }
             sum = fnv1a(fnv1a(sum, n.as_bytes()), t.data());
-            let v = t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            let v = t
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
             tensors.push((n, t.shape().to_vec(), v));
         }
         if format!("{sum:016x}") != *get("checksum")? {
@@ -109,7 +133,6 @@ impl Checkpoint {
         Ok(Self {
             iteration: get("iteration")?.parse()?,
             trajectories: get("trajectories")?.parse()?,
-            wall_seconds: get("wall_seconds")?.parse()?,
             adam_t: get("adam_t")?.parse()?,
             loss_window: (get("loss_sum")?.parse()?, get("loss_count")?.parse()?),
             rng: serde_json::from_str(get("rng")?)?,
@@ -120,6 +143,9 @@ impl Checkpoint {
 
     /// The tensor named `name`.
     pub fn tensor(&self, name: &str) -> Result<&(String, Vec<usize>, Vec<f32>)> {
-        self.tensors.iter().find(|t| t.0 == name).with_context(|| format!("checkpoint has no tensor {name}"))
+        self.tensors
+            .iter()
+            .find(|t| t.0 == name)
+            .with_context(|| format!("checkpoint has no tensor {name}"))
     }
 }

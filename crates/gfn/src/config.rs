@@ -124,7 +124,11 @@ impl TrainConfig {
     /// Check every field's range, naming the first bad one.
     pub fn validate(&self) -> Result<()> {
         let positive = |field: &'static str, v: usize| {
-            if v == 0 { Err(GfnError::invalid(field, v, "must be at least 1")) } else { Ok(()) }
+            if v == 0 {
+                Err(GfnError::invalid(field, v, "must be at least 1"))
+            } else {
+                Ok(())
+            }
         };
         positive("batch_size", self.batch_size)?;
         positive("iterations", self.iterations)?;
@@ -138,12 +142,24 @@ impl TrainConfig {
             }
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(GfnError::invalid("weight_decay", self.weight_decay, "must be finite and ≥ 0"));
+            return Err(GfnError::invalid(
+                "weight_decay",
+                self.weight_decay,
+                "must be finite and ≥ 0",
+            ));
         }
         if !matches!(self.engine.as_str(), "auto" | "tape" | "graph") {
-            return Err(GfnError::invalid("engine", &self.engine, "must be auto, tape or graph"));
+            return Err(GfnError::invalid(
+                "engine",
+                &self.engine,
+                "must be auto, tape or graph",
+            ));
         }
-        gfn_core::SamplingOptions { epsilon: self.epsilon, temperature: self.temperature }.validate()?;
+        gfn_core::SamplingOptions {
+            epsilon: self.epsilon,
+            temperature: self.temperature,
+        }
+        .validate()?;
         gfn_objectives::Objective::parse(&self.loss, self.lambda)?;
         crate::envs::build_env(self)?;
         Ok(())

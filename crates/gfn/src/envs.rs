@@ -14,8 +14,16 @@ pub fn build_env(config: &TrainConfig) -> Result<Box<dyn Env>> {
         "hypergrid" => Ok(Box::new(Hypergrid::new(
             config.ndim,
             config.height,
-            HypergridReward { r0: config.r0, r1: config.r1, r2: config.r2 },
+            HypergridReward {
+                r0: config.r0,
+                r1: config.r1,
+                r2: config.r2,
+            },
         )?)),
-        other => Err(GfnError::invalid("env", other, format!("must be one of: {ENV_NAMES}"))),
+        other => Err(GfnError::invalid(
+            "env",
+            other,
+            format!("must be one of: {ENV_NAMES}"),
+        )),
     }
 }

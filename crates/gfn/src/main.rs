@@ -16,7 +16,11 @@ use gfn_core::{Sampler, SamplingOptions, TrajectoryBatch, rng_from_seed};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "gfn", version, about = "Generative Flow Networks: train, sample, evaluate")]
+#[command(
+    name = "gfn",
+    version,
+    about = "Generative Flow Networks: train, sample, evaluate"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,6 +29,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train a GFlowNet and evaluate it exactly.
+    #[command(allow_negative_numbers = true)]
     Train {
         #[command(flatten)]
         options: Box<ConfigArgs>,
@@ -92,7 +97,12 @@ fn main() -> ExitCode {
 
 fn dispatch(cmd: Command) -> Result<(), Fatal> {
     match cmd {
-        Command::Train { options, config, out, resume } => train_cmd(*options, config, out, resume),
+        Command::Train {
+            options,
+            config,
+            out,
+            resume,
+        } => train_cmd(*options, config, out, resume),
         Command::Sample { run, n, seed, out } => usage(sample_cmd(&run, n, seed, &out)),
         Command::Eval { run, json } => usage(eval_cmd(&run, json)),
     }
@@ -104,12 +114,24 @@ fn set_threads(n: usize) {
     unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
 }
 
-fn train_cmd(options: ConfigArgs, config: Option<PathBuf>, out: Option<PathBuf>, resume: Option<PathBuf>) -> Result<(), Fatal> {
+fn train_cmd(
+    options: ConfigArgs,
+    config: Option<PathBuf>,
+    out: Option<PathBuf>,
+    resume: Option<PathBuf>,
+) -> Result<(), Fatal> {
     let device = Device::Cpu;
     let (mut trainer, dir) = if let Some(dir_path) = resume {
-        let others: Vec<_> = options.given().into_iter().filter(|&n| n != "iterations").collect();
+        let others: Vec<_> = options
+            .given()
+            .into_iter()
+            .filter(|&n| n != "iterations")
+            .collect();
         if !others.is_empty() || config.is_some() || out.is_some() {
-            let mut names: Vec<String> = others.iter().map(|n| format!("--{}", n.replace('_', "-"))).collect();
+            let mut names: Vec<String> = others
+                .iter()
+                .map(|n| format!("--{}", n.replace('_', "-")))
+                .collect();
             if config.is_some() {
                 names.push("--config".into());
             }
@@ -126,20 +148,42 @@ fn train_cmd(options: ConfigArgs, config: Option<PathBuf>, out: Option<PathBuf>,
         let cfg = usage(dir.read_config())?;
         set_threads(cfg.threads);
         let t = usage(train::resume(&dir, options.iterations, &device))?;
-        eprintln!("resuming {} at iteration {} of {}", dir.path.display(), t.iteration, t.config.iterations);
+        eprintln!(
+            "resuming {} at iteration {} of {}",
+            dir.path.display(),
+            t.iteration,
+            t.config.iterations
+        );
         (t, dir)
     } else {
         let file = match &config {
             Some(p) => {
-                let text = usage(std::fs::read_to_string(p).with_context(|| format!("cannot read config file {}", p.display())))?;
-                usage(toml::from_str::<ConfigArgs>(&text).with_context(|| format!("config file {} is invalid", p.display())))?
+                let text = usage(
+                    std::fs::read_to_string(p)
+                        .with_context(|| format!("cannot read config file {}", p.display())),
+                )?;
+                usage(
+                    toml::from_str::<ConfigArgs>(&text)
+                        .with_context(|| format!("config file {} is invalid", p.display())),
+                )?
             }
             None => ConfigArgs::default(),
         };
-        let name = config.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+        let name = config
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
         let cfg: TrainConfig = usage(options.resolve(file, &name).map_err(anyhow::Error::from))?;
         usage(cfg.validate().map_err(anyhow::Error::from))?;
-        let out = out.unwrap_or_else(|| PathBuf::from(format!("runs/{}-{}-{}-seed{}", cfg.env, default_env_tag(&cfg), cfg.loss, cfg.seed)));
+        let out = out.unwrap_or_else(|| {
+            PathBuf::from(format!(
+                "runs/{}-{}-{}-seed{}",
+                cfg.env,
+                default_env_tag(&cfg),
+                cfg.loss,
+                cfg.seed
+            ))
+        });
         let dir = RunDir::new(&out);
         usage(gfn::io::ensure_writable_dir(&dir.path))?;
         if dir.file(files::CHECKPOINT).exists() {
@@ -185,8 +229,10 @@ impl Bar {
     fn new(total: u64, start: u64) -> Self {
         let bar = ProgressBar::new(total);
         bar.set_style(
-            ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
-                .expect("valid template"),
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+            )
+            .expect("valid template"),
         );
         bar.set_position(start);
         Self { bar, last_tv: None }
@@ -197,7 +243,10 @@ impl Progress for Bar {
     fn on_step(&mut self, iteration: u64, loss: f64) {
         if iteration % 10 == 0 {
             self.bar.set_position(iteration);
-            let tv = self.last_tv.map(|t| format!(" | exact TV {t:.4}")).unwrap_or_default();
+            let tv = self
+                .last_tv
+                .map(|t| format!(" | exact TV {t:.4}"))
+                .unwrap_or_default();
             self.bar.set_message(format!("loss {loss:.4}{tv}"));
         }
     }
@@ -208,17 +257,48 @@ impl Progress for Bar {
 }
 
 fn print_summary(s: &serde_json::Value, dir: &Path) {
-    let f = |p: &str| s.pointer(p).and_then(|v| v.as_f64()).map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
-    println!("{} · {} · {} iterations · {} trajectories", s["env"].as_str().unwrap_or("?"), s["loss"].as_str().unwrap_or("?"), s["iterations"], s["trajectories"]);
+    let f = |p: &str| {
+        s.pointer(p)
+            .and_then(|v| v.as_f64())
+            .map(|v| format!("{v:.4}"))
+            .unwrap_or_else(|| "-".into())
+    };
+    println!(
+        "{} · {} · {} iterations · {} trajectories",
+        s["env"].as_str().unwrap_or("?"),
+        s["loss"].as_str().unwrap_or("?"),
+        s["iterations"],
+        s["trajectories"]
+    );
     println!(
         "  training time {} s ({} trajectories/s, {} iterations/s)",
         f("/wall_seconds"),
-        s["trajectories_per_second"].as_f64().map(|v| format!("{v:.0}")).unwrap_or_default(),
-        s["iterations_per_second"].as_f64().map(|v| format!("{v:.1}")).unwrap_or_default()
+        s["trajectories_per_second"]
+            .as_f64()
+            .map(|v| format!("{v:.0}"))
+            .unwrap_or_default(),
+        s["iterations_per_second"]
+            .as_f64()
+            .map(|v| format!("{v:.1}"))
+            .unwrap_or_default()
     );
-    println!("  exact   TV {}  L1 {}  JSD {}  KL(p*‖P_T) {}", f("/exact/tv"), f("/exact/l1_sum"), f("/exact/jsd"), f("/exact/kl"));
-    println!("  mean of last 5 evaluations: L1 {}  TV {}", f("/exact_last5_mean/l1_sum"), f("/exact_last5_mean/tv"));
-    println!("  log Z   learned {}  true {}", f("/log_z/learned"), f("/log_z/true"));
+    println!(
+        "  exact   TV {}  L1 {}  JSD {}  KL(p*‖P_T) {}",
+        f("/exact/tv"),
+        f("/exact/l1_sum"),
+        f("/exact/jsd"),
+        f("/exact/kl")
+    );
+    println!(
+        "  mean of last 5 evaluations: L1 {}  TV {}",
+        f("/exact_last5_mean/l1_sum"),
+        f("/exact_last5_mean/tv")
+    );
+    println!(
+        "  log Z   learned {}  true {}",
+        f("/log_z/learned"),
+        f("/log_z/true")
+    );
     if let (Some(found), Some(total)) = (s.pointer("/modes/found"), s.pointer("/modes/total")) {
         println!("  modes visited {found}/{total}");
     }
@@ -243,7 +323,14 @@ fn sample_cmd(run: &Path, n: usize, seed: u64, out: &Path) -> Result<()> {
     let mut left = n;
     while left > 0 {
         let k = left.min(4096);
-        sampler.sample_forward(env, &t.estimator, k, SamplingOptions::default(), &mut rng, &mut batch)?;
+        sampler.sample_forward(
+            env,
+            &t.estimator,
+            k,
+            SamplingOptions::default(),
+            &mut rng,
+            &mut batch,
+        )?;
         for b in 0..k {
             for x in batch.terminal_state(b) {
                 text.push_str(&format!("{x},"));
@@ -252,7 +339,8 @@ fn sample_cmd(run: &Path, n: usize, seed: u64, out: &Path) -> Result<()> {
         }
         left -= k;
     }
-    gfn::io::write_atomic(out, text.as_bytes()).with_context(|| format!("cannot write {}", out.display()))?;
+    gfn::io::write_atomic(out, text.as_bytes())
+        .with_context(|| format!("cannot write {}", out.display()))?;
     eprintln!("wrote {n} samples to {}", out.display());
     Ok(())
 }
@@ -263,22 +351,36 @@ fn eval_cmd(run: &Path, json: bool) -> Result<()> {
     set_threads(cfg.threads);
     let mut t = dir.load_trainer(&Device::Cpu)?;
     if t.evaluator.is_none() {
-        bail!("environment {} is not enumerable: no exact metrics", t.env.name());
+        bail!(
+            "environment {} is not enumerable: no exact metrics",
+            t.env.name()
+        );
     }
     let rec = t.evaluate()?;
     let e = rec.exact.expect("enumerable");
     if json {
         println!("{}", serde_json::to_string_pretty(&e)?);
     } else {
-        println!("{} · {} · iteration {}", t.env.name(), t.objective.name(), t.iteration);
+        println!(
+            "{} · {} · iteration {}",
+            t.env.name(),
+            t.objective.name(),
+            t.iteration
+        );
         println!("  tv       {:.6}", e.dist.tv);
         println!("  l1_sum   {:.6}", e.dist.l1_sum);
         println!("  l1_mean  {:.3e}", e.dist.l1_mean);
         println!("  jsd      {:.6}", e.dist.jsd);
         println!("  kl       {:.6}  (KL(p*‖P_T))", e.dist.kl);
-        println!("  log Z    learned {:.6}  true {:.6}  |error| {:.6}", e.log_z_learned, e.log_z_true, e.log_z_error);
+        println!(
+            "  log Z    learned {:.6}  true {:.6}  |error| {:.6}",
+            e.log_z_learned, e.log_z_true, e.log_z_error
+        );
         if let Some(m) = rec.modes_found {
-            println!("  modes visited in training {m}/{}", t.evaluator.as_ref().map_or(0, |ev| ev.num_modes()));
+            println!(
+                "  modes visited in training {m}/{}",
+                t.evaluator.as_ref().map_or(0, |ev| ev.num_modes())
+            );
         }
     }
     Ok(())

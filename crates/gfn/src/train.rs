@@ -13,7 +13,8 @@ use gfn_core::exact::{DistributionMetrics, EmpiricalTracker, ExactEvaluator, Exa
 use gfn_core::fast::FastPath;
 use gfn_core::optim::{Adam, AdamParams};
 use gfn_core::{
-    BackwardPolicy, Env, Estimator, EstimatorConfig, GfnRng, Sampler, SamplingOptions, TrajectoryBatch, rng_from_seed,
+    BackwardPolicy, Env, Estimator, EstimatorConfig, GfnRng, Sampler, SamplingOptions,
+    TrajectoryBatch, rng_from_seed,
 };
 use gfn_objectives::Objective;
 
@@ -31,6 +32,8 @@ pub mod files {
     pub const CHECKPOINT: &str = "checkpoint.safetensors";
     /// Final summary.
     pub const SUMMARY: &str = "summary.json";
+    /// Training-loop seconds so far (the only file that differs between identical runs).
+    pub const TIMING: &str = "timing.json";
 }
 
 /// One evaluation, as a line of `metrics.jsonl`.
@@ -41,6 +44,7 @@ pub struct EvalRecord {
     /// Trajectories sampled so far.
     pub trajectories: u64,
     /// Mean training loss since the previous evaluation.
+    #[serde(deserialize_with = "gfn_core::exact::f64_or_nan")]
     pub loss: f64,
     /// Exact metrics of the current policy.
     pub exact: Option<ExactMetrics>,
@@ -84,21 +88,45 @@ pub struct Trainer {
 }
 
 /// Build the estimator and optimiser of `config` for `env`, parameters drawn from `rng`.
-pub fn build_model(config: &TrainConfig, env: &dyn Env, objective: Objective, device: &Device, rng: &mut GfnRng) -> Result<(Estimator, Adam)> {
+pub fn build_model(
+    config: &TrainConfig,
+    env: &dyn Env,
+    objective: Objective,
+    device: &Device,
+    rng: &mut GfnRng,
+) -> Result<(Estimator, Adam)> {
     let est_config = EstimatorConfig {
         hidden: config.hidden,
         layers: config.layers,
         shared_trunk: config.shared_trunk,
-        backward: if objective.uses_backward_policy() { config.backward_policy } else { BackwardPolicy::Uniform },
+        backward: if objective.uses_backward_policy() {
+            config.backward_policy
+        } else {
+            BackwardPolicy::Uniform
+        },
         flow_head: objective.needs_flow_head(),
     };
-    let estimator = Estimator::new(est_config, env.feature_dim(), env.n_actions(), env.n_backward_actions(), device, rng)?;
-    let mut params: Vec<_> = estimator.named_params().into_iter().map(|(n, v)| (n, v, 0)).collect();
+    let estimator = Estimator::new(
+        est_config,
+        env.feature_dim(),
+        env.n_actions(),
+        env.n_backward_actions(),
+        device,
+        rng,
+    )?;
+    let mut params: Vec<_> = estimator
+        .named_params()
+        .into_iter()
+        .map(|(n, v)| (n, v, 0))
+        .collect();
     if objective.uses_log_z() {
         params.push(("log_z".into(), estimator.log_z().clone(), 1));
     }
     let groups = vec![
-        AdamParams { weight_decay: config.weight_decay, ..AdamParams::adam(config.lr) },
+        AdamParams {
+            weight_decay: config.weight_decay,
+            ..AdamParams::adam(config.lr)
+        },
         AdamParams::adam(config.lr_logz),
     ];
     Ok((estimator, Adam::new(params, groups)))
@@ -111,12 +139,15 @@ impl Trainer {
         let env = crate::envs::build_env(&config)?;
         let objective = Objective::parse(&config.loss, config.lambda)?;
         let mut rng = rng_from_seed(config.seed);
-        let (estimator, optimizer) = build_model(&config, env.as_ref(), objective, device, &mut rng)?;
+        let (estimator, optimizer) =
+            build_model(&config, env.as_ref(), objective, device, &mut rng)?;
         let evaluator = ExactEvaluator::new(env.as_ref()).ok();
         let tracker = EmpiricalTracker::new(config.empirical_window);
         let fast = match config.engine.as_str() {
             "graph" => None,
-            "tape" if !FastPath::supports(&estimator) => bail!("invalid engine = tape: it needs f32 parameters on the CPU"),
+            "tape" if !FastPath::supports(&estimator) => {
+                bail!("invalid engine = tape: it needs f32 parameters on the CPU")
+            }
             _ => FastPath::supports(&estimator).then(FastPath::default),
         };
         Ok(Self {
@@ -142,11 +173,20 @@ impl Trainer {
 
     /// Sampling options of the configuration.
     pub fn sampling_options(&self) -> SamplingOptions {
-        SamplingOptions { epsilon: self.config.epsilon, temperature: self.config.temperature }
+        SamplingOptions {
+            epsilon: self.config.epsilon,
+            temperature: self.config.temperature,
+        }
     }
 
-    /// One training iteration; returns the loss.
+    /// One training iteration; returns the loss. Errors name the iteration.
     pub fn step(&mut self) -> Result<f64> {
+        let it = self.iteration + 1;
+        self.step_inner()
+            .with_context(|| format!("training stopped at iteration {it}"))
+    }
+
+    fn step_inner(&mut self) -> Result<f64> {
         let start = Instant::now();
         let opts = self.sampling_options();
         let env = self.env.as_ref();
@@ -157,7 +197,14 @@ impl Trainer {
             Some(fast) => {
                 fast.clear();
                 let mut view = fast.view(est);
-                self.sampler.sample_forward_with(env, &mut view, n, opts, &mut self.rng, &mut self.batch)?;
+                self.sampler.sample_forward_with(
+                    env,
+                    &mut view,
+                    n,
+                    opts,
+                    &mut self.rng,
+                    &mut self.batch,
+                )?;
                 let loss = self.objective.loss(env, &self.batch, &mut view)?;
                 let value = check_finite(&loss, self.objective, self.iteration)?;
                 let grads = loss.backward()?;
@@ -165,7 +212,8 @@ impl Trainer {
                     Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
                     None => vec![0.0],
                 };
-                let mut slices: Vec<Option<&[f32]>> = fast.backward(est, &grads)?.into_iter().map(Some).collect();
+                let mut slices: Vec<Option<&[f32]>> =
+                    fast.backward(est, &grads)?.into_iter().map(Some).collect();
                 if self.objective.uses_log_z() {
                     slices.push(Some(&log_z_grad));
                 }
@@ -174,7 +222,8 @@ impl Trainer {
             }
             // Reference path: no-grad rollout, then one batched forward with candle's graph.
             None => {
-                self.sampler.sample_forward(env, est, n, opts, &mut self.rng, &mut self.batch)?;
+                self.sampler
+                    .sample_forward(env, est, n, opts, &mut self.rng, &mut self.batch)?;
                 let loss = self.objective.loss(env, &self.batch, &mut &*est)?;
                 let value = check_finite(&loss, self.objective, self.iteration)?;
                 let grads = loss.backward()?;
@@ -201,7 +250,9 @@ impl Trainer {
 
     /// Evaluate now and append to the history.
     pub fn evaluate(&mut self) -> Result<EvalRecord> {
-        let log_z = self.objective.log_z_estimate(self.env.as_ref(), &self.estimator)?;
+        let log_z = self
+            .objective
+            .log_z_estimate(self.env.as_ref(), &self.estimator)?;
         let (exact, empirical, modes_found) = match &self.evaluator {
             Some(ev) => (
                 Some(ev.evaluate(&self.estimator, log_z)?),
@@ -210,14 +261,25 @@ impl Trainer {
             ),
             None => (None, None, None),
         };
-        let loss = if self.loss_count > 0 { self.loss_sum / self.loss_count as f64 } else { f64::NAN };
+        let loss = if self.loss_count > 0 {
+            self.loss_sum / self.loss_count as f64
+        } else {
+            f64::NAN
+        };
         // The window restarts at periodic evaluations only, so a final evaluation at an odd
         // iteration does not change what a resumed, longer run reports later.
         if self.iteration % self.config.eval_every as u64 == 0 {
             self.loss_sum = 0.0;
             self.loss_count = 0;
         }
-        let rec = EvalRecord { iteration: self.iteration, trajectories: self.trajectories, loss, exact, empirical, modes_found };
+        let rec = EvalRecord {
+            iteration: self.iteration,
+            trajectories: self.trajectories,
+            loss,
+            exact,
+            empirical,
+            modes_found,
+        };
         self.history.push(rec.clone());
         Ok(rec)
     }
@@ -241,7 +303,6 @@ impl Trainer {
         Ok(Checkpoint {
             iteration: self.iteration,
             trajectories: self.trajectories,
-            wall_seconds: self.wall_seconds,
             rng: self.rng.clone(),
             adam_t: self.optimizer.t,
             loss_window: (self.loss_sum, self.loss_count),
@@ -256,7 +317,10 @@ impl Trainer {
         let set = |name: &str, var: &candle_core::Var| -> Result<()> {
             let (_, shape, data) = ck.tensor(name)?;
             if shape.as_slice() != var.dims() {
-                bail!("tensor {name} has shape {shape:?}, the model expects {:?}", var.dims());
+                bail!(
+                    "tensor {name} has shape {shape:?}, the model expects {:?}",
+                    var.dims()
+                );
             }
             var.set(&Tensor::from_slice(data, shape.as_slice(), var.device())?)?;
             Ok(())
@@ -277,7 +341,6 @@ impl Trainer {
         self.optimizer.t = ck.adam_t;
         self.iteration = ck.iteration;
         self.trajectories = ck.trajectories;
-        self.wall_seconds = ck.wall_seconds;
         self.rng = ck.rng.clone();
         self.tracker = ck.tracker.clone();
         (self.loss_sum, self.loss_count) = ck.loss_window;
@@ -289,7 +352,7 @@ fn check_finite(loss: &Tensor, objective: Objective, iteration: u64) -> Result<f
     let value = f64::from(loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?);
     if !value.is_finite() {
         bail!(
-            "training stopped: the {} loss is {value} at iteration {}; files already written are intact",
+            "the {} loss is {value} at iteration {}; files already written are intact",
             objective.name(),
             iteration + 1
         );
@@ -301,11 +364,25 @@ fn check_finite(loss: &Tensor, objective: Objective, iteration: u64) -> Result<f
 pub fn summary_json(t: &Trainer) -> serde_json::Value {
     let last = t.history.last();
     let exact = last.and_then(|r| r.exact);
-    let tail: Vec<&ExactMetrics> = t.history.iter().rev().filter_map(|r| r.exact.as_ref()).take(5).collect();
+    let tail: Vec<&ExactMetrics> = t
+        .history
+        .iter()
+        .rev()
+        .filter_map(|r| r.exact.as_ref())
+        .take(5)
+        .collect();
     let mean = |f: fn(&ExactMetrics) -> f64| {
-        if tail.is_empty() { None } else { Some(tail.iter().map(|m| f(m)).sum::<f64>() / tail.len() as f64) }
+        if tail.is_empty() {
+            None
+        } else {
+            Some(tail.iter().map(|m| f(m)).sum::<f64>() / tail.len() as f64)
+        }
     };
-    let tps = if t.wall_seconds > 0.0 { t.trajectories as f64 / t.wall_seconds } else { 0.0 };
+    let tps = if t.wall_seconds > 0.0 {
+        t.trajectories as f64 / t.wall_seconds
+    } else {
+        0.0
+    };
     serde_json::json!({
         "env": t.env.name(),
         "loss": t.objective.name(),
@@ -345,7 +422,9 @@ pub struct RunDir {
 impl RunDir {
     /// The run directory at `path`.
     pub fn new(path: &Path) -> Self {
-        Self { path: path.to_path_buf() }
+        Self {
+            path: path.to_path_buf(),
+        }
     }
     /// Path of a file inside.
     pub fn file(&self, name: &str) -> PathBuf {
@@ -354,8 +433,10 @@ impl RunDir {
     /// Read the resolved configuration.
     pub fn read_config(&self) -> Result<TrainConfig> {
         let p = self.file(files::CONFIG);
-        let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}: is this a run directory?", p.display()))?;
-        toml::from_str(&text).with_context(|| format!("{} is not a valid configuration", p.display()))
+        let text = std::fs::read_to_string(&p)
+            .with_context(|| format!("cannot read {}: is this a run directory?", p.display()))?;
+        toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid configuration", p.display()))
     }
     /// Write the configuration atomically.
     pub fn write_config(&self, c: &TrainConfig) -> Result<()> {
@@ -373,10 +454,14 @@ impl RunDir {
     /// Read `metrics.jsonl`.
     pub fn read_metrics(&self) -> Result<Vec<EvalRecord>> {
         let p = self.file(files::METRICS);
-        let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
         text.lines()
             .enumerate()
-            .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{} line {} is not valid", p.display(), i + 1)))
+            .map(|(i, l)| {
+                serde_json::from_str(l)
+                    .with_context(|| format!("{} line {} is not valid", p.display(), i + 1))
+            })
             .collect()
     }
     /// Load a trained model from the directory's configuration and checkpoint.
@@ -384,8 +469,35 @@ impl RunDir {
         let config = self.read_config()?;
         let mut t = Trainer::new(config, device)?;
         let ck = Checkpoint::load(&self.file(files::CHECKPOINT))?;
-        t.restore(&ck).with_context(|| format!("checkpoint in {} does not match its config.toml", self.path.display()))?;
+        t.restore(&ck).with_context(|| {
+            format!(
+                "checkpoint in {} does not match its config.toml",
+                self.path.display()
+            )
+        })?;
+        t.wall_seconds = self.read_timing()?;
         Ok(t)
+    }
+
+    /// Save the checkpoint and the training time of `t`.
+    pub fn save_checkpoint(&self, t: &Trainer) -> Result<()> {
+        t.checkpoint()?.save(&self.file(files::CHECKPOINT))?;
+        let timing =
+            serde_json::json!({ "iteration": t.iteration, "wall_seconds": t.wall_seconds });
+        write_atomic(
+            &self.file(files::TIMING),
+            serde_json::to_string(&timing)?.as_bytes(),
+        )
+    }
+
+    /// Training seconds recorded with the last checkpoint (0 if unknown).
+    pub fn read_timing(&self) -> Result<f64> {
+        let Ok(text) = std::fs::read_to_string(self.file(files::TIMING)) else {
+            return Ok(0.0);
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&text).context("timing.json is not valid JSON")?;
+        Ok(v["wall_seconds"].as_f64().unwrap_or(0.0))
     }
 }
 
@@ -406,9 +518,14 @@ impl Progress for Silent {
 
 /// Train `t` up to `t.config.iterations`, writing metrics and checkpoints into `dir` at every
 /// evaluation and a final evaluation, checkpoint and summary at the end.
-pub fn run(t: &mut Trainer, dir: &RunDir, progress: &mut dyn Progress) -> Result<serde_json::Value> {
+pub fn run(
+    t: &mut Trainer,
+    dir: &RunDir,
+    progress: &mut dyn Progress,
+) -> Result<serde_json::Value> {
     let total = t.config.iterations as u64;
     let every = t.config.eval_every as u64;
+    crate::io::ensure_writable_dir(&dir.path)?;
     dir.write_config(&t.config)?;
     while t.iteration < total {
         let loss = t.step()?;
@@ -416,7 +533,7 @@ pub fn run(t: &mut Trainer, dir: &RunDir, progress: &mut dyn Progress) -> Result
         if t.iteration % every == 0 || t.iteration == total {
             let rec = t.evaluate()?;
             dir.write_metrics(&t.history)?;
-            t.checkpoint()?.save(&dir.file(files::CHECKPOINT))?;
+            dir.save_checkpoint(t)?;
             progress.on_eval(&rec);
         }
     }
@@ -424,11 +541,14 @@ pub fn run(t: &mut Trainer, dir: &RunDir, progress: &mut dyn Progress) -> Result
         // Resumed at the end of an earlier run: the final evaluation is still due.
         let rec = t.evaluate()?;
         dir.write_metrics(&t.history)?;
-        t.checkpoint()?.save(&dir.file(files::CHECKPOINT))?;
+        dir.save_checkpoint(t)?;
         progress.on_eval(&rec);
     }
     let summary = summary_json(t);
-    write_atomic(&dir.file(files::SUMMARY), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    write_atomic(
+        &dir.file(files::SUMMARY),
+        serde_json::to_string_pretty(&summary)?.as_bytes(),
+    )?;
     Ok(summary)
 }
 
@@ -439,7 +559,11 @@ pub fn resume(dir: &RunDir, iterations: Option<usize>, device: &Device) -> Resul
     let mut t = dir.load_trainer(device)?;
     if let Some(n) = iterations {
         if (n as u64) < t.iteration {
-            bail!("invalid iterations = {n}: the run in {} already has {} iterations", dir.path.display(), t.iteration);
+            bail!(
+                "invalid iterations = {n}: the run in {} already has {} iterations",
+                dir.path.display(),
+                t.iteration
+            );
         }
         t.config.iterations = n;
     }

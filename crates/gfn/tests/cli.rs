@@ -1,0 +1,377 @@
+//! End-to-end tests of the `gfn` command and the training loop: trained samplers reach the
+//! target by exact evaluation, runs are bit-reproducible and resumable, bad input gets a clear
+//! one-line error with exit code 2.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::Device;
+use gfn::config::TrainConfig;
+use gfn::train::{RunDir, Silent, Trainer, run};
+
+fn gfn(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gfn"))
+        .args(args)
+        .env("RAYON_NUM_THREADS", "1")
+        .output()
+        .expect("run gfn")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("gfn-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A bad invocation: exit code 2 and one error line that contains every `needles`.
+fn assert_usage_error(args: &[&str], needles: &[&str]) {
+    let o = gfn(args);
+    let err = stderr(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{args:?} should exit 2; stderr: {err}"
+    );
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(
+        lines.iter().any(|l| l.starts_with("error")),
+        "{args:?}: no error line in {err}"
+    );
+    for n in needles {
+        assert!(
+            err.contains(n),
+            "{args:?}: error {err:?} should mention {n:?}"
+        );
+    }
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+}
+
+fn small(dir: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "train",
+        "--ndim",
+        "2",
+        "--height",
+        "5",
+        "--hidden",
+        "32",
+        "--eval-every",
+        "50",
+        "--out",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.push(dir.display().to_string());
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+fn run_ok(args: &[String]) -> Output {
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = gfn(&a);
+    assert!(o.status.success(), "{a:?} failed: {}", stderr(&o));
+    o
+}
+
+/// A sampler trained on a small hypergrid reaches the target distribution, for every objective.
+#[test]
+fn trained_samplers_reach_the_target() {
+    for (loss, iterations) in [("tb", 1500), ("db", 1500), ("subtb", 1500), ("fm", 1500)] {
+        let config = TrainConfig {
+            ndim: 2,
+            height: 6,
+            loss: loss.into(),
+            hidden: 64,
+            iterations,
+            eval_every: 100,
+            ..TrainConfig::default()
+        };
+        let dir = tmp(&format!("target-{loss}"));
+        let mut t = Trainer::new(config, &Device::Cpu).unwrap();
+        let summary = run(&mut t, &RunDir::new(&dir), &mut Silent).unwrap();
+        let tv = summary["exact_last5_mean"]["tv"].as_f64().unwrap();
+        let first_tv = t.history[0].exact.unwrap().dist.tv;
+        assert!(
+            tv < 0.05,
+            "{loss}: exact TV {tv} after {iterations} iterations (first evaluation {first_tv})"
+        );
+        assert!(
+            tv < first_tv / 2.0,
+            "{loss}: TV did not fall ({first_tv} → {tv})"
+        );
+        let log_z_error = summary["log_z"]["error"].as_f64().unwrap();
+        assert!(log_z_error < 0.1, "{loss}: |log Ẑ − log Z| = {log_z_error}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// The same seed and configuration give the same bits; the RNG is the library's own.
+#[test]
+fn runs_are_bit_reproducible() {
+    let (a, b) = (tmp("repro-a"), tmp("repro-b"));
+    run_ok(&small(&a, &["--iterations", "120", "--loss", "subtb"]));
+    run_ok(&small(&b, &["--iterations", "120", "--loss", "subtb"]));
+    for f in ["metrics.jsonl", "checkpoint.safetensors", "config.toml"] {
+        assert_eq!(
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+            "{f} differs"
+        );
+    }
+    let c = tmp("repro-c");
+    run_ok(&small(
+        &c,
+        &["--iterations", "120", "--loss", "subtb", "--seed", "1"],
+    ));
+    assert_ne!(
+        std::fs::read(a.join("metrics.jsonl")).unwrap(),
+        std::fs::read(c.join("metrics.jsonl")).unwrap()
+    );
+    for d in [a, b, c] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+fn summary_without_timing(dir: &Path) -> serde_json::Value {
+    let mut s: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
+    for k in [
+        "wall_seconds",
+        "trajectories_per_second",
+        "iterations_per_second",
+    ] {
+        s.as_object_mut().unwrap().remove(k);
+    }
+    s
+}
+
+/// A run stopped early and resumed ends with the same files as the uninterrupted run (timing
+/// fields of summary.json aside), including a stop at an iteration that is not an evaluation step.
+#[test]
+fn resume_reproduces_the_uninterrupted_run() {
+    for loss in ["tb", "fm"] {
+        let full = tmp(&format!("full-{loss}"));
+        run_ok(&small(&full, &["--iterations", "200", "--loss", loss]));
+        let part = tmp(&format!("part-{loss}"));
+        run_ok(&small(&part, &["--iterations", "130", "--loss", loss]));
+        let o = gfn(&[
+            "train",
+            "--resume",
+            part.to_str().unwrap(),
+            "--iterations",
+            "200",
+        ]);
+        assert!(o.status.success(), "resume failed: {}", stderr(&o));
+        for f in ["metrics.jsonl", "checkpoint.safetensors", "config.toml"] {
+            assert_eq!(
+                std::fs::read(full.join(f)).unwrap(),
+                std::fs::read(part.join(f)).unwrap(),
+                "{loss}: {f} differs after resume"
+            );
+        }
+        assert_eq!(summary_without_timing(&full), summary_without_timing(&part));
+        let _ = std::fs::remove_dir_all(full);
+        let _ = std::fs::remove_dir_all(part);
+    }
+}
+
+#[test]
+fn sample_and_eval_read_a_run() {
+    let dir = tmp("sample");
+    run_ok(&small(&dir, &["--iterations", "60"]));
+    let csv = dir.join("samples.csv");
+    let o = gfn(&[
+        "sample",
+        "--run",
+        dir.to_str().unwrap(),
+        "--n",
+        "500",
+        "--seed",
+        "1",
+        "--out",
+        csv.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("x0,x1,log_reward"));
+    let rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len(), 500);
+    for r in rows {
+        let v: Vec<f64> = r.split(',').map(|x| x.parse().unwrap()).collect();
+        assert!(
+            v[0] >= 0.0 && v[0] < 5.0 && v[1] >= 0.0 && v[1] < 5.0 && v[2] <= (2.6f64).ln() + 1e-9
+        );
+    }
+    let o = gfn(&[
+        "sample",
+        "--run",
+        dir.to_str().unwrap(),
+        "--n",
+        "500",
+        "--seed",
+        "1",
+        "--out",
+        dir.join("again.csv").to_str().unwrap(),
+    ]);
+    assert!(o.status.success());
+    assert_eq!(
+        text,
+        std::fs::read_to_string(dir.join("again.csv")).unwrap(),
+        "sampling is not reproducible"
+    );
+    let o = gfn(&["eval", "--run", dir.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(
+        e["tv"], summary["exact"]["tv"],
+        "eval disagrees with the run's final evaluation"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn bad_input_gets_a_clear_error() {
+    let dir = tmp("bad");
+    let d = dir.to_str().unwrap();
+    assert_usage_error(
+        &["train", "--env", "maze", "--out", d],
+        &["env", "maze", "hypergrid"],
+    );
+    assert_usage_error(
+        &["train", "--loss", "xyz", "--out", d],
+        &["loss", "xyz", "tb"],
+    );
+    assert_usage_error(&["train", "--height", "1", "--out", d], &["height", "1"]);
+    assert_usage_error(&["train", "--r0", "-1", "--out", d], &["r0", "-1"]);
+    assert_usage_error(
+        &["train", "--batch-size", "0", "--out", d],
+        &["batch_size", "0"],
+    );
+    assert_usage_error(&["train", "--epsilon", "2", "--out", d], &["epsilon", "2"]);
+    assert_usage_error(
+        &["train", "--loss", "subtb", "--lambda", "0", "--out", d],
+        &["lambda", "0"],
+    );
+    assert_usage_error(
+        &["train", "--out", "/proc/gfn-cannot-write-here"],
+        &["/proc/gfn-cannot-write-here"],
+    );
+    // Config file and flag disagree.
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("c.toml");
+    std::fs::write(&cfg, "lr = 0.01\nndim = 2\n").unwrap();
+    assert_usage_error(
+        &[
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--lr",
+            "0.001",
+            "--out",
+            d,
+        ],
+        &["lr", "0.01", "0.001"],
+    );
+    std::fs::write(&cfg, "learning_rate = 0.01\n").unwrap();
+    assert_usage_error(
+        &["train", "--config", cfg.to_str().unwrap(), "--out", d],
+        &["learning_rate"],
+    );
+    // A flag repeated with the same value is fine.
+    std::fs::write(&cfg, "ndim = 2\nheight = 4\niterations = 20\nhidden = 16\n").unwrap();
+    let ok = dir.join("ok");
+    let o = gfn(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--ndim",
+        "2",
+        "--out",
+        ok.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Training into a directory that holds a run, and resume with other options.
+    assert_usage_error(
+        &["train", "--out", ok.to_str().unwrap()],
+        &["already holds a run", "--resume"],
+    );
+    assert_usage_error(
+        &["train", "--resume", ok.to_str().unwrap(), "--lr", "0.1"],
+        &["--resume", "--lr"],
+    );
+    assert_usage_error(
+        &[
+            "train",
+            "--resume",
+            ok.to_str().unwrap(),
+            "--iterations",
+            "5",
+        ],
+        &["iterations", "5"],
+    );
+    // Corrupt and truncated checkpoints.
+    let ck = ok.join("checkpoint.safetensors");
+    let bytes = std::fs::read(&ck).unwrap();
+    std::fs::write(&ck, &bytes[..bytes.len() / 2]).unwrap();
+    assert_usage_error(
+        &["eval", "--run", ok.to_str().unwrap()],
+        &["checkpoint", "corrupt or truncated"],
+    );
+    let mut flipped = bytes.clone();
+    let last = flipped.len() - 3;
+    flipped[last] ^= 0x55;
+    std::fs::write(&ck, &flipped).unwrap();
+    assert_usage_error(&["eval", "--run", ok.to_str().unwrap()], &["checksum"]);
+    std::fs::write(&ck, b"not a checkpoint").unwrap();
+    assert_usage_error(
+        &["train", "--resume", ok.to_str().unwrap()],
+        &["checkpoint"],
+    );
+    assert_usage_error(
+        &["eval", "--run", dir.join("nothing").to_str().unwrap()],
+        &["config.toml"],
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A diverging run stops with a message naming the iteration; what was written stays readable.
+#[test]
+fn non_finite_loss_stops_training_cleanly() {
+    let dir = tmp("nan");
+    let d = dir.to_str().unwrap();
+    let o = gfn(&[
+        "train",
+        "--ndim",
+        "2",
+        "--height",
+        "5",
+        "--iterations",
+        "400",
+        "--lr",
+        "1e30",
+        "--lr-logz",
+        "1e30",
+        "--eval-every",
+        "1",
+        "--out",
+        d,
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "stderr: {err}");
+    assert!(err.contains("iteration"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let metrics = RunDir::new(&dir).read_metrics().unwrap();
+    let _ = RunDir::new(&dir).read_config().unwrap();
+    if !metrics.is_empty() {
+        gfn::checkpoint::Checkpoint::load(&dir.join("checkpoint.safetensors")).unwrap();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
