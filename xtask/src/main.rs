@@ -1,1 +1,147 @@
-fn main(){}
+//! Project automation for the gfn workspace: `cargo xtask bench <suite>`.
+//!
+//! `cargo xtask bench hypergrid [--quick] [--seeds N] [--vs torchgfn] [--threads 1]` builds
+//! the `gfn` binary, makes the suite's training runs one at a time (each followed by the
+//! peer library's run of the same configuration with `--vs`), and writes
+//! `target/bench/<suite>/<UTC timestamp>/results.{json,md}`, pointing
+//! `target/bench/<suite>/latest` at it. See `xtask/README.md`.
+
+mod bench;
+mod report;
+mod runner;
+mod suite;
+mod sysinfo;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Project automation for the gfn workspace.
+#[derive(Parser, Debug)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a benchmark suite and write target/bench/<suite>/<timestamp>/results.{json,md}.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// Suite to run: hypergrid.
+    suite: String,
+    /// The reduced suite: seed 0 only and a subset of configurations (a few minutes).
+    #[arg(long)]
+    quick: bool,
+    /// Seeds per configuration (seeds 0..N; default 3, or 1 with --quick).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    seeds: Option<u32>,
+    /// Also run a peer library on every configuration, interleaved with ours: torchgfn.
+    #[arg(long, value_name = "PEER")]
+    vs: Option<String>,
+    /// Intra-op threads of every run (ours and the peer's).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    threads: u32,
+}
+
+/// Prints a one-line usage error and returns exit code 2.
+fn usage_error(msg: &str) -> ExitCode {
+    eprintln!("error: {msg} (see `cargo xtask bench --help`)");
+    ExitCode::from(2)
+}
+
+/// The command line as typed, shell-quoted where needed.
+fn command_line() -> String {
+    let quote = |a: String| {
+        if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) {
+            a
+        } else {
+            format!("'{}'", a.replace('\'', r"'\''"))
+        }
+    };
+    let args: Vec<String> = std::env::args().skip(1).map(quote).collect();
+    format!("cargo xtask {}", args.join(" "))
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    let _ = e.print();
+                    ExitCode::SUCCESS
+                }
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    let _ = e.print();
+                    ExitCode::from(2)
+                }
+                _ => {
+                    let rendered = e.render().to_string();
+                    let first = rendered.lines().next().unwrap_or("bad arguments");
+                    usage_error(first.trim_start_matches("error: "))
+                }
+            };
+        }
+    };
+    match cli.command {
+        Command::Bench(args) => bench_cmd(args),
+    }
+}
+
+fn bench_cmd(args: BenchArgs) -> ExitCode {
+    let Some(def) = suite::find(&args.suite) else {
+        let known: Vec<&str> = suite::SUITES.iter().map(|s| s.name).collect();
+        return usage_error(&format!("unknown suite '{}' (known: {})", args.suite, known.join(", ")));
+    };
+    let options = suite::SuiteOptions {
+        quick: args.quick,
+        seeds: args.seeds,
+        threads: args.threads,
+    };
+    let suite = (def.build)(&options);
+    if let Some(vs) = &args.vs
+        && !suite.peers.iter().any(|p| p.name == vs)
+    {
+        let known: Vec<&str> = suite.peers.iter().map(|p| p.name).collect();
+        return usage_error(&format!(
+            "unknown peer '{vs}' for suite {} (known: {})",
+            suite.name,
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        ));
+    }
+    let request = bench::BenchRequest {
+        suite: args.suite.clone(),
+        options,
+        vs: args.vs.clone(),
+        command: command_line(),
+    };
+    match bench::run(request, suite) {
+        Ok((dir, all_ok)) => {
+            match std::fs::read_to_string(dir.join("results.md")) {
+                Ok(md) => print!("{md}"),
+                Err(e) => eprintln!("error: cannot read {}: {e}", dir.join("results.md").display()),
+            }
+            eprintln!("results: {}", dir.display());
+            if all_ok {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("some runs failed (listed at the end of results.md)");
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

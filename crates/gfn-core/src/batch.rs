@@ -136,21 +136,13 @@ impl TrajectoryBatch {
 
     /// Append a row for trajectory `b`'s node `t` with `state`, computing its features and masks.
     /// Returns the row index.
-    pub fn push_row<E: crate::Env + ?Sized>(
-        &mut self,
-        env: &E,
-        b: usize,
-        t: usize,
-        state: &[i32],
-    ) -> u32 {
+    pub fn push_row<E: crate::Env + ?Sized>(&mut self, env: &E, b: usize, t: usize, state: &[i32]) -> u32 {
         let row = self.row_trajectory.len() as u32;
         self.states.extend_from_slice(state);
         let f0 = self.features.len();
         self.features.resize(f0 + self.feature_dim, 0.0);
         env.featurize(state, &mut self.features[f0..]);
-        push_mask(&mut self.forward_masks, self.n_actions, |m| {
-            env.forward_mask(state, m)
-        });
+        push_mask(&mut self.forward_masks, self.n_actions, |m| env.forward_mask(state, m));
         push_mask(&mut self.backward_masks, self.n_backward, |m| {
             env.backward_mask(state, m)
         });
@@ -160,15 +152,7 @@ impl TrajectoryBatch {
     }
 
     /// Record step `t` of trajectory `b`.
-    pub fn set_step(
-        &mut self,
-        b: usize,
-        t: usize,
-        action: u32,
-        backward_action: u32,
-        log_pf: f32,
-        log_pb: f32,
-    ) {
+    pub fn set_step(&mut self, b: usize, t: usize, action: u32, backward_action: u32, log_pf: f32, log_pb: f32) {
         let i = b * self.cap + t;
         self.actions[i] = action;
         self.backward_actions[i] = backward_action;

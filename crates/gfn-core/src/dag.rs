@@ -24,18 +24,9 @@ impl DagEnv {
     /// A DAG from an adjacency matrix (`adjacency[i * n + j]` for the edge `i → j`, only `i < j`),
     /// per-node log rewards, and whether there is an exit action. Every node must be reachable
     /// from node 0.
-    pub fn new(
-        n: usize,
-        adjacency: Vec<bool>,
-        log_rewards: Vec<f64>,
-        with_exit: bool,
-    ) -> Result<Self> {
+    pub fn new(n: usize, adjacency: Vec<bool>, log_rewards: Vec<f64>, with_exit: bool) -> Result<Self> {
         if n < 2 || adjacency.len() != n * n || log_rewards.len() != n {
-            return Err(GfnError::invalid(
-                "n",
-                n,
-                "need n ≥ 2, an n×n adjacency and n rewards",
-            ));
+            return Err(GfnError::invalid("n", n, "need n ≥ 2, an n×n adjacency and n rewards"));
         }
         for i in 0..n {
             for j in 0..=i {
@@ -112,11 +103,7 @@ impl DagEnv {
 
 impl Env for DagEnv {
     fn name(&self) -> String {
-        format!(
-            "dag-{}{}",
-            self.n,
-            if self.with_exit { "-exit" } else { "" }
-        )
+        format!("dag-{}{}", self.n, if self.with_exit { "-exit" } else { "" })
     }
     fn state_dim(&self) -> usize {
         1
@@ -212,9 +199,7 @@ pub fn check_env<E: Env + ?Sized>(env: &E) -> Result<()> {
         }
         let parents = (0..nb).filter(|&b| ev.parent(s, b).is_some()).count();
         if env.is_initial(state) != (parents == 0) {
-            return Err(GfnError::Other(format!(
-                "{state:?}: only s_0 may have no parent"
-            )));
+            return Err(GfnError::Other(format!("{state:?}: only s_0 may have no parent")));
         }
     }
     Ok(())

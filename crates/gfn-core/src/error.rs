@@ -14,9 +14,7 @@ pub enum GfnError {
         allowed: String,
     },
     /// The environment cannot enumerate its states, so exact evaluation is impossible.
-    #[error(
-        "environment {0} cannot enumerate its states; exact evaluation needs an enumerable environment"
-    )]
+    #[error("environment {0} cannot enumerate its states; exact evaluation needs an enumerable environment")]
     NotEnumerable(String),
     /// A tensor operation failed.
     #[error(transparent)]

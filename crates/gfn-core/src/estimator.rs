@@ -53,11 +53,7 @@ impl EstimatorConfig {
     /// Check the sizes, naming the bad field.
     pub fn validate(&self) -> Result<()> {
         if self.hidden == 0 {
-            return Err(GfnError::invalid(
-                "hidden",
-                self.hidden,
-                "must be at least 1",
-            ));
+            return Err(GfnError::invalid("hidden", self.hidden, "must be at least 1"));
         }
         Ok(())
     }
@@ -101,8 +97,7 @@ impl Estimator {
         let learned_pb = config.backward == BackwardPolicy::Learned;
         let (h, l) = (config.hidden, config.layers);
         let nets = if config.shared_trunk {
-            let out =
-                n_actions + if learned_pb { n_backward } else { 0 } + usize::from(config.flow_head);
+            let out = n_actions + if learned_pb { n_backward } else { 0 } + usize::from(config.flow_head);
             vec![Mlp::new(feature_dim, h, l, out, device, rng)?]
         } else {
             let mut nets = vec![Mlp::new(feature_dim, h, l, n_actions, device, rng)?];
@@ -210,11 +205,7 @@ impl Estimator {
                 None
             };
             let log_flow = if self.config.flow_head {
-                Some(
-                    out.narrow(D::Minus1, col, 1)?
-                        .squeeze(D::Minus1)?
-                        .contiguous()?,
-                )
+                Some(out.narrow(D::Minus1, col, 1)?.squeeze(D::Minus1)?.contiguous()?)
             } else {
                 None
             };
@@ -255,11 +246,7 @@ impl Estimator {
 
     /// Upload a feature buffer `[rows, feature_dim]` to the estimator's device.
     pub fn features_tensor(&self, features: &[f32], rows: usize) -> Result<Tensor> {
-        Ok(Tensor::from_slice(
-            features,
-            (rows, self.feature_dim),
-            &self.device,
-        )?)
+        Ok(Tensor::from_slice(features, (rows, self.feature_dim), &self.device)?)
     }
 }
 

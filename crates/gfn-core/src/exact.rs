@@ -123,12 +123,10 @@ impl ExactEvaluator {
             )));
         }
         let lookup = |s: &[i32]| -> Result<u32> {
-            index.get(s).copied().ok_or_else(|| {
-                GfnError::Other(format!(
-                    "{}: state {s:?} reachable but not enumerated",
-                    env.name()
-                ))
-            })
+            index
+                .get(s)
+                .copied()
+                .ok_or_else(|| GfnError::Other(format!("{}: state {s:?} reachable but not enumerated", env.name())))
         };
         let exit = env.exit_action();
         let mut features = vec![0.0; n * nf];
@@ -171,8 +169,7 @@ impl ExactEvaluator {
                 parents[i * nb + b] = (lookup(&buf)?, fwd as u32);
             }
         }
-        let initial = initial
-            .ok_or_else(|| GfnError::Other(format!("{}: s_0 not enumerated", env.name())))?;
+        let initial = initial.ok_or_else(|| GfnError::Other(format!("{}: s_0 not enumerated", env.name())))?;
         let is_terminal = |i: usize, s: &[i32]| match exit {
             Some(e) => forward_mask[i * na + e],
             None => env.is_terminal(s),
@@ -187,10 +184,7 @@ impl ExactEvaluator {
                 terminal.push(i as u32);
                 let lr = env.log_reward(s);
                 if lr.is_nan() || lr == f64::INFINITY {
-                    return Err(GfnError::Other(format!(
-                        "{}: log_reward({s:?}) = {lr}",
-                        env.name()
-                    )));
+                    return Err(GfnError::Other(format!("{}: log_reward({s:?}) = {lr}", env.name())));
                 }
                 log_reward.push(lr);
                 modes.push(env.is_mode(s));
@@ -274,12 +268,7 @@ impl ExactEvaluator {
     /// Child of state `s` by forward action `a`, if any (not for the exit).
     pub fn child(&self, s: usize, a: usize) -> Option<(usize, usize)> {
         let c = self.children[s * self.n_actions + a];
-        (c != NONE).then(|| {
-            (
-                c as usize,
-                self.child_backward[s * self.n_actions + a] as usize,
-            )
-        })
+        (c != NONE).then(|| (c as usize, self.child_backward[s * self.n_actions + a] as usize))
     }
     /// Parent of state `s` by backward action `b`, with the forward action from it.
     pub fn parent(&self, s: usize, b: usize) -> Option<(usize, usize)> {
@@ -307,12 +296,7 @@ impl ExactEvaluator {
             .zip(mask.chunks_exact(width))
             .zip(out.chunks_exact_mut(width))
         {
-            let lse = logsumexp(
-                l.iter()
-                    .zip(m)
-                    .filter(|(_, m)| **m)
-                    .map(|(x, _)| f64::from(*x)),
-            );
+            let lse = logsumexp(l.iter().zip(m).filter(|(_, m)| **m).map(|(x, _)| f64::from(*x)));
             for a in 0..width {
                 if m[a] {
                     o[a] = f64::from(l[a]) - lse;
@@ -449,11 +433,7 @@ impl ExactEvaluator {
     pub fn uniform_log_pb(&self) -> Vec<f64> {
         let nb = self.n_backward;
         let mut out = vec![f64::NEG_INFINITY; self.backward_mask.len()];
-        for (m, o) in self
-            .backward_mask
-            .chunks_exact(nb)
-            .zip(out.chunks_exact_mut(nb))
-        {
+        for (m, o) in self.backward_mask.chunks_exact(nb).zip(out.chunks_exact_mut(nb)) {
             let k = m.iter().filter(|&&x| x).count();
             for b in 0..nb {
                 if m[b] {

@@ -26,11 +26,10 @@ impl FastPath {
     /// Whether `estimator` can use the fast path (f32 parameters on the CPU).
     pub fn supports(estimator: &Estimator) -> bool {
         estimator.device().is_cpu()
-            && estimator.nets().iter().all(|n| {
-                n.layers
-                    .iter()
-                    .all(|l| l.weight.dtype() == candle_core::DType::F32)
-            })
+            && estimator
+                .nets()
+                .iter()
+                .all(|n| n.layers.iter().all(|l| l.weight.dtype() == candle_core::DType::F32))
     }
 
     /// Start a new iteration.
@@ -41,19 +40,14 @@ impl FastPath {
 
     /// A view that records rollouts and serves the loss.
     pub fn view<'a>(&'a mut self, estimator: &'a Estimator) -> Taped<'a> {
-        self.tapes
-            .resize_with(estimator.nets().len(), MlpTape::default);
-        Taped {
-            estimator,
-            fast: self,
-        }
+        self.tapes.resize_with(estimator.nets().len(), MlpTape::default);
+        Taped { estimator, fast: self }
     }
 
     /// After `loss.backward()`: parameter gradients of every network, in the order of
     /// [`Estimator::named_params`] (per net, per layer: weight, bias).
     pub fn backward(&mut self, estimator: &Estimator, grads: &GradStore) -> Result<Vec<&[f32]>> {
-        self.grads
-            .resize_with(estimator.nets().len(), MlpGrads::default);
+        self.grads.resize_with(estimator.nets().len(), MlpGrads::default);
         for (k, net) in estimator.nets().iter().enumerate() {
             let leaf = self
                 .leaves
@@ -68,11 +62,7 @@ impl FastPath {
         Ok(self
             .grads
             .iter()
-            .flat_map(|g| {
-                g.layers
-                    .iter()
-                    .flat_map(|(w, b)| [w.as_slice(), b.as_slice()])
-            })
+            .flat_map(|g| g.layers.iter().flat_map(|(w, b)| [w.as_slice(), b.as_slice()]))
             .collect())
     }
 }
@@ -94,12 +84,7 @@ impl RolloutPolicy for Taped<'_> {
 }
 
 impl RowForward for Taped<'_> {
-    fn forward_rows(
-        &mut self,
-        batch: &TrajectoryBatch,
-        extra: &[f32],
-        extra_rows: usize,
-    ) -> Result<EstimatorOutput> {
+    fn forward_rows(&mut self, batch: &TrajectoryBatch, extra: &[f32], extra_rows: usize) -> Result<EstimatorOutput> {
         let rows = batch.num_rows();
         if self.fast.tapes[0].rows() != rows {
             return Err(GfnError::Other(format!(

@@ -23,9 +23,7 @@ pub mod tape;
 pub use batch::TrajectoryBatch;
 pub use env::Env;
 pub use error::{GfnError, Result};
-pub use estimator::{
-    BackwardPolicy, Estimator, EstimatorConfig, EstimatorOutput, RolloutPolicy, RowForward,
-};
+pub use estimator::{BackwardPolicy, Estimator, EstimatorConfig, EstimatorOutput, RolloutPolicy, RowForward};
 pub use rng::{GfnRng, rng_from_seed};
 pub use sampler::{Sampler, SamplingOptions};
 

@@ -23,8 +23,7 @@ impl Linear {
     /// PyTorch's default initialisation: `W, b ~ U(−1/√in, 1/√in)`, drawn from `rng`.
     pub fn new(input: usize, output: usize, device: &Device, rng: &mut GfnRng) -> Result<Self> {
         let bound = 1.0 / (input as f32).sqrt();
-        let mut draw =
-            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-bound..bound)).collect() };
+        let mut draw = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-bound..bound)).collect() };
         let w = draw(input * output);
         let b = draw(output);
         Ok(Self {
@@ -36,15 +35,9 @@ impl Linear {
     /// `x·W + b`; `detached` runs without recording an autograd graph.
     pub fn forward(&self, x: &Tensor, detached: bool) -> Result<Tensor> {
         let (w, b) = if detached {
-            (
-                self.weight.as_tensor().detach(),
-                self.bias.as_tensor().detach(),
-            )
+            (self.weight.as_tensor().detach(), self.bias.as_tensor().detach())
         } else {
-            (
-                self.weight.as_tensor().clone(),
-                self.bias.as_tensor().clone(),
-            )
+            (self.weight.as_tensor().clone(), self.bias.as_tensor().clone())
         };
         Ok(x.matmul(&w)?.broadcast_add(&b)?)
     }
@@ -109,7 +102,5 @@ impl Mlp {
 
 /// A scalar parameter such as `log Z`, shape `[1]`.
 pub fn scalar_var(value: f32, device: &Device) -> Result<Var> {
-    Ok(Var::from_tensor(
-        &Tensor::new(&[value], device)?.to_dtype(DType::F32)?,
-    )?)
+    Ok(Var::from_tensor(&Tensor::new(&[value], device)?.to_dtype(DType::F32)?)?)
 }

@@ -104,11 +104,7 @@ impl candle_core::InplaceOp1 for FusedAdamSlice<'_> {
             candle_core::bail!("fused adam: contiguous tensors only")
         };
         if b - a != self.g.len() {
-            candle_core::bail!(
-                "fused adam: {} gradients for {} parameters",
-                self.g.len(),
-                b - a
-            );
+            candle_core::bail!("fused adam: {} gradients for {} parameters", self.g.len(), b - a);
         }
         adam_update(
             &mut p[a..b],
@@ -133,18 +129,11 @@ impl candle_core::InplaceOp2 for FusedAdam<'_> {
     fn name(&self) -> &'static str {
         "gfn-fused-adam"
     }
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<()> {
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
         let (CpuStorage::F32(p), CpuStorage::F32(g)) = (s1, s2) else {
             candle_core::bail!("fused adam: f32 parameters and gradients only")
         };
-        let (Some((a1, b1)), Some((a2, b2))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
+        let (Some((a1, b1)), Some((a2, b2))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
             candle_core::bail!("fused adam: contiguous tensors only")
         };
         adam_update(
@@ -175,11 +164,7 @@ impl Adam {
                 }
             })
             .collect();
-        Self {
-            slots,
-            groups,
-            t: 0,
-        }
+        Self { slots, groups, t: 0 }
     }
 
     /// One update from the gradients in `grads`. Parameters without a gradient are skipped, as

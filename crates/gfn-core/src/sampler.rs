@@ -34,11 +34,7 @@ impl SamplingOptions {
     /// Check ranges, naming the bad field.
     pub fn validate(&self) -> Result<()> {
         if !(0.0..=1.0).contains(&self.epsilon) {
-            return Err(GfnError::invalid(
-                "epsilon",
-                self.epsilon,
-                "must be in [0, 1]",
-            ));
+            return Err(GfnError::invalid("epsilon", self.epsilon, "must be in [0, 1]"));
         }
         if !(self.temperature.is_finite() && self.temperature > 0.0) {
             return Err(GfnError::invalid(
@@ -92,14 +88,10 @@ fn draw_action(
         }
     }
     if n_valid == 0 {
-        return Err(GfnError::Other(
-            "a non-terminal state has no allowed action".into(),
-        ));
+        return Err(GfnError::Other("a non-terminal state has no allowed action".into()));
     }
     if !max.is_finite() {
-        return Err(GfnError::Other(format!(
-            "policy logits are not finite ({max})"
-        )));
+        return Err(GfnError::Other(format!("policy logits are not finite ({max})")));
     }
     let mut total = 0.0;
     for (a, &l) in logits.iter().enumerate() {
@@ -183,8 +175,7 @@ impl Sampler {
                 batch.push_row(env, b, t, &self.current[b * sd..(b + 1) * sd]);
             }
             let rows = self.active.len();
-            let stride =
-                policy.pf_logits(&batch.features[first_row * nf..], rows, &mut self.logits)?;
+            let stride = policy.pf_logits(&batch.features[first_row * nf..], rows, &mut self.logits)?;
             let logits = &self.logits;
             self.next_active.clear();
             for (i, &b) in self.active.iter().enumerate() {
@@ -277,8 +268,7 @@ impl Sampler {
         self.current.extend_from_slice(terminals);
         self.active.clear();
         for b in 0..n {
-            self.path_states[b * stride..b * stride + sd]
-                .copy_from_slice(&terminals[b * sd..(b + 1) * sd]);
+            self.path_states[b * stride..b * stride + sd].copy_from_slice(&terminals[b * sd..(b + 1) * sd]);
             if !env.is_initial(&terminals[b * sd..(b + 1) * sd]) {
                 self.active.push(b);
             }

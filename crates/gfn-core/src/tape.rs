@@ -43,16 +43,8 @@ pub fn sgemm(
         }
         return;
     }
-    let (a_rs, a_cs) = if a_t {
-        (1, m as isize)
-    } else {
-        (k as isize, 1)
-    };
-    let (b_rs, b_cs) = if b_t {
-        (1, k as isize)
-    } else {
-        (n as isize, 1)
-    };
+    let (a_rs, a_cs) = if a_t { (1, m as isize) } else { (k as isize, 1) };
+    let (b_rs, b_cs) = if b_t { (1, k as isize) } else { (n as isize, 1) };
     let threads = candle_core::utils::get_num_threads();
     let par = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
@@ -95,9 +87,7 @@ pub fn with_cpu_f32<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
         .ok_or_else(|| GfnError::Other("fast path: parameters must be contiguous".into()))?;
     match &*storage {
         Storage::Cpu(CpuStorage::F32(v)) => Ok(f(&v[start..end])),
-        _ => Err(GfnError::Other(
-            "fast path: f32 parameters on the CPU only".into(),
-        )),
+        _ => Err(GfnError::Other("fast path: f32 parameters on the CPU only".into())),
     }
 }
 
@@ -150,12 +140,7 @@ impl Mlp {
 
     /// Evaluate `rows` new rows `x` (`[rows, in]`), append their activations to `tape`, and
     /// return their outputs.
-    pub fn forward_taped<'t>(
-        &self,
-        x: &[f32],
-        rows: usize,
-        tape: &'t mut MlpTape,
-    ) -> Result<&'t [f32]> {
+    pub fn forward_taped<'t>(&self, x: &[f32], rows: usize, tape: &'t mut MlpTape) -> Result<&'t [f32]> {
         let dims = self.dims();
         if tape.dims != dims {
             tape.dims = dims.clone();
@@ -184,17 +169,7 @@ impl Mlp {
                 }
             })?;
             with_cpu_f32(layer.weight.as_tensor(), |w| {
-                sgemm(
-                    rows,
-                    dout,
-                    din,
-                    input,
-                    false,
-                    w,
-                    false,
-                    &mut out[start..],
-                    true,
-                );
+                sgemm(rows, dout, din, input, false, w, false, &mut out[start..], true);
             })?;
             if l < last {
                 out[start..].iter_mut().for_each(|v| *v = v.max(0.0));
@@ -206,12 +181,7 @@ impl Mlp {
 
     /// Backward pass over every row of `tape` given `d_out = ∂L/∂outputs` (`[rows, out]`):
     /// fills `grads` with `∂L/∂W`, `∂L/∂b` of every layer.
-    pub fn backward_taped(
-        &self,
-        tape: &MlpTape,
-        d_out: &[f32],
-        grads: &mut MlpGrads,
-    ) -> Result<()> {
+    pub fn backward_taped(&self, tape: &MlpTape, d_out: &[f32], grads: &mut MlpGrads) -> Result<()> {
         let dims = &tape.dims;
         let rows = tape.rows;
         if *dims != self.dims() || d_out.len() != rows * tape.out_dim() {

@@ -111,9 +111,7 @@ impl Hypergrid {
             outer &= o;
             band &= b;
         }
-        self.reward.r0
-            + if outer { self.reward.r1 } else { 0.0 }
-            + if band { self.reward.r2 } else { 0.0 }
+        self.reward.r0 + if outer { self.reward.r1 } else { 0.0 } + if band { self.reward.r2 } else { 0.0 }
     }
 
     /// Number of grid points, `H^d`.
@@ -196,12 +194,7 @@ impl Env for Hypergrid {
         Some(out)
     }
     fn state_index(&self, state: &[i32]) -> Option<usize> {
-        Some(
-            state
-                .iter()
-                .rev()
-                .fold(0, |acc, &x| acc * self.height + x as usize),
-        )
+        Some(state.iter().rev().fold(0, |acc, &x| acc * self.height + x as usize))
     }
 }
 
@@ -257,16 +250,11 @@ mod tests {
     #[test]
     fn float_boundary_uses_exact_arithmetic() {
         let env = grid(2, 256, 0.1);
-        assert!(
-            !env.coord_flags[204].1,
-            "x = 204 is exactly on the 0.3 edge: excluded"
-        );
+        assert!(!env.coord_flags[204].1, "x = 204 is exactly on the 0.3 edge: excluded");
         assert!(env.coord_flags[205].1 && env.coord_flags[26].1 && !env.coord_flags[25].1);
         let modes = (0..256).filter(|&x| env.coord_flags[x].1).count();
         assert_eq!(modes * modes, 2500);
-        let log_z = gfn_core::exact::logsumexp(
-            (0..256 * 256).map(|i| env.log_reward(&[(i % 256) as i32, (i / 256) as i32])),
-        );
+        let log_z = gfn_core::exact::logsumexp((0..256 * 256).map(|i| env.log_reward(&[i % 256, i / 256])));
         assert_abs_diff_eq!(log_z, 9.890686, epsilon = 5e-7);
     }
 

@@ -63,12 +63,7 @@ pub struct FlowMatchingLayout {
 impl FlowMatchingLayout {
     /// Lay out the rows of `batch` and the parents of each of its states other than `s_0`.
     pub fn new<E: Env + ?Sized>(env: &E, batch: &TrajectoryBatch) -> Result<Self> {
-        let (sd, na, nb, nf) = (
-            batch.state_dim,
-            batch.n_actions,
-            batch.n_backward,
-            batch.feature_dim,
-        );
+        let (sd, na, nb, nf) = (batch.state_dim, batch.n_actions, batch.n_backward, batch.feature_dim);
         let rows = batch.num_rows();
         let mut l = Self {
             states: batch.states.clone(),
@@ -100,8 +95,7 @@ impl FlowMatchingLayout {
                 }
             }
             l.out_rows.push(r as u32);
-            l.out_mask
-                .extend_from_slice(&batch.forward_masks[r * na..(r + 1) * na]);
+            l.out_mask.extend_from_slice(&batch.forward_masks[r * na..(r + 1) * na]);
             let terminal = batch.exit_action.is_none() && env.is_terminal(state);
             l.out_extra.push(if terminal {
                 env.log_reward(state)
@@ -130,9 +124,8 @@ impl FlowMatchingLayout {
         let (s, nb, na) = (self.out_rows.len(), self.n_parents, self.n_actions);
         let dev = logits.device().clone();
         let dt = logits.dtype();
-        let fill = |shape: (usize, usize)| -> Result<Tensor> {
-            Ok(Tensor::full(MASK_FILL, shape, &dev)?.to_dtype(dt)?)
-        };
+        let fill =
+            |shape: (usize, usize)| -> Result<Tensor> { Ok(Tensor::full(MASK_FILL, shape, &dev)?.to_dtype(dt)?) };
         let logits = logits.contiguous()?; // a column slice of a shared trunk's output is strided
         let flat = logits.flatten_all()?;
         let in_vals = flat
@@ -168,11 +161,7 @@ impl FlowMatchingTerms {
     /// Evaluate the estimator on every visited state and all of its parents (one batched forward
     /// pass, or the rollout's recorded outputs plus one pass over the parents), and gather the
     /// edge flows.
-    pub fn from_batch<E: Env + ?Sized>(
-        env: &E,
-        batch: &TrajectoryBatch,
-        forward: &mut dyn RowForward,
-    ) -> Result<Self> {
+    pub fn from_batch<E: Env + ?Sized>(env: &E, batch: &TrajectoryBatch, forward: &mut dyn RowForward) -> Result<Self> {
         let layout = FlowMatchingLayout::new(env, batch)?;
         let out = forward.forward_rows(batch, &layout.parent_features, layout.parent_rows)?;
         layout.gather(&out.pf_logits)

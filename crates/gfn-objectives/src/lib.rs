@@ -51,11 +51,7 @@ impl Objective {
             "tb" => Ok(Self::TrajectoryBalance),
             "subtb" => {
                 if !(lambda.is_finite() && lambda > 0.0) {
-                    return Err(GfnError::invalid(
-                        "lambda",
-                        lambda,
-                        "must be finite and > 0",
-                    ));
+                    return Err(GfnError::invalid("lambda", lambda, "must be finite and > 0"));
                 }
                 Ok(Self::SubTrajectoryBalance { lambda })
             }
@@ -79,10 +75,7 @@ impl Objective {
 
     /// Whether the estimator needs a log F(s) head.
     pub fn needs_flow_head(&self) -> bool {
-        matches!(
-            self,
-            Self::DetailedBalance | Self::SubTrajectoryBalance { .. }
-        )
+        matches!(self, Self::DetailedBalance | Self::SubTrajectoryBalance { .. })
     }
 
     /// Whether the objective uses P_B (flow matching does not).

@@ -22,20 +22,14 @@ use crate::terms::{BalanceTerms, constant};
 /// per trajectory.
 pub fn subtb_weights(lengths: &[usize], t: usize, lambda: f64) -> Result<Vec<f64>> {
     if !(lambda.is_finite() && lambda > 0.0) {
-        return Err(GfnError::invalid(
-            "lambda",
-            lambda,
-            "must be finite and > 0",
-        ));
+        return Err(GfnError::invalid("lambda", lambda, "must be finite and > 0"));
     }
     let ln_l = lambda.ln();
     let w = t + 1;
     let mut out = vec![0.0; lengths.len() * w * w];
     for (b, &n) in lengths.iter().enumerate() {
         // log-weights (j − i)·ln λ, normalised by their log-sum-exp.
-        let lse = gfn_core::exact::logsumexp(
-            (0..n).flat_map(|i| (i + 1..=n).map(move |j| (j - i) as f64 * ln_l)),
-        );
+        let lse = gfn_core::exact::logsumexp((0..n).flat_map(|i| (i + 1..=n).map(move |j| (j - i) as f64 * ln_l)));
         for i in 0..n {
             for j in i + 1..=n {
                 out[b * w * w + i * w + j] = ((j - i) as f64 * ln_l - lse).exp();

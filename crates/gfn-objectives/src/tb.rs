@@ -18,7 +18,5 @@ pub fn trajectory_balance_residuals(terms: &BalanceTerms, log_z: &Tensor) -> Res
 
 /// Trajectory balance loss, mean over the batch.
 pub fn trajectory_balance(terms: &BalanceTerms, log_z: &Tensor) -> Result<Tensor> {
-    Ok(trajectory_balance_residuals(terms, log_z)?
-        .sqr()?
-        .mean_all()?)
+    Ok(trajectory_balance_residuals(terms, log_z)?.sqr()?.mean_all()?)
 }

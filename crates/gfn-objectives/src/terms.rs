@@ -53,23 +53,17 @@ impl BalanceTerms {
             ));
         }
         if let Some(&bad) = self.lengths.iter().find(|&&n| n == 0 || n > t) {
-            return Err(GfnError::invalid(
-                "lengths",
-                bad,
-                format!("each must be in 1..={t}"),
-            ));
+            return Err(GfnError::invalid("lengths", bad, format!("each must be in 1..={t}")));
         }
         if self.log_pb.dims2()? != (b, t) || self.log_reward.dims1()? != b {
             return Err(GfnError::Other(
                 "balance terms: log_pb must be [B, T] and log_reward [B]".into(),
             ));
         }
-        if let Some(f) = &self.log_flow {
-            if f.dims2()? != (b, t) {
-                return Err(GfnError::Other(
-                    "balance terms: log_flow must be [B, T]".into(),
-                ));
-            }
+        if let Some(f) = &self.log_flow
+            && f.dims2()? != (b, t)
+        {
+            return Err(GfnError::Other("balance terms: log_flow must be [B, T]".into()));
         }
         Ok(())
     }
@@ -191,11 +185,6 @@ impl BalanceTerms {
 }
 
 /// `Tensor` of f64 values in `dtype` on `dev`.
-pub(crate) fn constant(
-    values: Vec<f64>,
-    shape: &[usize],
-    dtype: DType,
-    dev: &Device,
-) -> Result<Tensor> {
+pub(crate) fn constant(values: Vec<f64>, shape: &[usize], dtype: DType, dev: &Device) -> Result<Tensor> {
     Ok(Tensor::from_vec(values, shape, dev)?.to_dtype(dtype)?)
 }

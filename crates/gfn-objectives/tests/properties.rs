@@ -30,16 +30,9 @@ fn case(seed: u64, n: usize, p_edge: f64, exit: bool, n_traj: usize) -> Case {
     let mut rng = rng_from_seed(seed);
     let env = DagEnv::random(n, p_edge, exit, &mut rng).unwrap();
     let ev = ExactEvaluator::new(&env).unwrap();
-    let paths: Vec<Vec<usize>> = (0..n_traj)
-        .map(|i| random_walk(&env, &mut rng, i == 0))
-        .collect();
+    let paths: Vec<Vec<usize>> = (0..n_traj).map(|i| random_walk(&env, &mut rng, i == 0)).collect();
     let batch = batch_from_paths(&env, &paths);
-    Case {
-        env,
-        ev,
-        batch,
-        rng,
-    }
+    Case { env, ev, batch, rng }
 }
 
 fn random_walk(env: &DagEnv, rng: &mut GfnRng, must_move: bool) -> Vec<usize> {
@@ -102,17 +95,14 @@ struct Tables {
 }
 
 fn finite(v: &[f64]) -> Vec<f64> {
-    v.iter()
-        .map(|&x| if x.is_finite() { x } else { 0.0 })
-        .collect()
+    v.iter().map(|&x| if x.is_finite() { x } else { 0.0 }).collect()
 }
 
 impl Tables {
     fn new(ev: &ExactEvaluator, pf: &[f64], pb: &[f64], flow: &[f64], log_z: f64) -> Self {
         let s = ev.num_states();
-        let var = |v: &[f64], shape: &[usize]| {
-            Var::from_tensor(&Tensor::from_vec(finite(v), shape, &DEV).unwrap()).unwrap()
-        };
+        let var =
+            |v: &[f64], shape: &[usize]| Var::from_tensor(&Tensor::from_vec(finite(v), shape, &DEV).unwrap()).unwrap();
         Self {
             pf: var(pf, &[s, pf.len() / s]),
             pb: var(pb, &[s, pb.len() / s]),
@@ -127,8 +117,7 @@ impl Tables {
 
     fn random(ev: &ExactEvaluator, env: &DagEnv, rng: &mut GfnRng) -> Self {
         let s = ev.num_states();
-        let mut draw =
-            |k: usize| -> Vec<f64> { (0..k).map(|_| rng.random_range(-1.5..1.5)).collect() };
+        let mut draw = |k: usize| -> Vec<f64> { (0..k).map(|_| rng.random_range(-1.5..1.5)).collect() };
         let pf = draw(s * env.n_actions());
         let pb = draw(s * env.n_backward_actions());
         let flow = draw(s);
@@ -142,12 +131,7 @@ impl Tables {
 
     /// The estimator's outputs on the rows whose nodes are `nodes`.
     fn output(&self, nodes: &[i32]) -> EstimatorOutput {
-        let idx = Tensor::from_vec(
-            nodes.iter().map(|&x| x as u32).collect::<Vec<_>>(),
-            nodes.len(),
-            &DEV,
-        )
-        .unwrap();
+        let idx = Tensor::from_vec(nodes.iter().map(|&x| x as u32).collect::<Vec<_>>(), nodes.len(), &DEV).unwrap();
         EstimatorOutput {
             pf_logits: self.pf.index_select(&idx, 0).unwrap(),
             pb_logits: Some(self.pb.index_select(&idx, 0).unwrap()),
@@ -164,13 +148,7 @@ enum Loss {
     Fm,
 }
 
-const LOSSES: [Loss; 5] = [
-    Loss::Tb,
-    Loss::Db,
-    Loss::SubTb(0.5),
-    Loss::SubTb(2.0),
-    Loss::Fm,
-];
+const LOSSES: [Loss; 5] = [Loss::Tb, Loss::Db, Loss::SubTb(0.5), Loss::SubTb(2.0), Loss::Fm];
 
 fn loss(l: Loss, c: &Case, t: &Tables) -> Tensor {
     match l {
@@ -199,9 +177,7 @@ fn scalar(t: &Tensor) -> f64 {
 fn random_log_pb(ev: &ExactEvaluator, nb: usize, rng: &mut GfnRng) -> Vec<f64> {
     let mut out = vec![f64::NEG_INFINITY; ev.num_states() * nb];
     for s in 0..ev.num_states() {
-        let valid: Vec<usize> = (0..nb)
-            .filter(|&b| ev.backward_mask()[s * nb + b])
-            .collect();
+        let valid: Vec<usize> = (0..nb).filter(|&b| ev.backward_mask()[s * nb + b]).collect();
         let w: Vec<f64> = valid.iter().map(|_| rng.random_range(-1.0..1.0)).collect();
         let lse = gfn_core::exact::logsumexp(w.iter().copied());
         for (b, x) in valid.iter().zip(w) {
@@ -408,23 +384,14 @@ mod sampler_and_glue {
         Sampler::new()
             .sample_forward(&env, &est, 64, opts, &mut rng_from_seed(1), &mut batch)
             .unwrap();
-        let x = est
-            .features_tensor(&batch.features, batch.num_rows())
-            .unwrap();
+        let x = est.features_tensor(&batch.features, batch.num_rows()).unwrap();
         let terms = BalanceTerms::from_batch(&batch, &est.forward(&x).unwrap()).unwrap();
         let log_pf = ev.policy_log_probs(&est).unwrap();
         let out = est
-            .forward_detached(
-                &Tensor::from_slice(ev.features(), (ev.num_states(), env.feature_dim()), &DEV)
-                    .unwrap(),
-            )
+            .forward_detached(&Tensor::from_slice(ev.features(), (ev.num_states(), env.feature_dim()), &DEV).unwrap())
             .unwrap();
         let pb_logits = gfn_core::estimator::to_vec_f32(&out.pb_logits.unwrap()).unwrap();
-        let log_pb = ExactEvaluator::log_softmax_masked(
-            &pb_logits,
-            ev.backward_mask(),
-            env.n_backward_actions(),
-        );
+        let log_pb = ExactEvaluator::log_softmax_masked(&pb_logits, ev.backward_mask(), env.n_backward_actions());
         let got_pf: Vec<f32> = terms.log_pf.flatten_all().unwrap().to_vec1().unwrap();
         let got_pb: Vec<f32> = terms.log_pb.flatten_all().unwrap().to_vec1().unwrap();
         let t = terms.max_len();
@@ -462,14 +429,7 @@ mod sampler_and_glue {
         let n = 40_000;
         for _ in 0..n / 1000 {
             sampler
-                .sample_forward(
-                    &env,
-                    &est,
-                    1000,
-                    SamplingOptions::default(),
-                    &mut rng,
-                    &mut batch,
-                )
+                .sample_forward(&env, &est, 1000, SamplingOptions::default(), &mut rng, &mut batch)
                 .unwrap();
             for b in 0..1000 {
                 counts[ev.terminal_index(batch.terminal_state(b)).unwrap()] += 1.0 / n as f64;
@@ -554,9 +514,7 @@ mod engines {
                             &mut rng_from_seed(7),
                         )
                         .unwrap();
-                        est.log_z()
-                            .set(&Tensor::new(&[0.3f32], &DEV).unwrap())
-                            .unwrap();
+                        est.log_z().set(&Tensor::new(&[0.3f32], &DEV).unwrap()).unwrap();
                         let mut fast = FastPath::default();
                         let mut batch = TrajectoryBatch::default();
                         let mut view = fast.view(&est);
@@ -565,14 +523,7 @@ mod engines {
                             temperature: 1.0,
                         };
                         Sampler::new()
-                            .sample_forward_with(
-                                env,
-                                &mut view,
-                                12,
-                                opts,
-                                &mut rng_from_seed(5),
-                                &mut batch,
-                            )
+                            .sample_forward_with(env, &mut view, 12, opts, &mut rng_from_seed(5), &mut batch)
                             .unwrap();
                         let loss_tape = obj.loss(env, &batch, &mut view).unwrap();
                         let g_tape = loss_tape.backward().unwrap();
@@ -585,10 +536,7 @@ mod engines {
                         let loss_graph = obj.loss(env, &batch, &mut &est).unwrap();
                         let g_graph = loss_graph.backward().unwrap();
                         let (a, b) = (scalar(&loss_tape), scalar(&loss_graph));
-                        assert!(
-                            (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
-                            "{obj:?}: loss {a} vs {b}"
-                        );
+                        assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{obj:?}: loss {a} vs {b}");
                         for ((name, var), tg) in est.named_params().iter().zip(&tape_grads) {
                             let gg: Vec<f32> = match g_graph.get(var.as_tensor()) {
                                 Some(g) => g.flatten_all().unwrap().to_vec1().unwrap(),

@@ -86,10 +86,8 @@ impl Checkpoint {
 
     /// Read and verify `path`.
     pub fn load(path: &Path) -> Result<Self> {
-        let data = std::fs::read(path)
-            .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
-        Self::from_bytes(&data)
-            .with_context(|| format!("checkpoint {} is corrupt or truncated", path.display()))
+        let data = std::fs::read(path).with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+        Self::from_bytes(&data).with_context(|| format!("checkpoint {} is corrupt or truncated", path.display()))
     }
 
     /// Parse and verify safetensors bytes.
@@ -101,12 +99,8 @@ impl Checkpoint {
             .as_ref()
             .and_then(|m| m.get("gfn"))
             .context("not a gfn checkpoint (no gfn metadata)")?;
-        let meta: HashMap<String, String> =
-            serde_json::from_str(raw).context("gfn metadata is not valid JSON")?;
-        let get = |k: &str| {
-            meta.get(k)
-                .with_context(|| format!("missing metadata field {k}"))
-        };
+        let meta: HashMap<String, String> = serde_json::from_str(raw).context("gfn metadata is not valid JSON")?;
+        let get = |k: &str| meta.get(k).with_context(|| format!("missing metadata field {k}"));
         if get("format")? != FORMAT {
             bail!("unknown format {:?} (expected {FORMAT})", get("format")?);
         }

@@ -149,11 +149,7 @@ impl TrainConfig {
             ));
         }
         if !matches!(self.engine.as_str(), "auto" | "tape" | "graph") {
-            return Err(GfnError::invalid(
-                "engine",
-                &self.engine,
-                "must be auto, tape or graph",
-            ));
+            return Err(GfnError::invalid("engine", &self.engine, "must be auto, tape or graph"));
         }
         gfn_core::SamplingOptions {
             epsilon: self.epsilon,

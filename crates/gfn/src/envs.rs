@@ -20,10 +20,6 @@ pub fn build_env(config: &TrainConfig) -> Result<Box<dyn Env>> {
                 r2: config.r2,
             },
         )?)),
-        other => Err(GfnError::invalid(
-            "env",
-            other,
-            format!("must be one of: {ENV_NAMES}"),
-        )),
+        other => Err(GfnError::invalid("env", other, format!("must be one of: {ENV_NAMES}"))),
     }
 }

@@ -16,11 +16,7 @@ use gfn_core::{Sampler, SamplingOptions, TrajectoryBatch, rng_from_seed};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(
-    name = "gfn",
-    version,
-    about = "Generative Flow Networks: train, sample, evaluate"
-)]
+#[command(name = "gfn", version, about = "Generative Flow Networks: train, sample, evaluate")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -122,16 +118,9 @@ fn train_cmd(
 ) -> Result<(), Fatal> {
     let device = Device::Cpu;
     let (mut trainer, dir) = if let Some(dir_path) = resume {
-        let others: Vec<_> = options
-            .given()
-            .into_iter()
-            .filter(|&n| n != "iterations")
-            .collect();
+        let others: Vec<_> = options.given().into_iter().filter(|&n| n != "iterations").collect();
         if !others.is_empty() || config.is_some() || out.is_some() {
-            let mut names: Vec<String> = others
-                .iter()
-                .map(|n| format!("--{}", n.replace('_', "-")))
-                .collect();
+            let mut names: Vec<String> = others.iter().map(|n| format!("--{}", n.replace('_', "-"))).collect();
             if config.is_some() {
                 names.push("--config".into());
             }
@@ -159,8 +148,7 @@ fn train_cmd(
         let file = match &config {
             Some(p) => {
                 let text = usage(
-                    std::fs::read_to_string(p)
-                        .with_context(|| format!("cannot read config file {}", p.display())),
+                    std::fs::read_to_string(p).with_context(|| format!("cannot read config file {}", p.display())),
                 )?;
                 usage(
                     toml::from_str::<ConfigArgs>(&text)
@@ -169,10 +157,7 @@ fn train_cmd(
             }
             None => ConfigArgs::default(),
         };
-        let name = config
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
+        let name = config.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
         let cfg: TrainConfig = usage(options.resolve(file, &name).map_err(anyhow::Error::from))?;
         usage(cfg.validate().map_err(anyhow::Error::from))?;
         let out = out.unwrap_or_else(|| {
@@ -199,10 +184,10 @@ fn train_cmd(
     };
     let c = &trainer.config;
     eprintln!(
-        "training {} with {} on {} | batch {} | {} iterations | {} parameters | seed {} | out {}",
+        "training {} with {} on cpu ({} engine) | batch {} | {} iterations | {} parameters | seed {} | out {}",
         trainer.env.name(),
         trainer.objective.name(),
-        "cpu",
+        trainer.engine(),
         c.batch_size,
         c.iterations,
         trainer.estimator.num_params(),
@@ -229,10 +214,8 @@ impl Bar {
     fn new(total: u64, start: u64) -> Self {
         let bar = ProgressBar::new(total);
         bar.set_style(
-            ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
-            )
-            .expect("valid template"),
+            ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
+                .expect("valid template"),
         );
         bar.set_position(start);
         Self { bar, last_tv: None }
@@ -241,12 +224,9 @@ impl Bar {
 
 impl Progress for Bar {
     fn on_step(&mut self, iteration: u64, loss: f64) {
-        if iteration % 10 == 0 {
+        if iteration.is_multiple_of(10) {
             self.bar.set_position(iteration);
-            let tv = self
-                .last_tv
-                .map(|t| format!(" | exact TV {t:.4}"))
-                .unwrap_or_default();
+            let tv = self.last_tv.map(|t| format!(" | exact TV {t:.4}")).unwrap_or_default();
             self.bar.set_message(format!("loss {loss:.4}{tv}"));
         }
     }
@@ -294,11 +274,7 @@ fn print_summary(s: &serde_json::Value, dir: &Path) {
         f("/exact_last5_mean/l1_sum"),
         f("/exact_last5_mean/tv")
     );
-    println!(
-        "  log Z   learned {}  true {}",
-        f("/log_z/learned"),
-        f("/log_z/true")
-    );
+    println!("  log Z   learned {}  true {}", f("/log_z/learned"), f("/log_z/true"));
     if let (Some(found), Some(total)) = (s.pointer("/modes/found"), s.pointer("/modes/total")) {
         println!("  modes visited {found}/{total}");
     }
@@ -323,14 +299,7 @@ fn sample_cmd(run: &Path, n: usize, seed: u64, out: &Path) -> Result<()> {
     let mut left = n;
     while left > 0 {
         let k = left.min(4096);
-        sampler.sample_forward(
-            env,
-            &t.estimator,
-            k,
-            SamplingOptions::default(),
-            &mut rng,
-            &mut batch,
-        )?;
+        sampler.sample_forward(env, &t.estimator, k, SamplingOptions::default(), &mut rng, &mut batch)?;
         for b in 0..k {
             for x in batch.terminal_state(b) {
                 text.push_str(&format!("{x},"));
@@ -339,8 +308,7 @@ fn sample_cmd(run: &Path, n: usize, seed: u64, out: &Path) -> Result<()> {
         }
         left -= k;
     }
-    gfn::io::write_atomic(out, text.as_bytes())
-        .with_context(|| format!("cannot write {}", out.display()))?;
+    gfn::io::write_atomic(out, text.as_bytes()).with_context(|| format!("cannot write {}", out.display()))?;
     eprintln!("wrote {n} samples to {}", out.display());
     Ok(())
 }
@@ -351,22 +319,14 @@ fn eval_cmd(run: &Path, json: bool) -> Result<()> {
     set_threads(cfg.threads);
     let mut t = dir.load_trainer(&Device::Cpu)?;
     if t.evaluator.is_none() {
-        bail!(
-            "environment {} is not enumerable: no exact metrics",
-            t.env.name()
-        );
+        bail!("environment {} is not enumerable: no exact metrics", t.env.name());
     }
     let rec = t.evaluate()?;
     let e = rec.exact.expect("enumerable");
     if json {
         println!("{}", serde_json::to_string_pretty(&e)?);
     } else {
-        println!(
-            "{} · {} · iteration {}",
-            t.env.name(),
-            t.objective.name(),
-            t.iteration
-        );
+        println!("{} · {} · iteration {}", t.env.name(), t.objective.name(), t.iteration);
         println!("  tv       {:.6}", e.dist.tv);
         println!("  l1_sum   {:.6}", e.dist.l1_sum);
         println!("  l1_mean  {:.3e}", e.dist.l1_mean);

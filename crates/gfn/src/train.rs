@@ -13,8 +13,7 @@ use gfn_core::exact::{DistributionMetrics, EmpiricalTracker, ExactEvaluator, Exa
 use gfn_core::fast::FastPath;
 use gfn_core::optim::{Adam, AdamParams};
 use gfn_core::{
-    BackwardPolicy, Env, Estimator, EstimatorConfig, GfnRng, Sampler, SamplingOptions,
-    TrajectoryBatch, rng_from_seed,
+    BackwardPolicy, Env, Estimator, EstimatorConfig, GfnRng, Sampler, SamplingOptions, TrajectoryBatch, rng_from_seed,
 };
 use gfn_objectives::Objective;
 
@@ -114,11 +113,7 @@ pub fn build_model(
         device,
         rng,
     )?;
-    let mut params: Vec<_> = estimator
-        .named_params()
-        .into_iter()
-        .map(|(n, v)| (n, v, 0))
-        .collect();
+    let mut params: Vec<_> = estimator.named_params().into_iter().map(|(n, v)| (n, v, 0)).collect();
     if objective.uses_log_z() {
         params.push(("log_z".into(), estimator.log_z().clone(), 1));
     }
@@ -139,8 +134,7 @@ impl Trainer {
         let env = crate::envs::build_env(&config)?;
         let objective = Objective::parse(&config.loss, config.lambda)?;
         let mut rng = rng_from_seed(config.seed);
-        let (estimator, optimizer) =
-            build_model(&config, env.as_ref(), objective, device, &mut rng)?;
+        let (estimator, optimizer) = build_model(&config, env.as_ref(), objective, device, &mut rng)?;
         let evaluator = ExactEvaluator::new(env.as_ref()).ok();
         let tracker = EmpiricalTracker::new(config.empirical_window);
         let fast = match config.engine.as_str() {
@@ -171,6 +165,11 @@ impl Trainer {
         })
     }
 
+    /// The training engine in use: `tape` (CPU fast path) or `graph` (candle autograd).
+    pub fn engine(&self) -> &'static str {
+        if self.fast.is_some() { "tape" } else { "graph" }
+    }
+
     /// Sampling options of the configuration.
     pub fn sampling_options(&self) -> SamplingOptions {
         SamplingOptions {
@@ -197,14 +196,8 @@ impl Trainer {
             Some(fast) => {
                 fast.clear();
                 let mut view = fast.view(est);
-                self.sampler.sample_forward_with(
-                    env,
-                    &mut view,
-                    n,
-                    opts,
-                    &mut self.rng,
-                    &mut self.batch,
-                )?;
+                self.sampler
+                    .sample_forward_with(env, &mut view, n, opts, &mut self.rng, &mut self.batch)?;
                 let loss = self.objective.loss(env, &self.batch, &mut view)?;
                 let value = check_finite(&loss, self.objective, self.iteration)?;
                 let grads = loss.backward()?;
@@ -212,8 +205,7 @@ impl Trainer {
                     Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
                     None => vec![0.0],
                 };
-                let mut slices: Vec<Option<&[f32]>> =
-                    fast.backward(est, &grads)?.into_iter().map(Some).collect();
+                let mut slices: Vec<Option<&[f32]>> = fast.backward(est, &grads)?.into_iter().map(Some).collect();
                 if self.objective.uses_log_z() {
                     slices.push(Some(&log_z_grad));
                 }
@@ -250,9 +242,7 @@ impl Trainer {
 
     /// Evaluate now and append to the history.
     pub fn evaluate(&mut self) -> Result<EvalRecord> {
-        let log_z = self
-            .objective
-            .log_z_estimate(self.env.as_ref(), &self.estimator)?;
+        let log_z = self.objective.log_z_estimate(self.env.as_ref(), &self.estimator)?;
         let (exact, empirical, modes_found) = match &self.evaluator {
             Some(ev) => (
                 Some(ev.evaluate(&self.estimator, log_z)?),
@@ -268,7 +258,7 @@ impl Trainer {
         };
         // The window restarts at periodic evaluations only, so a final evaluation at an odd
         // iteration does not change what a resumed, longer run reports later.
-        if self.iteration % self.config.eval_every as u64 == 0 {
+        if self.iteration.is_multiple_of(self.config.eval_every as u64) {
             self.loss_sum = 0.0;
             self.loss_count = 0;
         }
@@ -317,10 +307,7 @@ impl Trainer {
         let set = |name: &str, var: &candle_core::Var| -> Result<()> {
             let (_, shape, data) = ck.tensor(name)?;
             if shape.as_slice() != var.dims() {
-                bail!(
-                    "tensor {name} has shape {shape:?}, the model expects {:?}",
-                    var.dims()
-                );
+                bail!("tensor {name} has shape {shape:?}, the model expects {:?}", var.dims());
             }
             var.set(&Tensor::from_slice(data, shape.as_slice(), var.device())?)?;
             Ok(())
@@ -435,8 +422,7 @@ impl RunDir {
         let p = self.file(files::CONFIG);
         let text = std::fs::read_to_string(&p)
             .with_context(|| format!("cannot read {}: is this a run directory?", p.display()))?;
-        toml::from_str(&text)
-            .with_context(|| format!("{} is not a valid configuration", p.display()))
+        toml::from_str(&text).with_context(|| format!("{} is not a valid configuration", p.display()))
     }
     /// Write the configuration atomically.
     pub fn write_config(&self, c: &TrainConfig) -> Result<()> {
@@ -454,13 +440,11 @@ impl RunDir {
     /// Read `metrics.jsonl`.
     pub fn read_metrics(&self) -> Result<Vec<EvalRecord>> {
         let p = self.file(files::METRICS);
-        let text =
-            std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
         text.lines()
             .enumerate()
             .map(|(i, l)| {
-                serde_json::from_str(l)
-                    .with_context(|| format!("{} line {} is not valid", p.display(), i + 1))
+                serde_json::from_str(l).with_context(|| format!("{} line {} is not valid", p.display(), i + 1))
             })
             .collect()
     }
@@ -469,12 +453,8 @@ impl RunDir {
         let config = self.read_config()?;
         let mut t = Trainer::new(config, device)?;
         let ck = Checkpoint::load(&self.file(files::CHECKPOINT))?;
-        t.restore(&ck).with_context(|| {
-            format!(
-                "checkpoint in {} does not match its config.toml",
-                self.path.display()
-            )
-        })?;
+        t.restore(&ck)
+            .with_context(|| format!("checkpoint in {} does not match its config.toml", self.path.display()))?;
         t.wall_seconds = self.read_timing()?;
         Ok(t)
     }
@@ -482,12 +462,8 @@ impl RunDir {
     /// Save the checkpoint and the training time of `t`.
     pub fn save_checkpoint(&self, t: &Trainer) -> Result<()> {
         t.checkpoint()?.save(&self.file(files::CHECKPOINT))?;
-        let timing =
-            serde_json::json!({ "iteration": t.iteration, "wall_seconds": t.wall_seconds });
-        write_atomic(
-            &self.file(files::TIMING),
-            serde_json::to_string(&timing)?.as_bytes(),
-        )
+        let timing = serde_json::json!({ "iteration": t.iteration, "wall_seconds": t.wall_seconds });
+        write_atomic(&self.file(files::TIMING), serde_json::to_string(&timing)?.as_bytes())
     }
 
     /// Training seconds recorded with the last checkpoint (0 if unknown).
@@ -495,8 +471,7 @@ impl RunDir {
         let Ok(text) = std::fs::read_to_string(self.file(files::TIMING)) else {
             return Ok(0.0);
         };
-        let v: serde_json::Value =
-            serde_json::from_str(&text).context("timing.json is not valid JSON")?;
+        let v: serde_json::Value = serde_json::from_str(&text).context("timing.json is not valid JSON")?;
         Ok(v["wall_seconds"].as_f64().unwrap_or(0.0))
     }
 }
@@ -518,11 +493,7 @@ impl Progress for Silent {
 
 /// Train `t` up to `t.config.iterations`, writing metrics and checkpoints into `dir` at every
 /// evaluation and a final evaluation, checkpoint and summary at the end.
-pub fn run(
-    t: &mut Trainer,
-    dir: &RunDir,
-    progress: &mut dyn Progress,
-) -> Result<serde_json::Value> {
+pub fn run(t: &mut Trainer, dir: &RunDir, progress: &mut dyn Progress) -> Result<serde_json::Value> {
     let total = t.config.iterations as u64;
     let every = t.config.eval_every as u64;
     crate::io::ensure_writable_dir(&dir.path)?;
@@ -530,7 +501,7 @@ pub fn run(
     while t.iteration < total {
         let loss = t.step()?;
         progress.on_step(t.iteration, loss);
-        if t.iteration % every == 0 || t.iteration == total {
+        if t.iteration.is_multiple_of(every) || t.iteration == total {
             let rec = t.evaluate()?;
             dir.write_metrics(&t.history)?;
             dir.save_checkpoint(t)?;
@@ -573,7 +544,7 @@ pub fn resume(dir: &RunDir, iterations: Option<usize>, device: &Device) -> Resul
     t.history = dir
         .read_metrics()?
         .into_iter()
-        .filter(|r| r.iteration <= ck_iter && (r.iteration % every == 0 || r.iteration == total))
+        .filter(|r| r.iteration <= ck_iter && (r.iteration.is_multiple_of(every) || r.iteration == total))
         .collect();
     Ok(t)
 }

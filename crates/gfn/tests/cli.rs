@@ -31,21 +31,14 @@ fn stderr(o: &Output) -> String {
 fn assert_usage_error(args: &[&str], needles: &[&str]) {
     let o = gfn(args);
     let err = stderr(&o);
-    assert_eq!(
-        o.status.code(),
-        Some(2),
-        "{args:?} should exit 2; stderr: {err}"
-    );
+    assert_eq!(o.status.code(), Some(2), "{args:?} should exit 2; stderr: {err}");
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(
         lines.iter().any(|l| l.starts_with("error")),
         "{args:?}: no error line in {err}"
     );
     for n in needles {
-        assert!(
-            err.contains(n),
-            "{args:?}: error {err:?} should mention {n:?}"
-        );
+        assert!(err.contains(n), "{args:?}: error {err:?} should mention {n:?}");
     }
     assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
 }
@@ -100,10 +93,7 @@ fn trained_samplers_reach_the_target() {
             tv < 0.05,
             "{loss}: exact TV {tv} after {iterations} iterations (first evaluation {first_tv})"
         );
-        assert!(
-            tv < first_tv / 2.0,
-            "{loss}: TV did not fall ({first_tv} → {tv})"
-        );
+        assert!(tv < first_tv / 2.0, "{loss}: TV did not fall ({first_tv} → {tv})");
         let log_z_error = summary["log_z"]["error"].as_f64().unwrap();
         assert!(log_z_error < 0.1, "{loss}: |log Ẑ − log Z| = {log_z_error}");
         let _ = std::fs::remove_dir_all(dir);
@@ -124,10 +114,7 @@ fn runs_are_bit_reproducible() {
         );
     }
     let c = tmp("repro-c");
-    run_ok(&small(
-        &c,
-        &["--iterations", "120", "--loss", "subtb", "--seed", "1"],
-    ));
+    run_ok(&small(&c, &["--iterations", "120", "--loss", "subtb", "--seed", "1"]));
     assert_ne!(
         std::fs::read(a.join("metrics.jsonl")).unwrap(),
         std::fs::read(c.join("metrics.jsonl")).unwrap()
@@ -138,13 +125,8 @@ fn runs_are_bit_reproducible() {
 }
 
 fn summary_without_timing(dir: &Path) -> serde_json::Value {
-    let mut s: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
-    for k in [
-        "wall_seconds",
-        "trajectories_per_second",
-        "iterations_per_second",
-    ] {
+    let mut s: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
+    for k in ["wall_seconds", "trajectories_per_second", "iterations_per_second"] {
         s.as_object_mut().unwrap().remove(k);
     }
     s
@@ -159,13 +141,7 @@ fn resume_reproduces_the_uninterrupted_run() {
         run_ok(&small(&full, &["--iterations", "200", "--loss", loss]));
         let part = tmp(&format!("part-{loss}"));
         run_ok(&small(&part, &["--iterations", "130", "--loss", loss]));
-        let o = gfn(&[
-            "train",
-            "--resume",
-            part.to_str().unwrap(),
-            "--iterations",
-            "200",
-        ]);
+        let o = gfn(&["train", "--resume", part.to_str().unwrap(), "--iterations", "200"]);
         assert!(o.status.success(), "resume failed: {}", stderr(&o));
         for f in ["metrics.jsonl", "checkpoint.safetensors", "config.toml"] {
             assert_eq!(
@@ -204,9 +180,7 @@ fn sample_and_eval_read_a_run() {
     assert_eq!(rows.len(), 500);
     for r in rows {
         let v: Vec<f64> = r.split(',').map(|x| x.parse().unwrap()).collect();
-        assert!(
-            v[0] >= 0.0 && v[0] < 5.0 && v[1] >= 0.0 && v[1] < 5.0 && v[2] <= (2.6f64).ln() + 1e-9
-        );
+        assert!(v[0] >= 0.0 && v[0] < 5.0 && v[1] >= 0.0 && v[1] < 5.0 && v[2] <= (2.6f64).ln() + 1e-9);
     }
     let o = gfn(&[
         "sample",
@@ -228,8 +202,7 @@ fn sample_and_eval_read_a_run() {
     let o = gfn(&["eval", "--run", dir.to_str().unwrap(), "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let summary: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
     assert_eq!(
         e["tv"], summary["exact"]["tv"],
         "eval disagrees with the run's final evaluation"
@@ -241,20 +214,11 @@ fn sample_and_eval_read_a_run() {
 fn bad_input_gets_a_clear_error() {
     let dir = tmp("bad");
     let d = dir.to_str().unwrap();
-    assert_usage_error(
-        &["train", "--env", "maze", "--out", d],
-        &["env", "maze", "hypergrid"],
-    );
-    assert_usage_error(
-        &["train", "--loss", "xyz", "--out", d],
-        &["loss", "xyz", "tb"],
-    );
+    assert_usage_error(&["train", "--env", "maze", "--out", d], &["env", "maze", "hypergrid"]);
+    assert_usage_error(&["train", "--loss", "xyz", "--out", d], &["loss", "xyz", "tb"]);
     assert_usage_error(&["train", "--height", "1", "--out", d], &["height", "1"]);
     assert_usage_error(&["train", "--r0", "-1", "--out", d], &["r0", "-1"]);
-    assert_usage_error(
-        &["train", "--batch-size", "0", "--out", d],
-        &["batch_size", "0"],
-    );
+    assert_usage_error(&["train", "--batch-size", "0", "--out", d], &["batch_size", "0"]);
     assert_usage_error(&["train", "--epsilon", "2", "--out", d], &["epsilon", "2"]);
     assert_usage_error(
         &["train", "--loss", "subtb", "--lambda", "0", "--out", d],
@@ -269,15 +233,7 @@ fn bad_input_gets_a_clear_error() {
     let cfg = dir.join("c.toml");
     std::fs::write(&cfg, "lr = 0.01\nndim = 2\n").unwrap();
     assert_usage_error(
-        &[
-            "train",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--lr",
-            "0.001",
-            "--out",
-            d,
-        ],
+        &["train", "--config", cfg.to_str().unwrap(), "--lr", "0.001", "--out", d],
         &["lr", "0.01", "0.001"],
     );
     std::fs::write(&cfg, "learning_rate = 0.01\n").unwrap();
@@ -308,13 +264,7 @@ fn bad_input_gets_a_clear_error() {
         &["--resume", "--lr"],
     );
     assert_usage_error(
-        &[
-            "train",
-            "--resume",
-            ok.to_str().unwrap(),
-            "--iterations",
-            "5",
-        ],
+        &["train", "--resume", ok.to_str().unwrap(), "--iterations", "5"],
         &["iterations", "5"],
     );
     // Corrupt and truncated checkpoints.
@@ -331,10 +281,7 @@ fn bad_input_gets_a_clear_error() {
     std::fs::write(&ck, &flipped).unwrap();
     assert_usage_error(&["eval", "--run", ok.to_str().unwrap()], &["checksum"]);
     std::fs::write(&ck, b"not a checkpoint").unwrap();
-    assert_usage_error(
-        &["train", "--resume", ok.to_str().unwrap()],
-        &["checkpoint"],
-    );
+    assert_usage_error(&["train", "--resume", ok.to_str().unwrap()], &["checkpoint"]);
     assert_usage_error(
         &["eval", "--run", dir.join("nothing").to_str().unwrap()],
         &["config.toml"],

@@ -1,0 +1,440 @@
+//! The generic runner: makes a suite's runs one at a time (each followed by its peer
+//! counterpart, when comparing), records everything and writes the results.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::report;
+use crate::runner::{self, Job, Layout, PeerEnv, RssProbe};
+use crate::suite::{Metric, RunSpec, Suite, SuiteOptions};
+use crate::sysinfo::{self, Git, Machine, Utc};
+
+/// Everything `cargo xtask bench` was asked to do.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchRequest {
+    /// Suite name.
+    pub suite: String,
+    /// Suite options.
+    pub options: SuiteOptions,
+    /// Peer to compare with (`--vs`).
+    pub vs: Option<String>,
+    /// The command line, as typed (`cargo xtask bench hypergrid --quick`).
+    pub command: String,
+}
+
+/// One of our runs, with its peer counterpart.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    /// Run name (its directory under `runs/`).
+    pub name: String,
+    /// Table.
+    pub group: String,
+    /// Row.
+    pub row: String,
+    /// Seed.
+    pub seed: u64,
+    /// The exact command.
+    pub command: Vec<String>,
+    /// Whether it exited successfully and left a readable `summary.json`.
+    pub ok: bool,
+    /// Why not.
+    pub error: Option<String>,
+    /// Wall-clock seconds of the whole process (start-up and evaluations included).
+    pub process_wall_seconds: Option<f64>,
+    /// Peak resident memory (MiB).
+    pub peak_rss_mb: Option<f64>,
+    /// The run's `summary.json`.
+    pub summary: Option<Value>,
+    /// The peer's counterpart run.
+    pub peer: Option<PeerRecord>,
+}
+
+/// A peer library's run.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerRecord {
+    /// Peer name.
+    pub name: String,
+    /// The exact command.
+    pub command: Vec<String>,
+    /// Whether it exited successfully and printed a JSON line.
+    pub ok: bool,
+    /// Why not.
+    pub error: Option<String>,
+    /// Wall-clock seconds of the whole process (imports and evaluations included).
+    pub process_wall_seconds: Option<f64>,
+    /// Peak resident memory (MiB), measured like ours.
+    pub peak_rss_mb: Option<f64>,
+    /// The driver's JSON line.
+    pub output: Option<Value>,
+}
+
+/// Whether the requested peer could be used.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerStatus {
+    /// Peer name.
+    pub name: String,
+    /// Whether its environment is usable.
+    pub available: bool,
+    /// Why not.
+    pub reason: Option<String>,
+    /// Its Python.
+    pub python: Option<String>,
+}
+
+/// Versions of everything involved.
+#[derive(Debug, Clone, Serialize)]
+pub struct Versions {
+    /// `gfn --version`.
+    pub gfn: Option<String>,
+    /// When the `gfn` binary used was built (its modification time) and its size: the
+    /// working tree may differ from `git.commit`.
+    pub gfn_binary: Option<Value>,
+    /// `rustc --version`.
+    pub rustc: Option<String>,
+    /// `cargo --version`.
+    pub cargo: Option<String>,
+    /// The peer's `versions` object (from its first successful run).
+    pub peer: Option<Value>,
+}
+
+/// The state of a suite's execution, written to `results.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Session {
+    /// The request.
+    pub request: BenchRequest,
+    /// When it started (RFC 3339, UTC).
+    pub started: String,
+    /// When it finished; `None` while running.
+    pub finished: Option<String>,
+    /// The planned runs.
+    pub plan: Vec<RunSpec>,
+    /// Versions.
+    pub versions: Versions,
+    /// Machine.
+    pub machine: Machine,
+    /// Source tree.
+    pub git: Git,
+    /// How peak memory was measured.
+    pub rss_method: String,
+    /// The peer, when comparing.
+    pub peer: Option<PeerStatus>,
+    /// Finished runs.
+    pub runs: Vec<RunRecord>,
+}
+
+/// Environment of every child: one intra-op thread (or `--threads`) for every library.
+fn thread_env(threads: u32) -> Vec<(String, String)> {
+    let t = threads.to_string();
+    [
+        "RAYON_NUM_THREADS",
+        "OMP_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+    ]
+    .iter()
+    .map(|k| (k.to_string(), t.clone()))
+    .collect()
+}
+
+/// A fresh `target/bench/<suite>/<timestamp>` directory.
+fn results_dir(layout: &Layout, suite: &str, now: &Utc) -> Result<PathBuf> {
+    let base = layout.target.join("bench").join(suite);
+    std::fs::create_dir_all(&base).with_context(|| format!("cannot create {}", base.display()))?;
+    let stamp = now.compact();
+    for i in 1.. {
+        let name = if i == 1 { stamp.clone() } else { format!("{stamp}-{i}") };
+        let dir = base.join(name);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
+        }
+    }
+    unreachable!()
+}
+
+/// Points `<suite dir>/latest` at `dir`, replacing an existing link atomically.
+fn point_latest(dir: &Path) -> Result<()> {
+    let parent = dir.parent().context("results directory has no parent")?;
+    let name = dir.file_name().context("results directory has no name")?;
+    let tmp = parent.join(format!(".latest.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(name, &tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let latest = parent.join("latest");
+    std::fs::rename(&tmp, &latest).with_context(|| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("cannot replace {}", latest.display())
+    })
+}
+
+/// ` label value` pairs of a record, for a progress line.
+fn progress_figures(metrics: &[Metric], record: &Value) -> String {
+    metrics
+        .iter()
+        .filter_map(|m| (m.value)(record).map(|v| format!("{} {}", m.short, report::fmt_num(v, m.digits))))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Runs `suite`; returns the results directory and whether every run succeeded.
+pub fn run(request: BenchRequest, suite: Suite) -> Result<(PathBuf, bool)> {
+    let layout = Layout::detect();
+    let built = runner::build_gfn(&layout)?;
+    let now = Utc::now();
+    let dir = results_dir(&layout, suite.name, &now)?;
+    let runs_dir = dir.join("runs");
+    std::fs::create_dir_all(&runs_dir)?;
+    // A private copy: a concurrent `cargo build` must not swap the binary mid-suite.
+    let gfn = dir.join("gfn");
+    std::fs::copy(&built, &gfn).with_context(|| format!("cannot copy {} to {}", built.display(), gfn.display()))?;
+    let gfn_binary = std::fs::metadata(&built).ok().map(|m| {
+        let modified = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| Utc::from_unix(d.as_secs() as i64).rfc3339());
+        serde_json::json!({ "path": built.display().to_string(), "modified": modified, "bytes": m.len() })
+    });
+    let probe = RssProbe::detect(&runs_dir);
+
+    let peer_spec = request
+        .vs
+        .as_deref()
+        .and_then(|v| suite.peers.iter().find(|p| p.name == v));
+    let mut peer_env: Option<PeerEnv> = None;
+    let peer_status = peer_spec.map(|spec| match runner::prepare_peer(&layout, spec) {
+        Ok(env) => {
+            eprintln!("peer {}: {}", spec.name, env.python.display());
+            let status = PeerStatus {
+                name: spec.name.into(),
+                available: true,
+                reason: None,
+                python: Some(env.python.display().to_string()),
+            };
+            peer_env = Some(env);
+            status
+        }
+        Err(reason) => {
+            eprintln!("peer {} unavailable ({reason}): running our suite alone", spec.name);
+            PeerStatus {
+                name: spec.name.into(),
+                available: false,
+                reason: Some(reason),
+                python: None,
+            }
+        }
+    });
+
+    let gfn_str = gfn.display().to_string();
+    let mut session = Session {
+        started: now.rfc3339(),
+        finished: None,
+        plan: suite.runs.clone(),
+        versions: Versions {
+            gfn: sysinfo::command_line(&layout.root, &gfn_str, &["--version"]),
+            gfn_binary,
+            rustc: sysinfo::command_line(&layout.root, "rustc", &["--version"]),
+            cargo: sysinfo::command_line(&layout.root, "cargo", &["--version"]),
+            peer: None,
+        },
+        machine: Machine::detect(),
+        git: Git::detect(&layout.root),
+        rss_method: probe.describe().into(),
+        peer: peer_status,
+        runs: Vec::new(),
+        request,
+    };
+    let env = thread_env(session.request.options.threads);
+    let total = suite.runs.len();
+    eprintln!(
+        "bench {}: {total} runs{}, results in {}",
+        suite.name,
+        match (&peer_env, peer_spec) {
+            (Some(_), Some(p)) => format!(", each followed by {}", p.name),
+            _ => String::new(),
+        },
+        dir.display()
+    );
+
+    let mut all_ok = true;
+    for (i, spec) in suite.runs.iter().enumerate() {
+        let tag = format!("[{}/{total}] {}", i + 1, spec.name);
+        let record = run_ours(&gfn, &built, &layout, &runs_dir, spec, &env, &probe);
+        let record_json = serde_json::to_value(&record)?;
+        if record.ok {
+            eprintln!(
+                "{tag} gfn: {} s, {}",
+                report::fmt_num(record.process_wall_seconds.unwrap_or(f64::NAN), 1),
+                progress_figures(&suite.metrics, &record_json)
+            );
+        } else {
+            all_ok = false;
+            eprintln!("{tag} gfn FAILED: {}", record.error.as_deref().unwrap_or("?"));
+        }
+        let mut record = record;
+        if let (Some(penv), Some(pspec)) = (&peer_env, peer_spec)
+            && !spec.peer_args.is_empty()
+        {
+            let prec = run_peer(penv, pspec.name, &layout, &runs_dir, spec, &env, &probe);
+            let prec_json = serde_json::to_value(&prec)?;
+            if prec.ok {
+                if session.versions.peer.is_none() {
+                    session.versions.peer = prec.output.as_ref().and_then(|o| o.get("versions")).cloned();
+                }
+                let ratio = match (
+                    (pspec.ms_per_iteration)(&prec_json),
+                    (suite.ms_per_iteration)(&record_json),
+                ) {
+                    (Some(theirs), Some(ours)) if ours > 0.0 => {
+                        format!(
+                            ", ms/it {}, ours/theirs speed {:.2}×",
+                            report::fmt_num(theirs, 2),
+                            theirs / ours
+                        )
+                    }
+                    (Some(theirs), _) => format!(", ms/it {}", report::fmt_num(theirs, 2)),
+                    _ => String::new(),
+                };
+                eprintln!(
+                    "{tag} {}: {} s{ratio}, {}",
+                    pspec.name,
+                    report::fmt_num(prec.process_wall_seconds.unwrap_or(f64::NAN), 1),
+                    progress_figures(&pspec.metrics, &prec_json)
+                );
+            } else {
+                all_ok = false;
+                eprintln!("{tag} {} FAILED: {}", pspec.name, prec.error.as_deref().unwrap_or("?"));
+            }
+            record.peer = Some(prec);
+        }
+        session.runs.push(record);
+        // Rewritten after every run: an interrupted suite still leaves its figures.
+        report::write(&dir, &suite, &session, false)?;
+    }
+    session.finished = Some(Utc::now().rfc3339());
+    report::write(&dir, &suite, &session, true)?;
+    let _ = std::fs::remove_file(&gfn);
+    point_latest(&dir)?;
+    Ok((dir, all_ok))
+}
+
+/// Makes one of our runs with `gfn` (a copy of `shown`, the path recorded in its command).
+fn run_ours(
+    gfn: &Path,
+    shown: &Path,
+    layout: &Layout,
+    runs_dir: &Path,
+    spec: &RunSpec,
+    env: &[(String, String)],
+    probe: &RssProbe,
+) -> RunRecord {
+    let out = runs_dir.join(&spec.name);
+    let log = runs_dir.join(format!("{}.log", spec.name));
+    let mut args = spec.gfn_args.clone();
+    args.extend(["--out".to_string(), out.display().to_string()]);
+    let mut command = vec![shown.display().to_string()];
+    command.extend(args.iter().cloned());
+    let mut record = RunRecord {
+        name: spec.name.clone(),
+        group: spec.group.clone(),
+        row: spec.row.clone(),
+        seed: spec.seed,
+        command,
+        ok: false,
+        error: None,
+        process_wall_seconds: None,
+        peak_rss_mb: None,
+        summary: None,
+        peer: None,
+    };
+    let job = Job {
+        program: gfn,
+        args: &args,
+        env,
+        cwd: &layout.root,
+        stdout: &log,
+        stderr: None,
+    };
+    match runner::run_job(&job, probe) {
+        Err(e) => record.error = Some(format!("{e:#}")),
+        Ok(done) => {
+            record.process_wall_seconds = Some(done.wall_seconds);
+            record.peak_rss_mb = done.peak_rss_mb;
+            if !done.status.success() {
+                record.error = Some(format!("{}: {}", done.status, runner::log_tail(&log, 3)));
+            } else {
+                let path = out.join("summary.json");
+                match std::fs::read_to_string(&path)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|s| serde_json::from_str::<Value>(&s).map_err(anyhow::Error::from))
+                {
+                    Ok(v) => {
+                        record.summary = Some(v);
+                        record.ok = true;
+                    }
+                    Err(e) => record.error = Some(format!("cannot read {}: {e}", path.display())),
+                }
+            }
+        }
+    }
+    record
+}
+
+/// Makes the peer's counterpart of one run.
+fn run_peer(
+    penv: &PeerEnv,
+    name: &str,
+    layout: &Layout,
+    runs_dir: &Path,
+    spec: &RunSpec,
+    env: &[(String, String)],
+    probe: &RssProbe,
+) -> PeerRecord {
+    let stdout = runs_dir.join(format!("{}.{name}.json", spec.name));
+    let stderr = runs_dir.join(format!("{}.{name}.log", spec.name));
+    let mut args = vec![penv.driver.display().to_string()];
+    args.extend(spec.peer_args.iter().cloned());
+    let mut command = vec![penv.python.display().to_string()];
+    command.extend(args.iter().cloned());
+    let mut record = PeerRecord {
+        name: name.into(),
+        command,
+        ok: false,
+        error: None,
+        process_wall_seconds: None,
+        peak_rss_mb: None,
+        output: None,
+    };
+    let job = Job {
+        program: &penv.python,
+        args: &args,
+        env,
+        cwd: &layout.root,
+        stdout: &stdout,
+        stderr: Some(&stderr),
+    };
+    match runner::run_job(&job, probe) {
+        Err(e) => record.error = Some(format!("{e:#}")),
+        Ok(done) => {
+            record.process_wall_seconds = Some(done.wall_seconds);
+            record.peak_rss_mb = done.peak_rss_mb;
+            if !done.status.success() {
+                record.error = Some(format!("{}: {}", done.status, runner::log_tail(&stderr, 3)));
+            } else {
+                let text = std::fs::read_to_string(&stdout).unwrap_or_default();
+                let line = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+                match serde_json::from_str::<Value>(line) {
+                    Ok(v) if v.is_object() => {
+                        record.output = Some(v);
+                        record.ok = true;
+                    }
+                    _ => record.error = Some(format!("no JSON line on stdout ({})", stdout.display())),
+                }
+            }
+        }
+    }
+    record
+}

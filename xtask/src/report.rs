@@ -1,0 +1,378 @@
+//! The generic writers: `results.json` (everything) and `results.md` (one table per group).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::bench::{RunRecord, Session};
+use crate::suite::{Agg, Metric, Suite};
+
+/// Summary statistics of one figure over seeds.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Stats {
+    /// Number of values.
+    pub n: usize,
+    /// Mean.
+    pub mean: f64,
+    /// Sample standard deviation (0 for one value).
+    pub std: f64,
+    /// Median.
+    pub median: f64,
+    /// Smallest.
+    pub min: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+impl Stats {
+    /// Statistics of the finite values; `None` when there are none.
+    pub fn of(values: &[f64]) -> Option<Self> {
+        let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let mean = v.iter().sum::<f64>() / n as f64;
+        let std = if n > 1 {
+            (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+        } else {
+            0.0
+        };
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            0.5 * (v[n / 2 - 1] + v[n / 2])
+        };
+        Some(Stats {
+            n,
+            mean,
+            std,
+            median,
+            min: v[0],
+            max: v[n - 1],
+        })
+    }
+
+    /// The table cell for `agg`.
+    fn cell(&self, agg: Agg, digits: usize) -> String {
+        match agg {
+            Agg::Median => fmt_num(self.median, digits),
+            Agg::Mean => fmt_num(self.mean, digits),
+            Agg::Max => fmt_num(self.max, digits),
+            Agg::MeanStd if self.n > 1 => format!("{} ± {}", fmt_num(self.mean, digits), fmt_num(self.std, digits)),
+            Agg::MeanStd => fmt_num(self.mean, digits),
+        }
+    }
+}
+
+/// `x` with `digits` decimals (thousands unseparated; `—` for a non-finite value).
+pub fn fmt_num(x: f64, digits: usize) -> String {
+    if x.is_finite() {
+        format!("{x:.digits$}")
+    } else {
+        "—".into()
+    }
+}
+
+/// One configuration (a table row): our runs and the peer's over every seed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Aggregate {
+    /// Table.
+    pub group: String,
+    /// Row.
+    pub row: String,
+    /// Runs of ours made.
+    pub runs: usize,
+    /// Of which succeeded.
+    pub ok: usize,
+    /// Our figures, by metric key.
+    pub ours: BTreeMap<&'static str, Stats>,
+    /// Our iterations per second (median over seeds, from the median ms/iteration).
+    pub ours_iterations_per_second: Option<f64>,
+    /// Peer runs that succeeded.
+    pub peer_ok: usize,
+    /// The peer's figures, by metric key.
+    pub peer: BTreeMap<&'static str, Stats>,
+    /// The peer's milliseconds per iteration.
+    pub peer_ms_per_iteration: Option<Stats>,
+    /// The peer's iterations per second (from its median ms/iteration).
+    pub peer_iterations_per_second: Option<f64>,
+    /// Our speed over the peer's: peer ms/iteration ÷ ours (medians); > 1 means we are faster.
+    pub speed_ratio: Option<f64>,
+}
+
+fn stats_of(metric_value: fn(&Value) -> Option<f64>, records: &[Value]) -> Option<Stats> {
+    let v: Vec<f64> = records.iter().filter_map(metric_value).collect();
+    Stats::of(&v)
+}
+
+/// Groups the finished runs by (group, row), in plan order, and summarises them.
+pub fn aggregates(suite: &Suite, session: &Session) -> Vec<Aggregate> {
+    let peer_spec = session
+        .peer
+        .as_ref()
+        .filter(|p| p.available)
+        .and_then(|p| suite.peers.iter().find(|s| s.name == p.name));
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for r in &suite.runs {
+        let k = (r.group.clone(), r.row.clone());
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    let mut out = Vec::new();
+    for (group, row) in keys {
+        let records: Vec<&RunRecord> = session
+            .runs
+            .iter()
+            .filter(|r| r.group == group && r.row == row)
+            .collect();
+        if records.is_empty() {
+            continue;
+        }
+        let ours: Vec<Value> = records
+            .iter()
+            .filter(|r| r.ok)
+            .filter_map(|r| serde_json::to_value(r).ok())
+            .collect();
+        let peers: Vec<Value> = records
+            .iter()
+            .filter_map(|r| r.peer.as_ref())
+            .filter(|p| p.ok)
+            .filter_map(|p| serde_json::to_value(p).ok())
+            .collect();
+        let mut agg = Aggregate {
+            group: group.clone(),
+            row: row.clone(),
+            runs: records.len(),
+            ok: ours.len(),
+            ours: BTreeMap::new(),
+            ours_iterations_per_second: None,
+            peer_ok: peers.len(),
+            peer: BTreeMap::new(),
+            peer_ms_per_iteration: None,
+            peer_iterations_per_second: None,
+            speed_ratio: None,
+        };
+        for m in &suite.metrics {
+            if let Some(s) = stats_of(m.value, &ours) {
+                agg.ours.insert(m.key, s);
+            }
+        }
+        let our_ms = stats_of(suite.ms_per_iteration, &ours);
+        agg.ours_iterations_per_second = our_ms.map(|s| 1000.0 / s.median);
+        if let Some(ps) = peer_spec {
+            for m in &ps.metrics {
+                if let Some(s) = stats_of(m.value, &peers) {
+                    agg.peer.insert(m.key, s);
+                }
+            }
+            agg.peer_ms_per_iteration = stats_of(ps.ms_per_iteration, &peers);
+            agg.peer_iterations_per_second = agg.peer_ms_per_iteration.map(|s| 1000.0 / s.median);
+            if let (Some(o), Some(p)) = (our_ms, agg.peer_ms_per_iteration) {
+                agg.speed_ratio = Some(p.median / o.median);
+            }
+        }
+        out.push(agg);
+    }
+    out
+}
+
+/// `results.json`: the session plus the aggregates.
+#[derive(Serialize)]
+struct ResultsFile<'a> {
+    suite: &'a str,
+    complete: bool,
+    #[serde(flatten)]
+    session: &'a Session,
+    aggregates: &'a [Aggregate],
+}
+
+/// Writes `results.json` and `results.md` into `dir`.
+pub fn write(dir: &Path, suite: &Suite, session: &Session, complete: bool) -> Result<()> {
+    let aggs = aggregates(suite, session);
+    let file = ResultsFile {
+        suite: suite.name,
+        complete,
+        session,
+        aggregates: &aggs,
+    };
+    let json = serde_json::to_string_pretty(&file)? + "\n";
+    write_atomic(&dir.join("results.json"), &json)?;
+    write_atomic(&dir.join("results.md"), &markdown(suite, session, &aggs, complete))?;
+    Ok(())
+}
+
+fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// A row of cells.
+fn row(cells: &[String]) -> String {
+    format!("| {} |", cells.join(" | "))
+}
+
+fn cell(stats: Option<&Stats>, m: &Metric) -> String {
+    stats.map_or_else(|| "—".into(), |s| s.cell(m.agg, m.digits))
+}
+
+/// `versions` object of the peer as `torchgfn 2.4.1, torch 2.15.0, python 3.11.7`.
+fn peer_versions(v: &Value) -> String {
+    match v.as_object() {
+        Some(map) => map
+            .iter()
+            .map(|(k, v)| format!("{k} {}", v.as_str().map_or_else(|| v.to_string(), str::to_string)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        None => v.to_string(),
+    }
+}
+
+/// `results.md`.
+pub fn markdown(suite: &Suite, session: &Session, aggs: &[Aggregate], complete: bool) -> String {
+    let peer = session.peer.as_ref().filter(|p| p.available);
+    let peer_spec = peer.and_then(|p| suite.peers.iter().find(|s| s.name == p.name));
+    let mut md = String::new();
+    md.push_str(&format!("# Benchmark: {}\n\n", suite.name));
+    if !complete {
+        md.push_str(&format!(
+            "**Incomplete**: {} of {} runs so far.\n\n",
+            session.runs.len(),
+            session.plan.len()
+        ));
+    }
+    md.push_str(&format!("Command: `{}`\n\n", session.request.command));
+    let v = &session.versions;
+    let mut facts = vec![
+        format!("Date: {}", session.started),
+        format!(
+            "{} at commit {}",
+            v.gfn.as_deref().unwrap_or("gfn (unknown version)"),
+            session.git.line()
+        ),
+        v.rustc.clone().unwrap_or_else(|| "rustc (unknown)".into()),
+    ];
+    if let Some(pv) = &v.peer {
+        facts.push(format!("peer: {}", peer_versions(pv)));
+    }
+    facts.push(format!("machine: {}", session.machine.line()));
+    let t = session.request.options.threads;
+    facts.push(format!("{t} thread{} per run", if t == 1 { "" } else { "s" }));
+    md.push_str(&facts.join(" · "));
+    md.push_str("\n\n");
+    if let Some(p) = &session.peer
+        && !p.available
+    {
+        md.push_str(&format!(
+            "Peer {} unavailable ({}): our suite alone.\n\n",
+            p.name,
+            p.reason.as_deref().unwrap_or("?")
+        ));
+    }
+
+    let mut groups: Vec<&str> = Vec::new();
+    for a in aggs {
+        if !groups.contains(&a.group.as_str()) {
+            groups.push(&a.group);
+        }
+    }
+    for group in groups {
+        md.push_str(&format!("## {group}\n\n"));
+        let mut header = vec![suite.row_header.to_string(), "seeds".into()];
+        header.extend(suite.metrics.iter().map(|m| m.header.to_string()));
+        if let Some(ps) = peer_spec {
+            header.push(format!("{} ms/iteration (median)", ps.name));
+            header.push(format!("speed ratio (ours/{})", ps.name));
+            header.extend(ps.metrics.iter().map(|m| m.header.to_string()));
+        }
+        md.push_str(&row(&header));
+        md.push('\n');
+        let mut align = vec!["---".to_string()];
+        align.extend(std::iter::repeat_n("---:".to_string(), header.len() - 1));
+        md.push_str(&row(&align));
+        md.push('\n');
+        for a in aggs.iter().filter(|a| a.group == group) {
+            let seeds = if a.ok == a.runs {
+                a.ok.to_string()
+            } else {
+                format!("{}/{}", a.ok, a.runs)
+            };
+            let mut cells = vec![a.row.clone(), seeds];
+            cells.extend(suite.metrics.iter().map(|m| cell(a.ours.get(m.key), m)));
+            if let Some(ps) = peer_spec {
+                cells.push(
+                    a.peer_ms_per_iteration
+                        .map_or_else(|| "—".into(), |s| fmt_num(s.median, 2)),
+                );
+                cells.push(a.speed_ratio.map_or_else(|| "—".into(), |r| format!("{r:.2}×")));
+                cells.extend(ps.metrics.iter().map(|m| cell(a.peer.get(m.key), m)));
+            }
+            md.push_str(&row(&cells));
+            md.push('\n');
+        }
+        md.push('\n');
+    }
+
+    md.push_str(
+        "Speeds: medians over seeds of training time only (sampling, loss, backward, optimiser step; \
+         evaluations excluded). Quality: per run the mean of its last 5 exact evaluations \
+         (L1 = Σ|P_T − p*|, TV = L1/2), then mean ± sample standard deviation over seeds. \
+         Peak RSS: the largest over seeds",
+    );
+    md.push_str(&format!(" ({}).", session.rss_method));
+    if let Some(ps) = peer_spec {
+        md.push_str(&format!(
+            " Speed ratio: {0} ms/iteration ÷ ours (> 1: ours is faster); each of our runs was \
+             followed by the {0} run of the same configuration and seed.",
+            ps.name
+        ));
+    }
+    md.push('\n');
+
+    let failures: Vec<String> = session
+        .runs
+        .iter()
+        .flat_map(|r| {
+            let mut f = Vec::new();
+            if !r.ok {
+                f.push(format!("- {} (gfn): {}", r.name, r.error.as_deref().unwrap_or("?")));
+            }
+            if let Some(p) = r.peer.as_ref().filter(|p| !p.ok) {
+                f.push(format!(
+                    "- {} ({}): {}",
+                    r.name,
+                    p.name,
+                    p.error.as_deref().unwrap_or("?")
+                ));
+            }
+            f
+        })
+        .collect();
+    if !failures.is_empty() {
+        md.push_str("\n## Failed runs\n\n");
+        md.push_str(&failures.join("\n"));
+        md.push('\n');
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats() {
+        let s = Stats::of(&[3.0, 1.0, 2.0, f64::NAN]).unwrap();
+        assert_eq!((s.n, s.median, s.min, s.max), (3, 2.0, 1.0, 3.0));
+        assert!((s.mean - 2.0).abs() < 1e-12 && (s.std - 1.0).abs() < 1e-12);
+        assert_eq!(Stats::of(&[1.0, 4.0]).unwrap().median, 2.5);
+        assert!(Stats::of(&[]).is_none());
+        assert_eq!(s.cell(Agg::MeanStd, 1), "2.0 ± 1.0");
+    }
+}

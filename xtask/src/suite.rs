@@ -1,0 +1,355 @@
+//! Suite definitions: which runs a benchmark makes and which figures its tables show.
+//!
+//! A new suite (`ebm`, `led`, `pg`, ...) is one more function returning a [`Suite`] and one
+//! more entry in [`SUITES`]; the runner and the writers are generic.
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// Options of `cargo xtask bench` that shape a suite.
+#[derive(Debug, Clone, Serialize)]
+pub struct SuiteOptions {
+    /// The reduced suite (`--quick`).
+    pub quick: bool,
+    /// Seeds per configuration (`--seeds`); `None` = the suite's default.
+    pub seeds: Option<u32>,
+    /// Intra-op threads of every run (ours and the peer's).
+    pub threads: u32,
+}
+
+/// A named suite, built from the options.
+pub struct SuiteDef {
+    /// Name on the command line: `cargo xtask bench <name>`.
+    pub name: &'static str,
+    /// Builds the suite's runs.
+    pub build: fn(&SuiteOptions) -> Suite,
+}
+
+/// Every suite `cargo xtask bench` knows.
+pub const SUITES: &[SuiteDef] = &[SuiteDef {
+    name: "hypergrid",
+    build: hypergrid,
+}];
+
+/// Looks a suite up by name.
+pub fn find(name: &str) -> Option<&'static SuiteDef> {
+    SUITES.iter().find(|s| s.name == name)
+}
+
+/// A benchmark suite: a list of runs of `gfn` and the figures to tabulate.
+pub struct Suite {
+    /// Suite name (directory `target/bench/<name>/`).
+    pub name: &'static str,
+    /// Header of the first table column (what distinguishes rows: the loss, ...).
+    pub row_header: &'static str,
+    /// The runs, in the order they are made.
+    pub runs: Vec<RunSpec>,
+    /// Figures of our runs shown in the tables, in column order.
+    pub metrics: Vec<Metric>,
+    /// Our milliseconds per iteration (for the speed ratio against a peer).
+    pub ms_per_iteration: Extract,
+    /// Peers this suite can be compared with (`--vs <name>`).
+    pub peers: Vec<PeerSpec>,
+}
+
+/// One run of `gfn` (and its counterpart with a peer library, if any).
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSpec {
+    /// Unique name, the run's directory under `runs/`: `2x8-tb-seed0`.
+    pub name: String,
+    /// The table this run belongs to (one per environment).
+    pub group: String,
+    /// Its row in that table (the loss, ...).
+    pub row: String,
+    /// Seed of the run.
+    pub seed: u64,
+    /// Arguments of the `gfn` binary, without `--out`.
+    pub gfn_args: Vec<String>,
+    /// Arguments of the peer driver (after the script path); empty = no peer counterpart.
+    pub peer_args: Vec<String>,
+}
+
+/// Reads one figure out of a run record (`{"summary": ..., "peak_rss_mb": ...}` for ours,
+/// `{"output": ..., "peak_rss_mb": ...}` for a peer).
+pub type Extract = fn(&Value) -> Option<f64>;
+
+/// How a figure is summarised over seeds in the tables.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub enum Agg {
+    /// Median over seeds (speeds).
+    Median,
+    /// Mean ± sample standard deviation over seeds (quality).
+    MeanStd,
+    /// Mean over seeds.
+    Mean,
+    /// Largest value over seeds (memory).
+    Max,
+}
+
+/// A column of a results table.
+pub struct Metric {
+    /// Column header in `results.md`.
+    pub header: &'static str,
+    /// Key in `results.json`'s aggregates.
+    pub key: &'static str,
+    /// Label in the progress lines.
+    pub short: &'static str,
+    /// Extracts the figure from a run record.
+    pub value: Extract,
+    /// Summary over seeds.
+    pub agg: Agg,
+    /// Decimal places in the table.
+    pub digits: usize,
+}
+
+/// A peer library that a suite can be run side by side with.
+pub struct PeerSpec {
+    /// Name on the command line: `--vs <name>`.
+    pub name: &'static str,
+    /// Driver script, relative to the workspace root.
+    pub driver: &'static str,
+    /// Pinned requirements of the virtual environment, relative to the workspace root.
+    pub requirements: &'static str,
+    /// Virtual environment, relative to the target directory.
+    pub venv: &'static str,
+    /// Python statement that must succeed in a usable environment.
+    pub check: &'static str,
+    /// The peer's milliseconds per iteration.
+    pub ms_per_iteration: Extract,
+    /// Figures of the peer's runs shown in the tables (after the speed ratio).
+    pub metrics: Vec<Metric>,
+}
+
+/// `pointer` into `v`, as a number (`null` and missing fields give `None`).
+pub fn num(v: &Value, pointer: &str) -> Option<f64> {
+    v.pointer(pointer).and_then(Value::as_f64)
+}
+
+/// Decimal string of a float without a trailing `.0` noise problem (`0.1` → `0.1`).
+fn f(x: f64) -> String {
+    format!("{x}")
+}
+
+/// The hypergrid suite: TB / DB / SubTB(0.9) / FM on 2×8 (4,000 iterations) and 4×8
+/// (10,000 iterations), batch 16, the trajectory-balance paper's reward (R0 0.1, R1 0.5,
+/// R2 2.0), MLP 2×256, Adam 1e-3 (log Z 0.1). `--quick`: seed 0, 2×8 with every loss and
+/// 4×8 with TB only.
+pub fn hypergrid(opts: &SuiteOptions) -> Suite {
+    const HEIGHT: u32 = 8;
+    const BATCH: u32 = 16;
+    const EVAL_EVERY: u32 = 100;
+    const LAMBDA: f64 = 0.9;
+    let (r0, r1, r2) = (0.1, 0.5, 2.0);
+    let (lr, lr_logz, hidden, layers) = (1e-3, 0.1, 256, 2);
+    let losses = ["tb", "db", "subtb", "fm"];
+    let seeds = opts.seeds.unwrap_or(if opts.quick { 1 } else { 3 });
+    let configs: [(u32, u32, &[&str]); 2] = if opts.quick {
+        [(2, 4000, &losses), (4, 10000, &["tb"])]
+    } else {
+        [(2, 4000, &losses), (4, 10000, &losses)]
+    };
+    let threads = opts.threads.to_string();
+
+    let mut runs = Vec::new();
+    for (ndim, iterations, losses) in configs {
+        let group = format!("hypergrid {ndim}×{HEIGHT}, batch {BATCH}, {iterations} iterations");
+        for &loss in losses {
+            for seed in 0..u64::from(seeds) {
+                // Shared by both libraries, so the two recipes cannot drift apart.
+                let mut common: Vec<String> = vec![
+                    "--ndim".into(),
+                    ndim.to_string(),
+                    "--height".into(),
+                    HEIGHT.to_string(),
+                    "--r0".into(),
+                    f(r0),
+                    "--r1".into(),
+                    f(r1),
+                    "--r2".into(),
+                    f(r2),
+                    "--loss".into(),
+                    loss.into(),
+                ];
+                if loss == "subtb" {
+                    common.extend(["--lambda".into(), f(LAMBDA)]);
+                }
+                common.extend([
+                    "--batch-size".into(),
+                    BATCH.to_string(),
+                    "--iterations".into(),
+                    iterations.to_string(),
+                    "--seed".into(),
+                    seed.to_string(),
+                    "--lr".into(),
+                    f(lr),
+                    "--lr-logz".into(),
+                    f(lr_logz),
+                    "--hidden".into(),
+                    hidden.to_string(),
+                    "--layers".into(),
+                    layers.to_string(),
+                    "--eval-every".into(),
+                    EVAL_EVERY.to_string(),
+                    "--threads".into(),
+                    threads.clone(),
+                ]);
+                let mut gfn_args: Vec<String> = vec!["train".into(), "--env".into(), "hypergrid".into()];
+                gfn_args.extend(common.iter().cloned());
+                runs.push(RunSpec {
+                    name: format!("{ndim}x{HEIGHT}-{loss}-seed{seed}"),
+                    group: group.clone(),
+                    row: loss.into(),
+                    seed,
+                    gfn_args,
+                    peer_args: common,
+                });
+            }
+        }
+    }
+
+    Suite {
+        name: "hypergrid",
+        row_header: "loss",
+        runs,
+        metrics: vec![
+            Metric {
+                header: "iterations",
+                key: "iterations",
+                short: "it",
+                value: |r| num(r, "/summary/iterations"),
+                agg: Agg::Median,
+                digits: 0,
+            },
+            Metric {
+                header: "ms/iteration (median)",
+                key: "ms_per_iteration",
+                short: "ms/it",
+                value: ours_ms_per_iteration,
+                agg: Agg::Median,
+                digits: 2,
+            },
+            Metric {
+                header: "trajectories/s (median)",
+                key: "trajectories_per_second",
+                short: "traj/s",
+                value: |r| num(r, "/summary/trajectories_per_second"),
+                agg: Agg::Median,
+                digits: 0,
+            },
+            Metric {
+                header: "exact L1 (last 5 evals)",
+                key: "exact_l1_last5",
+                short: "L1(last5)",
+                value: |r| num(r, "/summary/exact_last5_mean/l1_sum"),
+                agg: Agg::MeanStd,
+                digits: 4,
+            },
+            Metric {
+                header: "exact TV (last 5 evals)",
+                key: "exact_tv_last5",
+                short: "TV(last5)",
+                value: |r| num(r, "/summary/exact_last5_mean/tv"),
+                agg: Agg::MeanStd,
+                digits: 4,
+            },
+            Metric {
+                header: "\\|log Ẑ − log Z\\|",
+                key: "log_z_abs_error",
+                short: "|ΔlogZ|",
+                value: |r| Some((num(r, "/summary/log_z/learned")? - num(r, "/summary/log_z/true")?).abs()),
+                agg: Agg::MeanStd,
+                digits: 4,
+            },
+            Metric {
+                header: "modes found (mean)",
+                key: "modes_found",
+                short: "modes",
+                value: |r| num(r, "/summary/modes/found"),
+                agg: Agg::Mean,
+                digits: 1,
+            },
+            Metric {
+                header: "peak RSS MB",
+                key: "peak_rss_mb",
+                short: "RSS MB",
+                value: |r| num(r, "/peak_rss_mb"),
+                agg: Agg::Max,
+                digits: 0,
+            },
+        ],
+        ms_per_iteration: ours_ms_per_iteration,
+        peers: vec![PeerSpec {
+            name: "torchgfn",
+            driver: "benches/peers/torchgfn_hypergrid.py",
+            requirements: "benches/peers/requirements-torchgfn.txt",
+            venv: "peers/torchgfn-venv",
+            check: "import gfn, torch",
+            ms_per_iteration: |r| num(r, "/output/ms_per_iteration"),
+            metrics: vec![
+                Metric {
+                    header: "torchgfn L1 (last 5 evals)",
+                    key: "exact_l1_last5",
+                    short: "L1(last5)",
+                    value: |r| num(r, "/output/quality_l1_sum_last5"),
+                    agg: Agg::MeanStd,
+                    digits: 4,
+                },
+                Metric {
+                    header: "torchgfn peak RSS MB",
+                    key: "peak_rss_mb",
+                    short: "RSS MB",
+                    // Measured the same way as ours; the driver's own figure otherwise.
+                    value: |r| num(r, "/peak_rss_mb").or_else(|| num(r, "/output/peak_rss_mb")),
+                    agg: Agg::Max,
+                    digits: 0,
+                },
+            ],
+        }],
+    }
+}
+
+/// Our milliseconds per iteration, from `summary.json` (training time only).
+fn ours_ms_per_iteration(r: &Value) -> Option<f64> {
+    let wall = num(r, "/summary/wall_seconds")?;
+    let it = num(r, "/summary/iterations")?;
+    (it > 0.0).then(|| 1000.0 * wall / it)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quick_hypergrid_has_five_runs() {
+        let s = hypergrid(&SuiteOptions {
+            quick: true,
+            seeds: None,
+            threads: 1,
+        });
+        let names: Vec<_> = s.runs.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "2x8-tb-seed0",
+                "2x8-db-seed0",
+                "2x8-subtb-seed0",
+                "2x8-fm-seed0",
+                "4x8-tb-seed0"
+            ]
+        );
+        assert!(s.runs[2].gfn_args.windows(2).any(|w| w == ["--lambda", "0.9"]));
+        assert!(!s.runs[0].gfn_args.iter().any(|a| a == "--lambda"));
+    }
+
+    #[test]
+    fn full_hypergrid_has_24_runs() {
+        let s = hypergrid(&SuiteOptions {
+            quick: false,
+            seeds: None,
+            threads: 1,
+        });
+        assert_eq!(s.runs.len(), 2 * 4 * 3);
+        let names: std::collections::HashSet<_> = s.runs.iter().map(|r| &r.name).collect();
+        assert_eq!(names.len(), s.runs.len());
+    }
+}
