@@ -11,7 +11,8 @@
 //! and float32 below it. We evaluate the conditions in exact integer arithmetic — with
 //! `c = |2x − (H−1)|`: `0.25 < ·` ⇔ `2c > H−1`, `0.3 < · < 0.4` ⇔ `6(H−1) < 10c < 8(H−1)` — which is
 //! the mathematical definition and agrees with the float32 code of torchgfn and GFN-PG (at
-//! `H = 256, d = 2`: 2,500 mode states, `log Z = 9.890686` for `R0 = 0.1`).
+//! `H = 256, d = 2`: 2,500 mode states, `log Z = 9.890686` for `R0 = 0.1`; at `H = 16, d = 4`:
+//! 16 modes, where a float64 evaluation counts 81 and gets `log Z = 9.078362`).
 
 use gfn_core::{Env, GfnError, Result};
 
@@ -234,8 +235,8 @@ mod tests {
             (4, 12, 1e-4, 6.525138, 16),
             (2, 8, 0.1, 3.109061, 4),
             (2, 8, 0.001, 2.776581, 4),
-            (4, 16, 0.1, 9.078362, 81),
-            (4, 16, 0.001, 7.729971, 81),
+            (4, 20, 0.1, 9.976366, 256),
+            (4, 20, 0.001, 8.643297, 256),
         ];
         for &(d, h, r0, log_z, modes) in cases {
             let env = grid(d, h, r0);
@@ -256,6 +257,49 @@ mod tests {
         assert_eq!(modes * modes, 2500);
         let log_z = gfn_core::exact::logsumexp((0..256 * 256).map(|i| env.log_reward(&[i % 256, i / 256])));
         assert_abs_diff_eq!(log_z, 9.890686, epsilon = 5e-7);
+    }
+
+    /// H = 16 puts x = 12 exactly on the 0.3 edge (|12/15 − 0.5| = 0.3): the reference table's
+    /// float64 figures (81 modes, log Z 9.078362 / 7.729971) count it, exact arithmetic and
+    /// float32 do not (16 modes). Both are reproduced here, the float64 one by its own formula.
+    #[test]
+    fn float_boundary_at_height_16() {
+        let env = grid(4, 16, 0.1);
+        let ev = ExactEvaluator::new(&env).unwrap();
+        assert_eq!(ev.num_modes(), 16);
+        let band: Vec<i32> = (0..16).filter(|&x| env.coord_flags[x as usize].1).collect();
+        assert_eq!(band, vec![2, 13]);
+        let f64_band = |x: i32| {
+            let d = (f64::from(x) / 15.0 - 0.5).abs();
+            0.3 < d && d < 0.4
+        };
+        assert_eq!((0..16).filter(|&x| f64_band(x)).collect::<Vec<_>>(), vec![2, 12, 13]);
+        let f32_band = |x: i32| {
+            let d = (x as f32 / 15.0 - 0.5).abs();
+            0.3f32 < d && d < 0.4f32
+        };
+        assert_eq!(
+            (0..16).filter(|&x| f32_band(x)).collect::<Vec<_>>(),
+            band,
+            "float32 agrees with exact arithmetic"
+        );
+        for (r0, f64_log_z) in [(0.1, 9.078362), (0.001, 7.729971)] {
+            let e = grid(4, 16, r0);
+            let outer = |x: i32| (f64::from(x) / 15.0 - 0.5).abs() > 0.25;
+            let log_z_f64 = gfn_core::exact::logsumexp((0..16i32.pow(4)).map(|i| {
+                let xs = [i % 16, (i / 16) % 16, (i / 256) % 16, i / 4096];
+                let r = r0
+                    + if xs.iter().all(|&x| outer(x)) { 0.5 } else { 0.0 }
+                    + if xs.iter().all(|&x| f64_band(x)) { 2.0 } else { 0.0 };
+                r.ln()
+            }));
+            assert_abs_diff_eq!(log_z_f64, f64_log_z, epsilon = 5e-7);
+            let ours = ExactEvaluator::new(&e).unwrap().log_z();
+            assert!(
+                ours < log_z_f64 - 1e-3,
+                "exact arithmetic excludes the edge: {ours} vs {log_z_f64}"
+            );
+        }
     }
 
     #[test]
