@@ -69,60 +69,68 @@ fn merge<T: PartialEq + std::fmt::Debug>(
 }
 
 config! {
-    /// Environment: `hypergrid`.
+    /// Environment: `hypergrid` [default: hypergrid].
     env: String = "hypergrid".into(),
-    /// Hypergrid dimension d.
+    /// Hypergrid dimension d [default: 4].
     ndim: usize = 4,
-    /// Hypergrid side H (≥ 2).
+    /// Hypergrid side H, at least 2 [default: 8].
     height: usize = 8,
-    /// Hypergrid base reward R0.
+    /// Hypergrid base reward R0 [default: 0.1].
     r0: f64 = 0.1,
-    /// Hypergrid outer-region bonus R1.
+    /// Hypergrid outer-region bonus R1 [default: 0.5].
     r1: f64 = 0.5,
-    /// Hypergrid mode bonus R2.
+    /// Hypergrid mode bonus R2 [default: 2.0].
     r2: f64 = 2.0,
-    /// Objective: fm, db, tb, subtb.
+    /// Objective: fm, db, tb, subtb [default: tb].
     loss: String = "tb".into(),
-    /// SubTB(λ) weight λ > 0.
+    /// SubTB(λ) weight λ > 0 [default: 0.9].
     lambda: f64 = 0.9,
-    /// Trajectories per iteration.
+    /// Trajectories per iteration [default: 16].
     batch_size: usize = 16,
-    /// Training iterations.
+    /// Training iterations [default: 10000].
     iterations: usize = 10_000,
-    /// Seed of the run's random number generator.
+    /// Seed of the run's random number generator [default: 0].
     seed: u64 = 0,
-    /// ε-uniform exploration mixed into P_F when sampling, in [0, 1].
+    /// ε-uniform exploration mixed into P_F when sampling, in [0, 1] [default: 0].
     epsilon: f64 = 0.0,
-    /// Sampling temperature of P_F (> 0).
+    /// Sampling temperature of P_F, > 0 [default: 1].
     temperature: f64 = 1.0,
-    /// Adam learning rate of the networks.
+    /// Adam learning rate of the networks [default: 0.001].
     lr: f64 = 1e-3,
-    /// Adam learning rate of log Z.
+    /// Adam learning rate of log Z [default: 0.1].
     lr_logz: f64 = 0.1,
-    /// Decoupled weight decay of the networks (AdamW); 0 = Adam.
+    /// Decoupled weight decay of the networks (AdamW); 0 = Adam [default: 0].
     weight_decay: f64 = 0.0,
-    /// Hidden width of the MLP.
+    /// Hidden width of the MLP [default: 256].
     hidden: usize = 256,
-    /// Number of hidden layers.
+    /// Number of hidden layers [default: 2].
     layers: usize = 2,
-    /// Share one trunk between P_F, P_B and log F (true) or give each its own MLP.
+    /// Share one trunk between P_F, P_B and log F, or give each its own MLP [default: true].
     shared_trunk: bool = true,
-    /// Backward policy: learned or uniform.
+    /// Backward policy: learned or uniform [default: learned].
     backward_policy: BackwardPolicy = BackwardPolicy::Learned,
-    /// Evaluate (exact metrics), log and checkpoint every this many iterations.
+    /// Evaluate (exact metrics), log and checkpoint every this many iterations [default: 100].
     eval_every: usize = 100,
-    /// Number of most recent sampled terminal states in the empirical distribution.
+    /// Number of most recent sampled terminal states in the empirical distribution [default: 200000].
     empirical_window: usize = 200_000,
-    /// Intra-op threads for matrix products (1 is fastest at these sizes).
+    /// Intra-op threads for matrix products; 1 is fastest at these sizes [default: 1].
     threads: usize = 1,
     /// Training engine: `auto` (tape on CPU, graph elsewhere), `tape` (rollout outputs reused,
-    /// hand-written batched backward), or `graph` (candle autograd over one batched forward).
+    /// hand-written batched backward), or `graph` (candle autograd over one batched forward)
+    /// [default: auto].
     engine: String = "auto".into(),
 }
 
 impl TrainConfig {
-    /// Check every field's range, naming the first bad one.
+    /// Check every field's range, naming the first bad one, and that the environment builds.
     pub fn validate(&self) -> Result<()> {
+        self.validate_training()?;
+        crate::envs::build_env(self)?;
+        Ok(())
+    }
+
+    /// Check every field except the environment's (for a user-supplied environment).
+    pub fn validate_training(&self) -> Result<()> {
         let positive = |field: &'static str, v: usize| {
             if v == 0 {
                 Err(GfnError::invalid(field, v, "must be at least 1"))
@@ -157,7 +165,6 @@ impl TrainConfig {
         }
         .validate()?;
         gfn_objectives::Objective::parse(&self.loss, self.lambda)?;
-        crate::envs::build_env(self)?;
         Ok(())
     }
 

@@ -128,10 +128,16 @@ pub fn build_model(
 }
 
 impl Trainer {
-    /// A fresh run.
+    /// A fresh run on the environment the configuration names.
     pub fn new(config: TrainConfig, device: &Device) -> Result<Self> {
         config.validate()?;
         let env = crate::envs::build_env(&config)?;
+        Self::with_env(config, env, device)
+    }
+
+    /// A fresh run on any environment (the configuration's environment fields are ignored).
+    pub fn with_env(config: TrainConfig, env: Box<dyn Env>, device: &Device) -> Result<Self> {
+        config.validate_training()?;
         let objective = Objective::parse(&config.loss, config.lambda)?;
         let mut rng = rng_from_seed(config.seed);
         let (estimator, optimizer) = build_model(&config, env.as_ref(), objective, device, &mut rng)?;
