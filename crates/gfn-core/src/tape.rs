@@ -209,10 +209,9 @@ impl Mlp {
                 with_cpu_f32(self.layers[l].weight.as_tensor(), |w| {
                     sgemm(rows, din, dout, g, false, w, true, &mut grads.next, false);
                 })?;
+                // Branch-free select, so the loop vectorises.
                 for (d, &a) in grads.next.iter_mut().zip(&tape.acts[l]) {
-                    if a <= 0.0 {
-                        *d = 0.0;
-                    }
+                    *d = if a > 0.0 { *d } else { 0.0 };
                 }
                 std::mem::swap(&mut grads.scratch, &mut grads.next);
             }
