@@ -64,7 +64,6 @@ impl FlowMatchingLayout {
     /// Lay out the rows of `batch` and the parents of each of its states other than `s_0`.
     pub fn new<E: Env + ?Sized>(env: &E, batch: &TrajectoryBatch) -> Result<Self> {
         let (sd, na, nb, nf) = (batch.state_dim, batch.n_actions, batch.n_backward, batch.feature_dim);
-        let rows = batch.num_rows();
         let mut l = Self {
             states: batch.states.clone(),
             n_parents: nb,
@@ -72,36 +71,45 @@ impl FlowMatchingLayout {
             ..Self::default()
         };
         let mut parent = vec![0; sd];
-        for r in 0..rows {
-            let bmask = &batch.backward_masks[r * nb..(r + 1) * nb];
-            if bmask.iter().all(|&m| m == 0) {
-                continue; // s_0: no inflow constraint
-            }
-            let state = &batch.states[r * sd..(r + 1) * sd];
-            for (b, &m) in bmask.iter().enumerate() {
-                if m != 0 {
-                    parent.copy_from_slice(state);
-                    let a = env.backward_step(&mut parent, b);
-                    let p_row = l.states.len() / sd;
-                    l.states.extend_from_slice(&parent);
-                    let f0 = l.parent_features.len();
-                    l.parent_features.resize(f0 + nf, 0.0);
-                    env.featurize(&parent, &mut l.parent_features[f0..]);
+        // Every state but s_0 (node 0) is constrained. Its predecessor in the trajectory is one of
+        // its parents and already a row: reuse it; only the other parents become new rows.
+        for b in 0..batch.batch_size {
+            for t in 1..batch.num_nodes(b) {
+                let r = batch.node_row(b, t) as usize;
+                let (prev_row, prev_action) = (batch.node_row(b, t - 1) as usize, batch.action(b, t - 1) as usize);
+                let prev_back = batch.backward_action(b, t - 1) as usize;
+                let bmask = &batch.backward_masks[r * nb..(r + 1) * nb];
+                let state = &batch.states[r * sd..(r + 1) * sd];
+                for (k, &m) in bmask.iter().enumerate() {
+                    if m == 0 {
+                        l.in_idx.push(0);
+                        l.in_mask.push(0);
+                        continue;
+                    }
+                    let (p_row, a) = if k == prev_back {
+                        (prev_row, prev_action)
+                    } else {
+                        parent.copy_from_slice(state);
+                        let a = env.backward_step(&mut parent, k);
+                        let p_row = l.states.len() / sd;
+                        l.states.extend_from_slice(&parent);
+                        let f0 = l.parent_features.len();
+                        l.parent_features.resize(f0 + nf, 0.0);
+                        env.featurize(&parent, &mut l.parent_features[f0..]);
+                        (p_row, a)
+                    };
                     l.in_idx.push((p_row * na + a) as u32);
                     l.in_mask.push(1);
-                } else {
-                    l.in_idx.push(0);
-                    l.in_mask.push(0);
                 }
+                l.out_rows.push(r as u32);
+                l.out_mask.extend_from_slice(&batch.forward_masks[r * na..(r + 1) * na]);
+                let terminal = batch.exit_action.is_none() && env.is_terminal(state);
+                l.out_extra.push(if terminal {
+                    env.log_reward(state)
+                } else {
+                    f64::from(MASK_FILL)
+                });
             }
-            l.out_rows.push(r as u32);
-            l.out_mask.extend_from_slice(&batch.forward_masks[r * na..(r + 1) * na]);
-            let terminal = batch.exit_action.is_none() && env.is_terminal(state);
-            l.out_extra.push(if terminal {
-                env.log_reward(state)
-            } else {
-                f64::from(MASK_FILL)
-            });
         }
         if l.out_rows.is_empty() {
             return Err(GfnError::Other(

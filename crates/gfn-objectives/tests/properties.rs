@@ -213,7 +213,7 @@ proptest! {
         for l in LOSSES {
             let t = if matches!(l, Loss::Fm) { &edges } else { &policy };
             let v = scalar(&loss(l, &c, t));
-            prop_assert!(v.abs() < 1e-18 + 1e-12, "{l:?}: loss {v} at the exact solution");
+            prop_assert!(v.abs() < 1e-12, "{l:?}: loss {v} at the exact solution");
         }
     }
 
