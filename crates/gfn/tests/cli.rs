@@ -161,17 +161,20 @@ fn sample_and_eval_read_a_run() {
     let dir = tmp("sample");
     run_ok(&small(&dir, &["--iterations", "60"]));
     let csv = dir.join("samples.csv");
-    let o = gfn(&[
-        "sample",
-        "--run",
-        dir.to_str().unwrap(),
-        "--n",
-        "500",
-        "--seed",
-        "1",
-        "--out",
-        csv.to_str().unwrap(),
-    ]);
+    let sample = |out: &Path| {
+        gfn(&[
+            "sample",
+            "--run",
+            dir.to_str().unwrap(),
+            "--n",
+            "500",
+            "--seed",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let o = sample(&csv);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = std::fs::read_to_string(&csv).unwrap();
     let mut lines = text.lines();
@@ -182,17 +185,7 @@ fn sample_and_eval_read_a_run() {
         let v: Vec<f64> = r.split(',').map(|x| x.parse().unwrap()).collect();
         assert!(v[0] >= 0.0 && v[0] < 5.0 && v[1] >= 0.0 && v[1] < 5.0 && v[2] <= (2.6f64).ln() + 1e-9);
     }
-    let o = gfn(&[
-        "sample",
-        "--run",
-        dir.to_str().unwrap(),
-        "--n",
-        "500",
-        "--seed",
-        "1",
-        "--out",
-        dir.join("again.csv").to_str().unwrap(),
-    ]);
+    let o = sample(&dir.join("again.csv"));
     assert!(o.status.success());
     assert_eq!(
         text,
