@@ -45,6 +45,9 @@ from gfn.gym import HyperGrid  # noqa: E402
 from gfn.preprocessors import KHotPreprocessor  # noqa: E402
 from gfn.utils.modules import MLP  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hypergrid_exact import HypergridExact, log_sum_exp_valid  # noqa: E402
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -67,9 +70,16 @@ def parse_args(argv=None):
     p.add_argument("--epsilon", type=float, default=0.0)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--sample-only", action="store_true",
+                   help="no training: time --rounds rounds of forward sampling of "
+                        "--batch-size trajectories with the untrained policy")
+    p.add_argument("--rounds", type=int, default=20,
+                   help="timed sampling rounds of --sample-only (after 2 warm-up rounds)")
     args = p.parse_args(argv)
     if args.iterations < 1 or args.batch_size < 1 or args.eval_every < 1:
         p.error("--iterations, --batch-size and --eval-every must be >= 1")
+    if args.rounds < 1:
+        p.error("--rounds must be >= 1")
     if args.height < 2 or args.ndim < 1:
         p.error("--height must be >= 2 and --ndim >= 1")
     return args
@@ -175,84 +185,20 @@ def build_optimizer(args, gflownet):
 
 
 # --------------------------------------------------------------------------
-# Exact evaluation
+# Exact evaluation (numpy part shared with gfnx_hypergrid.py: hypergrid_exact.py)
 # --------------------------------------------------------------------------
 
-class ExactEvaluator:
-    """Exact P_T of the forward policy over all H^d states, in float64.
+class ExactEvaluator(HypergridExact):
+    """HypergridExact plus the torchgfn States of every grid point.
 
-    State index = sum_i x_i * H^i (coordinate 0 least significant), so every
-    forward move i increases the index by H^i. The DP runs level by level
-    (level = sum of coordinates), which is a topological order; within a level
-    it is vectorised.
+    Checks the driver's reward against torchgfn's own `HyperGrid.reward` (float32,
+    with a small eps) on all states.
     """
 
     def __init__(self, args, env):
-        self.H = H = args.height
-        self.d = d = args.ndim
-        self.n = n = H ** d
-        idx = np.arange(n, dtype=np.int64)
-        self.strides = H ** np.arange(d, dtype=np.int64)  # H^i
-        coords = (idx[:, None] // self.strides[None, :]) % H  # [n, d]
-        self.coords = coords
-        # Valid forward actions: increment i when x_i < H-1; exit always valid.
-        self.valid = np.concatenate(
-            [coords < H - 1, np.ones((n, 1), dtype=bool)], axis=1
-        )
-        self.levels = [np.nonzero(coords.sum(1) == k)[0] for k in range(d * (H - 1) + 1)]
-        self.states = env.States(torch.as_tensor(coords, dtype=torch.long))
-
-        # Reward R0 + R1*prod 1[0.25<ax] + R2*prod 1[0.3<ax<0.4], ax=|x/(H-1)-0.5|.
-        ax = np.abs(coords / (H - 1) - 0.5)
-        reward = (
-            args.r0
-            + args.r1 * np.prod(ax > 0.25, axis=1)
-            + args.r2 * np.prod((ax > 0.3) & (ax < 0.4), axis=1)
-        ).astype(np.float64)
-        # Cross-check against torchgfn's own reward (float32, with a small eps).
-        env_reward = env.reward(self.states).detach().double().numpy()
-        if not np.allclose(env_reward, reward, rtol=1e-5, atol=1e-6):
-            raise RuntimeError("reward mismatch between driver and torchgfn HyperGrid")
-        self.Z = float(reward.sum())
-        self.target = reward / self.Z
-        self.log_z_true = math.log(self.Z)
-
-    def terminating_distribution(self, logits):
-        """logits: float64 numpy [n, d+1] raw network outputs for every state."""
-        x = np.where(self.valid, logits, -np.inf)
-        x = x - x.max(axis=1, keepdims=True)
-        logp = x - np.log(np.exp(x).sum(axis=1, keepdims=True))
-        p = np.exp(logp)  # exactly 0 on invalid actions
-        u = np.zeros(self.n, dtype=np.float64)
-        u[0] = 1.0
-        for lvl in self.levels[1:]:
-            acc = np.zeros(len(lvl), dtype=np.float64)
-            c = self.coords[lvl]
-            for i in range(self.d):
-                has = c[:, i] > 0
-                child = lvl[has]
-                parent = child - self.strides[i]
-                acc[has] += u[parent] * p[parent, i]
-            u[lvl] = acc
-        return u * p[:, self.d]
-
-    def metrics(self, pt):
-        q = self.target
-        diff = np.abs(pt - q)
-        l1 = float(diff.sum())
-        m = 0.5 * (pt + q)
-
-        def kl(a, b):
-            mask = a > 0
-            return float(np.sum(a[mask] * (np.log(a[mask]) - np.log(np.maximum(b[mask], 1e-300)))))
-
-        return {
-            "l1_sum": l1,
-            "tv": l1 / 2.0,
-            "l1_mean": l1 / self.n,
-            "jsd": 0.5 * kl(pt, m) + 0.5 * kl(q, m),
-            "kl": kl(q, pt),
-        }
+        super().__init__(args.ndim, args.height, args.r0, args.r1, args.r2)
+        self.states = env.States(torch.as_tensor(self.coords, dtype=torch.long))
+        self.check_reward(env.reward(self.states).detach().double().numpy(), "torchgfn HyperGrid")
 
 
 @torch.no_grad()
@@ -266,9 +212,7 @@ def evaluate(args, env, gflownet, policy, evaluator):
         s0 = env.reset(batch_shape=(1,))
         log_z = float(gflownet.logF(s0).double().reshape(-1)[0].item())
     else:  # fm: log of the total out-flow of s0 (all edges, exit included)
-        row = np.where(evaluator.valid[0], logits[0], -np.inf)
-        mx = row.max()
-        log_z = float(mx + np.log(np.exp(row - mx).sum()))
+        log_z = log_sum_exp_valid(logits[0], evaluator.valid[0])
     out["log_z_learned"] = log_z
     return out
 
@@ -296,6 +240,8 @@ def main(argv=None):
     )
     preprocessor = KHotPreprocessor(height=args.height, ndim=args.ndim)
     gflownet, policy = build_gflownet(args, env, preprocessor)
+    if args.sample_only:
+        return sample_only(args, env, gflownet)
     optimizer = build_optimizer(args, gflownet)
     evaluator = ExactEvaluator(args, env)
 
@@ -329,7 +275,7 @@ def main(argv=None):
         wall += time.perf_counter() - t0
 
         if it % args.eval_every == 0 or it == args.iterations:
-            e = {"iteration": it}
+            e = {"iteration": it, "wall_seconds": wall}
             e.update(evaluate(args, env, gflownet, policy, evaluator))
             evals.append(e)
             print(
@@ -346,23 +292,81 @@ def main(argv=None):
     last5 = evals[-5:]
     result = {
         "library": "torchgfn",
-        "versions": {
-            "torchgfn": getattr(gfn, "__version__", None) or _dist_version("torchgfn"),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
+        "versions": versions(),
         "config": config_dict(args),
         "iterations": iterations,
         "trajectories": trajectories_n,
         "wall_seconds": wall,
+        "compile_seconds": 0.0,  # eager PyTorch: nothing is compiled
         "iterations_per_second": iterations / wall if wall > 0 else None,
         "trajectories_per_second": trajectories_n / wall if wall > 0 else None,
         "ms_per_iteration": 1000.0 * wall / iterations,
         "evals": evals,
         "final": final,
         "quality_l1_sum_last5": float(np.mean([e["l1_sum"] for e in last5])),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "peak_rss_mb": peak_rss_mb(),
     }
+    emit(result)
+
+
+def sample_only(args, env, gflownet):
+    """Time --rounds rounds of forward sampling (no gradients) of the untrained policy.
+
+    The gflownet.sample_trajectories path with save_logprobs=False, as
+    `sample_terminating_states` does; two untimed warm-up rounds first.
+    """
+    def one_round():
+        with torch.no_grad():
+            return gflownet.sample_trajectories(
+                env,
+                n=args.batch_size,
+                save_logprobs=False,
+                save_estimator_outputs=False,
+                epsilon=args.epsilon,
+                temperature=args.temperature,
+            )
+
+    for _ in range(2):  # warm-up, not timed
+        one_round()
+    wall = 0.0
+    steps = 0
+    for _ in range(args.rounds):
+        t0 = time.perf_counter()
+        trajectories = one_round()
+        wall += time.perf_counter() - t0
+        # Actions per trajectory, the exit action included.
+        steps += int(trajectories.terminating_idx.sum().item())
+    n = args.rounds * args.batch_size
+    emit({
+        "library": "torchgfn",
+        "versions": versions(),
+        "config": config_dict(args),
+        "mode": "sample",
+        "rounds": args.rounds,
+        "trajectories": n,
+        "wall_seconds": wall,
+        "compile_seconds": 0.0,
+        "trajectories_per_second": n / wall if wall > 0 else None,
+        "mean_length": steps / n,
+        "peak_rss_mb": peak_rss_mb(),
+    })
+
+
+def versions():
+    return {
+        "torchgfn": getattr(gfn, "__version__", None) or _dist_version("torchgfn"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def peak_rss_mb():
+    # Linux reports ru_maxrss in KiB.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def emit(result):
+    """The single JSON line on the real stdout (strict JSON: non-finite -> null)."""
     _REAL_STDOUT.write(json.dumps(_finite_or_null(result), allow_nan=False) + "\n")
     _REAL_STDOUT.flush()
 

@@ -119,3 +119,33 @@ impl RowForward for Taped<'_> {
         self.estimator.log_z().as_tensor().clone()
     }
 }
+
+/// Sampling without gradients on the CPU fast path: the same hand-written forward as training,
+/// with one scratch tape that is reset at every call (nothing is kept, nothing is allocated once
+/// the buffers have grown). Used by `gfn sample` and the sampling benchmarks.
+#[derive(Debug)]
+pub struct Inference<'a> {
+    estimator: &'a Estimator,
+    tape: MlpTape,
+}
+
+impl<'a> Inference<'a> {
+    /// An inference view of `estimator`, or `None` when it cannot use the fast path (see
+    /// [`FastPath::supports`]).
+    pub fn new(estimator: &'a Estimator) -> Option<Self> {
+        FastPath::supports(estimator).then(|| Self {
+            estimator,
+            tape: MlpTape::default(),
+        })
+    }
+}
+
+impl RolloutPolicy for Inference<'_> {
+    fn pf_logits(&mut self, x: &[f32], rows: usize, out: &mut Vec<f32>) -> Result<usize> {
+        self.tape.clear();
+        let y = self.estimator.nets()[0].forward_taped(x, rows, &mut self.tape)?;
+        out.clear();
+        out.extend_from_slice(y);
+        Ok(y.len() / rows.max(1))
+    }
+}

@@ -13,7 +13,7 @@ macro_rules! config {
     ($( $(#[$doc:meta])* $field:ident : $ty:ty = $default:expr ),* $(,)?) => {
         /// A fully resolved training configuration (what `config.toml` in a run directory holds).
         #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-        #[serde(deny_unknown_fields)]
+        #[serde(deny_unknown_fields, default)]
         pub struct TrainConfig {
             $( $(#[$doc])* pub $field: $ty, )*
         }
@@ -119,6 +119,14 @@ config! {
     /// hand-written batched backward), or `graph` (candle autograd over one batched forward)
     /// [default: auto].
     engine: String = "auto".into(),
+    /// Gradient analysis (SubTB paper): at every evaluation whose iteration is a multiple of this,
+    /// record the cosine between small-batch TB/DB/SubTB gradients and a large-batch TB gradient;
+    /// 0 = off [default: 0].
+    grad_cosine_every: usize = 0,
+    /// Trajectories in the large TB batch of the gradient analysis [default: 1024].
+    grad_cosine_batch: usize = 1024,
+    /// Small batches averaged over in the gradient analysis [default: 8].
+    grad_cosine_repeats: usize = 8,
 }
 
 impl TrainConfig {
@@ -144,6 +152,8 @@ impl TrainConfig {
         positive("eval_every", self.eval_every)?;
         positive("empirical_window", self.empirical_window)?;
         positive("threads", self.threads)?;
+        positive("grad_cosine_batch", self.grad_cosine_batch)?;
+        positive("grad_cosine_repeats", self.grad_cosine_repeats)?;
         for (field, v) in [("lr", self.lr), ("lr_logz", self.lr_logz)] {
             if !(v.is_finite() && v > 0.0) {
                 return Err(GfnError::invalid(field, v, "must be finite and > 0"));

@@ -16,6 +16,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod envs;
+pub mod gradcos;
 pub mod io;
 pub mod train;
 

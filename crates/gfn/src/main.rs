@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use gfn::config::{ConfigArgs, TrainConfig};
 use gfn::train::{self, EvalRecord, Progress, RunDir, files};
+use gfn_core::fast::Inference;
 use gfn_core::{Sampler, SamplingOptions, TrajectoryBatch, rng_from_seed};
 
 #[global_allocator]
@@ -54,6 +55,9 @@ enum Command {
         #[arg(long, value_name = "FILE.csv")]
         out: PathBuf,
     },
+    /// Measure raw speed (one JSON line on stdout): used by `cargo xtask bench throughput`.
+    #[command(subcommand)]
+    Speed(SpeedCmd),
     /// Print the exact metrics of a trained policy.
     Eval {
         /// Run directory.
@@ -62,6 +66,31 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SpeedCmd {
+    /// Forward sampling alone, no gradients, with the untrained (seeded) policy of the options.
+    #[command(allow_negative_numbers = true)]
+    Sample {
+        #[command(flatten)]
+        options: Box<ConfigArgs>,
+        /// Timed rounds of `--batch-size` trajectories each.
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+        /// Untimed rounds first.
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+    },
+    /// The best single-thread rate of an n×n×n f32 matrix product (the roofline's ceiling).
+    Gemm {
+        /// Matrix side n.
+        #[arg(long, default_value_t = 256)]
+        size: usize,
+        /// Timed products; the fastest counts.
+        #[arg(long, default_value_t = 200)]
+        repeats: usize,
     },
 }
 
@@ -101,6 +130,12 @@ fn dispatch(cmd: Command) -> Result<(), Fatal> {
         } => train_cmd(*options, config, out, resume),
         Command::Sample { run, n, seed, out } => usage(sample_cmd(&run, n, seed, &out)),
         Command::Eval { run, json } => usage(eval_cmd(&run, json)),
+        Command::Speed(SpeedCmd::Sample {
+            options,
+            rounds,
+            warmup,
+        }) => speed_sample_cmd(*options, rounds, warmup),
+        Command::Speed(SpeedCmd::Gemm { size, repeats }) => usage(speed_gemm_cmd(size, repeats)),
     }
 }
 
@@ -299,7 +334,12 @@ fn sample_cmd(run: &Path, n: usize, seed: u64, out: &Path) -> Result<()> {
     let mut left = n;
     while left > 0 {
         let k = left.min(4096);
-        sampler.sample_forward(env, &t.estimator, k, SamplingOptions::default(), &mut rng, &mut batch)?;
+        match Inference::new(&t.estimator) {
+            Some(mut fast) => {
+                sampler.sample_forward_with(env, &mut fast, k, SamplingOptions::default(), &mut rng, &mut batch)?
+            }
+            None => sampler.sample_forward(env, &t.estimator, k, SamplingOptions::default(), &mut rng, &mut batch)?,
+        }
         for b in 0..k {
             for x in batch.terminal_state(b) {
                 text.push_str(&format!("{x},"));
@@ -343,5 +383,104 @@ fn eval_cmd(run: &Path, json: bool) -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+fn speed_sample_cmd(options: ConfigArgs, rounds: usize, warmup: usize) -> Result<(), Fatal> {
+    if rounds == 0 {
+        return usage(Err(anyhow::anyhow!("invalid rounds = 0: must be at least 1")));
+    }
+    let cfg: TrainConfig = usage(options.resolve(ConfigArgs::default(), "").map_err(anyhow::Error::from))?;
+    usage(cfg.validate().map_err(anyhow::Error::from))?;
+    set_threads(cfg.threads);
+    let t = usage(gfn::train::Trainer::new(cfg, &Device::Cpu))?;
+    failure((|| -> Result<()> {
+        let env = t.env.as_ref();
+        let n = t.config.batch_size;
+        let opts = t.sampling_options();
+        let mut rng = rng_from_seed(t.config.seed);
+        let mut sampler = Sampler::new();
+        let mut batch = TrajectoryBatch::default();
+        let mut fast = Inference::new(&t.estimator);
+        let engine = if fast.is_some() { "tape" } else { "graph" };
+        let mut wall = 0.0;
+        let (mut steps, mut rows) = (0usize, 0usize);
+        for round in 0..warmup + rounds {
+            let start = std::time::Instant::now();
+            match &mut fast {
+                Some(f) => sampler.sample_forward_with(env, f, n, opts, &mut rng, &mut batch)?,
+                None => sampler.sample_forward(env, &t.estimator, n, opts, &mut rng, &mut batch)?,
+            }
+            if round >= warmup {
+                wall += start.elapsed().as_secs_f64();
+                steps += batch.lengths.iter().map(|&l| l as usize).sum::<usize>();
+                rows += batch.num_rows();
+            }
+        }
+        let trajectories = n * rounds;
+        // Forward only: 2·in·out per layer and evaluated state.
+        let fwd_flops_per_row: f64 = t
+            .estimator
+            .nets()
+            .iter()
+            .take(1)
+            .map(|net| net.dims().windows(2).map(|w| 2.0 * (w[0] * w[1]) as f64).sum::<f64>())
+            .sum();
+        let out = serde_json::json!({
+            "mode": "sample",
+            "env": env.name(),
+            "engine": engine,
+            "batch_size": n,
+            "hidden": t.config.hidden,
+            "layers": t.config.layers,
+            "rounds": rounds,
+            "warmup": warmup,
+            "trajectories": trajectories,
+            "wall_seconds": wall,
+            "trajectories_per_second": trajectories as f64 / wall,
+            "mean_length": steps as f64 / trajectories as f64,
+            "rows": rows,
+            "forward_gflops_per_second": fwd_flops_per_row * rows as f64 / wall / 1e9,
+        });
+        println!("{out}");
+        Ok(())
+    })())
+}
+
+fn speed_gemm_cmd(size: usize, repeats: usize) -> Result<()> {
+    if size == 0 || repeats == 0 {
+        bail!("invalid size = {size}, repeats = {repeats}: both must be at least 1");
+    }
+    set_threads(1);
+    let n = size;
+    let mut rng = rng_from_seed(0);
+    let mut fill = |len: usize| -> Vec<f32> {
+        use rand::Rng;
+        (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+    };
+    let a = fill(n * n);
+    let b = fill(n * n);
+    let mut c = vec![0.0f32; n * n];
+    let mut times = Vec::with_capacity(repeats);
+    for _ in 0..repeats + 3 {
+        let start = std::time::Instant::now();
+        gfn_core::tape::sgemm(n, n, n, &a, false, &b, false, &mut c, false);
+        times.push(start.elapsed().as_secs_f64());
+    }
+    let times = &mut times[3..];
+    times.sort_by(f64::total_cmp);
+    let flop = 2.0 * (n as f64).powi(3);
+    let out = serde_json::json!({
+        "mode": "gemm",
+        "size": n,
+        "repeats": repeats,
+        "threads": 1,
+        "best_seconds": times[0],
+        "median_seconds": times[times.len() / 2],
+        "best_gflops": flop / times[0] / 1e9,
+        "median_gflops": flop / times[times.len() / 2] / 1e9,
+        "checksum": c.iter().map(|&v| f64::from(v)).sum::<f64>(),
+    });
+    println!("{out}");
     Ok(())
 }

@@ -51,6 +51,18 @@ pub struct EvalRecord {
     pub empirical: Option<DistributionMetrics>,
     /// Modes visited so far by training samples.
     pub modes_found: Option<usize>,
+    /// Gradient analysis, when enabled for this evaluation (`grad_cosine_every`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_cosine: Option<crate::gradcos::GradCosine>,
+}
+
+/// Training seconds at one evaluation (kept in `timing.json`, beside the bit-reproducible files).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
+pub struct EvalTiming {
+    /// Iterations completed.
+    pub iteration: u64,
+    /// Training-loop seconds so far.
+    pub wall_seconds: f64,
 }
 
 /// A training run in memory.
@@ -79,6 +91,12 @@ pub struct Trainer {
     pub wall_seconds: f64,
     /// Evaluation history.
     pub history: Vec<EvalRecord>,
+    /// Training seconds at every evaluation of `history`.
+    pub eval_timing: Vec<EvalTiming>,
+    /// Useful floating-point operations of the training steps so far: one forward and one
+    /// backward pass of every network over every row the step evaluates.
+    pub useful_flops: f64,
+    flops_per_row: f64,
     sampler: Sampler,
     batch: TrajectoryBatch,
     fast: Option<FastPath>,
@@ -143,6 +161,7 @@ impl Trainer {
         let (estimator, optimizer) = build_model(&config, env.as_ref(), objective, device, &mut rng)?;
         let evaluator = ExactEvaluator::new(env.as_ref()).ok();
         let tracker = EmpiricalTracker::new(config.empirical_window);
+        let flops_per_row = useful_flops_per_row(&estimator);
         let fast = match config.engine.as_str() {
             "graph" => None,
             "tape" if !FastPath::supports(&estimator) => {
@@ -163,6 +182,9 @@ impl Trainer {
             trajectories: 0,
             wall_seconds: 0.0,
             history: Vec::new(),
+            eval_timing: Vec::new(),
+            useful_flops: 0.0,
+            flops_per_row,
             sampler: Sampler::new(),
             batch: TrajectoryBatch::default(),
             fast,
@@ -231,6 +253,7 @@ impl Trainer {
         };
         drop(loss);
         self.wall_seconds += start.elapsed().as_secs_f64();
+        self.useful_flops += self.flops_per_row * self.batch.num_rows() as f64;
         self.iteration += 1;
         self.trajectories += self.config.batch_size as u64;
         self.loss_sum += value;
@@ -268,6 +291,16 @@ impl Trainer {
             self.loss_sum = 0.0;
             self.loss_count = 0;
         }
+        let every = self.config.grad_cosine_every as u64;
+        let grad_cosine = if every > 0 && self.iteration > 0 && self.iteration.is_multiple_of(every) {
+            Some(crate::gradcos::grad_cosines(
+                self,
+                self.config.grad_cosine_batch,
+                self.config.grad_cosine_repeats,
+            )?)
+        } else {
+            None
+        };
         let rec = EvalRecord {
             iteration: self.iteration,
             trajectories: self.trajectories,
@@ -275,8 +308,13 @@ impl Trainer {
             exact,
             empirical,
             modes_found,
+            grad_cosine,
         };
         self.history.push(rec.clone());
+        self.eval_timing.push(EvalTiming {
+            iteration: self.iteration,
+            wall_seconds: self.wall_seconds,
+        });
         Ok(rec)
     }
 
@@ -386,6 +424,8 @@ pub fn summary_json(t: &Trainer) -> serde_json::Value {
         "trajectories_per_second": tps,
         "iterations_per_second": if t.wall_seconds > 0.0 { t.iteration as f64 / t.wall_seconds } else { 0.0 },
         "num_params": t.estimator.num_params(),
+        "useful_gflop_per_iteration": if t.iteration > 0 { t.useful_flops / t.iteration as f64 / 1e9 } else { 0.0 },
+        "useful_gflops_per_second": if t.wall_seconds > 0.0 { t.useful_flops / t.wall_seconds / 1e9 } else { 0.0 },
         "final_loss": last.map(|r| r.loss),
         "exact": exact.map(|e| serde_json::json!({
             "tv": e.dist.tv, "l1_sum": e.dist.l1_sum, "l1_mean": e.dist.l1_mean, "jsd": e.dist.jsd, "kl": e.dist.kl,
@@ -404,6 +444,38 @@ pub fn summary_json(t: &Trainer) -> serde_json::Value {
             "found": t.tracker.modes_found(), "total": ev.num_modes(),
         })),
     })
+}
+
+/// `timing.json`: the run's clock, apart from the bit-reproducible files.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Timing {
+    /// Iterations completed at the last checkpoint.
+    pub iteration: u64,
+    /// Training-loop seconds (evaluations and I/O excluded).
+    pub wall_seconds: f64,
+    /// Useful floating-point operations so far (see [`Trainer::useful_flops`]).
+    pub useful_flops: f64,
+    /// Training seconds at every evaluation.
+    pub evals: Vec<EvalTiming>,
+}
+
+/// Useful FLOPs per evaluated state: for every network, a forward pass (`2·in·out` per layer)
+/// and a backward pass (`2·in·out` for the weight gradient of every layer, and as much again for
+/// the input gradient of every layer but the first).
+pub fn useful_flops_per_row(est: &Estimator) -> f64 {
+    est.nets()
+        .iter()
+        .map(|net| {
+            let d = net.dims();
+            (0..d.len() - 1)
+                .map(|l| {
+                    let mac = (d[l] * d[l + 1]) as f64;
+                    2.0 * mac + 2.0 * mac + if l > 0 { 2.0 * mac } else { 0.0 }
+                })
+                .sum::<f64>()
+        })
+        .sum()
 }
 
 /// A run directory: where `gfn train` writes, and what `--resume`, `sample` and `eval` read.
@@ -461,24 +533,31 @@ impl RunDir {
         let ck = Checkpoint::load(&self.file(files::CHECKPOINT))?;
         t.restore(&ck)
             .with_context(|| format!("checkpoint in {} does not match its config.toml", self.path.display()))?;
-        t.wall_seconds = self.read_timing()?;
+        let timing = self.read_timing()?;
+        t.wall_seconds = timing.wall_seconds;
+        t.useful_flops = timing.useful_flops;
+        t.eval_timing = timing.evals;
         Ok(t)
     }
 
     /// Save the checkpoint and the training time of `t`.
     pub fn save_checkpoint(&self, t: &Trainer) -> Result<()> {
         t.checkpoint()?.save(&self.file(files::CHECKPOINT))?;
-        let timing = serde_json::json!({ "iteration": t.iteration, "wall_seconds": t.wall_seconds });
+        let timing = Timing {
+            iteration: t.iteration,
+            wall_seconds: t.wall_seconds,
+            useful_flops: t.useful_flops,
+            evals: t.eval_timing.clone(),
+        };
         write_atomic(&self.file(files::TIMING), serde_json::to_string(&timing)?.as_bytes())
     }
 
-    /// Training seconds recorded with the last checkpoint (0 if unknown).
-    pub fn read_timing(&self) -> Result<f64> {
+    /// Timing recorded with the last checkpoint (zeros if there is none).
+    pub fn read_timing(&self) -> Result<Timing> {
         let Ok(text) = std::fs::read_to_string(self.file(files::TIMING)) else {
-            return Ok(0.0);
+            return Ok(Timing::default());
         };
-        let v: serde_json::Value = serde_json::from_str(&text).context("timing.json is not valid JSON")?;
-        Ok(v["wall_seconds"].as_f64().unwrap_or(0.0))
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid", self.file(files::TIMING).display()))
     }
 }
 
@@ -552,5 +631,7 @@ pub fn resume(dir: &RunDir, iterations: Option<usize>, device: &Device) -> Resul
         .into_iter()
         .filter(|r| r.iteration <= ck_iter && (r.iteration.is_multiple_of(every) || r.iteration == total))
         .collect();
+    let kept: std::collections::HashSet<u64> = t.history.iter().map(|r| r.iteration).collect();
+    t.eval_timing.retain(|e| kept.contains(&e.iteration));
     Ok(t)
 }
