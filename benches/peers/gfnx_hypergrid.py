@@ -107,13 +107,17 @@ def config_dict(args):
 
 
 def limit_threads(threads):
-    """Thread settings; must run before jax is imported."""
-    flags = os.environ.get("XLA_FLAGS", "")
+    """Thread settings; must run before jax is imported.
+
+    The XLA flags alone do not make jaxlib 0.5.3 single-threaded: its CPU client
+    still runs large dots and loops on an intra-op pool of one thread per CPU.
+    PJRT_NPROC sets the size of that pool (xla/pjrt DefaultThreadPoolSize).
+    """
     if threads == 1:
+        flags = os.environ.get("XLA_FLAGS", "")
         flags += " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-    else:
-        flags += f" intra_op_parallelism_threads={threads}"
-    os.environ["XLA_FLAGS"] = flags.strip()
+        os.environ["XLA_FLAGS"] = flags.strip()
+    os.environ["PJRT_NPROC"] = str(threads)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")

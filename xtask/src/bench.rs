@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::report;
 use crate::runner::{self, Job, Layout, PeerEnv, RssProbe};
-use crate::suite::{Metric, RunSpec, Suite, SuiteOptions};
+use crate::suite::{Metric, Output, PeerSpec, RunSpec, Suite, SuiteOptions};
 use crate::sysinfo::{self, Git, Machine, Utc};
 
 /// Everything `cargo xtask bench` was asked to do.
@@ -19,8 +19,8 @@ pub struct BenchRequest {
     pub suite: String,
     /// Suite options.
     pub options: SuiteOptions,
-    /// Peer to compare with (`--vs`).
-    pub vs: Option<String>,
+    /// Peers to compare with (`--vs`), in the order their runs follow ours.
+    pub vs: Vec<String>,
     /// The command line, as typed (`cargo xtask bench hypergrid --quick`).
     pub command: String,
 }
@@ -46,10 +46,27 @@ pub struct RunRecord {
     pub process_wall_seconds: Option<f64>,
     /// Peak resident memory (MiB).
     pub peak_rss_mb: Option<f64>,
-    /// The run's `summary.json`.
+    /// The run's `summary.json` (or the JSON line a `gfn speed` run printed).
     pub summary: Option<Value>,
-    /// The peer's counterpart run.
-    pub peer: Option<PeerRecord>,
+    /// Quality against trajectories and training seconds, one point per evaluation.
+    pub curve: Vec<CurvePoint>,
+    /// The peers' counterpart runs, in `--vs` order.
+    pub peers: Vec<PeerRecord>,
+}
+
+/// One evaluation of a training run.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CurvePoint {
+    /// Iterations completed.
+    pub iteration: u64,
+    /// Trajectories sampled so far.
+    pub trajectories: f64,
+    /// Training seconds so far (evaluations excluded; a peer's compile time included).
+    pub seconds: f64,
+    /// Exact L1 = Σ|P_T − p*|.
+    pub l1_sum: Option<f64>,
+    /// Exact TV = L1/2.
+    pub tv: Option<f64>,
 }
 
 /// A peer library's run.
@@ -69,6 +86,8 @@ pub struct PeerRecord {
     pub peak_rss_mb: Option<f64>,
     /// The driver's JSON line.
     pub output: Option<Value>,
+    /// Quality curve from the driver's evaluations.
+    pub curve: Vec<CurvePoint>,
 }
 
 /// Whether the requested peer could be used.
@@ -96,8 +115,8 @@ pub struct Versions {
     pub rustc: Option<String>,
     /// `cargo --version`.
     pub cargo: Option<String>,
-    /// The peer's `versions` object (from its first successful run).
-    pub peer: Option<Value>,
+    /// Each peer's `versions` object (from its first successful run).
+    pub peers: std::collections::BTreeMap<String, Value>,
 }
 
 /// The state of a suite's execution, written to `results.json`.
@@ -119,8 +138,8 @@ pub struct Session {
     pub git: Git,
     /// How peak memory was measured.
     pub rss_method: String,
-    /// The peer, when comparing.
-    pub peer: Option<PeerStatus>,
+    /// The peers, when comparing.
+    pub peers: Vec<PeerStatus>,
     /// Finished runs.
     pub runs: Vec<RunRecord>,
 }
@@ -200,33 +219,34 @@ pub fn run(request: BenchRequest, suite: Suite) -> Result<(PathBuf, bool)> {
     });
     let probe = RssProbe::detect(&runs_dir);
 
-    let peer_spec = request
-        .vs
-        .as_deref()
-        .and_then(|v| suite.peers.iter().find(|p| p.name == v));
-    let mut peer_env: Option<PeerEnv> = None;
-    let peer_status = peer_spec.map(|spec| match runner::prepare_peer(&layout, spec) {
-        Ok(env) => {
-            eprintln!("peer {}: {}", spec.name, env.python.display());
-            let status = PeerStatus {
-                name: spec.name.into(),
-                available: true,
-                reason: None,
-                python: Some(env.python.display().to_string()),
-            };
-            peer_env = Some(env);
-            status
-        }
-        Err(reason) => {
-            eprintln!("peer {} unavailable ({reason}): running our suite alone", spec.name);
-            PeerStatus {
-                name: spec.name.into(),
-                available: false,
-                reason: Some(reason),
-                python: None,
+    let mut peer_envs: Vec<(&PeerSpec, PeerEnv)> = Vec::new();
+    let mut peer_statuses = Vec::new();
+    for name in &request.vs {
+        let Some(spec) = suite.peers.iter().find(|p| p.name == name) else {
+            continue;
+        };
+        match runner::prepare_peer(&layout, spec) {
+            Ok(env) => {
+                eprintln!("peer {}: {}", spec.name, env.python.display());
+                peer_statuses.push(PeerStatus {
+                    name: spec.name.into(),
+                    available: true,
+                    reason: None,
+                    python: Some(env.python.display().to_string()),
+                });
+                peer_envs.push((spec, env));
+            }
+            Err(reason) => {
+                eprintln!("peer {} unavailable ({reason}): running without it", spec.name);
+                peer_statuses.push(PeerStatus {
+                    name: spec.name.into(),
+                    available: false,
+                    reason: Some(reason),
+                    python: None,
+                });
             }
         }
-    });
+    }
 
     let gfn_str = gfn.display().to_string();
     let mut session = Session {
@@ -238,12 +258,12 @@ pub fn run(request: BenchRequest, suite: Suite) -> Result<(PathBuf, bool)> {
             gfn_binary,
             rustc: sysinfo::command_line(&layout.root, "rustc", &["--version"]),
             cargo: sysinfo::command_line(&layout.root, "cargo", &["--version"]),
-            peer: None,
+            peers: Default::default(),
         },
         machine: Machine::detect(),
         git: Git::detect(&layout.root),
         rss_method: probe.describe().into(),
-        peer: peer_status,
+        peers: peer_statuses,
         runs: Vec::new(),
         request,
     };
@@ -252,9 +272,11 @@ pub fn run(request: BenchRequest, suite: Suite) -> Result<(PathBuf, bool)> {
     eprintln!(
         "bench {}: {total} runs{}, results in {}",
         suite.name,
-        match (&peer_env, peer_spec) {
-            (Some(_), Some(p)) => format!(", each followed by {}", p.name),
-            _ => String::new(),
+        if peer_envs.is_empty() {
+            String::new()
+        } else {
+            let names: Vec<&str> = peer_envs.iter().map(|(p, _)| p.name).collect();
+            format!(", each followed by {}", names.join(", "))
         },
         dir.display()
     );
@@ -275,14 +297,19 @@ pub fn run(request: BenchRequest, suite: Suite) -> Result<(PathBuf, bool)> {
             eprintln!("{tag} gfn FAILED: {}", record.error.as_deref().unwrap_or("?"));
         }
         let mut record = record;
-        if let (Some(penv), Some(pspec)) = (&peer_env, peer_spec)
-            && !spec.peer_args.is_empty()
-        {
-            let prec = run_peer(penv, pspec.name, &layout, &runs_dir, spec, &env, &probe);
+        for (pspec, penv) in &peer_envs {
+            if spec.peer_args.is_empty() {
+                continue;
+            }
+            let prec = run_peer(penv, pspec, &layout, &runs_dir, spec, &env, &probe);
             let prec_json = serde_json::to_value(&prec)?;
             if prec.ok {
-                if session.versions.peer.is_none() {
-                    session.versions.peer = prec.output.as_ref().and_then(|o| o.get("versions")).cloned();
+                if let Some(v) = prec.output.as_ref().and_then(|o| o.get("versions")) {
+                    session
+                        .versions
+                        .peers
+                        .entry(pspec.name.to_string())
+                        .or_insert_with(|| v.clone());
                 }
                 let ratio = match (
                     (pspec.ms_per_iteration)(&prec_json),
@@ -308,7 +335,7 @@ pub fn run(request: BenchRequest, suite: Suite) -> Result<(PathBuf, bool)> {
                 all_ok = false;
                 eprintln!("{tag} {} FAILED: {}", pspec.name, prec.error.as_deref().unwrap_or("?"));
             }
-            record.peer = Some(prec);
+            record.peers.push(prec);
         }
         session.runs.push(record);
         // Rewritten after every run: an interrupted suite still leaves its figures.
@@ -334,7 +361,9 @@ fn run_ours(
     let out = runs_dir.join(&spec.name);
     let log = runs_dir.join(format!("{}.log", spec.name));
     let mut args = spec.gfn_args.clone();
-    args.extend(["--out".to_string(), out.display().to_string()]);
+    if matches!(spec.output, Output::RunDir) {
+        args.extend(["--out".to_string(), out.display().to_string()]);
+    }
     let mut command = vec![shown.display().to_string()];
     command.extend(args.iter().cloned());
     let mut record = RunRecord {
@@ -348,7 +377,8 @@ fn run_ours(
         process_wall_seconds: None,
         peak_rss_mb: None,
         summary: None,
-        peer: None,
+        curve: Vec::new(),
+        peers: Vec::new(),
     };
     let job = Job {
         program: gfn,
@@ -365,6 +395,14 @@ fn run_ours(
             record.peak_rss_mb = done.peak_rss_mb;
             if !done.status.success() {
                 record.error = Some(format!("{}: {}", done.status, runner::log_tail(&log, 3)));
+            } else if matches!(spec.output, Output::Stdout) {
+                match last_json_line(&log) {
+                    Some(v) => {
+                        record.summary = Some(v);
+                        record.ok = true;
+                    }
+                    None => record.error = Some(format!("no JSON line on stdout ({})", log.display())),
+                }
             } else {
                 let path = out.join("summary.json");
                 match std::fs::read_to_string(&path)
@@ -373,6 +411,7 @@ fn run_ours(
                 {
                     Ok(v) => {
                         record.summary = Some(v);
+                        record.curve = our_curve(&out);
                         record.ok = true;
                     }
                     Err(e) => record.error = Some(format!("cannot read {}: {e}", path.display())),
@@ -386,17 +425,19 @@ fn run_ours(
 /// Makes the peer's counterpart of one run.
 fn run_peer(
     penv: &PeerEnv,
-    name: &str,
+    pspec: &PeerSpec,
     layout: &Layout,
     runs_dir: &Path,
     spec: &RunSpec,
     env: &[(String, String)],
     probe: &RssProbe,
 ) -> PeerRecord {
+    let name = pspec.name;
     let stdout = runs_dir.join(format!("{}.{name}.json", spec.name));
     let stderr = runs_dir.join(format!("{}.{name}.log", spec.name));
     let mut args = vec![penv.driver.display().to_string()];
     args.extend(spec.peer_args.iter().cloned());
+    args.extend(pspec.extra_args.iter().map(|a| a.to_string()));
     let mut command = vec![penv.python.display().to_string()];
     command.extend(args.iter().cloned());
     let mut record = PeerRecord {
@@ -407,6 +448,7 @@ fn run_peer(
         process_wall_seconds: None,
         peak_rss_mb: None,
         output: None,
+        curve: Vec::new(),
     };
     let job = Job {
         program: &penv.python,
@@ -424,17 +466,79 @@ fn run_peer(
             if !done.status.success() {
                 record.error = Some(format!("{}: {}", done.status, runner::log_tail(&stderr, 3)));
             } else {
-                let text = std::fs::read_to_string(&stdout).unwrap_or_default();
-                let line = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
-                match serde_json::from_str::<Value>(line) {
-                    Ok(v) if v.is_object() => {
+                match last_json_line(&stdout) {
+                    Some(v) => {
+                        record.curve = peer_curve(&v);
                         record.output = Some(v);
                         record.ok = true;
                     }
-                    _ => record.error = Some(format!("no JSON line on stdout ({})", stdout.display())),
+                    None => record.error = Some(format!("no JSON line on stdout ({})", stdout.display())),
                 }
             }
         }
     }
     record
+}
+
+/// The last non-empty line of a file, parsed as a JSON object.
+fn last_json_line(path: &Path) -> Option<Value> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
+    serde_json::from_str::<Value>(line).ok().filter(Value::is_object)
+}
+
+/// Our run's curve: `metrics.jsonl` joined with the training seconds of `timing.json`.
+fn our_curve(run: &Path) -> Vec<CurvePoint> {
+    let timing: Value = std::fs::read_to_string(run.join("timing.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null);
+    let seconds_at = |it: u64| {
+        timing["evals"].as_array().and_then(|a| {
+            a.iter()
+                .find(|e| e["iteration"].as_u64() == Some(it))
+                .and_then(|e| e["wall_seconds"].as_f64())
+        })
+    };
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| {
+            let iteration = v["iteration"].as_u64()?;
+            Some(CurvePoint {
+                iteration,
+                trajectories: v["trajectories"].as_f64()?,
+                seconds: seconds_at(iteration).unwrap_or(f64::NAN),
+                l1_sum: v.pointer("/exact/l1_sum").and_then(Value::as_f64),
+                tv: v.pointer("/exact/tv").and_then(Value::as_f64),
+            })
+        })
+        .collect()
+}
+
+/// A peer's curve from its driver's `evals`; its compile time counts as training time.
+fn peer_curve(output: &Value) -> Vec<CurvePoint> {
+    let batch = output
+        .pointer("/config/batch_size")
+        .and_then(Value::as_f64)
+        .unwrap_or(f64::NAN);
+    let compile = output["compile_seconds"].as_f64().unwrap_or(0.0);
+    output["evals"]
+        .as_array()
+        .map(|evals| {
+            evals
+                .iter()
+                .filter_map(|e| {
+                    let iteration = e["iteration"].as_u64()?;
+                    Some(CurvePoint {
+                        iteration,
+                        trajectories: iteration as f64 * batch,
+                        seconds: e["wall_seconds"].as_f64().map_or(f64::NAN, |w| w + compile),
+                        l1_sum: e["l1_sum"].as_f64(),
+                        tv: e["tv"].as_f64(),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }

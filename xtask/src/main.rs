@@ -7,10 +7,15 @@
 //! `target/bench/<suite>/latest` at it. See `xtask/README.md`.
 
 mod bench;
+mod curves;
+mod plot;
 mod report;
+mod results;
 mod runner;
+mod subtb;
 mod suite;
 mod sysinfo;
+mod throughput;
 
 use std::process::ExitCode;
 
@@ -28,6 +33,9 @@ struct Cli {
 enum Command {
     /// Run a benchmark suite and write target/bench/<suite>/<timestamp>/results.{json,md}.
     Bench(BenchArgs),
+    /// Regenerate the generated sections of docs/RESULTS.md and README.md (and copy the plots to
+    /// docs/results/) from the latest run of every suite.
+    Results,
 }
 
 #[derive(Args, Debug)]
@@ -40,9 +48,13 @@ struct BenchArgs {
     /// Seeds per configuration (seeds 0..N; default 3, or 1 with --quick).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     seeds: Option<u32>,
-    /// Also run a peer library on every configuration, interleaved with ours: torchgfn.
-    #[arg(long, value_name = "PEER")]
-    vs: Option<String>,
+    /// Also run peer libraries on every configuration, interleaved with ours (A B C A B C …):
+    /// a comma-separated list of torchgfn, gfnx.
+    #[arg(long, value_name = "PEER[,PEER]", value_delimiter = ',')]
+    vs: Vec<String>,
+    /// Only the runs whose name contains this text (e.g. `4x8-tb`).
+    #[arg(long, value_name = "TEXT")]
+    filter: Option<String>,
     /// Intra-op threads of every run (ours and the peer's).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     threads: u32,
@@ -91,6 +103,13 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Bench(args) => bench_cmd(args),
+        Command::Results => match results::regenerate() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -104,10 +123,14 @@ fn bench_cmd(args: BenchArgs) -> ExitCode {
         seeds: args.seeds,
         threads: args.threads,
     };
-    let suite = (def.build)(&options);
-    if let Some(vs) = &args.vs
-        && !suite.peers.iter().any(|p| p.name == vs)
-    {
+    let mut suite = (def.build)(&options);
+    if let Some(text) = &args.filter {
+        suite.runs.retain(|r| r.name.contains(text.as_str()));
+        if suite.runs.is_empty() {
+            return usage_error(&format!("--filter {text} matches no run of suite {}", suite.name));
+        }
+    }
+    if let Some(vs) = args.vs.iter().find(|vs| !suite.peers.iter().any(|p| &p.name == vs)) {
         let known: Vec<&str> = suite.peers.iter().map(|p| p.name).collect();
         return usage_error(&format!(
             "unknown peer '{vs}' for suite {} (known: {})",

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::bench::{RunRecord, Session};
-use crate::suite::{Agg, Metric, Suite};
+use crate::suite::{Agg, Metric, PeerSpec, Suite};
 
 /// Summary statistics of one figure over seeds.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -93,14 +93,23 @@ pub struct Aggregate {
     pub ours: BTreeMap<&'static str, Stats>,
     /// Our iterations per second (median over seeds, from the median ms/iteration).
     pub ours_iterations_per_second: Option<f64>,
+    /// Each available peer's figures, in `--vs` order.
+    pub peers: Vec<PeerAggregate>,
+}
+
+/// A peer's figures for one configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerAggregate {
+    /// Peer name.
+    pub name: String,
     /// Peer runs that succeeded.
-    pub peer_ok: usize,
+    pub ok: usize,
     /// The peer's figures, by metric key.
-    pub peer: BTreeMap<&'static str, Stats>,
+    pub figures: BTreeMap<&'static str, Stats>,
     /// The peer's milliseconds per iteration.
-    pub peer_ms_per_iteration: Option<Stats>,
+    pub ms_per_iteration: Option<Stats>,
     /// The peer's iterations per second (from its median ms/iteration).
-    pub peer_iterations_per_second: Option<f64>,
+    pub iterations_per_second: Option<f64>,
     /// Our speed over the peer's: peer ms/iteration ÷ ours (medians); > 1 means we are faster.
     pub speed_ratio: Option<f64>,
 }
@@ -110,13 +119,19 @@ fn stats_of(metric_value: fn(&Value) -> Option<f64>, records: &[Value]) -> Optio
     Stats::of(&v)
 }
 
+/// The suite's peers that were available in this session, in `--vs` order.
+pub fn available_peers<'a>(suite: &'a Suite, session: &Session) -> Vec<&'a PeerSpec> {
+    session
+        .peers
+        .iter()
+        .filter(|p| p.available)
+        .filter_map(|p| suite.peers.iter().find(|s| s.name == p.name))
+        .collect()
+}
+
 /// Groups the finished runs by (group, row), in plan order, and summarises them.
 pub fn aggregates(suite: &Suite, session: &Session) -> Vec<Aggregate> {
-    let peer_spec = session
-        .peer
-        .as_ref()
-        .filter(|p| p.available)
-        .and_then(|p| suite.peers.iter().find(|s| s.name == p.name));
+    let peer_specs = available_peers(suite, session);
     let mut keys: Vec<(String, String)> = Vec::new();
     for r in &suite.runs {
         let k = (r.group.clone(), r.row.clone());
@@ -139,12 +154,6 @@ pub fn aggregates(suite: &Suite, session: &Session) -> Vec<Aggregate> {
             .filter(|r| r.ok)
             .filter_map(|r| serde_json::to_value(r).ok())
             .collect();
-        let peers: Vec<Value> = records
-            .iter()
-            .filter_map(|r| r.peer.as_ref())
-            .filter(|p| p.ok)
-            .filter_map(|p| serde_json::to_value(p).ok())
-            .collect();
         let mut agg = Aggregate {
             group: group.clone(),
             row: row.clone(),
@@ -152,11 +161,7 @@ pub fn aggregates(suite: &Suite, session: &Session) -> Vec<Aggregate> {
             ok: ours.len(),
             ours: BTreeMap::new(),
             ours_iterations_per_second: None,
-            peer_ok: peers.len(),
-            peer: BTreeMap::new(),
-            peer_ms_per_iteration: None,
-            peer_iterations_per_second: None,
-            speed_ratio: None,
+            peers: Vec::new(),
         };
         for m in &suite.metrics {
             if let Some(s) = stats_of(m.value, &ours) {
@@ -165,17 +170,31 @@ pub fn aggregates(suite: &Suite, session: &Session) -> Vec<Aggregate> {
         }
         let our_ms = stats_of(suite.ms_per_iteration, &ours);
         agg.ours_iterations_per_second = our_ms.map(|s| 1000.0 / s.median);
-        if let Some(ps) = peer_spec {
+        for ps in &peer_specs {
+            let runs: Vec<Value> = records
+                .iter()
+                .flat_map(|r| r.peers.iter())
+                .filter(|p| p.ok && p.name == ps.name)
+                .filter_map(|p| serde_json::to_value(p).ok())
+                .collect();
+            let mut pa = PeerAggregate {
+                name: ps.name.to_string(),
+                ok: runs.len(),
+                figures: BTreeMap::new(),
+                ms_per_iteration: stats_of(ps.ms_per_iteration, &runs),
+                iterations_per_second: None,
+                speed_ratio: None,
+            };
             for m in &ps.metrics {
-                if let Some(s) = stats_of(m.value, &peers) {
-                    agg.peer.insert(m.key, s);
+                if let Some(s) = stats_of(m.value, &runs) {
+                    pa.figures.insert(m.key, s);
                 }
             }
-            agg.peer_ms_per_iteration = stats_of(ps.ms_per_iteration, &peers);
-            agg.peer_iterations_per_second = agg.peer_ms_per_iteration.map(|s| 1000.0 / s.median);
-            if let (Some(o), Some(p)) = (our_ms, agg.peer_ms_per_iteration) {
-                agg.speed_ratio = Some(p.median / o.median);
+            pa.iterations_per_second = pa.ms_per_iteration.map(|s| 1000.0 / s.median);
+            if let (Some(o), Some(p)) = (our_ms, pa.ms_per_iteration) {
+                pa.speed_ratio = Some(p.median / o.median);
             }
+            agg.peers.push(pa);
         }
         out.push(agg);
     }
@@ -203,7 +222,14 @@ pub fn write(dir: &Path, suite: &Suite, session: &Session, complete: bool) -> Re
     };
     let json = serde_json::to_string_pretty(&file)? + "\n";
     write_atomic(&dir.join("results.json"), &json)?;
-    write_atomic(&dir.join("results.md"), &markdown(suite, session, &aggs, complete))?;
+    let mut md = markdown(suite, session, &aggs, complete);
+    if complete && let Some(extra) = suite.extra {
+        match extra(session, &aggs, dir) {
+            Ok(text) => md.push_str(&text),
+            Err(e) => md.push_str(&format!("\nPlots failed: {e:#}\n")),
+        }
+    }
+    write_atomic(&dir.join("results.md"), &md)?;
     Ok(())
 }
 
@@ -236,8 +262,7 @@ fn peer_versions(v: &Value) -> String {
 
 /// `results.md`.
 pub fn markdown(suite: &Suite, session: &Session, aggs: &[Aggregate], complete: bool) -> String {
-    let peer = session.peer.as_ref().filter(|p| p.available);
-    let peer_spec = peer.and_then(|p| suite.peers.iter().find(|s| s.name == p.name));
+    let peer_specs = available_peers(suite, session);
     let mut md = String::new();
     md.push_str(&format!("# Benchmark: {}\n\n", suite.name));
     if !complete {
@@ -258,19 +283,17 @@ pub fn markdown(suite: &Suite, session: &Session, aggs: &[Aggregate], complete: 
         ),
         v.rustc.clone().unwrap_or_else(|| "rustc (unknown)".into()),
     ];
-    if let Some(pv) = &v.peer {
-        facts.push(format!("peer: {}", peer_versions(pv)));
+    for (name, pv) in &v.peers {
+        facts.push(format!("{name}: {}", peer_versions(pv)));
     }
     facts.push(format!("machine: {}", session.machine.line()));
     let t = session.request.options.threads;
     facts.push(format!("{t} thread{} per run", if t == 1 { "" } else { "s" }));
     md.push_str(&facts.join(" · "));
     md.push_str("\n\n");
-    if let Some(p) = &session.peer
-        && !p.available
-    {
+    for p in session.peers.iter().filter(|p| !p.available) {
         md.push_str(&format!(
-            "Peer {} unavailable ({}): our suite alone.\n\n",
+            "Peer {} unavailable ({}): the suite ran without it.\n\n",
             p.name,
             p.reason.as_deref().unwrap_or("?")
         ));
@@ -286,10 +309,10 @@ pub fn markdown(suite: &Suite, session: &Session, aggs: &[Aggregate], complete: 
         md.push_str(&format!("## {group}\n\n"));
         let mut header = vec![suite.row_header.to_string(), "seeds".into()];
         header.extend(suite.metrics.iter().map(|m| m.header.to_string()));
-        if let Some(ps) = peer_spec {
+        for ps in &peer_specs {
             header.push(format!("{} ms/iteration (median)", ps.name));
             header.push(format!("speed ratio (ours/{})", ps.name));
-            header.extend(ps.metrics.iter().map(|m| m.header.to_string()));
+            header.extend(ps.metrics.iter().map(|m| format!("{} {}", ps.name, m.header)));
         }
         md.push_str(&row(&header));
         md.push('\n');
@@ -305,13 +328,21 @@ pub fn markdown(suite: &Suite, session: &Session, aggs: &[Aggregate], complete: 
             };
             let mut cells = vec![a.row.clone(), seeds];
             cells.extend(suite.metrics.iter().map(|m| cell(a.ours.get(m.key), m)));
-            if let Some(ps) = peer_spec {
+            for ps in &peer_specs {
+                let pa = a.peers.iter().find(|p| p.name == ps.name);
                 cells.push(
-                    a.peer_ms_per_iteration
+                    pa.and_then(|p| p.ms_per_iteration)
                         .map_or_else(|| "—".into(), |s| fmt_num(s.median, 2)),
                 );
-                cells.push(a.speed_ratio.map_or_else(|| "—".into(), |r| format!("{r:.2}×")));
-                cells.extend(ps.metrics.iter().map(|m| cell(a.peer.get(m.key), m)));
+                cells.push(
+                    pa.and_then(|p| p.speed_ratio)
+                        .map_or_else(|| "—".into(), |r| format!("{r:.2}×")),
+                );
+                cells.extend(
+                    ps.metrics
+                        .iter()
+                        .map(|m| cell(pa.and_then(|p| p.figures.get(m.key)), m)),
+                );
             }
             md.push_str(&row(&cells));
             md.push('\n');
@@ -326,11 +357,12 @@ pub fn markdown(suite: &Suite, session: &Session, aggs: &[Aggregate], complete: 
          Peak RSS: the largest over seeds",
     );
     md.push_str(&format!(" ({}).", session.rss_method));
-    if let Some(ps) = peer_spec {
+    if !peer_specs.is_empty() {
+        let names: Vec<&str> = peer_specs.iter().map(|p| p.name).collect();
         md.push_str(&format!(
-            " Speed ratio: {0} ms/iteration ÷ ours (> 1: ours is faster); each of our runs was \
-             followed by the {0} run of the same configuration and seed.",
-            ps.name
+            " Speed ratio: the peer's ms/iteration ÷ ours (> 1: ours is faster); each of our runs was \
+             followed by the {} run of the same configuration and seed, one after the other (A B C A B C …).",
+            names.join(" and ")
         ));
     }
     md.push('\n');
@@ -343,7 +375,7 @@ pub fn markdown(suite: &Suite, session: &Session, aggs: &[Aggregate], complete: 
             if !r.ok {
                 f.push(format!("- {} (gfn): {}", r.name, r.error.as_deref().unwrap_or("?")));
             }
-            if let Some(p) = r.peer.as_ref().filter(|p| !p.ok) {
+            for p in r.peers.iter().filter(|p| !p.ok) {
                 f.push(format!(
                     "- {} ({}): {}",
                     r.name,

@@ -26,10 +26,20 @@ pub struct SuiteDef {
 }
 
 /// Every suite `cargo xtask bench` knows.
-pub const SUITES: &[SuiteDef] = &[SuiteDef {
-    name: "hypergrid",
-    build: hypergrid,
-}];
+pub const SUITES: &[SuiteDef] = &[
+    SuiteDef {
+        name: "hypergrid",
+        build: hypergrid,
+    },
+    SuiteDef {
+        name: "throughput",
+        build: crate::throughput::throughput,
+    },
+    SuiteDef {
+        name: "subtb",
+        build: crate::subtb::subtb,
+    },
+];
 
 /// Looks a suite up by name.
 pub fn find(name: &str) -> Option<&'static SuiteDef> {
@@ -50,6 +60,8 @@ pub struct Suite {
     pub ms_per_iteration: Extract,
     /// Peers this suite can be compared with (`--vs <name>`).
     pub peers: Vec<PeerSpec>,
+    /// Plots and extra tables.
+    pub extra: Option<Extra>,
 }
 
 /// One run of `gfn` (and its counterpart with a peer library, if any).
@@ -67,7 +79,22 @@ pub struct RunSpec {
     pub gfn_args: Vec<String>,
     /// Arguments of the peer driver (after the script path); empty = no peer counterpart.
     pub peer_args: Vec<String>,
+    /// Where the run's figures come from.
+    pub output: Output,
 }
+
+/// Where a run's figures come from.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub enum Output {
+    /// `gfn train --out DIR`: `DIR/summary.json`, `metrics.jsonl`, `timing.json`.
+    RunDir,
+    /// A JSON line on stdout (`gfn speed ...`).
+    Stdout,
+}
+
+/// Extra output of a suite after its tables: plots written into the results directory and
+/// the markdown that shows them.
+pub type Extra = fn(&crate::bench::Session, &[crate::report::Aggregate], &std::path::Path) -> anyhow::Result<String>;
 
 /// Reads one figure out of a run record (`{"summary": ..., "peak_rss_mb": ...}` for ours,
 /// `{"output": ..., "peak_rss_mb": ...}` for a peer).
@@ -114,6 +141,8 @@ pub struct PeerSpec {
     pub venv: &'static str,
     /// Python statement that must succeed in a usable environment.
     pub check: &'static str,
+    /// Arguments appended to every run of the driver.
+    pub extra_args: Vec<&'static str>,
     /// The peer's milliseconds per iteration.
     pub ms_per_iteration: Extract,
     /// Figures of the peer's runs shown in the tables (after the speed ratio).
@@ -125,9 +154,194 @@ pub fn num(v: &Value, pointer: &str) -> Option<f64> {
     v.pointer(pointer).and_then(Value::as_f64)
 }
 
-/// Decimal string of a float without a trailing `.0` noise problem (`0.1` → `0.1`).
-fn f(x: f64) -> String {
+/// Decimal string of a float (`0.1` → `0.1`, `0.0001` → `0.0001`).
+pub fn f(x: f64) -> String {
     format!("{x}")
+}
+
+/// A hypergrid training configuration, shared by both sides of a comparison so the two recipes
+/// cannot drift apart. Defaults: the trajectory-balance paper's recipe (`reference/baselines.md`).
+#[derive(Debug, Clone)]
+pub struct Recipe {
+    /// d.
+    pub ndim: u32,
+    /// H.
+    pub height: u32,
+    /// R0, R1, R2.
+    pub rewards: (f64, f64, f64),
+    /// fm, db, tb, subtb.
+    pub loss: &'static str,
+    /// SubTB λ.
+    pub lambda: f64,
+    /// Trajectories per iteration.
+    pub batch: u32,
+    /// Iterations.
+    pub iterations: u32,
+    /// Seed.
+    pub seed: u64,
+    /// Adam learning rates (networks, log Z).
+    pub lr: (f64, f64),
+    /// Hidden width and number of hidden layers.
+    pub hidden: u32,
+    /// Number of hidden layers.
+    pub layers: u32,
+    /// Evaluate every this many iterations.
+    pub eval_every: u32,
+    /// Intra-op threads.
+    pub threads: u32,
+}
+
+impl Recipe {
+    /// The recipe with the given grid, loss and length, everything else the paper's.
+    pub fn new(ndim: u32, height: u32, loss: &'static str, iterations: u32, seed: u64, threads: u32) -> Self {
+        Recipe {
+            ndim,
+            height,
+            rewards: (0.1, 0.5, 2.0),
+            loss,
+            lambda: 0.9,
+            batch: 16,
+            iterations,
+            seed,
+            lr: (1e-3, 0.1),
+            hidden: 256,
+            layers: 2,
+            eval_every: 100,
+            threads,
+        }
+    }
+
+    /// Flags understood by `gfn train` and by the peer drivers alike.
+    pub fn args(&self) -> Vec<String> {
+        let mut a: Vec<String> = vec![
+            "--ndim".into(),
+            self.ndim.to_string(),
+            "--height".into(),
+            self.height.to_string(),
+            "--r0".into(),
+            f(self.rewards.0),
+            "--r1".into(),
+            f(self.rewards.1),
+            "--r2".into(),
+            f(self.rewards.2),
+            "--loss".into(),
+            self.loss.into(),
+        ];
+        if self.loss == "subtb" {
+            a.extend(["--lambda".into(), f(self.lambda)]);
+        }
+        a.extend([
+            "--batch-size".into(),
+            self.batch.to_string(),
+            "--iterations".into(),
+            self.iterations.to_string(),
+            "--seed".into(),
+            self.seed.to_string(),
+            "--lr".into(),
+            f(self.lr.0),
+            "--lr-logz".into(),
+            f(self.lr.1),
+            "--hidden".into(),
+            self.hidden.to_string(),
+            "--layers".into(),
+            self.layers.to_string(),
+            "--eval-every".into(),
+            self.eval_every.to_string(),
+            "--threads".into(),
+            self.threads.to_string(),
+        ]);
+        a
+    }
+
+    /// A `gfn train` run of this recipe (and the same for every peer).
+    pub fn run(&self, name: String, group: &str, row: &str) -> RunSpec {
+        let common = self.args();
+        let mut gfn_args: Vec<String> = vec!["train".into(), "--env".into(), "hypergrid".into()];
+        gfn_args.extend(common.iter().cloned());
+        RunSpec {
+            name,
+            group: group.into(),
+            row: row.into(),
+            seed: self.seed,
+            gfn_args,
+            peer_args: common,
+            output: Output::RunDir,
+        }
+    }
+}
+
+/// The peers of the hypergrid suites: torchgfn 2.4.1 and gfnx 0.0.1 drivers in `benches/peers/`.
+pub fn hypergrid_peers(metrics: fn() -> Vec<Metric>) -> Vec<PeerSpec> {
+    vec![
+        PeerSpec {
+            name: "torchgfn",
+            driver: "benches/peers/torchgfn_hypergrid.py",
+            requirements: "benches/peers/requirements-torchgfn.txt",
+            venv: "peers/torchgfn-venv",
+            check: "import gfn, torch",
+            extra_args: Vec::new(),
+            ms_per_iteration: peer_ms_per_iteration,
+            metrics: metrics(),
+        },
+        PeerSpec {
+            name: "gfnx",
+            driver: "benches/peers/gfnx_hypergrid.py",
+            requirements: "benches/peers/requirements-gfnx.txt",
+            venv: "peers/gfnx-venv",
+            check: "import gfnx, jax",
+            extra_args: Vec::new(),
+            ms_per_iteration: peer_ms_per_iteration,
+            metrics: metrics(),
+        },
+    ]
+}
+
+/// A peer's steady-state milliseconds per iteration (a sampling run: per round).
+pub fn peer_ms_per_iteration(r: &Value) -> Option<f64> {
+    num(r, "/output/ms_per_iteration").or_else(|| {
+        let wall = num(r, "/output/wall_seconds")?;
+        let rounds = num(r, "/output/rounds")?;
+        (rounds > 0.0).then(|| 1000.0 * wall / rounds)
+    })
+}
+
+/// Peer figures of the hypergrid suite.
+fn hypergrid_peer_metrics() -> Vec<Metric> {
+    vec![
+        Metric {
+            header: "L1 (last 5 evals)",
+            key: "exact_l1_last5",
+            short: "L1(last5)",
+            value: |r| num(r, "/output/quality_l1_sum_last5"),
+            agg: Agg::MeanStd,
+            digits: 4,
+        },
+        Metric {
+            header: "s to L1 ≤ 0.1 (median)",
+            key: "seconds_to_l1_0.1",
+            short: "s→0.1",
+            value: |r| crate::curves::seconds_to_l1(r, 0.1),
+            agg: Agg::Median,
+            digits: 1,
+        },
+        Metric {
+            header: "compile s",
+            key: "compile_seconds",
+            short: "compile s",
+            value: |r| num(r, "/output/compile_seconds"),
+            agg: Agg::Median,
+            digits: 1,
+        },
+        Metric {
+            header: "peak RSS MB",
+            key: "peak_rss_mb",
+            short: "RSS MB",
+            // Measured the same way as ours; the driver's own figure otherwise.
+            value: |r| num(r, "/peak_rss_mb").or_else(|| num(r, "/output/peak_rss_mb")),
+            agg: Agg::Max,
+            digits: 0,
+        },
+    ]
 }
 
 /// The hypergrid suite: TB / DB / SubTB(0.9) / FM on 2×8 (4,000 iterations) and 4×8
@@ -136,69 +350,15 @@ fn f(x: f64) -> String {
 /// (about 2 minutes for our side).
 pub fn hypergrid(opts: &SuiteOptions) -> Suite {
     const HEIGHT: u32 = 8;
-    const BATCH: u32 = 16;
-    const EVAL_EVERY: u32 = 100;
-    const LAMBDA: f64 = 0.9;
-    let (r0, r1, r2) = (0.1, 0.5, 2.0);
-    let (lr, lr_logz, hidden, layers) = (1e-3, 0.1, 256, 2);
     let losses = ["tb", "db", "subtb", "fm"];
     let seeds = opts.seeds.unwrap_or(if opts.quick { 1 } else { 3 });
-    let configs: [(u32, u32, &[&str]); 2] = [(2, 4000, &losses), (4, 10000, &losses)];
-    let threads = opts.threads.to_string();
-
     let mut runs = Vec::new();
-    for (ndim, iterations, losses) in configs {
-        let group = format!("hypergrid {ndim}×{HEIGHT}, batch {BATCH}, {iterations} iterations");
-        for &loss in losses {
+    for (ndim, iterations) in [(2, 4000), (4, 10000)] {
+        let group = format!("hypergrid {ndim}×{HEIGHT}, batch 16, {iterations} iterations");
+        for loss in losses {
             for seed in 0..u64::from(seeds) {
-                // Shared by both libraries, so the two recipes cannot drift apart.
-                let mut common: Vec<String> = vec![
-                    "--ndim".into(),
-                    ndim.to_string(),
-                    "--height".into(),
-                    HEIGHT.to_string(),
-                    "--r0".into(),
-                    f(r0),
-                    "--r1".into(),
-                    f(r1),
-                    "--r2".into(),
-                    f(r2),
-                    "--loss".into(),
-                    loss.into(),
-                ];
-                if loss == "subtb" {
-                    common.extend(["--lambda".into(), f(LAMBDA)]);
-                }
-                common.extend([
-                    "--batch-size".into(),
-                    BATCH.to_string(),
-                    "--iterations".into(),
-                    iterations.to_string(),
-                    "--seed".into(),
-                    seed.to_string(),
-                    "--lr".into(),
-                    f(lr),
-                    "--lr-logz".into(),
-                    f(lr_logz),
-                    "--hidden".into(),
-                    hidden.to_string(),
-                    "--layers".into(),
-                    layers.to_string(),
-                    "--eval-every".into(),
-                    EVAL_EVERY.to_string(),
-                    "--threads".into(),
-                    threads.clone(),
-                ]);
-                let mut gfn_args: Vec<String> = vec!["train".into(), "--env".into(), "hypergrid".into()];
-                gfn_args.extend(common.iter().cloned());
-                runs.push(RunSpec {
-                    name: format!("{ndim}x{HEIGHT}-{loss}-seed{seed}"),
-                    group: group.clone(),
-                    row: loss.into(),
-                    seed,
-                    gfn_args,
-                    peer_args: common,
-                });
+                let recipe = Recipe::new(ndim, HEIGHT, loss, iterations, seed, opts.threads);
+                runs.push(recipe.run(format!("{ndim}x{HEIGHT}-{loss}-seed{seed}"), &group, loss));
             }
         }
     }
@@ -249,6 +409,14 @@ pub fn hypergrid(opts: &SuiteOptions) -> Suite {
                 digits: 4,
             },
             Metric {
+                header: "s to L1 ≤ 0.1 (median)",
+                key: "seconds_to_l1_0.1",
+                short: "s→0.1",
+                value: |r| crate::curves::seconds_to_l1(r, 0.1),
+                agg: Agg::Median,
+                digits: 1,
+            },
+            Metric {
                 header: "\\|log Ẑ − log Z\\|",
                 key: "log_z_abs_error",
                 short: "|ΔlogZ|",
@@ -274,40 +442,16 @@ pub fn hypergrid(opts: &SuiteOptions) -> Suite {
             },
         ],
         ms_per_iteration: ours_ms_per_iteration,
-        peers: vec![PeerSpec {
-            name: "torchgfn",
-            driver: "benches/peers/torchgfn_hypergrid.py",
-            requirements: "benches/peers/requirements-torchgfn.txt",
-            venv: "peers/torchgfn-venv",
-            check: "import gfn, torch",
-            ms_per_iteration: |r| num(r, "/output/ms_per_iteration"),
-            metrics: vec![
-                Metric {
-                    header: "torchgfn L1 (last 5 evals)",
-                    key: "exact_l1_last5",
-                    short: "L1(last5)",
-                    value: |r| num(r, "/output/quality_l1_sum_last5"),
-                    agg: Agg::MeanStd,
-                    digits: 4,
-                },
-                Metric {
-                    header: "torchgfn peak RSS MB",
-                    key: "peak_rss_mb",
-                    short: "RSS MB",
-                    // Measured the same way as ours; the driver's own figure otherwise.
-                    value: |r| num(r, "/peak_rss_mb").or_else(|| num(r, "/output/peak_rss_mb")),
-                    agg: Agg::Max,
-                    digits: 0,
-                },
-            ],
-        }],
+        peers: hypergrid_peers(hypergrid_peer_metrics),
+        extra: Some(|session, _, dir| crate::curves::quality_plots(session, dir)),
     }
 }
 
-/// Our milliseconds per iteration, from `summary.json` (training time only).
-fn ours_ms_per_iteration(r: &Value) -> Option<f64> {
+/// Our milliseconds per iteration, from `summary.json` (training time only); for a sampling
+/// run (`gfn speed sample`), per round.
+pub fn ours_ms_per_iteration(r: &Value) -> Option<f64> {
     let wall = num(r, "/summary/wall_seconds")?;
-    let it = num(r, "/summary/iterations")?;
+    let it = num(r, "/summary/iterations").or_else(|| num(r, "/summary/rounds"))?;
     (it > 0.0).then(|| 1000.0 * wall / it)
 }
 

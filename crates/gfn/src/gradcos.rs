@@ -97,7 +97,7 @@ pub fn grad_cosines(t: &Trainer, large_batch: usize, repeats: usize) -> Result<G
     let est = &t.estimator;
     let env = t.env.as_ref();
     let small = t.config.batch_size;
-    let seed = t.config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ t.iteration ^ 0x6772_6164_636f_73;
+    let seed = t.config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ t.iteration ^ 0x0067_7261_6463_6f73;
     let mut rng = rng_from_seed(seed);
     let mut sampler = Sampler::new();
     let mut batch = TrajectoryBatch::default();

@@ -126,7 +126,12 @@ fn runs_are_bit_reproducible() {
 
 fn summary_without_timing(dir: &Path) -> serde_json::Value {
     let mut s: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
-    for k in ["wall_seconds", "trajectories_per_second", "iterations_per_second", "useful_gflops_per_second"] {
+    for k in [
+        "wall_seconds",
+        "trajectories_per_second",
+        "iterations_per_second",
+        "useful_gflops_per_second",
+    ] {
         s.as_object_mut().unwrap().remove(k);
     }
     s

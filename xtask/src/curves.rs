@@ -1,0 +1,205 @@
+//! Quality curves: per-run figures read from a run's evaluations (time to a target, area under
+//! the curve) and the mean curves over seeds that the plots show.
+
+use std::path::Path;
+
+use anyhow::Result;
+use serde_json::Value;
+
+use crate::bench::{CurvePoint, Session};
+use crate::plot::{self, Chart, Series};
+
+/// The curve of a run record (ours or a peer's) as serialised in `results.json`.
+fn curve_of(record: &Value) -> Vec<(f64, f64, Option<f64>)> {
+    record["curve"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| {
+                    (
+                        p["trajectories"].as_f64().unwrap_or(f64::NAN),
+                        p["seconds"].as_f64().unwrap_or(f64::NAN),
+                        p["l1_sum"].as_f64(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Training seconds (a peer's compile time included) until the first evaluation with exact
+/// L1 ≤ `target`; `None` if never.
+pub fn seconds_to_l1(record: &Value, target: f64) -> Option<f64> {
+    curve_of(record)
+        .into_iter()
+        .find(|(_, _, l1)| l1.is_some_and(|v| v <= target))
+        .map(|(_, s, _)| s)
+}
+
+/// Trajectories until the first evaluation with exact L1 ≤ `target`; `None` if never.
+pub fn trajectories_to_l1(record: &Value, target: f64) -> Option<f64> {
+    curve_of(record)
+        .into_iter()
+        .find(|(_, _, l1)| l1.is_some_and(|v| v <= target))
+        .map(|(t, _, _)| t)
+}
+
+/// Mean exact L1 over all evaluations: the area under the L1-against-trajectories curve divided
+/// by its length (evaluations are evenly spaced); lower means faster convergence.
+pub fn mean_l1(record: &Value) -> Option<f64> {
+    let v: Vec<f64> = curve_of(record).into_iter().filter_map(|(_, _, l1)| l1).collect();
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+/// Point-wise mean over seeds of curves with the same evaluation schedule (truncated to the
+/// shortest): `(mean x, mean y)`.
+pub fn mean_curve(
+    curves: &[&[CurvePoint]],
+    x: fn(&CurvePoint) -> f64,
+    y: fn(&CurvePoint) -> Option<f64>,
+) -> Vec<(f64, f64)> {
+    let n = curves.iter().map(|c| c.len()).min().unwrap_or(0);
+    (0..n)
+        .filter_map(|i| {
+            let ys: Vec<f64> = curves.iter().filter_map(|c| y(&c[i])).collect();
+            if ys.len() != curves.len() {
+                return None;
+            }
+            let xm = curves.iter().map(|c| x(&c[i])).sum::<f64>() / curves.len() as f64;
+            Some((xm, ys.iter().sum::<f64>() / ys.len() as f64))
+        })
+        .collect()
+}
+
+/// File-name form of a group title: `hypergrid 4×8, batch 16` → `hypergrid-4x8-batch-16`.
+pub fn slug(text: &str) -> String {
+    let mut out = String::new();
+    for c in text.chars() {
+        let c = if c == '×' { 'x' } else { c };
+        if c.is_ascii_alphanumeric() || c == '.' {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.ends_with('-') && !out.is_empty() {
+            out.push('-');
+        }
+    }
+    out.trim_end_matches('-').to_string()
+}
+
+/// For every group of the session: exact L1 against trajectories and against training seconds,
+/// one line per (row, library), mean over seeds. Returns the markdown that shows the plots.
+pub fn quality_plots(session: &Session, dir: &Path) -> Result<String> {
+    let mut groups: Vec<&str> = Vec::new();
+    for r in &session.runs {
+        if !groups.contains(&r.group.as_str()) {
+            groups.push(&r.group);
+        }
+    }
+    let mut md = String::from(
+        "\n## Plots\n\nExact L1 = Σ|P_T − p*| at every evaluation, mean over seeds; solid: gfn, dashed: peers (their compile time counts as training time).\n\n",
+    );
+    for group in groups {
+        let runs: Vec<_> = session.runs.iter().filter(|r| r.group == group).collect();
+        let mut rows: Vec<&str> = Vec::new();
+        for r in &runs {
+            if !rows.contains(&r.row.as_str()) {
+                rows.push(&r.row);
+            }
+        }
+        let mut libraries: Vec<String> = vec!["gfn".into()];
+        for r in &runs {
+            for p in &r.peers {
+                if !libraries.contains(&p.name) {
+                    libraries.push(p.name.clone());
+                }
+            }
+        }
+        let mut by_traj = Vec::new();
+        let mut by_secs = Vec::new();
+        for row in &rows {
+            for lib in &libraries {
+                let curves: Vec<&[CurvePoint]> = runs
+                    .iter()
+                    .filter(|r| r.row == *row)
+                    .filter_map(|r| {
+                        if lib == "gfn" {
+                            r.ok.then_some(r.curve.as_slice())
+                        } else {
+                            r.peers
+                                .iter()
+                                .find(|p| &p.name == lib && p.ok)
+                                .map(|p| p.curve.as_slice())
+                        }
+                    })
+                    .filter(|c| !c.is_empty())
+                    .collect();
+                if curves.is_empty() {
+                    continue;
+                }
+                let label = format!("{row} ({lib})");
+                let dashed = lib != "gfn";
+                by_traj.push(Series {
+                    label: label.clone(),
+                    points: mean_curve(&curves, |p| p.trajectories, |p| p.l1_sum),
+                    dashed,
+                });
+                by_secs.push(Series {
+                    label,
+                    points: mean_curve(&curves, |p| p.seconds, |p| p.l1_sum),
+                    dashed,
+                });
+            }
+        }
+        if by_traj.is_empty() {
+            continue;
+        }
+        let base = slug(group);
+        let title = group.to_string();
+        for (series, x_label, suffix) in [
+            (&by_traj, "trajectories sampled", "l1-vs-trajectories"),
+            (&by_secs, "training seconds (one thread)", "l1-vs-seconds"),
+        ] {
+            let file = format!("{base}-{suffix}.png");
+            plot::line_chart(
+                &dir.join(&file),
+                &Chart {
+                    title: &title,
+                    x_label,
+                    y_label: "exact L1 (log scale)",
+                    log_x: false,
+                    log_y: true,
+                },
+                series,
+            )?;
+            md.push_str(&format!("![{title}: {suffix}]({file})\n"));
+        }
+        md.push('\n');
+    }
+    Ok(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs() {
+        assert_eq!(
+            slug("hypergrid 4×8, batch 16, 10000 iterations"),
+            "hypergrid-4x8-batch-16-10000-iterations"
+        );
+        assert_eq!(slug("R0 1e-4"), "r0-1e-4");
+    }
+
+    #[test]
+    fn first_crossing_and_mean() {
+        let rec = serde_json::json!({"curve": [
+            {"trajectories": 16.0, "seconds": 1.0, "l1_sum": 0.5},
+            {"trajectories": 32.0, "seconds": 2.0, "l1_sum": 0.09},
+            {"trajectories": 48.0, "seconds": 3.0, "l1_sum": 0.2},
+        ]});
+        assert_eq!(seconds_to_l1(&rec, 0.1), Some(2.0));
+        assert_eq!(trajectories_to_l1(&rec, 0.1), Some(32.0));
+        assert_eq!(seconds_to_l1(&rec, 0.01), None);
+        assert!((mean_l1(&rec).unwrap() - 0.79 / 3.0).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,329 @@
+//! Suite `subtb`: the SubTB(λ) paper's hypergrid experiments (Madan et al., 2023): ndim 2 and 4,
+//! height 12, R0 10⁻³ and 10⁻⁴, TB / DB / SubTB(0.9), and its gradient analysis (how well each
+//! objective's small-batch gradient estimates the large-batch TB gradient).
+
+use std::path::Path;
+
+use anyhow::Result;
+use serde_json::Value;
+
+use crate::bench::Session;
+use crate::curves;
+use crate::plot::{self, Chart, Series};
+use crate::report::{Aggregate, fmt_num};
+use crate::suite::{Agg, Metric, Recipe, Suite, SuiteOptions, f, num, ours_ms_per_iteration};
+
+/// One setting of the paper's grid.
+struct Setting {
+    ndim: u32,
+    r0: f64,
+    iterations: u32,
+    eval_every: u32,
+    grad_every: u32,
+}
+
+fn group_name(ndim: u32, r0: f64) -> String {
+    format!("hypergrid {ndim}×12, R0 {}", f(r0))
+}
+
+/// The suite: every setting × TB, DB, SubTB(0.9) × seeds (default 3). DB and SubTB runs also
+/// record the gradient analysis (`--grad-cosine-every`). `--quick`: seed 0, shorter runs.
+pub fn subtb(opts: &SuiteOptions) -> Suite {
+    let seeds = opts.seeds.unwrap_or(if opts.quick { 1 } else { 3 });
+    let scale = |n: u32| if opts.quick { n / 4 } else { n };
+    let settings: Vec<Setting> = [1e-3, 1e-4]
+        .into_iter()
+        .flat_map(|r0| {
+            [
+                Setting {
+                    ndim: 2,
+                    r0,
+                    iterations: scale(4000),
+                    eval_every: 50,
+                    grad_every: scale(1000),
+                },
+                Setting {
+                    ndim: 4,
+                    r0,
+                    iterations: scale(10000),
+                    eval_every: scale(200),
+                    grad_every: scale(2000),
+                },
+            ]
+        })
+        .collect();
+    let mut runs = Vec::new();
+    for s in &settings {
+        let group = group_name(s.ndim, s.r0);
+        for loss in ["tb", "db", "subtb"] {
+            for seed in 0..u64::from(seeds) {
+                let mut r = Recipe::new(s.ndim, 12, loss, s.iterations, seed, opts.threads);
+                r.rewards.0 = s.r0;
+                r.eval_every = s.eval_every;
+                let name = format!("{}x12-r0{}-{loss}-seed{seed}", s.ndim, f(s.r0));
+                let mut spec = r.run(name, &group, loss);
+                spec.peer_args.clear();
+                if loss != "tb" {
+                    spec.gfn_args.extend([
+                        "--grad-cosine-every".into(),
+                        s.grad_every.to_string(),
+                        "--grad-cosine-batch".into(),
+                        "1024".into(),
+                        "--grad-cosine-repeats".into(),
+                        "8".into(),
+                    ]);
+                }
+                runs.push(spec);
+            }
+        }
+    }
+    Suite {
+        name: "subtb",
+        row_header: "loss",
+        runs,
+        metrics: vec![
+            Metric {
+                header: "iterations",
+                key: "iterations",
+                short: "it",
+                value: |r| num(r, "/summary/iterations"),
+                agg: Agg::Median,
+                digits: 0,
+            },
+            Metric {
+                header: "ms/iteration (median)",
+                key: "ms_per_iteration",
+                short: "ms/it",
+                value: ours_ms_per_iteration,
+                agg: Agg::Median,
+                digits: 2,
+            },
+            Metric {
+                header: "mean L1 over training (area under the curve)",
+                key: "mean_l1",
+                short: "meanL1",
+                value: curves::mean_l1,
+                agg: Agg::MeanStd,
+                digits: 4,
+            },
+            Metric {
+                header: "trajectories to L1 ≤ 0.5 (median)",
+                key: "trajectories_to_l1_0.5",
+                short: "traj→0.5",
+                value: |r| curves::trajectories_to_l1(r, 0.5),
+                agg: Agg::Median,
+                digits: 0,
+            },
+            Metric {
+                header: "exact L1 (last 5 evals)",
+                key: "exact_l1_last5",
+                short: "L1(last5)",
+                value: |r| num(r, "/summary/exact_last5_mean/l1_sum"),
+                agg: Agg::MeanStd,
+                digits: 4,
+            },
+            Metric {
+                header: "modes found (mean)",
+                key: "modes_found",
+                short: "modes",
+                value: |r| num(r, "/summary/modes/found"),
+                agg: Agg::Mean,
+                digits: 1,
+            },
+        ],
+        ms_per_iteration: ours_ms_per_iteration,
+        peers: Vec::new(),
+        extra: Some(extra),
+    }
+}
+
+/// Gradient-analysis records of one run: `(iteration, cos TB, cos DB, cos SubTB)`.
+fn grad_records(run_dir: &Path) -> Vec<(f64, f64, f64, f64)> {
+    let text = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| {
+            let g = v.get("grad_cosine")?;
+            Some((
+                v["iteration"].as_f64()?,
+                g["tb"].as_f64()?,
+                g["db"].as_f64()?,
+                g["subtb"].as_f64()?,
+            ))
+        })
+        .collect()
+}
+
+/// Cosines of small-batch TB, DB and SubTB gradients with the large-batch TB gradient.
+type Cosines = (f64, f64, f64);
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+fn extra(session: &Session, aggs: &[Aggregate], dir: &Path) -> Result<String> {
+    let mut md = curves::quality_plots(session, dir)?;
+
+    // Claim 1 and 2: convergence speed, by the mean L1 over training.
+    let mean_l1 = |group: &str, row: &str| {
+        aggs.iter()
+            .find(|a| a.group == group && a.row == row)
+            .and_then(|a| a.ours.get("mean_l1"))
+            .map(|s| s.mean)
+    };
+    md.push_str("\n## The paper's claims\n\n");
+    md.push_str(
+        "Convergence speed is measured by the mean exact L1 over all evaluations of a run (the area under its \
+         L1-against-trajectories curve), mean over seeds; lower is faster.\n\n",
+    );
+    md.push_str("| setting | TB | DB | SubTB(0.9) | fastest | min(TB, DB) ÷ SubTB |\n|---|---:|---:|---:|---|---:|\n");
+    let mut fastest_subtb = Vec::new();
+    let mut gaps: Vec<(u32, f64, f64)> = Vec::new();
+    for ndim in [2u32, 4] {
+        for r0 in [1e-3, 1e-4] {
+            let g = group_name(ndim, r0);
+            let (Some(tb), Some(db), Some(st)) = (mean_l1(&g, "tb"), mean_l1(&g, "db"), mean_l1(&g, "subtb")) else {
+                continue;
+            };
+            let best = [("TB", tb), ("DB", db), ("SubTB", st)]
+                .into_iter()
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .map_or("", |x| x.0);
+            fastest_subtb.push(best == "SubTB");
+            let gap = tb.min(db) / st;
+            gaps.push((ndim, r0, gap));
+            md.push_str(&format!(
+                "| {g} | {} | {} | {} | {best} | {:.2} |\n",
+                fmt_num(tb, 4),
+                fmt_num(db, 4),
+                fmt_num(st, 4),
+                gap
+            ));
+        }
+    }
+    let all_fastest = !fastest_subtb.is_empty() && fastest_subtb.iter().all(|&b| b);
+    md.push_str(&format!(
+        "\n- *SubTB converges faster than TB and DB*: **{}** (SubTB fastest in {} of {} settings).\n",
+        if all_fastest { "reproduced" } else { "not reproduced" },
+        fastest_subtb.iter().filter(|&&b| b).count(),
+        fastest_subtb.len()
+    ));
+    let widening: Vec<bool> = [2u32, 4]
+        .iter()
+        .filter_map(|&d| {
+            let at = |r0: f64| gaps.iter().find(|g| g.0 == d && g.1 == r0).map(|g| g.2);
+            Some(at(1e-4)? > at(1e-3)?)
+        })
+        .collect();
+    md.push_str(&format!(
+        "- *more so as R0 falls* (the gap min(TB, DB) ÷ SubTB larger at R0 10⁻⁴ than at 10⁻³): **{}** ({} of {} grid sizes).\n",
+        if !widening.is_empty() && widening.iter().all(|&b| b) { "reproduced" } else { "not reproduced" },
+        widening.iter().filter(|&&b| b).count(),
+        widening.len()
+    ));
+
+    // Gradient analysis: cosines recorded in the DB and SubTB runs.
+    let mut by_iteration: std::collections::BTreeMap<(String, u64), Vec<Cosines>> = Default::default();
+    let mut all: Vec<(f64, f64, f64)> = Vec::new();
+    for r in session.runs.iter().filter(|r| r.ok && r.row == "subtb") {
+        for (it, tb, db, st) in grad_records(&dir.join("runs").join(&r.name)) {
+            by_iteration
+                .entry((r.group.clone(), it as u64))
+                .or_default()
+                .push((tb, db, st));
+            all.push((tb, db, st));
+        }
+    }
+    md.push_str("\n## Gradient analysis\n\n");
+    if all.is_empty() {
+        md.push_str("No gradient analysis was recorded.\n");
+        return Ok(md);
+    }
+    let (tb, db, st): (Vec<f64>, Vec<f64>, Vec<f64>) = (
+        all.iter().map(|x| x.0).collect(),
+        all.iter().map(|x| x.1).collect(),
+        all.iter().map(|x| x.2).collect(),
+    );
+    md.push_str(
+        "During SubTB(0.9) training, at regular iterations: the cosine similarity between the gradient of each \
+         objective on a small batch (16 trajectories, mean over 8 batches) and the TB gradient on a large batch \
+         (1,024 trajectories), over the policy's parameters (`gfn train --grad-cosine-every`).\n\n",
+    );
+    md.push_str("| setting | cos(TB small, TB large) | cos(DB small, TB large) | cos(SubTB small, TB large) |\n|---|---:|---:|---:|\n");
+    let mut groups: Vec<String> = by_iteration.keys().map(|k| k.0.clone()).collect();
+    groups.dedup();
+    for g in &groups {
+        let v: Vec<&(f64, f64, f64)> = by_iteration
+            .iter()
+            .filter(|(k, _)| &k.0 == g)
+            .flat_map(|(_, v)| v.iter())
+            .collect();
+        md.push_str(&format!(
+            "| {g} | {:.3} | {:.3} | {:.3} |\n",
+            mean(&v.iter().map(|x| x.0).collect::<Vec<_>>()),
+            mean(&v.iter().map(|x| x.1).collect::<Vec<_>>()),
+            mean(&v.iter().map(|x| x.2).collect::<Vec<_>>()),
+        ));
+    }
+    md.push_str(&format!(
+        "| all | {:.3} | {:.3} | {:.3} |\n\n",
+        mean(&tb),
+        mean(&db),
+        mean(&st)
+    ));
+    md.push_str(&format!(
+        "- *Small-batch SubTB tracks the large-batch TB gradient better than small-batch TB*: **{}** \
+         (mean cosine {:.3} against {:.3}, over {} analyses).\n",
+        if mean(&st) > mean(&tb) {
+            "reproduced"
+        } else {
+            "not reproduced"
+        },
+        mean(&st),
+        mean(&tb),
+        all.len()
+    ));
+    md.push_str(&format!(
+        "- *SubTB lies between TB and DB*: cosine TB {:.3}, SubTB {:.3}, DB {:.3}.\n\n",
+        mean(&tb),
+        mean(&st),
+        mean(&db)
+    ));
+    for g in &groups {
+        let mut series: Vec<Series> = ["TB", "DB", "SubTB(0.9)"]
+            .iter()
+            .map(|l| Series {
+                label: format!("{l}, batch 16"),
+                points: Vec::new(),
+                dashed: false,
+            })
+            .collect();
+        for ((_, it), v) in by_iteration.iter().filter(|(k, _)| &k.0 == g) {
+            let x = *it as f64;
+            series[0]
+                .points
+                .push((x, mean(&v.iter().map(|x| x.0).collect::<Vec<_>>())));
+            series[1]
+                .points
+                .push((x, mean(&v.iter().map(|x| x.1).collect::<Vec<_>>())));
+            series[2]
+                .points
+                .push((x, mean(&v.iter().map(|x| x.2).collect::<Vec<_>>())));
+        }
+        let file = format!("{}-grad-cosine.png", curves::slug(g));
+        let title = format!("{g}: cosine to the large-batch TB gradient");
+        plot::line_chart(
+            &dir.join(&file),
+            &Chart {
+                title: &title,
+                x_label: "training iteration (SubTB(0.9) run)",
+                y_label: "cosine similarity",
+                log_x: false,
+                log_y: false,
+            },
+            &series,
+        )?;
+        md.push_str(&format!("![{title}]({file})\n"));
+    }
+    Ok(md)
+}

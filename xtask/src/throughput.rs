@@ -1,0 +1,296 @@
+//! Suite `throughput`: how fast a training step and forward sampling run, against batch size and
+//! hidden width, and how close the training step comes to the machine's GEMM rate (a roofline).
+
+use std::path::Path;
+
+use crate::bench::Session;
+use crate::plot::{self, Chart, Series};
+use crate::report::{Aggregate, fmt_num};
+use crate::suite::{
+    Agg, Metric, Output, Recipe, RunSpec, Suite, SuiteOptions, hypergrid_peers, num, ours_ms_per_iteration,
+};
+use anyhow::Result;
+
+const STEP_GROUP: &str = "training step, hypergrid 4×8, MLP 2×256, by batch size";
+const WIDTH_GROUP: &str = "training step, hypergrid 4×8, batch 64, by hidden width";
+const SAMPLE_GROUP: &str = "forward sampling without gradients, untrained MLP 2×256, batch 1024";
+const ROOF_GROUP: &str = "roofline";
+
+/// Iterations per timed run: about 6,000 trajectories, at least 20 iterations.
+fn iterations_for(batch: u32, quick: bool) -> u32 {
+    let n = (6000 / batch).max(20);
+    if quick { (n / 3).max(10) } else { n }
+}
+
+/// The throughput suite. Training rows are named `<loss> b<batch>` or `<loss> h<hidden>`; each
+/// run evaluates only once, at its end (evaluations are not timed anyway).
+pub fn throughput(opts: &SuiteOptions) -> Suite {
+    let seeds = opts.seeds.unwrap_or(1);
+    let batches: &[u32] = if opts.quick { &[16, 256] } else { &[16, 64, 256, 1024] };
+    let widths: &[u32] = if opts.quick {
+        &[64, 256]
+    } else {
+        &[64, 128, 256, 512, 1024]
+    };
+    let mut runs = Vec::new();
+    for seed in 0..u64::from(seeds) {
+        for loss in ["tb", "subtb"] {
+            for &b in batches {
+                let mut r = Recipe::new(4, 8, loss, iterations_for(b, opts.quick), seed, opts.threads);
+                r.batch = b;
+                r.eval_every = r.iterations;
+                runs.push(r.run(format!("{loss}-b{b}-seed{seed}"), STEP_GROUP, &format!("{loss} b{b}")));
+            }
+            for &h in widths {
+                let mut r = Recipe::new(4, 8, loss, iterations_for(64, opts.quick), seed, opts.threads);
+                r.batch = 64;
+                r.hidden = h;
+                r.eval_every = r.iterations;
+                runs.push(r.run(format!("{loss}-h{h}-seed{seed}"), WIDTH_GROUP, &format!("{loss} h{h}")));
+            }
+        }
+        for (ndim, height) in [(2u32, 64u32), (2, 8), (4, 8)] {
+            let mut r = Recipe::new(ndim, height, "tb", 1, seed, opts.threads);
+            r.batch = 1024;
+            let rounds = if opts.quick { "10" } else { "30" };
+            let common = r.args();
+            let mut gfn_args: Vec<String> = vec!["speed".into(), "sample".into(), "--env".into(), "hypergrid".into()];
+            gfn_args.extend(common.iter().cloned());
+            gfn_args.extend(["--rounds".into(), rounds.into()]);
+            let mut peer_args = common;
+            peer_args.extend(["--sample-only".into(), "--rounds".into(), rounds.into()]);
+            runs.push(RunSpec {
+                name: format!("sample-{ndim}x{height}-seed{seed}"),
+                group: SAMPLE_GROUP.into(),
+                row: format!("{ndim}×{height}"),
+                seed,
+                gfn_args,
+                peer_args,
+                output: Output::Stdout,
+            });
+        }
+    }
+    runs.push(RunSpec {
+        name: "gemm-256".into(),
+        group: ROOF_GROUP.into(),
+        row: "f32 GEMM 256³, one thread".into(),
+        seed: 0,
+        gfn_args: ["speed", "gemm", "--size", "256", "--repeats", "500"]
+            .map(String::from)
+            .to_vec(),
+        peer_args: Vec::new(),
+        output: Output::Stdout,
+    });
+
+    Suite {
+        name: "throughput",
+        row_header: "configuration",
+        runs,
+        metrics: vec![
+            Metric {
+                header: "ms/iteration (median)",
+                key: "ms_per_iteration",
+                short: "ms/it",
+                value: ours_ms_per_iteration,
+                agg: Agg::Median,
+                digits: 2,
+            },
+            Metric {
+                header: "iterations/s",
+                key: "iterations_per_second",
+                short: "it/s",
+                value: |r| num(r, "/summary/iterations_per_second"),
+                agg: Agg::Median,
+                digits: 1,
+            },
+            Metric {
+                header: "trajectories/s",
+                key: "trajectories_per_second",
+                short: "traj/s",
+                value: |r| num(r, "/summary/trajectories_per_second"),
+                agg: Agg::Median,
+                digits: 0,
+            },
+            Metric {
+                header: "useful GFLOP/s",
+                key: "useful_gflops_per_second",
+                short: "GFLOP/s",
+                value: |r| {
+                    num(r, "/summary/useful_gflops_per_second")
+                        .or_else(|| num(r, "/summary/forward_gflops_per_second"))
+                        .or_else(|| num(r, "/summary/best_gflops"))
+                },
+                agg: Agg::Median,
+                digits: 1,
+            },
+            Metric {
+                header: "mean trajectory length",
+                key: "mean_length",
+                short: "len",
+                value: |r| num(r, "/summary/mean_length"),
+                agg: Agg::Median,
+                digits: 2,
+            },
+            Metric {
+                header: "peak RSS MB",
+                key: "peak_rss_mb",
+                short: "RSS MB",
+                value: |r| num(r, "/peak_rss_mb"),
+                agg: Agg::Max,
+                digits: 0,
+            },
+        ],
+        ms_per_iteration: ours_ms_per_iteration,
+        peers: hypergrid_peers(|| {
+            vec![
+                Metric {
+                    header: "trajectories/s",
+                    key: "trajectories_per_second",
+                    short: "traj/s",
+                    value: |r| num(r, "/output/trajectories_per_second"),
+                    agg: Agg::Median,
+                    digits: 0,
+                },
+                Metric {
+                    header: "peak RSS MB",
+                    key: "peak_rss_mb",
+                    short: "RSS MB",
+                    value: |r| num(r, "/peak_rss_mb").or_else(|| num(r, "/output/peak_rss_mb")),
+                    agg: Agg::Max,
+                    digits: 0,
+                },
+            ]
+        }),
+        extra: Some(extra),
+    }
+}
+
+/// The parameter after `prefix` in a row name: `tb b256` with `b` → 256.
+fn row_param(row: &str, prefix: char) -> Option<(String, f64)> {
+    let (loss, p) = row.split_once(' ')?;
+    Some((loss.to_string(), p.strip_prefix(prefix)?.parse().ok()?))
+}
+
+fn median_of(a: &Aggregate, key: &str) -> Option<f64> {
+    a.ours.get(key).map(|s| s.median)
+}
+
+/// Roofline table and plots.
+fn extra(session: &Session, aggs: &[Aggregate], dir: &Path) -> Result<String> {
+    let gemm = session
+        .runs
+        .iter()
+        .find(|r| r.group == ROOF_GROUP && r.ok)
+        .and_then(|r| r.summary.as_ref())
+        .and_then(|s| s["best_gflops"].as_f64());
+    let mut md = String::from("\n## Roofline\n\n");
+    match gemm {
+        Some(g) => {
+            md.push_str(&format!(
+                "Best single-thread f32 GEMM 256³ in this run: **{} GFLOP/s** (`gfn speed gemm`, the fastest of 500 products). \
+                 Useful FLOPs of a training step: one forward and one backward pass of the MLP over every visited state \
+                 (2·in·out per layer forward; as much again for each weight gradient and for each input gradient but the \
+                 first layer's), whatever the implementation computes besides.\n\n",
+                fmt_num(g, 1)
+            ));
+            md.push_str("| configuration | useful GFLOP/s | fraction of GEMM rate |\n|---|---:|---:|\n");
+            for a in aggs.iter().filter(|a| a.group == STEP_GROUP || a.group == WIDTH_GROUP) {
+                if let Some(u) = median_of(a, "useful_gflops_per_second") {
+                    md.push_str(&format!(
+                        "| {} ({}) | {} | {:.0}% |\n",
+                        a.row,
+                        if a.group == STEP_GROUP {
+                            "hidden 256"
+                        } else {
+                            "batch 64"
+                        },
+                        fmt_num(u, 1),
+                        100.0 * u / g
+                    ));
+                }
+            }
+        }
+        None => md.push_str("The GEMM run failed: no roofline.\n"),
+    }
+
+    // Plots: trajectories/s against batch size and against hidden width, ours and the peers'.
+    md.push_str("\n## Plots\n\n");
+    for (group, prefix, x_label, file) in [
+        (STEP_GROUP, 'b', "batch size (trajectories)", "throughput-vs-batch.png"),
+        (WIDTH_GROUP, 'h', "hidden width", "throughput-vs-width.png"),
+    ] {
+        let mut series: Vec<Series> = Vec::new();
+        let mut push = |label: String, x: f64, y: Option<f64>, dashed: bool| {
+            let Some(y) = y else { return };
+            match series.iter_mut().find(|s| s.label == label) {
+                Some(s) => s.points.push((x, y)),
+                None => series.push(Series {
+                    label,
+                    points: vec![(x, y)],
+                    dashed,
+                }),
+            }
+        };
+        for a in aggs.iter().filter(|a| a.group == group) {
+            let Some((loss, x)) = row_param(&a.row, prefix) else {
+                continue;
+            };
+            push(
+                format!("{loss} (gfn)"),
+                x,
+                median_of(a, "trajectories_per_second"),
+                false,
+            );
+            for p in &a.peers {
+                push(
+                    format!("{loss} ({})", p.name),
+                    x,
+                    p.figures.get("trajectories_per_second").map(|s| s.median),
+                    true,
+                );
+            }
+        }
+        if series.is_empty() {
+            continue;
+        }
+        plot::line_chart(
+            &dir.join(file),
+            &Chart {
+                title: group,
+                x_label,
+                y_label: "trajectories per second (log scale)",
+                log_x: true,
+                log_y: true,
+            },
+            &series,
+        )?;
+        md.push_str(&format!("![{group}]({file})\n"));
+    }
+    Ok(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_parse() {
+        assert_eq!(row_param("tb b256", 'b'), Some(("tb".into(), 256.0)));
+        assert_eq!(row_param("subtb h64", 'h'), Some(("subtb".into(), 64.0)));
+        assert_eq!(row_param("2×64", 'b'), None);
+    }
+
+    #[test]
+    fn quick_suite_is_small() {
+        let s = throughput(&SuiteOptions {
+            quick: true,
+            seeds: None,
+            threads: 1,
+        });
+        // 2 losses × (2 batches + 2 widths) + 3 sampling runs + 1 GEMM run.
+        assert_eq!(s.runs.len(), 2 * 4 + 3 + 1);
+        let sample = s.runs.iter().find(|r| r.name == "sample-2x64-seed0").unwrap();
+        assert!(sample.peer_args.iter().any(|a| a == "--sample-only"));
+        assert_eq!(&sample.gfn_args[..2], ["speed", "sample"]);
+    }
+}
