@@ -317,19 +317,43 @@ def tb_loss(setup, params, traj_data):
 
 
 def db_loss(setup, params, traj_data):
-    # gfnx's db_hypergrid.py works on transitions (split_traj_to_transitions) and
-    # calls the network on obs and next_obs separately; the same arithmetic here on
-    # the [B, T] layout: one network call on all states, then shifted slices.
+    # As gfnx's db_hypergrid.py: on transitions [B*T] (split_traj_to_transitions),
+    # one network call on the states and one on the next states.
+    env, env_params = setup.env, setup.env_params
     model = setup.model(params["model_params"])
-    log_pf, log_pb, outputs, pad = _fwd_bwd_logprobs(setup, model, traj_data)
+    transitions = gfnx.utils.split_traj_to_transitions(traj_data)
+    bwd_actions = env.get_backward_action(
+        transitions.state, transitions.action, transitions.next_state, env_params
+    )
+    outputs = jax.vmap(model)(transitions.obs)
+    invalid = env.get_invalid_mask(transitions.state, env_params)
+    fwd_log_probs = jax.nn.log_softmax(
+        gfnx.utils.mask_logits(outputs["forward_logits"], invalid), axis=-1
+    )
+    fwd_logprobs = jnp.take_along_axis(
+        fwd_log_probs, transitions.action[..., None], axis=-1
+    ).squeeze(-1)
     log_flow = outputs["log_flow"]
-    done = traj_data.done[:, :-1]
-    log_r = traj_data.log_gfn_reward[:, :-1]
-    target = jnp.where(done, log_pb + log_r, log_pb + log_flow[:, 1:])
-    num_transitions = jnp.logical_not(pad).sum()
+
+    next_outputs = jax.vmap(model)(transitions.next_obs)
+    next_invalid = env.get_invalid_backward_mask(transitions.next_state, env_params)
+    bwd_log_probs = jax.nn.log_softmax(
+        gfnx.utils.mask_logits(next_outputs["backward_logits"], next_invalid), axis=-1
+    )
+    bwd_logprobs = jnp.take_along_axis(
+        bwd_log_probs, bwd_actions[..., None], axis=-1
+    ).squeeze(-1)
+    next_log_flow = next_outputs["log_flow"]
+    # At the exit transition the target is the log reward.
+    target = jnp.where(
+        transitions.done,
+        bwd_logprobs + transitions.log_gfn_reward,
+        bwd_logprobs + next_log_flow,
+    )
+    num_transitions = jnp.logical_not(transitions.pad).sum()
     loss = optax.l2_loss(
-        jnp.where(pad, 0.0, log_pf + log_flow[:, :-1]),
-        jnp.where(pad, 0.0, target),
+        jnp.where(transitions.pad, 0.0, fwd_logprobs + log_flow),
+        jnp.where(transitions.pad, 0.0, target),
     ).sum()
     return loss / num_transitions
 

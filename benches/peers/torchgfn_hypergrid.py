@@ -10,7 +10,11 @@ for the networks and another for log Z, on-policy sampling.
 Quality is measured exactly, not by sampling: every `--eval-every` iterations
 (and at the end) the terminating distribution P_T of the current forward
 policy is computed over all H^d states by dynamic programming in float64 and
-compared with p*(x) = R(x)/Z. Evaluations are not timed.
+compared with p*(x) = R(x)/Z (hypergrid_exact.py, shared with
+gfnx_hypergrid.py). Evaluations are not timed.
+
+`--sample-only --rounds N` trains nothing: it times N rounds of forward sampling
+of --batch-size trajectories with the untrained policy, without gradients.
 
 stdout carries exactly one line of JSON; everything else goes to stderr.
 See benches/peers/README.md.

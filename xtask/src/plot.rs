@@ -106,6 +106,24 @@ fn dashed(points: &[(f64, f64)], log_x: bool, log_y: bool) -> Vec<Vec<(f64, f64)
     out
 }
 
+/// An axis tick: at most 3 significant digits, no float noise (`0.7`, `2.5e-4`, `40000`).
+fn tick(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let a = v.abs();
+    if !(1e-3..1e6).contains(&a) {
+        return format!("{v:.1e}");
+    }
+    let digits = (2 - a.log10().floor() as i32).max(0) as usize;
+    let s = format!("{v:.digits$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
 /// Draws `series` into a 960×600 PNG at `path`. Series are colored by position.
 pub fn line_chart(path: &Path, chart: &Chart, series: &[Series]) -> Result<()> {
     register_font();
@@ -138,6 +156,8 @@ pub fn line_chart(path: &Path, chart: &Chart, series: &[Series]) -> Result<()> {
         ($ctx:expr) => {{
             let mut ctx = $ctx;
             ctx.configure_mesh()
+                .x_label_formatter(&|v| tick(*v))
+                .y_label_formatter(&|v| tick(*v))
                 .x_desc(chart.x_label)
                 .y_desc(chart.y_label)
                 .label_style(("sans-serif", 14))
@@ -200,6 +220,15 @@ pub fn line_chart(path: &Path, chart: &Chart, series: &[Series]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ticks_are_short() {
+        assert_eq!(tick(0.7000000001), "0.7");
+        assert_eq!(tick(40000.0), "40000");
+        assert_eq!(tick(0.25), "0.25");
+        assert_eq!(tick(0.00025), "2.5e-4");
+        assert_eq!(tick(1.0), "1");
+    }
 
     #[test]
     fn draws_a_png() {

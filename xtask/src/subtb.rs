@@ -60,7 +60,7 @@ pub fn subtb(opts: &SuiteOptions) -> Suite {
                 let mut r = Recipe::new(s.ndim, 12, loss, s.iterations, seed, opts.threads);
                 r.rewards.0 = s.r0;
                 r.eval_every = s.eval_every;
-                let name = format!("{}x12-r0{}-{loss}-seed{seed}", s.ndim, f(s.r0));
+                let name = format!("{}x12-r0-{:e}-{loss}-seed{seed}", s.ndim, s.r0);
                 let mut spec = r.run(name, &group, loss);
                 spec.peer_args.clear();
                 if loss != "tb" {
