@@ -298,7 +298,7 @@ pub fn run(request: BenchRequest, suite: Suite) -> Result<(PathBuf, bool)> {
         }
         let mut record = record;
         for (pspec, penv) in &peer_envs {
-            if spec.peer_args.is_empty() {
+            if spec.peer_args.is_empty() || !(pspec.supports)(spec) {
                 continue;
             }
             let prec = run_peer(penv, pspec, &layout, &runs_dir, spec, &env, &probe);

@@ -143,6 +143,8 @@ pub struct PeerSpec {
     pub check: &'static str,
     /// Arguments appended to every run of the driver.
     pub extra_args: Vec<&'static str>,
+    /// Whether the peer can make this run (gfnx has no flow matching); others are skipped.
+    pub supports: fn(&RunSpec) -> bool,
     /// The peer's milliseconds per iteration.
     pub ms_per_iteration: Extract,
     /// Figures of the peer's runs shown in the tables (after the speed ratio).
@@ -280,6 +282,7 @@ pub fn hypergrid_peers(metrics: fn() -> Vec<Metric>) -> Vec<PeerSpec> {
             venv: "peers/torchgfn-venv",
             check: "import gfn, torch",
             extra_args: Vec::new(),
+            supports: |_| true,
             ms_per_iteration: peer_ms_per_iteration,
             metrics: metrics(),
         },
@@ -290,6 +293,8 @@ pub fn hypergrid_peers(metrics: fn() -> Vec<Metric>) -> Vec<PeerSpec> {
             venv: "peers/gfnx-venv",
             check: "import gfnx, jax",
             extra_args: Vec::new(),
+            // gfnx 0.0.1 ships TB, DB and SubTB examples, no flow matching.
+            supports: |r| !r.peer_args.windows(2).any(|w| w[0] == "--loss" && w[1] == "fm"),
             ms_per_iteration: peer_ms_per_iteration,
             metrics: metrics(),
         },
