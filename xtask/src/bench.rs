@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::report;
@@ -13,7 +13,7 @@ use crate::suite::{Metric, Output, PeerSpec, RunSpec, Suite, SuiteOptions};
 use crate::sysinfo::{self, Git, Machine, Utc};
 
 /// Everything `cargo xtask bench` was asked to do.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchRequest {
     /// Suite name.
     pub suite: String,
@@ -23,10 +23,13 @@ pub struct BenchRequest {
     pub vs: Vec<String>,
     /// The command line, as typed (`cargo xtask bench hypergrid --quick`).
     pub command: String,
+    /// `--filter`: only the runs whose name contains this.
+    #[serde(default)]
+    pub filter: Option<String>,
 }
 
 /// One of our runs, with its peer counterpart.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunRecord {
     /// Run name (its directory under `runs/`).
     pub name: String,
@@ -55,7 +58,7 @@ pub struct RunRecord {
 }
 
 /// One evaluation of a training run.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct CurvePoint {
     /// Iterations completed.
     pub iteration: u64,
@@ -70,7 +73,7 @@ pub struct CurvePoint {
 }
 
 /// A peer library's run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeerRecord {
     /// Peer name.
     pub name: String,
@@ -91,7 +94,7 @@ pub struct PeerRecord {
 }
 
 /// Whether the requested peer could be used.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeerStatus {
     /// Peer name.
     pub name: String,
@@ -104,7 +107,7 @@ pub struct PeerStatus {
 }
 
 /// Versions of everything involved.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Versions {
     /// `gfn --version`.
     pub gfn: Option<String>,
@@ -120,7 +123,7 @@ pub struct Versions {
 }
 
 /// The state of a suite's execution, written to `results.json`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Session {
     /// The request.
     pub request: BenchRequest,
@@ -541,4 +544,18 @@ fn peer_curve(output: &Value) -> Vec<CurvePoint> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// `cargo xtask rerender DIR`: rewrites `results.md`, `results.json` and the plots of an
+/// earlier suite run from its `results.json`, with the current tables and plots.
+pub fn rerender(dir: &Path) -> Result<()> {
+    let path = dir.join("results.json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let session: Session =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a results file", path.display()))?;
+    let def = crate::suite::find(&session.request.suite)
+        .with_context(|| format!("unknown suite {} in {}", session.request.suite, path.display()))?;
+    let mut suite = (def.build)(&session.request.options);
+    suite.runs = session.plan.clone();
+    report::write(dir, &suite, &session, session.finished.is_some())
 }

@@ -36,6 +36,12 @@ enum Command {
     /// Regenerate the generated sections of docs/RESULTS.md and README.md (and copy the plots to
     /// docs/results/) from the latest run of every suite.
     Results,
+    /// Rewrite results.md, results.json and the plots of an earlier suite run (DIR holds its
+    /// results.json) with the current tables and plots.
+    Rerender {
+        /// Results directory, e.g. target/bench/subtb/latest.
+        dir: std::path::PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -103,6 +109,16 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Bench(args) => bench_cmd(args),
+        Command::Rerender { dir } => match bench::rerender(&dir) {
+            Ok(()) => {
+                eprintln!("rewrote {}", dir.join("results.md").display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Results => match results::regenerate() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -147,6 +163,7 @@ fn bench_cmd(args: BenchArgs) -> ExitCode {
         options,
         vs: args.vs.clone(),
         command: command_line(),
+        filter: args.filter.clone(),
     };
     match bench::run(request, suite) {
         Ok((dir, all_ok)) => {

@@ -3,11 +3,11 @@
 //! A new suite (`ebm`, `led`, `pg`, ...) is one more function returning a [`Suite`] and one
 //! more entry in [`SUITES`]; the runner and the writers are generic.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Options of `cargo xtask bench` that shape a suite.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SuiteOptions {
     /// The reduced suite (`--quick`).
     pub quick: bool,
@@ -65,7 +65,7 @@ pub struct Suite {
 }
 
 /// One run of `gfn` (and its counterpart with a peer library, if any).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunSpec {
     /// Unique name, the run's directory under `runs/`: `2x8-tb-seed0`.
     pub name: String,
@@ -84,7 +84,7 @@ pub struct RunSpec {
 }
 
 /// Where a run's figures come from.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub enum Output {
     /// `gfn train --out DIR`: `DIR/summary.json`, `metrics.jsonl`, `timing.json`.
     RunDir,
@@ -101,7 +101,7 @@ pub type Extra = fn(&crate::bench::Session, &[crate::report::Aggregate], &std::p
 pub type Extract = fn(&Value) -> Option<f64>;
 
 /// How a figure is summarised over seeds in the tables.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub enum Agg {
     /// Median over seeds (speeds).
     Median,

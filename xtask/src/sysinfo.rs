@@ -4,10 +4,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The machine a suite ran on.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Machine {
     /// CPU model (`model name` in /proc/cpuinfo).
     pub cpu: Option<String>,
@@ -77,7 +77,7 @@ impl Machine {
 }
 
 /// The source tree's state.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Git {
     /// `git rev-parse HEAD`.
     pub commit: Option<String>,
