@@ -21,12 +21,9 @@ See benches/peers/README.md.
 """
 
 import argparse
-import json
-import math
 import os
 import platform
 import random
-import resource
 import sys
 import time
 
@@ -51,6 +48,8 @@ from gfn.utils.modules import MLP  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hypergrid_exact import HypergridExact, log_sum_exp_valid  # noqa: E402
+import peer_common  # noqa: E402
+from peer_common import dist_version, peak_rss_mb  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -364,41 +363,14 @@ def sample_only(args, env, gflownet):
 
 def versions():
     return {
-        "torchgfn": getattr(gfn, "__version__", None) or _dist_version("torchgfn"),
+        "torchgfn": getattr(gfn, "__version__", None) or dist_version("torchgfn"),
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
 
 
-def peak_rss_mb():
-    # Linux reports ru_maxrss in KiB.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def emit(result):
-    """The single JSON line on the real stdout (strict JSON: non-finite -> null)."""
-    _REAL_STDOUT.write(json.dumps(_finite_or_null(result), allow_nan=False) + "\n")
-    _REAL_STDOUT.flush()
-
-
-def _finite_or_null(x):
-    """Strict JSON: a diverged run's NaN / inf metrics become null."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _finite_or_null(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_finite_or_null(v) for v in x]
-    return x
-
-
-def _dist_version(name):
-    try:
-        from importlib.metadata import version
-
-        return version(name)
-    except Exception:
-        return None
+    peer_common.emit(result, _REAL_STDOUT)
 
 
 if __name__ == "__main__":

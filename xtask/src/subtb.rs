@@ -11,7 +11,7 @@ use crate::bench::Session;
 use crate::curves;
 use crate::plot::{self, Chart, Series};
 use crate::report::{Aggregate, fmt_num};
-use crate::suite::{Agg, Metric, Recipe, Suite, SuiteOptions, f, num, ours_ms_per_iteration};
+use crate::suite::{Agg, Metric, Recipe, Suite, SuiteOptions, f, ours_ms_per_iteration};
 
 /// One setting of the paper's grid.
 struct Setting {
@@ -82,22 +82,8 @@ pub fn subtb(opts: &SuiteOptions) -> Suite {
         row_header: "loss",
         runs,
         metrics: vec![
-            Metric {
-                header: "iterations",
-                key: "iterations",
-                short: "it",
-                value: |r| num(r, "/summary/iterations"),
-                agg: Agg::Median,
-                digits: 0,
-            },
-            Metric {
-                header: "ms/iteration (median)",
-                key: "ms_per_iteration",
-                short: "ms/it",
-                value: ours_ms_per_iteration,
-                agg: Agg::Median,
-                digits: 2,
-            },
+            crate::suite::col_iterations(),
+            crate::suite::col_ms_per_iteration(),
             Metric {
                 header: "mean L1 over training (area under the curve)",
                 key: "mean_l1",
@@ -114,22 +100,8 @@ pub fn subtb(opts: &SuiteOptions) -> Suite {
                 agg: Agg::Median,
                 digits: 0,
             },
-            Metric {
-                header: "exact L1 (last 5 evals)",
-                key: "exact_l1_last5",
-                short: "L1(last5)",
-                value: |r| num(r, "/summary/exact_last5_mean/l1_sum"),
-                agg: Agg::MeanStd,
-                digits: 4,
-            },
-            Metric {
-                header: "modes found (mean)",
-                key: "modes_found",
-                short: "modes",
-                value: |r| num(r, "/summary/modes/found"),
-                agg: Agg::Mean,
-                digits: 1,
-            },
+            crate::suite::col_l1_last5(),
+            crate::suite::col_modes_found(),
         ],
         ms_per_iteration: ours_ms_per_iteration,
         peers: Vec::new(),

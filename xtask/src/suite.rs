@@ -337,15 +337,7 @@ fn hypergrid_peer_metrics() -> Vec<Metric> {
             agg: Agg::Median,
             digits: 1,
         },
-        Metric {
-            header: "peak RSS MB",
-            key: "peak_rss_mb",
-            short: "RSS MB",
-            // Measured the same way as ours; the driver's own figure otherwise.
-            value: |r| num(r, "/peak_rss_mb").or_else(|| num(r, "/output/peak_rss_mb")),
-            agg: Agg::Max,
-            digits: 0,
-        },
+        col_peer_peak_rss(),
     ]
 }
 
@@ -373,22 +365,8 @@ pub fn hypergrid(opts: &SuiteOptions) -> Suite {
         row_header: "loss",
         runs,
         metrics: vec![
-            Metric {
-                header: "iterations",
-                key: "iterations",
-                short: "it",
-                value: |r| num(r, "/summary/iterations"),
-                agg: Agg::Median,
-                digits: 0,
-            },
-            Metric {
-                header: "ms/iteration (median)",
-                key: "ms_per_iteration",
-                short: "ms/it",
-                value: ours_ms_per_iteration,
-                agg: Agg::Median,
-                digits: 2,
-            },
+            col_iterations(),
+            col_ms_per_iteration(),
             Metric {
                 header: "trajectories/s (median)",
                 key: "trajectories_per_second",
@@ -397,14 +375,7 @@ pub fn hypergrid(opts: &SuiteOptions) -> Suite {
                 agg: Agg::Median,
                 digits: 0,
             },
-            Metric {
-                header: "exact L1 (last 5 evals)",
-                key: "exact_l1_last5",
-                short: "L1(last5)",
-                value: |r| num(r, "/summary/exact_last5_mean/l1_sum"),
-                agg: Agg::MeanStd,
-                digits: 4,
-            },
+            col_l1_last5(),
             Metric {
                 header: "exact TV (last 5 evals)",
                 key: "exact_tv_last5",
@@ -429,26 +400,84 @@ pub fn hypergrid(opts: &SuiteOptions) -> Suite {
                 agg: Agg::MeanStd,
                 digits: 4,
             },
-            Metric {
-                header: "modes found (mean)",
-                key: "modes_found",
-                short: "modes",
-                value: |r| num(r, "/summary/modes/found"),
-                agg: Agg::Mean,
-                digits: 1,
-            },
-            Metric {
-                header: "peak RSS MB",
-                key: "peak_rss_mb",
-                short: "RSS MB",
-                value: |r| num(r, "/peak_rss_mb"),
-                agg: Agg::Max,
-                digits: 0,
-            },
+            col_modes_found(),
+            col_peak_rss(),
         ],
         ms_per_iteration: ours_ms_per_iteration,
         peers: hypergrid_peers(hypergrid_peer_metrics),
         extra: Some(|session, _, dir| crate::curves::quality_plots(session, dir)),
+    }
+}
+
+/// Iterations of a training run (median over seeds).
+pub fn col_iterations() -> Metric {
+    Metric {
+        header: "iterations",
+        key: "iterations",
+        short: "it",
+        value: |r| num(r, "/summary/iterations"),
+        agg: Agg::Median,
+        digits: 0,
+    }
+}
+
+/// Our milliseconds per iteration (median over seeds).
+pub fn col_ms_per_iteration() -> Metric {
+    Metric {
+        header: "ms/iteration (median)",
+        key: "ms_per_iteration",
+        short: "ms/it",
+        value: ours_ms_per_iteration,
+        agg: Agg::Median,
+        digits: 2,
+    }
+}
+
+/// Exact L1 over the last 5 evaluations (mean ± std over seeds).
+pub fn col_l1_last5() -> Metric {
+    Metric {
+        header: "exact L1 (last 5 evals)",
+        key: "exact_l1_last5",
+        short: "L1(last5)",
+        value: |r| num(r, "/summary/exact_last5_mean/l1_sum"),
+        agg: Agg::MeanStd,
+        digits: 4,
+    }
+}
+
+/// Modes visited by training (mean over seeds).
+pub fn col_modes_found() -> Metric {
+    Metric {
+        header: "modes found (mean)",
+        key: "modes_found",
+        short: "modes",
+        value: |r| num(r, "/summary/modes/found"),
+        agg: Agg::Mean,
+        digits: 1,
+    }
+}
+
+/// Peak resident memory of our process (largest over seeds).
+pub fn col_peak_rss() -> Metric {
+    Metric {
+        header: "peak RSS MB",
+        key: "peak_rss_mb",
+        short: "RSS MB",
+        value: |r| num(r, "/peak_rss_mb"),
+        agg: Agg::Max,
+        digits: 0,
+    }
+}
+
+/// A peer's peak resident memory, measured like ours (the driver's own figure otherwise).
+pub fn col_peer_peak_rss() -> Metric {
+    Metric {
+        header: "peak RSS MB",
+        key: "peak_rss_mb",
+        short: "RSS MB",
+        value: |r| num(r, "/peak_rss_mb").or_else(|| num(r, "/output/peak_rss_mb")),
+        agg: Agg::Max,
+        digits: 0,
     }
 }
 

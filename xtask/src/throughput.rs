@@ -87,14 +87,7 @@ pub fn throughput(opts: &SuiteOptions) -> Suite {
         row_header: "configuration",
         runs,
         metrics: vec![
-            Metric {
-                header: "ms/iteration (median)",
-                key: "ms_per_iteration",
-                short: "ms/it",
-                value: ours_ms_per_iteration,
-                agg: Agg::Median,
-                digits: 2,
-            },
+            crate::suite::col_ms_per_iteration(),
             Metric {
                 header: "iterations/s",
                 key: "iterations_per_second",
@@ -131,14 +124,7 @@ pub fn throughput(opts: &SuiteOptions) -> Suite {
                 agg: Agg::Median,
                 digits: 2,
             },
-            Metric {
-                header: "peak RSS MB",
-                key: "peak_rss_mb",
-                short: "RSS MB",
-                value: |r| num(r, "/peak_rss_mb"),
-                agg: Agg::Max,
-                digits: 0,
-            },
+            crate::suite::col_peak_rss(),
         ],
         ms_per_iteration: ours_ms_per_iteration,
         peers: hypergrid_peers(|| {
@@ -151,14 +137,7 @@ pub fn throughput(opts: &SuiteOptions) -> Suite {
                     agg: Agg::Median,
                     digits: 0,
                 },
-                Metric {
-                    header: "peak RSS MB",
-                    key: "peak_rss_mb",
-                    short: "RSS MB",
-                    value: |r| num(r, "/peak_rss_mb").or_else(|| num(r, "/output/peak_rss_mb")),
-                    agg: Agg::Max,
-                    digits: 0,
-                },
+                crate::suite::col_peer_peak_rss(),
             ]
         }),
         extra: Some(extra),
