@@ -158,6 +158,9 @@ impl Env for DagEnv {
         out.fill(0.0);
         out[state[0] as usize] = 1.0;
     }
+    fn intermediate_log_reward(&self, state: &[i32]) -> Option<f64> {
+        Some(self.log_rewards[state[0] as usize])
+    }
     fn is_terminal(&self, state: &[i32]) -> bool {
         !self.with_exit && !self.has_children(state[0] as usize)
     }

@@ -88,6 +88,12 @@ pub trait Env: Send + Sync {
     /// Write the network input for `state` into `out` (`feature_dim` values).
     fn featurize(&self, state: &[i32], out: &mut [f32]);
 
+    /// `log R(s)` of any state, terminal or not, where the task gives partial objects an energy
+    /// (`R(s) = exp(−E(s))`): what the forward-looking objectives FL-DB and FL-SubTB (Pan et al.
+    /// 2023) learn around. `None` (the default) where only complete objects have a reward.
+    fn intermediate_log_reward(&self, _state: &[i32]) -> Option<f64> {
+        None
+    }
     /// Whether `state` is a terminal object in an environment without exit action.
     /// Environments with an exit action keep the default.
     fn is_terminal(&self, _state: &[i32]) -> bool {

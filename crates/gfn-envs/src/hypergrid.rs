@@ -169,6 +169,10 @@ impl Env for Hypergrid {
     fn log_reward(&self, state: &[i32]) -> f64 {
         self.reward_of(state).ln()
     }
+    /// Every grid point is an object with a reward, so every state has an intermediate energy.
+    fn intermediate_log_reward(&self, state: &[i32]) -> Option<f64> {
+        Some(self.reward_of(state).ln())
+    }
     fn featurize(&self, state: &[i32], out: &mut [f32]) {
         out.fill(0.0);
         for (i, &x) in state.iter().enumerate() {

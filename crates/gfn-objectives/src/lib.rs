@@ -1,12 +1,14 @@
 //! # gfn-objectives
 //!
 //! Balance objectives for GFlowNets, each in its own file with its formula:
-//! [`fm`] flow matching, [`db`] detailed balance, [`tb`] trajectory balance, [`subtb`] SubTB(λ).
+//! [`fm`] flow matching, [`db`] detailed balance, [`tb`] trajectory balance, [`subtb`] SubTB(λ),
+//! and [`fl`] their forward-looking forms FL-DB and FL-SubTB(λ).
 //! They take [`BalanceTerms`] (or [`fm::FlowMatchingTerms`]): padded per-step log-probabilities
 //! and flows gathered from one batched forward pass, so no log-probability is computed twice.
 //! [`Objective`] ties a loss to a batch and an estimator.
 
 pub mod db;
+pub mod fl;
 pub mod fm;
 pub mod subtb;
 pub mod tb;
@@ -37,11 +39,18 @@ pub enum Objective {
         /// Geometric weight λ > 0.
         lambda: f64,
     },
+    /// Forward-looking detailed balance (intermediate energies).
+    ForwardLookingDb,
+    /// Forward-looking SubTB(λ).
+    ForwardLookingSubTb {
+        /// Geometric weight λ > 0.
+        lambda: f64,
+    },
 }
 
 impl Objective {
     /// The names accepted by [`Objective::parse`].
-    pub const NAMES: &'static str = "fm, db, tb, subtb";
+    pub const NAMES: &'static str = "fm, db, tb, subtb, fl-db, fl-subtb";
 
     /// `fm`, `db`, `tb` or `subtb` (with `lambda`).
     pub fn parse(name: &str, lambda: f64) -> Result<Self> {
@@ -49,12 +58,17 @@ impl Objective {
             "fm" => Ok(Self::FlowMatching),
             "db" => Ok(Self::DetailedBalance),
             "tb" => Ok(Self::TrajectoryBalance),
-            "subtb" => {
+            "subtb" | "fl-subtb" => {
                 if !(lambda.is_finite() && lambda > 0.0) {
                     return Err(GfnError::invalid("lambda", lambda, "must be finite and > 0"));
                 }
-                Ok(Self::SubTrajectoryBalance { lambda })
+                Ok(if name == "subtb" {
+                    Self::SubTrajectoryBalance { lambda }
+                } else {
+                    Self::ForwardLookingSubTb { lambda }
+                })
             }
+            "fl-db" => Ok(Self::ForwardLookingDb),
             other => Err(GfnError::invalid(
                 "loss",
                 other,
@@ -70,12 +84,40 @@ impl Objective {
             Self::DetailedBalance => "db",
             Self::TrajectoryBalance => "tb",
             Self::SubTrajectoryBalance { .. } => "subtb",
+            Self::ForwardLookingDb => "fl-db",
+            Self::ForwardLookingSubTb { .. } => "fl-subtb",
         }
     }
 
     /// Whether the estimator needs a log F(s) head.
     pub fn needs_flow_head(&self) -> bool {
-        matches!(self, Self::DetailedBalance | Self::SubTrajectoryBalance { .. })
+        matches!(
+            self,
+            Self::DetailedBalance
+                | Self::SubTrajectoryBalance { .. }
+                | Self::ForwardLookingDb
+                | Self::ForwardLookingSubTb { .. }
+        )
+    }
+
+    /// Whether the objective needs intermediate energies ([`Env::intermediate_log_reward`]).
+    pub fn needs_intermediate_energies(&self) -> bool {
+        matches!(self, Self::ForwardLookingDb | Self::ForwardLookingSubTb { .. })
+    }
+
+    /// A clear error when `env` cannot serve this objective.
+    pub fn check_env<E: Env + ?Sized>(&self, env: &E) -> Result<()> {
+        if self.needs_intermediate_energies() && !fl::has_intermediate_energies(env) {
+            return Err(GfnError::invalid(
+                "loss",
+                self.name(),
+                format!(
+                    "needs an environment whose partial objects have energies (Env::intermediate_log_reward); {} has none",
+                    env.name()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Whether the objective uses P_B (flow matching does not).
@@ -106,12 +148,16 @@ impl Objective {
             Self::TrajectoryBalance => trajectory_balance(&terms, &forward.log_z()),
             Self::DetailedBalance => detailed_balance(&terms),
             Self::SubTrajectoryBalance { lambda } => subtrajectory_balance(&terms, lambda),
+            Self::ForwardLookingDb => detailed_balance(&terms.with_offsets(fl::intermediate_offsets(env, batch)?)?),
+            Self::ForwardLookingSubTb { lambda } => {
+                subtrajectory_balance(&terms.with_offsets(fl::intermediate_offsets(env, batch)?)?, lambda)
+            }
             Self::FlowMatching => unreachable!(),
         }
     }
 
-    /// The model's estimate of log Z: the log Z parameter (TB), log F(s_0) (DB, SubTB), or the
-    /// total log edge flow out of s_0 (FM).
+    /// The model's estimate of log Z: the log Z parameter (TB), log F(s_0) (DB, SubTB; log F̃(s_0)
+    /// for FL, whose initial offset is 0), or the total log edge flow out of s_0 (FM).
     pub fn log_z_estimate<E: Env + ?Sized>(&self, env: &E, estimator: &Estimator) -> Result<f64> {
         if self.uses_log_z() {
             return estimator.log_z_value();

@@ -29,6 +29,10 @@ pub struct BalanceTerms {
     pub log_reward: Tensor,
     /// Number of actions of each trajectory.
     pub lengths: Vec<usize>,
+    /// Forward-looking parameterisation (FL, LED): `[B, T+1]` cumulative log-reward increments
+    /// `D_k = Σ_{t<k} Δ_t` of every node (`D_0 = 0`, `D_n = log R(x)`, 0 past the end), and
+    /// `log_flow` holds `log F̃` with `log F(s_k) = log F̃(s_k) + D_k`. `None`: plain flows.
+    pub offsets: Option<Tensor>,
 }
 
 impl BalanceTerms {
@@ -81,7 +85,8 @@ impl BalanceTerms {
     }
 
     /// `[B, T+1]` flow of every node with the terminal boundary: `log F(s_t)` for `t < n`,
-    /// `log R(x)` at `t = n`, 0 after.
+    /// `log R(x)` at `t = n`, 0 after. In the forward-looking parameterisation (`offsets`), node
+    /// `k` is `log F̃(s_k) + D_k` and node `n` is `D_n = log R(x)`.
     pub fn node_log_flows(&self) -> Result<Tensor> {
         let flow = self
             .log_flow
@@ -99,8 +104,15 @@ impl BalanceTerms {
         let below = Tensor::from_vec(below, (b, t + 1), dev)?.to_dtype(dt)?;
         let at_end = Tensor::from_vec(at_end, (b, t + 1), dev)?.to_dtype(dt)?;
         let padded = Tensor::cat(&[flow, &Tensor::zeros((b, 1), dt, dev)?], 1)?;
-        let boundary = at_end.broadcast_mul(&self.log_reward.unsqueeze(1)?)?;
-        Ok(((padded * below)? + boundary)?)
+        let nodes = (padded * below)?;
+        match &self.offsets {
+            // log F̃(s_k) + D_k, and D_n = log R(x) at the end: F̃(x) = 1.
+            Some(d) => Ok((nodes + d)?),
+            None => {
+                let boundary = at_end.broadcast_mul(&self.log_reward.unsqueeze(1)?)?;
+                Ok((nodes + boundary)?)
+            }
+        }
     }
 
     /// Gather the terms of `batch` from the estimator's outputs on all of its rows (in row order).
@@ -179,6 +191,7 @@ impl BalanceTerms {
             log_flow,
             log_reward,
             lengths,
+            offsets: None,
         };
         Ok(terms)
     }

@@ -146,9 +146,21 @@ enum Loss {
     Db,
     SubTb(f64),
     Fm,
+    /// Forward-looking DB: the table's flow is log F, the network's output log F̃ = log F − D(s).
+    FlDb,
+    FlSubTb(f64),
 }
 
-const LOSSES: [Loss; 5] = [Loss::Tb, Loss::Db, Loss::SubTb(0.5), Loss::SubTb(2.0), Loss::Fm];
+const LOSSES: [Loss; 8] = [
+    Loss::Tb,
+    Loss::Db,
+    Loss::SubTb(0.5),
+    Loss::SubTb(2.0),
+    Loss::Fm,
+    Loss::FlDb,
+    Loss::FlSubTb(0.5),
+    Loss::FlSubTb(2.0),
+];
 
 fn loss(l: Loss, c: &Case, t: &Tables) -> Tensor {
     match l {
@@ -157,13 +169,41 @@ fn loss(l: Loss, c: &Case, t: &Tables) -> Tensor {
             // For flow matching the forward table holds log edge flows.
             flow_matching(&layout.gather(&t.output(&layout.states).pf_logits).unwrap()).unwrap()
         }
+        Loss::FlDb | Loss::FlSubTb(_) => {
+            // log F̃(s) = log F(s) − D(s), D(s_0) = 0 and D(s) = log R(s) otherwise.
+            let mut out = t.output(&c.batch.states);
+            let d: Vec<f64> = c
+                .batch
+                .states
+                .iter()
+                .map(|&s| {
+                    if s == 0 {
+                        0.0
+                    } else {
+                        c.env.intermediate_log_reward(&[s]).unwrap()
+                    }
+                })
+                .collect();
+            let d = Tensor::from_vec(d, c.batch.states.len(), &DEV).unwrap();
+            out.log_flow = Some((out.log_flow.unwrap() - d).unwrap());
+            let offsets = gfn_objectives::fl::intermediate_offsets(&c.env, &c.batch).unwrap();
+            let terms = BalanceTerms::from_batch(&c.batch, &out)
+                .unwrap()
+                .with_offsets(offsets)
+                .unwrap();
+            match l {
+                Loss::FlDb => detailed_balance(&terms).unwrap(),
+                Loss::FlSubTb(lambda) => subtrajectory_balance(&terms, lambda).unwrap(),
+                _ => unreachable!(),
+            }
+        }
         _ => {
             let terms = BalanceTerms::from_batch(&c.batch, &t.output(&c.batch.states)).unwrap();
             match l {
                 Loss::Tb => trajectory_balance(&terms, t.log_z.as_tensor()).unwrap(),
                 Loss::Db => detailed_balance(&terms).unwrap(),
                 Loss::SubTb(lambda) => subtrajectory_balance(&terms, lambda).unwrap(),
-                Loss::Fm => unreachable!(),
+                _ => unreachable!(),
             }
         }
     }
@@ -263,7 +303,7 @@ proptest! {
     fn gradients_match_finite_differences((seed, n, p, exit) in dag_params()) {
         let mut c = case(seed, n, p, exit, 5);
         let t = Tables::random(&c.ev, &c.env, &mut c.rng);
-        for l in [Loss::Tb, Loss::Db, Loss::SubTb(0.9), Loss::Fm] {
+        for l in [Loss::Tb, Loss::Db, Loss::SubTb(0.9), Loss::Fm, Loss::FlDb, Loss::FlSubTb(0.9)] {
             let grads = loss(l, &c, &t).backward().unwrap();
             for var in t.vars() {
                 let analytic: Vec<f64> = match grads.get(var.as_tensor()) {
@@ -493,6 +533,8 @@ mod engines {
             Objective::DetailedBalance,
             Objective::SubTrajectoryBalance { lambda: 0.9 },
             Objective::FlowMatching,
+            Objective::ForwardLookingDb,
+            Objective::ForwardLookingSubTb { lambda: 0.9 },
         ];
         for env in envs {
             for obj in objectives {

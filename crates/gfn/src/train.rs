@@ -157,6 +157,7 @@ impl Trainer {
     pub fn with_env(config: TrainConfig, env: Box<dyn Env>, device: &Device) -> Result<Self> {
         config.validate_training()?;
         let objective = Objective::parse(&config.loss, config.lambda)?;
+        objective.check_env(env.as_ref())?;
         let mut rng = rng_from_seed(config.seed);
         let (estimator, optimizer) = build_model(&config, env.as_ref(), objective, device, &mut rng)?;
         let evaluator = ExactEvaluator::new(env.as_ref()).ok();

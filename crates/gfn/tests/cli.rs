@@ -74,7 +74,14 @@ fn run_ok(args: &[String]) -> Output {
 /// A sampler trained on a small hypergrid reaches the target distribution, for every objective.
 #[test]
 fn trained_samplers_reach_the_target() {
-    for (loss, iterations) in [("tb", 1500), ("db", 1500), ("subtb", 1500), ("fm", 1500)] {
+    for (loss, iterations) in [
+        ("tb", 1500),
+        ("db", 1500),
+        ("subtb", 1500),
+        ("fm", 1500),
+        ("fl-db", 1500),
+        ("fl-subtb", 1500),
+    ] {
         let config = TrainConfig {
             ndim: 2,
             height: 6,
