@@ -3,7 +3,10 @@
 //! Environments for gfn. Each is one file implementing [`gfn_core::Env`].
 //!
 //! * [`Hypergrid`]: the `d`-dimensional grid of Bengio et al. (2021), exit allowed everywhere.
+//! * [`SetEnv`]: set generation with additive element energies (FL-GFN, LED-GFN).
 
 pub mod hypergrid;
+pub mod set;
 
 pub use hypergrid::{Hypergrid, HypergridReward};
+pub use set::{SetAnalysis, SetEnv, SetSize};
