@@ -2,7 +2,7 @@
 //!
 //! Balance objectives for GFlowNets, each in its own file with its formula:
 //! [`fm`] flow matching, [`db`] detailed balance, [`tb`] trajectory balance, [`subtb`] SubTB(λ),
-//! and [`fl`] their forward-looking forms FL-DB and FL-SubTB(λ).
+//! [`fl`] their forward-looking forms FL-DB and FL-SubTB(λ), and [`mdb`] modified DB.
 //! They take [`BalanceTerms`] (or [`fm::FlowMatchingTerms`]): padded per-step log-probabilities
 //! and flows gathered from one batched forward pass, so no log-probability is computed twice.
 //! [`Objective`] ties a loss to a batch and an estimator.
@@ -10,6 +10,7 @@
 pub mod db;
 pub mod fl;
 pub mod fm;
+pub mod mdb;
 pub mod subtb;
 pub mod tb;
 pub mod terms;
@@ -41,6 +42,8 @@ pub enum Objective {
     },
     /// Forward-looking detailed balance (intermediate energies).
     ForwardLookingDb,
+    /// Modified detailed balance (every state terminal through an exit action).
+    ModifiedDb,
     /// Forward-looking SubTB(λ).
     ForwardLookingSubTb {
         /// Geometric weight λ > 0.
@@ -50,7 +53,7 @@ pub enum Objective {
 
 impl Objective {
     /// The names accepted by [`Objective::parse`].
-    pub const NAMES: &'static str = "fm, db, tb, subtb, fl-db, fl-subtb";
+    pub const NAMES: &'static str = "fm, db, tb, subtb, fl-db, fl-subtb, mdb";
 
     /// `fm`, `db`, `tb` or `subtb` (with `lambda`).
     pub fn parse(name: &str, lambda: f64) -> Result<Self> {
@@ -69,6 +72,7 @@ impl Objective {
                 })
             }
             "fl-db" => Ok(Self::ForwardLookingDb),
+            "mdb" => Ok(Self::ModifiedDb),
             other => Err(GfnError::invalid(
                 "loss",
                 other,
@@ -86,6 +90,7 @@ impl Objective {
             Self::SubTrajectoryBalance { .. } => "subtb",
             Self::ForwardLookingDb => "fl-db",
             Self::ForwardLookingSubTb { .. } => "fl-subtb",
+            Self::ModifiedDb => "mdb",
         }
     }
 
@@ -102,11 +107,21 @@ impl Objective {
 
     /// Whether the objective needs intermediate energies ([`Env::intermediate_log_reward`]).
     pub fn needs_intermediate_energies(&self) -> bool {
-        matches!(self, Self::ForwardLookingDb | Self::ForwardLookingSubTb { .. })
+        matches!(
+            self,
+            Self::ForwardLookingDb | Self::ForwardLookingSubTb { .. } | Self::ModifiedDb
+        )
     }
 
     /// A clear error when `env` cannot serve this objective.
     pub fn check_env<E: Env + ?Sized>(&self, env: &E) -> Result<()> {
+        if matches!(self, Self::ModifiedDb) && env.exit_action().is_none() {
+            return Err(GfnError::invalid(
+                "loss",
+                "mdb",
+                format!("needs an exit action from every state; {} has none", env.name()),
+            ));
+        }
         if self.needs_intermediate_energies() && !fl::has_intermediate_energies(env) {
             return Err(GfnError::invalid(
                 "loss",
@@ -152,12 +167,14 @@ impl Objective {
             Self::ForwardLookingSubTb { lambda } => {
                 subtrajectory_balance(&terms.with_offsets(fl::intermediate_offsets(env, batch)?)?, lambda)
             }
+            Self::ModifiedDb => mdb::modified_detailed_balance(&terms, mdb::node_log_rewards(env, batch)?),
             Self::FlowMatching => unreachable!(),
         }
     }
 
     /// The model's estimate of log Z: the log Z parameter (TB), log F(s_0) (DB, SubTB; log F̃(s_0)
-    /// for FL, whose initial offset is 0), or the total log edge flow out of s_0 (FM).
+    /// for FL, whose initial offset is 0), the total log edge flow out of s_0 (FM), or
+    /// `log R(s_0) − log P_F(exit | s_0)` (modified DB).
     pub fn log_z_estimate<E: Env + ?Sized>(&self, env: &E, estimator: &Estimator) -> Result<f64> {
         if self.uses_log_z() {
             return estimator.log_z_value();
@@ -167,13 +184,22 @@ impl Objective {
         let mut f = vec![0.0; env.feature_dim()];
         env.featurize(&s0, &mut f);
         let out = estimator.forward_detached(&estimator.features_tensor(&f, 1)?)?;
+        let mut m = vec![false; env.n_actions()];
+        env.forward_mask(&s0, &mut m);
+        let m: Vec<u8> = m.into_iter().map(u8::from).collect();
+        let m = Tensor::from_vec(m, (1, env.n_actions()), estimator.device())?;
         let v = match (self, out.log_flow) {
-            (Self::FlowMatching, _) => {
-                let mut m = vec![false; env.n_actions()];
-                env.forward_mask(&s0, &mut m);
-                let m: Vec<u8> = m.into_iter().map(u8::from).collect();
-                let m = Tensor::from_vec(m, (1, env.n_actions()), estimator.device())?;
-                masked_logsumexp(&out.pf_logits, &m)?
+            (Self::FlowMatching, _) => masked_logsumexp(&out.pf_logits, &m)?,
+            (Self::ModifiedDb, _) => {
+                let exit = env
+                    .exit_action()
+                    .ok_or_else(|| GfnError::invalid("loss", "mdb", "needs an exit action"))?;
+                let log_r0 = env
+                    .intermediate_log_reward(&s0)
+                    .ok_or_else(|| GfnError::invalid("loss", "mdb", "needs the reward of s_0"))?;
+                let lp = gfn_core::estimator::masked_log_softmax(&out.pf_logits, &m)?;
+                let lp_exit = f64::from(lp.flatten_all()?.to_vec1::<f32>()?[exit]);
+                return Ok(log_r0 - lp_exit);
             }
             (_, Some(f)) => f,
             (_, None) => return Err(GfnError::Other("estimator has no log F head".into())),

@@ -29,6 +29,10 @@ pub struct BalanceTerms {
     pub log_reward: Tensor,
     /// Number of actions of each trajectory.
     pub lengths: Vec<usize>,
+    /// `[B, T+1]` `log P_F(exit | s_k)` of every node that has a row (0 elsewhere), when the
+    /// environment has an exit action: what modified DB needs, gathered from the same
+    /// log-softmax as `log_pf`.
+    pub log_pf_exit: Option<Tensor>,
     /// Forward-looking parameterisation (FL, LED): `[B, T+1]` cumulative log-reward increments
     /// `D_k = Σ_{t<k} Δ_t` of every node (`D_0 = 0`, `D_n = log R(x)`, 0 past the end), and
     /// `log_flow` holds `log F̃` with `log F(s_k) = log F̃(s_k) + D_k`. `None`: plain flows.
@@ -183,6 +187,25 @@ impl BalanceTerms {
             Some(f) => Some((f.index_select(&idx(idx_node)?, 0)?.reshape((bsz, t))? * &step_mask)?),
             None => None,
         };
+        let log_pf_exit = match batch.exit_action {
+            Some(e) => {
+                let mut idx_exit = vec![0u32; bsz * (t + 1)];
+                let mut has = vec![0f32; bsz * (t + 1)];
+                for b in 0..bsz {
+                    for k in 0..=lengths[b] {
+                        let row = batch.node_row(b, k);
+                        if row != gfn_core::batch::NONE {
+                            idx_exit[b * (t + 1) + k] = row * na as u32 + e as u32;
+                            has[b * (t + 1) + k] = 1.0;
+                        }
+                    }
+                }
+                let has = Tensor::from_vec(has, (bsz, t + 1), &dev)?.to_dtype(dt)?;
+                let idx = Tensor::from_vec(idx_exit, bsz * (t + 1), &dev)?;
+                Some((lpf_all.index_select(&idx, 0)?.reshape((bsz, t + 1))? * has)?)
+            }
+            None => None,
+        };
         let log_reward = batch.log_reward.clone();
         let log_reward = Tensor::from_vec(log_reward, bsz, &dev)?.to_dtype(dt)?;
         let terms = Self {
@@ -191,6 +214,7 @@ impl BalanceTerms {
             log_flow,
             log_reward,
             lengths,
+            log_pf_exit,
             offsets: None,
         };
         Ok(terms)

@@ -149,9 +149,11 @@ enum Loss {
     /// Forward-looking DB: the table's flow is log F, the network's output log F̃ = log F − D(s).
     FlDb,
     FlSubTb(f64),
+    /// Modified DB (environments with an exit action only).
+    Mdb,
 }
 
-const LOSSES: [Loss; 8] = [
+const LOSSES: [Loss; 9] = [
     Loss::Tb,
     Loss::Db,
     Loss::SubTb(0.5),
@@ -160,7 +162,13 @@ const LOSSES: [Loss; 8] = [
     Loss::FlDb,
     Loss::FlSubTb(0.5),
     Loss::FlSubTb(2.0),
+    Loss::Mdb,
 ];
+
+/// Whether `l` applies to the case (modified DB needs an exit action).
+fn applies(l: Loss, c: &Case) -> bool {
+    !matches!(l, Loss::Mdb) || c.env.exit_action().is_some()
+}
 
 fn loss(l: Loss, c: &Case, t: &Tables) -> Tensor {
     match l {
@@ -168,6 +176,11 @@ fn loss(l: Loss, c: &Case, t: &Tables) -> Tensor {
             let layout = FlowMatchingLayout::new(&c.env, &c.batch).unwrap();
             // For flow matching the forward table holds log edge flows.
             flow_matching(&layout.gather(&t.output(&layout.states).pf_logits).unwrap()).unwrap()
+        }
+        Loss::Mdb => {
+            let terms = BalanceTerms::from_batch(&c.batch, &t.output(&c.batch.states)).unwrap();
+            let r = gfn_objectives::mdb::node_log_rewards(&c.env, &c.batch).unwrap();
+            gfn_objectives::mdb::modified_detailed_balance(&terms, r).unwrap()
         }
         Loss::FlDb | Loss::FlSubTb(_) => {
             // log F̃(s) = log F(s) − D(s), D(s_0) = 0 and D(s) = log R(s) otherwise.
@@ -250,7 +263,7 @@ proptest! {
         let mut c = case(seed, n, p, exit, 8);
         gfn_core::dag::check_env(&c.env).unwrap();
         let (policy, edges) = exact_tables(&mut c);
-        for l in LOSSES {
+        for l in LOSSES.into_iter().filter(|&l| applies(l, &c)) {
             let t = if matches!(l, Loss::Fm) { &edges } else { &policy };
             let v = scalar(&loss(l, &c, t));
             prop_assert!(v.abs() < 1e-12, "{l:?}: loss {v} at the exact solution");
@@ -273,7 +286,11 @@ proptest! {
         bump(&policy.flow, s0..s0 + 1);
         let na = c.env.n_actions();
         bump(&edges.pf, s0 * na..(s0 + 1) * na);
-        for l in LOSSES {
+        if let Some(e) = c.env.exit_action() {
+            // Modified DB sees only the policy: change P_F(exit | s_0).
+            bump(&policy.pf, s0 * na + e..s0 * na + e + 1);
+        }
+        for l in LOSSES.into_iter().filter(|&l| applies(l, &c)) {
             let t = if matches!(l, Loss::Fm) { &edges } else { &policy };
             let v = scalar(&loss(l, &c, t));
             prop_assert!(v > 1e-4 * delta * delta, "{l:?}: loss {v} after a perturbation of {delta}");
@@ -303,7 +320,10 @@ proptest! {
     fn gradients_match_finite_differences((seed, n, p, exit) in dag_params()) {
         let mut c = case(seed, n, p, exit, 5);
         let t = Tables::random(&c.ev, &c.env, &mut c.rng);
-        for l in [Loss::Tb, Loss::Db, Loss::SubTb(0.9), Loss::Fm, Loss::FlDb, Loss::FlSubTb(0.9)] {
+        for l in [Loss::Tb, Loss::Db, Loss::SubTb(0.9), Loss::Fm, Loss::FlDb, Loss::FlSubTb(0.9), Loss::Mdb]
+            .into_iter()
+            .filter(|&l| applies(l, &c))
+        {
             let grads = loss(l, &c, &t).backward().unwrap();
             for var in t.vars() {
                 let analytic: Vec<f64> = match grads.get(var.as_tensor()) {
@@ -535,9 +555,13 @@ mod engines {
             Objective::FlowMatching,
             Objective::ForwardLookingDb,
             Objective::ForwardLookingSubTb { lambda: 0.9 },
+            Objective::ModifiedDb,
         ];
         for env in envs {
             for obj in objectives {
+                if obj.check_env(env).is_err() {
+                    continue;
+                }
                 for shared in [true, false] {
                     for backward in [BackwardPolicy::Learned, BackwardPolicy::Uniform] {
                         let cfg = EstimatorConfig {

@@ -81,7 +81,7 @@ config! {
     r1: f64 = 0.5,
     /// Hypergrid mode bonus R2 [default: 2.0].
     r2: f64 = 2.0,
-    /// Objective: fm, db, tb, subtb, fl-db, fl-subtb [default: tb].
+    /// Objective: fm, db, tb, subtb, fl-db, fl-subtb, mdb [default: tb].
     loss: String = "tb".into(),
     /// SubTB(λ) weight λ > 0 [default: 0.9].
     lambda: f64 = 0.9,
