@@ -19,6 +19,7 @@ pub mod optim;
 pub mod rng;
 pub mod sampler;
 pub mod tape;
+pub mod topk;
 
 pub use batch::TrajectoryBatch;
 pub use env::Env;

@@ -29,6 +29,8 @@ pub struct Checkpoint {
     pub loss_window: (f64, u64),
     /// Empirical-distribution tracker.
     pub tracker: EmpiricalTracker,
+    /// The best distinct sampled objects.
+    pub top_k: gfn_core::topk::TopKTracker,
     /// Named f32 tensors: `param/…`, `adam_m/…`, `adam_v/…`, with their shapes.
     pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
 }
@@ -67,6 +69,7 @@ impl Checkpoint {
             ("loss_count", self.loss_window.1.to_string()),
             ("rng", serde_json::to_string(&self.rng)?),
             ("tracker", serde_json::to_string(&self.tracker)?),
+            ("top_k", serde_json::to_string(&self.top_k)?),
             ("checksum", format!("{sum:016x}")),
         ]
         .into_iter()
@@ -131,6 +134,7 @@ impl Checkpoint {
             loss_window: (get("loss_sum")?.parse()?, get("loss_count")?.parse()?),
             rng: serde_json::from_str(get("rng")?)?,
             tracker: serde_json::from_str(get("tracker")?)?,
+            top_k: serde_json::from_str(get("top_k")?)?,
             tensors,
         })
     }

@@ -69,8 +69,10 @@ fn merge<T: PartialEq + std::fmt::Debug>(
 }
 
 config! {
-    /// Environment: `hypergrid` [default: hypergrid].
+    /// Environment: `hypergrid` or `set` [default: hypergrid].
     env: String = "hypergrid".into(),
+    /// Set generation: small (|U| 30, k 20), medium (80, 60) or large (100, 80) [default: small].
+    size: String = "small".into(),
     /// Hypergrid dimension d [default: 4].
     ndim: usize = 4,
     /// Hypergrid side H, at least 2 [default: 8].
@@ -111,6 +113,8 @@ config! {
     backward_policy: BackwardPolicy = BackwardPolicy::Learned,
     /// Evaluate (exact metrics), log and checkpoint every this many iterations [default: 100].
     eval_every: usize = 100,
+    /// Number of best distinct sampled objects in the top-k metrics [default: 100].
+    top_k: usize = 100,
     /// Number of most recent sampled terminal states in the empirical distribution [default: 200000].
     empirical_window: usize = 200_000,
     /// Intra-op threads for matrix products; 1 is fastest at these sizes [default: 1].

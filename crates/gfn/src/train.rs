@@ -51,6 +51,9 @@ pub struct EvalRecord {
     pub empirical: Option<DistributionMetrics>,
     /// Modes visited so far by training samples.
     pub modes_found: Option<usize>,
+    /// The best distinct objects sampled in training so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<gfn_core::topk::TopKMetrics>,
     /// Gradient analysis, when enabled for this evaluation (`grad_cosine_every`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grad_cosine: Option<crate::gradcos::GradCosine>,
@@ -83,6 +86,8 @@ pub struct Trainer {
     pub evaluator: Option<ExactEvaluator>,
     /// Empirical tracker of sampled terminal states.
     pub tracker: EmpiricalTracker,
+    /// The best distinct sampled terminal objects.
+    pub top_k: gfn_core::topk::TopKTracker,
     /// Iterations completed.
     pub iteration: u64,
     /// Trajectories sampled.
@@ -162,6 +167,7 @@ impl Trainer {
         let (estimator, optimizer) = build_model(&config, env.as_ref(), objective, device, &mut rng)?;
         let evaluator = ExactEvaluator::new(env.as_ref()).ok();
         let tracker = EmpiricalTracker::new(config.empirical_window);
+        let top_k = gfn_core::topk::TopKTracker::new(config.top_k);
         let flops_per_row = useful_flops_per_row(&estimator);
         let fast = match config.engine.as_str() {
             "graph" => None,
@@ -179,6 +185,7 @@ impl Trainer {
             rng,
             evaluator,
             tracker,
+            top_k,
             iteration: 0,
             trajectories: 0,
             wall_seconds: 0.0,
@@ -259,6 +266,10 @@ impl Trainer {
         self.trajectories += self.config.batch_size as u64;
         self.loss_sum += value;
         self.loss_count += 1;
+        for b in 0..self.batch.batch_size {
+            self.top_k
+                .record(self.batch.terminal_state(b), self.batch.log_reward[b]);
+        }
         if let Some(ev) = &self.evaluator {
             for b in 0..self.batch.batch_size {
                 let x = self.batch.terminal_state(b);
@@ -309,6 +320,7 @@ impl Trainer {
             exact,
             empirical,
             modes_found,
+            top_k: self.top_k.metrics(),
             grad_cosine,
         };
         self.history.push(rec.clone());
@@ -342,6 +354,7 @@ impl Trainer {
             adam_t: self.optimizer.t,
             loss_window: (self.loss_sum, self.loss_count),
             tracker: self.tracker.clone(),
+            top_k: self.top_k.clone(),
             tensors,
         })
     }
@@ -375,6 +388,7 @@ impl Trainer {
         self.trajectories = ck.trajectories;
         self.rng = ck.rng.clone();
         self.tracker = ck.tracker.clone();
+        self.top_k = ck.top_k.clone();
         (self.loss_sum, self.loss_count) = ck.loss_window;
         Ok(())
     }
@@ -441,6 +455,7 @@ pub fn summary_json(t: &Trainer) -> serde_json::Value {
         "empirical": last.and_then(|r| r.empirical).map(|e| serde_json::json!({
             "window": t.tracker.len(), "tv": e.tv, "l1_sum": e.l1_sum, "l1_mean": e.l1_mean, "jsd": e.jsd,
         })),
+        "top_k": last.and_then(|r| r.top_k),
         "modes": t.evaluator.as_ref().map(|ev| serde_json::json!({
             "found": t.tracker.modes_found(), "total": ev.num_modes(),
         })),

@@ -247,6 +247,10 @@ fn bad_input_gets_a_clear_error() {
     assert_usage_error(&["train", "--env", "maze", "--out", d], &["env", "maze", "hypergrid"]);
     assert_usage_error(&["train", "--loss", "xyz", "--out", d], &["loss", "xyz", "tb"]);
     assert_usage_error(&["train", "--height", "1", "--out", d], &["height", "1"]);
+    assert_usage_error(
+        &["train", "--env", "set", "--size", "huge", "--out", d],
+        &["size", "huge", "small"],
+    );
     assert_usage_error(&["train", "--r0", "-1", "--out", d], &["r0", "-1"]);
     assert_usage_error(&["train", "--batch-size", "0", "--out", d], &["batch_size", "0"]);
     assert_usage_error(&["train", "--epsilon", "2", "--out", d], &["epsilon", "2"]);
