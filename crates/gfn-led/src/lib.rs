@@ -18,4 +18,4 @@ pub mod potential;
 
 pub use decomposition::{decomposed_len, decomposition_loss, led_offsets, recentre};
 pub use dropout::{default_drop_rate, draw_mask, dropout_sum};
-pub use potential::PotentialNet;
+pub use potential::{PotentialNet, TransitionInputs};

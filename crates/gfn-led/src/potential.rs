@@ -38,13 +38,17 @@ impl PotentialNet {
     /// Potentials of every decomposed transition of `batch`, padded to `[B, T]` with zeros (an
     /// exit transition and steps past the end are 0), with gradients.
     pub fn potentials(&self, batch: &TrajectoryBatch) -> Result<Tensor> {
+        self.forward(&self.inputs(batch))
+    }
+
+    /// The network inputs of `batch`'s decomposed transitions, kept so that the same
+    /// transitions can be evaluated again later (LED's replay of recent batches).
+    pub fn inputs(&self, batch: &TrajectoryBatch) -> TransitionInputs {
         let (b, t) = (batch.batch_size, batch.max_length());
         let f = self.feature_dim;
         let mut x: Vec<f32> = Vec::new();
-        // Position of each transition's output, or the index of the appended zero.
-        let mut index = Vec::with_capacity(b * t);
-        let mut m = 0u32;
         let mut slots = Vec::with_capacity(b * t);
+        let mut m = 0u32;
         for i in 0..b {
             let n = decomposed_len(batch, i);
             for k in 0..t {
@@ -60,15 +64,44 @@ impl PotentialNet {
                 }
             }
         }
-        index.extend(slots.into_iter().map(|s| s.unwrap_or(m)));
+        TransitionInputs {
+            x,
+            index: slots.into_iter().map(|s| s.unwrap_or(m)).collect(),
+            transitions: m as usize,
+            batch: b,
+            steps: t,
+        }
+    }
+
+    /// Potentials `[B, T]` of stored transition inputs, with gradients.
+    pub fn forward(&self, inputs: &TransitionInputs) -> Result<Tensor> {
+        let (b, t, m) = (inputs.batch, inputs.steps, inputs.transitions);
         let y = if m > 0 {
-            let input = Tensor::from_vec(x, (m as usize, 2 * f), &self.device)?;
+            let input = Tensor::from_slice(&inputs.x, (m, 2 * self.feature_dim), &self.device)?;
             self.mlp.forward(&input, false)?.flatten_all()?
         } else {
             Tensor::zeros(0, candle_core::DType::F32, &self.device)?
         };
         let padded = Tensor::cat(&[&y, &Tensor::zeros(1, y.dtype(), &self.device)?], 0)?;
-        let idx = Tensor::from_vec(index, b * t, &self.device)?;
+        let idx = Tensor::from_slice(&inputs.index, b * t, &self.device)?;
         Ok(padded.index_select(&idx, 0)?.reshape((b, t))?)
+    }
+}
+
+/// The potential network's inputs for one batch: `[transitions, 2·feature_dim]` features of
+/// `(s, s')`, and where each output goes in the padded `[B, T]` layout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransitionInputs {
+    x: Vec<f32>,
+    index: Vec<u32>,
+    transitions: usize,
+    batch: usize,
+    steps: usize,
+}
+
+impl TransitionInputs {
+    /// `(B, T)` of the padded layout.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.batch, self.steps)
     }
 }

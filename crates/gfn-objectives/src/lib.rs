@@ -44,6 +44,13 @@ pub enum Objective {
     ForwardLookingDb,
     /// Modified detailed balance (every state terminal through an exit action).
     ModifiedDb,
+    /// LED-DB: FL-DB with learned potentials as increments (`gfn-led`).
+    LedDb,
+    /// LED-SubTB(λ).
+    LedSubTb {
+        /// Geometric weight λ > 0.
+        lambda: f64,
+    },
     /// Forward-looking SubTB(λ).
     ForwardLookingSubTb {
         /// Geometric weight λ > 0.
@@ -53,7 +60,7 @@ pub enum Objective {
 
 impl Objective {
     /// The names accepted by [`Objective::parse`].
-    pub const NAMES: &'static str = "fm, db, tb, subtb, fl-db, fl-subtb, mdb";
+    pub const NAMES: &'static str = "fm, db, tb, subtb, fl-db, fl-subtb, mdb, led-db, led-subtb";
 
     /// `fm`, `db`, `tb` or `subtb` (with `lambda`).
     pub fn parse(name: &str, lambda: f64) -> Result<Self> {
@@ -61,16 +68,17 @@ impl Objective {
             "fm" => Ok(Self::FlowMatching),
             "db" => Ok(Self::DetailedBalance),
             "tb" => Ok(Self::TrajectoryBalance),
-            "subtb" | "fl-subtb" => {
+            "subtb" | "fl-subtb" | "led-subtb" => {
                 if !(lambda.is_finite() && lambda > 0.0) {
                     return Err(GfnError::invalid("lambda", lambda, "must be finite and > 0"));
                 }
-                Ok(if name == "subtb" {
-                    Self::SubTrajectoryBalance { lambda }
-                } else {
-                    Self::ForwardLookingSubTb { lambda }
+                Ok(match name {
+                    "subtb" => Self::SubTrajectoryBalance { lambda },
+                    "fl-subtb" => Self::ForwardLookingSubTb { lambda },
+                    _ => Self::LedSubTb { lambda },
                 })
             }
+            "led-db" => Ok(Self::LedDb),
             "fl-db" => Ok(Self::ForwardLookingDb),
             "mdb" => Ok(Self::ModifiedDb),
             other => Err(GfnError::invalid(
@@ -91,6 +99,8 @@ impl Objective {
             Self::ForwardLookingDb => "fl-db",
             Self::ForwardLookingSubTb { .. } => "fl-subtb",
             Self::ModifiedDb => "mdb",
+            Self::LedDb => "led-db",
+            Self::LedSubTb { .. } => "led-subtb",
         }
     }
 
@@ -102,7 +112,14 @@ impl Objective {
                 | Self::SubTrajectoryBalance { .. }
                 | Self::ForwardLookingDb
                 | Self::ForwardLookingSubTb { .. }
+                | Self::LedDb
+                | Self::LedSubTb { .. }
         )
+    }
+
+    /// Whether the loss needs learned per-transition potentials ([`Objective::loss_with_offsets`]).
+    pub fn needs_potentials(&self) -> bool {
+        matches!(self, Self::LedDb | Self::LedSubTb { .. })
     }
 
     /// Whether the objective needs intermediate energies ([`Env::intermediate_log_reward`]).
@@ -154,6 +171,19 @@ impl Objective {
         batch: &TrajectoryBatch,
         forward: &mut dyn RowForward,
     ) -> Result<Tensor> {
+        self.loss_with_offsets(env, batch, forward, None)
+    }
+
+    /// [`Objective::loss`] with the node offsets `[B, T+1]` of learned potentials (LED-DB,
+    /// LED-SubTB: `gfn_led::led_offsets` of the re-centred potentials); other objectives ignore
+    /// them.
+    pub fn loss_with_offsets<E: Env + ?Sized>(
+        &self,
+        env: &E,
+        batch: &TrajectoryBatch,
+        forward: &mut dyn RowForward,
+        offsets: Option<Vec<f64>>,
+    ) -> Result<Tensor> {
         if let Self::FlowMatching = self {
             return flow_matching(&FlowMatchingTerms::from_batch(env, batch, forward)?);
         }
@@ -168,6 +198,19 @@ impl Objective {
                 subtrajectory_balance(&terms.with_offsets(fl::intermediate_offsets(env, batch)?)?, lambda)
             }
             Self::ModifiedDb => mdb::modified_detailed_balance(&terms, mdb::node_log_rewards(env, batch)?),
+            Self::LedDb | Self::LedSubTb { .. } => {
+                let offsets = offsets.ok_or_else(|| {
+                    GfnError::Other(format!(
+                        "{} needs the potentials of a gfn-led PotentialNet",
+                        self.name()
+                    ))
+                })?;
+                let terms = terms.with_offsets(offsets)?;
+                match *self {
+                    Self::LedSubTb { lambda } => subtrajectory_balance(&terms, lambda),
+                    _ => detailed_balance(&terms),
+                }
+            }
             Self::FlowMatching => unreachable!(),
         }
     }

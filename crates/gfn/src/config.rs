@@ -83,7 +83,7 @@ config! {
     r1: f64 = 0.5,
     /// Hypergrid mode bonus R2 [default: 2.0].
     r2: f64 = 2.0,
-    /// Objective: fm, db, tb, subtb, fl-db, fl-subtb, mdb [default: tb].
+    /// Objective: fm, db, tb, subtb, fl-db, fl-subtb, mdb, led-db, led-subtb [default: tb].
     loss: String = "tb".into(),
     /// SubTB(λ) weight λ > 0 [default: 0.9].
     lambda: f64 = 0.9,
@@ -123,6 +123,15 @@ config! {
     /// hand-written batched backward), or `graph` (candle autograd over one batched forward)
     /// [default: auto].
     engine: String = "auto".into(),
+    /// LED: learning rate of the potential network [default: 0.001].
+    led_lr: f64 = 1e-3,
+    /// LED: dropout rate γ of the decomposition loss in [0, 1); negative = the paper's rule
+    /// (0.1 below 10 transitions, 0.2 otherwise) [default: -1].
+    led_drop_rate: f64 = -1.0,
+    /// LED: extra potential updates per iteration, replayed from the buffer [default: 8].
+    led_steps: usize = 8,
+    /// LED: batches kept in the replay buffer [default: 300].
+    led_buffer: usize = 300,
     /// Gradient analysis (SubTB paper): at every evaluation whose iteration is a multiple of this,
     /// record the cosine between small-batch TB/DB/SubTB gradients and a large-batch TB gradient;
     /// 0 = off [default: 0].
@@ -158,7 +167,14 @@ impl TrainConfig {
         positive("threads", self.threads)?;
         positive("grad_cosine_batch", self.grad_cosine_batch)?;
         positive("grad_cosine_repeats", self.grad_cosine_repeats)?;
-        for (field, v) in [("lr", self.lr), ("lr_logz", self.lr_logz)] {
+        if !(self.led_drop_rate.is_finite() && self.led_drop_rate < 1.0) {
+            return Err(GfnError::invalid(
+                "led_drop_rate",
+                self.led_drop_rate,
+                "must be below 1 (negative: the paper's rule)",
+            ));
+        }
+        for (field, v) in [("lr", self.lr), ("lr_logz", self.lr_logz), ("led_lr", self.led_lr)] {
             if !(v.is_finite() && v > 0.0) {
                 return Err(GfnError::invalid(field, v, "must be finite and > 0"));
             }

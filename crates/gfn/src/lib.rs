@@ -18,6 +18,7 @@ pub mod config;
 pub mod envs;
 pub mod gradcos;
 pub mod io;
+pub mod led;
 pub mod train;
 
 pub use gfn_core as core;

@@ -98,6 +98,10 @@ pub struct Trainer {
     pub history: Vec<EvalRecord>,
     /// Training seconds at every evaluation of `history`.
     pub eval_timing: Vec<EvalTiming>,
+    /// LED's potential network and replay buffer (LED losses only).
+    pub led: Option<crate::led::LedTrainer>,
+    /// Seconds of the training steps spent on LED's potentials (included in `wall_seconds`).
+    pub led_seconds: f64,
     /// Useful floating-point operations of the training steps so far: one forward and one
     /// backward pass of every network over every row the step evaluates.
     pub useful_flops: f64,
@@ -165,6 +169,16 @@ impl Trainer {
         objective.check_env(env.as_ref())?;
         let mut rng = rng_from_seed(config.seed);
         let (estimator, optimizer) = build_model(&config, env.as_ref(), objective, device, &mut rng)?;
+        let led = if objective.needs_potentials() {
+            Some(crate::led::LedTrainer::new(
+                &config,
+                env.feature_dim(),
+                device,
+                &mut rng,
+            )?)
+        } else {
+            None
+        };
         let evaluator = ExactEvaluator::new(env.as_ref()).ok();
         let tracker = EmpiricalTracker::new(config.empirical_window);
         let top_k = gfn_core::topk::TopKTracker::new(config.top_k);
@@ -190,6 +204,8 @@ impl Trainer {
             trajectories: 0,
             wall_seconds: 0.0,
             history: Vec::new(),
+            led,
+            led_seconds: 0.0,
             eval_timing: Vec::new(),
             useful_flops: 0.0,
             flops_per_row,
@@ -234,7 +250,8 @@ impl Trainer {
                 let mut view = fast.view(est);
                 self.sampler
                     .sample_forward_with(env, &mut view, n, opts, &mut self.rng, &mut self.batch)?;
-                let loss = self.objective.loss(env, &self.batch, &mut view)?;
+                let offsets = led_offsets(&mut self.led, &self.batch, &mut self.led_seconds)?;
+                let loss = self.objective.loss_with_offsets(env, &self.batch, &mut view, offsets)?;
                 let value = check_finite(&loss, self.objective, self.iteration)?;
                 let grads = loss.backward()?;
                 let log_z_grad = match grads.get(est.log_z().as_tensor()) {
@@ -252,7 +269,10 @@ impl Trainer {
             None => {
                 self.sampler
                     .sample_forward(env, est, n, opts, &mut self.rng, &mut self.batch)?;
-                let loss = self.objective.loss(env, &self.batch, &mut &*est)?;
+                let offsets = led_offsets(&mut self.led, &self.batch, &mut self.led_seconds)?;
+                let loss = self
+                    .objective
+                    .loss_with_offsets(env, &self.batch, &mut &*est, offsets)?;
                 let value = check_finite(&loss, self.objective, self.iteration)?;
                 let grads = loss.backward()?;
                 self.optimizer.step(&grads)?;
@@ -260,6 +280,11 @@ impl Trainer {
             }
         };
         drop(loss);
+        if let Some(led) = &mut self.led {
+            let t = Instant::now();
+            led.update(&mut self.rng).context("the LED potential update failed")?;
+            self.led_seconds += t.elapsed().as_secs_f64();
+        }
         self.wall_seconds += start.elapsed().as_secs_f64();
         self.useful_flops += self.flops_per_row * self.batch.num_rows() as f64;
         self.iteration += 1;
@@ -456,10 +481,29 @@ pub fn summary_json(t: &Trainer) -> serde_json::Value {
             "window": t.tracker.len(), "tv": e.tv, "l1_sum": e.l1_sum, "l1_mean": e.l1_mean, "jsd": e.jsd,
         })),
         "top_k": last.and_then(|r| r.top_k),
+        "led": t.led.as_ref().map(|_| serde_json::json!({
+            "seconds": t.led_seconds,
+            "fraction_of_training": if t.wall_seconds > 0.0 { t.led_seconds / t.wall_seconds } else { 0.0 },
+        })),
         "modes": t.evaluator.as_ref().map(|ev| serde_json::json!({
             "found": t.tracker.modes_found(), "total": ev.num_modes(),
         })),
     })
+}
+
+/// LED's offsets for the batch (timed into `seconds`), or `None` without LED.
+fn led_offsets(
+    led: &mut Option<crate::led::LedTrainer>,
+    batch: &TrajectoryBatch,
+    seconds: &mut f64,
+) -> Result<Option<Vec<f64>>> {
+    let Some(led) = led else {
+        return Ok(None);
+    };
+    let t = Instant::now();
+    let offsets = led.offsets(batch)?;
+    *seconds += t.elapsed().as_secs_f64();
+    Ok(Some(offsets))
 }
 
 /// `timing.json`: the run's clock, apart from the bit-reproducible files.
@@ -629,6 +673,13 @@ pub fn run(t: &mut Trainer, dir: &RunDir, progress: &mut dyn Progress) -> Result
 /// new total would not have made, are dropped, so the continued run ends with the same files.
 pub fn resume(dir: &RunDir, iterations: Option<usize>, device: &Device) -> Result<Trainer> {
     let mut t = dir.load_trainer(device)?;
+    if t.led.is_some() {
+        bail!(
+            "invalid resume of {}: runs with {} cannot be resumed yet (the potential network and its replay buffer are not checkpointed)",
+            dir.path.display(),
+            t.objective.name()
+        );
+    }
     if let Some(n) = iterations {
         if (n as u64) < t.iteration {
             bail!(

@@ -77,7 +77,7 @@ fn run_ok(args: &[String]) -> Output {
 fn forward_looking_db_learns_a_small_set_task() {
     use gfn::environments::SetEnv;
     let energies = vec![0.6, -0.4, 0.9, 0.0, -0.8, 0.3];
-    for loss in ["db", "fl-db", "fl-subtb"] {
+    for loss in ["db", "fl-db", "fl-subtb", "led-db", "led-subtb"] {
         let env = SetEnv::with_energies(energies.clone(), 3).unwrap();
         let config = TrainConfig {
             loss: loss.into(),
@@ -90,6 +90,7 @@ fn forward_looking_db_learns_a_small_set_task() {
         let mut t = Trainer::with_env(config, Box::new(env), &Device::Cpu).unwrap();
         let summary = run(&mut t, &RunDir::new(&dir), &mut Silent).unwrap();
         let tv = summary["exact_last5_mean"]["tv"].as_f64().unwrap();
+        eprintln!("{loss}: exact TV {tv}");
         assert!(tv < 0.05, "{loss}: exact TV {tv} on the 3-of-6 set task");
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -236,6 +237,21 @@ fn sample_and_eval_read_a_run() {
     assert_eq!(
         e["tv"], summary["exact"]["tv"],
         "eval disagrees with the run's final evaluation"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// An LED run trains, and refuses `--resume` with a clear message (its potential network and
+/// replay buffer are not checkpointed yet).
+#[test]
+fn led_runs_train_and_refuse_to_resume() {
+    let dir = tmp("led");
+    run_ok(&small(&dir, &["--iterations", "40", "--loss", "led-db"]));
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
+    assert!(summary["led"]["fraction_of_training"].as_f64().unwrap() > 0.0);
+    assert_usage_error(
+        &["train", "--resume", dir.to_str().unwrap(), "--iterations", "80"],
+        &["led-db", "cannot be resumed"],
     );
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -1,0 +1,126 @@
+//! LED-GFN inside the training loop (Jang et al. 2024; the official code's online scheme,
+//! papers.md §1.1): every iteration the potential network scores the sampled batch's
+//! transitions; the re-centred potentials become the increments of LED-DB / LED-SubTB; the same
+//! potentials (not recomputed) get one decomposition-loss update with a fresh dropout mask; then
+//! `led_steps` more updates replay random batches from a FIFO buffer of the last `led_buffer`
+//! batches.
+
+use std::collections::VecDeque;
+
+use anyhow::Result;
+use candle_core::Device;
+use rand::Rng;
+
+use gfn_core::optim::{Adam, AdamParams};
+use gfn_core::{GfnRng, TrajectoryBatch};
+use gfn_led::{PotentialNet, TransitionInputs, decomposed_len, decomposition_loss, draw_mask, led_offsets, recentre};
+
+use crate::config::TrainConfig;
+
+/// One stored batch: the potential network's inputs and the regression targets.
+#[derive(Debug, Clone)]
+struct Stored {
+    inputs: TransitionInputs,
+    lens: Vec<usize>,
+    log_reward: Vec<f64>,
+}
+
+/// The potential network, its optimiser and its replay buffer.
+#[derive(Debug)]
+pub struct LedTrainer {
+    /// `φ_θ(s → s')`.
+    pub net: PotentialNet,
+    optimizer: Adam,
+    buffer: VecDeque<Stored>,
+    capacity: usize,
+    drop_rate: Option<f64>,
+    extra_steps: usize,
+    masks: Vec<f32>,
+    pending: Option<(candle_core::Tensor, Stored)>,
+}
+
+impl LedTrainer {
+    /// The LED machinery of `config` for an environment with `feature_dim` inputs; parameters
+    /// drawn from `rng`.
+    pub fn new(config: &TrainConfig, feature_dim: usize, device: &Device, rng: &mut GfnRng) -> Result<Self> {
+        let net = PotentialNet::new(feature_dim, config.hidden, config.layers, device, rng)?;
+        let params = net.named_params().into_iter().map(|(n, v)| (n, v, 0)).collect();
+        Ok(Self {
+            net,
+            optimizer: Adam::new(params, vec![AdamParams::adam(config.led_lr)]),
+            buffer: VecDeque::with_capacity(config.led_buffer),
+            capacity: config.led_buffer,
+            drop_rate: (config.led_drop_rate >= 0.0).then_some(config.led_drop_rate),
+            extra_steps: config.led_steps,
+            masks: Vec::new(),
+            pending: None,
+        })
+    }
+
+    /// Node offsets `[B, T+1]` for the GFlowNet loss from the current potentials of `batch`
+    /// (re-centred, detached). The potentials are kept for [`LedTrainer::update`].
+    pub fn offsets(&mut self, batch: &TrajectoryBatch) -> Result<Vec<f64>> {
+        let inputs = self.net.inputs(batch);
+        let phi = self.net.forward(&inputs)?;
+        let (_, t) = inputs.shape();
+        let values: Vec<f64> = phi.to_dtype(candle_core::DType::F64)?.flatten_all()?.to_vec1()?;
+        let lens: Vec<usize> = (0..batch.batch_size).map(|b| decomposed_len(batch, b)).collect();
+        let hat = recentre(&values, t, &lens, &batch.log_reward);
+        let offsets = led_offsets(batch, &hat)?;
+        self.pending = Some((
+            phi,
+            Stored {
+                inputs,
+                lens,
+                log_reward: batch.log_reward.clone(),
+            },
+        ));
+        Ok(offsets)
+    }
+
+    /// One decomposition update on the batch of the last [`LedTrainer::offsets`] call (reusing its
+    /// potentials), then `led_steps` replayed updates; returns the first update's loss.
+    pub fn update(&mut self, rng: &mut GfnRng) -> Result<f64> {
+        let (phi, stored) = self
+            .pending
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("LED update without potentials: call offsets first"))?;
+        let first = self.step_on(&phi, &stored, rng)?;
+        if self.buffer.len() == self.capacity {
+            self.buffer.pop_front();
+        }
+        if self.capacity > 0 {
+            self.buffer.push_back(stored);
+        }
+        for _ in 0..self.extra_steps {
+            if self.buffer.is_empty() {
+                break;
+            }
+            let k = rng.random_range(0..self.buffer.len());
+            let phi = self.net.forward(&self.buffer[k].inputs)?;
+            let stored = self.buffer[k].clone();
+            self.step_on(&phi, &stored, rng)?;
+        }
+        Ok(first)
+    }
+
+    fn step_on(&mut self, phi: &candle_core::Tensor, stored: &Stored, rng: &mut GfnRng) -> Result<f64> {
+        let (b, t) = stored.inputs.shape();
+        self.masks.clear();
+        self.masks.resize(b * t, 0.0);
+        for (i, &n) in stored.lens.iter().enumerate() {
+            if n > 0 {
+                let gamma = self.drop_rate.unwrap_or_else(|| gfn_led::default_drop_rate(n));
+                draw_mask(n, gamma, rng, &mut self.masks[i * t..(i + 1) * t])?;
+            }
+        }
+        let loss = decomposition_loss(phi, &self.masks, &stored.lens, &stored.log_reward)?;
+        let value = f64::from(loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?);
+        if !value.is_finite() {
+            anyhow::bail!("the LED decomposition loss is {value}");
+        }
+        let grads = loss.backward()?;
+        self.optimizer.step(&grads)?;
+        Ok(value)
+    }
+}
