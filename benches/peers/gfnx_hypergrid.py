@@ -21,7 +21,6 @@ stdout carries exactly one line of JSON; everything else goes to stderr.
 See benches/peers/README.md.
 """
 
-import argparse
 import os
 import platform
 import sys
@@ -42,67 +41,10 @@ SUPPORTED_LOSSES = ("tb", "db", "subtb")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ndim", type=int, default=4)
-    p.add_argument("--height", type=int, default=8)
-    p.add_argument("--r0", type=float, default=0.1)
-    p.add_argument("--r1", type=float, default=0.5)
-    p.add_argument("--r2", type=float, default=2.0)
-    p.add_argument("--loss", choices=["tb", "db", "subtb", "fm"], default="tb")
-    p.add_argument("--lambda", dest="lamda", type=float, default=0.9,
-                   help="SubTB lambda (geometric weighting, as in gfnx's baseline)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--iterations", type=int, default=10000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--lr-logz", type=float, default=0.1)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--epsilon", type=float, default=0.0)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--threads", type=int, default=1,
-                   help="XLA CPU threads (1: --xla_cpu_multi_thread_eigen=false)")
-    p.add_argument("--sample-only", action="store_true",
-                   help="no training: time --rounds rounds of forward sampling of "
-                        "--batch-size trajectories with the untrained policy")
-    p.add_argument("--rounds", type=int, default=20,
-                   help="timed sampling rounds of --sample-only (after 2 warm-up rounds)")
-    args = p.parse_args(argv)
-    if args.iterations < 1 or args.batch_size < 1 or args.eval_every < 1:
-        p.error("--iterations, --batch-size and --eval-every must be >= 1")
-    if args.height < 2 or args.ndim < 1:
-        p.error("--height must be >= 2 and --ndim >= 1")
-    if args.rounds < 1:
-        p.error("--rounds must be >= 1")
-    if args.threads < 1:
-        p.error("--threads must be >= 1")
-    if args.temperature <= 0:
-        p.error("--temperature must be > 0")
-    return args
+    return peer_common.parse_args(__doc__.splitlines()[0], argv)
 
 
-def config_dict(args):
-    return {
-        "ndim": args.ndim,
-        "height": args.height,
-        "r0": args.r0,
-        "r1": args.r1,
-        "r2": args.r2,
-        "loss": args.loss,
-        "lambda": args.lamda,
-        "batch_size": args.batch_size,
-        "iterations": args.iterations,
-        "seed": args.seed,
-        "lr": args.lr,
-        "lr_logz": args.lr_logz,
-        "hidden": args.hidden,
-        "layers": args.layers,
-        "eval_every": args.eval_every,
-        "epsilon": args.epsilon,
-        "temperature": args.temperature,
-        "threads": args.threads,
-    }
+config_dict = peer_common.config_dict
 
 
 def limit_threads(threads):
