@@ -72,6 +72,54 @@ pub fn decomposition_loss(phi: &Tensor, masks: &[f32], lens: &[usize], log_rewar
     Ok((resid.sqr()?.sum_all()? / used.max(1) as f64)?)
 }
 
+/// The decomposition loss and its gradient with respect to the potentials, in plain f64 (the CPU
+/// fast path, no autograd): same value as [`decomposition_loss`];
+/// `∂L/∂φ_bk = 2 r_b w_bk / B'` with `r_b = Σ_k w_bk φ_bk − log R_b`, `w_bk = T_b z_bk / Σ z_b`
+/// and `B'` the trajectories with a decomposed transition. `phi`, `masks` and the returned
+/// gradient are `[B, T]`.
+pub fn decomposition_loss_and_grad(
+    phi: &[f64],
+    t: usize,
+    masks: &[f32],
+    lens: &[usize],
+    log_reward: &[f64],
+) -> Result<(f64, Vec<f64>)> {
+    let b = lens.len();
+    if phi.len() != b * t || masks.len() != b * t || log_reward.len() != b {
+        return Err(GfnError::Other(format!(
+            "decomposition loss: potentials {}, masks {}, rewards {} for a [{b}, {t}] batch",
+            phi.len(),
+            masks.len(),
+            log_reward.len()
+        )));
+    }
+    let used = lens.iter().filter(|&&n| n > 0).count().max(1) as f64;
+    let mut grad = vec![0.0; b * t];
+    let mut loss = 0.0;
+    for i in 0..b {
+        let n = lens[i].min(t);
+        if n == 0 {
+            continue;
+        }
+        let row = &masks[i * t..i * t + n];
+        let kept: f64 = row.iter().map(|&v| f64::from(v)).sum();
+        if kept == 0.0 {
+            return Err(GfnError::invalid(
+                "masks",
+                format!("row {i}"),
+                "must keep at least one transition",
+            ));
+        }
+        let w = |k: usize| n as f64 * f64::from(row[k]) / kept;
+        let r: f64 = (0..n).map(|k| w(k) * phi[i * t + k]).sum::<f64>() - log_reward[i];
+        loss += r * r;
+        for k in 0..n {
+            grad[i * t + k] = 2.0 * r * w(k) / used;
+        }
+    }
+    Ok((loss / used, grad))
+}
+
 /// Re-centred potentials `[B, T]` (f64): `φ̂_t = φ_t + (log R − Σ_u φ_u)/T_b` for `t < T_b`, 0
 /// after; each row sums to its log reward exactly (up to rounding).
 pub fn recentre(phi: &[f64], t: usize, lens: &[usize], log_reward: &[f64]) -> Vec<f64> {

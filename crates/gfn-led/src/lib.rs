@@ -16,6 +16,6 @@ pub mod decomposition;
 pub mod dropout;
 pub mod potential;
 
-pub use decomposition::{decomposed_len, decomposition_loss, led_offsets, recentre};
+pub use decomposition::{decomposed_len, decomposition_loss, decomposition_loss_and_grad, led_offsets, recentre};
 pub use dropout::{default_drop_rate, draw_mask, dropout_sum};
 pub use potential::{PotentialNet, TransitionInputs};

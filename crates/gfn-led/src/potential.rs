@@ -28,6 +28,11 @@ impl PotentialNet {
         })
     }
 
+    /// The network.
+    pub fn mlp(&self) -> &Mlp {
+        &self.mlp
+    }
+
     /// Parameters, named `phi.<layer>.weight|bias`.
     pub fn named_params(&self) -> Vec<(String, Var)> {
         let mut out = Vec::new();
@@ -103,5 +108,34 @@ impl TransitionInputs {
     /// `(B, T)` of the padded layout.
     pub fn shape(&self) -> (usize, usize) {
         (self.batch, self.steps)
+    }
+
+    /// The inputs `[transitions, 2·feature_dim]`.
+    pub fn features(&self) -> &[f32] {
+        &self.x
+    }
+
+    /// Number of decomposed transitions.
+    pub fn transitions(&self) -> usize {
+        self.transitions
+    }
+
+    /// Scatter per-transition values into the padded `[B, T]` layout (0 elsewhere).
+    pub fn scatter(&self, values: &[f32]) -> Vec<f64> {
+        self.index
+            .iter()
+            .map(|&i| values.get(i as usize).map_or(0.0, |&v| f64::from(v)))
+            .collect()
+    }
+
+    /// Gather `[B, T]` values back to one per transition (the inverse of [`Self::scatter`]).
+    pub fn gather(&self, padded: &[f64]) -> Vec<f32> {
+        let mut out = vec![0f32; self.transitions];
+        for (slot, &i) in self.index.iter().enumerate() {
+            if let Some(o) = out.get_mut(i as usize) {
+                *o = padded[slot] as f32;
+            }
+        }
+        out
     }
 }

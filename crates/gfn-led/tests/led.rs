@@ -216,6 +216,12 @@ fn decomposition_loss_gradient_matches_finite_differences() {
         let fd = (f(&a) - f(&b)) / (2.0 * h);
         assert_relative_eq!(g[k], fd, epsilon = 1e-7, max_relative = 1e-6);
     }
+    // The autograd-free form agrees.
+    let (value, grad) = gfn_led::decomposition_loss_and_grad(&phi, t, &masks, &lens, &log_reward).unwrap();
+    assert_relative_eq!(value, l.to_scalar::<f64>().unwrap(), max_relative = 1e-12);
+    for (a, b) in grad.iter().zip(&g) {
+        assert_relative_eq!(a, b, max_relative = 1e-12, epsilon = 1e-15);
+    }
     // A kept-nothing mask on a trajectory with transitions is an error, not a NaN.
     let bad = [0f32; 12];
     assert!(decomposition_loss(var.as_tensor(), &bad, &lens, &log_reward).is_err());

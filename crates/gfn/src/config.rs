@@ -123,6 +123,8 @@ config! {
     /// hand-written batched backward), or `graph` (candle autograd over one batched forward)
     /// [default: auto].
     engine: String = "auto".into(),
+    /// LED: hidden width of the potential network; 0 = `hidden` [default: 0].
+    led_hidden: usize = 0,
     /// LED: learning rate of the potential network [default: 0.001].
     led_lr: f64 = 1e-3,
     /// LED: dropout rate γ of the decomposition loss in [0, 1); negative = the paper's rule

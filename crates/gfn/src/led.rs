@@ -7,13 +7,16 @@
 
 use std::collections::VecDeque;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use candle_core::Device;
 use rand::Rng;
 
 use gfn_core::optim::{Adam, AdamParams};
+use gfn_core::tape::{MlpGrads, MlpTape};
 use gfn_core::{GfnRng, TrajectoryBatch};
-use gfn_led::{PotentialNet, TransitionInputs, decomposed_len, decomposition_loss, draw_mask, led_offsets, recentre};
+use gfn_led::{
+    PotentialNet, TransitionInputs, decomposed_len, decomposition_loss_and_grad, draw_mask, led_offsets, recentre,
+};
 
 use crate::config::TrainConfig;
 
@@ -25,7 +28,9 @@ struct Stored {
     log_reward: Vec<f64>,
 }
 
-/// The potential network, its optimiser and its replay buffer.
+/// The potential network, its optimiser and its replay buffer. The network runs on the CPU
+/// tape engine: a recorded forward pass, the decomposition loss's gradient in closed form, one
+/// hand-written backward pass, the fused Adam step.
 #[derive(Debug)]
 pub struct LedTrainer {
     /// `φ_θ(s → s')`.
@@ -36,14 +41,24 @@ pub struct LedTrainer {
     drop_rate: Option<f64>,
     extra_steps: usize,
     masks: Vec<f32>,
-    pending: Option<(candle_core::Tensor, Stored)>,
+    tape: MlpTape,
+    grads: MlpGrads,
+    pending: Option<(Vec<f64>, Stored)>,
 }
 
 impl LedTrainer {
     /// The LED machinery of `config` for an environment with `feature_dim` inputs; parameters
-    /// drawn from `rng`.
+    /// drawn from `rng`. The potential network is `led_hidden` wide (0: `hidden`).
     pub fn new(config: &TrainConfig, feature_dim: usize, device: &Device, rng: &mut GfnRng) -> Result<Self> {
-        let net = PotentialNet::new(feature_dim, config.hidden, config.layers, device, rng)?;
+        if !device.is_cpu() {
+            bail!("invalid device: LED's potential network runs on the CPU");
+        }
+        let hidden = if config.led_hidden == 0 {
+            config.hidden
+        } else {
+            config.led_hidden
+        };
+        let net = PotentialNet::new(feature_dim, hidden, config.layers, device, rng)?;
         let params = net.named_params().into_iter().map(|(n, v)| (n, v, 0)).collect();
         Ok(Self {
             net,
@@ -53,19 +68,32 @@ impl LedTrainer {
             drop_rate: (config.led_drop_rate >= 0.0).then_some(config.led_drop_rate),
             extra_steps: config.led_steps,
             masks: Vec::new(),
+            tape: MlpTape::default(),
+            grads: MlpGrads::default(),
             pending: None,
         })
     }
 
+    /// Potentials `[B, T]` of `inputs`, with the activations recorded on the tape.
+    fn forward(&mut self, inputs: &TransitionInputs) -> Result<Vec<f64>> {
+        self.tape.clear();
+        let m = inputs.transitions();
+        if m == 0 {
+            return Ok(inputs.scatter(&[]));
+        }
+        let y = self.net.mlp().forward_taped(inputs.features(), m, &mut self.tape)?;
+        Ok(inputs.scatter(y))
+    }
+
     /// Node offsets `[B, T+1]` for the GFlowNet loss from the current potentials of `batch`
-    /// (re-centred, detached). The potentials are kept for [`LedTrainer::update`].
+    /// (re-centred, constants for the GFlowNet). The potentials are kept for
+    /// [`LedTrainer::update`].
     pub fn offsets(&mut self, batch: &TrajectoryBatch) -> Result<Vec<f64>> {
         let inputs = self.net.inputs(batch);
-        let phi = self.net.forward(&inputs)?;
+        let phi = self.forward(&inputs)?;
         let (_, t) = inputs.shape();
-        let values: Vec<f64> = phi.to_dtype(candle_core::DType::F64)?.flatten_all()?.to_vec1()?;
         let lens: Vec<usize> = (0..batch.batch_size).map(|b| decomposed_len(batch, b)).collect();
-        let hat = recentre(&values, t, &lens, &batch.log_reward);
+        let hat = recentre(&phi, t, &lens, &batch.log_reward);
         let offsets = led_offsets(batch, &hat)?;
         self.pending = Some((
             phi,
@@ -79,17 +107,18 @@ impl LedTrainer {
     }
 
     /// One decomposition update on the batch of the last [`LedTrainer::offsets`] call (reusing its
-    /// potentials), then `led_steps` replayed updates; returns the first update's loss.
+    /// potentials and recorded activations), then `led_steps` replayed updates; returns the
+    /// first update's loss.
     pub fn update(&mut self, rng: &mut GfnRng) -> Result<f64> {
         let (phi, stored) = self
             .pending
             .take()
             .ok_or_else(|| anyhow::anyhow!("LED update without potentials: call offsets first"))?;
         let first = self.step_on(&phi, &stored, rng)?;
-        if self.buffer.len() == self.capacity {
-            self.buffer.pop_front();
-        }
         if self.capacity > 0 {
+            if self.buffer.len() == self.capacity {
+                self.buffer.pop_front();
+            }
             self.buffer.push_back(stored);
         }
         for _ in 0..self.extra_steps {
@@ -97,14 +126,15 @@ impl LedTrainer {
                 break;
             }
             let k = rng.random_range(0..self.buffer.len());
-            let phi = self.net.forward(&self.buffer[k].inputs)?;
             let stored = self.buffer[k].clone();
+            let phi = self.forward(&stored.inputs)?;
             self.step_on(&phi, &stored, rng)?;
         }
         Ok(first)
     }
 
-    fn step_on(&mut self, phi: &candle_core::Tensor, stored: &Stored, rng: &mut GfnRng) -> Result<f64> {
+    /// A decomposition update from potentials whose activations are on the tape.
+    fn step_on(&mut self, phi: &[f64], stored: &Stored, rng: &mut GfnRng) -> Result<f64> {
         let (b, t) = stored.inputs.shape();
         self.masks.clear();
         self.masks.resize(b * t, 0.0);
@@ -114,13 +144,22 @@ impl LedTrainer {
                 draw_mask(n, gamma, rng, &mut self.masks[i * t..(i + 1) * t])?;
             }
         }
-        let loss = decomposition_loss(phi, &self.masks, &stored.lens, &stored.log_reward)?;
-        let value = f64::from(loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?);
-        if !value.is_finite() {
-            anyhow::bail!("the LED decomposition loss is {value}");
+        let (loss, grad) = decomposition_loss_and_grad(phi, t, &self.masks, &stored.lens, &stored.log_reward)?;
+        if !loss.is_finite() {
+            bail!("the LED decomposition loss is {loss}");
         }
-        let grads = loss.backward()?;
-        self.optimizer.step(&grads)?;
-        Ok(value)
+        if stored.inputs.transitions() == 0 {
+            return Ok(loss);
+        }
+        let d_out = stored.inputs.gather(&grad);
+        self.net.mlp().backward_taped(&self.tape, &d_out, &mut self.grads)?;
+        let slices: Vec<Option<&[f32]>> = self
+            .grads
+            .layers
+            .iter()
+            .flat_map(|(w, b)| [Some(w.as_slice()), Some(b.as_slice())])
+            .collect();
+        self.optimizer.step_slices(&slices)?;
+        Ok(loss)
     }
 }
