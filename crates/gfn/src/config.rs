@@ -69,8 +69,10 @@ fn merge<T: PartialEq + std::fmt::Debug>(
 }
 
 config! {
-    /// Environment: `hypergrid` or `set` [default: hypergrid].
+    /// Environment: `hypergrid`, `set` or `bag` [default: hypergrid].
     env: String = "hypergrid".into(),
+    /// Seed of the task's own random parts (the bag task's modes) [default: 0].
+    task_seed: u64 = 0,
     /// Set generation: small (|U| 30, k 20), medium (80, 60) or large (100, 80) [default: small].
     size: String = "small".into(),
     /// Hypergrid dimension d [default: 4].

@@ -1,12 +1,12 @@
 //! Building the environment a configuration names.
 
 use gfn_core::{Env, GfnError, Result};
-use gfn_envs::{Hypergrid, HypergridReward, SetEnv, SetSize};
+use gfn_envs::{BagEnv, Hypergrid, HypergridReward, SetEnv, SetSize};
 
 use crate::config::TrainConfig;
 
 /// The environment names `gfn train --env` accepts.
-pub const ENV_NAMES: &str = "hypergrid, set";
+pub const ENV_NAMES: &str = "hypergrid, set, bag";
 
 /// Build the environment of `config`.
 pub fn build_env(config: &TrainConfig) -> Result<Box<dyn Env>> {
@@ -20,6 +20,7 @@ pub fn build_env(config: &TrainConfig) -> Result<Box<dyn Env>> {
                 r2: config.r2,
             },
         )?)),
+        "bag" => Ok(Box::new(BagEnv::new(config.task_seed))),
         "set" => Ok(Box::new(SetEnv::new(config.size.parse::<SetSize>()?))),
         other => Err(GfnError::invalid("env", other, format!("must be one of: {ENV_NAMES}"))),
     }

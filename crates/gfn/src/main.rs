@@ -237,8 +237,10 @@ fn train_cmd(
 }
 
 fn default_env_tag(c: &TrainConfig) -> String {
-    if c.env == "set" {
-        return c.size.clone();
+    match c.env.as_str() {
+        "set" => return c.size.clone(),
+        "bag" => return format!("modes{}", c.task_seed),
+        _ => {}
     }
     format!("{}x{}", c.ndim, c.height)
 }
