@@ -87,6 +87,59 @@ impl DagEnv {
         Self::new(n, adj, lr, with_exit)
     }
 
+    /// A random path of node ids from node 0 to a terminal object (with an exit action, the node
+    /// where it exits; the exit itself is not in the path). `must_move`: never exit at node 0.
+    pub fn random_path(&self, rng: &mut GfnRng, must_move: bool) -> Vec<usize> {
+        let n = self.n;
+        let mut path = vec![0usize];
+        let mut mask = vec![false; self.n_actions()];
+        loop {
+            let s = [*path.last().unwrap_or(&0) as i32];
+            if self.is_terminal(&s) {
+                return path;
+            }
+            self.forward_mask(&s, &mut mask);
+            if must_move && path.len() == 1 {
+                mask[n..].iter_mut().for_each(|m| *m = false);
+            }
+            let valid: Vec<usize> = (0..mask.len()).filter(|&a| mask[a]).collect();
+            let a = valid[rng.random_range(0..valid.len())];
+            if a == n {
+                return path; // exit
+            }
+            path.push(a);
+        }
+    }
+
+    /// A batch holding exactly these node paths (from [`DagEnv::random_path`]), with zero
+    /// behaviour log-probabilities: the fixture of the objectives' property tests.
+    pub fn batch_of_paths(&self, paths: &[Vec<usize>]) -> crate::TrajectoryBatch {
+        let mut batch = crate::TrajectoryBatch::default();
+        batch.reset(self, paths.len());
+        let longest = paths.iter().map(Vec::len).max().unwrap_or(0);
+        for t in 0..longest {
+            for (b, p) in paths.iter().enumerate() {
+                if t < p.len() {
+                    batch.push_row(self, b, t, &[p[t] as i32]);
+                    if t + 1 < p.len() {
+                        batch.set_step(b, t, p[t + 1] as u32, p[t] as u32, 0.0, 0.0);
+                    }
+                }
+            }
+        }
+        for (b, p) in paths.iter().enumerate() {
+            let x = [*p.last().unwrap_or(&0) as i32];
+            match self.exit_action() {
+                Some(e) => {
+                    batch.set_step(b, p.len() - 1, e as u32, crate::batch::NONE, 0.0, 0.0);
+                    batch.finish(self, b, p.len(), &x);
+                }
+                None => batch.finish(self, b, p.len() - 1, &x),
+            }
+        }
+        batch
+    }
+
     /// Number of nodes.
     pub fn num_nodes(&self) -> usize {
         self.n

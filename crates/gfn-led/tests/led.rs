@@ -5,7 +5,7 @@ use candle_core::{Device, Tensor, Var};
 use proptest::prelude::*;
 use rand::Rng;
 
-use gfn_core::batch::{NONE, TrajectoryBatch};
+use gfn_core::batch::TrajectoryBatch;
 use gfn_core::dag::DagEnv;
 use gfn_core::estimator::EstimatorOutput;
 use gfn_core::exact::ExactEvaluator;
@@ -15,55 +15,10 @@ use gfn_objectives::{BalanceTerms, detailed_balance, subtrajectory_balance};
 
 const DEV: Device = Device::Cpu;
 
-/// Random walks from s_0 to a terminal object (an exit is taken with the DAG's exit action).
+/// Random walks from s_0 to a terminal object, the first one moving at least once.
 fn batch_of_walks(env: &DagEnv, rng: &mut GfnRng, n_traj: usize) -> TrajectoryBatch {
-    let mut paths = Vec::new();
-    let mut mask = vec![false; env.n_actions()];
-    for i in 0..n_traj {
-        let mut path = vec![0usize];
-        loop {
-            let s = [*path.last().unwrap() as i32];
-            if env.is_terminal(&s) {
-                break;
-            }
-            env.forward_mask(&s, &mut mask);
-            if i == 0 && path.len() == 1 {
-                // At least one trajectory with a real transition.
-                mask[env.num_nodes()..].iter_mut().for_each(|m| *m = false);
-            }
-            let valid: Vec<usize> = (0..mask.len()).filter(|&a| mask[a]).collect();
-            let a = valid[rng.random_range(0..valid.len())];
-            if Some(a) == env.exit_action() {
-                break;
-            }
-            path.push(a);
-        }
-        paths.push(path);
-    }
-    let mut batch = TrajectoryBatch::default();
-    batch.reset(env, paths.len());
-    let longest = paths.iter().map(Vec::len).max().unwrap();
-    for t in 0..longest {
-        for (b, p) in paths.iter().enumerate() {
-            if t < p.len() {
-                batch.push_row(env, b, t, &[p[t] as i32]);
-                if t + 1 < p.len() {
-                    batch.set_step(b, t, p[t + 1] as u32, p[t] as u32, 0.0, 0.0);
-                }
-            }
-        }
-    }
-    for (b, p) in paths.iter().enumerate() {
-        let x = [*p.last().unwrap() as i32];
-        match env.exit_action() {
-            Some(e) => {
-                batch.set_step(b, p.len() - 1, e as u32, NONE, 0.0, 0.0);
-                batch.finish(env, b, p.len(), &x);
-            }
-            None => batch.finish(env, b, p.len() - 1, &x),
-        }
-    }
-    batch
+    let paths: Vec<Vec<usize>> = (0..n_traj).map(|i| env.random_path(rng, i == 0)).collect();
+    env.batch_of_paths(&paths)
 }
 
 /// The true increments `h(s_{t+1}) − h(s_t)` of an energy additive over transitions

@@ -5,7 +5,7 @@
 
 use approx::assert_relative_eq;
 use candle_core::{D, DType, Device, Tensor, Var};
-use gfn_core::batch::{NONE, TrajectoryBatch};
+use gfn_core::batch::TrajectoryBatch;
 use gfn_core::dag::DagEnv;
 use gfn_core::exact::{ExactEvaluator, ExactSolution};
 use gfn_core::{Env, EstimatorOutput, GfnRng, rng_from_seed};
@@ -30,60 +30,9 @@ fn case(seed: u64, n: usize, p_edge: f64, exit: bool, n_traj: usize) -> Case {
     let mut rng = rng_from_seed(seed);
     let env = DagEnv::random(n, p_edge, exit, &mut rng).unwrap();
     let ev = ExactEvaluator::new(&env).unwrap();
-    let paths: Vec<Vec<usize>> = (0..n_traj).map(|i| random_walk(&env, &mut rng, i == 0)).collect();
-    let batch = batch_from_paths(&env, &paths);
+    let paths: Vec<Vec<usize>> = (0..n_traj).map(|i| env.random_path(&mut rng, i == 0)).collect();
+    let batch = env.batch_of_paths(&paths);
     Case { env, ev, batch, rng }
-}
-
-fn random_walk(env: &DagEnv, rng: &mut GfnRng, must_move: bool) -> Vec<usize> {
-    let n = env.num_nodes();
-    let mut path = vec![0usize];
-    let mut mask = vec![false; env.n_actions()];
-    loop {
-        let s = [*path.last().unwrap() as i32];
-        if env.is_terminal(&s) {
-            return path;
-        }
-        env.forward_mask(&s, &mut mask);
-        if must_move && path.len() == 1 {
-            mask[n..].iter_mut().for_each(|m| *m = false);
-        }
-        let valid: Vec<usize> = (0..mask.len()).filter(|&a| mask[a]).collect();
-        let a = valid[rng.random_range(0..valid.len())];
-        if a == n {
-            return path; // exit
-        }
-        path.push(a);
-    }
-}
-
-/// A batch holding exactly these node paths (each from node 0 to its terminal object).
-fn batch_from_paths(env: &DagEnv, paths: &[Vec<usize>]) -> TrajectoryBatch {
-    let mut batch = TrajectoryBatch::default();
-    batch.reset(env, paths.len());
-    let exit = env.exit_action();
-    let longest = paths.iter().map(Vec::len).max().unwrap();
-    for t in 0..longest {
-        for (b, p) in paths.iter().enumerate() {
-            if t < p.len() {
-                batch.push_row(env, b, t, &[p[t] as i32]);
-                if t + 1 < p.len() {
-                    batch.set_step(b, t, p[t + 1] as u32, p[t] as u32, 0.0, 0.0);
-                }
-            }
-        }
-    }
-    for (b, p) in paths.iter().enumerate() {
-        let x = [*p.last().unwrap() as i32];
-        match exit {
-            Some(e) => {
-                batch.set_step(b, p.len() - 1, e as u32, NONE, 0.0, 0.0);
-                batch.finish(env, b, p.len(), &x);
-            }
-            None => batch.finish(env, b, p.len() - 1, &x),
-        }
-    }
-    batch
 }
 
 /// Per-state tables in f64 as trainable variables: a tabular estimator.
@@ -356,7 +305,7 @@ proptest! {
         let env = DagEnv::random(n, p, exit, &mut rng).unwrap();
         let ev = ExactEvaluator::new(&env).unwrap();
         let paths = all_paths(&env);
-        let c = Case { batch: batch_from_paths(&env, &paths), env, ev, rng };
+        let c = Case { batch: env.batch_of_paths(&paths), env, ev, rng };
         let mut rng = c.rng.clone();
         let t = Tables::random(&c.ev, &c.env, &mut rng);
         t.log_z.set(&Tensor::new(&[log_z], &DEV).unwrap()).unwrap();
