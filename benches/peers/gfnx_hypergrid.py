@@ -431,28 +431,9 @@ def run_training(args):
             file=sys.stderr,
         )
 
-    iterations = args.iterations
-    trajectories_n = iterations * args.batch_size
-    final = dict(evals[-1])
-    final["log_z_true"] = evaluator.log_z_true
-    last5 = evals[-5:]
-    emit({
-        "library": "gfnx",
-        "versions": versions(),
-        "config": config_dict(args),
-        "iterations": iterations,
-        "trajectories": trajectories_n,
-        "wall_seconds": wall,
-        "compile_seconds": compile_seconds,
-        "cpu_seconds": cpu,
-        "iterations_per_second": iterations / wall if wall > 0 else None,
-        "trajectories_per_second": trajectories_n / wall if wall > 0 else None,
-        "ms_per_iteration": 1000.0 * wall / iterations,
-        "evals": evals,
-        "final": final,
-        "quality_l1_sum_last5": float(np.mean([e["l1_sum"] for e in last5])),
-        "peak_rss_mb": peak_rss_mb(),
-    })
+    emit(peer_common.training_result(
+        "gfnx", versions(), args, evals, wall, compile_seconds, cpu, evaluator.log_z_true
+    ))
 
 
 # --------------------------------------------------------------------------

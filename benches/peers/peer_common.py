@@ -102,3 +102,30 @@ def config_dict(args):
         "temperature": args.temperature,
         "threads": args.threads,
     }
+
+
+def training_result(library, versions, args, evals, wall, compile_seconds, cpu, log_z_true):
+    """The JSON record of a training run: speeds (steady state, compile apart), every
+    evaluation, the final one, and the mean exact L1 of the last five."""
+    iterations = args.iterations
+    trajectories_n = iterations * args.batch_size
+    final = dict(evals[-1])
+    final["log_z_true"] = log_z_true
+    last5 = evals[-5:]
+    return {
+        "library": library,
+        "versions": versions,
+        "config": config_dict(args),
+        "iterations": iterations,
+        "trajectories": trajectories_n,
+        "wall_seconds": wall,
+        "compile_seconds": compile_seconds,
+        "cpu_seconds": cpu,
+        "iterations_per_second": iterations / wall if wall > 0 else None,
+        "trajectories_per_second": trajectories_n / wall if wall > 0 else None,
+        "ms_per_iteration": 1000.0 * wall / iterations,
+        "evals": evals,
+        "final": final,
+        "quality_l1_sum_last5": sum(e["l1_sum"] for e in last5) / len(last5),
+        "peak_rss_mb": peak_rss_mb(),
+    }

@@ -237,29 +237,10 @@ def main(argv=None):
                 file=sys.stderr,
             )
 
-    iterations = args.iterations
-    trajectories_n = iterations * args.batch_size
-    final = dict(evals[-1])
-    final["log_z_true"] = evaluator.log_z_true
-    last5 = evals[-5:]
-    result = {
-        "library": "torchgfn",
-        "versions": versions(),
-        "config": config_dict(args),
-        "iterations": iterations,
-        "trajectories": trajectories_n,
-        "wall_seconds": wall,
-        "compile_seconds": 0.0,  # eager PyTorch: nothing is compiled
-        "cpu_seconds": cpu,
-        "iterations_per_second": iterations / wall if wall > 0 else None,
-        "trajectories_per_second": trajectories_n / wall if wall > 0 else None,
-        "ms_per_iteration": 1000.0 * wall / iterations,
-        "evals": evals,
-        "final": final,
-        "quality_l1_sum_last5": float(np.mean([e["l1_sum"] for e in last5])),
-        "peak_rss_mb": peak_rss_mb(),
-    }
-    emit(result)
+    # Eager PyTorch: nothing is compiled.
+    emit(peer_common.training_result(
+        "torchgfn", versions(), args, evals, wall, 0.0, cpu, evaluator.log_z_true
+    ))
 
 
 def sample_only(args, env, gflownet):
