@@ -109,6 +109,19 @@ pub trait Env: Send + Sync {
     fn is_mode(&self, _state: &[i32]) -> bool {
         false
     }
+    /// Distance between two terminal objects, for the top-k diversity metric. The default is the
+    /// Hamming distance between the state vectors; a task whose objects are not vectors of
+    /// independent coordinates overrides it (bags: the multiset distance).
+    fn object_distance(&self, a: &[i32], b: &[i32]) -> f64 {
+        a.iter().zip(b).filter(|(x, y)| x != y).count() as f64
+    }
+    /// Exact facts about the target `p*(x) ∝ R(x)` that a task too large to enumerate can still
+    /// compute (set generation, by dynamic programming over its additive energy): `E_{p*}[R]`
+    /// and the mean reward of the best `top_k` distinct objects. Enumerable tasks keep the
+    /// default `None`: exact evaluation derives both.
+    fn target_summary(&self, _top_k: usize) -> Option<TargetSummary> {
+        None
+    }
     /// All states, flattened, in a topological order (parents first), where the space is small
     /// enough to enumerate; `None` otherwise.
     fn enumerate_states(&self) -> Option<Vec<i32>> {
@@ -141,6 +154,15 @@ pub trait Env: Send + Sync {
             self.featurize(s, o);
         }
     }
+}
+
+/// Exact facts about a task's target distribution `p*(x) = R(x) / Z`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TargetSummary {
+    /// `E_{p*}[R] = Σ_x R(x)² / Σ_x R(x)`: what the mean reward of exact samples converges to.
+    pub mean_reward: f64,
+    /// Mean reward of the best `top_k` distinct objects: the ceiling of the top-k metric.
+    pub top_k_mean_reward: f64,
 }
 
 /// Number of real states (rows needing a network evaluation) in a trajectory of `n_actions` actions.

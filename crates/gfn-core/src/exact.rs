@@ -235,6 +235,27 @@ impl ExactEvaluator {
     pub fn log_rewards(&self) -> &[f64] {
         &self.log_reward
     }
+    /// `E_{p*}[R]` and the mean reward of the best `top_k` terminal objects.
+    pub fn target_summary(&self, top_k: usize) -> crate::env::TargetSummary {
+        let mean_reward = self
+            .target
+            .iter()
+            .zip(&self.log_reward)
+            .map(|(p, lr)| p * lr.exp())
+            .sum();
+        let mut sorted = self.log_reward.clone();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        let top = &sorted[..top_k.clamp(1, sorted.len().max(1)).min(sorted.len())];
+        let top_k_mean_reward = if top.is_empty() {
+            f64::NAN
+        } else {
+            top.iter().map(|lr| lr.exp()).sum::<f64>() / top.len() as f64
+        };
+        crate::env::TargetSummary {
+            mean_reward,
+            top_k_mean_reward,
+        }
+    }
     /// Which terminal objects are modes.
     pub fn modes(&self) -> &[bool] {
         &self.modes

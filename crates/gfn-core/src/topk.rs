@@ -1,6 +1,6 @@
 //! The best distinct objects sampled so far, for the top-k metrics of tasks too large for exact
 //! evaluation (set and bag generation): the mean reward of the top `k` distinct terminal objects
-//! and their diversity (mean pairwise Hamming distance).
+//! and their diversity (mean pairwise distance, the task's [`crate::Env::object_distance`]).
 //!
 //! Only `k` entries are kept. An object whose log reward does not beat the current `k`-th best
 //! cannot enter, whether or not it was seen before; one that does is either already held (it was
@@ -27,7 +27,7 @@ pub struct TopKMetrics {
     pub found: usize,
     /// Mean reward `R = exp(log R)` of the held objects.
     pub mean_reward: f64,
-    /// Mean pairwise Hamming distance between the held objects' states.
+    /// Mean pairwise distance between the held objects (the task's object distance).
     pub diversity: f64,
 }
 
@@ -56,8 +56,8 @@ impl TopKTracker {
         self.best.truncate(self.k);
     }
 
-    /// Metrics of the held objects; `None` before the first record.
-    pub fn metrics(&self) -> Option<TopKMetrics> {
+    /// Metrics of the held objects, diversity by `distance`; `None` before the first record.
+    pub fn metrics(&self, distance: impl Fn(&[i32], &[i32]) -> f64) -> Option<TopKMetrics> {
         if self.best.is_empty() {
             return None;
         }
@@ -68,7 +68,7 @@ impl TopKTracker {
         for i in 0..n {
             for j in i + 1..n {
                 let (a, b) = (&self.best[i].1, &self.best[j].1);
-                dist += a.iter().zip(b).filter(|(x, y)| x != y).count() as f64;
+                dist += distance(a, b);
                 pairs += 1;
             }
         }
@@ -81,14 +81,78 @@ impl TopKTracker {
     }
 }
 
+/// The rewards of the most recent sampled objects, for the relative error of the mean sampled
+/// reward to `E_{p*}[R]` (the bag task's monitor in Shen et al. 2023). A ring of `capacity`
+/// rewards `R = exp(log R)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecentRewards {
+    capacity: usize,
+    next: usize,
+    rewards: Vec<f64>,
+}
+
+/// Metrics of the recent samples.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RecentMetrics {
+    /// Samples in the window (`≤` its capacity).
+    pub samples: usize,
+    /// Their mean reward.
+    pub mean_reward: f64,
+    /// `(mean reward − E_{p*}[R]) / E_{p*}[R]`, where `E_{p*}[R]` is known.
+    pub relative_error: Option<f64>,
+}
+
+impl RecentRewards {
+    /// An empty window of `capacity` samples.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            next: 0,
+            rewards: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Record one sample's `log R`.
+    pub fn record(&mut self, log_reward: f64) {
+        if self.capacity == 0 {
+            return;
+        }
+        let r = log_reward.exp();
+        if self.rewards.len() < self.capacity {
+            self.rewards.push(r);
+        } else {
+            self.rewards[self.next] = r;
+        }
+        self.next = (self.next + 1) % self.capacity;
+    }
+
+    /// Metrics against `target_mean = E_{p*}[R]` when known; `None` before the first record.
+    pub fn metrics(&self, target_mean: Option<f64>) -> Option<RecentMetrics> {
+        if self.rewards.is_empty() {
+            return None;
+        }
+        // Summed in slot order, so the value depends only on the window's contents and position.
+        let mean_reward = self.rewards.iter().sum::<f64>() / self.rewards.len() as f64;
+        Some(RecentMetrics {
+            samples: self.rewards.len(),
+            mean_reward,
+            relative_error: target_mean.filter(|t| *t > 0.0).map(|t| (mean_reward - t) / t),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn hamming(a: &[i32], b: &[i32]) -> f64 {
+        a.iter().zip(b).filter(|(x, y)| x != y).count() as f64
+    }
+
     #[test]
     fn keeps_the_best_distinct_objects() {
         let mut t = TopKTracker::new(3);
-        assert!(t.metrics().is_none());
+        assert!(t.metrics(hamming).is_none());
         for (s, r) in [
             ([0, 1], -1.0),
             ([1, 1], -0.5),
@@ -100,13 +164,30 @@ mod tests {
         ] {
             t.record(&s, r);
         }
-        let m = t.metrics().unwrap();
+        let m = t.metrics(hamming).unwrap();
         assert_eq!(m.found, 3);
         let want = ((-0.1f64).exp() + (-0.5f64).exp() + (-1.0f64).exp()) / 3.0;
         assert!((m.mean_reward - want).abs() < 1e-15);
         // [0,0], [1,1], [0,1]: distances 2, 1, 1.
         assert!((m.diversity - 4.0 / 3.0).abs() < 1e-15);
         t.record(&[9, 9], f64::NAN);
-        assert_eq!(t.metrics().unwrap().found, 3);
+        assert_eq!(t.metrics(hamming).unwrap().found, 3);
+    }
+
+    #[test]
+    fn recent_rewards_keep_the_last_samples() {
+        let mut w = RecentRewards::new(2);
+        assert!(w.metrics(Some(1.0)).is_none());
+        for r in [1.0f64, 2.0, 4.0] {
+            w.record(r.ln());
+        }
+        let m = w.metrics(Some(2.0)).unwrap();
+        assert_eq!(m.samples, 2);
+        assert!((m.mean_reward - 3.0).abs() < 1e-12);
+        assert!((m.relative_error.unwrap() - 0.5).abs() < 1e-12);
+        assert!(w.metrics(None).unwrap().relative_error.is_none());
+        let mut off = RecentRewards::new(0);
+        off.record(0.0);
+        assert!(off.metrics(None).is_none());
     }
 }

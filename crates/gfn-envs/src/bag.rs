@@ -156,6 +156,12 @@ impl Env for BagEnv {
     fn is_initial(&self, state: &[i32]) -> bool {
         state.iter().all(|&n| n == 0)
     }
+    /// The multiset distance of the official monitor: `n − Σ_c min(a_c, b_c)`, with `n` the
+    /// larger bag's size (13 for complete bags).
+    fn object_distance(&self, a: &[i32], b: &[i32]) -> f64 {
+        let shared: i32 = a.iter().zip(b).map(|(x, y)| *x.min(y)).sum();
+        f64::from(size(a).max(size(b)) as i32 - shared)
+    }
     fn is_mode(&self, state: &[i32]) -> bool {
         self.reward(state) == 30.0
     }
@@ -240,5 +246,17 @@ mod tests {
         assert_eq!(BagEnv::new(0).modes, env.modes);
         assert_ne!(BagEnv::new(1).modes, env.modes);
         gfn_core::dag::check_env(&env).unwrap();
+    }
+
+    #[test]
+    fn multiset_distance() {
+        let env = BagEnv::new(0);
+        let a = [7, 6, 0, 0, 0, 0, 0];
+        let b = [7, 0, 6, 0, 0, 0, 0];
+        let c = [6, 1, 6, 0, 0, 0, 0];
+        assert_eq!(env.object_distance(&a, &a), 0.0);
+        assert_eq!(env.object_distance(&a, &b), 6.0);
+        assert_eq!(env.object_distance(&b, &c), 1.0);
+        assert_eq!(env.object_distance(&c, &b), 1.0);
     }
 }

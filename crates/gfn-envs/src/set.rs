@@ -377,6 +377,13 @@ impl Env for SetEnv {
         state[action] = 0;
         action
     }
+    fn target_summary(&self, top_k: usize) -> Option<gfn_core::env::TargetSummary> {
+        let a = self.analysis(top_k.max(1));
+        Some(gfn_core::env::TargetSummary {
+            mean_reward: a.mean_reward,
+            top_k_mean_reward: a.top_mean_reward,
+        })
+    }
     fn log_reward(&self, state: &[i32]) -> f64 {
         -self.energy(state)
     }
@@ -416,6 +423,8 @@ impl Env for SetEnv {
 pub struct SetAnalysis {
     /// `log Z = log Σ_{|x| = k} R(x)`.
     pub log_z: f64,
+    /// `E_{p*}[R] = Σ R(x)² / Σ R(x)`.
+    pub mean_reward: f64,
     /// The largest `log R(x)`.
     pub max_log_reward: f64,
     /// How many sets reach it.
@@ -450,12 +459,15 @@ impl SetAnalysis {
         // log Z: elementary symmetric polynomial of the weights exp(−e), in log space.
         let mut lz = vec![f64::NEG_INFINITY; k + 1];
         lz[0] = 0.0;
+        // The same with the weights squared: log Σ R(x)².
+        let mut lz_sq = lz.clone();
         // Best configurations: per count c, (total energy, number of sets), ascending energy,
         // truncated once the counts reach `top`.
         let mut best: Vec<Vec<(f64, f64)>> = vec![Vec::new(); k + 1];
         best[0].push((0.0, 1.0));
         for &(e, m) in &groups {
             let mut lz2 = vec![f64::NEG_INFINITY; k + 1];
+            let mut lz_sq2 = vec![f64::NEG_INFINITY; k + 1];
             let mut best2: Vec<Vec<(f64, f64)>> = vec![Vec::new(); k + 1];
             for c in 0..=k {
                 for take in 0..=m.min(c) {
@@ -465,6 +477,10 @@ impl SetAnalysis {
                     if lz[prev] > f64::NEG_INFINITY {
                         let v = lz[prev] + lb - take as f64 * e;
                         lz2[c] = log_add(lz2[c], v);
+                    }
+                    if lz_sq[prev] > f64::NEG_INFINITY {
+                        let v = lz_sq[prev] + lb - 2.0 * take as f64 * e;
+                        lz_sq2[c] = log_add(lz_sq2[c], v);
                     }
                     for &(en, n) in &best[prev] {
                         best2[c].push((en + take as f64 * e, n * mult));
@@ -483,6 +499,7 @@ impl SetAnalysis {
                 best2[c].truncate(keep);
             }
             lz = lz2;
+            lz_sq = lz_sq2;
             best = best2;
         }
         let list = &best[k];
@@ -500,6 +517,7 @@ impl SetAnalysis {
         }
         Self {
             log_z: lz[k],
+            mean_reward: (lz_sq[k] - lz[k]).exp(),
             max_log_reward: -e_min,
             argmax_sets: n_min,
             top_mean_reward: total / (top as f64 - left.max(0.0)),
@@ -571,6 +589,11 @@ mod tests {
         );
         let top5: f64 = rewards[..5].iter().map(|r| r.exp()).sum::<f64>() / 5.0;
         assert!((a.top_mean_reward - top5).abs() < 1e-12);
+        let sum_r: f64 = rewards.iter().map(|r| r.exp()).sum();
+        let sum_r2: f64 = rewards.iter().map(|r| (2.0 * r).exp()).sum();
+        assert!((a.mean_reward - sum_r2 / sum_r).abs() < 1e-12);
+        let t = env.target_summary(5).unwrap();
+        assert_eq!((t.mean_reward, t.top_k_mean_reward), (a.mean_reward, a.top_mean_reward));
     }
 
     #[test]

@@ -105,6 +105,35 @@ pub struct TransitionInputs {
 }
 
 impl TransitionInputs {
+    /// Rebuild stored inputs from their parts (a checkpoint's replay buffer): `x` holds
+    /// `transitions` rows, `index` maps each of the `batch · steps` slots to a row or to
+    /// `transitions` (padding). Inconsistent parts are an error.
+    pub fn from_parts(x: Vec<f32>, index: Vec<u32>, transitions: usize, batch: usize, steps: usize) -> Result<Self> {
+        let bad = |what: String| gfn_core::GfnError::invalid("transition inputs", what, "inconsistent parts");
+        if index.len() != batch * steps {
+            return Err(bad(format!("{} slots for a {batch}×{steps} layout", index.len())));
+        }
+        if transitions > 0 && x.len() % transitions != 0 {
+            return Err(bad(format!("{} values for {transitions} transitions", x.len())));
+        }
+        if index.iter().any(|&i| i as usize > transitions) {
+            return Err(bad(format!("a slot index above {transitions}")));
+        }
+        Ok(Self {
+            x,
+            index,
+            transitions,
+            batch,
+            steps,
+        })
+    }
+
+    /// Where each `[B, T]` slot's value comes from: a transition row, or `transitions` for
+    /// padding.
+    pub fn index(&self) -> &[u32] {
+        &self.index
+    }
+
     /// `(B, T)` of the padded layout.
     pub fn shape(&self) -> (usize, usize) {
         (self.batch, self.steps)

@@ -29,16 +29,38 @@ pub struct Checkpoint {
     pub loss_window: (f64, u64),
     /// Empirical-distribution tracker.
     pub tracker: EmpiricalTracker,
-    /// The best distinct sampled objects.
+    /// The best distinct measured objects.
     pub top_k: gfn_core::topk::TopKTracker,
+    /// Rewards of the most recent measured samples.
+    pub recent: gfn_core::topk::RecentRewards,
+    /// RNG of the measurement samples.
+    pub metric_rng: GfnRng,
     /// Named f32 tensors: `param/…`, `adam_m/…`, `adam_v/…`, with their shapes.
     pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+    /// Named f64 and u32 tensors (LED's replay buffer: log rewards bit-exact, indices).
+    pub aux: Vec<(String, Vec<usize>, AuxData)>,
+}
+
+/// The data of an auxiliary tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AuxData {
+    /// 64-bit floats.
+    F64(Vec<f64>),
+    /// 32-bit unsigned integers.
+    U32(Vec<u32>),
 }
 
 fn fnv1a(h: u64, bytes: &[u8]) -> u64 {
     bytes
         .iter()
         .fold(h, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
+/// Little-endian words of `N` bytes.
+fn words<T, const N: usize>(data: &[u8], from: fn([u8; N]) -> T) -> Vec<T> {
+    data.chunks_exact(N)
+        .map(|c| from(c.try_into().expect("chunks_exact yields N bytes")))
+        .collect()
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
@@ -48,14 +70,24 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 impl Checkpoint {
     /// Serialise to safetensors bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let mut sorted: Vec<_> = self.tensors.iter().collect();
-        sorted.sort_by(|a, b| a.0.cmp(&b.0));
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = sorted
+        let mut bytes: Vec<(String, Vec<usize>, Dtype, Vec<u8>)> = self
+            .tensors
             .iter()
-            .map(|(n, s, v)| (n.clone(), s.clone(), f32_bytes(v)))
+            .map(|(n, s, v)| (n.clone(), s.clone(), Dtype::F32, f32_bytes(v)))
             .collect();
+        for (n, s, v) in &self.aux {
+            let (dtype, b) = match v {
+                AuxData::F64(v) => (Dtype::F64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+                AuxData::U32(v) => (Dtype::U32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            };
+            bytes.push((n.clone(), s.clone(), dtype, b));
+        }
+        bytes.sort_by(|a, b| a.0.cmp(&b.0));
+        if bytes.windows(2).any(|w| w[0].0 == w[1].0) {
+            bail!("checkpoint tensor names must be unique");
+        }
         let mut sum = 0xcbf2_9ce4_8422_2325u64;
-        for (n, _, b) in &bytes {
+        for (n, _, _, b) in &bytes {
             sum = fnv1a(fnv1a(sum, n.as_bytes()), b);
         }
         // One metadata entry holding a JSON object with sorted keys: safetensors takes a HashMap,
@@ -70,6 +102,8 @@ impl Checkpoint {
             ("rng", serde_json::to_string(&self.rng)?),
             ("tracker", serde_json::to_string(&self.tracker)?),
             ("top_k", serde_json::to_string(&self.top_k)?),
+            ("recent", serde_json::to_string(&self.recent)?),
+            ("metric_rng", serde_json::to_string(&self.metric_rng)?),
             ("checksum", format!("{sum:016x}")),
         ]
         .into_iter()
@@ -77,7 +111,7 @@ impl Checkpoint {
         let meta = HashMap::from([("gfn".to_string(), serde_json::to_string(&fields)?)]);
         let views = bytes
             .iter()
-            .map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
+            .map(|(n, s, d, b)| Ok((n.clone(), TensorView::new(*d, s.clone(), b)?)))
             .collect::<Result<Vec<_>>>()?;
         Ok(safetensors::serialize(views, Some(meta))?)
     }
@@ -111,18 +145,17 @@ impl Checkpoint {
         names.sort();
         let mut sum = 0xcbf2_9ce4_8422_2325u64;
         let mut tensors = Vec::with_capacity(names.len());
+        let mut aux = Vec::new();
         for n in names {
             let t = st.tensor(&n)?;
-            if t.dtype() != Dtype::F32 {
-                bail!("tensor {n} is {:?}, expected F32", t.dtype());
-            }
             sum = fnv1a(fnv1a(sum, n.as_bytes()), t.data());
-            let v = t
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            tensors.push((n, t.shape().to_vec(), v));
+            let shape = t.shape().to_vec();
+            match t.dtype() {
+                Dtype::F32 => tensors.push((n, shape, words(t.data(), f32::from_le_bytes))),
+                Dtype::F64 => aux.push((n, shape, AuxData::F64(words(t.data(), f64::from_le_bytes)))),
+                Dtype::U32 => aux.push((n, shape, AuxData::U32(words(t.data(), u32::from_le_bytes)))),
+                d => bail!("tensor {n} is {d:?}; checkpoints hold F32, F64 and U32 tensors"),
+            }
         }
         if format!("{sum:016x}") != *get("checksum")? {
             bail!("checksum mismatch: the tensor data was modified");
@@ -135,8 +168,19 @@ impl Checkpoint {
             rng: serde_json::from_str(get("rng")?)?,
             tracker: serde_json::from_str(get("tracker")?)?,
             top_k: serde_json::from_str(get("top_k")?)?,
+            aux,
+            recent: serde_json::from_str(get("recent")?)?,
+            metric_rng: serde_json::from_str(get("metric_rng")?)?,
             tensors,
         })
+    }
+
+    /// The auxiliary tensor named `name`.
+    pub fn aux(&self, name: &str) -> Result<&(String, Vec<usize>, AuxData)> {
+        self.aux
+            .iter()
+            .find(|t| t.0 == name)
+            .with_context(|| format!("checkpoint has no tensor {name}"))
     }
 
     /// The tensor named `name`.

@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use rand::Rng;
 
@@ -18,7 +18,13 @@ use gfn_led::{
     PotentialNet, TransitionInputs, decomposed_len, decomposition_loss_and_grad, draw_mask, led_offsets, recentre,
 };
 
+use crate::checkpoint::{AuxData, Checkpoint};
 use crate::config::TrainConfig;
+
+/// f32 tensors of a checkpoint: name, shape, values.
+type F32Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
+/// Auxiliary tensors of a checkpoint.
+type AuxTensors = Vec<(String, Vec<usize>, AuxData)>;
 
 /// One stored batch: the potential network's inputs and the regression targets.
 #[derive(Debug, Clone)]
@@ -121,15 +127,21 @@ impl LedTrainer {
             }
             self.buffer.push_back(stored);
         }
-        for _ in 0..self.extra_steps {
-            if self.buffer.is_empty() {
-                break;
+        // The buffer is moved out for the replay so its batches are borrowed, not copied.
+        let buffer = std::mem::take(&mut self.buffer);
+        let replay = (|| -> Result<()> {
+            for _ in 0..self.extra_steps {
+                if buffer.is_empty() {
+                    break;
+                }
+                let stored = &buffer[rng.random_range(0..buffer.len())];
+                let phi = self.forward(&stored.inputs)?;
+                self.step_on(&phi, stored, rng)?;
             }
-            let k = rng.random_range(0..self.buffer.len());
-            let stored = self.buffer[k].clone();
-            let phi = self.forward(&stored.inputs)?;
-            self.step_on(&phi, &stored, rng)?;
-        }
+            Ok(())
+        })();
+        self.buffer = buffer;
+        replay?;
         Ok(first)
     }
 
@@ -161,5 +173,116 @@ impl LedTrainer {
             .collect();
         self.optimizer.step_slices(&slices)?;
         Ok(loss)
+    }
+
+    /// Add the potential network, its Adam state and the replay buffer to a checkpoint's
+    /// tensors (names under `led/`), so a resumed LED run continues bit for bit.
+    pub fn save(&self, tensors: &mut F32Tensors, aux: &mut AuxTensors) -> Result<()> {
+        for s in &self.optimizer.slots {
+            let shape = s.var.dims().to_vec();
+            let values = s.var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+            tensors.push((format!("led/param/{}", s.name), shape.clone(), values));
+            tensors.push((format!("led/adam_m/{}", s.name), shape.clone(), s.m.clone()));
+            tensors.push((format!("led/adam_v/{}", s.name), shape, s.v.clone()));
+        }
+        let t = self.optimizer.t;
+        aux.push((
+            "led/adam_t".into(),
+            vec![2],
+            AuxData::U32(vec![t as u32, (t >> 32) as u32]),
+        ));
+        aux.push((
+            "led/buffer_len".into(),
+            vec![1],
+            AuxData::U32(vec![self.buffer.len() as u32]),
+        ));
+        for (j, st) in self.buffer.iter().enumerate() {
+            let key = |k: &str| format!("led/buffer/{j:05}/{k}");
+            let (b, t) = st.inputs.shape();
+            let m = st.inputs.transitions();
+            let width = if m > 0 { st.inputs.features().len() / m } else { 0 };
+            tensors.push((key("x"), vec![m, width], st.inputs.features().to_vec()));
+            let u32s = |v: &[usize]| v.iter().map(|&x| x as u32).collect::<Vec<u32>>();
+            aux.push((key("shape"), vec![3], AuxData::U32(u32s(&[m, b, t]))));
+            aux.push((key("index"), vec![b * t], AuxData::U32(st.inputs.index().to_vec())));
+            aux.push((key("lens"), vec![st.lens.len()], AuxData::U32(u32s(&st.lens))));
+            aux.push((
+                key("log_reward"),
+                vec![st.log_reward.len()],
+                AuxData::F64(st.log_reward.clone()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Restore what [`LedTrainer::save`] wrote.
+    pub fn restore(&mut self, ck: &Checkpoint) -> Result<()> {
+        for s in &mut self.optimizer.slots {
+            let (_, shape, data) = ck.tensor(&format!("led/param/{}", s.name))?;
+            if shape.as_slice() != s.var.dims() {
+                bail!(
+                    "tensor led/param/{} has shape {shape:?}, the model expects {:?}",
+                    s.name,
+                    s.var.dims()
+                );
+            }
+            s.var.set(&candle_core::Tensor::from_slice(
+                data,
+                shape.as_slice(),
+                s.var.device(),
+            )?)?;
+            for (kind, dst) in [("adam_m", &mut s.m), ("adam_v", &mut s.v)] {
+                let (_, _, data) = ck.tensor(&format!("led/{kind}/{}", s.name))?;
+                if data.len() != dst.len() {
+                    bail!("optimiser state led/{kind}/{} has the wrong size", s.name);
+                }
+                dst.copy_from_slice(data);
+            }
+        }
+        let u32s = |name: &str| -> Result<Vec<u32>> {
+            match &ck.aux(name)?.2 {
+                AuxData::U32(v) => Ok(v.clone()),
+                AuxData::F64(_) => bail!("tensor {name} should be U32"),
+            }
+        };
+        let t = u32s("led/adam_t")?;
+        if t.len() != 2 {
+            bail!("tensor led/adam_t should hold 2 values");
+        }
+        self.optimizer.t = u64::from(t[0]) | (u64::from(t[1]) << 32);
+        let n = *u32s("led/buffer_len")?
+            .first()
+            .context("tensor led/buffer_len is empty")? as usize;
+        if n > self.capacity {
+            bail!(
+                "the checkpoint's LED buffer holds {n} batches, led_buffer = {}",
+                self.capacity
+            );
+        }
+        self.buffer.clear();
+        for j in 0..n {
+            let key = |k: &str| format!("led/buffer/{j:05}/{k}");
+            let shape = u32s(&key("shape"))?;
+            let [m, b, t] = shape[..] else {
+                bail!("tensor {} should hold 3 values", key("shape"));
+            };
+            let x = ck.tensor(&key("x"))?.2.clone();
+            let inputs = TransitionInputs::from_parts(x, u32s(&key("index"))?, m as usize, b as usize, t as usize)?;
+            let lens: Vec<usize> = u32s(&key("lens"))?.into_iter().map(|l| l as usize).collect();
+            let log_reward = match &ck.aux(&key("log_reward"))?.2 {
+                AuxData::F64(v) => v.clone(),
+                AuxData::U32(_) => bail!("tensor {} should be F64", key("log_reward")),
+            };
+            if lens.len() != b as usize || log_reward.len() != b as usize {
+                bail!("LED buffer entry {j} is inconsistent");
+            }
+            self.buffer.push_back(Stored {
+                inputs,
+                lens,
+                log_reward,
+            });
+        }
+        self.pending = None;
+        Ok(())
     }
 }

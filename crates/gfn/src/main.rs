@@ -328,8 +328,25 @@ fn print_summary(s: &serde_json::Value, dir: &Path) {
             k["found"]
         );
     }
+    if let Some(c) = s.pointer("/target/top_k_mean_reward").and_then(|v| v.as_f64())
+        && let Some(m) = s.pointer("/top_k/mean_reward").and_then(|v| v.as_f64())
+    {
+        println!("  exact ceiling of that mean {c:.4} (reached {:.1}%)", 100.0 * m / c);
+    }
+    if s["recent"].is_object() {
+        println!(
+            "  last {} measured samples: mean reward {}  E_p*[R] {}  relative error {}",
+            s["recent"]["samples"],
+            f("/recent/mean_reward"),
+            f("/target/mean_reward"),
+            f("/recent/relative_error")
+        );
+    }
     if let (Some(found), Some(total)) = (s.pointer("/modes/found"), s.pointer("/modes/total")) {
         println!("  modes visited {found}/{total}");
+    }
+    if let Some(frac) = s.pointer("/led/fraction_of_training").and_then(|v| v.as_f64()) {
+        println!("  LED potential updates: {:.1}% of training time", 100.0 * frac);
     }
     println!("  run directory {}", dir.display());
 }

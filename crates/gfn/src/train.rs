@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor};
 use serde::Serialize;
 
 use gfn_core::exact::{DistributionMetrics, EmpiricalTracker, ExactEvaluator, ExactMetrics};
-use gfn_core::fast::FastPath;
+use gfn_core::fast::{FastPath, Inference};
 use gfn_core::optim::{Adam, AdamParams};
 use gfn_core::{
     BackwardPolicy, Env, Estimator, EstimatorConfig, GfnRng, Sampler, SamplingOptions, TrajectoryBatch, rng_from_seed,
@@ -35,6 +35,9 @@ pub mod files {
     pub const TIMING: &str = "timing.json";
 }
 
+/// Salt of the measurement samples' RNG stream (`seed ^ METRIC_STREAM`).
+const METRIC_STREAM: u64 = 0x6d65_6173_7572_6521;
+
 /// One evaluation, as a line of `metrics.jsonl`.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct EvalRecord {
@@ -51,9 +54,14 @@ pub struct EvalRecord {
     pub empirical: Option<DistributionMetrics>,
     /// Modes visited so far by training samples.
     pub modes_found: Option<usize>,
-    /// The best distinct objects sampled in training so far.
+    /// The best distinct measured objects so far (training samples, or the `metric_batch`
+    /// on-policy samples).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_k: Option<gfn_core::topk::TopKMetrics>,
+    /// Mean reward of the last `recent_window` measured samples and its relative error to
+    /// `E_{p*}[R]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recent: Option<gfn_core::topk::RecentMetrics>,
     /// Gradient analysis, when enabled for this evaluation (`grad_cosine_every`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grad_cosine: Option<crate::gradcos::GradCosine>,
@@ -86,8 +94,17 @@ pub struct Trainer {
     pub evaluator: Option<ExactEvaluator>,
     /// Empirical tracker of sampled terminal states.
     pub tracker: EmpiricalTracker,
-    /// The best distinct sampled terminal objects.
+    /// The best distinct measured terminal objects.
     pub top_k: gfn_core::topk::TopKTracker,
+    /// Rewards of the most recent measured samples.
+    pub recent: gfn_core::topk::RecentRewards,
+    /// `E_{p*}[R]` and the top-k ceiling, where the task can compute them.
+    pub target: Option<gfn_core::env::TargetSummary>,
+    /// Seconds spent drawing the `metric_batch` measurement samples (not in `wall_seconds`).
+    pub metric_seconds: f64,
+    metric_rng: GfnRng,
+    metric_sampler: Sampler,
+    metric_samples: TrajectoryBatch,
     /// Iterations completed.
     pub iteration: u64,
     /// Trajectories sampled.
@@ -182,6 +199,12 @@ impl Trainer {
         let evaluator = ExactEvaluator::new(env.as_ref()).ok();
         let tracker = EmpiricalTracker::new(config.empirical_window);
         let top_k = gfn_core::topk::TopKTracker::new(config.top_k);
+        let recent = gfn_core::topk::RecentRewards::new(config.recent_window);
+        let target = match &evaluator {
+            Some(ev) => Some(ev.target_summary(config.top_k)),
+            None => env.target_summary(config.top_k),
+        };
+        let metric_rng = rng_from_seed(config.seed ^ METRIC_STREAM);
         let flops_per_row = useful_flops_per_row(&estimator);
         let fast = match config.engine.as_str() {
             "graph" => None,
@@ -200,6 +223,12 @@ impl Trainer {
             evaluator,
             tracker,
             top_k,
+            recent,
+            target,
+            metric_seconds: 0.0,
+            metric_rng,
+            metric_sampler: Sampler::new(),
+            metric_samples: TrajectoryBatch::default(),
             iteration: 0,
             trajectories: 0,
             wall_seconds: 0.0,
@@ -230,11 +259,46 @@ impl Trainer {
         }
     }
 
-    /// One training iteration; returns the loss. Errors name the iteration.
+    /// One training iteration, then the measurement samples; returns the loss. Errors name
+    /// the iteration.
     pub fn step(&mut self) -> Result<f64> {
         let it = self.iteration + 1;
-        self.step_inner()
-            .with_context(|| format!("training stopped at iteration {it}"))
+        let loss = self
+            .step_inner()
+            .with_context(|| format!("training stopped at iteration {it}"))?;
+        self.measure()
+            .with_context(|| format!("measurement sampling failed at iteration {it}"))?;
+        Ok(loss)
+    }
+
+    /// Feed the top-k and recent-reward metrics: the training batch, or with `metric_batch > 0`
+    /// that many trajectories drawn from the current policy without exploration, from their own
+    /// RNG stream (so the training run is the same whether or not it is measured).
+    fn measure(&mut self) -> Result<()> {
+        let n = self.config.metric_batch;
+        let batch = if n == 0 {
+            &self.batch
+        } else {
+            let start = Instant::now();
+            let env = self.env.as_ref();
+            let opts = SamplingOptions::default();
+            let (rng, out) = (&mut self.metric_rng, &mut self.metric_samples);
+            match Inference::new(&self.estimator) {
+                Some(mut fast) => self
+                    .metric_sampler
+                    .sample_forward_with(env, &mut fast, n, opts, rng, out)?,
+                None => self
+                    .metric_sampler
+                    .sample_forward(env, &self.estimator, n, opts, rng, out)?,
+            }
+            self.metric_seconds += start.elapsed().as_secs_f64();
+            &self.metric_samples
+        };
+        for b in 0..batch.batch_size {
+            self.top_k.record(batch.terminal_state(b), batch.log_reward[b]);
+            self.recent.record(batch.log_reward[b]);
+        }
+        Ok(())
     }
 
     fn step_inner(&mut self) -> Result<f64> {
@@ -291,10 +355,6 @@ impl Trainer {
         self.trajectories += self.config.batch_size as u64;
         self.loss_sum += value;
         self.loss_count += 1;
-        for b in 0..self.batch.batch_size {
-            self.top_k
-                .record(self.batch.terminal_state(b), self.batch.log_reward[b]);
-        }
         if let Some(ev) = &self.evaluator {
             for b in 0..self.batch.batch_size {
                 let x = self.batch.terminal_state(b);
@@ -345,7 +405,8 @@ impl Trainer {
             exact,
             empirical,
             modes_found,
-            top_k: self.top_k.metrics(),
+            top_k: self.top_k.metrics(|a, b| self.env.object_distance(a, b)),
+            recent: self.recent.metrics(self.target.map(|t| t.mean_reward)),
             grad_cosine,
         };
         self.history.push(rec.clone());
@@ -372,6 +433,10 @@ impl Trainer {
             tensors.push((format!("adam_m/{}", s.name), shape.clone(), s.m.clone()));
             tensors.push((format!("adam_v/{}", s.name), shape, s.v.clone()));
         }
+        let mut aux = Vec::new();
+        if let Some(led) = &self.led {
+            led.save(&mut tensors, &mut aux)?;
+        }
         Ok(Checkpoint {
             iteration: self.iteration,
             trajectories: self.trajectories,
@@ -380,7 +445,10 @@ impl Trainer {
             loss_window: (self.loss_sum, self.loss_count),
             tracker: self.tracker.clone(),
             top_k: self.top_k.clone(),
+            recent: self.recent.clone(),
+            metric_rng: self.metric_rng.clone(),
             tensors,
+            aux,
         })
     }
 
@@ -409,11 +477,16 @@ impl Trainer {
             }
         }
         self.optimizer.t = ck.adam_t;
+        if let Some(led) = &mut self.led {
+            led.restore(ck)?;
+        }
         self.iteration = ck.iteration;
         self.trajectories = ck.trajectories;
         self.rng = ck.rng.clone();
         self.tracker = ck.tracker.clone();
         self.top_k = ck.top_k.clone();
+        self.recent = ck.recent.clone();
+        self.metric_rng = ck.metric_rng.clone();
         (self.loss_sum, self.loss_count) = ck.loss_window;
         Ok(())
     }
@@ -481,6 +554,9 @@ pub fn summary_json(t: &Trainer) -> serde_json::Value {
             "window": t.tracker.len(), "tv": e.tv, "l1_sum": e.l1_sum, "l1_mean": e.l1_mean, "jsd": e.jsd,
         })),
         "top_k": last.and_then(|r| r.top_k),
+        "recent": last.and_then(|r| r.recent),
+        "target": t.target,
+        "metric_seconds": t.metric_seconds,
         "led": t.led.as_ref().map(|_| serde_json::json!({
             "seconds": t.led_seconds,
             "fraction_of_training": if t.wall_seconds > 0.0 { t.led_seconds / t.wall_seconds } else { 0.0 },
@@ -518,6 +594,12 @@ pub struct Timing {
     pub useful_flops: f64,
     /// Training seconds at every evaluation.
     pub evals: Vec<EvalTiming>,
+    /// Seconds of LED's potential updates (inside `wall_seconds`).
+    #[serde(default)]
+    pub led_seconds: f64,
+    /// Seconds of the measurement samples (outside `wall_seconds`).
+    #[serde(default)]
+    pub metric_seconds: f64,
 }
 
 /// Useful FLOPs per evaluated state: for every network, a forward pass (`2·in·out` per layer)
@@ -597,6 +679,8 @@ impl RunDir {
         t.wall_seconds = timing.wall_seconds;
         t.useful_flops = timing.useful_flops;
         t.eval_timing = timing.evals;
+        t.led_seconds = timing.led_seconds;
+        t.metric_seconds = timing.metric_seconds;
         Ok(t)
     }
 
@@ -608,6 +692,8 @@ impl RunDir {
             wall_seconds: t.wall_seconds,
             useful_flops: t.useful_flops,
             evals: t.eval_timing.clone(),
+            led_seconds: t.led_seconds,
+            metric_seconds: t.metric_seconds,
         };
         write_atomic(&self.file(files::TIMING), serde_json::to_string(&timing)?.as_bytes())
     }
@@ -673,13 +759,6 @@ pub fn run(t: &mut Trainer, dir: &RunDir, progress: &mut dyn Progress) -> Result
 /// new total would not have made, are dropped, so the continued run ends with the same files.
 pub fn resume(dir: &RunDir, iterations: Option<usize>, device: &Device) -> Result<Trainer> {
     let mut t = dir.load_trainer(device)?;
-    if t.led.is_some() {
-        bail!(
-            "invalid resume of {}: runs with {} cannot be resumed yet (the potential network and its replay buffer are not checkpointed)",
-            dir.path.display(),
-            t.objective.name()
-        );
-    }
     if let Some(n) = iterations {
         if (n as u64) < t.iteration {
             bail!(
