@@ -70,6 +70,39 @@ pub struct CurvePoint {
     pub l1_sum: Option<f64>,
     /// Exact TV = L1/2.
     pub tv: Option<f64>,
+    /// Modes visited so far by training samples (tasks with exact evaluation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modes_found: Option<f64>,
+    /// The best distinct measured objects so far (`metrics.jsonl`'s `top_k`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<TopK>,
+    /// The mean reward of the most recent measured samples (`metrics.jsonl`'s `recent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recent: Option<Recent>,
+}
+
+/// Top-k figures at one evaluation: the best `k` distinct objects sampled so far.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct TopK {
+    /// `k`.
+    pub k: f64,
+    /// Distinct objects held (`≤ k`).
+    pub found: f64,
+    /// Their mean reward.
+    pub mean_reward: f64,
+    /// Their mean pairwise distance.
+    pub diversity: f64,
+}
+
+/// Recent-reward figures at one evaluation.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Recent {
+    /// Samples in the window.
+    pub samples: f64,
+    /// Their mean reward.
+    pub mean_reward: f64,
+    /// `(mean reward − E_{p*}[R]) / E_{p*}[R]`, where `E_{p*}[R]` is known.
+    pub relative_error: Option<f64>,
 }
 
 /// A peer library's run.
@@ -514,6 +547,9 @@ fn our_curve(run: &Path) -> Vec<CurvePoint> {
                 seconds: seconds_at(iteration).unwrap_or(f64::NAN),
                 l1_sum: v.pointer("/exact/l1_sum").and_then(Value::as_f64),
                 tv: v.pointer("/exact/tv").and_then(Value::as_f64),
+                modes_found: v["modes_found"].as_f64(),
+                top_k: serde_json::from_value(v["top_k"].clone()).ok(),
+                recent: serde_json::from_value(v["recent"].clone()).ok(),
             })
         })
         .collect()
@@ -539,6 +575,9 @@ fn peer_curve(output: &Value) -> Vec<CurvePoint> {
                         seconds: e["wall_seconds"].as_f64().map_or(f64::NAN, |w| w + compile),
                         l1_sum: e["l1_sum"].as_f64(),
                         tv: e["tv"].as_f64(),
+                        modes_found: None,
+                        top_k: None,
+                        recent: None,
                     })
                 })
                 .collect()

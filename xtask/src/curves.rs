@@ -9,45 +9,51 @@ use serde_json::Value;
 use crate::bench::{CurvePoint, Session};
 use crate::plot::{self, Chart, Series};
 
-/// The curve of a run record (ours or a peer's) as serialised in `results.json`.
-fn curve_of(record: &Value) -> Vec<(f64, f64, Option<f64>)> {
-    record["curve"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|p| {
-                    (
-                        p["trajectories"].as_f64().unwrap_or(f64::NAN),
-                        p["seconds"].as_f64().unwrap_or(f64::NAN),
-                        p["l1_sum"].as_f64(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+/// The evaluations of a run record (ours or a peer's) as serialised in `results.json`.
+fn points(record: &Value) -> &[Value] {
+    record["curve"].as_array().map_or(&[], Vec::as_slice)
+}
+
+/// The figure at `pointer` (`/l1_sum`, `/top_k/mean_reward`, ...) of every evaluation of a run
+/// record, where present.
+pub fn values(record: &Value, pointer: &str) -> Vec<f64> {
+    points(record)
+        .iter()
+        .filter_map(|p| p.pointer(pointer).and_then(Value::as_f64))
+        .collect()
+}
+
+/// `(trajectories, training seconds)` at the first evaluation of a run record that satisfies
+/// `reached` (given the evaluation's JSON object); `None` if none does.
+pub fn first_reaching(record: &Value, reached: impl Fn(&Value) -> bool) -> Option<(f64, f64)> {
+    points(record).iter().find(|p| reached(p)).map(|p| {
+        (
+            p["trajectories"].as_f64().unwrap_or(f64::NAN),
+            p["seconds"].as_f64().unwrap_or(f64::NAN),
+        )
+    })
+}
+
+/// Whether an evaluation's exact L1 is at most `target`.
+fn l1_at_most(point: &Value, target: f64) -> bool {
+    point["l1_sum"].as_f64().is_some_and(|v| v <= target)
 }
 
 /// Training seconds (a peer's compile time included) until the first evaluation with exact
 /// L1 ≤ `target`; `None` if never.
 pub fn seconds_to_l1(record: &Value, target: f64) -> Option<f64> {
-    curve_of(record)
-        .into_iter()
-        .find(|(_, _, l1)| l1.is_some_and(|v| v <= target))
-        .map(|(_, s, _)| s)
+    first_reaching(record, |p| l1_at_most(p, target)).map(|(_, s)| s)
 }
 
 /// Trajectories until the first evaluation with exact L1 ≤ `target`; `None` if never.
 pub fn trajectories_to_l1(record: &Value, target: f64) -> Option<f64> {
-    curve_of(record)
-        .into_iter()
-        .find(|(_, _, l1)| l1.is_some_and(|v| v <= target))
-        .map(|(t, _, _)| t)
+    first_reaching(record, |p| l1_at_most(p, target)).map(|(t, _)| t)
 }
 
 /// Mean exact L1 over all evaluations: the area under the L1-against-trajectories curve divided
 /// by its length (evaluations are evenly spaced); lower means faster convergence.
 pub fn mean_l1(record: &Value) -> Option<f64> {
-    let v: Vec<f64> = curve_of(record).into_iter().filter_map(|(_, _, l1)| l1).collect();
+    let v = values(record, "/l1_sum");
     (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
 }
 
@@ -67,6 +73,33 @@ pub fn mean_curve(
             }
             let xm = curves.iter().map(|c| x(&c[i])).sum::<f64>() / curves.len() as f64;
             Some((xm, ys.iter().sum::<f64>() / ys.len() as f64))
+        })
+        .collect()
+}
+
+/// One line per row of `group`, in run order: `y` against trajectories sampled, mean over the
+/// row's successful runs (ours). Rows without a point are left out.
+pub fn row_series(session: &Session, group: &str, y: fn(&CurvePoint) -> Option<f64>) -> Vec<Series> {
+    let runs: Vec<_> = session.runs.iter().filter(|r| r.group == group && r.ok).collect();
+    let mut rows: Vec<&str> = Vec::new();
+    for r in &runs {
+        if !rows.contains(&r.row.as_str()) {
+            rows.push(&r.row);
+        }
+    }
+    rows.into_iter()
+        .filter_map(|row| {
+            let curves: Vec<&[CurvePoint]> = runs
+                .iter()
+                .filter(|r| r.row == row && !r.curve.is_empty())
+                .map(|r| r.curve.as_slice())
+                .collect();
+            let points = mean_curve(&curves, |p| p.trajectories, y);
+            (!points.is_empty()).then(|| Series {
+                label: row.to_string(),
+                points,
+                dashed: false,
+            })
         })
         .collect()
 }

@@ -30,6 +30,15 @@ pub struct Series {
     pub dashed: bool,
 }
 
+/// A horizontal reference line across a chart (a known ceiling, a target): thin, dashed, grey.
+#[derive(Debug, Clone)]
+pub struct Reference {
+    /// Legend label.
+    pub label: String,
+    /// Height.
+    pub y: f64,
+}
+
 /// A line chart.
 #[derive(Debug, Clone)]
 pub struct Chart<'a> {
@@ -44,6 +53,9 @@ pub struct Chart<'a> {
     /// Logarithmic y axis.
     pub log_y: bool,
 }
+
+/// Color of reference lines.
+const REFERENCE: RGBColor = RGBColor(90, 90, 90);
 
 const COLORS: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
@@ -107,8 +119,12 @@ fn dashed(points: &[(f64, f64)], log_x: bool, log_y: bool) -> Vec<Vec<(f64, f64)
 }
 
 /// An axis tick: at most 3 significant digits, no float noise (`0.7`, `2.5e-4`, `40000`).
-fn tick(v: f64) -> String {
-    if v == 0.0 || !v.is_finite() {
+pub fn tick(v: f64) -> String {
+    if v.abs() < 1e-12 {
+        // Zero, or a tick position's rounding noise around it (-5.6e-17).
+        return "0".into();
+    }
+    if !v.is_finite() {
         return format!("{v}");
     }
     let a = v.abs();
@@ -124,8 +140,31 @@ fn tick(v: f64) -> String {
     }
 }
 
+/// Points along the horizontal line at height `y` from `x0` to `x1`, evenly spaced on the x axis
+/// (logarithmically on a log axis), for [`dashed`].
+fn horizontal(x0: f64, x1: f64, y: f64, log_x: bool) -> Vec<(f64, f64)> {
+    let n = 20;
+    (0..=n)
+        .map(|i| {
+            let t = i as f64 / n as f64;
+            let x = if log_x {
+                (x0.ln() + t * (x1.ln() - x0.ln())).exp()
+            } else {
+                x0 + t * (x1 - x0)
+            };
+            (x, y)
+        })
+        .collect()
+}
+
 /// Draws `series` into a 960×600 PNG at `path`. Series are colored by position.
 pub fn line_chart(path: &Path, chart: &Chart, series: &[Series]) -> Result<()> {
+    line_chart_with(path, chart, series, &[])
+}
+
+/// [`line_chart`] with horizontal reference lines (kept inside the y range, listed in the legend).
+/// References that a log y axis cannot show (non-positive) are dropped.
+pub fn line_chart_with(path: &Path, chart: &Chart, series: &[Series], references: &[Reference]) -> Result<()> {
     register_font();
     let keep = |(x, y): &(f64, f64)| {
         x.is_finite() && y.is_finite() && (!chart.log_x || *x > 0.0) && (!chart.log_y || *y > 0.0)
@@ -138,8 +177,15 @@ pub fn line_chart(path: &Path, chart: &Chart, series: &[Series]) -> Result<()> {
         })
         .filter(|s| !s.points.is_empty())
         .collect();
+    let references: Vec<&Reference> = references
+        .iter()
+        .filter(|r| r.y.is_finite() && (!chart.log_y || r.y > 0.0))
+        .collect();
     let xs = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
-    let ys = series.iter().flat_map(|s| s.points.iter().map(|p| p.1));
+    let ys = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .chain(references.iter().map(|r| r.y));
     let (Some((x0, x1)), Some((y0, y1))) = (bounds(xs, chart.log_x), bounds(ys, chart.log_y)) else {
         return Err(anyhow!("{}: nothing to plot", path.display()));
     };
@@ -186,6 +232,16 @@ pub fn line_chart(path: &Path, chart: &Chart, series: &[Series]) -> Result<()> {
                 ctx.draw_series(s.points.iter().map(|&p| Circle::new(p, 2, color.filled())))
                     .map_err(|e| err(&e))?;
             }
+            for r in &references {
+                let style = ShapeStyle::from(&REFERENCE).stroke_width(1);
+                for piece in dashed(&horizontal(x0, x1, r.y, chart.log_x), chart.log_x, chart.log_y) {
+                    ctx.draw_series(LineSeries::new(piece, style)).map_err(|e| err(&e))?;
+                }
+                ctx.draw_series(std::iter::once(PathElement::new(vec![(x0, r.y)], style)))
+                    .map_err(|e| err(&e))?
+                    .label(&r.label)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+            }
             ctx.configure_series_labels()
                 .background_style(WHITE.mix(0.85))
                 .border_style(BLACK)
@@ -228,6 +284,8 @@ mod tests {
         assert_eq!(tick(0.25), "0.25");
         assert_eq!(tick(0.00025), "2.5e-4");
         assert_eq!(tick(1.0), "1");
+        assert_eq!(tick(-5.55e-17), "0");
+        assert_eq!(tick(0.0), "0");
     }
 
     #[test]
@@ -257,6 +315,19 @@ mod tests {
         line_chart(&path, &chart, &s).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(&bytes[1..4], b"PNG");
+        let with_ref = dir.join("r.png");
+        let refs = [
+            Reference {
+                label: "ceiling".into(),
+                y: 5.0,
+            },
+            Reference {
+                label: "dropped on a log axis".into(),
+                y: -1.0,
+            },
+        ];
+        line_chart_with(&with_ref, &chart, &s, &refs).unwrap();
+        assert_eq!(&std::fs::read(&with_ref).unwrap()[1..4], b"PNG");
         assert!(line_chart(&dir.join("empty.png"), &chart, &[]).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }

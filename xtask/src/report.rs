@@ -63,6 +63,7 @@ impl Stats {
             Agg::Median => fmt_num(self.median, digits),
             Agg::Mean => fmt_num(self.mean, digits),
             Agg::Max => fmt_num(self.max, digits),
+            Agg::Sum => fmt_num(self.mean * self.n as f64, digits),
             Agg::MeanStd if self.n > 1 => format!("{} ± {}", fmt_num(self.mean, digits), fmt_num(self.std, digits)),
             Agg::MeanStd => fmt_num(self.mean, digits),
         }
@@ -406,5 +407,6 @@ mod tests {
         assert_eq!(Stats::of(&[1.0, 4.0]).unwrap().median, 2.5);
         assert!(Stats::of(&[]).is_none());
         assert_eq!(s.cell(Agg::MeanStd, 1), "2.0 ± 1.0");
+        assert_eq!(Stats::of(&[1.0, 0.0, 1.0]).unwrap().cell(Agg::Sum, 0), "2");
     }
 }

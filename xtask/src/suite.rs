@@ -39,6 +39,10 @@ pub const SUITES: &[SuiteDef] = &[
         name: "subtb",
         build: crate::subtb::subtb,
     },
+    SuiteDef {
+        name: "led",
+        build: crate::led::led,
+    },
 ];
 
 /// Looks a suite up by name.
@@ -111,6 +115,8 @@ pub enum Agg {
     Mean,
     /// Largest value over seeds (memory).
     Max,
+    /// Sum over seeds (a count of seeds, from per-run values of 0 or 1).
+    Sum,
 }
 
 /// A column of a results table.

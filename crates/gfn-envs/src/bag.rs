@@ -143,6 +143,11 @@ impl Env for BagEnv {
     fn log_reward(&self, state: &[i32]) -> f64 {
         self.reward(state).ln()
     }
+    /// The official code's FL baseline scores a partial bag with the same reward function (30
+    /// for a mode, which needs all 13 characters; 10 once a count reaches 7; 0.01 otherwise).
+    fn intermediate_log_reward(&self, state: &[i32]) -> Option<f64> {
+        Some(self.reward(state).ln())
+    }
     fn featurize(&self, state: &[i32], out: &mut [f32]) {
         let scale = 1.0 / BAG_SIZE as f32;
         let mut max = 0;
