@@ -246,6 +246,9 @@ mod tests {
         let e_r = r.iter().map(|x| x * x).sum::<f64>() / r.iter().sum::<f64>();
         let formula = (m * 900.0 + (sub - m) * 100.0 + u * 1e-4) / (m * 30.0 + (sub - m) * 10.0 + u * 0.01);
         assert!((e_r - formula).abs() < 1e-9, "{e_r} vs {formula}");
+        let target = gfn_core::exact::ExactEvaluator::new(&env).unwrap().target_summary(100);
+        assert!((target.mean_reward - e_r).abs() < 1e-9, "{}", target.mean_reward);
+        assert!((target.top_k_mean_reward - 30.0).abs() < 1e-12);
         assert_eq!(r.iter().filter(|&&x| x == 30.0).count(), env.distinct_modes());
         // Reproducible from the seed.
         assert_eq!(BagEnv::new(0).modes, env.modes);

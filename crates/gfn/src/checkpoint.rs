@@ -191,3 +191,48 @@ impl Checkpoint {
             .with_context(|| format!("checkpoint has no tensor {name}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Checkpoint {
+        Checkpoint {
+            iteration: 7,
+            trajectories: 112,
+            rng: gfn_core::rng_from_seed(3),
+            adam_t: 7,
+            loss_window: (1.5, 2),
+            tracker: EmpiricalTracker::new(10),
+            top_k: gfn_core::topk::TopKTracker::new(4),
+            recent: gfn_core::topk::RecentRewards::new(5),
+            metric_rng: gfn_core::rng_from_seed(4),
+            tensors: vec![("param/w".into(), vec![2], vec![0.5, -1.25])],
+            aux: vec![
+                ("led/log_reward".into(), vec![3], AuxData::F64(vec![0.1, -1e-300, f64::MIN_POSITIVE])),
+                ("led/index".into(), vec![2], AuxData::U32(vec![0, u32::MAX])),
+            ],
+        }
+    }
+
+    /// f64 and u32 tensors come back bit for bit, and a flipped byte in any tensor is caught.
+    #[test]
+    fn aux_tensors_round_trip_and_corruption_is_caught() {
+        let ck = sample();
+        let bytes = ck.to_bytes().unwrap();
+        let back = Checkpoint::from_bytes(&bytes).unwrap();
+        assert_eq!(back.tensors, ck.tensors);
+        assert_eq!(back.aux("led/log_reward").unwrap(), &ck.aux[0]);
+        assert_eq!(back.aux("led/index").unwrap(), &ck.aux[1]);
+        assert_eq!(back.to_bytes().unwrap(), bytes, "serialisation is not deterministic");
+        // The data section is the last 24 + 8 + 8 bytes; flip one bit inside it.
+        let mut bad = bytes.clone();
+        let at = bad.len() - 13;
+        bad[at] ^= 1;
+        let err = Checkpoint::from_bytes(&bad).unwrap_err().to_string();
+        assert!(err.contains("checksum"), "{err}");
+        let mut dup = sample();
+        dup.aux.push(("param/w".into(), vec![1], AuxData::U32(vec![1])));
+        assert!(dup.to_bytes().is_err());
+    }
+}
