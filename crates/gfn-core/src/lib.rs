@@ -14,6 +14,7 @@ pub mod error;
 pub mod estimator;
 pub mod exact;
 pub mod fast;
+pub mod local_search;
 pub mod nn;
 pub mod optim;
 pub mod rng;

@@ -1,0 +1,266 @@
+//! The back-and-forth proposal: from a complete object `x`, `K` backward steps with P_B, then `K`
+//! forward steps with P_F, giving `x'` and both proposal log-probabilities. It is EB-GFN's
+//! Metropolis–Hastings proposal for an energy model's negatives (Zhang et al. 2022, papers.md
+//! §2.2) and the move of local-search GFlowNets (Kim et al. 2023); both use this one function.
+//!
+//! With `s_{D−K}` the state reached backward (`x = s_D`) and `x' = s'_D` the state reached again
+//! forward:
+//!
+//! ```text
+//! log q(x → x') = Σ_{j} log P_B(s_{j−1} | s_j) + Σ_{j} log P_F(s'_{j} | s'_{j−1})
+//! log q(x' → x) = Σ_{j} log P_B(s'_{j−1} | s'_j) + Σ_{j} log P_F(s_{j} | s_{j−1})
+//! ```
+//!
+//! Every state on both paths is evaluated once: `2K + 1` rows per chain (the backward path's
+//! states give their P_B logits for the walk and their P_F logits for the reverse move; the
+//! forward path's give P_F for the walk and P_B for the reverse move; `x'` adds its P_B).
+//!
+//! Supported environments have no exit action and reach a terminal state after the `K` forward
+//! steps (graded DAGs such as binary vectors or fixed-size sets); anything else is an error.
+
+use crate::estimator::to_vec_f32;
+use crate::exact::ExactEvaluator;
+use crate::rng::{GfnRng, sample_weighted};
+use crate::{Env, Estimator, GfnError, Result};
+
+/// P_F and P_B logits of states: what the proposal needs from a policy.
+pub trait StatePolicy {
+    /// Logits of the `rows` states in `states` (`[rows, state_dim]`): forward into `pf`
+    /// (`[rows, n_actions]`), backward into `pb` (`[rows, n_backward]`); both are resized.
+    fn logits(&mut self, states: &[i32], rows: usize, pf: &mut Vec<f32>, pb: &mut Vec<f32>) -> Result<()>;
+}
+
+/// An [`Estimator`] as a [`StatePolicy`] (a uniform backward policy gives zero P_B logits).
+pub struct EstimatorPolicy<'a, E: Env + ?Sized> {
+    env: &'a E,
+    estimator: &'a Estimator,
+    features: Vec<f32>,
+}
+
+impl<'a, E: Env + ?Sized> EstimatorPolicy<'a, E> {
+    /// The policy of `estimator` on `env`.
+    pub fn new(env: &'a E, estimator: &'a Estimator) -> Self {
+        Self {
+            env,
+            estimator,
+            features: Vec::new(),
+        }
+    }
+}
+
+impl<E: Env + ?Sized> StatePolicy for EstimatorPolicy<'_, E> {
+    fn logits(&mut self, states: &[i32], rows: usize, pf: &mut Vec<f32>, pb: &mut Vec<f32>) -> Result<()> {
+        self.features.clear();
+        self.features.resize(rows * self.env.feature_dim(), 0.0);
+        self.env.featurize_batch(states, &mut self.features);
+        let x = self.estimator.features_tensor(&self.features, rows)?;
+        let out = self.estimator.forward_detached(&x)?;
+        *pf = to_vec_f32(&out.pf_logits)?;
+        *pb = match &out.pb_logits {
+            Some(l) => to_vec_f32(l)?,
+            None => vec![0.0; rows * self.env.n_backward_actions()],
+        };
+        Ok(())
+    }
+}
+
+/// A policy given by its log-probabilities on every state of an enumerated environment (exact
+/// solutions in tests, tabular policies).
+pub struct TabularPolicy<'a> {
+    evaluator: &'a ExactEvaluator,
+    log_pf: &'a [f64],
+    log_pb: &'a [f64],
+}
+
+impl<'a> TabularPolicy<'a> {
+    /// The policy `log_pf` (`[S, n_actions]`) and `log_pb` (`[S, n_backward]`) over the states
+    /// of `evaluator`.
+    pub fn new(evaluator: &'a ExactEvaluator, log_pf: &'a [f64], log_pb: &'a [f64]) -> Self {
+        Self {
+            evaluator,
+            log_pf,
+            log_pb,
+        }
+    }
+}
+
+impl StatePolicy for TabularPolicy<'_> {
+    fn logits(&mut self, states: &[i32], rows: usize, pf: &mut Vec<f32>, pb: &mut Vec<f32>) -> Result<()> {
+        let sd = states.len() / rows.max(1);
+        let na = self.log_pf.len() / self.evaluator.num_states();
+        let nb = self.log_pb.len() / self.evaluator.num_states();
+        pf.clear();
+        pb.clear();
+        for s in states.chunks_exact(sd.max(1)).take(rows) {
+            let i = self
+                .evaluator
+                .state_index(s)
+                .ok_or_else(|| GfnError::Other(format!("state {s:?} is not in the enumeration")))?;
+            // Masked entries are −∞; logits only need to be finite where allowed.
+            pf.extend(self.log_pf[i * na..(i + 1) * na].iter().map(|&v| v.max(-1e30) as f32));
+            pb.extend(self.log_pb[i * nb..(i + 1) * nb].iter().map(|&v| v.max(-1e30) as f32));
+        }
+        Ok(())
+    }
+}
+
+/// Proposals for a batch of objects.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Proposal {
+    /// `x'`, `[n, state_dim]`.
+    pub states: Vec<i32>,
+    /// `log q(x → x')` per chain.
+    pub log_q_forward: Vec<f64>,
+    /// `log q(x' → x)` per chain.
+    pub log_q_reverse: Vec<f64>,
+}
+
+/// Log-softmax of `logits` restricted to `mask`, at index `a`.
+fn masked_log_prob(logits: &[f32], mask: &[bool], a: usize) -> f64 {
+    let max = logits
+        .iter()
+        .zip(mask)
+        .filter(|(_, m)| **m)
+        .map(|(&l, _)| f64::from(l))
+        .fold(f64::NEG_INFINITY, f64::max);
+    let total: f64 = logits
+        .iter()
+        .zip(mask)
+        .filter(|(_, m)| **m)
+        .map(|(&l, _)| (f64::from(l) - max).exp())
+        .sum();
+    f64::from(logits[a]) - max - total.ln()
+}
+
+/// Draw from the masked softmax of `logits`.
+fn draw(logits: &[f32], mask: &[bool], rng: &mut GfnRng, weights: &mut Vec<f64>) -> Result<usize> {
+    let max = logits
+        .iter()
+        .zip(mask)
+        .filter(|(_, m)| **m)
+        .map(|(&l, _)| f64::from(l))
+        .fold(f64::NEG_INFINITY, f64::max);
+    if !max.is_finite() {
+        return Err(GfnError::Other(format!(
+            "back-and-forth proposal: no allowed action, or non-finite logits ({max})"
+        )));
+    }
+    weights.clear();
+    weights.extend(
+        logits
+            .iter()
+            .zip(mask)
+            .map(|(&l, &m)| if m { (f64::from(l) - max).exp() } else { 0.0 }),
+    );
+    let total = weights.iter().sum();
+    Ok(sample_weighted(rng, weights, total))
+}
+
+/// Propose `x'` for every object of `xs` (`[n, state_dim]`, terminal) by `k` backward then `k`
+/// forward steps (see the module documentation).
+pub fn back_and_forth<E: Env + ?Sized, P: StatePolicy + ?Sized>(
+    env: &E,
+    policy: &mut P,
+    xs: &[i32],
+    k: usize,
+    rng: &mut GfnRng,
+) -> Result<Proposal> {
+    let (sd, na, nb) = (env.state_dim(), env.n_actions(), env.n_backward_actions());
+    if env.exit_action().is_some() {
+        return Err(GfnError::invalid(
+            "env",
+            env.name(),
+            "the back-and-forth proposal needs an environment without exit action",
+        ));
+    }
+    let n = xs.len() / sd;
+    if n == 0 || xs.len() != n * sd {
+        return Err(GfnError::invalid(
+            "xs",
+            xs.len(),
+            format!("must hold a positive multiple of state_dim = {sd} values"),
+        ));
+    }
+    if k == 0 || k > env.max_actions() {
+        return Err(GfnError::invalid(
+            "k",
+            k,
+            format!("must be in 1..={} (max_actions)", env.max_actions()),
+        ));
+    }
+    if let Some(x) = xs.chunks_exact(sd).find(|x| !env.is_terminal(x)) {
+        return Err(GfnError::invalid("xs", format!("{x:?}"), "must be terminal objects"));
+    }
+    let mut cur = xs.to_vec();
+    let mut log_fwd = vec![0.0; n];
+    let mut log_rev = vec![0.0; n];
+    let (mut pf, mut pb) = (Vec::new(), Vec::new());
+    let mut fmask = vec![false; na];
+    let mut bmask = vec![false; nb];
+    let mut weights = Vec::new();
+    // The forward action that each backward step undid, per chain, latest last.
+    let mut undone: Vec<usize> = Vec::with_capacity(n * k);
+    // Backward phase: at s_j (j = D … D−K+1) draw a deletion with P_B; P_F at s_{j−1} of the
+    // undone action enters log q(x' → x), scored at the next evaluation of s_{j−1}.
+    for step in 0..=k {
+        policy.logits(&cur, n, &mut pf, &mut pb)?;
+        for b in 0..n {
+            let s = &mut cur[b * sd..(b + 1) * sd];
+            if step > 0 {
+                env.forward_mask(s, &mut fmask);
+                let a = undone[(step - 1) * n + b];
+                if !fmask[a] {
+                    return Err(GfnError::Other("back-and-forth: undone action not allowed".into()));
+                }
+                log_rev[b] += masked_log_prob(&pf[b * na..(b + 1) * na], &fmask, a);
+            }
+            if step < k {
+                env.backward_mask(s, &mut bmask);
+                let logits = &pb[b * nb..(b + 1) * nb];
+                let a = draw(logits, &bmask, rng, &mut weights)?;
+                log_fwd[b] += masked_log_prob(logits, &bmask, a);
+                undone.push(env.backward_step(s, a));
+            }
+        }
+    }
+    // Forward phase: from s_{D−K}, whose P_F logits are in `pf` already.
+    let mut redo_back: Vec<usize> = Vec::with_capacity(n * k);
+    for step in 0..k {
+        if step > 0 {
+            policy.logits(&cur, n, &mut pf, &mut pb)?;
+        }
+        for b in 0..n {
+            let s = &mut cur[b * sd..(b + 1) * sd];
+            if step > 0 {
+                // P_B at s'_j of the step just taken: part of log q(x' → x).
+                env.backward_mask(s, &mut bmask);
+                let a = redo_back[(step - 1) * n + b];
+                log_rev[b] += masked_log_prob(&pb[b * nb..(b + 1) * nb], &bmask, a);
+            }
+            env.forward_mask(s, &mut fmask);
+            let logits = &pf[b * na..(b + 1) * na];
+            let a = draw(logits, &fmask, rng, &mut weights)?;
+            log_fwd[b] += masked_log_prob(logits, &fmask, a);
+            redo_back.push(env.step(s, a));
+        }
+    }
+    // x' itself: P_B of the last forward step.
+    policy.logits(&cur, n, &mut pf, &mut pb)?;
+    for b in 0..n {
+        let s = &cur[b * sd..(b + 1) * sd];
+        if !env.is_terminal(s) {
+            return Err(GfnError::Other(format!(
+                "back-and-forth: {} forward steps from a depth-{k} ancestor end at {s:?}, not a terminal state",
+                k
+            )));
+        }
+        env.backward_mask(s, &mut bmask);
+        let a = redo_back[(k - 1) * n + b];
+        log_rev[b] += masked_log_prob(&pb[b * nb..(b + 1) * nb], &bmask, a);
+    }
+    Ok(Proposal {
+        states: cur,
+        log_q_forward: log_fwd,
+        log_q_reverse: log_rev,
+    })
+}
