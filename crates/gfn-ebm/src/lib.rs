@@ -10,6 +10,7 @@
 //! * [`eval`]: NLL of the EBM (exact or importance-sampled log Z) and of the GFlowNet, MMD.
 //! * [`joint`]: the joint loop: a TB step of the GFlowNet on forward and backward trajectories,
 //!   then a contrastive EBM step on its negatives.
+//! * [`pcd`]: the baseline, persistent contrastive divergence with Gibbs negatives.
 //! * [`mh`]: the acceptance step, the true Metropolis–Hastings ratio or the official code's
 //!   Barker rule.
 
@@ -17,7 +18,9 @@ pub mod energy;
 pub mod eval;
 pub mod joint;
 pub mod mh;
+pub mod pcd;
 
 pub use energy::{EnergyModel, IsingEnergy, MlpEnergy};
 pub use joint::{JointConfig, JointTrainer, Negatives, StepStats};
 pub use mh::AcceptRule;
+pub use pcd::PcdTrainer;
