@@ -9,6 +9,7 @@
 
 pub mod bag;
 pub mod binary;
+pub mod data;
 pub mod hypergrid;
 pub mod set;
 
