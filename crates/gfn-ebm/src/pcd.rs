@@ -66,6 +66,20 @@ impl PcdTrainer {
         })
     }
 
+    /// The site the next Gibbs update visits.
+    pub fn site(&self) -> usize {
+        self.site
+    }
+
+    /// Set the next site (restoring a checkpoint).
+    pub fn set_site(&mut self, site: usize) -> Result<()> {
+        if site >= self.ebm.dim() {
+            return Err(GfnError::invalid("site", site, format!("must be below D = {}", self.ebm.dim())));
+        }
+        self.site = site;
+        Ok(())
+    }
+
     /// One single-site Gibbs update of every chain at the next site.
     fn gibbs_update(&mut self, rng: &mut GfnRng) -> Result<()> {
         let d = self.ebm.dim();

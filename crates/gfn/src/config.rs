@@ -69,12 +69,52 @@ fn merge<T: PartialEq + std::fmt::Debug>(
 }
 
 config! {
-    /// Environment: `hypergrid`, `set` or `bag` [default: hypergrid].
+    /// Environment: `hypergrid`, `set`, `bag`, or an energy-based-modelling task (EB-GFN):
+    /// `ebm-2d`, `ising`, `digits` [default: hypergrid].
     env: String = "hypergrid".into(),
     /// Seed of the task's own random parts (the bag task's modes) [default: 0].
     task_seed: u64 = 0,
     /// Set generation: small (|U| 30, k 20), medium (80, 60) or large (100, 80) [default: small].
     size: String = "small".into(),
+    /// ebm-2d: data set: 2spirals, 8gaussians, circles, moons, pinwheel, swissroll, checkerboard
+    /// [default: 2spirals].
+    dataset: String = "2spirals".into(),
+    /// ising: lattice side L (D = L², periodic) [default: 10].
+    lattice: usize = 10,
+    /// ising: coupling σ of the true J = σ·A [default: 0.1].
+    sigma: f64 = 0.1,
+    /// ising: Gibbs-sampled training examples [default: 2000].
+    ising_samples: usize = 2000,
+    /// ising: single-site Gibbs updates of every chain that make the training data
+    /// [default: 1000000].
+    ising_updates: usize = 1_000_000,
+    /// EBM tasks: training method, `ebgfn` (EBM with a GFlowNet sampler) or `pcd` (persistent
+    /// contrastive divergence with Gibbs negatives) [default: ebgfn].
+    ebm_method: String = "ebgfn".into(),
+    /// EBM tasks: energy MLP width (ignored by ising's quadratic model) [default: 256].
+    ebm_hidden: usize = 256,
+    /// EBM tasks: energy MLP hidden layers [default: 3].
+    ebm_layers: usize = 3,
+    /// EBM tasks: Adam learning rate of the energy model [default: 0.001].
+    ebm_lr: f64 = 1e-3,
+    /// EB-GFN: weight α of the TB loss on backward trajectories from data [default: 0.5].
+    back_ratio: f64 = 0.5,
+    /// EB-GFN: iterations over which the back-and-forth depth K grows to D [default: 100000].
+    warmup_k: usize = 100_000,
+    /// EB-GFN: negatives, `mh` (back-and-forth proposal + accept step) or `gfn` (GFlowNet
+    /// samples) [default: mh].
+    negatives: String = "mh".into(),
+    /// EB-GFN: accept rule, `mh` (Metropolis–Hastings) or `barker` (the official code's)
+    /// [default: mh].
+    accept: String = "mh".into(),
+    /// PCD: single-site Gibbs updates per iteration; 0 = one sweep (D updates) [default: 0].
+    gibbs_steps: usize = 0,
+    /// EBM tasks: importance samples for log Z when D > 20 [default: 100000].
+    eval_log_z_samples: usize = 100_000,
+    /// EBM tasks: test examples in each evaluation (ebm-2d draws fresh ones) [default: 2000].
+    eval_test: usize = 2000,
+    /// EB-GFN: backward trajectories per test example in the GFlowNet likelihood [default: 20].
+    eval_backward: usize = 20,
     /// Hypergrid dimension d [default: 4].
     ndim: usize = 4,
     /// Hypergrid side H, at least 2 [default: 8].
@@ -158,6 +198,9 @@ impl TrainConfig {
     /// Check every field's range, naming the first bad one, and that the environment builds.
     pub fn validate(&self) -> Result<()> {
         self.validate_training()?;
+        if crate::ebm::is_ebm_env(&self.env) {
+            return crate::ebm::validate(self).map_err(|e| GfnError::Other(format!("{e:#}")));
+        }
         crate::envs::build_env(self)?;
         Ok(())
     }

@@ -6,7 +6,7 @@ use gfn_envs::{BagEnv, Hypergrid, HypergridReward, SetEnv, SetSize};
 use crate::config::TrainConfig;
 
 /// The environment names `gfn train --env` accepts.
-pub const ENV_NAMES: &str = "hypergrid, set, bag";
+pub const ENV_NAMES: &str = "hypergrid, set, bag, ebm-2d, ising, digits";
 
 /// Build the environment of `config`.
 pub fn build_env(config: &TrainConfig) -> Result<Box<dyn Env>> {

@@ -15,10 +15,12 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod ebm;
 pub mod envs;
 pub mod gradcos;
 pub mod io;
 pub mod led;
+pub mod plot;
 pub mod train;
 
 pub use gfn_core as core;

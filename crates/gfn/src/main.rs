@@ -171,6 +171,16 @@ fn train_cmd(
         usage(gfn::io::ensure_writable_dir(&dir.path))?;
         let cfg = usage(dir.read_config())?;
         set_threads(cfg.threads);
+        if gfn::ebm::is_ebm_env(&cfg.env) {
+            let t = usage(gfn::ebm::resume(&dir, options.iterations, &device))?;
+            eprintln!(
+                "resuming {} at iteration {} of {}",
+                dir.path.display(),
+                t.iteration,
+                t.config.iterations
+            );
+            return ebm_cmd(t, &dir);
+        }
         let t = usage(train::resume(&dir, options.iterations, &device))?;
         eprintln!(
             "resuming {} at iteration {} of {}",
@@ -200,7 +210,7 @@ fn train_cmd(
                 "runs/{}-{}-{}-seed{}",
                 cfg.env,
                 default_env_tag(&cfg),
-                cfg.loss,
+                if gfn::ebm::is_ebm_env(&cfg.env) { &cfg.ebm_method } else { &cfg.loss },
                 cfg.seed
             ))
         });
@@ -214,6 +224,10 @@ fn train_cmd(
             )));
         }
         set_threads(cfg.threads);
+        if gfn::ebm::is_ebm_env(&cfg.env) {
+            let t = usage(gfn::ebm::EbmRun::new(cfg, &device))?;
+            return ebm_cmd(t, &dir);
+        }
         let t = usage(gfn::train::Trainer::new(cfg, &device))?;
         (t, dir)
     };
@@ -240,9 +254,104 @@ fn default_env_tag(c: &TrainConfig) -> String {
     match c.env.as_str() {
         "set" => return c.size.clone(),
         "bag" => return format!("modes{}", c.task_seed),
+        "ebm-2d" => return c.dataset.clone(),
+        "ising" => return format!("{0}x{0}-sigma{1}", c.lattice, c.sigma),
+        "digits" => return "8x8".into(),
         _ => {}
     }
     format!("{}x{}", c.ndim, c.height)
+}
+
+/// Train an EBM run with a progress bar, then print its summary.
+fn ebm_cmd(mut t: gfn::ebm::EbmRun, dir: &RunDir) -> Result<(), Fatal> {
+    eprintln!(
+        "training {} on cpu | batch {} | {} iterations | seed {} | out {}",
+        t.describe(),
+        t.config.batch_size,
+        t.config.iterations,
+        t.config.seed,
+        dir.path.display()
+    );
+    let mut bar = EbmBar {
+        bar: Bar::new(t.config.iterations as u64, t.iteration).bar,
+        last: String::new(),
+    };
+    let s = failure(gfn::ebm::run(&mut t, dir, &mut bar))?;
+    bar.bar.finish_and_clear();
+    let f = |p: &str| {
+        s.pointer(p)
+            .and_then(|v| v.as_f64())
+            .map(|v| format!("{v:.4}"))
+            .unwrap_or_else(|| "-".into())
+    };
+    println!("{}", s["task"].as_str().unwrap_or("?"));
+    println!(
+        "  {} iterations in {} s ({} iterations/s)",
+        s["iterations"],
+        f("/wall_seconds"),
+        f("/iterations_per_second")
+    );
+    if s.pointer("/ebm/nll/value").is_some() {
+        println!(
+            "  EBM test NLL {} ± {} nats (log Z {} ± {})",
+            f("/ebm/nll/value"),
+            f("/ebm/nll/std_err"),
+            f("/ebm/log_z/value"),
+            f("/ebm/log_z/std_err")
+        );
+    }
+    if s.pointer("/ebm/nll_uniform_is/value").is_some() {
+        println!(
+            "  EBM test NLL, uniform importance sampling (the paper's protocol) {} ± {}",
+            f("/ebm/nll_uniform_is/value"),
+            f("/ebm/nll_uniform_is/std_err")
+        );
+    }
+    if s.pointer("/gfn/nll/value").is_some() {
+        println!(
+            "  GFlowNet test NLL {} ± {}  (acceptance {})",
+            f("/gfn/nll/value"),
+            f("/gfn/nll/std_err"),
+            f("/gfn/acceptance")
+        );
+    }
+    if s["mmd_e4"].is_number() {
+        println!("  MMD ×10⁻⁴ {}", f("/mmd_e4"));
+    }
+    if s["ising"].is_object() {
+        println!("  −log RMSE(J) {}", f("/ising/neg_log_rmse"));
+    }
+    if s["bernoulli_baseline"].is_object() {
+        println!(
+            "  per-pixel Bernoulli baseline NLL {} ± {}",
+            f("/bernoulli_baseline/nll"),
+            f("/bernoulli_baseline/std_err")
+        );
+    }
+    println!("  run directory {}", dir.path.display());
+    Ok(())
+}
+
+struct EbmBar {
+    bar: ProgressBar,
+    last: String,
+}
+
+impl gfn::ebm::EbmProgress for EbmBar {
+    fn on_step(&mut self, iteration: u64, loss: f64) {
+        if iteration.is_multiple_of(10) {
+            self.bar.set_position(iteration);
+            self.bar.set_message(format!("EBM loss {loss:.4}{}", self.last));
+        }
+    }
+    fn on_eval(&mut self, r: &gfn::ebm::EbmRecord) {
+        self.last = match (r.ebm_nll, r.neg_log_rmse) {
+            (Some(n), _) => format!(" | NLL {:.3}", n.value),
+            (_, Some(v)) => format!(" | −log RMSE {v:.3}"),
+            _ => String::new(),
+        };
+        self.bar.set_position(r.iteration);
+    }
 }
 
 struct Bar {
