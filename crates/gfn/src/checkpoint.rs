@@ -209,7 +209,11 @@ mod tests {
             metric_rng: gfn_core::rng_from_seed(4),
             tensors: vec![("param/w".into(), vec![2], vec![0.5, -1.25])],
             aux: vec![
-                ("led/log_reward".into(), vec![3], AuxData::F64(vec![0.1, -1e-300, f64::MIN_POSITIVE])),
+                (
+                    "led/log_reward".into(),
+                    vec![3],
+                    AuxData::F64(vec![0.1, -1e-300, f64::MIN_POSITIVE]),
+                ),
                 ("led/index".into(), vec![2], AuxData::U32(vec![0, u32::MAX])),
             ],
         }

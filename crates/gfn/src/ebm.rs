@@ -20,9 +20,7 @@ use gfn_core::exact::EmpiricalTracker;
 use gfn_core::optim::Adam;
 use gfn_core::{GfnRng, Sampler, SamplingOptions, TrajectoryBatch, rng_from_seed};
 use gfn_ebm::eval::{self, Estimate};
-use gfn_ebm::{
-    AcceptRule, EnergyModel, IsingEnergy, JointConfig, JointTrainer, MlpEnergy, Negatives, PcdTrainer,
-};
+use gfn_ebm::{AcceptRule, EnergyModel, IsingEnergy, JointConfig, JointTrainer, MlpEnergy, Negatives, PcdTrainer};
 use gfn_envs::data::digits::Digits;
 use gfn_envs::data::ising::{LatticeIsing, neg_log_rmse};
 use gfn_envs::data::synthetic::{self, Dataset};
@@ -395,7 +393,14 @@ impl EbmRun {
                 n: 1 << d,
             })
         } else if let Method::EbGfn(t) = &self.method {
-            Some(eval::importance_log_z(&t.env, &t.estimator, ebm, n_is, chunk, &mut rng)?)
+            Some(eval::importance_log_z(
+                &t.env,
+                &t.estimator,
+                ebm,
+                n_is,
+                chunk,
+                &mut rng,
+            )?)
         } else {
             None
         };
@@ -413,7 +418,11 @@ impl EbmRun {
         let (ebm_nll, ebm_nll_uniform) = (nll(log_z)?, nll(log_z_uniform)?);
         let gfn_nll = match (&self.method, &test) {
             (Method::EbGfn(t), Some(x)) => {
-                let rows = if last { x.len() / d } else { GFN_NLL_INTERMEDIATE.min(x.len() / d) };
+                let rows = if last {
+                    x.len() / d
+                } else {
+                    GFN_NLL_INTERMEDIATE.min(x.len() / d)
+                };
                 Some(eval::gfn_log_likelihood(
                     &t.env,
                     &t.estimator,
@@ -456,7 +465,10 @@ impl EbmRun {
             neg_log_rmse,
         };
         if self.iteration.is_multiple_of(c.eval_every as u64) {
-            self.window = Window { k: w.k, ..Window::default() };
+            self.window = Window {
+                k: w.k,
+                ..Window::default()
+            };
         }
         self.history.push(rec.clone());
         self.eval_timing.push(EvalTiming {
@@ -472,14 +484,7 @@ impl EbmRun {
         match &self.method {
             Method::EbGfn(t) => {
                 let mut batch = TrajectoryBatch::default();
-                Sampler::new().sample_forward(
-                    &t.env,
-                    &t.estimator,
-                    n,
-                    SamplingOptions::default(),
-                    rng,
-                    &mut batch,
-                )?;
+                Sampler::new().sample_forward(&t.env, &t.estimator, n, SamplingOptions::default(), rng, &mut batch)?;
                 Ok(batch.terminal_states.clone())
             }
             Method::Pcd(t) => Ok(t.chains.clone()),
@@ -550,7 +555,11 @@ impl EbmRun {
                 t.optimizer.t = ck.adam_t;
                 let chains = aux_u32("pcd/chains")?;
                 if chains.len() != t.chains.len() {
-                    bail!("checkpoint has {} chain values, the run {}", chains.len(), t.chains.len());
+                    bail!(
+                        "checkpoint has {} chain values, the run {}",
+                        chains.len(),
+                        t.chains.len()
+                    );
                 }
                 t.chains = chains.into_iter().map(|v| v as i32).collect();
                 let site = aux_u32("pcd/site")?;
@@ -642,7 +651,8 @@ fn restore_adam(prefix: &str, opt: &mut Adam, ck: &Checkpoint) -> Result<()> {
                 s.var.dims()
             );
         }
-        s.var.set(&Tensor::from_slice(data, shape.as_slice(), s.var.device())?)?;
+        s.var
+            .set(&Tensor::from_slice(data, shape.as_slice(), s.var.device())?)?;
         for (kind, dst) in [("adam_m", &mut s.m), ("adam_v", &mut s.v)] {
             let (_, _, data) = ck.tensor(&format!("{prefix}/{kind}/{}", s.name))?;
             if data.len() != dst.len() {
@@ -763,7 +773,11 @@ pub fn resume(dir: &RunDir, iterations: Option<usize>, device: &Device) -> Resul
         .filter(|r| r.iteration <= ck_iter && (r.iteration.is_multiple_of(every) || r.iteration == total))
         .collect();
     let kept: std::collections::HashSet<u64> = t.history.iter().map(|r| r.iteration).collect();
-    t.eval_timing = timing.evals.into_iter().filter(|e| kept.contains(&e.iteration)).collect();
+    t.eval_timing = timing
+        .evals
+        .into_iter()
+        .filter(|e| kept.contains(&e.iteration))
+        .collect();
     Ok(t)
 }
 

@@ -210,7 +210,11 @@ fn train_cmd(
                 "runs/{}-{}-{}-seed{}",
                 cfg.env,
                 default_env_tag(&cfg),
-                if gfn::ebm::is_ebm_env(&cfg.env) { &cfg.ebm_method } else { &cfg.loss },
+                if gfn::ebm::is_ebm_env(&cfg.env) {
+                    &cfg.ebm_method
+                } else {
+                    &cfg.loss
+                },
                 cfg.seed
             ))
         });

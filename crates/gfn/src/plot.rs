@@ -44,7 +44,10 @@ pub fn samples_png(path: &Path, data: &[[f64; 2]], model: &[[f64; 2]]) -> Result
                 let (r, col) = ((i / BINS) as f64, (i % BINS) as f64);
                 let rect = [
                     ((x0 + col * cell) as i32, (r * cell) as i32),
-                    ((x0 + (col + 1.0) * cell).ceil() as i32, ((r + 1.0) * cell).ceil() as i32),
+                    (
+                        (x0 + (col + 1.0) * cell).ceil() as i32,
+                        ((r + 1.0) * cell).ceil() as i32,
+                    ),
                 ];
                 root.draw(&Rectangle::new(rect, RGBColor(shade, shade, shade).filled()))
                     .context("cannot draw samples.png")?;

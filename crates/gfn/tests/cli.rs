@@ -375,3 +375,131 @@ fn non_finite_loss_stops_training_cleanly() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Small EBM runs: `--env ising|digits|ebm-2d` with EB-GFN and PCD train, report their metrics,
+/// and an EB-GFN run stopped early and resumed ends with the uninterrupted run's files.
+#[test]
+fn ebm_tasks_train_report_and_resume() {
+    let ebm = |dir: &Path, extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "train",
+            "--hidden",
+            "16",
+            "--layers",
+            "1",
+            "--ebm-hidden",
+            "16",
+            "--ebm-layers",
+            "1",
+            "--batch-size",
+            "16",
+            "--eval-log-z-samples",
+            "1000",
+            "--eval-test",
+            "40",
+            "--eval-backward",
+            "4",
+            "--warmup-k",
+            "50",
+            "--out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.push(dir.to_str().unwrap().into());
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let summary = |dir: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap()
+    };
+    let ising = [
+        "--env",
+        "ising",
+        "--lattice",
+        "3",
+        "--ising-samples",
+        "200",
+        "--ising-updates",
+        "2000",
+        "--eval-every",
+        "20",
+    ];
+    // Ising 3×3 (D = 9: log Z exact), resumed.
+    let full = tmp("ebm-full");
+    run_ok(&ebm(&full, &[&ising[..], &["--iterations", "40"]].concat()));
+    let s = summary(&full);
+    assert!(s["ising"]["neg_log_rmse"].as_f64().unwrap().is_finite(), "{s}");
+    assert_eq!(
+        s["ebm"]["log_z"]["std_err"], 0.0,
+        "D = 9 should use the exact log Z: {s}"
+    );
+    let part = tmp("ebm-part");
+    run_ok(&ebm(&part, &[&ising[..], &["--iterations", "25"]].concat()));
+    let o = gfn(&["train", "--resume", part.to_str().unwrap(), "--iterations", "40"]);
+    assert!(o.status.success(), "resume failed: {}", stderr(&o));
+    for f in ["metrics.jsonl", "checkpoint.safetensors"] {
+        assert_eq!(
+            std::fs::read(full.join(f)).unwrap(),
+            std::fs::read(part.join(f)).unwrap(),
+            "ising: {f} differs after resume"
+        );
+    }
+    // Digits with PCD: the Bernoulli baseline and the uniform-IS NLL are reported.
+    let digits = tmp("ebm-digits");
+    run_ok(&ebm(
+        &digits,
+        &[
+            "--env",
+            "digits",
+            "--ebm-method",
+            "pcd",
+            "--gibbs-steps",
+            "8",
+            "--iterations",
+            "10",
+            "--eval-every",
+            "10",
+        ],
+    ));
+    let s = summary(&digits);
+    assert!(s["bernoulli_baseline"]["nll"].as_f64().unwrap() > 20.0, "{s}");
+    assert!(s["ebm"]["nll_uniform_is"]["value"].as_f64().unwrap().is_finite(), "{s}");
+    assert!(s["gfn"].is_null());
+    // 2D data with EB-GFN and GFlowNet negatives: NLLs, MMD and the samples plot.
+    let two_d = tmp("ebm-2d");
+    run_ok(&ebm(
+        &two_d,
+        &[
+            "--env",
+            "ebm-2d",
+            "--dataset",
+            "moons",
+            "--negatives",
+            "gfn",
+            "--iterations",
+            "10",
+            "--eval-every",
+            "10",
+        ],
+    ));
+    let s = summary(&two_d);
+    for p in ["/ebm/nll/value", "/gfn/nll/value", "/mmd_e4"] {
+        assert!(s.pointer(p).and_then(|v| v.as_f64()).unwrap().is_finite(), "{p}: {s}");
+    }
+    assert!(std::fs::metadata(two_d.join("samples.png")).unwrap().len() > 1000);
+    // Bad input names the field and what is allowed.
+    assert_usage_error(
+        &["train", "--env", "ebm-2d", "--dataset", "spirals"],
+        &["spirals", "2spirals"],
+    );
+    assert_usage_error(
+        &["train", "--env", "ising", "--ebm-method", "cd"],
+        &["ebm_method", "ebgfn or pcd"],
+    );
+    assert_usage_error(&["train", "--env", "ising", "--lattice", "2"], &["3"]);
+    assert_usage_error(&["train", "--env", "digits", "--back-ratio", "2"], &["back_ratio"]);
+    for d in [full, part, digits, two_d] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
