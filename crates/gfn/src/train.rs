@@ -62,6 +62,10 @@ pub struct EvalRecord {
     /// `E_{p*}[R]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recent: Option<gfn_core::topk::RecentMetrics>,
+    /// LED: mean decomposition loss `(T·Σ z_t φ_t / Σ z_t − log R(x))²` of the iterations'
+    /// own batches since the previous evaluation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub led_loss: Option<f64>,
     /// Gradient analysis, when enabled for this evaluation (`grad_cosine_every`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grad_cosine: Option<crate::gradcos::GradCosine>,
@@ -128,6 +132,7 @@ pub struct Trainer {
     fast: Option<FastPath>,
     loss_sum: f64,
     loss_count: u64,
+    led_loss_sum: f64,
 }
 
 /// Build the estimator and optimiser of `config` for `env`, parameters drawn from `rng`.
@@ -243,6 +248,7 @@ impl Trainer {
             fast,
             loss_sum: 0.0,
             loss_count: 0,
+            led_loss_sum: 0.0,
         })
     }
 
@@ -346,7 +352,7 @@ impl Trainer {
         drop(loss);
         if let Some(led) = &mut self.led {
             let t = Instant::now();
-            led.update(&mut self.rng).context("the LED potential update failed")?;
+            self.led_loss_sum += led.update(&mut self.rng).context("the LED potential update failed")?;
             self.led_seconds += t.elapsed().as_secs_f64();
         }
         self.wall_seconds += start.elapsed().as_secs_f64();
@@ -377,6 +383,7 @@ impl Trainer {
             ),
             None => (None, None, None),
         };
+        let led_loss = (self.led.is_some() && self.loss_count > 0).then(|| self.led_loss_sum / self.loss_count as f64);
         let loss = if self.loss_count > 0 {
             self.loss_sum / self.loss_count as f64
         } else {
@@ -387,6 +394,7 @@ impl Trainer {
         if self.iteration.is_multiple_of(self.config.eval_every as u64) {
             self.loss_sum = 0.0;
             self.loss_count = 0;
+            self.led_loss_sum = 0.0;
         }
         let every = self.config.grad_cosine_every as u64;
         let grad_cosine = if every > 0 && self.iteration > 0 && self.iteration.is_multiple_of(every) {
@@ -407,6 +415,7 @@ impl Trainer {
             modes_found,
             top_k: self.top_k.metrics(|a, b| self.env.object_distance(a, b)),
             recent: self.recent.metrics(self.target.map(|t| t.mean_reward)),
+            led_loss,
             grad_cosine,
         };
         self.history.push(rec.clone());
@@ -436,6 +445,11 @@ impl Trainer {
         let mut aux = Vec::new();
         if let Some(led) = &self.led {
             led.save(&mut tensors, &mut aux)?;
+            aux.push((
+                "led/loss_sum".into(),
+                vec![1],
+                crate::checkpoint::AuxData::F64(vec![self.led_loss_sum]),
+            ));
         }
         Ok(Checkpoint {
             iteration: self.iteration,
@@ -479,6 +493,10 @@ impl Trainer {
         self.optimizer.t = ck.adam_t;
         if let Some(led) = &mut self.led {
             led.restore(ck)?;
+            self.led_loss_sum = match &ck.aux("led/loss_sum")?.2 {
+                crate::checkpoint::AuxData::F64(v) if v.len() == 1 => v[0],
+                _ => bail!("checkpoint tensor led/loss_sum should be one F64"),
+            };
         }
         self.iteration = ck.iteration;
         self.trajectories = ck.trajectories;
