@@ -79,6 +79,84 @@ pub struct CurvePoint {
     /// The mean reward of the most recent measured samples (`metrics.jsonl`'s `recent`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recent: Option<Recent>,
+    /// Figures of an energy-based model run (`gfn train --env ebm-2d|ising|digits`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ebm: Option<EbmPoint>,
+}
+
+/// One evaluation of an energy-based model run: a line of its `metrics.jsonl` (an `EbmRecord`
+/// of `crates/gfn/src/ebm.rs`). Every figure is optional: which exist depends on the task and
+/// the method.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct EbmPoint {
+    /// Mean EBM loss since the previous evaluation.
+    pub ebm_loss: Option<f64>,
+    /// Mean GFlowNet TB loss since the previous evaluation (EB-GFN).
+    pub gfn_loss: Option<f64>,
+    /// Mean acceptance of the back-and-forth proposals since the previous evaluation (EB-GFN).
+    pub acceptance: Option<f64>,
+    /// Back-and-forth depth `K` (EB-GFN).
+    pub k: Option<f64>,
+    /// The EBM's `log Z`: exact (D ≤ 20) or importance-sampled with the GFlowNet.
+    pub log_z: Option<Estimate>,
+    /// The EBM's test NLL with that `log Z`.
+    pub ebm_nll: Option<Estimate>,
+    /// `log Z` by uniform importance sampling.
+    pub log_z_uniform: Option<Estimate>,
+    /// The EBM's test NLL with the uniform-IS `log Z`.
+    pub ebm_nll_uniform: Option<Estimate>,
+    /// The GFlowNet's test NLL (backward importance sampling).
+    pub gfn_nll: Option<Estimate>,
+    /// MMD² between model samples and data, ×10⁻⁴.
+    pub mmd_e4: Option<f64>,
+    /// Ising: −log RMSE between the learned and the true couplings.
+    pub neg_log_rmse: Option<f64>,
+}
+
+/// An estimate with its standard error (`{value, std_err, n}` in `metrics.jsonl`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Estimate {
+    /// The estimate.
+    pub value: f64,
+    /// Its standard error (0 for an exact value).
+    pub std_err: Option<f64>,
+    /// Samples behind it.
+    pub n: Option<f64>,
+}
+
+impl Estimate {
+    /// `{value, std_err, n}` with a finite value; `None` otherwise (`null`, missing).
+    fn read(v: &Value) -> Option<Self> {
+        let value = v["value"].as_f64().filter(|x| x.is_finite())?;
+        Some(Estimate {
+            value,
+            std_err: v["std_err"].as_f64().filter(|x| x.is_finite()),
+            n: v["n"].as_f64(),
+        })
+    }
+}
+
+impl EbmPoint {
+    /// The EBM figures of a `metrics.jsonl` line; `None` for a line of another kind of run
+    /// (one without `ebm_loss`).
+    pub fn read(v: &Value) -> Option<Self> {
+        v.get("ebm_loss")?;
+        let x = |k: &str| v[k].as_f64().filter(|x| x.is_finite());
+        let e = |k: &str| Estimate::read(&v[k]);
+        Some(EbmPoint {
+            ebm_loss: x("ebm_loss"),
+            gfn_loss: x("gfn_loss"),
+            acceptance: x("acceptance"),
+            k: x("k"),
+            log_z: e("log_z"),
+            ebm_nll: e("ebm_nll"),
+            log_z_uniform: e("log_z_uniform"),
+            ebm_nll_uniform: e("ebm_nll_uniform"),
+            gfn_nll: e("gfn_nll"),
+            mmd_e4: x("mmd_e4"),
+            neg_log_rmse: x("neg_log_rmse"),
+        })
+    }
 }
 
 /// Top-k figures at one evaluation: the best `k` distinct objects sampled so far.
@@ -446,8 +524,8 @@ fn run_ours(
                     .and_then(|s| serde_json::from_str::<Value>(&s).map_err(anyhow::Error::from))
                 {
                     Ok(v) => {
+                        record.curve = our_curve(&out, v["batch_size"].as_f64());
                         record.summary = Some(v);
-                        record.curve = our_curve(&out);
                         record.ok = true;
                     }
                     Err(e) => record.error = Some(format!("cannot read {}: {e}", path.display())),
@@ -523,8 +601,10 @@ fn last_json_line(path: &Path) -> Option<Value> {
     serde_json::from_str::<Value>(line).ok().filter(Value::is_object)
 }
 
-/// Our run's curve: `metrics.jsonl` joined with the training seconds of `timing.json`.
-fn our_curve(run: &Path) -> Vec<CurvePoint> {
+/// Our run's curve: `metrics.jsonl` joined with the training seconds of `timing.json`. A line
+/// without `trajectories` (an EBM run's) counts `iteration × batch_size` (from `summary.json`)
+/// trajectories; without either it is left out.
+fn our_curve(run: &Path, batch_size: Option<f64>) -> Vec<CurvePoint> {
     let timing: Value = std::fs::read_to_string(run.join("timing.json"))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
@@ -543,13 +623,16 @@ fn our_curve(run: &Path) -> Vec<CurvePoint> {
             let iteration = v["iteration"].as_u64()?;
             Some(CurvePoint {
                 iteration,
-                trajectories: v["trajectories"].as_f64()?,
+                trajectories: v["trajectories"]
+                    .as_f64()
+                    .or_else(|| batch_size.map(|b| iteration as f64 * b))?,
                 seconds: seconds_at(iteration).unwrap_or(f64::NAN),
                 l1_sum: v.pointer("/exact/l1_sum").and_then(Value::as_f64),
                 tv: v.pointer("/exact/tv").and_then(Value::as_f64),
                 modes_found: v["modes_found"].as_f64(),
                 top_k: serde_json::from_value(v["top_k"].clone()).ok(),
                 recent: serde_json::from_value(v["recent"].clone()).ok(),
+                ebm: EbmPoint::read(&v),
             })
         })
         .collect()
@@ -578,6 +661,7 @@ fn peer_curve(output: &Value) -> Vec<CurvePoint> {
                         modes_found: None,
                         top_k: None,
                         recent: None,
+                        ebm: None,
                     })
                 })
                 .collect()
@@ -597,4 +681,65 @@ pub fn rerender(dir: &Path) -> Result<()> {
     let mut suite = (def.build)(&session.request.options);
     suite.runs = session.plan.clone();
     report::write(dir, &suite, &session, session.finished.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_ebm_metrics_records() {
+        let dir = std::env::temp_dir().join(format!("xtask-curve-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let lines = [
+            r#"{"iteration":100,"ebm_loss":-0.5,"gfn_loss":3.0,"acceptance":0.25,"k":1,"log_z":{"value":10.0,"std_err":0.1,"n":1000},"ebm_nll":{"value":20.5,"std_err":0.05,"n":4000},"log_z_uniform":{"value":10.2,"std_err":0.3,"n":1000},"ebm_nll_uniform":{"value":20.7,"std_err":0.06,"n":4000},"gfn_nll":{"value":21.0,"std_err":0.04,"n":500},"mmd_e4":3.5,"neg_log_rmse":null}"#,
+            r#"{"iteration":200,"ebm_loss":null,"gfn_loss":null,"acceptance":null,"k":null,"log_z":null,"ebm_nll":null,"log_z_uniform":null,"ebm_nll_uniform":null,"gfn_nll":null,"mmd_e4":null,"neg_log_rmse":4.2}"#,
+            "not json",
+        ];
+        std::fs::write(dir.join("metrics.jsonl"), lines.join("\n")).unwrap();
+        std::fs::write(
+            dir.join("timing.json"),
+            r#"{"iteration":200,"wall_seconds":9.0,"evals":[{"iteration":100,"wall_seconds":4.5},{"iteration":200,"wall_seconds":9.0}]}"#,
+        )
+        .unwrap();
+        let curve = our_curve(&dir, Some(128.0));
+        assert_eq!(curve.len(), 2);
+        assert_eq!(
+            (curve[0].iteration, curve[0].trajectories, curve[0].seconds),
+            (100, 12800.0, 4.5)
+        );
+        let e = curve[0].ebm.unwrap();
+        assert_eq!(
+            (e.ebm_loss, e.acceptance, e.k, e.mmd_e4),
+            (Some(-0.5), Some(0.25), Some(1.0), Some(3.5))
+        );
+        assert_eq!(
+            e.ebm_nll_uniform,
+            Some(Estimate {
+                value: 20.7,
+                std_err: Some(0.06),
+                n: Some(4000.0)
+            })
+        );
+        assert_eq!(e.gfn_nll.map(|g| g.value), Some(21.0));
+        assert_eq!(e.neg_log_rmse, None);
+        let e = curve[1].ebm.unwrap();
+        assert_eq!(e.neg_log_rmse, Some(4.2));
+        assert_eq!((e.ebm_loss, e.ebm_nll, e.gfn_nll), (None, None, None));
+        // Round trip through results.json.
+        let back: Vec<CurvePoint> = serde_json::from_value(serde_json::to_value(&curve).unwrap()).unwrap();
+        assert_eq!(back[0].ebm, curve[0].ebm);
+        // Without a batch size there is no trajectory count: the points are left out.
+        assert!(our_curve(&dir, None).is_empty());
+        // A hypergrid line keeps its own trajectories and has no EBM figures.
+        std::fs::write(
+            dir.join("metrics.jsonl"),
+            r#"{"iteration":100,"trajectories":1600,"exact":{"l1_sum":0.5,"tv":0.25}}"#,
+        )
+        .unwrap();
+        let curve = our_curve(&dir, Some(128.0));
+        assert_eq!((curve[0].trajectories, curve[0].l1_sum), (1600.0, Some(0.5)));
+        assert!(curve[0].ebm.is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

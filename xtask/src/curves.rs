@@ -7,7 +7,7 @@ use anyhow::Result;
 use serde_json::Value;
 
 use crate::bench::{CurvePoint, Session};
-use crate::plot::{self, Chart, Series};
+use crate::plot::{self, Chart, Reference, Series};
 
 /// The evaluations of a run record (ours or a peer's) as serialised in `results.json`.
 fn points(record: &Value) -> &[Value] {
@@ -61,8 +61,8 @@ pub fn mean_l1(record: &Value) -> Option<f64> {
 /// shortest): `(mean x, mean y)`.
 pub fn mean_curve(
     curves: &[&[CurvePoint]],
-    x: fn(&CurvePoint) -> f64,
-    y: fn(&CurvePoint) -> Option<f64>,
+    x: impl Fn(&CurvePoint) -> f64,
+    y: impl Fn(&CurvePoint) -> Option<f64>,
 ) -> Vec<(f64, f64)> {
     let n = curves.iter().map(|c| c.len()).min().unwrap_or(0);
     (0..n)
@@ -102,6 +102,16 @@ pub fn row_series(session: &Session, group: &str, y: fn(&CurvePoint) -> Option<f
             })
         })
         .collect()
+}
+
+/// Draws `series` (with `references`) into `dir/file` and returns the markdown line that shows
+/// it; nothing when no series has a point.
+pub fn plot_line(dir: &Path, file: &str, chart: &Chart, series: &[Series], references: &[Reference]) -> Result<String> {
+    if series.iter().all(|s| s.points.is_empty()) {
+        return Ok(String::new());
+    }
+    plot::line_chart_with(&dir.join(file), chart, series, references)?;
+    Ok(format!("![{}: {}]({file})\n", chart.title, chart.y_label))
 }
 
 /// File-name form of a group title: `hypergrid 4×8, batch 16` → `hypergrid-4x8-batch-16`.

@@ -11,9 +11,9 @@ use anyhow::Result;
 use serde_json::Value;
 
 use crate::bench::{CurvePoint, Session};
-use crate::curves;
+use crate::curves::{self, plot_line};
 use crate::plot::{self, Chart, Reference, Series};
-use crate::report::{Aggregate, Stats, fmt_num};
+use crate::report::{Aggregate, Stats, fmt_num, pooled_std};
 use crate::suite::{Agg, Extract, Metric, Output, RunSpec, Suite, SuiteOptions, f, num, ours_ms_per_iteration};
 
 // Hyper-parameters, in one place: papers.md §1.2 (bag) and §1.3 (set), official code (FL-GFN
@@ -389,6 +389,7 @@ pub fn led(opts: &SuiteOptions) -> Suite {
         ms_per_iteration: ours_ms_per_iteration,
         peers: Vec::new(),
         extra: Some(extra),
+        quality_note: None,
     }
 }
 
@@ -458,14 +459,6 @@ impl Verdict {
             Verdict::Disagrees => "disagrees",
         }
     }
-}
-
-/// Pooled sample standard deviation of two samples; `None` without a degree of freedom (one
-/// value on each side).
-fn pooled_std(a: &Stats, b: &Stats) -> Option<f64> {
-    let dof = (a.n + b.n).checked_sub(2).filter(|d| *d > 0)?;
-    let ss = (a.n - 1) as f64 * a.std.powi(2) + (b.n - 1) as f64 * b.std.powi(2);
-    Some((ss / dof as f64).sqrt())
 }
 
 /// Whether `claimed` beats `other` on a figure (higher or lower is better), by the means over
@@ -594,15 +587,6 @@ fn cell(s: &Stats, digits: Option<usize>) -> String {
         s.n,
         if s.n == 1 { "" } else { "s" }
     )
-}
-
-/// A markdown line for a plot drawn from `series`; nothing when no series has a point.
-fn plot_line(dir: &Path, file: &str, chart: &Chart, series: &[Series], references: &[Reference]) -> Result<String> {
-    if series.iter().all(|s| s.points.is_empty()) {
-        return Ok(String::new());
-    }
-    plot::line_chart_with(&dir.join(file), chart, series, references)?;
-    Ok(format!("![{}: {}]({file})\n", chart.title, chart.y_label))
 }
 
 /// Whether positive values spanning more than a factor of 10 are better read on a log axis.
@@ -868,12 +852,12 @@ mod tests {
     fn full_suite_runs() {
         assert!(crate::suite::find("led").is_some());
         let s = led(&opts(false, None));
-        assert_eq!(s.runs.len(), 3 * 6 * 4 + 4 * 4);
+        assert_eq!(s.runs.len(), 3 * 6 * 3 + 4 * 3);
         let names: std::collections::HashSet<_> = s.runs.iter().map(|r| &r.name).collect();
         assert_eq!(names.len(), s.runs.len());
         let find = |name: &str| s.runs.iter().find(|r| r.name == name).unwrap();
 
-        let tb = find("set-small-tb-seed3");
+        let tb = find("set-small-tb-seed2");
         assert_eq!(tb.group, SET_SMALL);
         assert_eq!(arg(tb, "--env"), Some("set"));
         assert_eq!(arg(tb, "--size"), Some("small"));
@@ -882,7 +866,7 @@ mod tests {
         assert_eq!(arg(tb, "--eval-every"), Some("100"));
         assert_eq!(arg(tb, "--metric-batch"), Some("16"));
         assert_eq!(arg(tb, "--top-k"), Some("100"));
-        assert_eq!(arg(tb, "--seed"), Some("3"));
+        assert_eq!(arg(tb, "--seed"), Some("2"));
         assert_eq!(arg(tb, "--threads"), Some("1"));
         assert_eq!(arg(tb, "--led-hidden"), None);
         assert_eq!(arg(tb, "--lambda"), None);
@@ -895,7 +879,7 @@ mod tests {
         assert_eq!(arg(m("led-subtb"), "--epsilon"), Some("0.5"));
         assert_eq!(arg(m("led-subtb"), "--led-hidden"), Some("32"));
         assert_eq!(arg(m("led-subtb"), "--led-drop-rate"), None);
-        assert_eq!(arg(m("tb"), "--iterations"), Some("3000"));
+        assert_eq!(arg(m("tb"), "--iterations"), Some("2000"));
         assert_eq!(arg(m("tb"), "--eval-every"), Some("50"));
 
         let bag = find("bag-led-db-seed1");
@@ -905,7 +889,7 @@ mod tests {
         assert_eq!(arg(bag, "--hidden"), Some("16"));
         assert_eq!(arg(bag, "--batch-size"), Some("32"));
         assert_eq!(arg(bag, "--epsilon"), Some("0.1"));
-        assert_eq!(arg(bag, "--lr"), Some("0.0001"));
+        assert_eq!(arg(bag, "--lr"), Some("0.001"));
         assert_eq!(arg(bag, "--lr-logz"), Some("0.01"));
         assert_eq!(arg(bag, "--metric-batch"), Some("32"));
         assert_eq!(arg(bag, "--led-hidden"), Some("16"));
@@ -934,7 +918,7 @@ mod tests {
             arg(r, "--iterations").unwrap().to_string()
         };
         assert_eq!(its("set-small-tb"), "2500");
-        assert_eq!(its("set-medium-tb"), "750");
+        assert_eq!(its("set-medium-tb"), "500");
         assert_eq!(its("bag-tb"), "2500");
         assert_eq!(its("set-small-gamma0.5"), "2500");
         assert_eq!(led(&opts(true, Some(2))).runs.len(), 2 * (3 * 6 + 4));

@@ -8,6 +8,7 @@
 
 mod bench;
 mod curves;
+mod ebm;
 mod led;
 mod plot;
 mod report;
@@ -47,12 +48,12 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct BenchArgs {
-    /// Suite to run: hypergrid, throughput, subtb, led.
+    /// Suite to run: hypergrid, throughput, subtb, led, ebm.
     suite: String,
     /// The reduced suite: seed 0 only and a subset of configurations (a few minutes).
     #[arg(long)]
     quick: bool,
-    /// Seeds per configuration (seeds 0..N; default 3 (led: 4), or 1 with --quick).
+    /// Seeds per configuration (seeds 0..N; default 3, or 1 with --quick).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     seeds: Option<u32>,
     /// Also run peer libraries on every configuration, interleaved with ours (A B C A B C …):

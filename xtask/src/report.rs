@@ -70,6 +70,14 @@ impl Stats {
     }
 }
 
+/// Pooled sample standard deviation of two samples; `None` without a degree of freedom (one
+/// value on each side).
+pub fn pooled_std(a: &Stats, b: &Stats) -> Option<f64> {
+    let dof = (a.n + b.n).checked_sub(2).filter(|d| *d > 0)?;
+    let ss = (a.n - 1) as f64 * a.std.powi(2) + (b.n - 1) as f64 * b.std.powi(2);
+    Some((ss / dof as f64).sqrt())
+}
+
 /// `x` with `digits` decimals (thousands unseparated; `—` for a non-finite value).
 pub fn fmt_num(x: f64, digits: usize) -> String {
     if x.is_finite() {
@@ -353,10 +361,13 @@ pub fn markdown(suite: &Suite, session: &Session, aggs: &[Aggregate], complete: 
 
     md.push_str(
         "Speeds: medians over seeds of training time only (sampling, loss, backward, optimiser step; \
-         evaluations excluded). Quality: per run the mean of its last 5 exact evaluations \
-         (L1 = Σ|P_T − p*|, TV = L1/2), then mean ± sample standard deviation over seeds. \
-         Peak RSS: the largest over seeds",
+         evaluations excluded). ",
     );
+    md.push_str(suite.quality_note.unwrap_or(
+        "Quality: per run the mean of its last 5 exact evaluations \
+         (L1 = Σ|P_T − p*|, TV = L1/2), then mean ± sample standard deviation over seeds.",
+    ));
+    md.push_str(" Peak RSS: the largest over seeds");
     md.push_str(&format!(" ({}).", session.rss_method));
     if !peer_specs.is_empty() {
         let names: Vec<&str> = peer_specs.iter().map(|p| p.name).collect();

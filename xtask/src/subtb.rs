@@ -106,6 +106,7 @@ pub fn subtb(opts: &SuiteOptions) -> Suite {
         ms_per_iteration: ours_ms_per_iteration,
         peers: Vec::new(),
         extra: Some(extra),
+        quality_note: None,
     }
 }
 

@@ -43,6 +43,10 @@ pub const SUITES: &[SuiteDef] = &[
         name: "led",
         build: crate::led::led,
     },
+    SuiteDef {
+        name: "ebm",
+        build: crate::ebm::ebm,
+    },
 ];
 
 /// Looks a suite up by name.
@@ -66,6 +70,9 @@ pub struct Suite {
     pub peers: Vec<PeerSpec>,
     /// Plots and extra tables.
     pub extra: Option<Extra>,
+    /// How the suite's quality figures are computed, under its tables; `None`: the exact
+    /// evaluations' note (the mean of a run's last 5 exact L1 and TV).
+    pub quality_note: Option<&'static str>,
 }
 
 /// One run of `gfn` (and its counterpart with a peer library, if any).
@@ -412,6 +419,7 @@ pub fn hypergrid(opts: &SuiteOptions) -> Suite {
         ms_per_iteration: ours_ms_per_iteration,
         peers: hypergrid_peers(hypergrid_peer_metrics),
         extra: Some(|session, _, dir| crate::curves::quality_plots(session, dir)),
+        quality_note: None,
     }
 }
 

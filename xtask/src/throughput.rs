@@ -141,6 +141,7 @@ pub fn throughput(opts: &SuiteOptions) -> Suite {
             ]
         }),
         extra: Some(extra),
+        quality_note: None,
     }
 }
 

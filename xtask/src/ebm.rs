@@ -1,0 +1,1787 @@
+//! Suite `ebm`: EB-GFN (Zhang et al., "Generative Flow Networks for Discrete Probabilistic
+//! Modeling", ICML 2022: an energy-based model trained jointly with a GFlowNet that proposes its
+//! negatives) against its baseline, persistent contrastive divergence with Gibbs negatives, on the
+//! paper's tasks that run offline: the seven 2D distributions quantised to 32-bit Gray codes,
+//! lattice Ising models (learning the couplings J), and 8×8 binary digits (standing in for MNIST).
+//! Quality is read from each run's final evaluation (`summary.json`) and its evaluations along
+//! the way (`metrics.jsonl`); the targets section checks the paper's headline numbers.
+
+use std::path::Path;
+
+use anyhow::Result;
+use serde_json::Value;
+
+use crate::bench::{CurvePoint, EbmPoint, Session};
+use crate::curves::{self, plot_line};
+use crate::plot::{Chart, Reference, Series};
+use crate::report::{Aggregate, Stats, fmt_num, pooled_std};
+use crate::suite::{Agg, Extract, Metric, Output, RunSpec, Suite, SuiteOptions, f, num, ours_ms_per_iteration};
+
+// Hyper-parameters, in one place: papers.md §2.3 (2D synthetic: the README command of the official
+// code), §2.4 (Ising: the GWG protocol; gfnx's `tb_ising.yaml`), §2.5 (MNIST settings, used for
+// the digits).
+
+/// Methods, in table order: EB-GFN and PCD (`--ebm-method`).
+const METHODS: [&str; 2] = ["ebgfn", "pcd"];
+/// Seeds per configuration (seeds 0..N) without `--seeds`.
+const SEEDS: u32 = 3;
+/// `--quick` divides the iterations and the evaluation interval by this (the same number of
+/// evaluations, a fortieth of the training).
+const QUICK_DIVISOR: u32 = 40;
+
+/// EB-GFN: weight α of the TB loss on backward trajectories from data (`back_ratio`).
+const BACK_RATIO: f64 = 0.5;
+/// EB-GFN negatives: the back-and-forth proposal with an accept step (`with_mh 1`).
+const NEGATIVES: &str = "mh";
+/// EB-GFN accept rule: Metropolis–Hastings, as the paper describes it (its proposition: acceptance
+/// → 1 with a perfect GFlowNet). The official code uses Barker's rule (`barker`, papers.md §2.2).
+const ACCEPT: &str = "mh";
+/// PCD: Gibbs updates per iteration; 0 = one sweep of D single-site updates.
+const GIBBS_STEPS: u32 = 0;
+
+/// The 2D data sets, in the paper's order.
+const DATASETS: [&str; 7] = [
+    "2spirals",
+    "8gaussians",
+    "circles",
+    "moons",
+    "pinwheel",
+    "swissroll",
+    "checkerboard",
+];
+/// 2D synthetic: training iterations. The paper runs 100,000 (with warmup_k 1e5); at about
+/// 100–300 ms per EB-GFN iteration on one CPU thread, 20,000 is one to two hours per run.
+const ITERATIONS_2D: u32 = 20_000;
+/// 2D: evaluate every this many iterations (the paper: every 2,000).
+const EVAL_EVERY_2D: u32 = 1_000;
+/// 2D: data points per iteration.
+const BATCH_2D: u32 = 128;
+/// 2D: GFlowNet MLP 32 → 256×3 → 96 (LeakyReLU).
+const HIDDEN_2D: u32 = 256;
+/// 2D: GFlowNet hidden layers.
+const LAYERS_2D: u32 = 3;
+/// 2D: GFlowNet Adam learning rate (`glr`).
+const LR_2D: f64 = 1e-3;
+/// 2D: log Z learning rate (`zlr`).
+const LR_LOGZ_2D: f64 = 1.0;
+/// 2D: EBM MLP 32 → 256×3 → 1 (ELU).
+const EBM_HIDDEN_2D: u32 = 256;
+/// 2D: EBM hidden layers.
+const EBM_LAYERS_2D: u32 = 3;
+/// 2D: EBM Adam learning rate.
+const EBM_LR_2D: f64 = 1e-3;
+/// 2D: importance samples of log Z at the final evaluation (a tenth, at least 1,000, at the
+/// others).
+const EVAL_LOG_Z_SAMPLES_2D: u32 = 100_000;
+/// 2D: fresh test points per evaluation (the MMD also uses 4,000 data samples).
+const EVAL_TEST_2D: u32 = 4_000;
+
+/// Ising: (L, σ) of the lattices, D = L² (papers.md §2.4's two headline cells).
+const ISING_LATTICES: [(u32, f64); 2] = [(10, 0.1), (9, -0.1)];
+/// Ising: training iterations (gfnx's `tb_ising` config: 20,000 steps).
+const ITERATIONS_ISING: u32 = 20_000;
+/// Ising: evaluate every this many iterations.
+const EVAL_EVERY_ISING: u32 = 1_000;
+/// Ising: training examples per iteration. gfnx's `tb_ising` config uses batch 256, GFlowNet lr
+/// 1e-2 and EBM lr 1e-4; we keep the paper's 2D recipe instead: batch 128, lr 1e-3, EBM lr 1e-3.
+const BATCH_ISING: u32 = 128;
+/// Ising: GFlowNet MLP width (gfnx: 256×4; the paper's 2D recipe: 256×3).
+const HIDDEN_ISING: u32 = 256;
+/// Ising: GFlowNet hidden layers.
+const LAYERS_ISING: u32 = 3;
+/// Ising: GFlowNet Adam learning rate.
+const LR_ISING: f64 = 1e-3;
+/// Ising: log Z learning rate (the official code's `zlr` 1).
+const LR_LOGZ_ISING: f64 = 1.0;
+/// Ising: learning rate of the couplings (the quadratic energy model; `--ebm-hidden` and
+/// `--ebm-layers` do not apply).
+const EBM_LR_ISING: f64 = 1e-3;
+/// Ising: Gibbs-sampled training examples (the GWG protocol: 2,000).
+const ISING_SAMPLES: u32 = 2_000;
+/// Ising: single-site Gibbs updates of every chain that make the data (1,000,000).
+const ISING_UPDATES: u32 = 1_000_000;
+/// Ising: seed of the data (`--task-seed`): every run learns from the same samples.
+const ISING_TASK_SEED: u64 = 0;
+/// Ising: importance samples of log Z at the final evaluation. There is no test NLL on Ising
+/// (the figure is −log RMSE of J), so log Z is only recorded, and a 100-step trajectory each is
+/// not cheap: 10,000 (1,000 at the intermediate evaluations).
+const ISING_EVAL_LOG_Z_SAMPLES: u32 = 10_000;
+
+/// Digits 8×8: training iterations (MNIST in the paper: 50,000 with warmup_k 5e4).
+const ITERATIONS_DIGITS: u32 = 20_000;
+/// Digits: evaluate every this many iterations.
+const EVAL_EVERY_DIGITS: u32 = 1_000;
+/// Digits: images per iteration (MNIST: 100).
+const BATCH_DIGITS: u32 = 100;
+/// Digits: GFlowNet MLP width (MNIST: 256×3).
+const HIDDEN_DIGITS: u32 = 256;
+/// Digits: GFlowNet hidden layers.
+const LAYERS_DIGITS: u32 = 3;
+/// Digits: GFlowNet Adam learning rate (MNIST `glr` 1e-3).
+const LR_DIGITS: f64 = 1e-3;
+/// Digits: log Z learning rate (MNIST `zlr` 1).
+const LR_LOGZ_DIGITS: f64 = 1.0;
+/// Digits: EBM MLP width (MNIST `mlp-256`: 784 → 256×3 → 1).
+const EBM_HIDDEN_DIGITS: u32 = 256;
+/// Digits: EBM hidden layers.
+const EBM_LAYERS_DIGITS: u32 = 3;
+/// Digits: EBM Adam learning rate (MNIST: 1e-4).
+const EBM_LR_DIGITS: f64 = 1e-4;
+/// Digits: test examples (the whole test split, 297 images).
+const EVAL_TEST_DIGITS: u32 = 297;
+/// Digits: backward trajectories per test image in the GFlowNet likelihood.
+const EVAL_BACKWARD_DIGITS: u32 = 20;
+/// Digits: importance samples of log Z at the final evaluation.
+const EVAL_LOG_Z_SAMPLES_DIGITS: u32 = 100_000;
+
+/// Table of the 2D data sets.
+const GROUP_2D: &str = "2D synthetic (32-bit Gray code), batch 128";
+/// Table of the Ising models.
+const GROUP_ISING: &str = "Ising (learn J), batch 128";
+/// Table of the digits.
+const GROUP_DIGITS: &str = "digits 8×8, batch 100";
+
+/// The paper's EB-GFN NLL (nats, uniform importance sampling of log Z) on 2D data, papers.md §2.3
+/// (Table "synthetic", verified cells).
+const PAPER_NLL: [(&str, f64); 4] = [
+    ("2spirals", 20.050),
+    ("8gaussians", 19.982),
+    ("circles", 20.546),
+    ("pinwheel", 19.554),
+];
+/// The paper's EB-GFN NLL on the other data sets, recalled but not verified (papers.md §2.3):
+/// reported beside ours, not judged.
+const PAPER_NLL_UNVERIFIED: [(&str, f64); 3] = [("moons", 19.59), ("swissroll", 20.17), ("checkerboard", 20.09)];
+/// Target: our 2D EBM NLL at most the paper's plus this many nats.
+const NLL_TOLERANCE: f64 = 0.3;
+/// The paper's EB-GFN MMD ×10⁻⁴ on checkerboard (verified).
+const PAPER_MMD_CHECKERBOARD: f64 = 1.206;
+/// Target: checkerboard MMD at most this many times the paper's.
+const MMD_FACTOR: f64 = 2.0;
+/// The paper's EB-GFN MMD ×10⁻⁴ on the other data sets, recalled but not verified.
+const PAPER_MMD_UNVERIFIED: [(&str, f64); 6] = [
+    ("2spirals", 0.583),
+    ("8gaussians", 0.531),
+    ("circles", 0.305),
+    ("moons", 0.121),
+    ("pinwheel", 0.492),
+    ("swissroll", 0.274),
+];
+/// The paper's EB-GFN −log RMSE on Ising: (L, σ, paper, our target: `None` = reported only).
+const PAPER_ISING: [(u32, f64, f64, Option<f64>); 2] = [(10, 0.1, 6.1, Some(5.5)), (9, -0.1, 5.7, None)];
+/// Target on digits: the EBM's and the GFlowNet's NLL below the Bernoulli baseline's by more than
+/// this many standard errors (the two combined in quadrature).
+const DIGITS_STD_ERRS: f64 = 3.0;
+
+/// The note under the tables: how the quality figures are computed.
+const QUALITY_NOTE: &str = "Quality: each run's final evaluation (`summary.json`), then mean ± sample standard \
+     deviation over seeds (NLLs in nats on test data: fresh samples for 2D, the test split for digits). EBM NLL: \
+     log Z exact for D ≤ 20, else importance-sampled with the GFlowNet (EB-GFN only, so none for PCD); uniform \
+     IS: log Z by importance sampling from the uniform distribution (the paper's protocol, biased low on 64 \
+     bits). GFlowNet NLL: backward importance sampling. MMD: squared MMD, exp-Hamming kernel, ×10⁻⁴. \
+     −log RMSE: of the learned against the true couplings. Acceptance: of EB-GFN's back-and-forth proposals \
+     over the last evaluation window.";
+
+/// NLL of the uniform model on 32 bits: 32 ln 2 = 22.181 nats.
+fn uniform_nll_2d() -> f64 {
+    32.0 * std::f64::consts::LN_2
+}
+
+/// The row label of a method.
+fn method_label(method: &str) -> &'static str {
+    match method {
+        "ebgfn" => "EB-GFN",
+        _ => "PCD",
+    }
+}
+
+/// A table row: task label and method, `2spirals EB-GFN`.
+fn row_name(label: &str, method: &str) -> String {
+    format!("{label} {}", method_label(method))
+}
+
+/// Task label of an Ising lattice: `10×10 σ 0.1`.
+fn ising_label(l: u32, sigma: f64) -> String {
+    format!("{l}×{l} σ {}", f(sigma))
+}
+
+/// One task's settings: everything but the method and the seed.
+#[derive(Debug, Clone)]
+struct Task {
+    /// Run-name prefix: `2d-2spirals`, `ising-10x10-s0.1`, `digits`.
+    key: String,
+    /// Task label in the rows: `2spirals`, `10×10 σ 0.1`, `digits`.
+    label: String,
+    /// Its table.
+    group: &'static str,
+    /// `--env` and the task's own flags.
+    env: Vec<String>,
+    /// Examples per iteration.
+    batch: u32,
+    /// GFlowNet width and hidden layers.
+    gfn_net: (u32, u32),
+    /// GFlowNet Adam learning rates (networks, log Z).
+    gfn_lr: (f64, f64),
+    /// EBM MLP width and hidden layers; `None`: the task's own energy (Ising).
+    ebm_net: Option<(u32, u32)>,
+    /// EBM Adam learning rate.
+    ebm_lr: f64,
+    /// Iterations.
+    iterations: u32,
+    /// Evaluate every this many iterations.
+    eval_every: u32,
+    /// Importance samples of log Z at the final evaluation.
+    eval_log_z_samples: u32,
+    /// Test examples per evaluation (`None`: the task has none).
+    eval_test: Option<u32>,
+    /// Backward trajectories per test example in the GFlowNet likelihood (`None`: gfn's default).
+    eval_backward: Option<u32>,
+}
+
+impl Task {
+    /// Every task, in table order; `quick`: a fortieth of the iterations, fewer evaluation samples.
+    fn all(quick: bool) -> Vec<Task> {
+        let iters = |n: u32| if quick { (n / QUICK_DIVISOR).max(1) } else { n };
+        // Quick: a tenth of the importance samples (at least 1,000), a quarter of the 2D test
+        // points and of the backward trajectories.
+        let samples = |n: u32| if quick { (n / 10).max(1_000) } else { n };
+        let fewer = |n: u32| if quick { (n / 4).max(1) } else { n };
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let mut out = Vec::new();
+        for ds in DATASETS {
+            out.push(Task {
+                key: format!("2d-{ds}"),
+                label: ds.into(),
+                group: GROUP_2D,
+                env: s(&["--env", "ebm-2d", "--dataset", ds]),
+                batch: BATCH_2D,
+                gfn_net: (HIDDEN_2D, LAYERS_2D),
+                gfn_lr: (LR_2D, LR_LOGZ_2D),
+                ebm_net: Some((EBM_HIDDEN_2D, EBM_LAYERS_2D)),
+                ebm_lr: EBM_LR_2D,
+                iterations: iters(ITERATIONS_2D),
+                eval_every: iters(EVAL_EVERY_2D),
+                eval_log_z_samples: samples(EVAL_LOG_Z_SAMPLES_2D),
+                eval_test: Some(fewer(EVAL_TEST_2D)),
+                eval_backward: None,
+            });
+        }
+        for (l, sigma) in ISING_LATTICES {
+            out.push(Task {
+                key: format!("ising-{l}x{l}-s{}", f(sigma)),
+                label: ising_label(l, sigma),
+                group: GROUP_ISING,
+                env: vec![
+                    "--env".into(),
+                    "ising".into(),
+                    "--lattice".into(),
+                    l.to_string(),
+                    "--sigma".into(),
+                    f(sigma),
+                    "--ising-samples".into(),
+                    ISING_SAMPLES.to_string(),
+                    "--ising-updates".into(),
+                    ISING_UPDATES.to_string(),
+                    "--task-seed".into(),
+                    ISING_TASK_SEED.to_string(),
+                ],
+                batch: BATCH_ISING,
+                gfn_net: (HIDDEN_ISING, LAYERS_ISING),
+                gfn_lr: (LR_ISING, LR_LOGZ_ISING),
+                ebm_net: None,
+                ebm_lr: EBM_LR_ISING,
+                iterations: iters(ITERATIONS_ISING),
+                eval_every: iters(EVAL_EVERY_ISING),
+                eval_log_z_samples: samples(ISING_EVAL_LOG_Z_SAMPLES),
+                eval_test: None,
+                eval_backward: None,
+            });
+        }
+        out.push(Task {
+            key: "digits".into(),
+            label: "digits".into(),
+            group: GROUP_DIGITS,
+            env: s(&["--env", "digits"]),
+            batch: BATCH_DIGITS,
+            gfn_net: (HIDDEN_DIGITS, LAYERS_DIGITS),
+            gfn_lr: (LR_DIGITS, LR_LOGZ_DIGITS),
+            ebm_net: Some((EBM_HIDDEN_DIGITS, EBM_LAYERS_DIGITS)),
+            ebm_lr: EBM_LR_DIGITS,
+            iterations: iters(ITERATIONS_DIGITS),
+            eval_every: iters(EVAL_EVERY_DIGITS),
+            eval_log_z_samples: samples(EVAL_LOG_Z_SAMPLES_DIGITS),
+            // The whole test split in either mode.
+            eval_test: Some(EVAL_TEST_DIGITS),
+            eval_backward: Some(fewer(EVAL_BACKWARD_DIGITS)),
+        });
+        out
+    }
+
+    /// Arguments of `gfn train` (without `--out`). PCD takes the same data, batch, EBM, learning
+    /// rate, budget and evaluation as EB-GFN, and no GFlowNet.
+    fn args(&self, method: &str, seed: u64, threads: u32) -> Vec<String> {
+        let mut a: Vec<String> = vec!["train".into()];
+        a.extend(self.env.iter().cloned());
+        a.extend([
+            "--ebm-method".into(),
+            method.into(),
+            "--batch-size".into(),
+            self.batch.to_string(),
+            "--iterations".into(),
+            self.iterations.to_string(),
+            "--eval-every".into(),
+            self.eval_every.to_string(),
+            "--seed".into(),
+            seed.to_string(),
+            "--threads".into(),
+            threads.to_string(),
+        ]);
+        if let Some((hidden, layers)) = self.ebm_net {
+            a.extend([
+                "--ebm-hidden".into(),
+                hidden.to_string(),
+                "--ebm-layers".into(),
+                layers.to_string(),
+            ]);
+        }
+        a.extend(["--ebm-lr".into(), f(self.ebm_lr)]);
+        if method == "ebgfn" {
+            a.extend([
+                "--hidden".into(),
+                self.gfn_net.0.to_string(),
+                "--layers".into(),
+                self.gfn_net.1.to_string(),
+                "--lr".into(),
+                f(self.gfn_lr.0),
+                "--lr-logz".into(),
+                f(self.gfn_lr.1),
+                "--back-ratio".into(),
+                f(BACK_RATIO),
+                // K grows to D over the whole run, as in the paper (warmup_k = n_iters).
+                "--warmup-k".into(),
+                self.iterations.to_string(),
+                "--negatives".into(),
+                NEGATIVES.into(),
+                "--accept".into(),
+                ACCEPT.into(),
+            ]);
+        } else {
+            a.extend(["--gibbs-steps".into(), GIBBS_STEPS.to_string()]);
+        }
+        a.extend(["--eval-log-z-samples".into(), self.eval_log_z_samples.to_string()]);
+        if let Some(n) = self.eval_test {
+            a.extend(["--eval-test".into(), n.to_string()]);
+        }
+        if let Some(n) = self.eval_backward {
+            a.extend(["--eval-backward".into(), n.to_string()]);
+        }
+        a
+    }
+
+    /// The run of `method` with `seed` (no peer counterpart).
+    fn run(&self, method: &str, seed: u64, threads: u32) -> RunSpec {
+        RunSpec {
+            name: format!("{}-{method}-seed{seed}", self.key),
+            group: self.group.into(),
+            row: row_name(&self.label, method),
+            seed,
+            gfn_args: self.args(method, seed, threads),
+            peer_args: Vec::new(),
+            output: Output::RunDir,
+        }
+    }
+}
+
+/// The suite: 2D synthetic (seven data sets), Ising (10×10 σ 0.1, 9×9 σ −0.1) and digits, each
+/// with EB-GFN and PCD, seeds 0..3. `--quick`: seed 0, a fortieth of the iterations.
+pub fn ebm(opts: &SuiteOptions) -> Suite {
+    let seeds = opts.seeds.unwrap_or(if opts.quick { 1 } else { SEEDS });
+    let mut runs = Vec::new();
+    for task in Task::all(opts.quick) {
+        for method in METHODS {
+            for seed in 0..u64::from(seeds) {
+                runs.push(task.run(method, seed, opts.threads));
+            }
+        }
+    }
+    Suite {
+        name: "ebm",
+        row_header: "task, method",
+        runs,
+        metrics: vec![
+            crate::suite::col_iterations(),
+            crate::suite::col_ms_per_iteration(),
+            Metric {
+                header: "EBM NLL (GFlowNet IS or exact)",
+                key: "ebm_nll",
+                short: "NLL",
+                value: ebm_nll,
+                agg: Agg::MeanStd,
+                digits: 3,
+            },
+            Metric {
+                header: "EBM NLL (uniform IS)",
+                key: "ebm_nll_uniform_is",
+                short: "NLL(unif)",
+                value: ebm_nll_uniform,
+                agg: Agg::MeanStd,
+                digits: 3,
+            },
+            Metric {
+                header: "GFlowNet NLL",
+                key: "gfn_nll",
+                short: "GFN NLL",
+                value: gfn_nll,
+                agg: Agg::MeanStd,
+                digits: 3,
+            },
+            Metric {
+                header: "MMD ×10⁻⁴",
+                key: "mmd_e4",
+                short: "MMD",
+                value: mmd,
+                agg: Agg::MeanStd,
+                digits: 3,
+            },
+            Metric {
+                header: "−log RMSE(J)",
+                key: "neg_log_rmse",
+                short: "-logRMSE",
+                value: neg_log_rmse,
+                agg: Agg::MeanStd,
+                digits: 3,
+            },
+            Metric {
+                header: "acceptance (last window)",
+                key: "acceptance",
+                short: "accept",
+                value: acceptance,
+                agg: Agg::MeanStd,
+                digits: 3,
+            },
+            crate::suite::col_peak_rss(),
+        ],
+        ms_per_iteration: ours_ms_per_iteration,
+        peers: Vec::new(),
+        extra: Some(extra),
+        quality_note: Some(QUALITY_NOTE),
+    }
+}
+
+/// The EBM's final test NLL, log Z exact (D ≤ 20) or importance-sampled with the GFlowNet (null
+/// for PCD when D > 20 and on Ising).
+fn ebm_nll(r: &Value) -> Option<f64> {
+    num(r, "/summary/ebm/nll/value")
+}
+
+/// The EBM's final test NLL with log Z by uniform importance sampling (the paper's protocol).
+fn ebm_nll_uniform(r: &Value) -> Option<f64> {
+    num(r, "/summary/ebm/nll_uniform_is/value")
+}
+
+/// The GFlowNet's final test NLL (EB-GFN).
+fn gfn_nll(r: &Value) -> Option<f64> {
+    num(r, "/summary/gfn/nll/value")
+}
+
+/// Final MMD² ×10⁻⁴ (2D).
+fn mmd(r: &Value) -> Option<f64> {
+    num(r, "/summary/mmd_e4")
+}
+
+/// Final −log RMSE between learned and true couplings (Ising).
+fn neg_log_rmse(r: &Value) -> Option<f64> {
+    num(r, "/summary/ising/neg_log_rmse")
+}
+
+/// Acceptance of the back-and-forth proposals over the last evaluation window (EB-GFN): from
+/// `summary.json`, else (Ising, where the summary has no `gfn` object) from the last evaluation.
+fn acceptance(r: &Value) -> Option<f64> {
+    num(r, "/summary/gfn/acceptance").or_else(|| {
+        r["curve"]
+            .as_array()?
+            .last()?
+            .pointer("/ebm/acceptance")
+            .and_then(Value::as_f64)
+    })
+}
+
+/// The successful runs of one table row, as the JSON records the metrics read.
+fn records(session: &Session, group: &str, row: &str) -> Vec<Value> {
+    session
+        .runs
+        .iter()
+        .filter(|r| r.ok && r.group == group && r.row == row)
+        .filter_map(|r| serde_json::to_value(r).ok())
+        .collect()
+}
+
+/// Statistics over seeds of `value` in one row.
+fn row_stats(session: &Session, group: &str, row: &str, value: Extract) -> Option<Stats> {
+    let v: Vec<f64> = records(session, group, row).iter().filter_map(value).collect();
+    Stats::of(&v)
+}
+
+/// `mean ± std (n seeds)` with `digits` decimals (`value (1 seed)` for one).
+fn cell(s: &Stats, digits: usize) -> String {
+    if s.n == 1 {
+        return format!("{} (1 seed)", fmt_num(s.mean, digits));
+    }
+    format!(
+        "{} ± {} ({} seeds)",
+        fmt_num(s.mean, digits),
+        fmt_num(s.std, digits),
+        s.n
+    )
+}
+
+/// Whether a target was reached.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Status {
+    /// Reached.
+    Met,
+    /// Not reached, by this much (in the figure's units).
+    Missed(f64),
+    /// No target: the figure is reported beside the paper's.
+    Reported,
+    /// No finished run to judge.
+    NoData,
+}
+
+impl Status {
+    /// The verdict cell.
+    fn word(self) -> &'static str {
+        match self {
+            Status::Met => "**met**",
+            Status::Missed(_) => "**missed**",
+            Status::Reported => "reported",
+            Status::NoData => "no data",
+        }
+    }
+}
+
+/// `measured` against a bound: at least `bound` (`higher_is_better`) or at most it.
+fn judge(measured: f64, bound: f64, higher_is_better: bool) -> Status {
+    let shortfall = if higher_is_better {
+        bound - measured
+    } else {
+        measured - bound
+    };
+    if shortfall <= 0.0 {
+        Status::Met
+    } else {
+        Status::Missed(shortfall)
+    }
+}
+
+/// "Beats by more than `k` combined standard errors": `measured < baseline − k·√(se² + se_b²)`
+/// (strictly). Returns the bound and the status.
+fn beats_by_std_errs(measured: f64, se: f64, baseline: f64, baseline_se: f64, k: f64) -> (f64, Status) {
+    let bound = baseline - k * (se * se + baseline_se * baseline_se).sqrt();
+    let status = if measured < bound {
+        Status::Met
+    } else {
+        Status::Missed(measured - bound)
+    };
+    (bound, status)
+}
+
+/// One line of the targets table.
+struct Target {
+    /// What is checked.
+    name: String,
+    /// Its short name in the summary lines: `circles`, `GFlowNet NLL`.
+    short: String,
+    /// Our figure.
+    measured: String,
+    /// The target (or the paper's figure, for a reported line).
+    target: String,
+    /// The verdict.
+    status: Status,
+    /// Decimals of the shortfall.
+    digits: usize,
+}
+
+impl Target {
+    /// Its markdown row.
+    fn row(&self) -> String {
+        let missed = match self.status {
+            Status::Missed(by) => fmt_num(by, self.digits),
+            _ => String::new(),
+        };
+        format!(
+            "| {} | {} | {} | {} | {missed} |\n",
+            self.name,
+            self.measured,
+            self.target,
+            self.status.word()
+        )
+    }
+}
+
+/// A target on the mean over seeds of one row's figure.
+fn mean_target(
+    session: &Session,
+    group: &str,
+    row: &str,
+    (name, short): (String, String),
+    value: Extract,
+    bound: Option<f64>,
+    higher_is_better: bool,
+    target: String,
+    digits: usize,
+) -> Target {
+    let stats = row_stats(session, group, row, value);
+    let status = match (stats, bound) {
+        (None, _) => Status::NoData,
+        (Some(_), None) => Status::Reported,
+        (Some(s), Some(b)) => judge(s.mean, b, higher_is_better),
+    };
+    Target {
+        name,
+        short,
+        measured: stats.map_or_else(|| "—".into(), |s| cell(&s, digits)),
+        target,
+        status,
+        digits,
+    }
+}
+
+/// The 2D targets: the EBM NLL (uniform IS) against the paper's, checkerboard's MMD, and the
+/// other data sets' figures beside the paper's unverified ones.
+fn targets_2d(session: &Session) -> Vec<Target> {
+    let mut out = Vec::new();
+    for ds in DATASETS {
+        let row = row_name(ds, "ebgfn");
+        let gfn_is = row_stats(session, GROUP_2D, &row, ebm_nll)
+            .map(|s| format!("; GFlowNet IS {}", cell(&s, 3)))
+            .unwrap_or_default();
+        let verified = PAPER_NLL.iter().find(|p| p.0 == ds).map(|p| p.1);
+        let unverified = PAPER_NLL_UNVERIFIED.iter().find(|p| p.0 == ds).map(|p| p.1);
+        let (bound, target) = match (verified, unverified) {
+            (Some(p), _) => (
+                Some(p + NLL_TOLERANCE),
+                format!("≤ {:.3} (paper {p:.3} + {NLL_TOLERANCE})", p + NLL_TOLERANCE),
+            ),
+            (None, Some(p)) => (None, format!("— (paper ≈ {p:.2}, unverified)")),
+            (None, None) => (None, "—".into()),
+        };
+        let mut t = mean_target(
+            session,
+            GROUP_2D,
+            &row,
+            (format!("2D {ds}: EB-GFN EBM NLL, uniform IS (nats)"), ds.to_string()),
+            ebm_nll_uniform,
+            bound,
+            false,
+            target,
+            3,
+        );
+        if t.status != Status::NoData {
+            t.measured.push_str(&gfn_is);
+        }
+        out.push(t);
+    }
+    for ds in DATASETS {
+        let row = row_name(ds, "ebgfn");
+        let (bound, target) = if ds == "checkerboard" {
+            let b = MMD_FACTOR * PAPER_MMD_CHECKERBOARD;
+            (
+                Some(b),
+                format!("≤ {b:.3} ({MMD_FACTOR} × paper {PAPER_MMD_CHECKERBOARD})"),
+            )
+        } else {
+            let p = PAPER_MMD_UNVERIFIED.iter().find(|p| p.0 == ds).map(|p| p.1);
+            (
+                None,
+                p.map_or_else(|| "—".into(), |p| format!("— (paper ≈ {p}, unverified)")),
+            )
+        };
+        out.push(mean_target(
+            session,
+            GROUP_2D,
+            &row,
+            (format!("2D {ds}: EB-GFN MMD ×10⁻⁴"), ds.to_string()),
+            mmd,
+            bound,
+            false,
+            target,
+            3,
+        ));
+    }
+    out
+}
+
+/// The Ising targets: −log RMSE of the learned couplings.
+fn targets_ising(session: &Session) -> Vec<Target> {
+    PAPER_ISING
+        .iter()
+        .map(|&(l, sigma, paper, bound)| {
+            let label = ising_label(l, sigma);
+            let target = match bound {
+                Some(b) => format!("≥ {b} (paper {paper})"),
+                None => format!("— (paper {paper})"),
+            };
+            mean_target(
+                session,
+                GROUP_ISING,
+                &row_name(&label, "ebgfn"),
+                (format!("Ising {label}: EB-GFN −log RMSE(J)"), label.clone()),
+                neg_log_rmse,
+                bound,
+                true,
+                target,
+                3,
+            )
+        })
+        .collect()
+}
+
+/// The Bernoulli baseline of the digits runs: (NLL, standard error), from any run's summary.
+fn bernoulli_baseline(session: &Session) -> Option<(f64, f64)> {
+    session
+        .runs
+        .iter()
+        .filter(|r| r.ok && r.group == GROUP_DIGITS)
+        .find_map(|r| {
+            let b = r.summary.as_ref()?.get("bernoulli_baseline")?;
+            Some((b["nll"].as_f64()?, b["std_err"].as_f64().unwrap_or(0.0)))
+        })
+}
+
+/// Per-run (NLL, standard error) at `pointer` (`/summary/ebm/nll`) of one row.
+fn nll_with_std_err(session: &Session, group: &str, row: &str, pointer: &str) -> Vec<(f64, f64)> {
+    records(session, group, row)
+        .iter()
+        .filter_map(|r| {
+            let v = num(r, &format!("{pointer}/value"))?;
+            Some((v, num(r, &format!("{pointer}/std_err")).unwrap_or(0.0)))
+        })
+        .filter(|(v, _)| v.is_finite())
+        .collect()
+}
+
+/// A digits target: a row's NLL below the Bernoulli baseline by more than
+/// [`DIGITS_STD_ERRS`] combined standard errors. Judged on the mean over seeds with the runs'
+/// root-mean-square standard error (every seed is evaluated on the same test images, so seeds do
+/// not shrink it), and seed by seed.
+fn digits_target(session: &Session, (name, short): (&str, &str), row: &str, pointer: &str, judged: bool) -> Target {
+    let (name, short) = (name.to_string(), short.to_string());
+    let runs = nll_with_std_err(session, GROUP_DIGITS, row, pointer);
+    let baseline = bernoulli_baseline(session);
+    let (Some((b, b_se)), false) = (baseline, runs.is_empty()) else {
+        return Target {
+            name,
+            short,
+            measured: "—".into(),
+            target: baseline.map_or_else(|| "—".into(), |(b, _)| format!("< Bernoulli {b:.3}")),
+            status: Status::NoData,
+            digits: 3,
+        };
+    };
+    let n = runs.len() as f64;
+    let mean = runs.iter().map(|r| r.0).sum::<f64>() / n;
+    let se = (runs.iter().map(|r| r.1 * r.1).sum::<f64>() / n).sqrt();
+    let values: Vec<f64> = runs.iter().map(|r| r.0).collect();
+    let (bound, status) = beats_by_std_errs(mean, se, b, b_se, DIGITS_STD_ERRS);
+    let seeds_met = runs
+        .iter()
+        .filter(|(v, s)| beats_by_std_errs(*v, *s, b, b_se, DIGITS_STD_ERRS).1 == Status::Met)
+        .count();
+    Target {
+        name,
+        short,
+        measured: format!(
+            "{}; standard error {se:.3}; {seeds_met} of {} below the bound)",
+            cell(&Stats::of(&values).expect("finite values"), 3).trim_end_matches(')'),
+            runs.len()
+        ),
+        target: format!("< {bound:.3} (Bernoulli {b:.3} ± {b_se:.3} − {DIGITS_STD_ERRS} × √(se² + se_b²))"),
+        status: if judged { status } else { Status::Reported },
+        digits: 3,
+    }
+}
+
+/// The digits targets: EB-GFN's EBM NLL (GFlowNet IS) and GFlowNet NLL, judged; the uniform-IS
+/// NLLs of both methods, reported.
+fn targets_digits(session: &Session) -> Vec<Target> {
+    let (eb, pcd) = (row_name("digits", "ebgfn"), row_name("digits", "pcd"));
+    vec![
+        digits_target(
+            session,
+            ("digits: EB-GFN EBM NLL, GFlowNet IS (nats)", "EBM NLL"),
+            &eb,
+            "/summary/ebm/nll",
+            true,
+        ),
+        digits_target(
+            session,
+            ("digits: EB-GFN GFlowNet NLL (nats)", "GFlowNet NLL"),
+            &eb,
+            "/summary/gfn/nll",
+            true,
+        ),
+        digits_target(
+            session,
+            (
+                "digits: EB-GFN EBM NLL, uniform IS (nats; 64 bits: biased low)",
+                "EBM NLL, uniform IS",
+            ),
+            &eb,
+            "/summary/ebm/nll_uniform_is",
+            false,
+        ),
+        digits_target(
+            session,
+            (
+                "digits: PCD EBM NLL, uniform IS (nats; 64 bits: biased low)",
+                "PCD EBM NLL, uniform IS",
+            ),
+            &pcd,
+            "/summary/ebm/nll_uniform_is",
+            false,
+        ),
+    ]
+}
+
+/// Which method wins a comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Winner {
+    /// EB-GFN, by more than one pooled standard deviation.
+    EbGfn,
+    /// PCD, by more than one pooled standard deviation.
+    Pcd,
+    /// Within one pooled standard deviation.
+    Neither,
+    /// One seed each: no spread to judge by.
+    Undecided,
+}
+
+impl Winner {
+    fn word(self) -> &'static str {
+        match self {
+            Winner::EbGfn => "**EB-GFN**",
+            Winner::Pcd => "**PCD**",
+            Winner::Neither => "neither (within one pooled std)",
+            Winner::Undecided => "undecided (one seed each)",
+        }
+    }
+}
+
+/// The winner of EB-GFN (`eb`) against PCD (`pcd`) on a figure, by the means over seeds against
+/// one pooled standard deviation.
+fn winner(eb: &Stats, pcd: &Stats, higher_is_better: bool) -> Winner {
+    let Some(pooled) = pooled_std(eb, pcd) else {
+        return Winner::Undecided;
+    };
+    let gain = if higher_is_better {
+        eb.mean - pcd.mean
+    } else {
+        pcd.mean - eb.mean
+    };
+    if gain.abs() <= pooled {
+        Winner::Neither
+    } else if gain > 0.0 {
+        Winner::EbGfn
+    } else {
+        Winner::Pcd
+    }
+}
+
+/// A figure of the EB-GFN–PCD comparison.
+#[derive(Clone, Copy)]
+struct Figure {
+    /// Its name.
+    name: &'static str,
+    /// Per-run value.
+    value: Extract,
+    /// Whether higher is better.
+    higher_is_better: bool,
+}
+
+/// The comparisons of EB-GFN and PCD, one per task and figure, with the table rows they print.
+fn comparisons(session: &Session, md: &mut String) -> Vec<Winner> {
+    let nll = Figure {
+        name: "EBM NLL, uniform IS",
+        value: ebm_nll_uniform,
+        higher_is_better: false,
+    };
+    let mut tasks: Vec<(&str, String, Vec<Figure>)> = Vec::new();
+    for ds in DATASETS {
+        let figures = vec![
+            nll,
+            Figure {
+                name: "MMD ×10⁻⁴",
+                value: mmd,
+                higher_is_better: false,
+            },
+        ];
+        tasks.push((GROUP_2D, ds.to_string(), figures));
+    }
+    for (l, sigma) in ISING_LATTICES {
+        let figures = vec![Figure {
+            name: "−log RMSE(J)",
+            value: neg_log_rmse,
+            higher_is_better: true,
+        }];
+        tasks.push((GROUP_ISING, ising_label(l, sigma), figures));
+    }
+    tasks.push((GROUP_DIGITS, "digits".into(), vec![nll]));
+    let mut out = Vec::new();
+    for (group, label, figures) in tasks {
+        for fig in figures {
+            let (Some(a), Some(b)) = (
+                row_stats(session, group, &row_name(&label, "ebgfn"), fig.value),
+                row_stats(session, group, &row_name(&label, "pcd"), fig.value),
+            ) else {
+                continue;
+            };
+            let w = winner(&a, &b, fig.higher_is_better);
+            out.push(w);
+            md.push_str(&format!(
+                "| {label} | {} ({} is better) | {} | {} | {} | {} | {} |\n",
+                fig.name,
+                if fig.higher_is_better { "higher" } else { "lower" },
+                cell(&a, 3),
+                cell(&b, 3),
+                fmt_num(a.mean - b.mean, 3),
+                pooled_std(&a, &b).map_or_else(|| "—".into(), |p| fmt_num(p, 3)),
+                w.word()
+            ));
+        }
+    }
+    out
+}
+
+/// A summary line of a set of targets: `met 3 of 4 (missed: pinwheel by 0.12)`.
+fn tally(targets: &[Target]) -> String {
+    let judged: Vec<&Target> = targets
+        .iter()
+        .filter(|t| matches!(t.status, Status::Met | Status::Missed(_)))
+        .collect();
+    if judged.is_empty() {
+        return "**no data**".into();
+    }
+    let met = judged.iter().filter(|t| t.status == Status::Met).count();
+    let missed: Vec<String> = judged
+        .iter()
+        .filter_map(|t| match t.status {
+            Status::Missed(by) => Some(format!("{} by {}", t.short, fmt_num(by, t.digits))),
+            _ => None,
+        })
+        .collect();
+    if missed.is_empty() {
+        return format!("**met** ({met} of {met})");
+    }
+    let head = if met == 0 {
+        "**missed**".to_string()
+    } else {
+        format!("**met {met} of {}**", judged.len())
+    };
+    format!("{head} (short of the target: {})", missed.join("; "))
+}
+
+/// The targets section: the paper's headline numbers and the Bernoulli baseline, then EB-GFN
+/// against PCD.
+fn targets(session: &Session) -> String {
+    let mut md = String::from("\n## Targets\n\n");
+    let iterations: Vec<f64> = session
+        .runs
+        .iter()
+        .filter(|r| r.ok)
+        .filter_map(|r| r.summary.as_ref()?.get("iterations")?.as_f64())
+        .collect();
+    if let (Some(lo), Some(hi)) = (
+        iterations.iter().copied().reduce(f64::min),
+        iterations.iter().copied().reduce(f64::max),
+    ) {
+        md.push_str(&format!(
+            "Our runs trained for {} iterations (the paper: 100,000 on 2D data, 50,000 on MNIST). ",
+            if lo == hi {
+                format!("{lo:.0}")
+            } else {
+                format!("{lo:.0} to {hi:.0}")
+            }
+        ));
+    }
+    md.push_str(&format!(
+        "Figures are each run's final evaluation, mean ± sample std over seeds; a target is judged on the mean. \
+         2D NLLs are compared with the paper's on its protocol: log Z by importance sampling from the uniform \
+         distribution over 32 bits (the uniform model scores 32 ln 2 = {:.3}); the GFlowNet-IS figure is shown \
+         beside it. Digits: the Bernoulli baseline is the per-pixel independent model of the training split.\n\n",
+        uniform_nll_2d()
+    ));
+    md.push_str("| check | measured | target | verdict | missed by |\n|---|---|---|---|---|\n");
+    let t2d = targets_2d(session);
+    let tising = targets_ising(session);
+    let tdigits = targets_digits(session);
+    for t in t2d.iter().chain(&tising).chain(&tdigits) {
+        md.push_str(&t.row());
+    }
+    md.push('\n');
+    let (nll2d, mmd2d): (Vec<Target>, Vec<Target>) = t2d.into_iter().partition(|t| t.name.contains("NLL"));
+    md.push_str(&format!(
+        "- *2D EBM NLL (uniform IS) within {NLL_TOLERANCE} nats of the paper's EB-GFN (2spirals, 8gaussians, circles, pinwheel)*: {}.\n",
+        tally(&nll2d)
+    ));
+    md.push_str(&format!(
+        "- *checkerboard MMD ×10⁻⁴ at most {MMD_FACTOR} × the paper's {PAPER_MMD_CHECKERBOARD}*: {}.\n",
+        tally(&mmd2d)
+    ));
+    md.push_str(&format!(
+        "- *Ising 10×10 σ 0.1: −log RMSE(J) at least 5.5 (paper 6.1)*: {}; 9×9 σ -0.1 (paper 5.7): {}.\n",
+        tally(&tising[..1]),
+        tising[1].measured
+    ));
+    md.push_str(&format!(
+        "- *digits: EB-GFN's EBM and GFlowNet NLL below the Bernoulli baseline by more than {DIGITS_STD_ERRS} standard errors*: {}.\n",
+        tally(&tdigits[..2])
+    ));
+
+    md.push_str(
+        "\n### EB-GFN against PCD\n\nThe same data, batch, EBM, learning rate and iterations; PCD makes one Gibbs \
+         sweep (D single-site updates) of its persistent chains per iteration. A method wins a figure when its \
+         mean over seeds is better by more than one pooled standard deviation. NLLs are on the uniform-IS \
+         protocol, the one figure both methods have (PCD trains no GFlowNet to importance-sample with); on the \
+         64-bit digits it is biased low for both.\n\n",
+    );
+    md.push_str(
+        "| task | figure | EB-GFN | PCD | difference | pooled std | winner |\n|---|---|---|---|---:|---:|---|\n",
+    );
+    let w = comparisons(session, &mut md);
+    let count = |x: Winner| w.iter().filter(|&&y| y == x).count();
+    md.push_str(&format!(
+        "\n- *EB-GFN against PCD at the same budget*: {}.\n",
+        if w.is_empty() {
+            "no task with both methods finished".to_string()
+        } else {
+            format!(
+                "EB-GFN wins {} of {} comparisons, PCD {}, neither {}, undecided (one seed each) {}",
+                count(Winner::EbGfn),
+                w.len(),
+                count(Winner::Pcd),
+                count(Winner::Neither),
+                count(Winner::Undecided)
+            )
+        }
+    ));
+    md
+}
+
+/// A figure of an evaluation.
+type Pick = fn(&EbmPoint) -> Option<f64>;
+
+/// Mean over the row's seeds of `pick` against iterations.
+fn row_curve(session: &Session, group: &str, row: &str, pick: Pick) -> Vec<(f64, f64)> {
+    let curves: Vec<&[CurvePoint]> = session
+        .runs
+        .iter()
+        .filter(|r| r.ok && r.group == group && r.row == row && !r.curve.is_empty())
+        .map(|r| r.curve.as_slice())
+        .collect();
+    curves::mean_curve(&curves, |p| p.iteration as f64, |p| p.ebm.as_ref().and_then(pick))
+}
+
+/// A line of a chart (`None` without a point).
+fn line(session: &Session, group: &str, row: &str, label: String, pick: Pick, dashed: bool) -> Option<Series> {
+    let points = row_curve(session, group, row, pick);
+    (!points.is_empty()).then_some(Series { label, points, dashed })
+}
+
+/// A chart against training iterations.
+fn chart<'a>(title: &'a str, y_label: &'a str, log_y: bool) -> Chart<'a> {
+    Chart {
+        title,
+        x_label: "training iterations",
+        y_label,
+        log_x: false,
+        log_y,
+    }
+}
+
+/// Whether positive values spanning more than a factor of 10 are better read on a log axis.
+fn spans_decades(series: &[Series]) -> bool {
+    let ys = || series.iter().flat_map(|s| s.points.iter().map(|p| p.1));
+    let lo = ys().fold(f64::INFINITY, f64::min);
+    let hi = ys().fold(f64::NEG_INFINITY, f64::max);
+    lo > 0.0 && hi.is_finite() && hi / lo > 10.0
+}
+
+fn ebm_nll_uniform_of(p: &EbmPoint) -> Option<f64> {
+    p.ebm_nll_uniform.map(|e| e.value)
+}
+
+fn ebm_nll_of(p: &EbmPoint) -> Option<f64> {
+    p.ebm_nll.map(|e| e.value)
+}
+
+fn gfn_nll_of(p: &EbmPoint) -> Option<f64> {
+    p.gfn_nll.map(|e| e.value)
+}
+
+/// The NLL lines of one task: both methods' EBM NLL (uniform IS), EB-GFN's EBM NLL (GFlowNet IS)
+/// and GFlowNet NLL, dashed.
+fn nll_series(session: &Session, group: &str, label: &str) -> Vec<Series> {
+    let (eb, pcd) = (row_name(label, "ebgfn"), row_name(label, "pcd"));
+    [
+        line(
+            session,
+            group,
+            &eb,
+            "EB-GFN: EBM NLL, uniform IS".into(),
+            ebm_nll_uniform_of,
+            false,
+        ),
+        line(
+            session,
+            group,
+            &pcd,
+            "PCD: EBM NLL, uniform IS".into(),
+            ebm_nll_uniform_of,
+            false,
+        ),
+        line(
+            session,
+            group,
+            &eb,
+            "EB-GFN: EBM NLL, GFlowNet IS".into(),
+            ebm_nll_of,
+            true,
+        ),
+        line(session, group, &pcd, "PCD: EBM NLL, exact".into(), ebm_nll_of, true),
+        line(session, group, &eb, "EB-GFN: GFlowNet NLL".into(), gfn_nll_of, true),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// The plots: NLL per 2D data set, MMD per method, Ising −log RMSE, digits NLL, acceptance.
+fn plots(session: &Session, dir: &Path) -> Result<String> {
+    let mut md = String::from(
+        "\n## Plots\n\nMean over seeds at every evaluation against training iterations (intermediate evaluations \
+         use a tenth of the final evaluation's importance samples, at least 1,000, and at most 500 test examples \
+         for the GFlowNet NLL). Dashed grey lines: the paper's figures and the references.\n\n",
+    );
+    for ds in DATASETS {
+        let series = nll_series(session, GROUP_2D, ds);
+        let mut refs = vec![Reference {
+            label: format!("uniform model {:.3}", uniform_nll_2d()),
+            y: uniform_nll_2d(),
+        }];
+        if let Some((_, p)) = PAPER_NLL.iter().find(|p| p.0 == ds) {
+            refs.push(Reference {
+                label: format!("paper EB-GFN {p:.3}"),
+                y: *p,
+            });
+        }
+        let title = format!("2D {ds}");
+        md.push_str(&plot_line(
+            dir,
+            &format!("2d-{ds}-nll.png"),
+            &chart(&title, "test NLL (nats)", false),
+            &series,
+            &refs,
+        )?);
+    }
+    for method in METHODS {
+        let series: Vec<Series> = DATASETS
+            .iter()
+            .filter_map(|ds| {
+                line(
+                    session,
+                    GROUP_2D,
+                    &row_name(ds, method),
+                    ds.to_string(),
+                    |p| p.mmd_e4,
+                    false,
+                )
+            })
+            .collect();
+        let log_y = spans_decades(&series);
+        let title = format!("2D synthetic, {}: MMD", method_label(method));
+        md.push_str(&plot_line(
+            dir,
+            &format!("2d-mmd-{method}.png"),
+            &chart(
+                &title,
+                if log_y {
+                    "MMD² ×10⁻⁴ (exp-Hamming kernel, log scale)"
+                } else {
+                    "MMD² ×10⁻⁴ (exp-Hamming kernel)"
+                },
+                log_y,
+            ),
+            &series,
+            &[],
+        )?);
+    }
+
+    let mut ising = Vec::new();
+    let mut refs = Vec::new();
+    for &(l, sigma, paper, bound) in &PAPER_ISING {
+        let label = ising_label(l, sigma);
+        for method in METHODS {
+            let row = row_name(&label, method);
+            ising.extend(line(session, GROUP_ISING, &row, row.clone(), |p| p.neg_log_rmse, false));
+        }
+        refs.push(Reference {
+            label: format!("paper {label}: {paper}"),
+            y: paper,
+        });
+        if let Some(b) = bound {
+            refs.push(Reference {
+                label: format!("target {label}: {b}"),
+                y: b,
+            });
+        }
+    }
+    md.push_str(&plot_line(
+        dir,
+        "ising-neg-log-rmse.png",
+        &chart(GROUP_ISING, "−log RMSE(J_model, J_true)", false),
+        &ising,
+        &refs,
+    )?);
+
+    let digits = nll_series(session, GROUP_DIGITS, "digits");
+    let refs: Vec<Reference> = bernoulli_baseline(session)
+        .map(|(b, _)| Reference {
+            label: format!("Bernoulli baseline {b:.3}"),
+            y: b,
+        })
+        .into_iter()
+        .collect();
+    md.push_str(&plot_line(
+        dir,
+        "digits-nll.png",
+        &chart(GROUP_DIGITS, "test NLL (nats)", false),
+        &digits,
+        &refs,
+    )?);
+
+    let mut accept = Vec::new();
+    for task in Task::all(false) {
+        let row = row_name(&task.label, "ebgfn");
+        accept.extend(line(
+            session,
+            task.group,
+            &row,
+            task.label.clone(),
+            |p| p.acceptance,
+            false,
+        ));
+    }
+    md.push_str(&plot_line(
+        dir,
+        "ebgfn-acceptance.png",
+        &chart(
+            "EB-GFN: acceptance of the back-and-forth proposals",
+            "acceptance (mean over the evaluation window)",
+            false,
+        ),
+        &accept,
+        &[Reference {
+            label: "perfect GFlowNet (MH)".into(),
+            y: 1.0,
+        }],
+    )?);
+    Ok(md)
+}
+
+/// Copies each 2D data set's and method's `samples.png` (of its lowest successful seed) into the
+/// results directory as `samples-<data set>-<method>.png`, and shows them.
+fn samples(session: &Session, dir: &Path) -> Result<String> {
+    let mut md = String::new();
+    for ds in DATASETS {
+        for method in METHODS {
+            let row = row_name(ds, method);
+            let Some(run) = session
+                .runs
+                .iter()
+                .filter(|r| r.ok && r.group == GROUP_2D && r.row == row)
+                .min_by_key(|r| r.seed)
+            else {
+                continue;
+            };
+            let from = dir.join("runs").join(&run.name).join("samples.png");
+            if !from.exists() {
+                continue;
+            }
+            let file = format!("samples-{ds}-{method}.png");
+            std::fs::copy(&from, dir.join(&file))?;
+            md.push_str(&format!(
+                "![{ds}, {}, seed {}]({file})\n",
+                method_label(method),
+                run.seed
+            ));
+        }
+    }
+    if md.is_empty() {
+        return Ok(md);
+    }
+    Ok(format!(
+        "\n## Samples\n\nDecoded model samples (EB-GFN: GFlowNet samples; PCD: its persistent chains) beside the \
+         data, at the end of each data set's lowest seed.\n\n{md}"
+    ))
+}
+
+fn extra(session: &Session, _aggs: &[Aggregate], dir: &Path) -> Result<String> {
+    let mut md = targets(session);
+    md.push_str(&plots(session, dir)?);
+    md.push_str(&samples(session, dir)?);
+    Ok(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::RunRecord;
+    use serde_json::json;
+
+    fn opts(quick: bool, seeds: Option<u32>) -> SuiteOptions {
+        SuiteOptions {
+            quick,
+            seeds,
+            threads: 1,
+        }
+    }
+
+    /// The value after `flag` in a run's arguments.
+    fn arg<'a>(r: &'a RunSpec, flag: &str) -> Option<&'a str> {
+        r.gfn_args.windows(2).find(|w| w[0] == flag).map(|w| w[1].as_str())
+    }
+
+    #[test]
+    fn full_suite_runs() {
+        assert!(crate::suite::find("ebm").is_some());
+        let s = ebm(&opts(false, None));
+        assert_eq!(s.runs.len(), (7 + 2 + 1) * 2 * 3);
+        let names: std::collections::HashSet<_> = s.runs.iter().map(|r| &r.name).collect();
+        assert_eq!(names.len(), s.runs.len());
+        let find = |name: &str| s.runs.iter().find(|r| r.name == name).unwrap();
+
+        let eb = find("2d-checkerboard-ebgfn-seed2");
+        assert_eq!(
+            (eb.group.as_str(), eb.row.as_str(), eb.seed),
+            (GROUP_2D, "checkerboard EB-GFN", 2)
+        );
+        assert_eq!(eb.gfn_args[0], "train");
+        for (flag, value) in [
+            ("--env", "ebm-2d"),
+            ("--dataset", "checkerboard"),
+            ("--ebm-method", "ebgfn"),
+            ("--batch-size", "128"),
+            ("--iterations", "20000"),
+            ("--eval-every", "1000"),
+            ("--seed", "2"),
+            ("--threads", "1"),
+            ("--hidden", "256"),
+            ("--layers", "3"),
+            ("--lr", "0.001"),
+            ("--lr-logz", "1"),
+            ("--ebm-hidden", "256"),
+            ("--ebm-layers", "3"),
+            ("--ebm-lr", "0.001"),
+            ("--back-ratio", "0.5"),
+            ("--warmup-k", "20000"),
+            ("--negatives", "mh"),
+            ("--accept", "mh"),
+            ("--eval-log-z-samples", "100000"),
+            ("--eval-test", "4000"),
+        ] {
+            assert_eq!(arg(eb, flag), Some(value), "{flag}");
+        }
+        assert_eq!(arg(eb, "--gibbs-steps"), None);
+
+        // PCD: the same data, batch, EBM, learning rate, budget and evaluation; no GFlowNet.
+        let pcd = find("2d-checkerboard-pcd-seed2");
+        assert_eq!(pcd.row, "checkerboard PCD");
+        assert_eq!(arg(pcd, "--gibbs-steps"), Some("0"));
+        for flag in [
+            "--hidden",
+            "--lr",
+            "--lr-logz",
+            "--warmup-k",
+            "--back-ratio",
+            "--negatives",
+        ] {
+            assert_eq!(arg(pcd, flag), None, "{flag}");
+        }
+        for flag in [
+            "--env",
+            "--dataset",
+            "--batch-size",
+            "--iterations",
+            "--eval-every",
+            "--ebm-hidden",
+            "--ebm-layers",
+            "--ebm-lr",
+            "--eval-log-z-samples",
+            "--eval-test",
+        ] {
+            assert_eq!(arg(pcd, flag), arg(eb, flag), "{flag}");
+        }
+
+        let ising = find("ising-9x9-s-0.1-ebgfn-seed0");
+        assert_eq!(
+            (ising.group.as_str(), ising.row.as_str()),
+            (GROUP_ISING, "9×9 σ -0.1 EB-GFN")
+        );
+        for (flag, value) in [
+            ("--env", "ising"),
+            ("--lattice", "9"),
+            ("--sigma", "-0.1"),
+            ("--ising-samples", "2000"),
+            ("--ising-updates", "1000000"),
+            ("--task-seed", "0"),
+            ("--batch-size", "128"),
+            ("--ebm-lr", "0.001"),
+            ("--hidden", "256"),
+            ("--layers", "3"),
+            ("--iterations", "20000"),
+            ("--eval-log-z-samples", "10000"),
+        ] {
+            assert_eq!(arg(ising, flag), Some(value), "{flag}");
+        }
+        assert_eq!(arg(ising, "--ebm-hidden"), None);
+        assert_eq!(arg(ising, "--eval-test"), None);
+        assert_eq!(arg(find("ising-10x10-s0.1-pcd-seed1"), "--sigma"), Some("0.1"));
+
+        let digits = find("digits-ebgfn-seed1");
+        for (flag, value) in [
+            ("--env", "digits"),
+            ("--batch-size", "100"),
+            ("--ebm-lr", "0.0001"),
+            ("--ebm-hidden", "256"),
+            ("--hidden", "256"),
+            ("--lr", "0.001"),
+            ("--eval-test", "297"),
+            ("--eval-backward", "20"),
+            ("--warmup-k", "20000"),
+        ] {
+            assert_eq!(arg(digits, flag), Some(value), "{flag}");
+        }
+        assert_eq!(arg(find("digits-pcd-seed1"), "--ebm-lr"), Some("0.0001"));
+        assert!(
+            s.runs
+                .iter()
+                .all(|r| r.peer_args.is_empty() && matches!(r.output, Output::RunDir))
+        );
+        assert_eq!(s.metrics.len(), 9);
+    }
+
+    #[test]
+    fn quick_suite_is_one_seed_and_a_fortieth_of_the_iterations() {
+        let s = ebm(&opts(true, None));
+        assert_eq!(s.runs.len(), 20);
+        assert!(s.runs.iter().all(|r| r.seed == 0 && arg(r, "--seed") == Some("0")));
+        for r in &s.runs {
+            assert_eq!(arg(r, "--iterations"), Some("500"), "{}", r.name);
+            assert_eq!(arg(r, "--eval-every"), Some("25"), "{}", r.name);
+        }
+        let find = |name: &str| s.runs.iter().find(|r| r.name == name).unwrap();
+        let eb = find("2d-moons-ebgfn-seed0");
+        assert_eq!(arg(eb, "--warmup-k"), Some("500"));
+        assert_eq!(arg(eb, "--eval-log-z-samples"), Some("10000"));
+        assert_eq!(arg(eb, "--eval-test"), Some("1000"));
+        assert_eq!(
+            arg(find("ising-10x10-s0.1-ebgfn-seed0"), "--eval-log-z-samples"),
+            Some("1000")
+        );
+        let digits = find("digits-ebgfn-seed0");
+        assert_eq!(arg(digits, "--eval-test"), Some("297"));
+        assert_eq!(arg(digits, "--eval-backward"), Some("5"));
+        assert_eq!(ebm(&opts(true, Some(2))).runs.len(), 40);
+        assert_eq!(ebm(&opts(false, Some(1))).runs.len(), 20);
+    }
+
+    fn stats(v: &[f64]) -> Stats {
+        Stats::of(v).unwrap()
+    }
+
+    #[test]
+    fn verdicts() {
+        assert_eq!(judge(20.2, 20.35, false), Status::Met);
+        assert_eq!(judge(20.35, 20.35, false), Status::Met);
+        let Status::Missed(by) = judge(20.5, 20.35, false) else {
+            panic!("should miss")
+        };
+        assert!((by - 0.15).abs() < 1e-12);
+        assert_eq!(judge(5.6, 5.5, true), Status::Met);
+        let Status::Missed(by) = judge(5.2, 5.5, true) else {
+            panic!("should miss")
+        };
+        assert!((by - 0.3).abs() < 1e-12);
+
+        // 3 combined standard errors: √(0.3² + 0.4²) = 0.5, so the bound is 24 − 1.5 = 22.5.
+        let (bound, s) = beats_by_std_errs(22.0, 0.3, 24.0, 0.4, 3.0);
+        assert!((bound - 22.5).abs() < 1e-12);
+        assert_eq!(s, Status::Met);
+        assert!(matches!(
+            beats_by_std_errs(22.5, 0.3, 24.0, 0.4, 3.0).1,
+            Status::Missed(_)
+        ));
+        let Status::Missed(by) = beats_by_std_errs(23.0, 0.3, 24.0, 0.4, 3.0).1 else {
+            panic!("should miss")
+        };
+        assert!((by - 0.5).abs() < 1e-12);
+
+        let (good, bad) = (stats(&[20.0, 20.1, 20.2]), stats(&[21.0, 21.1, 21.2]));
+        assert_eq!(winner(&good, &bad, false), Winner::EbGfn);
+        assert_eq!(winner(&bad, &good, false), Winner::Pcd);
+        assert_eq!(winner(&good, &bad, true), Winner::Pcd);
+        assert_eq!(winner(&good, &stats(&[20.05, 20.15, 20.25]), false), Winner::Neither);
+        assert_eq!(winner(&good, &stats(&[20.15, 20.25, 20.35]), false), Winner::EbGfn);
+        assert_eq!(winner(&stats(&[1.0]), &stats(&[5.0]), false), Winner::Undecided);
+    }
+
+    /// A summary and curve of one run (figures for its kind of task).
+    fn run_record(task: &Task, method: &str, seed: u64, summary: Value, curve: Vec<Value>) -> RunRecord {
+        let spec = task.run(method, seed, 1);
+        let mut summary = summary;
+        summary["iterations"] = json!(1000);
+        summary["wall_seconds"] = json!(100.0);
+        summary["batch_size"] = json!(task.batch);
+        RunRecord {
+            name: spec.name,
+            group: spec.group,
+            row: spec.row,
+            seed,
+            command: Vec::new(),
+            ok: true,
+            error: None,
+            process_wall_seconds: Some(1.0),
+            peak_rss_mb: None,
+            summary: Some(summary),
+            curve: curve.into_iter().map(|p| serde_json::from_value(p).unwrap()).collect(),
+            peers: Vec::new(),
+        }
+    }
+
+    fn est(v: f64, se: f64) -> Value {
+        json!({"value": v, "std_err": se, "n": 1000})
+    }
+
+    /// A session of synthetic runs: two seeds of every task but the 2D data sets beyond the
+    /// first four (and no PCD on pinwheel).
+    fn session() -> Session {
+        let mut session: Session = serde_json::from_value(json!({
+            "request": {"suite": "ebm", "options": {"quick": false, "seeds": 2, "threads": 1}, "vs": [], "command": "test"},
+            "started": "now", "finished": "now", "plan": [], "versions": {"peers": {}}, "machine": {}, "git": {},
+            "rss_method": "none", "peers": [], "runs": []
+        }))
+        .unwrap();
+        let tasks = Task::all(false);
+        let task = |key: &str| tasks.iter().find(|t| t.key == key).unwrap();
+        for seed in 0..2u64 {
+            let w = 0.01 * seed as f64;
+            // 2D: EB-GFN NLL (uniform IS) per data set: met on 2spirals and 8gaussians, missed on
+            // circles (20.546 + 0.3 = 20.846 < 21.0) and pinwheel; PCD worse everywhere.
+            for (ds, nll, pcd_nll, mmd) in [
+                ("2spirals", 20.1, 21.5, 1.0),
+                ("8gaussians", 20.0, 21.5, 1.0),
+                ("circles", 21.0, 21.5, 1.0),
+                ("pinwheel", 19.954, 21.5, 1.0),
+                ("checkerboard", 20.0, 20.0, 3.0),
+            ] {
+                let t = task(&format!("2d-{ds}"));
+                let curve = |v: f64, eb: bool| {
+                    (1..=3)
+                        .map(|i| {
+                            let mut e = json!({"ebm_nll_uniform": est(v + 1.0 / i as f64, 0.01), "mmd_e4": mmd * i as f64});
+                            if eb {
+                                e["ebm_nll"] = est(v, 0.01);
+                                e["gfn_nll"] = est(v + 0.5, 0.01);
+                                e["acceptance"] = json!(0.5);
+                            }
+                            json!({"iteration": 100 * i, "trajectories": 12800 * i, "seconds": i, "l1_sum": null, "tv": null, "ebm": e})
+                        })
+                        .collect::<Vec<_>>()
+                };
+                let s = json!({"ebm": {"nll": est(nll - 0.05 + w, 0.01), "nll_uniform_is": est(nll + w, 0.01)},
+                    "gfn": {"nll": est(nll + 0.5, 0.01), "acceptance": 0.9}, "mmd_e4": mmd + w});
+                session.runs.push(run_record(t, "ebgfn", seed, s, curve(nll, true)));
+                if ds != "pinwheel" {
+                    let s = json!({"ebm": {"nll": null, "nll_uniform_is": est(pcd_nll + w, 0.01)}, "gfn": null, "mmd_e4": mmd + 10.0 + w});
+                    session.runs.push(run_record(t, "pcd", seed, s, curve(pcd_nll, false)));
+                }
+            }
+            // Ising: 10×10 misses 5.5 by 0.3; 9×9 reported. PCD level on 10×10.
+            for (key, eb, pcd) in [("ising-10x10-s0.1", 5.2, 5.2), ("ising-9x9-s-0.1", 5.0, 4.0)] {
+                let t = task(key);
+                let curve = |v: f64| {
+                    vec![
+                        json!({"iteration": 1000, "trajectories": 128000, "seconds": 1.0, "l1_sum": null, "tv": null,
+                    "ebm": {"neg_log_rmse": v, "acceptance": 0.7}}),
+                    ]
+                };
+                session.runs.push(run_record(
+                    t,
+                    "ebgfn",
+                    seed,
+                    json!({"ising": {"neg_log_rmse": eb + w}, "gfn": null}),
+                    curve(eb),
+                ));
+                session.runs.push(run_record(
+                    t,
+                    "pcd",
+                    seed,
+                    json!({"ising": {"neg_log_rmse": pcd + w}}),
+                    curve(pcd),
+                ));
+            }
+            // Digits: baseline 24.585 ± 0.237. EBM NLL 22.0 ± 0.3: bound 24.585 − 3·√(0.09 + 0.0562) =
+            // 23.438: met. GFlowNet NLL 24.0: missed.
+            let t = task("digits");
+            let b = json!({"nll": 24.585, "std_err": 0.237});
+            let curve = vec![
+                json!({"iteration": 1000, "trajectories": 100000, "seconds": 1.0, "l1_sum": null, "tv": null,
+                "ebm": {"ebm_nll": est(22.0, 0.3), "ebm_nll_uniform": est(21.0, 0.3), "gfn_nll": est(24.0, 0.3)}}),
+            ];
+            session.runs.push(run_record(
+                t,
+                "ebgfn",
+                seed,
+                json!({"ebm": {"nll": est(22.0 + w, 0.3), "nll_uniform_is": est(21.0, 0.3)}, "gfn": {"nll": est(24.0 + w, 0.3), "acceptance": 0.3},
+                    "bernoulli_baseline": b}),
+                curve.clone(),
+            ));
+            session.runs.push(run_record(
+                t,
+                "pcd",
+                seed,
+                json!({"ebm": {"nll": null, "nll_uniform_is": est(20.0, 0.3)}, "gfn": null, "bernoulli_baseline": b}),
+                curve,
+            ));
+        }
+        session
+    }
+
+    #[test]
+    fn metrics_read_summaries_and_curves() {
+        let s = session();
+        let rec = |name: &str| serde_json::to_value(s.runs.iter().find(|r| r.name == name).unwrap()).unwrap();
+        let eb = rec("2d-2spirals-ebgfn-seed1");
+        assert!((ebm_nll_uniform(&eb).unwrap() - 20.11).abs() < 1e-12);
+        assert!((ebm_nll(&eb).unwrap() - 20.06).abs() < 1e-12);
+        assert_eq!(gfn_nll(&eb), Some(20.6));
+        assert_eq!(acceptance(&eb), Some(0.9));
+        let pcd = rec("2d-2spirals-pcd-seed0");
+        assert_eq!((ebm_nll(&pcd), gfn_nll(&pcd), acceptance(&pcd)), (None, None, None));
+        // Ising EB-GFN: no `gfn` object, acceptance from the last evaluation.
+        let ising = rec("ising-10x10-s0.1-ebgfn-seed0");
+        assert_eq!((neg_log_rmse(&ising), acceptance(&ising)), (Some(5.2), Some(0.7)));
+        assert_eq!(mmd(&ising), None);
+        let ms = ours_ms_per_iteration(&eb).unwrap();
+        assert!((ms - 100.0).abs() < 1e-9);
+        // Curves: mean over seeds against iterations.
+        let c = row_curve(&s, GROUP_2D, "2spirals EB-GFN", ebm_nll_uniform_of);
+        assert_eq!(c.len(), 3);
+        assert_eq!(c[0].0, 100.0);
+        assert!((c[0].1 - 21.1).abs() < 1e-12 && (c[2].1 - (20.1 + 1.0 / 3.0)).abs() < 1e-12);
+        assert_eq!(row_curve(&s, GROUP_2D, "2spirals PCD", ebm_nll_uniform_of)[0].1, 22.5);
+        assert!(row_curve(&s, GROUP_2D, "moons EB-GFN", ebm_nll_uniform_of).is_empty());
+        assert!(row_curve(&s, GROUP_ISING, "9×9 σ -0.1 EB-GFN", ebm_nll_uniform_of).is_empty());
+    }
+
+    #[test]
+    fn targets_are_judged_from_the_data() {
+        let s = session();
+        let md = targets(&s);
+        let line = |start: &str| {
+            md.lines()
+                .find(|l| l.starts_with(start))
+                .unwrap_or_else(|| panic!("no line {start} in\n{md}"))
+                .to_string()
+        };
+        // 2spirals: 20.105 ≤ 20.350, met; its GFlowNet-IS NLL beside it.
+        let l = line("| 2D 2spirals: EB-GFN EBM NLL");
+        assert!(
+            l.contains("20.105 ± 0.007 (2 seeds); GFlowNet IS 20.055 ± 0.007 (2 seeds)"),
+            "{l}"
+        );
+        assert!(
+            l.contains("≤ 20.350 (paper 20.050 + 0.3)") && l.ends_with("| **met** |  |"),
+            "{l}"
+        );
+        // circles: 21.005 against 20.846: missed by 0.159.
+        assert!(line("| 2D circles: EB-GFN EBM NLL").ends_with("| **missed** | 0.159 |"));
+        // pinwheel: 19.959 against 19.854: missed by 0.105.
+        assert!(line("| 2D pinwheel: EB-GFN EBM NLL").ends_with("| **missed** | 0.105 |"));
+        // moons: no run, no data; checkerboard: reported beside the unverified paper value.
+        assert!(line("| 2D moons: EB-GFN EBM NLL").contains("| no data |"));
+        assert!(line("| 2D checkerboard: EB-GFN EBM NLL").contains("paper ≈ 20.09, unverified) | reported |"));
+        // checkerboard MMD 3.005 > 2.412: missed by 0.593.
+        let l = line("| 2D checkerboard: EB-GFN MMD");
+        assert!(
+            l.contains("≤ 2.412 (2 × paper 1.206)") && l.ends_with("| **missed** | 0.593 |"),
+            "{l}"
+        );
+        assert!(line("| 2D 2spirals: EB-GFN MMD").contains("paper ≈ 0.583, unverified) | reported |"));
+        // Ising 10×10: 5.205 < 5.5: missed by 0.295; 9×9 reported.
+        assert!(line("| Ising 10×10 σ 0.1: EB-GFN").ends_with("| ≥ 5.5 (paper 6.1) | **missed** | 0.295 |"));
+        assert!(line("| Ising 9×9 σ -0.1: EB-GFN").contains("| — (paper 5.7) | reported |"));
+        // Digits: the EBM beats the baseline by more than 3 combined standard errors, the GFlowNet not.
+        let l = line("| digits: EB-GFN EBM NLL, GFlowNet IS");
+        assert!(
+            l.contains("22.005 ± 0.007 (2 seeds; standard error 0.300; 2 of 2 below the bound)"),
+            "{l}"
+        );
+        assert!(
+            l.contains("< 23.438 (Bernoulli 24.585 ± 0.237") && l.ends_with("| **met** |  |"),
+            "{l}"
+        );
+        assert!(line("| digits: EB-GFN GFlowNet NLL").ends_with("| **missed** | 0.567 |"));
+        assert!(line("| digits: PCD EBM NLL, uniform IS").contains("| reported |"));
+        // Summary lines.
+        assert!(md.contains(
+            "(2spirals, 8gaussians, circles, pinwheel)*: **met 2 of 4** (short of the target: circles by 0.159; pinwheel by 0.105)."
+        ));
+        assert!(md.contains("the paper's 1.206*: **missed** (short of the target: checkerboard by 0.593)."));
+        assert!(md.contains("standard errors*: **met 1 of 2** (short of the target: GFlowNet NLL by 0.567)."));
+        assert!(md.contains("(paper 6.1)*: **missed** (short of the target: 10×10 σ 0.1 by 0.295); 9×9 σ -0.1 (paper 5.7): 5.005 ± 0.007 (2 seeds)."));
+        assert!(md.contains("Our runs trained for 1000 iterations"));
+        // EB-GFN against PCD: better NLL and MMD on 2spirals; level NLL on checkerboard; no
+        // comparison on pinwheel (no PCD run); Ising 10×10 level within a pooled std, 9×9 EB-GFN.
+        assert!(line("| 2spirals | EBM NLL, uniform IS (lower is better)").ends_with("| **EB-GFN** |"));
+        assert!(line("| checkerboard | EBM NLL, uniform IS").contains("neither (within one pooled std)"));
+        assert!(!md.contains("| pinwheel |"));
+        assert!(line("| 10×10 σ 0.1 | −log RMSE(J) (higher is better)").contains("neither"));
+        assert!(line("| 9×9 σ -0.1 | −log RMSE(J)").ends_with("| **EB-GFN** |"));
+        assert!(line("| digits | EBM NLL, uniform IS").ends_with("| **PCD** |"));
+        assert!(md.contains("EB-GFN wins 8 of 11 comparisons, PCD 1, neither 2, undecided (one seed each) 0"));
+    }
+
+    #[test]
+    fn extra_draws_plots_and_copies_samples() {
+        let s = session();
+        let dir = std::env::temp_dir().join(format!("xtask-ebm-{}", std::process::id()));
+        let run = dir.join("runs").join("2d-2spirals-ebgfn-seed0");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(run.join("samples.png"), b"\x89PNG fake").unwrap();
+        let md = extra(&s, &[], &dir).unwrap();
+        for file in [
+            "2d-2spirals-nll.png",
+            "2d-checkerboard-nll.png",
+            "2d-mmd-ebgfn.png",
+            "2d-mmd-pcd.png",
+            "ising-neg-log-rmse.png",
+            "digits-nll.png",
+            "ebgfn-acceptance.png",
+            "samples-2spirals-ebgfn.png",
+        ] {
+            assert!(dir.join(file).exists(), "{file} missing");
+            assert!(md.contains(&format!("({file})")), "{file} not linked");
+        }
+        // No moons run: no plot; no samples.png for the other runs: nothing copied.
+        assert!(!dir.join("2d-moons-nll.png").exists());
+        assert!(!md.contains("samples-2spirals-pcd.png"));
+        assert_eq!(
+            std::fs::read(dir.join("samples-2spirals-ebgfn.png")).unwrap(),
+            b"\x89PNG fake"
+        );
+        assert!(md.contains("## Targets") && md.contains("## Samples"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
