@@ -8,11 +8,16 @@
 //! - `loss/*`: each objective's loss and its backward pass (candle autograd) on a fixed batch of
 //!   16 trajectories;
 //! - `train_step/*`: a whole training iteration (sample, loss, backward, Adam) per objective;
-//! - `mlp/*`: the MLP step alone: taped forward, hand-written backward and fused Adam over 256 rows.
+//! - `mlp/*`: the MLP step alone: taped forward, hand-written backward and fused Adam over 256 rows;
+//! - `joint/*`: one EB-GFN iteration (`gfn_ebm::JointTrainer`) at the official synthetic-data
+//!   sizes instead (D = 32, data batch 128, GFlowNet MLP 3×256 with P_F and P_B on a shared trunk,
+//!   EBM MLP 32 → 3×256 → 1, `K = D` as after the warm-up), with back-and-forth (`mh`) and
+//!   GFlowNet (`gfn`) negatives, on the tape engine (`step`) and on the candle-graph reference
+//!   (`reference`). Select them with `cargo bench -p gfn-benches -- joint`.
 
 use std::hint::black_box;
 
-use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, SamplingMode, criterion_group, criterion_main};
 
 use candle_core::Device;
 use gfn::config::TrainConfig;
@@ -21,6 +26,7 @@ use gfn_core::fast::{FastPath, Inference};
 use gfn_core::optim::{Adam, AdamParams};
 use gfn_core::tape::{MlpGrads, MlpTape};
 use gfn_core::{Env, Estimator, Sampler, SamplingOptions, TrajectoryBatch, rng_from_seed};
+use gfn_ebm::{JointConfig, JointTrainer, MlpEnergy, Negatives};
 use gfn_envs::hypergrid::{Hypergrid, HypergridReward};
 use gfn_objectives::Objective;
 
@@ -159,9 +165,45 @@ fn mlp_benches(c: &mut Criterion) {
     });
 }
 
+fn joint_benches(c: &mut Criterion) {
+    let (d, n) = (32, 128);
+    let mut g = c.benchmark_group("joint");
+    // Iterations of 0.1–0.3 s: ten samples of one iteration each.
+    g.sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .measurement_time(std::time::Duration::from_secs(5));
+    for (name, negatives) in [("mh", Negatives::BackAndForth), ("gfn", Negatives::Gfn)] {
+        for reference in [false, true] {
+            let dev = Device::Cpu;
+            let mut rng = rng_from_seed(0);
+            let ebm = MlpEnergy::new(d, 256, 3, &dev, &mut rng).expect("energy model");
+            let config = JointConfig {
+                warmup_k: 1,
+                negatives,
+                ..JointConfig::default()
+            };
+            let mut t = JointTrainer::new(config, Box::new(ebm), &dev, &mut rng).expect("trainer");
+            let data: Vec<i32> = (0..n * d)
+                .map(|_| i32::from(gfn_core::rng::uniform(&mut rng) < 0.5))
+                .collect();
+            let engine = if reference { "reference" } else { "step" };
+            g.bench_function(format!("{engine}_{name}_d32_batch128"), |b| {
+                b.iter(|| {
+                    if reference {
+                        t.step_reference(&data, &mut rng).expect("step")
+                    } else {
+                        t.step(&data, &mut rng).expect("step")
+                    }
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).warm_up_time(std::time::Duration::from_millis(500)).measurement_time(std::time::Duration::from_secs(2));
-    targets = env_benches, sample_benches, loss_benches, train_step_benches, mlp_benches
+    targets = env_benches, sample_benches, loss_benches, train_step_benches, mlp_benches, joint_benches
 }
 criterion_main!(benches);

@@ -1,9 +1,12 @@
 //! A batch of trajectories, padded, in buffers that are reused from one iteration to the next.
 //!
 //! Two views of the same trajectories:
-//! * **rows** (time-major): one row per real visited state, in the order the sampler met them
-//!   (all trajectories' step 0, then step 1, …). Features, forward masks and backward masks of the
-//!   rows are contiguous buffers, so one batched forward pass evaluates every visited state.
+//! * **rows**: one row per real visited state, in the order the sampler evaluated them (forward
+//!   rollouts: all trajectories' step 0, then step 1, …; backward walks: the terminal objects,
+//!   then one step back, …, then the initial states; see `Sampler::sample_backward_with`).
+//!   Features, forward masks and backward masks of the rows are contiguous buffers, so one
+//!   batched forward pass evaluates every visited state. Nothing else depends on the row order:
+//!   steps find their states through `node_rows`.
 //! * **steps** (padded, trajectory-major): for trajectory `b` and step `t < lengths[b]`, the row of
 //!   its state, the action taken, the backward action that undoes it, and the behaviour log-prob.
 //!   Strides are `cap + 1` nodes and `cap` steps, with `cap = env.max_actions()`.
@@ -169,6 +172,51 @@ impl TrajectoryBatch {
     }
 }
 
+impl TrajectoryBatch {
+    /// Append the trajectories of `other` (same environment) after this batch's: its rows
+    /// follow this batch's rows, its trajectories get the indices `batch_size..`. One loss over
+    /// the result reads both batches from one forward pass (or one tape).
+    pub fn append(&mut self, other: &TrajectoryBatch) -> crate::Result<()> {
+        let shape = |b: &TrajectoryBatch| {
+            (
+                b.cap,
+                b.state_dim,
+                b.feature_dim,
+                b.n_actions,
+                b.n_backward,
+                b.exit_action,
+            )
+        };
+        if shape(self) != shape(other) {
+            return Err(crate::GfnError::Other(format!(
+                "append: batches of different environments (cap, state, feature, actions, backward, exit): \
+                 {:?} and {:?}",
+                shape(self),
+                shape(other)
+            )));
+        }
+        let (rows, trajectories) = (self.num_rows() as u32, self.batch_size as u32);
+        self.batch_size += other.batch_size;
+        self.states.extend_from_slice(&other.states);
+        self.features.extend_from_slice(&other.features);
+        self.forward_masks.extend_from_slice(&other.forward_masks);
+        self.backward_masks.extend_from_slice(&other.backward_masks);
+        self.row_trajectory
+            .extend(other.row_trajectory.iter().map(|&b| b + trajectories));
+        self.node_rows
+            .extend(other.node_rows.iter().map(|&r| if r == NONE { NONE } else { r + rows }));
+        self.actions.extend_from_slice(&other.actions);
+        self.backward_actions.extend_from_slice(&other.backward_actions);
+        self.log_pf.extend_from_slice(&other.log_pf);
+        self.log_pb.extend_from_slice(&other.log_pb);
+        self.lengths.extend_from_slice(&other.lengths);
+        self.done.extend_from_slice(&other.done);
+        self.log_reward.extend_from_slice(&other.log_reward);
+        self.terminal_states.extend_from_slice(&other.terminal_states);
+        Ok(())
+    }
+}
+
 fn refill<T: Copy>(v: &mut Vec<T>, n: usize, value: T) {
     v.clear();
     v.resize(n, value);
@@ -185,5 +233,58 @@ fn push_mask(out: &mut Vec<u8>, width: usize, fill: impl FnOnce(&mut [bool])) {
         let mut buf = vec![false; width];
         fill(&mut buf);
         out.extend(buf.iter().map(|&b| u8::from(b)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::dag::DagEnv;
+    use crate::rng_from_seed;
+
+    /// Appending keeps every trajectory of both batches intact: steps, nodes (rows shifted past
+    /// the first batch's), rewards and terminal objects.
+    #[test]
+    fn append_concatenates_trajectories() {
+        let mut rng = rng_from_seed(3);
+        for exit in [false, true] {
+            let env = DagEnv::random(8, 0.5, exit, &mut rng).unwrap();
+            let paths = |rng: &mut crate::GfnRng, k: usize| -> Vec<Vec<usize>> {
+                (0..k).map(|_| env.random_path(rng, false)).collect()
+            };
+            let (pa, pb) = (paths(&mut rng, 3), paths(&mut rng, 4));
+            let (a, b) = (env.batch_of_paths(&pa), env.batch_of_paths(&pb));
+            let mut all = a.clone();
+            all.append(&b).unwrap();
+            let both = env.batch_of_paths(&[pa, pb].concat());
+            assert_eq!(all.batch_size, 7);
+            assert_eq!(all.num_rows(), a.num_rows() + b.num_rows());
+            assert_eq!(all.lengths, both.lengths);
+            assert_eq!(all.actions, both.actions);
+            assert_eq!(all.backward_actions, both.backward_actions);
+            assert_eq!(all.terminal_states, both.terminal_states);
+            assert_eq!(all.log_reward, both.log_reward);
+            for t in 0..all.batch_size {
+                assert_eq!(all.num_nodes(t), both.num_nodes(t));
+                for k in 0..all.num_nodes(t) {
+                    let (r, q) = (all.node_row(t, k) as usize, both.node_row(t, k) as usize);
+                    assert_eq!(all.row_trajectory[r], t as u32);
+                    let f = all.feature_dim;
+                    assert_eq!(all.features[r * f..(r + 1) * f], both.features[q * f..(q + 1) * f]);
+                    let (na, nb) = (all.n_actions, all.n_backward);
+                    assert_eq!(
+                        all.forward_masks[r * na..(r + 1) * na],
+                        both.forward_masks[q * na..(q + 1) * na]
+                    );
+                    assert_eq!(
+                        all.backward_masks[r * nb..(r + 1) * nb],
+                        both.backward_masks[q * nb..(q + 1) * nb]
+                    );
+                }
+            }
+            // Different environments do not mix.
+            let other = DagEnv::random(5, 0.5, exit, &mut rng).unwrap();
+            let c = other.batch_of_paths(&[other.random_path(&mut rng, false)]);
+            assert!(all.append(&c).is_err());
+        }
     }
 }

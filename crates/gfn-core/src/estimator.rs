@@ -191,6 +191,22 @@ impl Estimator {
         self.n_actions
     }
 
+    /// Number of backward actions.
+    pub fn n_backward(&self) -> usize {
+        self.n_backward
+    }
+
+    /// Where the P_B logits are: `(net, first column)` in the outputs of `nets()[net]`
+    /// (shared trunk: net 0 after the P_F columns; separate trunks: net 1 from column 0), or
+    /// `None` for a uniform P_B.
+    pub fn pb_location(&self) -> Option<(usize, usize)> {
+        match (self.config.backward, self.config.shared_trunk) {
+            (BackwardPolicy::Uniform, _) => None,
+            (BackwardPolicy::Learned, true) => Some((0, self.n_actions)),
+            (BackwardPolicy::Learned, false) => Some((1, 0)),
+        }
+    }
+
     /// Split per-net outputs (`outs[k]` from `nets()[k]`, `[n, width_k]`) into the heads.
     pub fn split_heads(&self, outs: &[Tensor]) -> Result<EstimatorOutput> {
         let learned_pb = self.config.backward == BackwardPolicy::Learned;
@@ -263,6 +279,40 @@ impl RolloutPolicy for &Estimator {
         let t = self.pf_logits_detached(&self.features_tensor(x, rows)?)?;
         *out = to_vec_f32(&t)?;
         Ok(self.n_actions)
+    }
+}
+
+/// Where a [`BackwardRolloutPolicy`] put the P_B logits: row `i`'s are
+/// `out[i * stride + offset..][..n_backward]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogitLayout {
+    /// Values per row.
+    pub stride: usize,
+    /// First column of the logits within a row.
+    pub offset: usize,
+}
+
+/// What a backward rollout needs from a policy: backward logits for a batch of states.
+pub trait BackwardRolloutPolicy {
+    /// Evaluate `rows` states with features `x` (`[rows, feature_dim]`), writing `rows × stride`
+    /// values into `out` that hold each row's P_B logits (zeros for a uniform P_B) where the
+    /// returned layout says.
+    fn pb_logits(&mut self, x: &[f32], rows: usize, out: &mut Vec<f32>) -> Result<LogitLayout>;
+}
+
+impl BackwardRolloutPolicy for &Estimator {
+    fn pb_logits(&mut self, x: &[f32], rows: usize, out: &mut Vec<f32>) -> Result<LogitLayout> {
+        match self.pb_logits_detached(&self.features_tensor(x, rows)?)? {
+            Some(l) => *out = to_vec_f32(&l)?,
+            None => {
+                out.clear();
+                out.resize(rows * self.n_backward, 0.0);
+            }
+        }
+        Ok(LogitLayout {
+            stride: self.n_backward,
+            offset: 0,
+        })
     }
 }
 

@@ -10,7 +10,7 @@
 
 use candle_core::{Tensor, Var, backprop::GradStore};
 
-use crate::estimator::{Estimator, EstimatorOutput, RolloutPolicy, RowForward};
+use crate::estimator::{BackwardRolloutPolicy, Estimator, EstimatorOutput, LogitLayout, RolloutPolicy, RowForward};
 use crate::tape::{MlpGrads, MlpTape};
 use crate::{GfnError, Result, TrajectoryBatch};
 
@@ -71,6 +71,80 @@ impl FastPath {
 pub struct Taped<'a> {
     estimator: &'a Estimator,
     fast: &'a mut FastPath,
+}
+
+impl Taped<'_> {
+    /// Evaluate `rows` more states (features `x`, `[rows, feature_dim]`) onto the tape without
+    /// sampling from them: rows of a batch that no rollout through this view evaluated (the
+    /// initial states of backward trajectories), in the batch's row order.
+    pub fn record(&mut self, x: &[f32], rows: usize) -> Result<()> {
+        self.estimator.nets()[0].forward_taped(x, rows, &mut self.fast.tapes[0])?;
+        Ok(())
+    }
+
+    /// Rows recorded so far this iteration.
+    pub fn rows(&self) -> usize {
+        self.fast.tapes[0].rows()
+    }
+
+    /// After [`RowForward::forward_rows`]: the whole outputs of net `k` (`[rows, width]`, every
+    /// head's columns), the leaf whose gradient [`FastPath::backward`] reads. A loss may use it
+    /// instead of the split heads (e.g. a fused op over all columns).
+    pub fn leaf(&self, k: usize) -> Option<Tensor> {
+        self.fast.leaves.get(k).map(|v| v.as_tensor().clone())
+    }
+}
+
+/// Zero P_B logits (a uniform P_B), `[rows, n_backward]`.
+fn uniform_pb(out: &mut Vec<f32>, rows: usize, n_backward: usize) -> LogitLayout {
+    out.clear();
+    out.resize(rows * n_backward, 0.0);
+    LogitLayout {
+        stride: n_backward,
+        offset: 0,
+    }
+}
+
+/// The P_B logits of `x` from net `k` evaluated on `tape` (cleared first), copied into `out`.
+fn pb_from_net(
+    estimator: &Estimator,
+    k: usize,
+    offset: usize,
+    x: &[f32],
+    rows: usize,
+    tape: &mut MlpTape,
+    out: &mut Vec<f32>,
+) -> Result<LogitLayout> {
+    tape.clear();
+    let y = estimator.nets()[k].forward_taped(x, rows, tape)?;
+    out.clear();
+    out.extend_from_slice(y);
+    Ok(LogitLayout {
+        stride: y.len() / rows.max(1),
+        offset,
+    })
+}
+
+/// A backward rollout through the view records every state it evaluates on the tape (net 0),
+/// like a forward rollout, so that the loss finds their outputs there.
+impl BackwardRolloutPolicy for Taped<'_> {
+    fn pb_logits(&mut self, x: &[f32], rows: usize, out: &mut Vec<f32>) -> Result<LogitLayout> {
+        let est = self.estimator;
+        let y = est.nets()[0].forward_taped(x, rows, &mut self.fast.tapes[0])?;
+        match est.pb_location() {
+            Some((0, offset)) => {
+                out.clear();
+                out.extend_from_slice(y);
+                Ok(LogitLayout {
+                    stride: y.len() / rows.max(1),
+                    offset,
+                })
+            }
+            // A separate P_B net: its tape is scratch here, the loss rebuilds it over the batch.
+            Some((k, offset)) => pb_from_net(est, k, offset, x, rows, &mut self.fast.tapes[k], out),
+            None => Ok(uniform_pb(out, rows, est.n_backward())),
+        }
+    }
 }
 
 impl RolloutPolicy for Taped<'_> {
@@ -140,6 +214,48 @@ impl<'a> Inference<'a> {
     }
 }
 
+impl Inference<'_> {
+    /// P_F logits (`[rows, n_actions]`) and P_B logits (`[rows, n_backward]`, zeros for a
+    /// uniform P_B) of `rows` states with features `x`; `pf` and `pb` are overwritten.
+    pub fn logits(&mut self, x: &[f32], rows: usize, pf: &mut Vec<f32>, pb: &mut Vec<f32>) -> Result<()> {
+        let est = self.estimator;
+        let (na, nb) = (est.n_actions(), est.n_backward());
+        pf.clear();
+        pb.clear();
+        if rows == 0 {
+            return Ok(());
+        }
+        self.tape.clear();
+        let y = est.nets()[0].forward_taped(x, rows, &mut self.tape)?;
+        let width = y.len() / rows;
+        for row in y.chunks_exact(width) {
+            pf.extend_from_slice(&row[..na]);
+        }
+        match est.pb_location() {
+            Some((0, offset)) => {
+                for row in y.chunks_exact(width) {
+                    pb.extend_from_slice(&row[offset..offset + nb]);
+                }
+            }
+            Some((k, _)) => {
+                self.tape.clear();
+                pb.extend_from_slice(est.nets()[k].forward_taped(x, rows, &mut self.tape)?);
+            }
+            None => pb.resize(rows * nb, 0.0),
+        }
+        Ok(())
+    }
+}
+
+impl BackwardRolloutPolicy for Inference<'_> {
+    fn pb_logits(&mut self, x: &[f32], rows: usize, out: &mut Vec<f32>) -> Result<LogitLayout> {
+        match self.estimator.pb_location() {
+            Some((k, offset)) => pb_from_net(self.estimator, k, offset, x, rows, &mut self.tape, out),
+            None => Ok(uniform_pb(out, rows, self.estimator.n_backward())),
+        }
+    }
+}
+
 impl RolloutPolicy for Inference<'_> {
     fn pf_logits(&mut self, x: &[f32], rows: usize, out: &mut Vec<f32>) -> Result<usize> {
         self.tape.clear();
@@ -147,5 +263,115 @@ impl RolloutPolicy for Inference<'_> {
         out.clear();
         out.extend_from_slice(y);
         Ok(y.len() / rows.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dag::DagEnv;
+    use crate::exact::ExactEvaluator;
+    use crate::local_search::{EstimatorPolicy, InferencePolicy, StatePolicy};
+    use crate::{BackwardPolicy, Env, EstimatorConfig, Sampler, rng_from_seed};
+    use candle_core::Device;
+
+    fn estimators(env: &DagEnv) -> Vec<Estimator> {
+        let mut rng = rng_from_seed(11);
+        let mut out = Vec::new();
+        for shared_trunk in [true, false] {
+            for backward in [BackwardPolicy::Learned, BackwardPolicy::Uniform] {
+                let config = EstimatorConfig {
+                    hidden: 16,
+                    layers: 2,
+                    shared_trunk,
+                    backward,
+                    flow_head: true,
+                };
+                let (nf, na, nb) = (env.feature_dim(), env.n_actions(), env.n_backward_actions());
+                out.push(Estimator::new(config, nf, na, nb, &Device::Cpu, &mut rng).unwrap());
+            }
+        }
+        out
+    }
+
+    fn close(a: &[f32], b: &[f32]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-5 * (1.0 + x.abs()))
+    }
+
+    /// Backward walks through the no-grad forward and through the taped view draw what the
+    /// candle path draws (same seed), every estimator shape; the view's tape then holds all the
+    /// batch's rows but the initial states, which `record` adds, and the loss's outputs are the
+    /// estimator's outputs on the batch.
+    #[test]
+    fn backward_walks_agree_and_fill_the_tape() {
+        let mut rng = rng_from_seed(5);
+        for exit in [false, true] {
+            let env = DagEnv::random(9, 0.4, exit, &mut rng).unwrap();
+            let ev = ExactEvaluator::new(&env).unwrap();
+            let terminals: Vec<i32> = (0..ev.num_terminal())
+                .flat_map(|t| [ev.terminal_state_index(t) as i32; 3])
+                .collect();
+            for est in estimators(&env) {
+                // Each walk from the same seed, through its own sampler.
+                let walk = |policy: &mut dyn BackwardRolloutPolicy| {
+                    let (mut batch, mut rng) = (TrajectoryBatch::default(), rng_from_seed(9));
+                    Sampler::new()
+                        .sample_backward_with(&env, policy, &terminals, &mut rng, &mut batch)
+                        .unwrap();
+                    (batch, rng)
+                };
+                let (reference, rng_ref) = walk(&mut &est);
+                let (inferred, rng_inf) = walk(&mut Inference::new(&est).unwrap());
+                let mut fast = FastPath::default();
+                let mut view = fast.view(&est);
+                let (taped, rng_tape) = walk(&mut view);
+                for other in [&inferred, &taped] {
+                    assert_eq!(other.actions, reference.actions);
+                    assert_eq!(other.backward_actions, reference.backward_actions);
+                    assert_eq!(other.node_rows, reference.node_rows);
+                    assert_eq!(other.states, reference.states);
+                    assert!(close(&other.log_pb, &reference.log_pb));
+                }
+                assert_eq!((&rng_inf, &rng_tape), (&rng_ref, &rng_ref));
+                let n = taped.batch_size;
+                let walked = taped.num_rows() - n;
+                assert_eq!(view.rows(), walked);
+                for b in 0..n {
+                    let row = taped.node_row(b, 0) as usize;
+                    assert_eq!(row, walked + b, "initial states come last, in trajectory order");
+                }
+                let nf = taped.feature_dim;
+                view.record(&taped.features[walked * nf..], n).unwrap();
+                let out = view.forward_rows(&taped, &[], 0).unwrap();
+                let x = est.features_tensor(&taped.features, taped.num_rows()).unwrap();
+                let want = est.forward_detached(&x).unwrap();
+                let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                assert!(close(&v(&out.pf_logits.contiguous().unwrap()), &v(&want.pf_logits)));
+                if let (Some(a), Some(b)) = (&out.pb_logits, &want.pb_logits) {
+                    assert!(close(&v(&a.contiguous().unwrap()), &v(b)));
+                }
+                assert_eq!(out.pb_logits.is_some(), want.pb_logits.is_some());
+            }
+        }
+    }
+
+    /// The back-and-forth proposal's policy on the no-grad forward gives the candle logits.
+    #[test]
+    fn inference_policy_matches_the_estimator_policy() {
+        let env = DagEnv::random(9, 0.4, true, &mut rng_from_seed(1)).unwrap();
+        let states: Vec<i32> = (0..9).collect();
+        for est in estimators(&env) {
+            let (mut pf, mut pb, mut pf2, mut pb2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            EstimatorPolicy::new(&env, &est)
+                .logits(&states, 9, &mut pf, &mut pb)
+                .unwrap();
+            let mut fast = InferencePolicy::new(&env, &est).unwrap();
+            fast.logits(&states, 9, &mut pf2, &mut pb2).unwrap();
+            assert!(close(&pf, &pf2) && close(&pb, &pb2));
+            assert_eq!(
+                (pf.len(), pb.len()),
+                (9 * env.n_actions(), 9 * env.n_backward_actions())
+            );
+        }
     }
 }

@@ -25,7 +25,10 @@ pub mod topk;
 pub use batch::TrajectoryBatch;
 pub use env::Env;
 pub use error::{GfnError, Result};
-pub use estimator::{BackwardPolicy, Estimator, EstimatorConfig, EstimatorOutput, RolloutPolicy, RowForward};
+pub use estimator::{
+    BackwardPolicy, BackwardRolloutPolicy, Estimator, EstimatorConfig, EstimatorOutput, LogitLayout, RolloutPolicy,
+    RowForward,
+};
 pub use rng::{GfnRng, rng_from_seed};
 pub use sampler::{Sampler, SamplingOptions};
 

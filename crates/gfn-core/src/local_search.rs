@@ -20,6 +20,7 @@
 
 use crate::estimator::to_vec_f32;
 use crate::exact::ExactEvaluator;
+use crate::fast::Inference;
 use crate::rng::{GfnRng, sample_weighted};
 use crate::{Env, Estimator, GfnError, Result};
 
@@ -61,6 +62,36 @@ impl<E: Env + ?Sized> StatePolicy for EstimatorPolicy<'_, E> {
             None => vec![0.0; rows * self.env.n_backward_actions()],
         };
         Ok(())
+    }
+}
+
+/// An [`Estimator`] as a [`StatePolicy`] through the CPU fast path's no-grad forward
+/// ([`Inference`]): the same logits as [`EstimatorPolicy`] up to float rounding, without a tensor
+/// or an allocation per call once the buffers have grown.
+pub struct InferencePolicy<'a, E: Env + ?Sized> {
+    env: &'a E,
+    inference: Inference<'a>,
+    features: Vec<f32>,
+}
+
+impl<'a, E: Env + ?Sized> InferencePolicy<'a, E> {
+    /// The policy of `estimator` on `env`, or `None` when the estimator cannot use the fast path
+    /// ([`crate::fast::FastPath::supports`]).
+    pub fn new(env: &'a E, estimator: &'a Estimator) -> Option<Self> {
+        Some(Self {
+            env,
+            inference: Inference::new(estimator)?,
+            features: Vec::new(),
+        })
+    }
+}
+
+impl<E: Env + ?Sized> StatePolicy for InferencePolicy<'_, E> {
+    fn logits(&mut self, states: &[i32], rows: usize, pf: &mut Vec<f32>, pb: &mut Vec<f32>) -> Result<()> {
+        self.features.clear();
+        self.features.resize(rows * self.env.feature_dim(), 0.0);
+        self.env.featurize_batch(states, &mut self.features);
+        self.inference.logits(&self.features, rows, pf, pb)
     }
 }
 

@@ -6,9 +6,14 @@
 //! one batched forward with gradients. Measured on 4×8 hypergrid, TB, batch 16 (see
 //! `docs/PERFORMANCE.md`), this beats keeping each step's graph alive for the loss, whose backward
 //! pass then walks dozens of tiny per-step matmuls.
+//!
+//! Both rollouts take the policy as a trait ([`RolloutPolicy`], [`BackwardRolloutPolicy`]): the
+//! estimator itself (candle forward passes), the fast path's no-grad forward
+//! ([`crate::fast::Inference`]), or its taped view ([`crate::fast::Taped`]), which records every
+//! evaluated state's outputs so that the loss reads them instead of evaluating the states again.
 
 use crate::batch::{NONE, TrajectoryBatch};
-use crate::estimator::{Estimator, RolloutPolicy, to_vec_f32};
+use crate::estimator::{BackwardRolloutPolicy, Estimator, RolloutPolicy};
 use crate::rng::{GfnRng, sample_weighted};
 use crate::{Env, GfnError, Result};
 
@@ -210,11 +215,32 @@ impl Sampler {
 
     /// Sample one backward trajectory with P_B from each terminal object in `terminals`
     /// (`[n, state_dim]`) down to `s_0`, and store them in forward orientation in `batch`.
-    /// `batch.log_pb` holds the sampled log P_B; `batch.log_pf` is left at 0.
+    /// `batch.log_pb` holds the sampled log P_B; `batch.log_pf` is left at 0. Rows are laid out
+    /// as [`Sampler::sample_backward_with`] describes.
     pub fn sample_backward<E: Env + ?Sized>(
         &mut self,
         env: &E,
         estimator: &Estimator,
+        terminals: &[i32],
+        rng: &mut GfnRng,
+        batch: &mut TrajectoryBatch,
+    ) -> Result<()> {
+        self.sample_backward_with(env, &mut &*estimator, terminals, rng, batch)
+    }
+
+    /// [`Sampler::sample_backward`] with any [`BackwardRolloutPolicy`] (e.g. the fast path's
+    /// taped view, which records the outputs for the loss).
+    ///
+    /// The walk runs all trajectories in lockstep, one batched evaluation per step over the
+    /// trajectories that have not reached `s_0`. The batch's rows are the states in the order the
+    /// walk evaluated them (every trajectory's terminal object, then the states one step back,
+    /// …), followed by the last `n` rows: each trajectory's initial state, which the walk reaches
+    /// but never evaluates, in trajectory order. A policy that records what it evaluates thus
+    /// holds the batch's first `num_rows() − n` rows in row order.
+    pub fn sample_backward_with<E: Env + ?Sized, P: BackwardRolloutPolicy + ?Sized>(
+        &mut self,
+        env: &E,
+        policy: &mut P,
         terminals: &[i32],
         rng: &mut GfnRng,
         batch: &mut TrajectoryBatch,
@@ -291,23 +317,21 @@ impl Sampler {
                     &mut self.features[i * nf..(i + 1) * nf],
                 );
             }
-            let x = estimator.features_tensor(&self.features, rows)?;
-            let logits = match estimator.pb_logits_detached(&x)? {
-                Some(l) => to_vec_f32(&l)?,
-                None => vec![0.0; rows * nb],
-            };
+            let layout = policy.pb_logits(&self.features, rows, &mut self.logits)?;
+            let logits = &self.logits;
+            if logits.len() < rows * layout.stride || layout.offset + nb > layout.stride {
+                return Err(GfnError::Other(format!(
+                    "backward policy: {} logits for {rows} rows of {nb} backward actions at {layout:?}",
+                    logits.len()
+                )));
+            }
             self.next_active.clear();
             for (i, &b) in self.active.iter().enumerate() {
                 let state = &mut self.current[b * sd..(b + 1) * sd];
                 env.backward_mask(state, &mut self.masks[..nb]);
                 let mask = &self.masks[..nb];
-                let (a, log_p) = draw_action(
-                    rng,
-                    &logits[i * nb..(i + 1) * nb],
-                    |a| mask[a],
-                    on_policy,
-                    &mut self.weights,
-                )?;
+                let at = i * layout.stride + layout.offset;
+                let (a, log_p) = draw_action(rng, &logits[at..at + nb], |a| mask[a], on_policy, &mut self.weights)?;
                 let fwd = env.backward_step(state, a);
                 self.path_forward[b * cap + k] = fwd as u32;
                 self.path_backward[b * cap + k] = a as u32;
@@ -322,31 +346,37 @@ impl Sampler {
             std::mem::swap(&mut self.active, &mut self.next_active);
             k += 1;
         }
-        // Lay the paths out forward, time-major.
+        // Rows in the walk's order: at walk step k, path index k of every trajectory deeper than
+        // k (the active set, which stays in trajectory order), forward node depth − k.
         batch.reset(env, n);
-        let max_nodes = self.depth.iter().max().copied().unwrap_or(0) + 1;
-        for t in 0..max_nodes {
+        let max_depth = self.depth.iter().max().copied().unwrap_or(0);
+        for k in 0..max_depth {
             for b in 0..n {
-                let m = self.depth[b] + 1; // real states on the path
-                if t >= m {
-                    continue;
+                let depth = self.depth[b];
+                if k < depth {
+                    let off = b * stride + k * sd;
+                    batch.push_row(env, b, depth - k, &self.path_states[off..off + sd]);
                 }
-                let p = m - 1 - t; // path index of forward node t
-                let off = b * stride + p * sd;
-                let state = &self.path_states[off..off + sd];
-                batch.push_row(env, b, t, state);
-                if p > 0 {
-                    // Forward step t goes from path p to path p − 1, undone by backward move p − 1.
-                    let j = b * cap + (p - 1);
-                    batch.set_step(
-                        b,
-                        t,
-                        self.path_forward[j],
-                        self.path_backward[j],
-                        0.0,
-                        self.path_log_pb[j],
-                    );
-                }
+            }
+        }
+        // Then every trajectory's initial state (path index depth).
+        for b in 0..n {
+            let off = b * stride + self.depth[b] * sd;
+            batch.push_row(env, b, 0, &self.path_states[off..off + sd]);
+        }
+        // Forward step t goes from path p = depth − t to p − 1, undone by backward move p − 1.
+        for b in 0..n {
+            let depth = self.depth[b];
+            for t in 0..depth {
+                let j = b * cap + (depth - 1 - t);
+                batch.set_step(
+                    b,
+                    t,
+                    self.path_forward[j],
+                    self.path_backward[j],
+                    0.0,
+                    self.path_log_pb[j],
+                );
             }
         }
         for b in 0..n {

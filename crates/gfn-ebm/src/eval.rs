@@ -128,9 +128,19 @@ pub fn importance_log_z(
 /// Unbiased for `Z`, but for a peaked model `log Ẑ` is biased low (the NLL it gives is then too
 /// optimistic); it is reported beside the GFlowNet estimate so that methods without a sampler
 /// (PCD) get the same measurement.
-pub fn uniform_log_z(model: &dyn EnergyModel, n: usize, chunk: usize, rng: &mut GfnRng, device: &Device) -> Result<Estimate> {
+pub fn uniform_log_z(
+    model: &dyn EnergyModel,
+    n: usize,
+    chunk: usize,
+    rng: &mut GfnRng,
+    device: &Device,
+) -> Result<Estimate> {
     if n < 2 || chunk == 0 {
-        return Err(GfnError::invalid("samples", n, "need at least 2 samples and a chunk ≥ 1"));
+        return Err(GfnError::invalid(
+            "samples",
+            n,
+            "need at least 2 samples and a chunk ≥ 1",
+        ));
     }
     let d = model.dim();
     let mut log_w = Vec::with_capacity(n);

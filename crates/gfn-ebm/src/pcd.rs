@@ -74,7 +74,11 @@ impl PcdTrainer {
     /// Set the next site (restoring a checkpoint).
     pub fn set_site(&mut self, site: usize) -> Result<()> {
         if site >= self.ebm.dim() {
-            return Err(GfnError::invalid("site", site, format!("must be below D = {}", self.ebm.dim())));
+            return Err(GfnError::invalid(
+                "site",
+                site,
+                format!("must be below D = {}", self.ebm.dim()),
+            ));
         }
         self.site = site;
         Ok(())

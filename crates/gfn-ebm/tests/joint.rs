@@ -208,3 +208,66 @@ fn bad_data_is_a_clear_error() {
     let c = small_config(Negatives::Gfn);
     assert_eq!((c.k_at(0, 8), c.k_at(99, 8), c.k_at(10_000, 8)), (1, 4, 8));
 }
+
+/// The tape engine (`step`) computes the reference engine's iteration (`step_reference`):
+/// from the same seed and data, the first iteration's GFlowNet loss, EBM loss and acceptance
+/// agree to float rounding, and both consume the same random draws.
+#[test]
+fn tape_step_matches_the_reference_step() {
+    let dev = Device::Cpu;
+    let d = 10;
+    for negatives in [Negatives::BackAndForth, Negatives::Gfn] {
+        let config = JointConfig {
+            warmup_k: 4,
+            ..small_config(negatives)
+        };
+        let trainer = |seed: u64| {
+            let mut rng = rng_from_seed(seed);
+            let ebm = MlpEnergy::new(d, 32, 2, &dev, &mut rng).unwrap();
+            JointTrainer::new(config.clone(), Box::new(ebm), &dev, &mut rng).unwrap()
+        };
+        let (mut fast, mut reference) = (trainer(5), trainer(5));
+        let data = two_modes(48, d, &mut rng_from_seed(6));
+        let (mut rng_fast, mut rng_ref) = (rng_from_seed(8), rng_from_seed(8));
+        let a = fast.step(&data, &mut rng_fast).unwrap();
+        let b = reference.step_reference(&data, &mut rng_ref).unwrap();
+        println!("{negatives:?}: tape {a:?}, reference {b:?}");
+        let close = |x: f64, y: f64| (x - y).abs() <= 1e-4 * x.abs().max(y.abs()).max(1e-3);
+        assert!(
+            close(a.gfn_loss, b.gfn_loss),
+            "GFN loss {} vs {}",
+            a.gfn_loss,
+            b.gfn_loss
+        );
+        assert!(
+            close(a.ebm_loss, b.ebm_loss),
+            "EBM loss {} vs {}",
+            a.ebm_loss,
+            b.ebm_loss
+        );
+        assert_eq!(a.acceptance.is_some(), negatives == Negatives::BackAndForth);
+        if let (Some(x), Some(y)) = (a.acceptance, b.acceptance) {
+            assert!(close(x, y), "acceptance {x} vs {y}");
+        }
+        assert_eq!(a.k, b.k);
+        assert_eq!(rng_fast, rng_ref, "the engines drew different numbers of random values");
+        // log Z took the same step (its gradient is the mean residual: no sign ambiguity).
+        let (za, zb) = (
+            fast.estimator.log_z_value().unwrap(),
+            reference.estimator.log_z_value().unwrap(),
+        );
+        assert!((za - zb).abs() < 1e-6, "log Z {za} vs {zb}");
+        // Adam's first step is ±lr per entry by the sign of the gradient: the engines' gradients
+        // must agree in sign everywhere but on a few entries that are zero up to rounding.
+        let params = |t: &JointTrainer| {
+            let mut v = Vec::new();
+            for (_, p) in t.estimator.named_params().iter().chain(&t.ebm.named_params()) {
+                v.extend(p.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            }
+            v
+        };
+        let (pa, pb) = (params(&fast), params(&reference));
+        let differ = pa.iter().zip(&pb).filter(|(x, y)| (*x - *y).abs() > 1e-5).count();
+        assert!(differ * 1000 <= pa.len(), "{differ} of {} parameters differ", pa.len());
+    }
+}

@@ -113,7 +113,7 @@ impl TransitionInputs {
         if index.len() != batch * steps {
             return Err(bad(format!("{} slots for a {batch}×{steps} layout", index.len())));
         }
-        if transitions > 0 && x.len() % transitions != 0 {
+        if transitions > 0 && !x.len().is_multiple_of(transitions) {
             return Err(bad(format!("{} values for {transitions} transitions", x.len())));
         }
         if index.iter().any(|&i| i as usize > transitions) {

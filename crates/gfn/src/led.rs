@@ -200,7 +200,7 @@ impl LedTrainer {
             let key = |k: &str| format!("led/buffer/{j:05}/{k}");
             let (b, t) = st.inputs.shape();
             let m = st.inputs.transitions();
-            let width = if m > 0 { st.inputs.features().len() / m } else { 0 };
+            let width = st.inputs.features().len().checked_div(m).unwrap_or(0);
             tensors.push((key("x"), vec![m, width], st.inputs.features().to_vec()));
             let u32s = |v: &[usize]| v.iter().map(|&x| x as u32).collect::<Vec<u32>>();
             aux.push((key("shape"), vec![3], AuxData::U32(u32s(&[m, b, t]))));
