@@ -493,6 +493,11 @@ fn overall(verdicts: &[Verdict]) -> &'static str {
         "disagrees"
     } else if count(Verdict::Inconclusive) == n {
         "inconclusive"
+    } else if count(Verdict::Agrees) == 0 {
+        // Some comparisons disagree and none agrees: the claim is not borne out.
+        "not reproduced"
+    } else if count(Verdict::Disagrees) == 0 {
+        "partly reproduced"
     } else {
         "mixed"
     }
@@ -950,7 +955,9 @@ mod tests {
         assert!((pooled_std(&stats(&[2.0]), &stats(&[1.0, 3.0])).unwrap() - 2f64.sqrt()).abs() < 1e-12);
         use Verdict::*;
         assert_eq!(overall(&[Agrees, Agrees]), "agrees");
-        assert_eq!(overall(&[Agrees, Inconclusive]), "mixed");
+        assert_eq!(overall(&[Agrees, Inconclusive]), "partly reproduced");
+        assert_eq!(overall(&[Disagrees, Inconclusive]), "not reproduced");
+        assert_eq!(overall(&[Agrees, Disagrees, Inconclusive]), "mixed");
         assert_eq!(overall(&[Inconclusive]), "inconclusive");
         assert_eq!(overall(&[Disagrees]), "disagrees");
         assert_eq!(overall(&[]), "no data");
@@ -1105,7 +1112,7 @@ mod tests {
         // led-db beats both baselines on both figures; led-subtb is level on the top-100 mean
         // and, never reaching the ceiling like them, level on trajectories too.
         assert!(md.contains("| set small | final top-100 mean reward (higher is better) | led-db"));
-        assert!(md.contains("on set small* (final top-100 mean reward, trajectories to within 1% of the ceiling): **mixed** (agrees in 4 of 8 comparisons, inconclusive in 4, disagrees in 0)"));
+        assert!(md.contains("on set small* (final top-100 mean reward, trajectories to within 1% of the ceiling): **partly reproduced** (agrees in 4 of 8 comparisons, inconclusive in 4, disagrees in 0)"));
         assert!(md.contains("got there in 2 of 2"));
         assert!(md.contains("**γ = 0.5**; the runner-up γ = 0.2 is more than one pooled std behind"));
         assert!(md.contains("**met** (largest share 10.1%, in set-small-led-db-seed1"));
