@@ -7,10 +7,12 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use candle_core::Tensor;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 use gfn_core::GfnRng;
 use gfn_core::exact::EmpiricalTracker;
+use gfn_core::optim::Adam;
 
 const FORMAT: &str = "gfn-checkpoint-v1";
 
@@ -190,6 +192,46 @@ impl Checkpoint {
             .find(|t| t.0 == name)
             .with_context(|| format!("checkpoint has no tensor {name}"))
     }
+}
+
+/// f32 tensors of a checkpoint: name, shape, values.
+pub type F32Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
+
+/// Parameters and Adam moments of `opt`, under `prefix/` (`prefix/param/NAME`,
+/// `prefix/adam_m/NAME`, `prefix/adam_v/NAME`); the step counter is the caller's.
+pub fn save_adam(prefix: &str, opt: &Adam, out: &mut F32Tensors) -> Result<()> {
+    for s in &opt.slots {
+        let shape = s.var.dims().to_vec();
+        let values = s.var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+        out.push((format!("{prefix}/param/{}", s.name), shape.clone(), values));
+        out.push((format!("{prefix}/adam_m/{}", s.name), shape.clone(), s.m.clone()));
+        out.push((format!("{prefix}/adam_v/{}", s.name), shape, s.v.clone()));
+    }
+    Ok(())
+}
+
+/// Inverse of [`save_adam`], checking every shape.
+pub fn restore_adam(prefix: &str, opt: &mut Adam, ck: &Checkpoint) -> Result<()> {
+    for s in &mut opt.slots {
+        let (_, shape, data) = ck.tensor(&format!("{prefix}/param/{}", s.name))?;
+        if shape.as_slice() != s.var.dims() {
+            bail!(
+                "tensor {prefix}/param/{} has shape {shape:?}, the model expects {:?}",
+                s.name,
+                s.var.dims()
+            );
+        }
+        s.var
+            .set(&Tensor::from_slice(data, shape.as_slice(), s.var.device())?)?;
+        for (kind, dst) in [("adam_m", &mut s.m), ("adam_v", &mut s.v)] {
+            let (_, _, data) = ck.tensor(&format!("{prefix}/{kind}/{}", s.name))?;
+            if data.len() != dst.len() {
+                bail!("optimiser state {prefix}/{kind}/{} has the wrong size", s.name);
+            }
+            dst.copy_from_slice(data);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -13,11 +13,10 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 use gfn_core::exact::EmpiricalTracker;
-use gfn_core::optim::Adam;
 use gfn_core::{GfnRng, Sampler, SamplingOptions, TrajectoryBatch, rng_from_seed};
 use gfn_ebm::eval::{self, Estimate};
 use gfn_ebm::{AcceptRule, EnergyModel, IsingEnergy, JointConfig, JointTrainer, MlpEnergy, Negatives, PcdTrainer};
@@ -25,7 +24,7 @@ use gfn_envs::data::digits::Digits;
 use gfn_envs::data::ising::{LatticeIsing, neg_log_rmse};
 use gfn_envs::data::synthetic::{self, Dataset};
 
-use crate::checkpoint::{AuxData, Checkpoint};
+use crate::checkpoint::{AuxData, Checkpoint, restore_adam, save_adam};
 use crate::config::TrainConfig;
 use crate::io::write_atomic;
 use crate::train::{EvalTiming, RunDir, files};
@@ -624,44 +623,6 @@ fn u64_from(v: &[u32]) -> Result<u64> {
         [lo, hi] => Ok(u64::from(*lo) | (u64::from(*hi) << 32)),
         _ => bail!("a u64 is stored as 2 U32 values, found {}", v.len()),
     }
-}
-
-type F32Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
-
-/// Parameters and Adam moments of `opt`, under `prefix/`.
-fn save_adam(prefix: &str, opt: &Adam, out: &mut F32Tensors) -> Result<()> {
-    for s in &opt.slots {
-        let shape = s.var.dims().to_vec();
-        let values = s.var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
-        out.push((format!("{prefix}/param/{}", s.name), shape.clone(), values));
-        out.push((format!("{prefix}/adam_m/{}", s.name), shape.clone(), s.m.clone()));
-        out.push((format!("{prefix}/adam_v/{}", s.name), shape, s.v.clone()));
-    }
-    Ok(())
-}
-
-/// Inverse of [`save_adam`].
-fn restore_adam(prefix: &str, opt: &mut Adam, ck: &Checkpoint) -> Result<()> {
-    for s in &mut opt.slots {
-        let (_, shape, data) = ck.tensor(&format!("{prefix}/param/{}", s.name))?;
-        if shape.as_slice() != s.var.dims() {
-            bail!(
-                "tensor {prefix}/param/{} has shape {shape:?}, the model expects {:?}",
-                s.name,
-                s.var.dims()
-            );
-        }
-        s.var
-            .set(&Tensor::from_slice(data, shape.as_slice(), s.var.device())?)?;
-        for (kind, dst) in [("adam_m", &mut s.m), ("adam_v", &mut s.v)] {
-            let (_, _, data) = ck.tensor(&format!("{prefix}/{kind}/{}", s.name))?;
-            if data.len() != dst.len() {
-                bail!("optimiser state {prefix}/{kind}/{} has the wrong size", s.name);
-            }
-            dst.copy_from_slice(data);
-        }
-    }
-    Ok(())
 }
 
 /// Timing file of an EBM run.

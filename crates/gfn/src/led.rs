@@ -18,11 +18,9 @@ use gfn_led::{
     PotentialNet, TransitionInputs, decomposed_len, decomposition_loss_and_grad, draw_mask, led_offsets, recentre,
 };
 
-use crate::checkpoint::{AuxData, Checkpoint};
+use crate::checkpoint::{AuxData, Checkpoint, F32Tensors};
 use crate::config::TrainConfig;
 
-/// f32 tensors of a checkpoint: name, shape, values.
-type F32Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
 /// Auxiliary tensors of a checkpoint.
 type AuxTensors = Vec<(String, Vec<usize>, AuxData)>;
 
@@ -178,13 +176,7 @@ impl LedTrainer {
     /// Add the potential network, its Adam state and the replay buffer to a checkpoint's
     /// tensors (names under `led/`), so a resumed LED run continues bit for bit.
     pub fn save(&self, tensors: &mut F32Tensors, aux: &mut AuxTensors) -> Result<()> {
-        for s in &self.optimizer.slots {
-            let shape = s.var.dims().to_vec();
-            let values = s.var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
-            tensors.push((format!("led/param/{}", s.name), shape.clone(), values));
-            tensors.push((format!("led/adam_m/{}", s.name), shape.clone(), s.m.clone()));
-            tensors.push((format!("led/adam_v/{}", s.name), shape, s.v.clone()));
-        }
+        crate::checkpoint::save_adam("led", &self.optimizer, tensors)?;
         let t = self.optimizer.t;
         aux.push((
             "led/adam_t".into(),
@@ -217,28 +209,7 @@ impl LedTrainer {
 
     /// Restore what [`LedTrainer::save`] wrote.
     pub fn restore(&mut self, ck: &Checkpoint) -> Result<()> {
-        for s in &mut self.optimizer.slots {
-            let (_, shape, data) = ck.tensor(&format!("led/param/{}", s.name))?;
-            if shape.as_slice() != s.var.dims() {
-                bail!(
-                    "tensor led/param/{} has shape {shape:?}, the model expects {:?}",
-                    s.name,
-                    s.var.dims()
-                );
-            }
-            s.var.set(&candle_core::Tensor::from_slice(
-                data,
-                shape.as_slice(),
-                s.var.device(),
-            )?)?;
-            for (kind, dst) in [("adam_m", &mut s.m), ("adam_v", &mut s.v)] {
-                let (_, _, data) = ck.tensor(&format!("led/{kind}/{}", s.name))?;
-                if data.len() != dst.len() {
-                    bail!("optimiser state led/{kind}/{} has the wrong size", s.name);
-                }
-                dst.copy_from_slice(data);
-            }
-        }
+        crate::checkpoint::restore_adam("led", &mut self.optimizer, ck)?;
         let u32s = |name: &str| -> Result<Vec<u32>> {
             match &ck.aux(name)?.2 {
                 AuxData::U32(v) => Ok(v.clone()),
