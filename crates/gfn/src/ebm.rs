@@ -27,7 +27,7 @@ use gfn_envs::data::synthetic::{self, Dataset};
 use crate::checkpoint::{AuxData, Checkpoint, restore_adam, save_adam};
 use crate::config::TrainConfig;
 use crate::io::write_atomic;
-use crate::train::{EvalTiming, RunDir, files};
+use crate::train::{EvalTiming, RunDir, files, kept_on_resume};
 
 /// The EBM tasks of `--env`.
 pub const EBM_ENVS: [&str; 3] = ["ebm-2d", "ising", "digits"];
@@ -731,13 +731,12 @@ pub fn resume(dir: &RunDir, iterations: Option<usize>, device: &Device) -> Resul
     let ck_iter = t.iteration;
     t.history = read_metrics(dir)?
         .into_iter()
-        .filter(|r| r.iteration <= ck_iter && (r.iteration.is_multiple_of(every) || r.iteration == total))
+        .filter(|r| kept_on_resume(r.iteration, ck_iter, every, total))
         .collect();
-    let kept: std::collections::HashSet<u64> = t.history.iter().map(|r| r.iteration).collect();
     t.eval_timing = timing
         .evals
         .into_iter()
-        .filter(|e| kept.contains(&e.iteration))
+        .filter(|e| kept_on_resume(e.iteration, ck_iter, every, total))
         .collect();
     Ok(t)
 }

@@ -772,6 +772,13 @@ pub fn run(t: &mut Trainer, dir: &RunDir, progress: &mut dyn Progress) -> Result
     Ok(summary)
 }
 
+/// Whether an evaluation at `iteration` survives a resume from a checkpoint at `checkpoint`
+/// towards `total` iterations evaluated every `every`: it must precede the checkpoint and be one
+/// an uninterrupted run to `total` makes (periodic, or the final one at `total`).
+pub fn kept_on_resume(iteration: u64, checkpoint: u64, every: u64, total: u64) -> bool {
+    iteration <= checkpoint && (iteration.is_multiple_of(every) || iteration == total)
+}
+
 /// Prepare a trainer that continues the run in `dir` up to `iterations` (default: its own total).
 /// Evaluation lines after the checkpoint, and a final evaluation that an uninterrupted run to the
 /// new total would not have made, are dropped, so the continued run ends with the same files.
@@ -793,9 +800,9 @@ pub fn resume(dir: &RunDir, iterations: Option<usize>, device: &Device) -> Resul
     t.history = dir
         .read_metrics()?
         .into_iter()
-        .filter(|r| r.iteration <= ck_iter && (r.iteration.is_multiple_of(every) || r.iteration == total))
+        .filter(|r| kept_on_resume(r.iteration, ck_iter, every, total))
         .collect();
-    let kept: std::collections::HashSet<u64> = t.history.iter().map(|r| r.iteration).collect();
-    t.eval_timing.retain(|e| kept.contains(&e.iteration));
+    t.eval_timing
+        .retain(|e| kept_on_resume(e.iteration, ck_iter, every, total));
     Ok(t)
 }
