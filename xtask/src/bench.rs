@@ -23,9 +23,16 @@ pub struct BenchRequest {
     pub vs: Vec<String>,
     /// The command line, as typed (`cargo xtask bench hypergrid --quick`).
     pub command: String,
-    /// `--filter`: only the runs whose name contains this.
+    /// `--filter`: only the runs whose name contains this (or, comma-separated, any of these).
     #[serde(default)]
     pub filter: Option<String>,
+    /// `--jobs`: runs made at once (1 unless given; never with peers).
+    #[serde(default = "one")]
+    pub jobs: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// One of our runs, with its peer counterpart.
@@ -395,6 +402,14 @@ pub fn run(request: BenchRequest, suite: Suite) -> Result<(PathBuf, bool)> {
         dir.display()
     );
 
+    if session.request.jobs > 1 && peer_envs.is_empty() {
+        let all_ok = run_concurrently(&gfn, &built, &layout, &runs_dir, &dir, &suite, &mut session, &env, &probe)?;
+        session.finished = Some(Utc::now().rfc3339());
+        report::write(&dir, &suite, &session, true)?;
+        let _ = std::fs::remove_file(&gfn);
+        point_latest(&dir)?;
+        return Ok((dir, all_ok));
+    }
     let mut all_ok = true;
     for (i, spec) in suite.runs.iter().enumerate() {
         let tag = format!("[{}/{total}] {}", i + 1, spec.name);
@@ -460,6 +475,62 @@ pub fn run(request: BenchRequest, suite: Suite) -> Result<(PathBuf, bool)> {
     let _ = std::fs::remove_file(&gfn);
     point_latest(&dir)?;
     Ok((dir, all_ok))
+}
+
+/// `--jobs N` without peers: up to N runs at once, taken in plan order; the report is rewritten
+/// after each finishes, with the finished runs in plan order. Returns whether all succeeded.
+#[allow(clippy::too_many_arguments)]
+fn run_concurrently(
+    gfn: &Path,
+    built: &Path,
+    layout: &Layout,
+    runs_dir: &Path,
+    dir: &Path,
+    suite: &Suite,
+    session: &mut Session,
+    env: &[(String, String)],
+    probe: &RssProbe,
+) -> Result<bool> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let total = suite.runs.len();
+    let next = AtomicUsize::new(0);
+    let done: Mutex<Vec<Option<RunRecord>>> = Mutex::new(vec![None; total]);
+    let jobs = (session.request.jobs as usize).min(total);
+    let shared = Mutex::new((&mut *session, Ok::<(), anyhow::Error>(())));
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(spec) = suite.runs.get(i) else { break };
+                    let record = run_ours(gfn, built, layout, runs_dir, spec, env, probe);
+                    let tag = format!("[{}/{total}] {}", i + 1, spec.name);
+                    if record.ok {
+                        let json = serde_json::to_value(&record).unwrap_or(Value::Null);
+                        eprintln!(
+                            "{tag} gfn: {} s, {}",
+                            report::fmt_num(record.process_wall_seconds.unwrap_or(f64::NAN), 1),
+                            progress_figures(&suite.metrics, &json)
+                        );
+                    } else {
+                        eprintln!("{tag} gfn FAILED: {}", record.error.as_deref().unwrap_or("?"));
+                    }
+                    let mut done = done.lock().unwrap_or_else(|e| e.into_inner());
+                    done[i] = Some(record);
+                    let mut guard = shared.lock().unwrap_or_else(|e| e.into_inner());
+                    let (session, status) = &mut *guard;
+                    session.runs = done.iter().flatten().cloned().collect();
+                    if let Err(e) = report::write(dir, suite, session, false) {
+                        *status = Err(e);
+                    }
+                }
+            });
+        }
+    });
+    let (_, status) = shared.into_inner().unwrap_or_else(|e| e.into_inner());
+    status?;
+    Ok(session.runs.len() == total && session.runs.iter().all(|r| r.ok))
 }
 
 /// Makes one of our runs with `gfn` (a copy of `shown`, the path recorded in its command).

@@ -60,9 +60,14 @@ struct BenchArgs {
     /// a comma-separated list of torchgfn, gfnx.
     #[arg(long, value_name = "PEER[,PEER]", value_delimiter = ',')]
     vs: Vec<String>,
-    /// Only the runs whose name contains this text (e.g. `4x8-tb`).
-    #[arg(long, value_name = "TEXT")]
+    /// Only the runs whose name contains this text (e.g. `4x8-tb`), or any of a
+    /// comma-separated list (`2d-circles,ising`).
+    #[arg(long, value_name = "TEXT[,TEXT]")]
     filter: Option<String>,
+    /// Runs made at once (each with --threads threads); not with --vs, whose timings must not
+    /// share the machine.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    jobs: u32,
     /// Intra-op threads of every run (ours and the peer's).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     threads: u32,
@@ -143,10 +148,14 @@ fn bench_cmd(args: BenchArgs) -> ExitCode {
     };
     let mut suite = (def.build)(&options);
     if let Some(text) = &args.filter {
-        suite.runs.retain(|r| r.name.contains(text.as_str()));
+        let any: Vec<&str> = text.split(',').map(str::trim).filter(|t| !t.is_empty()).collect();
+        suite.runs.retain(|r| any.iter().any(|t| r.name.contains(t)));
         if suite.runs.is_empty() {
             return usage_error(&format!("--filter {text} matches no run of suite {}", suite.name));
         }
+    }
+    if args.jobs > 1 && !args.vs.is_empty() {
+        return usage_error("--jobs runs alone: peers' timings (--vs) must not share the machine");
     }
     if let Some(vs) = args.vs.iter().find(|vs| !suite.peers.iter().any(|p| &p.name == vs)) {
         let known: Vec<&str> = suite.peers.iter().map(|p| p.name).collect();
@@ -166,6 +175,7 @@ fn bench_cmd(args: BenchArgs) -> ExitCode {
         vs: args.vs.clone(),
         command: command_line(),
         filter: args.filter.clone(),
+        jobs: args.jobs,
     };
     match bench::run(request, suite) {
         Ok((dir, all_ok)) => {

@@ -26,6 +26,18 @@ pub trait EnergyModel: Send {
     }
     /// Short name (`mlp`, `ising`).
     fn kind(&self) -> &'static str;
+    /// A regulariser added to the EBM loss (scalar, with gradients), or `None`. Default: none.
+    fn penalty(&self) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+}
+
+/// Add `model`'s regulariser to `loss` (the contrastive EBM loss), if it has one.
+pub fn with_penalty(model: &dyn EnergyModel, loss: Tensor) -> Result<Tensor> {
+    Ok(match model.penalty()? {
+        Some(p) => (loss + p)?,
+        None => loss,
+    })
 }
 
 /// `f(x) = MLP(x)` with ELU activations.
@@ -84,12 +96,14 @@ impl EnergyModel for MlpEnergy {
     }
 }
 
-/// `f(x) = sᵀ J s`, `s = 2x − 1`, `J = (G + Gᵀ)/2` with zero diagonal.
+/// `f(x) = sᵀ J s`, `s = 2x − 1`, `J = (G + Gᵀ)/2` with zero diagonal; optional penalty
+/// `l1 · Σ_ij |J_ij|` (the GWG Ising-learning protocol's `--l1`, 0.01 there).
 #[derive(Debug, Clone)]
 pub struct IsingEnergy {
     dim: usize,
     g: Var,
     off_diagonal: Tensor,
+    l1: f64,
 }
 
 impl IsingEnergy {
@@ -113,7 +127,17 @@ impl IsingEnergy {
             dim,
             g: Var::from_tensor(&Tensor::from_vec(g, (dim, dim), device)?)?,
             off_diagonal: Tensor::from_vec(mask, (dim, dim), device)?,
+            l1: 0.0,
         })
+    }
+
+    /// With the penalty `l1 · Σ_ij |J_ij|` added to the EBM loss (`l1 ≥ 0`; 0: none).
+    pub fn with_l1(mut self, l1: f64) -> Result<Self> {
+        if !(l1.is_finite() && l1 >= 0.0) {
+            return Err(GfnError::invalid("ebm_l1", l1, "must be finite and ≥ 0"));
+        }
+        self.l1 = l1;
+        Ok(self)
     }
 
     /// The symmetric coupling `J`, `[D, D]`.
@@ -148,6 +172,12 @@ impl EnergyModel for IsingEnergy {
     }
     fn kind(&self) -> &'static str {
         "ising"
+    }
+    fn penalty(&self) -> Result<Option<Tensor>> {
+        if self.l1 == 0.0 {
+            return Ok(None);
+        }
+        Ok(Some((self.coupling_tensor()?.abs()?.sum_all()? * self.l1)?))
     }
 }
 

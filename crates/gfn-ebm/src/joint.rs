@@ -11,7 +11,7 @@
 //!    proposal from `x` with `K = max(1, min(D, ⌊D·(t+1)/warmup_k⌋))` and an accept step
 //!    (`negatives = mh`; [`crate::mh`]); `f(x⁻)` keeps its graph from where it was first computed.
 //! 4. EBM step on `L_EBM = −(mean f(x) − mean f(x⁻))` (the contrastive gradient
-//!    `∇E(x) − ∇E(x⁻)`).
+//!    `∇E(x) − ∇E(x⁻)`), plus the energy model's penalty, if any (Ising: `l1 · Σ|J|`).
 //!
 //! Nothing is evaluated twice: `f` is computed once per row that needs it, with the graph kept
 //! for the rows the EBM loss uses.
@@ -43,7 +43,7 @@ use gfn_envs::BinaryEnv;
 use gfn_objectives::Objective;
 use gfn_objectives::tb::trajectory_log_ratios;
 
-use crate::energy::{EnergyModel, binary_tensor, to_f64};
+use crate::energy::{EnergyModel, binary_tensor, to_f64, with_penalty};
 use crate::mh::{AcceptRule, log_ratio};
 
 /// Where the EBM's negatives come from.
@@ -294,7 +294,7 @@ impl JointTrainer {
                 self.iteration + 1
             )));
         }
-        let grads = ebm_loss.backward()?;
+        let grads = with_penalty(self.ebm.as_ref(), ebm_loss)?.backward()?;
         self.ebm_optimizer.step(&grads)?;
         self.ebm.project()?;
         self.iteration += 1;

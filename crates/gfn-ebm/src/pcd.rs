@@ -4,7 +4,7 @@
 //! `n` persistent chains on `{0,1}^D`. Each iteration runs `gibbs_steps` single-site Gibbs updates
 //! on every chain, cycling over the sites (`i = step mod D`): with `f = −E_φ`,
 //! `p(x_i = 1 | x_{−i}) = σ(f(x_{i←1}) − f(x_{i←0}))` (both evaluated in one batch of `2n` rows).
-//! Then the EBM step on `L = −(mean f(x_data) − mean f(chains))`.
+//! Then the EBM step on `L = −(mean f(x_data) − mean f(chains))` plus the model's penalty, if any.
 
 use candle_core::Device;
 
@@ -12,7 +12,7 @@ use gfn_core::optim::{Adam, AdamParams};
 use gfn_core::rng::uniform;
 use gfn_core::{GfnError, GfnRng, Result};
 
-use crate::energy::{EnergyModel, binary_tensor, log_density_values};
+use crate::energy::{EnergyModel, binary_tensor, log_density_values, with_penalty};
 
 /// The PCD baseline's state.
 pub struct PcdTrainer {
@@ -131,7 +131,7 @@ impl PcdTrainer {
                 self.iteration + 1
             )));
         }
-        let grads = loss.backward()?;
+        let grads = with_penalty(self.ebm.as_ref(), loss)?.backward()?;
         self.optimizer.step(&grads)?;
         self.ebm.project()?;
         self.iteration += 1;

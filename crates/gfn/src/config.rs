@@ -97,6 +97,9 @@ config! {
     ebm_layers: usize = 3,
     /// EBM tasks: Adam learning rate of the energy model [default: 0.001].
     ebm_lr: f64 = 1e-3,
+    /// ising: weight of the penalty `ebm_l1 · Σ_ij |J_ij|` on the learned couplings (the GWG
+    /// Ising-learning protocol uses 0.01) [default: 0].
+    ebm_l1: f64 = 0.0,
     /// EB-GFN: weight α of the TB loss on backward trajectories from data [default: 0.5].
     back_ratio: f64 = 0.5,
     /// EB-GFN: iterations over which the back-and-forth depth K grows to D [default: 100000].

@@ -239,6 +239,9 @@ pub fn validate(config: &TrainConfig) -> Result<()> {
             bail!("invalid {field} = 0: must be at least 1");
         }
     }
+    if !(config.ebm_l1.is_finite() && config.ebm_l1 >= 0.0) {
+        bail!("invalid ebm_l1 = {}: must be finite and ≥ 0", config.ebm_l1);
+    }
     if config.eval_log_z_samples < 1000 {
         bail!(
             "invalid eval_log_z_samples = {}: must be at least 1000",
@@ -251,6 +254,12 @@ pub fn validate(config: &TrainConfig) -> Result<()> {
         }
         "ising" => {
             LatticeIsing::new(config.lattice, config.sigma)?;
+        }
+        _ if config.ebm_l1 != 0.0 => {
+            bail!(
+                "invalid ebm_l1 = {}: the L1 penalty applies to the ising task's couplings only",
+                config.ebm_l1
+            );
         }
         _ => {}
     }
@@ -279,7 +288,7 @@ impl EbmRun {
         let d = task.dim();
         let mut rng = rng_from_seed(config.seed);
         let ebm: Box<dyn EnergyModel> = match &task {
-            Task::Ising { .. } => Box::new(IsingEnergy::new(d, 0.01, device, &mut rng)?),
+            Task::Ising { .. } => Box::new(IsingEnergy::new(d, 0.01, device, &mut rng)?.with_l1(config.ebm_l1)?),
             _ => Box::new(MlpEnergy::new(
                 d,
                 config.ebm_hidden,
