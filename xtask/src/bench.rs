@@ -403,7 +403,17 @@ pub fn run(request: BenchRequest, suite: Suite) -> Result<(PathBuf, bool)> {
     );
 
     if session.request.jobs > 1 && peer_envs.is_empty() {
-        let all_ok = run_concurrently(&gfn, &built, &layout, &runs_dir, &dir, &suite, &mut session, &env, &probe)?;
+        let all_ok = run_concurrently(
+            &gfn,
+            &built,
+            &layout,
+            &runs_dir,
+            &dir,
+            &suite,
+            &mut session,
+            &env,
+            &probe,
+        )?;
         session.finished = Some(Utc::now().rfc3339());
         report::write(&dir, &suite, &session, true)?;
         let _ = std::fs::remove_file(&gfn);

@@ -8,7 +8,9 @@
 //! * [`SetEnv`]: set generation with additive element energies (FL-GFN, LED-GFN).
 
 pub mod bag;
+pub mod bayesnet;
 pub mod binary;
+pub mod bitseq;
 pub mod data;
 pub mod hypergrid;
 pub mod set;

@@ -11,6 +11,7 @@ pub mod db;
 pub mod fl;
 pub mod fm;
 pub mod mdb;
+pub mod pg;
 pub mod subtb;
 pub mod tb;
 pub mod terms;
@@ -22,6 +23,7 @@ use gfn_core::{Env, GfnError, Result};
 
 pub use db::detailed_balance;
 pub use fm::{FlowMatchingTerms, flow_matching};
+pub use pg::{PgConfig, PgStats, PgVariant, policy_gradient};
 pub use subtb::subtrajectory_balance;
 pub use tb::trajectory_balance;
 pub use terms::BalanceTerms;
@@ -56,11 +58,16 @@ pub enum Objective {
         /// Geometric weight λ > 0.
         lambda: f64,
     },
+    /// Policy-gradient training (RL-U, RL-B, RL-G; [`pg`]).
+    PolicyGradient(PgConfig),
 }
 
 impl Objective {
     /// The names accepted by [`Objective::parse`].
-    pub const NAMES: &'static str = "fm, db, tb, subtb, fl-db, fl-subtb, mdb, led-db, led-subtb";
+    pub const NAMES: &'static str = "fm, db, tb, subtb, fl-db, fl-subtb, mdb, led-db, led-subtb, pg-u, pg-b, pg-g";
+
+    /// GAE's λ of the policy-gradient objectives unless set ([`Objective::with_pg_settings`]).
+    pub const DEFAULT_GAE_LAMBDA: f64 = 0.99;
 
     /// `fm`, `db`, `tb` or `subtb` (with `lambda`).
     pub fn parse(name: &str, lambda: f64) -> Result<Self> {
@@ -81,6 +88,15 @@ impl Objective {
             "led-db" => Ok(Self::LedDb),
             "fl-db" => Ok(Self::ForwardLookingDb),
             "mdb" => Ok(Self::ModifiedDb),
+            "pg-u" | "pg-b" | "pg-g" => Ok(Self::PolicyGradient(PgConfig {
+                variant: match name {
+                    "pg-u" => PgVariant::Uniform,
+                    "pg-b" => PgVariant::Backward,
+                    _ => PgVariant::Guided,
+                },
+                gae_lambda: Self::DEFAULT_GAE_LAMBDA,
+                guide_floor: f64::NEG_INFINITY,
+            })),
             other => Err(GfnError::invalid(
                 "loss",
                 other,
@@ -101,7 +117,39 @@ impl Objective {
             Self::ModifiedDb => "mdb",
             Self::LedDb => "led-db",
             Self::LedSubTb { .. } => "led-subtb",
+            Self::PolicyGradient(c) => match c.variant {
+                PgVariant::Uniform => "pg-u",
+                PgVariant::Backward => "pg-b",
+                PgVariant::Guided => "pg-g",
+            },
         }
+    }
+
+    /// Policy-gradient objectives: GAE's λ ∈ [0, 1] and RL-G's low-reward floor (states with
+    /// `log R(s) ≤ guide_floor` get the guide's capped exit). Other objectives are unchanged.
+    pub fn with_pg_settings(self, gae_lambda: f64, guide_floor: f64) -> Result<Self> {
+        match self {
+            Self::PolicyGradient(c) => {
+                if !(0.0..=1.0).contains(&gae_lambda) {
+                    return Err(GfnError::invalid("gae_lambda", gae_lambda, "must be in [0, 1]"));
+                }
+                if guide_floor.is_nan() {
+                    return Err(GfnError::invalid("guide_floor", guide_floor, "must be a number"));
+                }
+                Ok(Self::PolicyGradient(PgConfig {
+                    gae_lambda,
+                    guide_floor,
+                    ..c
+                }))
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// Whether each step also samples backward trajectories from the batch's terminal objects
+    /// and passes both to [`Objective::pg_loss`] (RL-B, RL-G).
+    pub fn needs_backward_batch(&self) -> bool {
+        matches!(self, Self::PolicyGradient(c) if c.variant.trains_backward())
     }
 
     /// Whether the estimator needs a log F(s) head.
@@ -114,6 +162,7 @@ impl Objective {
                 | Self::ForwardLookingSubTb { .. }
                 | Self::LedDb
                 | Self::LedSubTb { .. }
+                | Self::PolicyGradient(_)
         )
     }
 
@@ -139,6 +188,19 @@ impl Objective {
                 format!("needs an exit action from every state; {} has none", env.name()),
             ));
         }
+        if let Self::PolicyGradient(c) = self
+            && c.variant == PgVariant::Guided
+            && env.exit_action().is_none()
+        {
+            return Err(GfnError::invalid(
+                "loss",
+                "pg-g",
+                format!(
+                    "the guide caps the exit action at low-reward states; {} has none",
+                    env.name()
+                ),
+            ));
+        }
         if self.needs_intermediate_energies() && !fl::has_intermediate_energies(env) {
             return Err(GfnError::invalid(
                 "loss",
@@ -154,12 +216,38 @@ impl Objective {
 
     /// Whether the objective uses P_B (flow matching does not).
     pub fn uses_backward_policy(&self) -> bool {
-        !matches!(self, Self::FlowMatching)
+        match self {
+            Self::FlowMatching => false,
+            Self::PolicyGradient(c) => c.variant.trains_backward(),
+            _ => true,
+        }
     }
 
     /// Whether the scalar log Z is trained.
     pub fn uses_log_z(&self) -> bool {
-        matches!(self, Self::TrajectoryBalance)
+        matches!(self, Self::TrajectoryBalance | Self::PolicyGradient(_))
+    }
+
+    /// The policy-gradient loss ([`pg::policy_gradient`]) on `batch`: its first `n_forward`
+    /// trajectories sampled forward, the rest (RL-B, RL-G) backward from their terminal objects.
+    /// Returns the surrogate to differentiate and the step's figures.
+    pub fn pg_loss<E: Env + ?Sized>(
+        &self,
+        env: &E,
+        batch: &TrajectoryBatch,
+        n_forward: usize,
+        forward: &mut dyn RowForward,
+    ) -> Result<(Tensor, PgStats)> {
+        let Self::PolicyGradient(config) = self else {
+            return Err(GfnError::Other(format!(
+                "{} is not a policy-gradient objective",
+                self.name()
+            )));
+        };
+        let out = forward.forward_rows(batch, &[], 0)?;
+        let terms = BalanceTerms::from_batch(batch, &out)?;
+        let low = (config.variant == PgVariant::Guided).then(|| pg::low_reward_nodes(env, batch, config.guide_floor));
+        policy_gradient(&terms, n_forward, &forward.log_z(), config, low.as_deref())
     }
 
     /// The loss on `batch`, from the estimator's outputs on every visited state (flow matching
@@ -187,6 +275,15 @@ impl Objective {
         if let Self::FlowMatching = self {
             return flow_matching(&FlowMatchingTerms::from_batch(env, batch, forward)?);
         }
+        if let Self::PolicyGradient(c) = self {
+            if c.variant.trains_backward() {
+                return Err(GfnError::Other(format!(
+                    "{} trains P_B on backward trajectories: call Objective::pg_loss with them",
+                    self.name()
+                )));
+            }
+            return Ok(self.pg_loss(env, batch, batch.batch_size, forward)?.0);
+        }
         let out = forward.forward_rows(batch, &[], 0)?;
         let terms = BalanceTerms::from_batch(batch, &out)?;
         match *self {
@@ -211,7 +308,7 @@ impl Objective {
                     _ => detailed_balance(&terms),
                 }
             }
-            Self::FlowMatching => unreachable!(),
+            Self::FlowMatching | Self::PolicyGradient(_) => unreachable!(),
         }
     }
 

@@ -128,10 +128,17 @@ config! {
     r1: f64 = 0.5,
     /// Hypergrid mode bonus R2 [default: 2.0].
     r2: f64 = 2.0,
-    /// Objective: fm, db, tb, subtb, fl-db, fl-subtb, mdb, led-db, led-subtb [default: tb].
+    /// Objective: fm, db, tb, subtb, fl-db, fl-subtb, mdb, led-db, led-subtb, or policy
+    /// gradient pg-u (uniform P_B), pg-b (P_B trained by policy gradient), pg-g (P_B trained
+    /// toward a guide) [default: tb].
     loss: String = "tb".into(),
     /// SubTB(λ) weight λ > 0 [default: 0.9].
     lambda: f64 = 0.9,
+    /// Policy gradient (pg-*): GAE's λ in [0, 1] [default: 0.99].
+    gae_lambda: f64 = 0.99,
+    /// pg-g: states with log R(s) at or below this floor get the guide's capped exit
+    /// probability; `auto` = log R0 on hypergrid [default: auto].
+    guide_floor: String = "auto".into(),
     /// Trajectories per iteration [default: 16].
     batch_size: usize = 16,
     /// Training iterations [default: 10000].
@@ -198,6 +205,31 @@ config! {
 }
 
 impl TrainConfig {
+    /// The objective of `loss`, with its settings (`lambda`, `gae_lambda`, `guide_floor`).
+    pub fn objective(&self) -> Result<gfn_objectives::Objective> {
+        let objective = gfn_objectives::Objective::parse(&self.loss, self.lambda)?;
+        let floor = match self.guide_floor.as_str() {
+            "auto" if self.env == "hypergrid" => self.r0.ln() + 1e-9,
+            "auto" if self.loss == "pg-g" => {
+                return Err(GfnError::invalid(
+                    "guide_floor",
+                    "auto",
+                    format!(
+                        "only hypergrid has an automatic floor (log R0); give a number for {}",
+                        self.env
+                    ),
+                ));
+            }
+            "auto" => f64::NEG_INFINITY,
+            v => v
+                .parse::<f64>()
+                .ok()
+                .filter(|f| !f.is_nan())
+                .ok_or_else(|| GfnError::invalid("guide_floor", v, "must be auto or a number"))?,
+        };
+        objective.with_pg_settings(self.gae_lambda, floor)
+    }
+
     /// Check every field's range, naming the first bad one, and that the environment builds.
     pub fn validate(&self) -> Result<()> {
         self.validate_training()?;
@@ -252,7 +284,7 @@ impl TrainConfig {
             temperature: self.temperature,
         }
         .validate()?;
-        gfn_objectives::Objective::parse(&self.loss, self.lambda)?;
+        self.objective()?;
         Ok(())
     }
 

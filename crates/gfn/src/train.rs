@@ -129,6 +129,10 @@ pub struct Trainer {
     flops_per_row: f64,
     sampler: Sampler,
     batch: TrajectoryBatch,
+    /// Policy gradient with a trained P_B: backward trajectories from the batch's objects, and
+    /// the forward and backward trajectories together.
+    back: TrajectoryBatch,
+    pg_batch: TrajectoryBatch,
     fast: Option<FastPath>,
     loss_sum: f64,
     loss_count: u64,
@@ -187,7 +191,7 @@ impl Trainer {
     /// A fresh run on any environment (the configuration's environment fields are ignored).
     pub fn with_env(config: TrainConfig, env: Box<dyn Env>, device: &Device) -> Result<Self> {
         config.validate_training()?;
-        let objective = Objective::parse(&config.loss, config.lambda)?;
+        let objective = config.objective()?;
         objective.check_env(env.as_ref())?;
         let mut rng = rng_from_seed(config.seed);
         let (estimator, optimizer) = build_model(&config, env.as_ref(), objective, device, &mut rng)?;
@@ -245,6 +249,8 @@ impl Trainer {
             flops_per_row,
             sampler: Sampler::new(),
             batch: TrajectoryBatch::default(),
+            back: TrajectoryBatch::default(),
+            pg_batch: TrajectoryBatch::default(),
             fast,
             loss_sum: 0.0,
             loss_count: 0,
@@ -308,6 +314,9 @@ impl Trainer {
     }
 
     fn step_inner(&mut self) -> Result<f64> {
+        if let Objective::PolicyGradient(_) = self.objective {
+            return self.pg_step();
+        }
         let start = Instant::now();
         let opts = self.sampling_options();
         let env = self.env.as_ref();
@@ -355,8 +364,15 @@ impl Trainer {
             self.led_loss_sum += led.update(&mut self.rng).context("the LED potential update failed")?;
             self.led_seconds += t.elapsed().as_secs_f64();
         }
+        let rows = self.batch.num_rows();
+        self.finish_step(start, rows, value);
+        Ok(value)
+    }
+
+    /// Bookkeeping after a training step of `rows` evaluated rows.
+    fn finish_step(&mut self, start: Instant, rows: usize, value: f64) {
         self.wall_seconds += start.elapsed().as_secs_f64();
-        self.useful_flops += self.flops_per_row * self.batch.num_rows() as f64;
+        self.useful_flops += self.flops_per_row * rows as f64;
         self.iteration += 1;
         self.trajectories += self.config.batch_size as u64;
         self.loss_sum += value;
@@ -369,6 +385,86 @@ impl Trainer {
                 }
             }
         }
+    }
+
+    /// A policy-gradient step (`pg-u`, `pg-b`, `pg-g`): forward trajectories, and for a trained
+    /// P_B backward ones from their objects, evaluated together in one batched pass; returns
+    /// the forward batch's TB loss `mean (Σ_t c_t)²`.
+    fn pg_step(&mut self) -> Result<f64> {
+        let start = Instant::now();
+        let opts = self.sampling_options();
+        let env = self.env.as_ref();
+        let n = self.config.batch_size;
+        let est = &self.estimator;
+        let backward = self.objective.needs_backward_batch();
+        let (value, rows) = match &mut self.fast {
+            Some(fast) => {
+                fast.clear();
+                let mut view = fast.view(est);
+                self.sampler
+                    .sample_forward_with(env, &mut view, n, opts, &mut self.rng, &mut self.batch)?;
+                let batch = if backward {
+                    let back = &mut self.back;
+                    self.sampler.sample_backward_with(
+                        env,
+                        &mut view,
+                        &self.batch.terminal_states,
+                        &mut self.rng,
+                        back,
+                    )?;
+                    // The walk evaluated every row but the initial states, which come last.
+                    let walked = back.num_rows() - back.batch_size;
+                    view.record(&back.features[walked * back.feature_dim..], back.batch_size)?;
+                    self.pg_batch.clone_from(&self.batch);
+                    self.pg_batch.append(back)?;
+                    &self.pg_batch
+                } else {
+                    &self.batch
+                };
+                let (loss, stats) = self.objective.pg_loss(env, batch, n, &mut view)?;
+                check_finite(&loss, self.objective, self.iteration)?;
+                let grads = loss.backward()?;
+                let log_z_grad = match grads.get(est.log_z().as_tensor()) {
+                    Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
+                    None => vec![0.0],
+                };
+                let mut slices: Vec<Option<&[f32]>> = fast.backward(est, &grads)?.into_iter().map(Some).collect();
+                slices.push(Some(&log_z_grad));
+                self.optimizer.step_slices(&slices)?;
+                (stats.tb_loss, batch.num_rows())
+            }
+            None => {
+                self.sampler
+                    .sample_forward(env, est, n, opts, &mut self.rng, &mut self.batch)?;
+                let batch = if backward {
+                    self.sampler.sample_backward(
+                        env,
+                        est,
+                        &self.batch.terminal_states,
+                        &mut self.rng,
+                        &mut self.back,
+                    )?;
+                    self.pg_batch.clone_from(&self.batch);
+                    self.pg_batch.append(&self.back)?;
+                    &self.pg_batch
+                } else {
+                    &self.batch
+                };
+                let (loss, stats) = self.objective.pg_loss(env, batch, n, &mut &*est)?;
+                check_finite(&loss, self.objective, self.iteration)?;
+                let grads = loss.backward()?;
+                self.optimizer.step(&grads)?;
+                (stats.tb_loss, batch.num_rows())
+            }
+        };
+        if !value.is_finite() {
+            bail!(
+                "the {} loss is {value} at iteration {}",
+                self.objective.name(),
+                self.iteration + 1
+            );
+        }
+        self.finish_step(start, rows, value);
         Ok(value)
     }
 
