@@ -172,6 +172,36 @@ fn summary_without_timing(dir: &Path) -> serde_json::Value {
     s
 }
 
+/// Issue 6's bar: every policy-gradient variant (uniform, trained and guided P_B) reaches exact
+/// TV ≤ 0.1 on hypergrid 2×8 within 1,500 iterations (batch 16, MLP 2×64).
+#[test]
+fn policy_gradient_variants_reach_the_target() {
+    for loss in ["pg-u", "pg-b", "pg-g"] {
+        let config = TrainConfig {
+            ndim: 2,
+            height: 8,
+            loss: loss.into(),
+            hidden: 64,
+            iterations: 1500,
+            eval_every: 100,
+            ..TrainConfig::default()
+        };
+        let dir = tmp(&format!("target-{loss}"));
+        let mut t = Trainer::new(config, &Device::Cpu).unwrap();
+        let summary = run(&mut t, &RunDir::new(&dir), &mut Silent).unwrap();
+        let tv = summary["exact_last5_mean"]["tv"].as_f64().unwrap();
+        let first_tv = t.history[0].exact.unwrap().dist.tv;
+        assert!(
+            tv <= 0.1,
+            "{loss}: exact TV {tv} after 1,500 iterations (first evaluation {first_tv})"
+        );
+        assert!(tv < first_tv / 2.0, "{loss}: TV did not fall ({first_tv} → {tv})");
+        let log_z_error = summary["log_z"]["error"].as_f64().unwrap();
+        assert!(log_z_error < 0.1, "{loss}: |log Ẑ − log Z| = {log_z_error}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 /// A run stopped early and resumed ends with the same files as the uninterrupted run (timing
 /// fields of summary.json aside), including a stop at an iteration that is not an evaluation step.
 /// LED's potential network, its Adam state and its replay buffer (here full and wrapping) are in
@@ -181,6 +211,7 @@ fn resume_reproduces_the_uninterrupted_run() {
     for (loss, extra) in [
         ("tb", &[][..]),
         ("fm", &[][..]),
+        ("pg-g", &["--shared-trunk", "false"][..]),
         (
             "led-subtb",
             &["--led-buffer", "7", "--metric-batch", "8", "--recent-window", "50"][..],
@@ -276,6 +307,18 @@ fn bad_input_gets_a_clear_error() {
     assert_usage_error(
         &["train", "--loss", "subtb", "--lambda", "0", "--out", d],
         &["lambda", "0"],
+    );
+    assert_usage_error(
+        &["train", "--loss", "pg-u", "--gae-lambda", "1.5", "--out", d],
+        &["gae_lambda", "1.5"],
+    );
+    assert_usage_error(
+        &["train", "--loss", "pg-g", "--guide-floor", "low", "--out", d],
+        &["guide_floor", "low"],
+    );
+    assert_usage_error(
+        &["train", "--env", "set", "--loss", "pg-g", "--out", d],
+        &["guide_floor", "auto", "hypergrid"],
     );
     assert_usage_error(
         &["train", "--out", "/proc/gfn-cannot-write-here"],
