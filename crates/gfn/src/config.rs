@@ -69,13 +69,26 @@ fn merge<T: PartialEq + std::fmt::Debug>(
 }
 
 config! {
-    /// Environment: `hypergrid`, `set`, `bag`, or an energy-based-modelling task (EB-GFN):
+    /// Environment: `hypergrid`, `set`, `bag`, `bitseq`, `bayesnet`, or an energy-based-modelling task (EB-GFN):
     /// `ebm-2d`, `ising`, `digits` [default: hypergrid].
     env: String = "hypergrid".into(),
     /// Seed of the task's own random parts (the bag task's modes) [default: 0].
     task_seed: u64 = 0,
     /// Set generation: small (|U| 30, k 20), medium (80, 60) or large (100, 80) [default: small].
     size: String = "small".into(),
+    /// bitseq: sequence length n in bits (≤ 128, a multiple of 8) [default: 120].
+    bitseq_length: usize = 120,
+    /// bitseq: word size k in bits (each step writes one word) [default: 8].
+    bitseq_word: usize = 8,
+    /// bitseq: `append` (left to right; the DAG is a tree) or `fill` (any empty word slot)
+    /// [default: append].
+    bitseq_order: String = "append".into(),
+    /// bayesnet: nodes d (2–6; exact evaluation up to 5) [default: 5].
+    bn_nodes: usize = 5,
+    /// bayesnet: linear-Gaussian observations N [default: 100].
+    bn_samples: usize = 100,
+    /// bayesnet: observation noise standard deviation [default: 0.1].
+    bn_noise: f64 = 0.1,
     /// ebm-2d: data set: 2spirals, 8gaussians, circles, moons, pinwheel, swissroll, checkerboard
     /// [default: 2spirals].
     dataset: String = "2spirals".into(),

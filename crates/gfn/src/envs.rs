@@ -1,12 +1,14 @@
 //! Building the environment a configuration names.
 
 use gfn_core::{Env, GfnError, Result};
+use gfn_envs::bayesnet::{BayesNetConfig, BayesNetEnv};
+use gfn_envs::bitseq::{BitSeqConfig, BitSeqEnv, BitSeqOrder};
 use gfn_envs::{BagEnv, Hypergrid, HypergridReward, SetEnv, SetSize};
 
 use crate::config::TrainConfig;
 
 /// The environment names `gfn train --env` accepts.
-pub const ENV_NAMES: &str = "hypergrid, set, bag, ebm-2d, ising, digits";
+pub const ENV_NAMES: &str = "hypergrid, set, bag, bitseq, bayesnet, ebm-2d, ising, digits";
 
 /// Build the environment of `config`.
 pub fn build_env(config: &TrainConfig) -> Result<Box<dyn Env>> {
@@ -22,6 +24,24 @@ pub fn build_env(config: &TrainConfig) -> Result<Box<dyn Env>> {
         )?)),
         "bag" => Ok(Box::new(BagEnv::new(config.task_seed))),
         "set" => Ok(Box::new(SetEnv::new(config.size.parse::<SetSize>()?))),
+        "bitseq" => Ok(Box::new(BitSeqEnv::new(BitSeqConfig {
+            n: config.bitseq_length,
+            k: config.bitseq_word,
+            order: match config.bitseq_order.as_str() {
+                "append" => BitSeqOrder::Append,
+                "fill" => BitSeqOrder::Fill,
+                other => return Err(GfnError::invalid("bitseq_order", other, "must be append or fill")),
+            },
+            seed: config.task_seed,
+            ..BitSeqConfig::default()
+        })?)),
+        "bayesnet" => Ok(Box::new(BayesNetEnv::new(BayesNetConfig {
+            num_nodes: config.bn_nodes,
+            num_samples: config.bn_samples,
+            obs_noise: config.bn_noise,
+            data_seed: config.task_seed,
+            ..BayesNetConfig::default()
+        })?)),
         other => Err(GfnError::invalid("env", other, format!("must be one of: {ENV_NAMES}"))),
     }
 }
