@@ -10,15 +10,14 @@
 //!
 //! Every estimate comes with its standard error.
 
-use candle_core::{D, Device};
+use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 use gfn_core::exact::logsumexp;
 use gfn_core::{Estimator, GfnError, GfnRng, Result, Sampler, SamplingOptions, TrajectoryBatch};
 use gfn_envs::BinaryEnv;
-use gfn_objectives::terms::BalanceTerms;
 
-use crate::energy::{EnergyModel, log_density_values, to_f64};
+use crate::energy::{EnergyModel, log_density_values};
 
 /// Largest `D` whose `2^D` states [`exact_log_z`] enumerates.
 pub const MAX_EXACT_DIM: usize = 20;
@@ -77,17 +76,7 @@ pub fn exact_log_z(model: &dyn EnergyModel, device: &Device) -> Result<f64> {
     Ok(logsumexp(parts.iter().copied()))
 }
 
-/// Per-trajectory `Σ log P_F` and `Σ log P_B` of `batch` under `estimator` (one batched forward
-/// pass, no gradients).
-pub fn trajectory_log_probs(estimator: &Estimator, batch: &TrajectoryBatch) -> Result<(Vec<f64>, Vec<f64>)> {
-    let x = estimator.features_tensor(&batch.features, batch.num_rows())?;
-    let out = estimator.forward_detached(&x)?;
-    let terms = BalanceTerms::from_batch(batch, &out)?;
-    Ok((
-        to_f64(&terms.log_pf.sum(D::Minus1)?)?,
-        to_f64(&terms.log_pb.sum(D::Minus1)?)?,
-    ))
-}
+pub use gfn_objectives::likelihood::trajectory_log_probs;
 
 /// `log Z` by importance sampling over `n` GFlowNet trajectories (in batches of `chunk`):
 /// `log Ẑ = logsumexp_i [f(x_i) + log P_B(τ_i|x_i) − log P_F(τ_i)] − log n`. The standard error is
@@ -197,35 +186,15 @@ pub fn gfn_log_likelihood(
     rng: &mut GfnRng,
 ) -> Result<Estimate> {
     let d = env.dim();
-    let n = x.len() / d;
-    if n == 0 || x.len() != n * d || m == 0 {
+    if x.is_empty() || !x.len().is_multiple_of(d) || m == 0 {
         return Err(GfnError::invalid(
             "x",
             x.len(),
             format!("need rows of D = {d} values and m ≥ 1 backward samples"),
         ));
     }
-    let mut sampler = Sampler::new();
-    let mut batch = TrajectoryBatch::default();
-    let mut nll = Vec::with_capacity(n);
-    // Each example repeated m times, a few examples per batch.
-    let per_batch = (4096 / m).max(1);
-    let mut rows = Vec::with_capacity(per_batch * m * d);
-    for start in (0..n).step_by(per_batch) {
-        let end = (start + per_batch).min(n);
-        rows.clear();
-        for i in start..end {
-            for _ in 0..m {
-                rows.extend_from_slice(&x[i * d..(i + 1) * d]);
-            }
-        }
-        sampler.sample_backward(env, estimator, &rows, rng, &mut batch)?;
-        let (lpf, lpb) = trajectory_log_probs(estimator, &batch)?;
-        for i in 0..end - start {
-            let terms = (0..m).map(|j| lpf[i * m + j] - lpb[i * m + j]);
-            nll.push((m as f64).ln() - logsumexp(terms));
-        }
-    }
+    let log_p = gfn_objectives::likelihood::log_terminal_probs(env, estimator, x, m, rng)?;
+    let nll: Vec<f64> = log_p.iter().map(|l| -l).collect();
     Ok(Estimate::of(&nll))
 }
 

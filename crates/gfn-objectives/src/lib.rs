@@ -10,6 +10,7 @@
 pub mod db;
 pub mod fl;
 pub mod fm;
+pub mod likelihood;
 pub mod mdb;
 pub mod pg;
 pub mod subtb;

@@ -24,17 +24,7 @@ pub fn build_env(config: &TrainConfig) -> Result<Box<dyn Env>> {
         )?)),
         "bag" => Ok(Box::new(BagEnv::new(config.task_seed))),
         "set" => Ok(Box::new(SetEnv::new(config.size.parse::<SetSize>()?))),
-        "bitseq" => Ok(Box::new(BitSeqEnv::new(BitSeqConfig {
-            n: config.bitseq_length,
-            k: config.bitseq_word,
-            order: match config.bitseq_order.as_str() {
-                "append" => BitSeqOrder::Append,
-                "fill" => BitSeqOrder::Fill,
-                other => return Err(GfnError::invalid("bitseq_order", other, "must be append or fill")),
-            },
-            seed: config.task_seed,
-            ..BitSeqConfig::default()
-        })?)),
+        "bitseq" => Ok(Box::new(bitseq_env(config)?)),
         "bayesnet" => Ok(Box::new(BayesNetEnv::new(BayesNetConfig {
             num_nodes: config.bn_nodes,
             num_samples: config.bn_samples,
@@ -44,4 +34,20 @@ pub fn build_env(config: &TrainConfig) -> Result<Box<dyn Env>> {
         })?)),
         other => Err(GfnError::invalid("env", other, format!("must be one of: {ENV_NAMES}"))),
     }
+}
+
+/// The bit-sequence task of `config` (`bitseq_length`, `bitseq_word`, `bitseq_order`, modes from
+/// `task_seed`).
+pub fn bitseq_env(config: &TrainConfig) -> Result<BitSeqEnv> {
+    BitSeqEnv::new(BitSeqConfig {
+        n: config.bitseq_length,
+        k: config.bitseq_word,
+        order: match config.bitseq_order.as_str() {
+            "append" => BitSeqOrder::Append,
+            "fill" => BitSeqOrder::Fill,
+            other => return Err(GfnError::invalid("bitseq_order", other, "must be append or fill")),
+        },
+        seed: config.task_seed,
+        ..BitSeqConfig::default()
+    })
 }

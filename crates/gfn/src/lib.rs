@@ -5,9 +5,9 @@
 //!
 //! * [`core`] (`gfn-core`): the [`core::Env`] trait, trajectory batches, estimators, samplers,
 //!   exact evaluation;
-//! * [`objectives`] (`gfn-objectives`): FM, DB, TB, SubTB(λ);
+//! * [`objectives`] (`gfn-objectives`): FM, DB, TB, SubTB(λ), FL and LED forms, policy gradient;
 //! * [`environments`] (`gfn-envs`): the tasks, and [`envs`]: building one from a configuration;
-//! * [`train`]: run directories, checkpoints, resume.
+//! * [`train`]: run directories, checkpoints, resume; [`task_metrics`]: a task's own figures.
 //!
 //! Binaries that use gfn should set a fast global allocator: candle allocates a buffer per tensor
 //! op, and glibc's malloc maps and unmaps large ones every time (`reference/candle-cpu.md` §3a,
@@ -21,6 +21,7 @@ pub mod gradcos;
 pub mod io;
 pub mod led;
 pub mod plot;
+pub mod task_metrics;
 pub mod train;
 
 pub use gfn_core as core;

@@ -458,6 +458,17 @@ fn print_summary(s: &serde_json::Value, dir: &Path) {
     if let (Some(found), Some(total)) = (s.pointer("/modes/found"), s.pointer("/modes/total")) {
         println!("  modes visited {found}/{total}");
     }
+    if let Some(task) = s.get("task").and_then(|v| v.as_object()) {
+        let figures: Vec<String> = task
+            .iter()
+            .map(|(k, v)| match v.as_f64() {
+                Some(x) if x.fract() == 0.0 && x.abs() < 1e9 => format!("{k} {x}"),
+                Some(x) => format!("{k} {x:.4}"),
+                None => format!("{k} —"),
+            })
+            .collect();
+        println!("  task: {}", figures.join("  "));
+    }
     if let Some(frac) = s.pointer("/led/fraction_of_training").and_then(|v| v.as_f64()) {
         println!("  LED potential updates: {:.1}% of training time", 100.0 * frac);
     }

@@ -69,6 +69,9 @@ pub struct EvalRecord {
     /// Gradient analysis, when enabled for this evaluation (`grad_cosine_every`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grad_cosine: Option<crate::gradcos::GradCosine>,
+    /// The task's own figures ([`crate::task_metrics`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<std::collections::BTreeMap<String, f64>>,
 }
 
 /// Training seconds at one evaluation (kept in `timing.json`, beside the bit-reproducible files).
@@ -127,6 +130,8 @@ pub struct Trainer {
     /// backward pass of every network over every row the step evaluates.
     pub useful_flops: f64,
     flops_per_row: f64,
+    /// The task's own metrics and what they accumulate.
+    pub task: crate::task_metrics::TaskMetrics,
     sampler: Sampler,
     batch: TrajectoryBatch,
     /// Policy gradient with a trained P_B: backward trajectories from the batch's objects, and
@@ -206,6 +211,7 @@ impl Trainer {
             None
         };
         let evaluator = ExactEvaluator::new(env.as_ref()).ok();
+        let task = crate::task_metrics::TaskMetrics::new(&config, env.as_ref())?;
         let tracker = EmpiricalTracker::new(config.empirical_window);
         let top_k = gfn_core::topk::TopKTracker::new(config.top_k);
         let recent = gfn_core::topk::RecentRewards::new(config.recent_window);
@@ -247,6 +253,7 @@ impl Trainer {
             eval_timing: Vec::new(),
             useful_flops: 0.0,
             flops_per_row,
+            task,
             sampler: Sampler::new(),
             batch: TrajectoryBatch::default(),
             back: TrajectoryBatch::default(),
@@ -377,6 +384,7 @@ impl Trainer {
         self.trajectories += self.config.batch_size as u64;
         self.loss_sum += value;
         self.loss_count += 1;
+        self.task.record(&self.batch);
         if let Some(ev) = &self.evaluator {
             for b in 0..self.batch.batch_size {
                 let x = self.batch.terminal_state(b);
@@ -471,14 +479,29 @@ impl Trainer {
     /// Evaluate now and append to the history.
     pub fn evaluate(&mut self) -> Result<EvalRecord> {
         let log_z = self.objective.log_z_estimate(self.env.as_ref(), &self.estimator)?;
-        let (exact, empirical, modes_found) = match &self.evaluator {
-            Some(ev) => (
-                Some(ev.evaluate(&self.estimator, log_z)?),
+        let log_pf = match &self.evaluator {
+            Some(ev) => Some(ev.policy_log_probs(&self.estimator)?),
+            None => None,
+        };
+        let (exact, empirical, modes_found) = match (&self.evaluator, &log_pf) {
+            (Some(ev), Some(log_pf)) => (
+                Some(ev.metrics_for(log_pf, log_z)),
                 (!self.tracker.is_empty()).then(|| self.tracker.metrics(ev.target())),
                 Some(self.tracker.modes_found()),
             ),
-            None => (None, None, None),
+            _ => (None, None, None),
         };
+        // Its own RNG per evaluation, keyed by the iteration: nothing to checkpoint.
+        let mut task_rng = crate::task_metrics::rng(self.config.seed ^ self.iteration.rotate_left(32));
+        let task = self
+            .task
+            .evaluate(
+                self.evaluator.as_ref(),
+                log_pf.as_deref(),
+                &self.estimator,
+                &mut task_rng,
+            )
+            .context("the task's metrics failed")?;
         let led_loss = (self.led.is_some() && self.loss_count > 0).then(|| self.led_loss_sum / self.loss_count as f64);
         let loss = if self.loss_count > 0 {
             self.loss_sum / self.loss_count as f64
@@ -513,6 +536,7 @@ impl Trainer {
             recent: self.recent.metrics(self.target.map(|t| t.mean_reward)),
             led_loss,
             grad_cosine,
+            task,
         };
         self.history.push(rec.clone());
         self.eval_timing.push(EvalTiming {
@@ -539,6 +563,13 @@ impl Trainer {
             tensors.push((format!("adam_v/{}", s.name), shape, s.v.clone()));
         }
         let mut aux = Vec::new();
+        if let Some(state) = self.task.state() {
+            aux.push((
+                "task/state".into(),
+                vec![state.len()],
+                crate::checkpoint::AuxData::U32(state),
+            ));
+        }
         if let Some(led) = &self.led {
             led.save(&mut tensors, &mut aux)?;
             aux.push((
@@ -587,6 +618,12 @@ impl Trainer {
             }
         }
         self.optimizer.t = ck.adam_t;
+        if self.task.state().is_some() {
+            match &ck.aux("task/state")?.2 {
+                crate::checkpoint::AuxData::U32(v) => self.task.restore(v)?,
+                _ => bail!("checkpoint tensor task/state should be U32"),
+            }
+        }
         if let Some(led) = &mut self.led {
             led.restore(ck)?;
             self.led_loss_sum = match &ck.aux("led/loss_sum")?.2 {
@@ -678,6 +715,7 @@ pub fn summary_json(t: &Trainer) -> serde_json::Value {
         "modes": t.evaluator.as_ref().map(|ev| serde_json::json!({
             "found": t.tracker.modes_found(), "total": ev.num_modes(),
         })),
+        "task": last.and_then(|r| r.task.clone()),
     })
 }
 

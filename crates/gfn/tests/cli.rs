@@ -243,6 +243,80 @@ fn resume_reproduces_the_uninterrupted_run() {
     }
 }
 
+/// Bit sequences and Bayesian networks report their own figures (`task` in `metrics.jsonl` and
+/// `summary.json`), and a resumed bit-sequence run (its modes-found flags in the checkpoint)
+/// ends byte-identical to an uninterrupted one.
+#[test]
+fn task_metrics_are_reported_and_resume() {
+    let bits = [
+        "--env",
+        "bitseq",
+        "--bitseq-length",
+        "24",
+        "--bitseq-word",
+        "4",
+        "--bitseq-order",
+        "fill",
+    ];
+    let args = |n: &'static str| [&bits[..], &["--iterations", n, "--loss", "pg-b"][..]].concat();
+    let full = tmp("task-full");
+    run_ok(&small(&full, &args("80")));
+    let part = tmp("task-part");
+    run_ok(&small(&part, &args("55")));
+    let o = gfn(&["train", "--resume", part.to_str().unwrap(), "--iterations", "80"]);
+    assert!(o.status.success(), "resume failed: {}", stderr(&o));
+    for f in ["metrics.jsonl", "checkpoint.safetensors"] {
+        assert_eq!(
+            std::fs::read(full.join(f)).unwrap(),
+            std::fs::read(part.join(f)).unwrap(),
+            "bitseq: {f} differs after resume"
+        );
+    }
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(full.join("summary.json")).unwrap()).unwrap();
+    let task = &summary["task"];
+    assert_eq!(task["modes"], 60.0);
+    let found = task["modes_found"].as_f64().unwrap();
+    assert!((0.0..=60.0).contains(&found), "{task}");
+    let rho = task["test_spearman"].as_f64().unwrap();
+    assert!((-1.0..=1.0).contains(&rho), "{task}");
+
+    let bn = tmp("task-bn");
+    run_ok(&small(
+        &bn,
+        &[
+            "--env",
+            "bayesnet",
+            "--bn-nodes",
+            "3",
+            "--iterations",
+            "30",
+            "--loss",
+            "tb",
+        ],
+    ));
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(bn.join("summary.json")).unwrap()).unwrap();
+    let task = &summary["task"];
+    for k in ["expected_shd", "posterior_expected_shd"] {
+        let v = task[k].as_f64().unwrap();
+        assert!(
+            (0.0..=3.0).contains(&v),
+            "{k} = {v}: at most 3 edges to get wrong on 3 nodes"
+        );
+    }
+    for k in ["edge_auroc", "posterior_edge_auroc"] {
+        let v = task[k].as_f64().unwrap();
+        assert!(v.is_nan() || (0.0..=1.0).contains(&v), "{k} = {v}");
+    }
+    assert!(
+        summary["exact"]["tv"].as_f64().is_some(),
+        "the 25 DAGs on 3 nodes are evaluated exactly"
+    );
+    for d in [full, part, bn] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
 #[test]
 fn sample_and_eval_read_a_run() {
     let dir = tmp("sample");
