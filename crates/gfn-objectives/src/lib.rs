@@ -16,6 +16,7 @@ pub mod pg;
 pub mod subtb;
 pub mod tb;
 pub mod terms;
+pub mod vi;
 
 use candle_core::Tensor;
 use gfn_core::batch::TrajectoryBatch;
@@ -61,11 +62,13 @@ pub enum Objective {
     },
     /// Policy-gradient training (RL-U, RL-B, RL-G; [`pg`]).
     PolicyGradient(PgConfig),
+    /// Reverse-KL variational inference by REINFORCE ([`vi`]).
+    ReverseKl,
 }
 
 impl Objective {
     /// The names accepted by [`Objective::parse`].
-    pub const NAMES: &'static str = "fm, db, tb, subtb, fl-db, fl-subtb, mdb, led-db, led-subtb, pg-u, pg-b, pg-g";
+    pub const NAMES: &'static str = "fm, db, tb, subtb, fl-db, fl-subtb, mdb, led-db, led-subtb, pg-u, pg-b, pg-g, vi";
 
     /// GAE's λ of the policy-gradient objectives unless set ([`Objective::with_pg_settings`]).
     pub const DEFAULT_GAE_LAMBDA: f64 = 0.99;
@@ -89,6 +92,7 @@ impl Objective {
             "led-db" => Ok(Self::LedDb),
             "fl-db" => Ok(Self::ForwardLookingDb),
             "mdb" => Ok(Self::ModifiedDb),
+            "vi" => Ok(Self::ReverseKl),
             "pg-u" | "pg-b" | "pg-g" => Ok(Self::PolicyGradient(PgConfig {
                 variant: match name {
                     "pg-u" => PgVariant::Uniform,
@@ -118,6 +122,7 @@ impl Objective {
             Self::ModifiedDb => "mdb",
             Self::LedDb => "led-db",
             Self::LedSubTb { .. } => "led-subtb",
+            Self::ReverseKl => "vi",
             Self::PolicyGradient(c) => match c.variant {
                 PgVariant::Uniform => "pg-u",
                 PgVariant::Backward => "pg-b",
@@ -226,7 +231,10 @@ impl Objective {
 
     /// Whether the scalar log Z is trained.
     pub fn uses_log_z(&self) -> bool {
-        matches!(self, Self::TrajectoryBalance | Self::PolicyGradient(_))
+        matches!(
+            self,
+            Self::TrajectoryBalance | Self::PolicyGradient(_) | Self::ReverseKl
+        )
     }
 
     /// The policy-gradient loss ([`pg::policy_gradient`]) on `batch`: its first `n_forward`
@@ -289,6 +297,7 @@ impl Objective {
         let terms = BalanceTerms::from_batch(batch, &out)?;
         match *self {
             Self::TrajectoryBalance => trajectory_balance(&terms, &forward.log_z()),
+            Self::ReverseKl => Ok(vi::reverse_kl(&terms, &forward.log_z())?.0),
             Self::DetailedBalance => detailed_balance(&terms),
             Self::SubTrajectoryBalance { lambda } => subtrajectory_balance(&terms, lambda),
             Self::ForwardLookingDb => detailed_balance(&terms.with_offsets(fl::intermediate_offsets(env, batch)?)?),

@@ -143,7 +143,7 @@ config! {
     r2: f64 = 2.0,
     /// Objective: fm, db, tb, subtb, fl-db, fl-subtb, mdb, led-db, led-subtb, or policy
     /// gradient pg-u (uniform P_B), pg-b (P_B trained by policy gradient), pg-g (P_B trained
-    /// toward a guide) [default: tb].
+    /// toward a guide), or vi (reverse-KL variational inference by REINFORCE) [default: tb].
     loss: String = "tb".into(),
     /// SubTB(λ) weight λ > 0 [default: 0.9].
     lambda: f64 = 0.9,

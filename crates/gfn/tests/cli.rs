@@ -107,6 +107,7 @@ fn trained_samplers_reach_the_target() {
         ("fl-db", 1500),
         ("fl-subtb", 1500),
         ("mdb", 1500),
+        ("vi", 1500),
     ] {
         let config = TrainConfig {
             ndim: 2,
