@@ -1384,8 +1384,8 @@ mod tests {
             ("--dataset", "checkerboard"),
             ("--ebm-method", "ebgfn"),
             ("--batch-size", "128"),
-            ("--iterations", "20000"),
-            ("--eval-every", "1000"),
+            ("--iterations", "5000"),
+            ("--eval-every", "500"),
             ("--seed", "2"),
             ("--threads", "1"),
             ("--hidden", "256"),
@@ -1396,7 +1396,7 @@ mod tests {
             ("--ebm-layers", "3"),
             ("--ebm-lr", "0.001"),
             ("--back-ratio", "0.5"),
-            ("--warmup-k", "20000"),
+            ("--warmup-k", "5000"),
             ("--negatives", "mh"),
             ("--accept", "mh"),
             ("--eval-log-z-samples", "100000"),
@@ -1451,7 +1451,9 @@ mod tests {
             ("--ebm-lr", "0.001"),
             ("--hidden", "256"),
             ("--layers", "3"),
-            ("--iterations", "20000"),
+            ("--iterations", "4000"),
+            ("--eval-every", "250"),
+            ("--ebm-l1", "0.01"),
             ("--eval-log-z-samples", "10000"),
         ] {
             assert_eq!(arg(ising, flag), Some(value), "{flag}");
@@ -1470,7 +1472,7 @@ mod tests {
             ("--lr", "0.001"),
             ("--eval-test", "297"),
             ("--eval-backward", "20"),
-            ("--warmup-k", "20000"),
+            ("--warmup-k", "5000"),
         ] {
             assert_eq!(arg(digits, flag), Some(value), "{flag}");
         }
@@ -1489,12 +1491,17 @@ mod tests {
         assert_eq!(s.runs.len(), 20);
         assert!(s.runs.iter().all(|r| r.seed == 0 && arg(r, "--seed") == Some("0")));
         for r in &s.runs {
-            assert_eq!(arg(r, "--iterations"), Some("500"), "{}", r.name);
-            assert_eq!(arg(r, "--eval-every"), Some("25"), "{}", r.name);
+            let (its, every) = if r.name.starts_with("ising") {
+                ("100", "6")
+            } else {
+                ("125", "12")
+            };
+            assert_eq!(arg(r, "--iterations"), Some(its), "{}", r.name);
+            assert_eq!(arg(r, "--eval-every"), Some(every), "{}", r.name);
         }
         let find = |name: &str| s.runs.iter().find(|r| r.name == name).unwrap();
         let eb = find("2d-moons-ebgfn-seed0");
-        assert_eq!(arg(eb, "--warmup-k"), Some("500"));
+        assert_eq!(arg(eb, "--warmup-k"), Some("125"));
         assert_eq!(arg(eb, "--eval-log-z-samples"), Some("10000"));
         assert_eq!(arg(eb, "--eval-test"), Some("1000"));
         assert_eq!(

@@ -10,6 +10,7 @@ mod bench;
 mod curves;
 mod ebm;
 mod led;
+mod pg;
 mod plot;
 mod report;
 mod results;
@@ -48,7 +49,7 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct BenchArgs {
-    /// Suite to run: hypergrid, throughput, subtb, led, ebm.
+    /// Suite to run: hypergrid, throughput, subtb, led, ebm, pg.
     suite: String,
     /// The reduced suite: seed 0 only and a subset of configurations (a few minutes).
     #[arg(long)]

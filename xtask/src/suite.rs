@@ -47,6 +47,10 @@ pub const SUITES: &[SuiteDef] = &[
         name: "ebm",
         build: crate::ebm::ebm,
     },
+    SuiteDef {
+        name: "pg",
+        build: crate::pg::pg,
+    },
 ];
 
 /// Looks a suite up by name.

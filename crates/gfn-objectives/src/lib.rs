@@ -13,6 +13,7 @@ pub mod fm;
 pub mod likelihood;
 pub mod mdb;
 pub mod pg;
+pub mod softq;
 pub mod subtb;
 pub mod tb;
 pub mod terms;
@@ -64,11 +65,14 @@ pub enum Objective {
     PolicyGradient(PgConfig),
     /// Reverse-KL variational inference by REINFORCE ([`vi`]).
     ReverseKl,
+    /// Soft Q-learning, maximum-entropy RL ([`softq`]): exact on trees only.
+    SoftQ,
 }
 
 impl Objective {
     /// The names accepted by [`Objective::parse`].
-    pub const NAMES: &'static str = "fm, db, tb, subtb, fl-db, fl-subtb, mdb, led-db, led-subtb, pg-u, pg-b, pg-g, vi";
+    pub const NAMES: &'static str =
+        "fm, db, tb, subtb, fl-db, fl-subtb, mdb, led-db, led-subtb, pg-u, pg-b, pg-g, vi, soft-q";
 
     /// GAE's λ of the policy-gradient objectives unless set ([`Objective::with_pg_settings`]).
     pub const DEFAULT_GAE_LAMBDA: f64 = 0.99;
@@ -93,6 +97,7 @@ impl Objective {
             "fl-db" => Ok(Self::ForwardLookingDb),
             "mdb" => Ok(Self::ModifiedDb),
             "vi" => Ok(Self::ReverseKl),
+            "soft-q" => Ok(Self::SoftQ),
             "pg-u" | "pg-b" | "pg-g" => Ok(Self::PolicyGradient(PgConfig {
                 variant: match name {
                     "pg-u" => PgVariant::Uniform,
@@ -123,6 +128,7 @@ impl Objective {
             Self::LedDb => "led-db",
             Self::LedSubTb { .. } => "led-subtb",
             Self::ReverseKl => "vi",
+            Self::SoftQ => "soft-q",
             Self::PolicyGradient(c) => match c.variant {
                 PgVariant::Uniform => "pg-u",
                 PgVariant::Backward => "pg-b",
@@ -223,7 +229,7 @@ impl Objective {
     /// Whether the objective uses P_B (flow matching does not).
     pub fn uses_backward_policy(&self) -> bool {
         match self {
-            Self::FlowMatching => false,
+            Self::FlowMatching | Self::SoftQ => false,
             Self::PolicyGradient(c) => c.variant.trains_backward(),
             _ => true,
         }
@@ -294,6 +300,9 @@ impl Objective {
             return Ok(self.pg_loss(env, batch, batch.batch_size, forward)?.0);
         }
         let out = forward.forward_rows(batch, &[], 0)?;
+        if let Self::SoftQ = self {
+            return softq::soft_q_loss(batch, &out);
+        }
         let terms = BalanceTerms::from_batch(batch, &out)?;
         match *self {
             Self::TrajectoryBalance => trajectory_balance(&terms, &forward.log_z()),
@@ -318,7 +327,7 @@ impl Objective {
                     _ => detailed_balance(&terms),
                 }
             }
-            Self::FlowMatching | Self::PolicyGradient(_) => unreachable!(),
+            Self::FlowMatching | Self::PolicyGradient(_) | Self::SoftQ => unreachable!(),
         }
     }
 
@@ -339,7 +348,8 @@ impl Objective {
         let m: Vec<u8> = m.into_iter().map(u8::from).collect();
         let m = Tensor::from_vec(m, (1, env.n_actions()), estimator.device())?;
         let v = match (self, out.log_flow) {
-            (Self::FlowMatching, _) => masked_logsumexp(&out.pf_logits, &m)?,
+            // Soft Q: the soft value V(s_0) = log Σ_paths R, log Z on a tree.
+            (Self::FlowMatching | Self::SoftQ, _) => masked_logsumexp(&out.pf_logits, &m)?,
             (Self::ModifiedDb, _) => {
                 let exit = env
                     .exit_action()

@@ -719,3 +719,99 @@ fn pg_gradient_estimates_the_reverse_kl_gradient() {
         assert!(rel < 0.05, "seed {seed}: VI |estimate − exact| / |exact| = {rel}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Soft Q-learning (softq.rs).
+
+/// The soft-Q fixed point by dynamic programming in reverse topological order: `Q(s, a) =
+/// V(child)`, `Q(s, exit) = log R(s)`, `V = logsumexp_a Q` (`log R` at a terminal state without
+/// actions). Returns the Q table `[S * n_actions]` (−∞ where not allowed) and the policy's
+/// log-probabilities.
+fn soft_q_fixed_point(env: &DagEnv, ev: &ExactEvaluator) -> (Vec<f64>, Vec<f64>) {
+    let (s_count, na) = (ev.num_states(), env.n_actions());
+    let mut q = vec![f64::NEG_INFINITY; s_count * na];
+    let mut v = vec![f64::NEG_INFINITY; s_count];
+    for s in (0..s_count).rev() {
+        let state = [ev.states()[s]];
+        for a in 0..na {
+            if !ev.forward_mask()[s * na + a] {
+                continue;
+            }
+            q[s * na + a] = if Some(a) == env.exit_action() {
+                ev.log_rewards()[ev.terminal_index(&state).unwrap()]
+            } else {
+                v[ev.child(s, a).unwrap().0]
+            };
+        }
+        let row = &q[s * na..(s + 1) * na];
+        v[s] = if row.iter().all(|x| x.is_infinite()) {
+            ev.log_rewards()[ev.terminal_index(&state).unwrap()]
+        } else {
+            gfn_core::exact::logsumexp(row.iter().copied().filter(|x| x.is_finite()))
+        };
+    }
+    let log_pf = (0..s_count * na).map(|i| q[i] - v[i / na]).collect();
+    (q, log_pf)
+}
+
+/// Number of paths from `s_0` to each terminal object (the soft-Q bias factor).
+fn path_counts(env: &DagEnv, ev: &ExactEvaluator) -> Vec<f64> {
+    let (s_count, na) = (ev.num_states(), env.n_actions());
+    let mut paths = vec![0.0; s_count];
+    paths[ev.initial()] = 1.0;
+    for s in 0..s_count {
+        for a in 0..na {
+            if ev.forward_mask()[s * na + a]
+                && let Some((c, _)) = ev.child(s, a)
+            {
+                paths[c] += paths[s];
+            }
+        }
+    }
+    (0..ev.num_terminal())
+        .map(|t| paths[ev.terminal_state_index(t)])
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// The soft-Q fixed point zeroes the soft Bellman loss on every batch (a perturbed Q does
+    /// not), and its policy samples `x ∝ R(x) · #paths(s_0 ⇝ x)`: the target `R/Z` exactly on a
+    /// tree, and not on a DAG where objects have different numbers of paths.
+    #[test]
+    fn soft_q_is_exact_on_trees_only((seed, n, p, exit) in dag_params(), tree in any::<bool>()) {
+        let mut c = case(seed, n, if tree { 0.0 } else { p }, exit, 12);
+        let (q, log_pf) = soft_q_fixed_point(&c.env, &c.ev);
+        let pb = vec![0.0; c.ev.num_states() * c.env.n_backward_actions()];
+        let flow = vec![0.0; c.ev.num_states()];
+        let t = Tables::new(&c.ev, &q, &pb, &flow, 0.0);
+        let loss = scalar(&softq::soft_q_loss(&c.batch, &t.output(&c.batch.states)).unwrap());
+        prop_assert!(loss < 1e-12, "soft Bellman loss {loss} at the fixed point");
+        let p_t = c.ev.terminating_distribution(&log_pf);
+        let counts = path_counts(&c.env, &c.ev);
+        let weighted: Vec<f64> = c.ev.target().iter().zip(&counts).map(|(p, k)| p * k).collect();
+        let z: f64 = weighted.iter().sum();
+        for (a, b) in p_t.iter().zip(&weighted) {
+            prop_assert!((a - b / z).abs() < 1e-9, "P_T {a} vs R·#paths/Z' {}", b / z);
+        }
+        let tv = 0.5 * p_t.iter().zip(c.ev.target()).map(|(a, b)| (a - b).abs()).sum::<f64>();
+        let uneven = counts.iter().any(|&k| (k - counts[0]).abs() > 0.5);
+        if tree || !uneven {
+            prop_assert!(tv < 1e-9, "tree: TV {tv}");
+        } else {
+            // Different path counts bias P_T unless the rewards happen to compensate exactly.
+            prop_assert!(tv > 1e-6, "DAG with uneven path counts {counts:?}: TV {tv}");
+        }
+        // A perturbed Q breaks the soft Bellman equation on some visited step.
+        let mut q2 = q.clone();
+        let first = c.batch.node_row(0, 0) as usize;
+        let s = c.batch.states[first] as usize;
+        let a = c.batch.action(0, 0) as usize;
+        q2[s * c.env.n_actions() + a] += 0.5;
+        let t2 = Tables::new(&c.ev, &q2, &pb, &flow, 0.0);
+        let loss2 = scalar(&softq::soft_q_loss(&c.batch, &t2.output(&c.batch.states)).unwrap());
+        prop_assert!(loss2 > 1e-6);
+        let _ = &mut c.rng;
+    }
+}

@@ -80,6 +80,8 @@ config! {
     bitseq_length: usize = 120,
     /// bitseq: word size k in bits (each step writes one word) [default: 8].
     bitseq_word: usize = 8,
+    /// bitseq: number of modes (each 8-bit block one of five; at most 5^(n/8)) [default: 60].
+    bitseq_modes: usize = 60,
     /// bitseq: `append` (left to right; the DAG is a tree) or `fill` (any empty word slot)
     /// [default: append].
     bitseq_order: String = "append".into(),

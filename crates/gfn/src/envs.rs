@@ -47,6 +47,7 @@ pub fn bitseq_env(config: &TrainConfig) -> Result<BitSeqEnv> {
             "fill" => BitSeqOrder::Fill,
             other => return Err(GfnError::invalid("bitseq_order", other, "must be append or fill")),
         },
+        n_modes: config.bitseq_modes,
         seed: config.task_seed,
         ..BitSeqConfig::default()
     })
