@@ -149,6 +149,13 @@ config! {
     loss: String = "tb".into(),
     /// SubTB(λ) weight λ > 0 [default: 0.9].
     lambda: f64 = 0.9,
+    /// Replay: terminal objects kept from training (the last N), re-sampled backward with P_B
+    /// and trained on beside each on-policy batch; 0 = off [default: 0].
+    replay_size: usize = 0,
+    /// Replay: objects replayed per iteration; 0 = batch_size [default: 0].
+    replay_batch: usize = 0,
+    /// Replay: `uniform` or `reward` (in proportion to R(x)) [default: uniform].
+    replay_priority: String = "uniform".into(),
     /// Policy gradient (pg-*): GAE's λ in [0, 1] [default: 0.99].
     gae_lambda: f64 = 0.99,
     /// pg-g: states with log R(s) at or below this floor get the guide's capped exit
@@ -289,6 +296,28 @@ impl TrainConfig {
                 "weight_decay",
                 self.weight_decay,
                 "must be finite and ≥ 0",
+            ));
+        }
+        if !matches!(self.replay_priority.as_str(), "uniform" | "reward") {
+            return Err(GfnError::invalid(
+                "replay_priority",
+                &self.replay_priority,
+                "must be uniform or reward",
+            ));
+        }
+        if self.replay_size > 0
+            && matches!(
+                self.loss.as_str(),
+                "fm" | "pg-u" | "pg-b" | "pg-g" | "vi" | "led-db" | "led-subtb"
+            )
+        {
+            return Err(GfnError::invalid(
+                "replay_size",
+                self.replay_size,
+                format!(
+                    "replay needs an off-policy objective (tb, db, subtb, fl-db, fl-subtb, mdb, soft-q), not {}",
+                    self.loss
+                ),
             ));
         }
         if !matches!(self.engine.as_str(), "auto" | "tape" | "graph") {

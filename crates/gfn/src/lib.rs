@@ -21,6 +21,7 @@ pub mod gradcos;
 pub mod io;
 pub mod led;
 pub mod plot;
+pub mod replay;
 pub mod task_metrics;
 pub mod train;
 

@@ -138,6 +138,10 @@ pub struct Trainer {
     /// the forward and backward trajectories together.
     back: TrajectoryBatch,
     pg_batch: TrajectoryBatch,
+    /// Replay of terminal objects re-sampled backward (`replay_size > 0`).
+    pub replay: Option<crate::replay::ReplayBuffer>,
+    replay_batch: usize,
+    replay_rows: Vec<i32>,
     fast: Option<FastPath>,
     loss_sum: f64,
     loss_count: u64,
@@ -212,6 +216,22 @@ impl Trainer {
         };
         let evaluator = ExactEvaluator::new(env.as_ref()).ok();
         let task = crate::task_metrics::TaskMetrics::new(&config, env.as_ref())?;
+        // Which objectives may replay is checked by TrainConfig::validate_training.
+        let replay = if config.replay_size > 0 {
+            let priority: crate::replay::Priority = config.replay_priority.parse()?;
+            Some(crate::replay::ReplayBuffer::new(
+                config.replay_size,
+                env.state_dim(),
+                priority,
+            ))
+        } else {
+            None
+        };
+        let replay_batch = if config.replay_batch == 0 {
+            config.batch_size
+        } else {
+            config.replay_batch
+        };
         let tracker = EmpiricalTracker::new(config.empirical_window);
         let top_k = gfn_core::topk::TopKTracker::new(config.top_k);
         let recent = gfn_core::topk::RecentRewards::new(config.recent_window);
@@ -258,6 +278,9 @@ impl Trainer {
             batch: TrajectoryBatch::default(),
             back: TrajectoryBatch::default(),
             pg_batch: TrajectoryBatch::default(),
+            replay,
+            replay_batch,
+            replay_rows: Vec::new(),
             fast,
             loss_sum: 0.0,
             loss_count: 0,
@@ -337,7 +360,21 @@ impl Trainer {
                 self.sampler
                     .sample_forward_with(env, &mut view, n, opts, &mut self.rng, &mut self.batch)?;
                 let offsets = led_offsets(&mut self.led, &self.batch, &mut self.led_seconds)?;
-                let loss = self.objective.loss_with_offsets(env, &self.batch, &mut view, offsets)?;
+                let batch = match &mut self.replay {
+                    Some(replay) if !replay.is_empty() => {
+                        replay.draw(self.replay_batch, &mut self.rng, &mut self.replay_rows);
+                        let back = &mut self.back;
+                        self.sampler
+                            .sample_backward_with(env, &mut view, &self.replay_rows, &mut self.rng, back)?;
+                        let walked = back.num_rows() - back.batch_size;
+                        view.record(&back.features[walked * back.feature_dim..], back.batch_size)?;
+                        self.pg_batch.clone_from(&self.batch);
+                        self.pg_batch.append(back)?;
+                        &self.pg_batch
+                    }
+                    _ => &self.batch,
+                };
+                let loss = self.objective.loss_with_offsets(env, batch, &mut view, offsets)?;
                 let value = check_finite(&loss, self.objective, self.iteration)?;
                 let grads = loss.backward()?;
                 let log_z_grad = match grads.get(est.log_z().as_tensor()) {
@@ -356,9 +393,18 @@ impl Trainer {
                 self.sampler
                     .sample_forward(env, est, n, opts, &mut self.rng, &mut self.batch)?;
                 let offsets = led_offsets(&mut self.led, &self.batch, &mut self.led_seconds)?;
-                let loss = self
-                    .objective
-                    .loss_with_offsets(env, &self.batch, &mut &*est, offsets)?;
+                let batch = match &mut self.replay {
+                    Some(replay) if !replay.is_empty() => {
+                        replay.draw(self.replay_batch, &mut self.rng, &mut self.replay_rows);
+                        self.sampler
+                            .sample_backward(env, est, &self.replay_rows, &mut self.rng, &mut self.back)?;
+                        self.pg_batch.clone_from(&self.batch);
+                        self.pg_batch.append(&self.back)?;
+                        &self.pg_batch
+                    }
+                    _ => &self.batch,
+                };
+                let loss = self.objective.loss_with_offsets(env, batch, &mut &*est, offsets)?;
                 let value = check_finite(&loss, self.objective, self.iteration)?;
                 let grads = loss.backward()?;
                 self.optimizer.step(&grads)?;
@@ -366,6 +412,9 @@ impl Trainer {
             }
         };
         drop(loss);
+        if let Some(replay) = &mut self.replay {
+            replay.add(&self.batch);
+        }
         if let Some(led) = &mut self.led {
             let t = Instant::now();
             self.led_loss_sum += led.update(&mut self.rng).context("the LED potential update failed")?;
@@ -563,6 +612,24 @@ impl Trainer {
             tensors.push((format!("adam_v/{}", s.name), shape, s.v.clone()));
         }
         let mut aux = Vec::new();
+        if let Some(replay) = &self.replay {
+            let (states, log_reward, next) = replay.save();
+            aux.push((
+                "replay/states".into(),
+                vec![states.len()],
+                crate::checkpoint::AuxData::F64(states),
+            ));
+            aux.push((
+                "replay/log_reward".into(),
+                vec![log_reward.len()],
+                crate::checkpoint::AuxData::F64(log_reward),
+            ));
+            aux.push((
+                "replay/next".into(),
+                vec![1],
+                crate::checkpoint::AuxData::U32(vec![next]),
+            ));
+        }
         if let Some(state) = self.task.state() {
             aux.push((
                 "task/state".into(),
@@ -618,6 +685,19 @@ impl Trainer {
             }
         }
         self.optimizer.t = ck.adam_t;
+        if let Some(replay) = &mut self.replay {
+            use crate::checkpoint::AuxData;
+            match (
+                &ck.aux("replay/states")?.2,
+                &ck.aux("replay/log_reward")?.2,
+                &ck.aux("replay/next")?.2,
+            ) {
+                (AuxData::F64(states), AuxData::F64(log_reward), AuxData::U32(next)) if next.len() == 1 => {
+                    replay.restore(states, log_reward, next[0])?
+                }
+                _ => bail!("checkpoint replay buffer tensors have the wrong types"),
+            }
+        }
         if self.task.state().is_some() {
             match &ck.aux("task/state")?.2 {
                 crate::checkpoint::AuxData::U32(v) => self.task.restore(v)?,
