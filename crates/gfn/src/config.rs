@@ -171,6 +171,15 @@ config! {
     epsilon: f64 = 0.0,
     /// Sampling temperature of P_F, > 0 [default: 1].
     temperature: f64 = 1.0,
+    /// ε at the end of the schedule, reached linearly from `epsilon` over
+    /// `schedule_iterations`; `none` keeps ε constant [default: none].
+    epsilon_final: String = "none".into(),
+    /// Temperature at the end of the schedule, reached linearly from `temperature`; `none` keeps
+    /// it constant [default: none].
+    temperature_final: String = "none".into(),
+    /// Length of the ε and temperature schedules in iterations (constant afterwards); 0 = the
+    /// run's `iterations` [default: 0].
+    schedule_iterations: usize = 0,
     /// Adam learning rate of the networks [default: 0.001].
     lr: f64 = 1e-3,
     /// Adam learning rate of log Z [default: 0.1].
@@ -227,6 +236,42 @@ config! {
 }
 
 impl TrainConfig {
+    /// `(ε, temperature)` at the end of their schedules (the start values where constant).
+    pub fn schedule_ends(&self) -> Result<(f64, f64)> {
+        let end = |field: &'static str, v: &str, start: f64| -> Result<f64> {
+            match v {
+                "none" => Ok(start),
+                v => v
+                    .parse::<f64>()
+                    .map_err(|_| GfnError::invalid(field, v, "must be none or a number")),
+            }
+        };
+        Ok((
+            end("epsilon_final", &self.epsilon_final, self.epsilon)?,
+            end("temperature_final", &self.temperature_final, self.temperature)?,
+        ))
+    }
+
+    /// ε and temperature at iteration `t` (0-based): linear from the start values to
+    /// [`TrainConfig::schedule_ends`] over `schedule_iterations` (0: `iterations`), then constant.
+    pub fn sampling_at(&self, t: u64) -> gfn_core::SamplingOptions {
+        let (eps_end, temp_end) = self.schedule_ends().unwrap_or((self.epsilon, self.temperature));
+        let len = if self.schedule_iterations == 0 {
+            self.iterations
+        } else {
+            self.schedule_iterations
+        };
+        let f = if len <= 1 {
+            1.0
+        } else {
+            (t as f64 / (len - 1) as f64).min(1.0)
+        };
+        gfn_core::SamplingOptions {
+            epsilon: self.epsilon + (eps_end - self.epsilon) * f,
+            temperature: self.temperature + (temp_end - self.temperature) * f,
+        }
+    }
+
     /// The objective of `loss`, with its settings (`lambda`, `gae_lambda`, `guide_floor`).
     pub fn objective(&self) -> Result<gfn_objectives::Objective> {
         let objective = gfn_objectives::Objective::parse(&self.loss, self.lambda)?;
@@ -328,6 +373,12 @@ impl TrainConfig {
             temperature: self.temperature,
         }
         .validate()?;
+        let (eps_end, temp_end) = self.schedule_ends()?;
+        gfn_core::SamplingOptions {
+            epsilon: eps_end,
+            temperature: temp_end,
+        }
+        .validate()?;
         self.objective()?;
         Ok(())
     }
@@ -335,5 +386,41 @@ impl TrainConfig {
     /// The configuration as TOML text.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("a TrainConfig always serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_are_linear_then_constant() {
+        let c = TrainConfig {
+            epsilon: 0.5,
+            epsilon_final: "0.1".into(),
+            temperature_final: "none".into(),
+            iterations: 5,
+            ..TrainConfig::default()
+        };
+        let eps: Vec<f64> = (0..7).map(|t| c.sampling_at(t).epsilon).collect();
+        for (a, b) in eps.iter().zip([0.5, 0.4, 0.3, 0.2, 0.1, 0.1, 0.1]) {
+            assert!((a - b).abs() < 1e-12, "{eps:?}");
+        }
+        assert!((0..7).all(|t| c.sampling_at(t).temperature == 1.0));
+        let bad = TrainConfig {
+            epsilon_final: "lots".into(),
+            ..TrainConfig::default()
+        };
+        assert!(
+            bad.validate_training()
+                .unwrap_err()
+                .to_string()
+                .contains("epsilon_final")
+        );
+        let bad = TrainConfig {
+            temperature_final: "0".into(),
+            ..TrainConfig::default()
+        };
+        assert!(bad.validate_training().is_err());
     }
 }

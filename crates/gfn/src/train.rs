@@ -293,12 +293,9 @@ impl Trainer {
         if self.fast.is_some() { "tape" } else { "graph" }
     }
 
-    /// Sampling options of the configuration.
+    /// Sampling options of this iteration (ε and temperature follow their schedules, if any).
     pub fn sampling_options(&self) -> SamplingOptions {
-        SamplingOptions {
-            epsilon: self.config.epsilon,
-            temperature: self.config.temperature,
-        }
+        self.config.sampling_at(self.iteration)
     }
 
     /// One training iteration, then the measurement samples; returns the loss. Errors name
