@@ -156,6 +156,14 @@ config! {
     replay_batch: usize = 0,
     /// Replay: `uniform` or `reward` (in proportion to R(x)) [default: uniform].
     replay_priority: String = "uniform".into(),
+    /// Local search (LS-GFN): each object of the batch is refined by K steps back with P_B and K
+    /// forward with P_F, kept or rejected (`local_search_accept`), and the results are re-sampled
+    /// backward and trained on beside the batch; 0 = off. Environments without exit action
+    /// (bitseq, set, binary) [default: 0].
+    local_search: usize = 0,
+    /// Local search: `greedy` (keep x' when R(x') ≥ R(x), as LS-GFN) or `mh` (Metropolis–Hastings
+    /// toward R) [default: greedy].
+    local_search_accept: String = "greedy".into(),
     /// Policy gradient (pg-*): GAE's λ in [0, 1] [default: 0.99].
     gae_lambda: f64 = 0.99,
     /// pg-g: states with log R(s) at or below this floor get the guide's capped exit
@@ -364,6 +372,35 @@ impl TrainConfig {
                     self.loss
                 ),
             ));
+        }
+        if !matches!(self.local_search_accept.as_str(), "greedy" | "mh") {
+            return Err(GfnError::invalid(
+                "local_search_accept",
+                &self.local_search_accept,
+                "must be greedy or mh",
+            ));
+        }
+        if self.local_search > 0 {
+            if self.replay_size > 0 {
+                return Err(GfnError::invalid(
+                    "local_search",
+                    self.local_search,
+                    "and replay_size both add backward trajectories: use one of them",
+                ));
+            }
+            if matches!(
+                self.loss.as_str(),
+                "fm" | "pg-u" | "pg-b" | "pg-g" | "vi" | "led-db" | "led-subtb"
+            ) {
+                return Err(GfnError::invalid(
+                    "local_search",
+                    self.local_search,
+                    format!(
+                        "needs an off-policy objective (tb, db, subtb, fl-db, fl-subtb, mdb, soft-q), not {}",
+                        self.loss
+                    ),
+                ));
+            }
         }
         if !matches!(self.engine.as_str(), "auto" | "tape" | "graph") {
             return Err(GfnError::invalid("engine", &self.engine, "must be auto, tape or graph"));

@@ -216,6 +216,13 @@ impl Trainer {
         };
         let evaluator = ExactEvaluator::new(env.as_ref()).ok();
         let task = crate::task_metrics::TaskMetrics::new(&config, env.as_ref())?;
+        if config.local_search > 0 && env.exit_action().is_some() {
+            bail!(
+                "invalid local_search = {}: the back-and-forth proposal needs an environment without exit action (bitseq, set, ebm tasks); {} has one",
+                config.local_search,
+                env.name()
+            );
+        }
         // Which objectives may replay is checked by TrainConfig::validate_training.
         let replay = if config.replay_size > 0 {
             let priority: crate::replay::Priority = config.replay_priority.parse()?;
@@ -357,7 +364,30 @@ impl Trainer {
                 self.sampler
                     .sample_forward_with(env, &mut view, n, opts, &mut self.rng, &mut self.batch)?;
                 let offsets = led_offsets(&mut self.led, &self.batch, &mut self.led_seconds)?;
+                if self.config.local_search > 0 {
+                    self.replay_rows.clear();
+                    let mut policy = gfn_core::local_search::InferencePolicy::new(env, est)
+                        .ok_or_else(|| anyhow::anyhow!("the tape engine needs f32 parameters on the CPU"))?;
+                    local_search(
+                        env,
+                        &mut policy,
+                        &self.config,
+                        &self.batch,
+                        &mut self.rng,
+                        &mut self.replay_rows,
+                    )?;
+                }
                 let batch = match &mut self.replay {
+                    _ if self.config.local_search > 0 => {
+                        let back = &mut self.back;
+                        self.sampler
+                            .sample_backward_with(env, &mut view, &self.replay_rows, &mut self.rng, back)?;
+                        let walked = back.num_rows() - back.batch_size;
+                        view.record(&back.features[walked * back.feature_dim..], back.batch_size)?;
+                        self.pg_batch.clone_from(&self.batch);
+                        self.pg_batch.append(back)?;
+                        &self.pg_batch
+                    }
                     Some(replay) if !replay.is_empty() => {
                         replay.draw(self.replay_batch, &mut self.rng, &mut self.replay_rows);
                         let back = &mut self.back;
@@ -390,7 +420,26 @@ impl Trainer {
                 self.sampler
                     .sample_forward(env, est, n, opts, &mut self.rng, &mut self.batch)?;
                 let offsets = led_offsets(&mut self.led, &self.batch, &mut self.led_seconds)?;
+                if self.config.local_search > 0 {
+                    self.replay_rows.clear();
+                    let mut policy = gfn_core::local_search::EstimatorPolicy::new(env, est);
+                    local_search(
+                        env,
+                        &mut policy,
+                        &self.config,
+                        &self.batch,
+                        &mut self.rng,
+                        &mut self.replay_rows,
+                    )?;
+                }
                 let batch = match &mut self.replay {
+                    _ if self.config.local_search > 0 => {
+                        self.sampler
+                            .sample_backward(env, est, &self.replay_rows, &mut self.rng, &mut self.back)?;
+                        self.pg_batch.clone_from(&self.batch);
+                        self.pg_batch.append(&self.back)?;
+                        &self.pg_batch
+                    }
                     Some(replay) if !replay.is_empty() => {
                         replay.draw(self.replay_batch, &mut self.rng, &mut self.replay_rows);
                         self.sampler
@@ -718,6 +767,38 @@ impl Trainer {
         (self.loss_sum, self.loss_count) = ck.loss_window;
         Ok(())
     }
+}
+
+/// LS-GFN's refinement of `batch`'s objects: `config.local_search` steps back with P_B and as
+/// many forward with P_F from each, then `x'` kept greedily (`R(x') ≥ R(x)`) or by
+/// Metropolis–Hastings toward R (`log α = log R(x') − log R(x) + log q(x'→x) − log q(x→x')`);
+/// the kept objects (or the originals) go to `out`.
+fn local_search<E: Env + ?Sized, P: gfn_core::local_search::StatePolicy + ?Sized>(
+    env: &E,
+    policy: &mut P,
+    config: &TrainConfig,
+    batch: &TrajectoryBatch,
+    rng: &mut GfnRng,
+    out: &mut Vec<i32>,
+) -> Result<()> {
+    let sd = env.state_dim();
+    let k = config.local_search.min(env.max_actions());
+    let proposal =
+        gfn_core::local_search::back_and_forth(env, policy, &batch.terminal_states, k, rng).context("local search")?;
+    out.clear();
+    for b in 0..batch.batch_size {
+        let x_new = &proposal.states[b * sd..(b + 1) * sd];
+        let delta = env.log_reward(x_new) - batch.log_reward[b];
+        let keep = match config.local_search_accept.as_str() {
+            "mh" => {
+                let log_alpha = delta + proposal.log_q_reverse[b] - proposal.log_q_forward[b];
+                log_alpha >= 0.0 || gfn_core::rng::uniform(rng).ln() < log_alpha
+            }
+            _ => delta >= 0.0,
+        };
+        out.extend_from_slice(if keep { x_new } else { batch.terminal_state(b) });
+    }
+    Ok(())
 }
 
 fn check_finite(loss: &Tensor, objective: Objective, iteration: u64) -> Result<f64> {

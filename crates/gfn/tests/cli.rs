@@ -243,6 +243,21 @@ fn resume_reproduces_the_uninterrupted_run() {
         ("pg-g", &["--shared-trunk", "false"][..]),
         ("subtb", &["--replay-size", "64", "--replay-priority", "reward"][..]),
         (
+            "db",
+            &[
+                "--env",
+                "bitseq",
+                "--bitseq-length",
+                "24",
+                "--bitseq-word",
+                "4",
+                "--local-search",
+                "2",
+                "--local-search-accept",
+                "mh",
+            ][..],
+        ),
+        (
             "led-subtb",
             &["--led-buffer", "7", "--metric-batch", "8", "--recent-window", "50"][..],
         ),
@@ -415,6 +430,10 @@ fn bad_input_gets_a_clear_error() {
     assert_usage_error(
         &["train", "--loss", "pg-u", "--replay-size", "10", "--out", d],
         &["replay_size", "10", "pg-u", "off-policy"],
+    );
+    assert_usage_error(
+        &["train", "--local-search", "2", "--out", d],
+        &["local_search", "2", "exit action", "hypergrid"],
     );
     assert_usage_error(
         &["train", "--replay-size", "10", "--replay-priority", "best", "--out", d],
