@@ -1,0 +1,301 @@
+//! Kernel launches (the `cuda` feature). The PTX is `kernels.cu` compiled by nvcc at build time
+//! (build.rs); candle loads it once per device as module `gfn_kernels`.
+#![allow(unsafe_code)]
+
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+};
+use candle_core::cuda_backend::{CudaDType, WrapErr};
+use candle_core::{CudaDevice, CudaStorage, Layout, Result as CResult, bail};
+
+use crate::ops::{AdamApply, AdamMoments, POISON_U8, POISON_U32, SampleStep, poison};
+use crate::spec::EnvSpec;
+
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/gfn_kernels.ptx"));
+const MODULE: &str = "gfn_kernels";
+const THREADS: u32 = 256;
+
+fn func(dev: &CudaDevice, name: &str) -> CResult<candle_core::cuda_backend::CudaFunc> {
+    dev.get_or_load_custom_func(name, MODULE, PTX)
+}
+
+fn cfg(n: usize) -> LaunchConfig {
+    let n = n.max(1) as u32;
+    LaunchConfig {
+        grid_dim: (n.div_ceil(THREADS), 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn view<'a, T: CudaDType + DeviceRepr>(s: &'a CudaStorage, l: &Layout, what: &str) -> CResult<CudaView<'a, T>> {
+    let Some((a, b)) = l.contiguous_offsets() else {
+        bail!("{what}: contiguous inputs only")
+    };
+    Ok(s.as_cuda_slice::<T>()?.slice(a..b))
+}
+
+/// An output buffer of `n` elements, filled with `poison_value` when poisoning is on.
+fn alloc<T: DeviceRepr + ValidAsZeroBits + Clone>(dev: &CudaDevice, n: usize, poison_value: T) -> CResult<CudaSlice<T>> {
+    let n = n.max(1);
+    if poison() {
+        let host = vec![poison_value; n];
+        let mut out = dev.alloc_zeros::<T>(n)?;
+        dev.memcpy_htod(&host, &mut out)?;
+        Ok(out)
+    } else {
+        // SAFETY: every element is written by the kernel launched next.
+        unsafe { dev.alloc::<T>(n) }
+    }
+}
+
+fn wrap<T: CudaDType>(slice: CudaSlice<T>, dev: &CudaDevice) -> CudaStorage {
+    CudaStorage::wrap_cuda_slice(slice, dev.clone())
+}
+
+fn i32_of(v: usize, what: &str) -> CResult<i32> {
+    match i32::try_from(v) {
+        Ok(v) => Ok(v),
+        Err(_) => bail!("{what} = {v} is too large for the kernels (at most {})", i32::MAX),
+    }
+}
+
+pub(crate) fn featurize(env: &EnvSpec, s: &CudaStorage, l: &Layout, n: usize, f_dim: usize) -> CResult<CudaStorage> {
+    let dev = s.device();
+    let rows = view::<u32>(s, l, "featurize")?;
+    let out = alloc::<f32>(dev, n * f_dim, f32::NAN)?;
+    let (w, ni, fi) = (i32_of(env.row_width(), "W")?, i32_of(n, "rows")?, i32_of(f_dim, "features")?);
+    let f = func(dev, "gfn_featurize")?;
+    let mut b = f.builder();
+    b.arg(env).arg(&rows).arg(&w).arg(&ni).arg(&fi).arg(&out);
+    // SAFETY: argument list matches `gfn_featurize`.
+    unsafe { b.launch(cfg(n * f_dim)) }.w()?;
+    Ok(wrap(out, dev))
+}
+
+pub(crate) fn mask(env: &EnvSpec, s: &CudaStorage, l: &Layout, n: usize, backward: bool) -> CResult<CudaStorage> {
+    let dev = s.device();
+    let rows = view::<u32>(s, l, "mask")?;
+    let a_dim = if backward { env.n_backward() } else { env.n_actions() };
+    let out = alloc::<u8>(dev, n * a_dim, POISON_U8)?;
+    let (w, ni) = (i32_of(env.row_width(), "W")?, i32_of(n, "rows")?);
+    let f = func(dev, if backward { "gfn_backward_mask" } else { "gfn_forward_mask" })?;
+    let mut b = f.builder();
+    b.arg(env).arg(&rows).arg(&w).arg(&ni).arg(&out);
+    // SAFETY: argument list matches `gfn_forward_mask` / `gfn_backward_mask`.
+    unsafe { b.launch(cfg(n * a_dim)) }.w()?;
+    Ok(wrap(out, dev))
+}
+
+pub(crate) fn sample_step(
+    op: &SampleStep,
+    s1: &mut CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+    batch: usize,
+) -> CResult<()> {
+    let dev = s1.device().clone();
+    let logits = view::<f32>(s2, l2, "sample-step")?;
+    let Some((a, b_end)) = l1.contiguous_offsets() else {
+        bail!("sample-step: contiguous trajectory only")
+    };
+    let mut traj = s1.as_cuda_slice_mut::<u32>()?.slice_mut(a..b_end);
+    let (w, bi, ti) = (
+        i32_of(op.env.row_width(), "W")?,
+        i32_of(batch, "batch")?,
+        i32_of(op.t, "t")?,
+    );
+    let f = func(&dev, "gfn_sample_step")?;
+    let mut b = f.builder();
+    b.arg(&op.env)
+        .arg(&mut traj)
+        .arg(&w)
+        .arg(&bi)
+        .arg(&ti)
+        .arg(&logits)
+        .arg(&op.seed)
+        .arg(&op.iteration)
+        .arg(&op.epsilon)
+        .arg(&op.inv_temp);
+    // SAFETY: argument list matches `gfn_sample_step`.
+    unsafe { b.launch(cfg(batch)) }.w()?;
+    Ok(())
+}
+
+pub(crate) fn lsg(
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+    s3: &CudaStorage,
+    l3: &Layout,
+    n: usize,
+    a_dim: usize,
+    jacobian: bool,
+) -> CResult<CudaStorage> {
+    let dev = s1.device();
+    let (logits, mask, act) = (
+        view::<f32>(s1, l1, "log-softmax-gather")?,
+        view::<u8>(s2, l2, "log-softmax-gather")?,
+        view::<u32>(s3, l3, "log-softmax-gather")?,
+    );
+    let out = alloc::<f32>(dev, if jacobian { n * a_dim } else { n }, f32::NAN)?;
+    let (ni, ai) = (i32_of(n, "rows")?, i32_of(a_dim, "actions")?);
+    if jacobian {
+        let f = func(dev, "gfn_log_softmax_gather_jacobian")?;
+        let mut b = f.builder();
+        b.arg(&logits).arg(&mask).arg(&act).arg(&ni).arg(&ai).arg(&out);
+        // SAFETY: argument list matches `gfn_log_softmax_gather_jacobian`.
+        unsafe { b.launch(cfg(n)) }.w()?;
+    } else {
+        let f = func(dev, "gfn_log_softmax_gather")?;
+        let mut b = f.builder();
+        b.arg(&logits).arg(&mask).arg(&act).arg(&ni).arg(&ai).arg(&out);
+        // SAFETY: argument list matches `gfn_log_softmax_gather`.
+        unsafe { b.launch(cfg(n)) }.w()?;
+    }
+    Ok(wrap(out, dev))
+}
+
+pub(crate) fn per_step(
+    env: &EnvSpec,
+    s: &CudaStorage,
+    l: &Layout,
+    steps: usize,
+    batch: usize,
+    log_pb: bool,
+) -> CResult<CudaStorage> {
+    let dev = s.device();
+    let traj = view::<u32>(s, l, "per-step")?;
+    let (w, ti, bi) = (
+        i32_of(env.row_width(), "W")?,
+        i32_of(steps, "T")?,
+        i32_of(batch, "batch")?,
+    );
+    if log_pb {
+        let out = alloc::<f32>(dev, steps * batch, f32::NAN)?;
+        let f = func(dev, "gfn_uniform_log_pb")?;
+        let mut b = f.builder();
+        b.arg(env).arg(&traj).arg(&w).arg(&ti).arg(&bi).arg(&out);
+        // SAFETY: argument list matches `gfn_uniform_log_pb`.
+        unsafe { b.launch(cfg(steps * batch)) }.w()?;
+        Ok(wrap(out, dev))
+    } else {
+        let out = alloc::<u32>(dev, steps * batch, POISON_U32)?;
+        let f = func(dev, "gfn_backward_actions")?;
+        let mut b = f.builder();
+        b.arg(env).arg(&traj).arg(&w).arg(&ti).arg(&bi).arg(&out);
+        // SAFETY: argument list matches `gfn_backward_actions`.
+        unsafe { b.launch(cfg(steps * batch)) }.w()?;
+        Ok(wrap(out, dev))
+    }
+}
+
+pub(crate) fn log_reward(
+    env: &EnvSpec,
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+    n: usize,
+) -> CResult<CudaStorage> {
+    let dev = s1.device();
+    let (rows, aux) = (view::<u32>(s1, l1, "log-reward")?, view::<f32>(s2, l2, "log-reward")?);
+    let out = alloc::<f32>(dev, n, f32::NAN)?;
+    let (w, ni) = (i32_of(env.row_width(), "W")?, i32_of(n, "rows")?);
+    let f = func(dev, "gfn_log_reward")?;
+    let mut b = f.builder();
+    b.arg(env).arg(&rows).arg(&w).arg(&ni).arg(&aux).arg(&out);
+    // SAFETY: argument list matches `gfn_log_reward`.
+    unsafe { b.launch(cfg(n)) }.w()?;
+    Ok(wrap(out, dev))
+}
+
+pub(crate) fn subtb(
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+    s3: &CudaStorage,
+    l3: &Layout,
+    steps: usize,
+    batch: usize,
+    log_lambda: f64,
+    jacobian: bool,
+) -> CResult<CudaStorage> {
+    let dev = s1.device();
+    let (delta, flows, lengths) = (
+        view::<f32>(s1, l1, "subtb")?,
+        view::<f32>(s2, l2, "subtb")?,
+        view::<u32>(s3, l3, "subtb")?,
+    );
+    let (ti, bi) = (i32_of(steps, "T")?, i32_of(batch, "batch")?);
+    let n_out = if jacobian { (2 * steps + 1) * batch } else { batch };
+    let out = alloc::<f32>(dev, n_out, f32::NAN)?;
+    let f = func(dev, if jacobian { "gfn_subtb_jacobian" } else { "gfn_subtb_fwd" })?;
+    let mut b = f.builder();
+    b.arg(&delta)
+        .arg(&flows)
+        .arg(&lengths)
+        .arg(&ti)
+        .arg(&bi)
+        .arg(&log_lambda)
+        .arg(&out);
+    // SAFETY: argument list matches `gfn_subtb_fwd` / `gfn_subtb_jacobian`.
+    unsafe { b.launch(cfg(batch)) }.w()?;
+    Ok(wrap(out, dev))
+}
+
+pub(crate) fn adam_moments(
+    op: &AdamMoments,
+    s1: &mut CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+    n: usize,
+) -> CResult<()> {
+    let dev = s1.device().clone();
+    let g = view::<f32>(s2, l2, "adam")?;
+    let Some((a, e)) = l1.contiguous_offsets() else {
+        bail!("adam: contiguous moments only")
+    };
+    let mut mv = s1.as_cuda_slice_mut::<f32>()?.slice_mut(a..e);
+    let ni = i32_of(n, "parameters")?;
+    let f = func(&dev, "gfn_adam_moments")?;
+    let mut b = f.builder();
+    b.arg(&mut mv).arg(&g).arg(&ni).arg(&op.beta1).arg(&op.beta2);
+    // SAFETY: argument list matches `gfn_adam_moments`.
+    unsafe { b.launch(cfg(n)) }.w()?;
+    Ok(())
+}
+
+pub(crate) fn adam_apply(
+    op: &AdamApply,
+    s1: &mut CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+    n: usize,
+) -> CResult<()> {
+    let dev = s1.device().clone();
+    let mv = view::<f32>(s2, l2, "adam")?;
+    let Some((a, e)) = l1.contiguous_offsets() else {
+        bail!("adam: contiguous parameters only")
+    };
+    let mut p = s1.as_cuda_slice_mut::<f32>()?.slice_mut(a..e);
+    let ni = i32_of(n, "parameters")?;
+    let f = func(&dev, "gfn_adam_apply")?;
+    let mut b = f.builder();
+    b.arg(&mut p)
+        .arg(&mv)
+        .arg(&ni)
+        .arg(&op.lr)
+        .arg(&op.sm)
+        .arg(&op.sv)
+        .arg(&op.eps)
+        .arg(&op.decay);
+    // SAFETY: argument list matches `gfn_adam_apply`.
+    unsafe { b.launch(cfg(n)) }.w()?;
+    Ok(())
+}

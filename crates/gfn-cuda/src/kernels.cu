@@ -1,0 +1,393 @@
+// gfn-cuda kernels. Each has a CPU reference in `ops.rs` (same arithmetic, same order);
+// tests/kernels.rs compares the two on fresh random inputs with poisoned outputs.
+//
+// Trajectory buffers are t-major `[T+1, B, W]` u32 rows: `W = S + 3` with the state in columns
+// `0..S` (0 = empty slot for bit sequences and binary vectors, value + 1 otherwise; coordinates
+// for the hypergrid), then the number of steps taken, the done flag, and the action taken from
+// this state (`NO_ACTION` when none).
+
+#include <stdint.h>
+
+#define NO_ACTION 0xFFFFFFFFu
+#define ENV_HYPERGRID 0
+#define ENV_BINARY 1
+#define ENV_BITSEQ_APPEND 2
+#define ENV_BITSEQ_FILL 3
+
+struct EnvP {
+    int kind;       // ENV_*
+    int sdim;       // S: state width
+    int n_actions;  // A
+    int n_back;     // backward actions
+    int height;     // hypergrid H
+    int k;          // bit-sequence word bits
+    int vocab;      // bit-sequence 2^k
+    int n_aux;      // rows of the reward's auxiliary table (modes)
+    float r0, r1, r2;  // hypergrid reward
+    float scale;       // bit-sequence reward scale
+};
+
+__device__ __forceinline__ int steps_col(const EnvP& e) { return e.sdim; }
+__device__ __forceinline__ int done_col(const EnvP& e) { return e.sdim + 1; }
+__device__ __forceinline__ int act_col(const EnvP& e) { return e.sdim + 2; }
+
+// Is forward action `a` allowed from `s` (a state that is not done)?
+__device__ bool fwd_allowed(const EnvP& e, const uint32_t* s, int a) {
+    switch (e.kind) {
+    case ENV_HYPERGRID:
+        return a == e.sdim || s[a] < (uint32_t)(e.height - 1);
+    case ENV_BINARY:
+        return s[a >> 1] == 0;
+    case ENV_BITSEQ_APPEND:
+        return s[steps_col(e)] < (uint32_t)e.sdim;
+    default:  // fill
+        return s[a / e.vocab] == 0;
+    }
+}
+
+__device__ bool bwd_allowed(const EnvP& e, const uint32_t* s, int a) {
+    switch (e.kind) {
+    case ENV_HYPERGRID:
+        return s[a] > 0;
+    case ENV_BINARY:
+    case ENV_BITSEQ_FILL:
+        return s[a] != 0;
+    default:  // append: remove the last word
+        return s[steps_col(e)] > 0;
+    }
+}
+
+// The backward action undoing forward action `a` (NO_ACTION for the exit).
+__device__ uint32_t bwd_action(const EnvP& e, uint32_t a) {
+    if (a == NO_ACTION) return NO_ACTION;
+    switch (e.kind) {
+    case ENV_HYPERGRID:
+        return a == (uint32_t)e.sdim ? NO_ACTION : a;
+    case ENV_BINARY:
+        return a >> 1;
+    case ENV_BITSEQ_APPEND:
+        return 0;
+    default:
+        return a / (uint32_t)e.vocab;
+    }
+}
+
+// Apply forward action `a` to row `s` in place (state, steps, done).
+__device__ void apply_step(const EnvP& e, uint32_t* s, uint32_t a) {
+    uint32_t steps = s[steps_col(e)] + 1;
+    s[steps_col(e)] = steps;
+    switch (e.kind) {
+    case ENV_HYPERGRID:
+        if (a == (uint32_t)e.sdim) s[done_col(e)] = 1; else s[a] += 1;
+        return;
+    case ENV_BINARY:
+        s[a >> 1] = (a & 1) + 1;
+        break;
+    case ENV_BITSEQ_APPEND:
+        s[steps - 1] = a + 1;
+        break;
+    default:
+        s[a / e.vocab] = a % e.vocab + 1;
+        break;
+    }
+    if (steps == (uint32_t)e.sdim) s[done_col(e)] = 1;
+}
+
+__device__ float feature(const EnvP& e, const uint32_t* s, int f) {
+    switch (e.kind) {
+    case ENV_HYPERGRID:
+        return s[f / e.height] == (uint32_t)(f % e.height) ? 1.0f : 0.0f;
+    case ENV_BINARY:
+        return (float)s[f] - 1.0f;
+    default: {
+        int b = f >> 1;
+        uint32_t v = s[b / e.k];
+        if (v == 0) return 0.0f;
+        uint32_t bit = ((v - 1) >> (e.k - 1 - b % e.k)) & 1u;
+        return (f & 1) ? (float)(1u - bit) : (float)bit;
+    }
+    }
+}
+
+extern "C" __global__ void gfn_featurize(EnvP e, const uint32_t* states, int w, int n, int f_dim, float* out) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)n * f_dim) return;
+    int r = (int)(i / f_dim), f = (int)(i % f_dim);
+    out[i] = feature(e, states + (long long)r * w, f);
+}
+
+extern "C" __global__ void gfn_forward_mask(EnvP e, const uint32_t* states, int w, int n, uint8_t* out) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)n * e.n_actions) return;
+    int r = (int)(i / e.n_actions), a = (int)(i % e.n_actions);
+    const uint32_t* s = states + (long long)r * w;
+    out[i] = (s[done_col(e)] == 0 && fwd_allowed(e, s, a)) ? 1 : 0;
+}
+
+extern "C" __global__ void gfn_backward_mask(EnvP e, const uint32_t* states, int w, int n, uint8_t* out) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)n * e.n_back) return;
+    int r = (int)(i / e.n_back), a = (int)(i % e.n_back);
+    out[i] = bwd_allowed(e, states + (long long)r * w, a) ? 1 : 0;
+}
+
+// ---- counter-based RNG: Philox4x32-10 (Salmon et al. 2011), key = seed, counter = (row, t, iteration) ----
+
+__device__ __forceinline__ void philox_round(uint32_t* c, uint32_t k0, uint32_t k1) {
+    uint32_t lo0 = 0xD2511F53u * c[0], hi0 = __umulhi(0xD2511F53u, c[0]);
+    uint32_t lo1 = 0xCD9E8D57u * c[2], hi1 = __umulhi(0xCD9E8D57u, c[2]);
+    uint32_t n0 = hi1 ^ c[1] ^ k0, n2 = hi0 ^ c[3] ^ k1;
+    c[0] = n0; c[1] = lo1; c[2] = n2; c[3] = lo0;
+}
+
+// A uniform double in [0, 1) with 53 random bits.
+__device__ double philox_uniform(unsigned long long seed, uint32_t row, uint32_t t, unsigned long long iteration) {
+    uint32_t c[4] = {row, t, (uint32_t)iteration, (uint32_t)(iteration >> 32)};
+    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+    for (int r = 0; r < 10; ++r) {
+        philox_round(c, k0, k1);
+        k0 += 0x9E3779B9u; k1 += 0xBB67AE85u;
+    }
+    unsigned long long hi = c[0] >> 5, lo = c[1] >> 6;
+    return (double)(hi * 67108864ull + lo) * (1.0 / 9007199254740992.0);
+}
+
+// One rollout step for every row b: read traj[t, b], sample an action from the masked
+// (tempered, epsilon-mixed) softmax of logits[b] with the uniform of (seed, b, t, iteration),
+// record it, and write traj[t+1, b]. Done rows are copied with NO_ACTION.
+extern "C" __global__ void gfn_sample_step(EnvP e, uint32_t* traj, int w, int batch, int t, const float* logits,
+                                           unsigned long long seed, unsigned long long iteration, double epsilon,
+                                           double inv_temp) {
+    int b = blockIdx.x * blockDim.x + threadIdx.x;
+    if (b >= batch) return;
+    uint32_t* s = traj + ((long long)t * batch + b) * w;
+    uint32_t* nx = traj + ((long long)(t + 1) * batch + b) * w;
+    for (int j = 0; j < w; ++j) nx[j] = s[j];
+    nx[act_col(e)] = NO_ACTION;
+    if (s[done_col(e)] != 0) { s[act_col(e)] = NO_ACTION; return; }
+    const float* l = logits + (long long)b * e.n_actions;
+    double m = -INFINITY;
+    int n_valid = 0;
+    for (int a = 0; a < e.n_actions; ++a) {
+        if (fwd_allowed(e, s, a)) {
+            double v = (double)l[a] * inv_temp;
+            m = v > m ? v : m;
+            ++n_valid;
+        }
+    }
+    double z = 0.0;
+    for (int a = 0; a < e.n_actions; ++a)
+        if (fwd_allowed(e, s, a)) z += exp((double)l[a] * inv_temp - m);
+    double u = philox_uniform(seed, (uint32_t)b, (uint32_t)t, iteration);
+    double cum = 0.0;
+    uint32_t chosen = NO_ACTION;
+    for (int a = 0; a < e.n_actions; ++a) {
+        if (!fwd_allowed(e, s, a)) continue;
+        double p = (1.0 - epsilon) * exp((double)l[a] * inv_temp - m) / z + epsilon / (double)n_valid;
+        cum += p;
+        chosen = (uint32_t)a;
+        if (u < cum) break;
+    }
+    s[act_col(e)] = chosen;
+    if (chosen == NO_ACTION) { nx[done_col(e)] = 1; return; }
+    apply_step(e, nx, chosen);
+}
+
+// out[r] = log softmax(logits[r] | mask[r])[act[r]], 0 where act[r] is NO_ACTION.
+extern "C" __global__ void gfn_log_softmax_gather(const float* logits, const uint8_t* mask, const uint32_t* act, int n,
+                                                  int a_dim, float* out) {
+    int r = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= n) return;
+    uint32_t a = act[r];
+    if (a == NO_ACTION) { out[r] = 0.0f; return; }
+    const float* l = logits + (long long)r * a_dim;
+    const uint8_t* mk = mask + (long long)r * a_dim;
+    float m = -INFINITY;
+    for (int j = 0; j < a_dim; ++j) if (mk[j]) m = fmaxf(m, l[j]);
+    float z = 0.0f;
+    for (int j = 0; j < a_dim; ++j) if (mk[j]) z += expf(l[j] - m);
+    out[r] = l[a] - m - logf(z);
+}
+
+// d out[r] / d logits[r, j] = 1[j = act] − softmax_j on allowed j, 0 elsewhere (and on rows
+// without an action).
+extern "C" __global__ void gfn_log_softmax_gather_jacobian(const float* logits, const uint8_t* mask,
+                                                           const uint32_t* act, int n, int a_dim, float* out) {
+    int r = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= n) return;
+    uint32_t a = act[r];
+    float* o = out + (long long)r * a_dim;
+    if (a == NO_ACTION) { for (int j = 0; j < a_dim; ++j) o[j] = 0.0f; return; }
+    const float* l = logits + (long long)r * a_dim;
+    const uint8_t* mk = mask + (long long)r * a_dim;
+    float m = -INFINITY;
+    for (int j = 0; j < a_dim; ++j) if (mk[j]) m = fmaxf(m, l[j]);
+    float z = 0.0f;
+    for (int j = 0; j < a_dim; ++j) if (mk[j]) z += expf(l[j] - m);
+    for (int j = 0; j < a_dim; ++j) {
+        float p = mk[j] ? expf(l[j] - m) / z : 0.0f;
+        o[j] = ((uint32_t)j == a ? 1.0f : 0.0f) - p;
+    }
+}
+
+// out[t, b] = the backward action undoing the step t → t+1 of row b.
+extern "C" __global__ void gfn_backward_actions(EnvP e, const uint32_t* traj, int w, int steps, int batch,
+                                                uint32_t* out) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= steps * batch) return;
+    out[i] = bwd_action(e, traj[(long long)i * w + act_col(e)]);
+}
+
+// out[t, b] = log P_B(s_t | s_{t+1}) for the uniform backward policy: −log #parents(s_{t+1}),
+// 0 for the exit step and past the end.
+extern "C" __global__ void gfn_uniform_log_pb(EnvP e, const uint32_t* traj, int w, int steps, int batch, float* out) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= steps * batch) return;
+    uint32_t ba = bwd_action(e, traj[(long long)i * w + act_col(e)]);
+    if (ba == NO_ACTION) { out[i] = 0.0f; return; }
+    const uint32_t* nx = traj + ((long long)i + batch) * w;
+    int c = 0;
+    for (int a = 0; a < e.n_back; ++a) c += bwd_allowed(e, nx, a) ? 1 : 0;
+    out[i] = -(float)log((double)c);
+}
+
+// log R of each row of `states` (complete objects). aux: the binary model's coupling J [S, S]
+// (log R = sᵀJs with spins s = 2x − 1), or the bit-sequence modes [n_aux, S] as word values.
+extern "C" __global__ void gfn_log_reward(EnvP e, const uint32_t* states, int w, int n, const float* aux, float* out) {
+    int r = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= n) return;
+    const uint32_t* s = states + (long long)r * w;
+    switch (e.kind) {
+    case ENV_HYPERGRID: {
+        bool outer = true, band = true;
+        int h1 = e.height - 1;
+        for (int i = 0; i < e.sdim; ++i) {
+            int c = 2 * (int)s[i] - h1;
+            c = c < 0 ? -c : c;
+            outer = outer && (2 * c > h1);
+            band = band && (6 * h1 < 10 * c) && (10 * c < 8 * h1);
+        }
+        double rw = (double)e.r0 + (outer ? (double)e.r1 : 0.0) + (band ? (double)e.r2 : 0.0);
+        out[r] = (float)log(rw);
+        return;
+    }
+    case ENV_BINARY: {
+        double acc = 0.0;
+        for (int i = 0; i < e.sdim; ++i) {
+            double si = s[i] == 2 ? 1.0 : -1.0;
+            double row = 0.0;
+            for (int j = 0; j < e.sdim; ++j) row += (double)aux[(long long)i * e.sdim + j] * (s[j] == 2 ? 1.0 : -1.0);
+            acc += si * row;
+        }
+        out[r] = (float)acc;
+        return;
+    }
+    default: {
+        int best = 1 << 30;
+        for (int m = 0; m < e.n_aux; ++m) {
+            int d = 0;
+            for (int i = 0; i < e.sdim; ++i) d += __popc((s[i] - 1u) ^ (uint32_t)aux[(long long)m * e.sdim + i]);
+            best = d < best ? d : best;
+        }
+        out[r] = (float)(-(double)e.scale * (double)best);
+        return;
+    }
+    }
+}
+
+// Normalised SubTB(λ) weights: w_k = λ^k / Σ_{k'=1..n} (n − k' + 1) λ^{k'} (log-sum-exp in f64).
+__device__ double subtb_log_norm(int n, double log_lambda) {
+    double mx = -INFINITY;
+    for (int k = 1; k <= n; ++k) {
+        double v = log((double)(n - k + 1)) + k * log_lambda;
+        mx = v > mx ? v : mx;
+    }
+    double s = 0.0;
+    for (int k = 1; k <= n; ++k) s += exp(log((double)(n - k + 1)) + k * log_lambda - mx);
+    return mx + log(s);
+}
+
+// g_k = log F_k − Σ_{t<k} δ_t for column b of t-major [T, B] / [T+1, B] inputs (f64).
+__device__ double subtb_g(const float* delta, const float* flows, int batch, int b, int k, double acc) {
+    return (double)flows[(long long)k * batch + b] - acc;
+}
+
+// Fused SubTB(λ): out[b] = Σ_{0≤i<j≤n} w_{j−i} (g_i − g_j)², n = lengths[b], with
+// δ_ij = g_i − g_j, g_k = log F(s_k) − Σ_{t<k} (log P_F − log P_B)_t and F(s_n) := R (the caller
+// writes log R into flows[n]). delta [T, B], flows [T+1, B] (t-major).
+extern "C" __global__ void gfn_subtb_fwd(const float* delta, const float* flows, const uint32_t* lengths, int steps,
+                                         int batch, double log_lambda, float* out) {
+    int b = blockIdx.x * blockDim.x + threadIdx.x;
+    if (b >= batch) return;
+    int n = (int)lengths[b];
+    n = n > steps ? steps : n;
+    if (n == 0) { out[b] = 0.0f; return; }
+    double lz = subtb_log_norm(n, log_lambda);
+    double total = 0.0, acc_i = 0.0;
+    for (int i = 0; i < n; ++i) {
+        double gi = subtb_g(delta, flows, batch, b, i, acc_i);
+        double acc_j = acc_i + (double)delta[(long long)i * batch + b];
+        for (int j = i + 1; j <= n; ++j) {
+            double gj = subtb_g(delta, flows, batch, b, j, acc_j);
+            double d = gi - gj;
+            total += exp((j - i) * log_lambda - lz) * d * d;
+            if (j < n) acc_j += (double)delta[(long long)j * batch + b];
+        }
+        acc_i += (double)delta[(long long)i * batch + b];
+    }
+    out[b] = (float)total;
+}
+
+// Gradient of out[b] per trajectory: rows 0..T of out = d/d delta [T, B], rows T..2T+1 = d/d flows [T+1, B].
+// With G_k = d/dg_k = Σ_{j>k} 2w(g_k − g_j) − Σ_{i<k} 2w(g_i − g_k): d/dF_k = G_k,
+// d/dδ_t = −Σ_{k>t} G_k.
+extern "C" __global__ void gfn_subtb_jacobian(const float* delta, const float* flows, const uint32_t* lengths,
+                                              int steps, int batch, double log_lambda, float* out) {
+    int b = blockIdx.x * blockDim.x + threadIdx.x;
+    if (b >= batch) return;
+    float* gd = out;
+    float* gf = out + (long long)steps * batch;
+    for (int t = 0; t < steps; ++t) gd[(long long)t * batch + b] = 0.0f;
+    for (int t = 0; t <= steps; ++t) gf[(long long)t * batch + b] = 0.0f;
+    int n = (int)lengths[b];
+    n = n > steps ? steps : n;
+    if (n == 0) return;
+    double lz = subtb_log_norm(n, log_lambda);
+    double acc_k = 0.0;
+    for (int k = 0; k <= n; ++k) {
+        double gk = subtb_g(delta, flows, batch, b, k, acc_k);
+        double big_g = 0.0, acc = 0.0;
+        for (int j = 0; j <= n; ++j) {
+            double gj = subtb_g(delta, flows, batch, b, j, acc);
+            if (j != k) {
+                int gap = j > k ? j - k : k - j;
+                big_g += 2.0 * exp(gap * log_lambda - lz) * (gk - gj);
+            }
+            if (j < n) acc += (double)delta[(long long)j * batch + b];
+        }
+        gf[(long long)k * batch + b] = (float)big_g;
+        if (k < n) acc_k += (double)delta[(long long)k * batch + b];
+    }
+    // d/dδ_t = −Σ_{k>t} G_k: a suffix sum (in f64) of the flow gradients just written.
+    double suffix = 0.0;
+    for (int t = n - 1; t >= 0; --t) {
+        suffix += (double)gf[(long long)(t + 1) * batch + b];
+        gd[(long long)t * batch + b] = (float)(-suffix);
+    }
+}
+
+// Adam, in two in-place passes: moments mv = [m | v] (2n) from the gradient, then the parameter.
+extern "C" __global__ void gfn_adam_moments(float* mv, const float* g, int n, float b1, float b2) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float gi = g[i];
+    mv[i] = b1 * mv[i] + (1.0f - b1) * gi;
+    mv[n + i] = b2 * mv[n + i] + (1.0f - b2) * gi * gi;
+}
+
+extern "C" __global__ void gfn_adam_apply(float* p, const float* mv, int n, float lr, float sm, float sv, float eps,
+                                          float decay) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    p[i] = p[i] * decay - lr * (mv[i] * sm) / (sqrtf(mv[n + i] * sv) + eps);
+}

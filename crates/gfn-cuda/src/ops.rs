@@ -1,0 +1,898 @@
+//! The custom ops: each a candle `CustomOp`/`InplaceOp` whose `cpu_fwd` is the reference and
+//! whose `cuda_fwd` launches the kernel of the same name in `kernels.cu`.
+//!
+//! | op | inputs | output |
+//! |---|---|---|
+//! | [`Featurize`] | rows `[n, W]` u32 | `[n, F]` f32 |
+//! | [`ForwardMask`] / [`BackwardMask`] | rows `[n, W]` u32 | `[n, A]` / `[n, A_B]` u8 (done rows: no forward action) |
+//! | [`SampleStep`] (in place) | trajectory `[T+1, B, W]` u32, logits `[B, A]` f32 | writes row `t+1` and the action of row `t` |
+//! | [`LogSoftmaxGather`] | logits `[n, A]` f32, mask u8, actions `[n]` u32 | `[n]` f32, with a backward pass |
+//! | [`BackwardActions`] / [`UniformLogPb`] | trajectory `[T+1, B, W]` | `[T, B]` u32 / f32 |
+//! | [`LogReward`] | rows `[n, W]`, table f32 | `[n]` f32 |
+//! | [`SubTbLoss`] | `δ = log P_F − log P_B` `[T, B]`, `log F` `[T+1, B]` f32, lengths `[B]` u32 | `[B]` f32, with a backward pass |
+//! | [`AdamMoments`], [`AdamApply`] (in place) | moments `[2n]`, gradient / parameter | updated in place |
+//!
+//! All tensors must be contiguous (a start offset is fine).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::backend::BackendStorage;
+
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, InplaceOp2, Layout, Result as CResult, Shape, Tensor, bail,
+};
+
+use crate::philox;
+use crate::spec::{EnvSpec, NO_ACTION};
+
+static POISON: AtomicBool = AtomicBool::new(false);
+
+/// Fill every output buffer with a poison pattern (NaN, `0xDEADBEEF`, `0xAB`) before the kernel
+/// or reference writes it, so a test sees any element left unwritten.
+pub fn set_poison(on: bool) {
+    POISON.store(on, Ordering::SeqCst);
+}
+
+/// Whether outputs are poisoned.
+pub fn poison() -> bool {
+    POISON.load(Ordering::SeqCst)
+}
+
+/// The poison values: f32 NaN, u32 `0xDEADBEEF`, u8 `0xAB`.
+pub const POISON_U32: u32 = 0xDEAD_BEEF;
+/// See [`POISON_U32`].
+pub const POISON_U8: u8 = 0xAB;
+
+fn contiguous(l: &Layout, op: &str) -> CResult<(usize, usize)> {
+    match l.contiguous_offsets() {
+        Some(r) => Ok(r),
+        None => bail!("{op}: contiguous inputs only (got strides {:?})", l.stride()),
+    }
+}
+
+fn cpu_u32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> CResult<&'a [u32]> {
+    let (a, b) = contiguous(l, op)?;
+    match s {
+        CpuStorage::U32(v) => Ok(&v[a..b]),
+        other => bail!("{op}: expected u32, got {:?}", other.dtype()),
+    }
+}
+
+fn cpu_u8<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> CResult<&'a [u8]> {
+    let (a, b) = contiguous(l, op)?;
+    match s {
+        CpuStorage::U8(v) => Ok(&v[a..b]),
+        other => bail!("{op}: expected u8, got {:?}", other.dtype()),
+    }
+}
+
+fn cpu_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> CResult<&'a [f32]> {
+    let (a, b) = contiguous(l, op)?;
+    match s {
+        CpuStorage::F32(v) => Ok(&v[a..b]),
+        other => bail!("{op}: expected f32, got {:?}", other.dtype()),
+    }
+}
+
+fn cpu_f32_mut<'a>(s: &'a mut CpuStorage, l: &Layout, op: &str) -> CResult<&'a mut [f32]> {
+    let (a, b) = contiguous(l, op)?;
+    match s {
+        CpuStorage::F32(v) => Ok(&mut v[a..b]),
+        other => bail!("{op}: expected f32, got {:?}", other.dtype()),
+    }
+}
+
+fn out_f32(n: usize) -> Vec<f32> {
+    vec![if poison() { f32::NAN } else { 0.0 }; n]
+}
+fn out_u32(n: usize) -> Vec<u32> {
+    vec![if poison() { POISON_U32 } else { 0 }; n]
+}
+fn out_u8(n: usize) -> Vec<u8> {
+    vec![if poison() { POISON_U8 } else { 0 }; n]
+}
+
+/// Rows and width of a `[n, W]` (or `[.., W]`) row tensor, checked against the spec.
+fn rows_of(l: &Layout, env: &EnvSpec, op: &str) -> CResult<usize> {
+    let dims = l.dims();
+    let w = *dims.last().unwrap_or(&0);
+    if w != env.row_width() {
+        bail!("{op}: rows must be {} wide (state + 3), got shape {dims:?}", env.row_width());
+    }
+    Ok(l.shape().elem_count() / w)
+}
+
+/// `(T, B)` of a trajectory buffer `[T+1, B, W]`.
+fn traj_dims(l: &Layout, env: &EnvSpec, op: &str) -> CResult<(usize, usize)> {
+    match l.dims() {
+        &[t1, b, w] if t1 >= 1 && w == env.row_width() => Ok((t1 - 1, b)),
+        d => bail!("{op}: trajectory must be [T+1, B, {}], got {d:?}", env.row_width()),
+    }
+}
+
+/// Network inputs of every row.
+#[derive(Debug, Clone, Copy)]
+pub struct Featurize(pub EnvSpec);
+
+impl CustomOp1 for Featurize {
+    fn name(&self) -> &'static str {
+        "gfn-featurize"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let env = &self.0;
+        let n = rows_of(l, env, self.name())?;
+        let rows = cpu_u32(s, l, self.name())?;
+        let (w, f_dim) = (env.row_width(), env.feature_dim());
+        let mut out = out_f32(n * f_dim);
+        for (r, o) in rows.chunks_exact(w).zip(out.chunks_exact_mut(f_dim)) {
+            for (f, o) in o.iter_mut().enumerate() {
+                *o = env.feature(r, f);
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n, f_dim))))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> CResult<(candle_core::CudaStorage, Shape)> {
+        let env = &self.0;
+        let n = rows_of(l, env, self.name())?;
+        let f_dim = env.feature_dim();
+        let out = crate::cuda::featurize(env, s, l, n, f_dim)?;
+        Ok((out, Shape::from((n, f_dim))))
+    }
+}
+
+/// Forward (`backward = false`) or backward action masks of every row.
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardMask(pub EnvSpec);
+/// See [`ForwardMask`].
+#[derive(Debug, Clone, Copy)]
+pub struct BackwardMask(pub EnvSpec);
+
+fn mask_cpu(env: &EnvSpec, s: &CpuStorage, l: &Layout, backward: bool, op: &str) -> CResult<(CpuStorage, Shape)> {
+    let n = rows_of(l, env, op)?;
+    let rows = cpu_u32(s, l, op)?;
+    let a_dim = if backward { env.n_backward() } else { env.n_actions() };
+    let mut out = out_u8(n * a_dim);
+    for (r, o) in rows.chunks_exact(env.row_width()).zip(out.chunks_exact_mut(a_dim)) {
+        for (a, o) in o.iter_mut().enumerate() {
+            *o = u8::from(if backward {
+                env.bwd_allowed(r, a)
+            } else {
+                r[env.done_col()] == 0 && env.fwd_allowed(r, a)
+            });
+        }
+    }
+    Ok((CpuStorage::U8(out), Shape::from((n, a_dim))))
+}
+
+impl CustomOp1 for ForwardMask {
+    fn name(&self) -> &'static str {
+        "gfn-forward-mask"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        mask_cpu(&self.0, s, l, false, self.name())
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> CResult<(candle_core::CudaStorage, Shape)> {
+        let n = rows_of(l, &self.0, self.name())?;
+        let out = crate::cuda::mask(&self.0, s, l, n, false)?;
+        Ok((out, Shape::from((n, self.0.n_actions()))))
+    }
+}
+
+impl CustomOp1 for BackwardMask {
+    fn name(&self) -> &'static str {
+        "gfn-backward-mask"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        mask_cpu(&self.0, s, l, true, self.name())
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> CResult<(candle_core::CudaStorage, Shape)> {
+        let n = rows_of(l, &self.0, self.name())?;
+        let out = crate::cuda::mask(&self.0, s, l, n, true)?;
+        Ok((out, Shape::from((n, self.0.n_backward()))))
+    }
+}
+
+/// One rollout step, in place on a trajectory buffer: for every row `b` of slot `t`, sample an
+/// action from the masked softmax of `logits[b] / temperature` mixed with `ε`-uniform over the
+/// allowed actions, by inverse CDF (in f64) on the Philox uniform of `(seed, b, t, iteration)`;
+/// record it in slot `t` and write the next state into slot `t+1`.
+#[derive(Debug, Clone, Copy)]
+pub struct SampleStep {
+    /// The environment.
+    pub env: EnvSpec,
+    /// The slot sampled from.
+    pub t: usize,
+    /// The run's sampling seed.
+    pub seed: u64,
+    /// The training iteration (the RNG counter's high word).
+    pub iteration: u64,
+    /// Uniform-exploration weight ε ∈ [0, 1].
+    pub epsilon: f64,
+    /// `1 / temperature`.
+    pub inv_temp: f64,
+}
+
+impl SampleStep {
+    /// The action the CPU reference picks for one row, with the uniform `u`.
+    pub fn pick(&self, s: &[u32], logits: &[f32], u: f64) -> u32 {
+        let env = &self.env;
+        let mut m = f64::NEG_INFINITY;
+        let mut n_valid = 0usize;
+        for (a, &l) in logits.iter().enumerate() {
+            if env.fwd_allowed(s, a) {
+                m = m.max(f64::from(l) * self.inv_temp);
+                n_valid += 1;
+            }
+        }
+        let mut z = 0.0;
+        for (a, &l) in logits.iter().enumerate() {
+            if env.fwd_allowed(s, a) {
+                z += (f64::from(l) * self.inv_temp - m).exp();
+            }
+        }
+        let (mut cum, mut chosen) = (0.0, NO_ACTION);
+        for (a, &l) in logits.iter().enumerate() {
+            if !env.fwd_allowed(s, a) {
+                continue;
+            }
+            let p = (1.0 - self.epsilon) * (f64::from(l) * self.inv_temp - m).exp() / z
+                + self.epsilon / n_valid as f64;
+            cum += p;
+            chosen = a as u32;
+            if u < cum {
+                break;
+            }
+        }
+        chosen
+    }
+}
+
+impl InplaceOp2 for SampleStep {
+    fn name(&self) -> &'static str {
+        "gfn-sample-step"
+    }
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CResult<()> {
+        let env = &self.env;
+        let (steps, batch) = traj_dims(l1, env, self.name())?;
+        if self.t >= steps {
+            bail!("{}: slot {} out of range (T = {steps})", self.name(), self.t);
+        }
+        let a_dim = env.n_actions();
+        if l2.dims() != [batch, a_dim] {
+            bail!("{}: logits must be [{batch}, {a_dim}], got {:?}", self.name(), l2.dims());
+        }
+        let logits = cpu_f32(s2, l2, self.name())?;
+        let (a, b) = contiguous(l1, self.name())?;
+        let CpuStorage::U32(traj) = s1 else {
+            bail!("{}: trajectory must be u32", self.name())
+        };
+        let traj = &mut traj[a..b];
+        let w = env.row_width();
+        let (cur, next) = traj[self.t * batch * w..(self.t + 2) * batch * w].split_at_mut(batch * w);
+        for (bi, (s, nx)) in cur.chunks_exact_mut(w).zip(next.chunks_exact_mut(w)).enumerate() {
+            nx.copy_from_slice(s);
+            nx[env.act_col()] = NO_ACTION;
+            if s[env.done_col()] != 0 {
+                s[env.act_col()] = NO_ACTION;
+                continue;
+            }
+            let u = philox::uniform(self.seed, bi as u32, self.t as u32, self.iteration);
+            let chosen = self.pick(s, &logits[bi * a_dim..(bi + 1) * a_dim], u);
+            s[env.act_col()] = chosen;
+            if chosen == NO_ACTION {
+                nx[env.done_col()] = 1;
+                continue;
+            }
+            env.apply_step(nx, chosen);
+        }
+        Ok(())
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &mut candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> CResult<()> {
+        let (steps, batch) = traj_dims(l1, &self.env, self.name())?;
+        if self.t >= steps {
+            bail!("{}: slot {} out of range (T = {steps})", self.name(), self.t);
+        }
+        if l2.dims() != [batch, self.env.n_actions()] {
+            bail!("{}: logits must be [{batch}, {}], got {:?}", self.name(), self.env.n_actions(), l2.dims());
+        }
+        crate::cuda::sample_step(self, s1, l1, s2, l2, batch)
+    }
+}
+
+/// `out[r] = log softmax(logits[r] restricted to mask[r])[actions[r]]`, 0 where the action is
+/// [`NO_ACTION`]; differentiable in the logits.
+#[derive(Debug, Clone, Copy)]
+pub struct LogSoftmaxGather;
+
+/// The Jacobian rows of [`LogSoftmaxGather`]: `1[j = a] − softmax_j` on allowed `j`, 0 elsewhere
+/// and on rows without an action.
+#[derive(Debug, Clone, Copy)]
+pub struct LogSoftmaxGatherJacobian;
+
+fn lsg_dims(l1: &Layout, l2: &Layout, l3: &Layout, op: &str) -> CResult<(usize, usize)> {
+    let (n, a) = match l1.dims() {
+        &[n, a] => (n, a),
+        d => bail!("{op}: logits must be [n, A], got {d:?}"),
+    };
+    if l2.dims() != [n, a] || l3.dims() != [n] {
+        bail!("{op}: mask must be [{n}, {a}] and actions [{n}], got {:?} and {:?}", l2.dims(), l3.dims());
+    }
+    Ok((n, a))
+}
+
+/// Max and normaliser of the allowed logits of one row (f32, in index order).
+fn masked_max_z(l: &[f32], m: &[u8]) -> (f32, f32) {
+    let mut mx = f32::NEG_INFINITY;
+    for (&v, &k) in l.iter().zip(m) {
+        if k != 0 {
+            mx = mx.max(v);
+        }
+    }
+    let mut z = 0.0f32;
+    for (&v, &k) in l.iter().zip(m) {
+        if k != 0 {
+            z += (v - mx).exp();
+        }
+    }
+    (mx, z)
+}
+
+impl CustomOp3 for LogSoftmaxGather {
+    fn name(&self) -> &'static str {
+        "gfn-log-softmax-gather"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let (n, a_dim) = lsg_dims(l1, l2, l3, self.name())?;
+        let (logits, mask, act) = (
+            cpu_f32(s1, l1, self.name())?,
+            cpu_u8(s2, l2, self.name())?,
+            cpu_u32(s3, l3, self.name())?,
+        );
+        let mut out = out_f32(n);
+        for r in 0..n {
+            let a = act[r];
+            if a == NO_ACTION {
+                out[r] = 0.0;
+                continue;
+            }
+            let (l, m) = (&logits[r * a_dim..(r + 1) * a_dim], &mask[r * a_dim..(r + 1) * a_dim]);
+            let (mx, z) = masked_max_z(l, m);
+            out[r] = l[a as usize] - mx - z.ln();
+        }
+        Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> CResult<(candle_core::CudaStorage, Shape)> {
+        let (n, a_dim) = lsg_dims(l1, l2, l3, self.name())?;
+        let out = crate::cuda::lsg(s1, l1, s2, l2, s3, l3, n, a_dim, false)?;
+        Ok((out, Shape::from(n)))
+    }
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        mask: &Tensor,
+        actions: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let jac = logits.apply_op3_no_bwd(mask, actions, &LogSoftmaxGatherJacobian)?;
+        let g = jac.broadcast_mul(&grad_res.unsqueeze(1)?)?;
+        Ok((Some(g), None, None))
+    }
+}
+
+impl CustomOp3 for LogSoftmaxGatherJacobian {
+    fn name(&self) -> &'static str {
+        "gfn-log-softmax-gather-jacobian"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let (n, a_dim) = lsg_dims(l1, l2, l3, self.name())?;
+        let (logits, mask, act) = (
+            cpu_f32(s1, l1, self.name())?,
+            cpu_u8(s2, l2, self.name())?,
+            cpu_u32(s3, l3, self.name())?,
+        );
+        let mut out = out_f32(n * a_dim);
+        for r in 0..n {
+            let o = &mut out[r * a_dim..(r + 1) * a_dim];
+            let a = act[r];
+            if a == NO_ACTION {
+                o.fill(0.0);
+                continue;
+            }
+            let (l, m) = (&logits[r * a_dim..(r + 1) * a_dim], &mask[r * a_dim..(r + 1) * a_dim]);
+            let (mx, z) = masked_max_z(l, m);
+            for j in 0..a_dim {
+                let p = if m[j] != 0 { (l[j] - mx).exp() / z } else { 0.0 };
+                o[j] = if j as u32 == a { 1.0 } else { 0.0 } - p;
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n, a_dim))))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> CResult<(candle_core::CudaStorage, Shape)> {
+        let (n, a_dim) = lsg_dims(l1, l2, l3, self.name())?;
+        let out = crate::cuda::lsg(s1, l1, s2, l2, s3, l3, n, a_dim, true)?;
+        Ok((out, Shape::from((n, a_dim))))
+    }
+}
+
+/// The backward action undoing each step `t → t+1` of a trajectory buffer, `[T, B]`.
+#[derive(Debug, Clone, Copy)]
+pub struct BackwardActions(pub EnvSpec);
+/// `log P_B(s_t | s_{t+1})` of the uniform backward policy for each step, `[T, B]` (0 for the
+/// exit step and past the end).
+#[derive(Debug, Clone, Copy)]
+pub struct UniformLogPb(pub EnvSpec);
+
+impl CustomOp1 for BackwardActions {
+    fn name(&self) -> &'static str {
+        "gfn-backward-actions"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let env = &self.0;
+        let (steps, batch) = traj_dims(l, env, self.name())?;
+        let traj = cpu_u32(s, l, self.name())?;
+        let w = env.row_width();
+        let mut out = out_u32(steps * batch);
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = env.bwd_action(traj[i * w + env.act_col()]);
+        }
+        Ok((CpuStorage::U32(out), Shape::from((steps, batch))))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> CResult<(candle_core::CudaStorage, Shape)> {
+        let (steps, batch) = traj_dims(l, &self.0, self.name())?;
+        let out = crate::cuda::per_step(&self.0, s, l, steps, batch, false)?;
+        Ok((out, Shape::from((steps, batch))))
+    }
+}
+
+impl CustomOp1 for UniformLogPb {
+    fn name(&self) -> &'static str {
+        "gfn-uniform-log-pb"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let env = &self.0;
+        let (steps, batch) = traj_dims(l, env, self.name())?;
+        let traj = cpu_u32(s, l, self.name())?;
+        let w = env.row_width();
+        let mut out = out_f32(steps * batch);
+        for (i, o) in out.iter_mut().enumerate() {
+            let ba = env.bwd_action(traj[i * w + env.act_col()]);
+            if ba == NO_ACTION {
+                *o = 0.0;
+                continue;
+            }
+            let nx = &traj[(i + batch) * w..(i + batch + 1) * w];
+            let c = (0..env.n_backward()).filter(|&a| env.bwd_allowed(nx, a)).count();
+            *o = -((c as f64).ln() as f32);
+        }
+        Ok((CpuStorage::F32(out), Shape::from((steps, batch))))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> CResult<(candle_core::CudaStorage, Shape)> {
+        let (steps, batch) = traj_dims(l, &self.0, self.name())?;
+        let out = crate::cuda::per_step(&self.0, s, l, steps, batch, true)?;
+        Ok((out, Shape::from((steps, batch))))
+    }
+}
+
+/// `log R` of each (complete) row, given the reward table (see [`crate::spec::DeviceEnv::aux`]).
+#[derive(Debug, Clone, Copy)]
+pub struct LogReward(pub EnvSpec);
+
+impl CustomOp2 for LogReward {
+    fn name(&self) -> &'static str {
+        "gfn-log-reward"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let env = &self.0;
+        let n = rows_of(l1, env, self.name())?;
+        let rows = cpu_u32(s1, l1, self.name())?;
+        let aux = cpu_f32(s2, l2, self.name())?;
+        let mut out = out_f32(n);
+        for (o, r) in out.iter_mut().zip(rows.chunks_exact(env.row_width())) {
+            *o = env.log_reward(r, aux);
+        }
+        Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> CResult<(candle_core::CudaStorage, Shape)> {
+        let n = rows_of(l1, &self.0, self.name())?;
+        let out = crate::cuda::log_reward(&self.0, s1, l1, s2, l2, n)?;
+        Ok((out, Shape::from(n)))
+    }
+}
+
+/// Fused SubTB(λ) per trajectory (gfn-objectives' `subtrajectory_balance`, without the batch
+/// mean): for trajectory `b` of `n = lengths[b]` steps, with
+/// `g_k = log F(s_k) − Σ_{t<k} δ_t` (`δ = log P_F − log P_B`, `log F(s_n) = log R` written by the
+/// caller),
+///
+/// `L_b = Σ_{0≤i<j≤n} λ^{j−i} (g_i − g_j)² / Σ_{0≤i<j≤n} λ^{j−i}`,
+///
+/// the normaliser a log-sum-exp in f64. Inputs t-major: `δ` `[T, B]`, `log F` `[T+1, B]`.
+#[derive(Debug, Clone, Copy)]
+pub struct SubTbLoss {
+    /// `ln λ`.
+    pub log_lambda: f64,
+}
+
+/// The gradient of [`SubTbLoss`] per trajectory: `[2T+1, B]`, rows `0..T` `∂L_b/∂δ`, rows
+/// `T..2T+1` `∂L_b/∂ log F`.
+#[derive(Debug, Clone, Copy)]
+pub struct SubTbJacobian {
+    /// `ln λ`.
+    pub log_lambda: f64,
+}
+
+fn subtb_dims(l1: &Layout, l2: &Layout, l3: &Layout, op: &str) -> CResult<(usize, usize)> {
+    let (t, b) = match l1.dims() {
+        &[t, b] => (t, b),
+        d => bail!("{op}: delta must be [T, B], got {d:?}"),
+    };
+    if l2.dims() != [t + 1, b] || l3.dims() != [b] {
+        bail!("{op}: flows must be [{}, {b}] and lengths [{b}], got {:?} and {:?}", t + 1, l2.dims(), l3.dims());
+    }
+    Ok((t, b))
+}
+
+fn subtb_log_norm(n: usize, log_lambda: f64) -> f64 {
+    let mut mx = f64::NEG_INFINITY;
+    for k in 1..=n {
+        mx = mx.max(((n - k + 1) as f64).ln() + k as f64 * log_lambda);
+    }
+    let mut s = 0.0;
+    for k in 1..=n {
+        s += (((n - k + 1) as f64).ln() + k as f64 * log_lambda - mx).exp();
+    }
+    mx + s.ln()
+}
+
+/// The CPU reference of `gfn_subtb_fwd` for column `b`.
+fn subtb_column(delta: &[f32], flows: &[f32], steps: usize, batch: usize, b: usize, n: usize, ll: f64) -> f64 {
+    let n = n.min(steps);
+    if n == 0 {
+        return 0.0;
+    }
+    let lz = subtb_log_norm(n, ll);
+    let (mut total, mut acc_i) = (0.0, 0.0);
+    for i in 0..n {
+        let gi = f64::from(flows[i * batch + b]) - acc_i;
+        let mut acc_j = acc_i + f64::from(delta[i * batch + b]);
+        for j in i + 1..=n {
+            let d = gi - (f64::from(flows[j * batch + b]) - acc_j);
+            total += (((j - i) as f64) * ll - lz).exp() * d * d;
+            if j < n {
+                acc_j += f64::from(delta[j * batch + b]);
+            }
+        }
+        acc_i += f64::from(delta[i * batch + b]);
+    }
+    total
+}
+
+/// The CPU reference of `gfn_subtb_bwd` for column `b` (with `gout = 1`).
+fn subtb_column_grad(
+    delta: &[f32],
+    flows: &[f32],
+    steps: usize,
+    batch: usize,
+    b: usize,
+    n: usize,
+    ll: f64,
+    out: &mut [f32],
+) {
+    let (gd, gf) = out.split_at_mut(steps * batch);
+    for t in 0..steps {
+        gd[t * batch + b] = 0.0;
+    }
+    for t in 0..=steps {
+        gf[t * batch + b] = 0.0;
+    }
+    let n = n.min(steps);
+    if n == 0 {
+        return;
+    }
+    let lz = subtb_log_norm(n, ll);
+    let mut acc_k = 0.0;
+    for k in 0..=n {
+        let gk = f64::from(flows[k * batch + b]) - acc_k;
+        let (mut big_g, mut acc) = (0.0, 0.0);
+        for j in 0..=n {
+            let gj = f64::from(flows[j * batch + b]) - acc;
+            if j != k {
+                let gap = j.abs_diff(k);
+                big_g += 2.0 * ((gap as f64) * ll - lz).exp() * (gk - gj);
+            }
+            if j < n {
+                acc += f64::from(delta[j * batch + b]);
+            }
+        }
+        gf[k * batch + b] = big_g as f32;
+        if k < n {
+            acc_k += f64::from(delta[k * batch + b]);
+        }
+    }
+    let mut suffix = 0.0f64;
+    for t in (0..n).rev() {
+        suffix += f64::from(gf[(t + 1) * batch + b]);
+        gd[t * batch + b] = (-suffix) as f32;
+    }
+}
+
+impl CustomOp3 for SubTbLoss {
+    fn name(&self) -> &'static str {
+        "gfn-subtb-loss"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let (steps, batch) = subtb_dims(l1, l2, l3, self.name())?;
+        let (delta, flows, lengths) = (
+            cpu_f32(s1, l1, self.name())?,
+            cpu_f32(s2, l2, self.name())?,
+            cpu_u32(s3, l3, self.name())?,
+        );
+        let mut out = out_f32(batch);
+        for (b, o) in out.iter_mut().enumerate() {
+            *o = subtb_column(delta, flows, steps, batch, b, lengths[b] as usize, self.log_lambda) as f32;
+        }
+        Ok((CpuStorage::F32(out), Shape::from(batch)))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> CResult<(candle_core::CudaStorage, Shape)> {
+        let (steps, batch) = subtb_dims(l1, l2, l3, self.name())?;
+        let out = crate::cuda::subtb(s1, l1, s2, l2, s3, l3, steps, batch, self.log_lambda, false)?;
+        Ok((out, Shape::from(batch)))
+    }
+    fn bwd(
+        &self,
+        delta: &Tensor,
+        flows: &Tensor,
+        lengths: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let steps = delta.dim(0)?;
+        let jac = delta.apply_op3_no_bwd(
+            flows,
+            lengths,
+            &SubTbJacobian {
+                log_lambda: self.log_lambda,
+            },
+        )?;
+        let jac = jac.broadcast_mul(&grad_res.unsqueeze(0)?)?;
+        let gd = jac.narrow(0, 0, steps)?;
+        let gf = jac.narrow(0, steps, steps + 1)?;
+        Ok((Some(gd), Some(gf), None))
+    }
+}
+
+impl CustomOp3 for SubTbJacobian {
+    fn name(&self) -> &'static str {
+        "gfn-subtb-jacobian"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let (steps, batch) = subtb_dims(l1, l2, l3, self.name())?;
+        let (delta, flows, lengths) = (
+            cpu_f32(s1, l1, self.name())?,
+            cpu_f32(s2, l2, self.name())?,
+            cpu_u32(s3, l3, self.name())?,
+        );
+        let mut out = out_f32((2 * steps + 1) * batch);
+        for b in 0..batch {
+            subtb_column_grad(delta, flows, steps, batch, b, lengths[b] as usize, self.log_lambda, &mut out);
+        }
+        Ok((CpuStorage::F32(out), Shape::from((2 * steps + 1, batch))))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> CResult<(candle_core::CudaStorage, Shape)> {
+        let (steps, batch) = subtb_dims(l1, l2, l3, self.name())?;
+        let out = crate::cuda::subtb(s1, l1, s2, l2, s3, l3, steps, batch, self.log_lambda, true)?;
+        Ok((out, Shape::from((2 * steps + 1, batch))))
+    }
+}
+
+/// Adam's moment update, in place on `mv = [m | v]` (`2n`) from the gradient `g` (`n`):
+/// `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`.
+#[derive(Debug, Clone, Copy)]
+pub struct AdamMoments {
+    /// β₁.
+    pub beta1: f32,
+    /// β₂.
+    pub beta2: f32,
+}
+
+/// Adam's parameter update, in place on `p` from `mv`:
+/// `p ← p·decay − lr·(m·sm) / (√(v·sv) + ε)`, `sm = 1/(1−β₁ᵗ)`, `sv = 1/(1−β₂ᵗ)`.
+#[derive(Debug, Clone, Copy)]
+pub struct AdamApply {
+    /// Learning rate.
+    pub lr: f32,
+    /// Bias correction of m.
+    pub sm: f32,
+    /// Bias correction of v.
+    pub sv: f32,
+    /// ε.
+    pub eps: f32,
+    /// `1 − lr·weight_decay`.
+    pub decay: f32,
+}
+
+fn check_mv(l1: &Layout, l2: &Layout, op: &str) -> CResult<usize> {
+    let n = l2.shape().elem_count();
+    if l1.shape().elem_count() != 2 * n {
+        bail!("{op}: moments must hold 2×{n} values, got {:?}", l1.dims());
+    }
+    Ok(n)
+}
+
+impl InplaceOp2 for AdamMoments {
+    fn name(&self) -> &'static str {
+        "gfn-adam-moments"
+    }
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CResult<()> {
+        let n = check_mv(l1, l2, self.name())?;
+        let g = cpu_f32(s2, l2, self.name())?;
+        let mv = cpu_f32_mut(s1, l1, self.name())?;
+        let (m, v) = mv.split_at_mut(n);
+        let (b1, b2) = (self.beta1, self.beta2);
+        for ((m, v), &g) in m.iter_mut().zip(v.iter_mut()).zip(g) {
+            *m = b1 * *m + (1.0 - b1) * g;
+            *v = b2 * *v + (1.0 - b2) * g * g;
+        }
+        Ok(())
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &mut candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> CResult<()> {
+        let n = check_mv(l1, l2, self.name())?;
+        crate::cuda::adam_moments(self, s1, l1, s2, l2, n)
+    }
+}
+
+impl InplaceOp2 for AdamApply {
+    fn name(&self) -> &'static str {
+        "gfn-adam-apply"
+    }
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CResult<()> {
+        let n = l1.shape().elem_count();
+        if l2.shape().elem_count() != 2 * n {
+            bail!("{}: moments must hold 2×{n} values, got {:?}", self.name(), l2.dims());
+        }
+        let mv = cpu_f32(s2, l2, self.name())?;
+        let p = cpu_f32_mut(s1, l1, self.name())?;
+        let (m, v) = mv.split_at(n);
+        for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
+            *p = *p * self.decay - self.lr * (m * self.sm) / ((v * self.sv).sqrt() + self.eps);
+        }
+        Ok(())
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &mut candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> CResult<()> {
+        let n = l1.shape().elem_count();
+        if l2.shape().elem_count() != 2 * n {
+            bail!("{}: moments must hold 2×{n} values, got {:?}", self.name(), l2.dims());
+        }
+        crate::cuda::adam_apply(self, s1, l1, s2, l2, n)
+    }
+}
+
+/// Check a tensor's dtype, naming it.
+pub fn expect_dtype(t: &Tensor, dtype: DType, what: &str) -> CResult<()> {
+    if t.dtype() != dtype {
+        bail!("{what}: expected {dtype:?}, got {:?}", t.dtype());
+    }
+    Ok(())
+}

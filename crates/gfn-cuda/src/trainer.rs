@@ -1,0 +1,414 @@
+//! [`DeviceTrainer`]: a TB or SubTB(λ) training step with every stage on the estimator's device.
+//!
+//! One step:
+//! 1. **Rollout** (no graph): a zeroed `[T+1, B, W]` trajectory buffer; for `t = 0 … T−1`,
+//!    [`Featurize`] slot `t`, the P_F logits of the MLP, and [`SampleStep`] writes the action of
+//!    slot `t` and the state of slot `t+1`. `T` is the longest possible trajectory, so the loop
+//!    never asks the host whether the batch is done: done rows ride along as copies.
+//! 2. **Training pass**: one batched forward over all `(T+1)·B` rows, `log P_F` by
+//!    [`LogSoftmaxGather`] (each log-probability computed once, in this pass), `log P_B` by
+//!    [`UniformLogPb`] or the learned head, `log R` by [`LogReward`], then
+//!    TB: `mean_b (log Z + Σ_t log P_F − Σ_t log P_B − log R)²`, or
+//!    SubTB(λ): `mean_b` of [`SubTbLoss`] with `log F(s_n) := log R`.
+//! 3. **Update**: backward, then Adam as two in-place kernels per tensor ([`AdamMoments`],
+//!    [`AdamApply`]). The loss comes back to the host once per step (to stop on a non-finite one).
+
+use candle_core::{D, DType, Device, IndexOp, Tensor, Var};
+use gfn_core::estimator::{BackwardPolicy, Estimator};
+use gfn_core::optim::AdamParams;
+use gfn_core::{GfnError, Result};
+
+use crate::ops::{
+    AdamApply, AdamMoments, BackwardActions, BackwardMask, Featurize, ForwardMask, LogReward, LogSoftmaxGather,
+    SampleStep, SubTbLoss, UniformLogPb,
+};
+use crate::spec::{DeviceEnv, EnvSpec};
+
+/// The objective of a [`DeviceTrainer`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DeviceLoss {
+    /// Trajectory balance.
+    Tb,
+    /// SubTB(λ) with geometric weights.
+    SubTb {
+        /// λ > 0.
+        lambda: f64,
+    },
+}
+
+/// Settings of a [`DeviceTrainer`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceTrainerConfig {
+    /// Trajectories per step.
+    pub batch: usize,
+    /// The objective.
+    pub loss: DeviceLoss,
+    /// ε-uniform exploration in the rollout.
+    pub epsilon: f64,
+    /// Softmax temperature of the rollout.
+    pub temperature: f64,
+    /// Seed of the sampler's counter-based RNG.
+    pub seed: u64,
+    /// Adam for the network.
+    pub net: AdamParams,
+    /// Adam for `log Z` (TB).
+    pub log_z: AdamParams,
+}
+
+impl DeviceTrainerConfig {
+    /// Check every field, naming the bad one.
+    pub fn validate(&self) -> Result<()> {
+        if self.batch == 0 || self.batch > (1 << 24) {
+            return Err(GfnError::invalid("batch_size", self.batch, "must be in 1 ..= 16,777,216"));
+        }
+        if !(0.0..=1.0).contains(&self.epsilon) {
+            return Err(GfnError::invalid("epsilon", self.epsilon, "must be in [0, 1]"));
+        }
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return Err(GfnError::invalid("temperature", self.temperature, "must be finite and > 0"));
+        }
+        if let DeviceLoss::SubTb { lambda } = self.loss
+            && !(lambda.is_finite() && lambda > 0.0)
+        {
+            return Err(GfnError::invalid("lambda", lambda, "must be finite and > 0"));
+        }
+        for (name, p) in [("lr", self.net), ("lr_logz", self.log_z)] {
+            if !(p.lr.is_finite() && p.lr > 0.0) {
+                return Err(GfnError::invalid(name, p.lr, "must be finite and > 0"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What one training step reports.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    /// The loss before the update.
+    pub loss: f64,
+}
+
+/// The loss of one batch and the pieces it was built from.
+#[derive(Debug, Clone)]
+pub struct BatchLoss {
+    /// Scalar loss, with a graph.
+    pub loss: Tensor,
+    /// `[T, B]` `log P_F` per step.
+    pub log_pf: Tensor,
+    /// `[T, B]` `log P_B` per step.
+    pub log_pb: Tensor,
+    /// `[B]` `log R(x)`.
+    pub log_reward: Tensor,
+}
+
+struct Slot {
+    name: String,
+    var: Var,
+    /// `[m | v]`, on the device.
+    mv: Tensor,
+    group: usize,
+}
+
+/// Trains an [`Estimator`] on a [`DeviceEnv`] with the whole loop on the estimator's device.
+pub struct DeviceTrainer {
+    env: DeviceEnv,
+    spec: EnvSpec,
+    aux: Tensor,
+    estimator: Estimator,
+    config: DeviceTrainerConfig,
+    device: Device,
+    slots: Vec<Slot>,
+    /// `[T+1, B]` row positions, for the SubTB boundary.
+    positions: Tensor,
+    adam_t: u64,
+    iteration: u64,
+}
+
+impl std::fmt::Debug for DeviceTrainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceTrainer")
+            .field("env", &self.env.name)
+            .field("config", &self.config)
+            .field("device", &self.device)
+            .field("iteration", &self.iteration)
+            .finish()
+    }
+}
+
+impl DeviceTrainer {
+    /// A trainer for `estimator` (built for `env`'s feature and action counts, on the device
+    /// to train on; with a flow head for SubTB).
+    pub fn new(env: DeviceEnv, estimator: Estimator, config: DeviceTrainerConfig) -> Result<Self> {
+        config.validate()?;
+        let spec = env.spec;
+        let checks = [
+            ("feature_dim", estimator.feature_dim(), spec.feature_dim()),
+            ("n_actions", estimator.n_actions(), spec.n_actions()),
+            ("n_backward", estimator.n_backward(), spec.n_backward()),
+        ];
+        for (what, got, want) in checks {
+            if got != want {
+                return Err(GfnError::invalid(what, got, format!("must be {want} for {}", env.name)));
+            }
+        }
+        if matches!(config.loss, DeviceLoss::SubTb { .. }) && !estimator.config().flow_head {
+            return Err(GfnError::invalid("loss", "subtb", "needs an estimator with a flow head"));
+        }
+        let device = estimator.device().clone();
+        let aux = Tensor::from_slice(&env.aux, env.aux.len(), &device)?;
+        let mut slots = Vec::new();
+        let mut params: Vec<(String, Var, usize)> =
+            estimator.named_params().into_iter().map(|(n, v)| (n, v, 0)).collect();
+        if config.loss == DeviceLoss::Tb {
+            params.push(("log_z".into(), estimator.log_z().clone(), 1));
+        }
+        for (name, var, group) in params {
+            let mv = Tensor::zeros(2 * var.elem_count(), DType::F32, &device)?;
+            slots.push(Slot { name, var, mv, group });
+        }
+        let t1 = spec.max_steps() + 1;
+        let positions = Tensor::arange(0u32, t1 as u32, &device)?
+            .reshape((t1, 1))?
+            .broadcast_as((t1, config.batch))?
+            .contiguous()?;
+        Ok(Self {
+            env,
+            spec,
+            aux,
+            estimator,
+            config,
+            device,
+            slots,
+            positions,
+            adam_t: 0,
+            iteration: 0,
+        })
+    }
+
+    /// The estimator being trained.
+    pub fn estimator(&self) -> &Estimator {
+        &self.estimator
+    }
+    /// The environment.
+    pub fn env(&self) -> &DeviceEnv {
+        &self.env
+    }
+    /// The settings.
+    pub fn config(&self) -> &DeviceTrainerConfig {
+        &self.config
+    }
+    /// Steps taken.
+    pub fn iteration(&self) -> u64 {
+        self.iteration
+    }
+    /// Restart the step counter (when resuming): the sampler's RNG counter is the iteration.
+    pub fn set_iteration(&mut self, iteration: u64) {
+        self.iteration = iteration;
+    }
+    /// Adam's state, `(name, [m | v])` per tensor, for checkpoints.
+    pub fn optimizer_state(&self) -> Vec<(String, Tensor)> {
+        self.slots.iter().map(|s| (s.name.clone(), s.mv.clone())).collect()
+    }
+    /// Adam's step count.
+    pub fn adam_steps(&self) -> u64 {
+        self.adam_t
+    }
+    /// Restore Adam's state saved by [`DeviceTrainer::optimizer_state`].
+    pub fn set_optimizer_state(&mut self, steps: u64, state: &[(String, Tensor)]) -> Result<()> {
+        for slot in &mut self.slots {
+            let Some((_, t)) = state.iter().find(|(n, _)| *n == slot.name) else {
+                return Err(GfnError::invalid("checkpoint", &slot.name, "has no optimizer state for this tensor"));
+            };
+            if t.elem_count() != slot.mv.elem_count() {
+                return Err(GfnError::invalid("checkpoint", &slot.name, "optimizer state has the wrong size"));
+            }
+            slot.mv = t.to_device(&self.device)?.to_dtype(DType::F32)?.flatten_all()?.contiguous()?;
+        }
+        self.adam_t = steps;
+        Ok(())
+    }
+
+    /// Longest trajectory `T`.
+    pub fn max_steps(&self) -> usize {
+        self.spec.max_steps()
+    }
+
+    /// Sample `batch` trajectories with the counter of `iteration`: the `[T+1, B, W]` buffer.
+    pub fn rollout(&self, iteration: u64, batch: usize) -> Result<Tensor> {
+        let (steps, w) = (self.spec.max_steps(), self.spec.row_width());
+        let traj = Tensor::zeros((steps + 1, batch, w), DType::U32, &self.device)?;
+        let featurize = Featurize(self.spec);
+        for t in 0..steps {
+            let rows = traj.i(t)?;
+            let feats = rows.apply_op1_no_bwd(&featurize)?;
+            let logits = self.estimator.pf_logits_detached(&feats)?.contiguous()?;
+            let op = SampleStep {
+                env: self.spec,
+                t,
+                seed: self.config.seed,
+                iteration,
+                epsilon: self.config.epsilon,
+                inv_temp: 1.0 / self.config.temperature,
+            };
+            traj.inplace_op2(&logits, &op)?;
+        }
+        Ok(traj)
+    }
+
+    /// The loss of the trajectories in `traj` (from [`DeviceTrainer::rollout`]), with a graph.
+    pub fn batch_loss(&self, traj: &Tensor) -> Result<BatchLoss> {
+        let (t1, batch, w) = traj.dims3()?;
+        let steps = t1 - 1;
+        let spec = self.spec;
+        let rows = traj.reshape((t1 * batch, w))?;
+        let feats = rows.apply_op1_no_bwd(&Featurize(spec))?;
+        let out = self.estimator.forward(&feats)?;
+        let fmask = rows.apply_op1_no_bwd(&ForwardMask(spec))?;
+        let acts = rows.narrow(1, spec.act_col(), 1)?.squeeze(1)?.contiguous()?;
+        let log_pf = out
+            .pf_logits
+            .contiguous()?
+            .apply_op3(&fmask, &acts, LogSoftmaxGather)?
+            .reshape((t1, batch))?
+            .narrow(0, 0, steps)?;
+        let log_pb = match self.estimator.config().backward {
+            BackwardPolicy::Uniform => traj.apply_op1_no_bwd(&UniformLogPb(spec))?,
+            BackwardPolicy::Learned => {
+                let Some(pb) = out.pb_logits.as_ref() else {
+                    return Err(GfnError::Other("learned P_B without P_B logits".into()));
+                };
+                let n = steps * batch;
+                let bmask = rows.narrow(0, batch, n)?.apply_op1_no_bwd(&BackwardMask(spec))?;
+                let bact = traj.apply_op1_no_bwd(&BackwardActions(spec))?.reshape(n)?;
+                pb.narrow(0, batch, n)?
+                    .contiguous()?
+                    .apply_op3(&bmask, &bact, LogSoftmaxGather)?
+                    .reshape((steps, batch))?
+            }
+        };
+        let last = traj.i(steps)?;
+        let log_reward = last.apply_op2_no_bwd(&self.aux, &LogReward(spec))?;
+        let loss = match self.config.loss {
+            DeviceLoss::Tb => {
+                let resid = (log_pf.sum(0)? - log_pb.sum(0)?)?
+                    .broadcast_add(self.estimator.log_z().as_tensor())?
+                    .sub(&log_reward)?;
+                resid.sqr()?.mean_all()?
+            }
+            DeviceLoss::SubTb { lambda } => {
+                let Some(flow) = out.log_flow.as_ref() else {
+                    return Err(GfnError::Other("SubTB without a flow head".into()));
+                };
+                let delta = (&log_pf - &log_pb)?.contiguous()?;
+                let lengths = last.narrow(1, spec.steps_col(), 1)?.squeeze(1)?.contiguous()?;
+                let positions = if batch == self.config.batch {
+                    self.positions.clone()
+                } else {
+                    Tensor::arange(0u32, t1 as u32, &self.device)?
+                        .reshape((t1, 1))?
+                        .broadcast_as((t1, batch))?
+                        .contiguous()?
+                };
+                let at_end = positions.broadcast_eq(&lengths.unsqueeze(0)?)?;
+                let flows = at_end.where_cond(
+                    &log_reward.unsqueeze(0)?.broadcast_as((t1, batch))?,
+                    &flow.reshape((t1, batch))?,
+                )?;
+                delta
+                    .apply_op3(
+                        &flows.contiguous()?,
+                        &lengths,
+                        SubTbLoss {
+                            log_lambda: lambda.ln(),
+                        },
+                    )?
+                    .mean(D::Minus1)?
+            }
+        };
+        Ok(BatchLoss {
+            loss,
+            log_pf,
+            log_pb,
+            log_reward,
+        })
+    }
+
+    /// Gradients of the loss of `traj` for every optimised tensor, `(name, grad)` (zeros for a
+    /// tensor the loss does not reach).
+    pub fn gradients(&self, traj: &Tensor) -> Result<Vec<(String, Tensor)>> {
+        let loss = self.batch_loss(traj)?.loss;
+        let grads = loss.backward()?;
+        self.slots
+            .iter()
+            .map(|s| {
+                let g = match grads.get(s.var.as_tensor()) {
+                    Some(g) => g.clone(),
+                    None => s.var.as_tensor().zeros_like()?,
+                };
+                Ok((s.name.clone(), g))
+            })
+            .collect()
+    }
+
+    /// One training step: rollout, loss, backward, Adam. Fails on a non-finite loss, naming the
+    /// iteration, before touching the parameters.
+    pub fn step(&mut self) -> Result<StepStats> {
+        let iteration = self.iteration;
+        let traj = self.rollout(iteration, self.config.batch)?;
+        let loss = self.batch_loss(&traj)?.loss;
+        let value = f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
+        if !value.is_finite() {
+            return Err(GfnError::Other(format!(
+                "training stopped: the loss is {value} at iteration {iteration} (on {}); lower lr or check the reward",
+                self.env.name
+            )));
+        }
+        let grads = loss.backward()?;
+        self.adam_t += 1;
+        let t = self.adam_t as i32;
+        for slot in &mut self.slots {
+            let Some(g) = grads.get(slot.var.as_tensor()) else {
+                continue;
+            };
+            let hp = if slot.group == 0 { self.config.net } else { self.config.log_z };
+            let g = g.contiguous()?;
+            slot.mv.inplace_op2(
+                &g,
+                &AdamMoments {
+                    beta1: hp.beta1 as f32,
+                    beta2: hp.beta2 as f32,
+                },
+            )?;
+            slot.var.as_tensor().inplace_op2(
+                &slot.mv,
+                &AdamApply {
+                    lr: hp.lr as f32,
+                    sm: (1.0 / (1.0 - hp.beta1.powi(t))) as f32,
+                    sv: (1.0 / (1.0 - hp.beta2.powi(t))) as f32,
+                    eps: hp.eps as f32,
+                    decay: (1.0 - hp.lr * hp.weight_decay) as f32,
+                },
+            )?;
+        }
+        self.iteration += 1;
+        Ok(StepStats { loss: value })
+    }
+
+    /// Terminal rows `[B, W]` (host) of a rollout of `batch` trajectories with counter
+    /// `iteration` (evaluation uses counters far from training's).
+    pub fn sample_terminal_rows(&self, iteration: u64, batch: usize) -> Result<Vec<u32>> {
+        let traj = self.rollout(iteration, batch)?;
+        let steps = self.spec.max_steps();
+        Ok(traj.i(steps)?.flatten_all()?.to_vec1::<u32>()?)
+    }
+
+    /// The gfn-core states (`[B, S]` i32) of terminal rows.
+    pub fn core_states(&self, rows: &[u32]) -> Vec<i32> {
+        let (w, s) = (self.spec.row_width(), self.spec.state_dim());
+        let mut out = vec![0; rows.len() / w * s];
+        for (r, o) in rows.chunks_exact(w).zip(out.chunks_exact_mut(s)) {
+            self.spec.core_state(r, o);
+        }
+        out
+    }
+}
