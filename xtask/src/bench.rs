@@ -29,6 +29,13 @@ pub struct BenchRequest {
     /// `--jobs`: runs made at once (1 unless given; never with peers).
     #[serde(default = "one")]
     pub jobs: u32,
+    /// `--device`: where our runs train (`cpu`, or `cuda`: built with `--features cuda`).
+    #[serde(default = "cpu")]
+    pub device: String,
+}
+
+fn cpu() -> String {
+    "cpu".into()
 }
 
 fn one() -> u32 {
@@ -322,7 +329,11 @@ fn progress_figures(metrics: &[Metric], record: &Value) -> String {
 /// Runs `suite`; returns the results directory and whether every run succeeded.
 pub fn run(request: BenchRequest, suite: Suite) -> Result<(PathBuf, bool)> {
     let layout = Layout::detect();
-    let built = runner::build_gfn(&layout)?;
+    let built = if request.device == "cpu" {
+        runner::build_gfn(&layout)?
+    } else {
+        runner::build_gfn_cuda(&layout)?
+    };
     let now = Utc::now();
     let dir = results_dir(&layout, suite.name, &now)?;
     let runs_dir = dir.join("runs");

@@ -7,6 +7,7 @@
 //! `target/bench/<suite>/latest` at it. See `xtask/README.md`.
 
 mod bench;
+mod cuda;
 mod curves;
 mod ebm;
 mod led;
@@ -39,6 +40,17 @@ enum Command {
     /// Regenerate the generated sections of docs/RESULTS.md and README.md (and copy the plots to
     /// docs/results/) from the latest run of every suite.
     Results,
+    /// Build with `--features cuda` on a machine without a GPU or a system CUDA (nvcc from PATH,
+    /// $CUDA_HOME, or PyPI wheels installed into target/cuda-toolchain), run gfn-cuda's tests
+    /// (the GPU ones skip without a GPU), and optionally bundle the binaries for a GPU machine.
+    CheckCuda {
+        /// Write gfn.xz and kernels.xz (the kernel tests), stripped, into this folder.
+        #[arg(long, value_name = "DIR")]
+        bundle: Option<std::path::PathBuf>,
+        /// Build only; do not run the tests.
+        #[arg(long)]
+        no_test: bool,
+    },
     /// Rewrite results.md, results.json and the plots of an earlier suite run (DIR holds its
     /// results.json) with the current tables and plots.
     Rerender {
@@ -72,6 +84,10 @@ struct BenchArgs {
     /// Intra-op threads of every run (ours and the peer's).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     threads: u32,
+    /// Where our runs train: cpu, or cuda / cuda:N (builds gfn with `--features cuda` into
+    /// target/cuda; the device engine runs hypergrid, bitseq and ising-fixed with tb or subtb).
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    device: String,
 }
 
 /// Prints a one-line usage error and returns exit code 2.
@@ -127,6 +143,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::CheckCuda { bundle, no_test } => match cuda::check_cuda(&cuda::CheckCuda { bundle, no_test }) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Results => match results::regenerate() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -155,6 +178,16 @@ fn bench_cmd(args: BenchArgs) -> ExitCode {
             return usage_error(&format!("--filter {text} matches no run of suite {}", suite.name));
         }
     }
+    if args.device != "cpu" {
+        if !(args.device == "cuda" || args.device.strip_prefix("cuda:").is_some_and(|n| n.parse::<u32>().is_ok())) {
+            return usage_error(&format!("invalid --device {}: must be cpu, cuda or cuda:N", args.device));
+        }
+        for run in &mut suite.runs {
+            if matches!(run.gfn_args.first().map(String::as_str), Some("train" | "speed")) {
+                run.gfn_args.extend(["--device".to_string(), args.device.clone()]);
+            }
+        }
+    }
     if args.jobs > 1 && !args.vs.is_empty() {
         return usage_error("--jobs runs alone: peers' timings (--vs) must not share the machine");
     }
@@ -177,6 +210,7 @@ fn bench_cmd(args: BenchArgs) -> ExitCode {
         command: command_line(),
         filter: args.filter.clone(),
         jobs: args.jobs,
+        device: args.device.clone(),
     };
     match bench::run(request, suite) {
         Ok((dir, all_ok)) => {

@@ -66,6 +66,31 @@ pub fn build_gfn(layout: &Layout) -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// `cargo build --release -p gfn --features cuda` into `target/cuda` (nvcc on PATH or in
+/// `$CUDA_HOME`; see docs/CUDA.md); returns the binary.
+pub fn build_gfn_cuda(layout: &Layout) -> Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let target = layout.target.join("cuda");
+    eprintln!("building gfn with CUDA: cargo build --release -p gfn --features cuda (target/cuda)");
+    let status = Command::new(&cargo)
+        .args(["build", "--release", "-p", "gfn", "--features", "cuda"])
+        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(&layout.root)
+        .stdin(Stdio::null())
+        .stdout(our_stderr())
+        .stderr(Stdio::inherit())
+        .status()
+        .context("cannot run cargo")?;
+    if !status.success() {
+        bail!("cargo build --release -p gfn --features cuda failed ({status}); see docs/CUDA.md");
+    }
+    let bin = target.join("release").join("gfn");
+    if !bin.is_file() {
+        bail!("cargo built gfn but {} does not exist", bin.display());
+    }
+    Ok(bin)
+}
+
 /// How the peak resident memory of a child is measured.
 #[derive(Debug, Clone)]
 pub enum RssProbe {

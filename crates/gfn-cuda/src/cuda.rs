@@ -6,6 +6,7 @@ use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use candle_core::cuda_backend::{CudaDType, WrapErr};
+use candle_core::backend::BackendStorage;
 use candle_core::{CudaDevice, CudaStorage, Layout, Result as CResult, bail};
 
 use crate::ops::{AdamApply, AdamMoments, POISON_U8, POISON_U32, SampleStep, poison};
@@ -15,8 +16,11 @@ const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/gfn_kernels.ptx"));
 const MODULE: &str = "gfn_kernels";
 const THREADS: u32 = 256;
 
-fn func(dev: &CudaDevice, name: &str) -> CResult<candle_core::cuda_backend::CudaFunc> {
-    dev.get_or_load_custom_func(name, MODULE, PTX)
+/// The kernel `name` of our module on `dev` (loaded once per device).
+macro_rules! func {
+    ($dev:expr, $name:expr) => {
+        $dev.get_or_load_custom_func($name, MODULE, PTX)
+    };
 }
 
 fn cfg(n: usize) -> LaunchConfig {
@@ -36,7 +40,7 @@ fn view<'a, T: CudaDType + DeviceRepr>(s: &'a CudaStorage, l: &Layout, what: &st
 }
 
 /// An output buffer of `n` elements, filled with `poison_value` when poisoning is on.
-fn alloc<T: DeviceRepr + ValidAsZeroBits + Clone>(dev: &CudaDevice, n: usize, poison_value: T) -> CResult<CudaSlice<T>> {
+fn alloc<T: DeviceRepr + ValidAsZeroBits + Clone + 'static>(dev: &CudaDevice, n: usize, poison_value: T) -> CResult<CudaSlice<T>> {
     let n = n.max(1);
     if poison() {
         let host = vec![poison_value; n];
@@ -65,7 +69,7 @@ pub(crate) fn featurize(env: &EnvSpec, s: &CudaStorage, l: &Layout, n: usize, f_
     let rows = view::<u32>(s, l, "featurize")?;
     let out = alloc::<f32>(dev, n * f_dim, f32::NAN)?;
     let (w, ni, fi) = (i32_of(env.row_width(), "W")?, i32_of(n, "rows")?, i32_of(f_dim, "features")?);
-    let f = func(dev, "gfn_featurize")?;
+    let f = func!(dev, "gfn_featurize")?;
     let mut b = f.builder();
     b.arg(env).arg(&rows).arg(&w).arg(&ni).arg(&fi).arg(&out);
     // SAFETY: argument list matches `gfn_featurize`.
@@ -79,7 +83,7 @@ pub(crate) fn mask(env: &EnvSpec, s: &CudaStorage, l: &Layout, n: usize, backwar
     let a_dim = if backward { env.n_backward() } else { env.n_actions() };
     let out = alloc::<u8>(dev, n * a_dim, POISON_U8)?;
     let (w, ni) = (i32_of(env.row_width(), "W")?, i32_of(n, "rows")?);
-    let f = func(dev, if backward { "gfn_backward_mask" } else { "gfn_forward_mask" })?;
+    let f = func!(dev, if backward { "gfn_backward_mask" } else { "gfn_forward_mask" })?;
     let mut b = f.builder();
     b.arg(env).arg(&rows).arg(&w).arg(&ni).arg(&out);
     // SAFETY: argument list matches `gfn_forward_mask` / `gfn_backward_mask`.
@@ -106,7 +110,7 @@ pub(crate) fn sample_step(
         i32_of(batch, "batch")?,
         i32_of(op.t, "t")?,
     );
-    let f = func(&dev, "gfn_sample_step")?;
+    let f = func!(&dev, "gfn_sample_step")?;
     let mut b = f.builder();
     b.arg(&op.env)
         .arg(&mut traj)
@@ -143,13 +147,13 @@ pub(crate) fn lsg(
     let out = alloc::<f32>(dev, if jacobian { n * a_dim } else { n }, f32::NAN)?;
     let (ni, ai) = (i32_of(n, "rows")?, i32_of(a_dim, "actions")?);
     if jacobian {
-        let f = func(dev, "gfn_log_softmax_gather_jacobian")?;
+        let f = func!(dev, "gfn_log_softmax_gather_jacobian")?;
         let mut b = f.builder();
         b.arg(&logits).arg(&mask).arg(&act).arg(&ni).arg(&ai).arg(&out);
         // SAFETY: argument list matches `gfn_log_softmax_gather_jacobian`.
         unsafe { b.launch(cfg(n)) }.w()?;
     } else {
-        let f = func(dev, "gfn_log_softmax_gather")?;
+        let f = func!(dev, "gfn_log_softmax_gather")?;
         let mut b = f.builder();
         b.arg(&logits).arg(&mask).arg(&act).arg(&ni).arg(&ai).arg(&out);
         // SAFETY: argument list matches `gfn_log_softmax_gather`.
@@ -175,7 +179,7 @@ pub(crate) fn per_step(
     );
     if log_pb {
         let out = alloc::<f32>(dev, steps * batch, f32::NAN)?;
-        let f = func(dev, "gfn_uniform_log_pb")?;
+        let f = func!(dev, "gfn_uniform_log_pb")?;
         let mut b = f.builder();
         b.arg(env).arg(&traj).arg(&w).arg(&ti).arg(&bi).arg(&out);
         // SAFETY: argument list matches `gfn_uniform_log_pb`.
@@ -183,7 +187,7 @@ pub(crate) fn per_step(
         Ok(wrap(out, dev))
     } else {
         let out = alloc::<u32>(dev, steps * batch, POISON_U32)?;
-        let f = func(dev, "gfn_backward_actions")?;
+        let f = func!(dev, "gfn_backward_actions")?;
         let mut b = f.builder();
         b.arg(env).arg(&traj).arg(&w).arg(&ti).arg(&bi).arg(&out);
         // SAFETY: argument list matches `gfn_backward_actions`.
@@ -204,7 +208,7 @@ pub(crate) fn log_reward(
     let (rows, aux) = (view::<u32>(s1, l1, "log-reward")?, view::<f32>(s2, l2, "log-reward")?);
     let out = alloc::<f32>(dev, n, f32::NAN)?;
     let (w, ni) = (i32_of(env.row_width(), "W")?, i32_of(n, "rows")?);
-    let f = func(dev, "gfn_log_reward")?;
+    let f = func!(dev, "gfn_log_reward")?;
     let mut b = f.builder();
     b.arg(env).arg(&rows).arg(&w).arg(&ni).arg(&aux).arg(&out);
     // SAFETY: argument list matches `gfn_log_reward`.
@@ -233,7 +237,7 @@ pub(crate) fn subtb(
     let (ti, bi) = (i32_of(steps, "T")?, i32_of(batch, "batch")?);
     let n_out = if jacobian { (2 * steps + 1) * batch } else { batch };
     let out = alloc::<f32>(dev, n_out, f32::NAN)?;
-    let f = func(dev, if jacobian { "gfn_subtb_jacobian" } else { "gfn_subtb_fwd" })?;
+    let f = func!(dev, if jacobian { "gfn_subtb_jacobian" } else { "gfn_subtb_fwd" })?;
     let mut b = f.builder();
     b.arg(&delta)
         .arg(&flows)
@@ -262,7 +266,7 @@ pub(crate) fn adam_moments(
     };
     let mut mv = s1.as_cuda_slice_mut::<f32>()?.slice_mut(a..e);
     let ni = i32_of(n, "parameters")?;
-    let f = func(&dev, "gfn_adam_moments")?;
+    let f = func!(&dev, "gfn_adam_moments")?;
     let mut b = f.builder();
     b.arg(&mut mv).arg(&g).arg(&ni).arg(&op.beta1).arg(&op.beta2);
     // SAFETY: argument list matches `gfn_adam_moments`.
@@ -285,7 +289,7 @@ pub(crate) fn adam_apply(
     };
     let mut p = s1.as_cuda_slice_mut::<f32>()?.slice_mut(a..e);
     let ni = i32_of(n, "parameters")?;
-    let f = func(&dev, "gfn_adam_apply")?;
+    let f = func!(&dev, "gfn_adam_apply")?;
     let mut b = f.builder();
     b.arg(&mut p)
         .arg(&mv)

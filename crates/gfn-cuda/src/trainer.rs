@@ -53,6 +53,10 @@ pub struct DeviceTrainerConfig {
     pub net: AdamParams,
     /// Adam for `log Z` (TB).
     pub log_z: AdamParams,
+    /// Every this many rollout steps, ask the device whether every trajectory is done (one
+    /// scalar copied to the host) and stop early if so; 0 = always run the longest possible
+    /// trajectory length `T` (no host round trip inside the rollout at all).
+    pub done_check_every: usize,
 }
 
 impl DeviceTrainerConfig {
@@ -201,6 +205,15 @@ impl DeviceTrainer {
     pub fn iteration(&self) -> u64 {
         self.iteration
     }
+    /// Set ε and the temperature of the next rollouts (schedules), checked.
+    pub fn set_sampling(&mut self, epsilon: f64, temperature: f64) -> Result<()> {
+        let mut c = self.config.clone();
+        c.epsilon = epsilon;
+        c.temperature = temperature;
+        c.validate()?;
+        self.config = c;
+        Ok(())
+    }
     /// Restart the step counter (when resuming): the sampler's RNG counter is the iteration.
     pub fn set_iteration(&mut self, iteration: u64) {
         self.iteration = iteration;
@@ -233,12 +246,21 @@ impl DeviceTrainer {
         self.spec.max_steps()
     }
 
-    /// Sample `batch` trajectories with the counter of `iteration`: the `[T+1, B, W]` buffer.
+    /// Sample `batch` trajectories with the counter of `iteration`: the `[T'+1, B, W]` buffer,
+    /// `T' ≤ T` the steps until every trajectory was done (checked every `done_check_every`
+    /// steps), or `T`.
     pub fn rollout(&self, iteration: u64, batch: usize) -> Result<Tensor> {
         let (steps, w) = (self.spec.max_steps(), self.spec.row_width());
         let traj = Tensor::zeros((steps + 1, batch, w), DType::U32, &self.device)?;
         let featurize = Featurize(self.spec);
+        let every = self.config.done_check_every;
         for t in 0..steps {
+            if every > 0 && t > 0 && t % every == 0 && t < steps {
+                let done = traj.i(t)?.narrow(1, self.spec.done_col(), 1)?.min_all()?.to_scalar::<u32>()?;
+                if done == 1 {
+                    return Ok(traj.narrow(0, 0, t + 1)?);
+                }
+            }
             let rows = traj.i(t)?;
             let feats = rows.apply_op1_no_bwd(&featurize)?;
             let logits = self.estimator.pf_logits_detached(&feats)?.contiguous()?;
@@ -302,7 +324,7 @@ impl DeviceTrainer {
                 let delta = (&log_pf - &log_pb)?.contiguous()?;
                 let lengths = last.narrow(1, spec.steps_col(), 1)?.squeeze(1)?.contiguous()?;
                 let positions = if batch == self.config.batch {
-                    self.positions.clone()
+                    self.positions.narrow(0, 0, t1)?
                 } else {
                     Tensor::arange(0u32, t1 as u32, &self.device)?
                         .reshape((t1, 1))?
@@ -398,7 +420,7 @@ impl DeviceTrainer {
     /// `iteration` (evaluation uses counters far from training's).
     pub fn sample_terminal_rows(&self, iteration: u64, batch: usize) -> Result<Vec<u32>> {
         let traj = self.rollout(iteration, batch)?;
-        let steps = self.spec.max_steps();
+        let steps = traj.dim(0)? - 1;
         Ok(traj.i(steps)?.flatten_all()?.to_vec1::<u32>()?)
     }
 

@@ -74,6 +74,7 @@ fn trainer_config(batch: usize, loss: DeviceLoss, seed: u64) -> DeviceTrainerCon
         seed,
         net: AdamParams::adam(1e-3),
         log_z: AdamParams::adam(0.1),
+        done_check_every: 4,
     }
 }
 

@@ -221,6 +221,13 @@ config! {
     /// hand-written batched backward), or `graph` (candle autograd over one batched forward)
     /// [default: auto].
     engine: String = "auto".into(),
+    /// Where training runs: `cpu`, or `cuda` / `cuda:N` (a build with the `cuda` feature and an
+    /// NVIDIA GPU: the whole loop on the device, environments and sampling included; hypergrid,
+    /// bitseq and ising-fixed with tb or subtb) [default: cpu].
+    device: String = "cpu".into(),
+    /// Device engine: every this many rollout steps, stop if every trajectory is done (one
+    /// scalar read back); 0 = always roll out the longest possible length [default: 8].
+    done_check_every: usize = 8,
     /// LED: hidden width of the potential network; 0 = the policy's `hidden`, as in the official
     /// code (at width 256 its nine passes per iteration cost ~5× the GFlowNet step) [default: 32].
     led_hidden: usize = 32,
@@ -244,6 +251,51 @@ config! {
 }
 
 impl TrainConfig {
+    /// The CUDA ordinal of `device` (`None` for `cpu`), or an error naming it.
+    pub fn cuda_ordinal(&self) -> Result<Option<usize>> {
+        match self.device.as_str() {
+            "cpu" => Ok(None),
+            "cuda" => Ok(Some(0)),
+            d => match d.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Ok(Some(n)),
+                _ => Err(GfnError::invalid("device", d, "must be cpu, cuda or cuda:N")),
+            },
+        }
+    }
+
+    /// What the device engine supports: hypergrid, bitseq and ising-fixed, with tb or subtb,
+    /// on-policy (ε and temperature allowed), without replay, local search or metric sampling.
+    fn validate_device(&self) -> Result<()> {
+        if self.cuda_ordinal()?.is_none() {
+            return Ok(());
+        }
+        let why = |field: &'static str, value: String, allowed: &str| {
+            Err(GfnError::invalid(field, value, format!("{allowed} with device = {}", self.device)))
+        };
+        if !matches!(self.env.as_str(), "hypergrid" | "bitseq" | "ising-fixed") {
+            return why("env", self.env.clone(), "must be hypergrid, bitseq or ising-fixed");
+        }
+        if !matches!(self.loss.as_str(), "tb" | "subtb") {
+            return why("loss", self.loss.clone(), "must be tb or subtb");
+        }
+        if self.replay_size > 0 {
+            return why("replay_size", self.replay_size.to_string(), "must be 0");
+        }
+        if self.local_search > 0 {
+            return why("local_search", self.local_search.to_string(), "must be 0");
+        }
+        if self.metric_batch > 0 {
+            return why("metric_batch", self.metric_batch.to_string(), "must be 0");
+        }
+        if self.grad_cosine_every > 0 {
+            return why("grad_cosine_every", self.grad_cosine_every.to_string(), "must be 0");
+        }
+        if self.engine == "tape" {
+            return why("engine", self.engine.clone(), "must be auto or graph");
+        }
+        Ok(())
+    }
+
     /// `(ε, temperature)` at the end of their schedules (the start values where constant).
     pub fn schedule_ends(&self) -> Result<(f64, f64)> {
         let end = |field: &'static str, v: &str, start: f64| -> Result<f64> {
@@ -405,6 +457,7 @@ impl TrainConfig {
         if !matches!(self.engine.as_str(), "auto" | "tape" | "graph") {
             return Err(GfnError::invalid("engine", &self.engine, "must be auto, tape or graph"));
         }
+        self.validate_device()?;
         gfn_core::SamplingOptions {
             epsilon: self.epsilon,
             temperature: self.temperature,

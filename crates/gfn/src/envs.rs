@@ -3,12 +3,14 @@
 use gfn_core::{Env, GfnError, Result};
 use gfn_envs::bayesnet::{BayesNetConfig, BayesNetEnv};
 use gfn_envs::bitseq::{BitSeqConfig, BitSeqEnv, BitSeqOrder};
+use gfn_envs::binary::{BinaryEnv, LogDensity};
+use gfn_envs::data::ising::LatticeIsing;
 use gfn_envs::{BagEnv, Hypergrid, HypergridReward, SetEnv, SetSize};
 
 use crate::config::TrainConfig;
 
 /// The environment names `gfn train --env` accepts.
-pub const ENV_NAMES: &str = "hypergrid, set, bag, bitseq, bayesnet, ebm-2d, ising, digits";
+pub const ENV_NAMES: &str = "hypergrid, set, bag, bitseq, bayesnet, ising-fixed, ebm-2d, ising, digits";
 
 /// Build the environment of `config`.
 pub fn build_env(config: &TrainConfig) -> Result<Box<dyn Env>> {
@@ -32,8 +34,24 @@ pub fn build_env(config: &TrainConfig) -> Result<Box<dyn Env>> {
             data_seed: config.task_seed,
             ..BayesNetConfig::default()
         })?)),
+        "ising-fixed" => Ok(Box::new(ising_fixed_env(config)?)),
         other => Err(GfnError::invalid("env", other, format!("must be one of: {ENV_NAMES}"))),
     }
+}
+
+/// `ising-fixed`: binary vectors of length `L²` built one spin at a time, with the fixed lattice
+/// Ising reward `log R(x) = sᵀJs`, `J = σ·A` on the `L×L` torus (`lattice`, `sigma`; gfnx's
+/// Ising task at σ = 0.1).
+pub fn ising_fixed_env(config: &TrainConfig) -> Result<BinaryEnv> {
+    let model = ising_fixed_model(config)?;
+    let dim = model.dim();
+    let f: LogDensity = std::sync::Arc::new(move |x: &[i32]| model.log_unnormalised(x).unwrap_or(f64::NAN));
+    BinaryEnv::with_log_density(dim, f)
+}
+
+/// The lattice Ising model of `ising-fixed`.
+pub fn ising_fixed_model(config: &TrainConfig) -> Result<LatticeIsing> {
+    LatticeIsing::new(config.lattice, config.sigma)
 }
 
 /// The bit-sequence task of `config` (`bitseq_length`, `bitseq_word`, `bitseq_order`, modes from

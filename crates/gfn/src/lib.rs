@@ -15,6 +15,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod device;
 pub mod ebm;
 pub mod envs;
 pub mod gradcos;

@@ -83,6 +83,19 @@ enum SpeedCmd {
         #[arg(long, default_value_t = 2)]
         warmup: usize,
     },
+    /// Training steps (rollout, loss, backward, update) on the configured device: median and
+    /// mean milliseconds per iteration after untimed warm-up steps.
+    #[command(allow_negative_numbers = true)]
+    Train {
+        #[command(flatten)]
+        options: Box<ConfigArgs>,
+        /// Timed training steps.
+        #[arg(long, default_value_t = 50)]
+        rounds: usize,
+        /// Untimed steps first (kernel loading, allocator warm-up).
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
+    },
     /// The best single-thread rate of an n×n×n f32 matrix product (the roofline's ceiling).
     Gemm {
         /// Matrix side n.
@@ -135,6 +148,11 @@ fn dispatch(cmd: Command) -> Result<(), Fatal> {
             rounds,
             warmup,
         }) => speed_sample_cmd(*options, rounds, warmup),
+        Command::Speed(SpeedCmd::Train {
+            options,
+            rounds,
+            warmup,
+        }) => speed_train_cmd(*options, rounds, warmup),
         Command::Speed(SpeedCmd::Gemm { size, repeats }) => usage(speed_gemm_cmd(size, repeats)),
     }
 }
@@ -237,9 +255,10 @@ fn train_cmd(
     };
     let c = &trainer.config;
     eprintln!(
-        "training {} with {} on cpu ({} engine) | batch {} | {} iterations | {} parameters | seed {} | out {}",
+        "training {} with {} on {} ({} engine) | batch {} | {} iterations | {} parameters | seed {} | out {}",
         trainer.env.name(),
         trainer.objective.name(),
+        trainer.device_name(),
         trainer.engine(),
         c.batch_size,
         c.iterations,
@@ -259,7 +278,7 @@ fn default_env_tag(c: &TrainConfig) -> String {
         "set" => return c.size.clone(),
         "bag" => return format!("modes{}", c.task_seed),
         "ebm-2d" => return c.dataset.clone(),
-        "ising" => return format!("{0}x{0}-sigma{1}", c.lattice, c.sigma),
+        "ising" | "ising-fixed" => return format!("{0}x{0}-sigma{1}", c.lattice, c.sigma),
         "digits" => return "8x8".into(),
         _ => {}
     }
@@ -600,6 +619,53 @@ fn speed_sample_cmd(options: ConfigArgs, rounds: usize, warmup: usize) -> Result
             "mean_length": steps as f64 / trajectories as f64,
             "rows": rows,
             "forward_gflops_per_second": fwd_flops_per_row * rows as f64 / wall / 1e9,
+        });
+        println!("{out}");
+        Ok(())
+    })())
+}
+
+fn speed_train_cmd(options: ConfigArgs, rounds: usize, warmup: usize) -> Result<(), Fatal> {
+    if rounds == 0 {
+        return usage(Err(anyhow::anyhow!("invalid rounds = 0: must be at least 1")));
+    }
+    let mut cfg: TrainConfig = usage(options.resolve(ConfigArgs::default(), "").map_err(anyhow::Error::from))?;
+    cfg.iterations = (rounds + warmup).max(cfg.iterations);
+    usage(cfg.validate().map_err(anyhow::Error::from))?;
+    set_threads(cfg.threads);
+    let mut t = usage(gfn::train::Trainer::new(cfg, &Device::Cpu))?;
+    failure((|| -> Result<()> {
+        let mut ms = Vec::with_capacity(rounds);
+        let mut last = f64::NAN;
+        for round in 0..warmup + rounds {
+            let start = std::time::Instant::now();
+            last = t.step()?;
+            if round >= warmup {
+                ms.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        let mean = ms.iter().sum::<f64>() / ms.len() as f64;
+        let mut sorted = ms.clone();
+        sorted.sort_by(f64::total_cmp);
+        let median = sorted[sorted.len() / 2];
+        let out = serde_json::json!({
+            "mode": "train",
+            "library": "gfn",
+            "env": t.env.name(),
+            "loss": t.objective.name(),
+            "device": t.device_name(),
+            "engine": t.engine(),
+            "threads": t.config.threads,
+            "batch_size": t.config.batch_size,
+            "hidden": t.config.hidden,
+            "layers": t.config.layers,
+            "backward_policy": t.config.backward_policy,
+            "rounds": rounds,
+            "warmup": warmup,
+            "ms_per_iter_median": median,
+            "ms_per_iter_mean": mean,
+            "ms_per_iter_min": sorted[0],
+            "last_loss": last,
         });
         println!("{out}");
         Ok(())

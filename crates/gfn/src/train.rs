@@ -143,6 +143,8 @@ pub struct Trainer {
     replay_batch: usize,
     replay_rows: Vec<i32>,
     fast: Option<FastPath>,
+    /// `device = cuda`: the whole training step on the GPU (shares the estimator's parameters).
+    device_engine: Option<gfn_cuda::DeviceTrainer>,
     loss_sum: f64,
     loss_count: u64,
     led_loss_sum: f64,
@@ -203,7 +205,16 @@ impl Trainer {
         let objective = config.objective()?;
         objective.check_env(env.as_ref())?;
         let mut rng = rng_from_seed(config.seed);
+        let cuda = match config.cuda_ordinal()? {
+            Some(n) => Some(gfn_cuda::cuda_device(n)?),
+            None => None,
+        };
+        let device = cuda.as_ref().unwrap_or(device);
         let (estimator, optimizer) = build_model(&config, env.as_ref(), objective, device, &mut rng)?;
+        let device_engine = match &cuda {
+            Some(_) => Some(crate::device::device_trainer(&config, &estimator)?),
+            None => None,
+        };
         let led = if objective.needs_potentials() {
             Some(crate::led::LedTrainer::new(
                 &config,
@@ -288,16 +299,32 @@ impl Trainer {
             replay,
             replay_batch,
             replay_rows: Vec::new(),
-            fast,
+            fast: if device_engine.is_some() { None } else { fast },
+            device_engine,
             loss_sum: 0.0,
             loss_count: 0,
             led_loss_sum: 0.0,
         })
     }
 
-    /// The training engine in use: `tape` (CPU fast path) or `graph` (candle autograd).
+    /// The training engine in use: `tape` (CPU fast path), `graph` (candle autograd) or
+    /// `device` (gfn-cuda: the whole step on the GPU).
     pub fn engine(&self) -> &'static str {
-        if self.fast.is_some() { "tape" } else { "graph" }
+        if self.device_engine.is_some() {
+            "device"
+        } else if self.fast.is_some() {
+            "tape"
+        } else {
+            "graph"
+        }
+    }
+
+    /// Where training runs: `cpu` or the CUDA device.
+    pub fn device_name(&self) -> String {
+        match self.estimator.device() {
+            Device::Cpu => "cpu".into(),
+            d => format!("{d:?}"),
+        }
     }
 
     /// Sampling options of this iteration (ε and temperature follow their schedules, if any).
@@ -348,6 +375,15 @@ impl Trainer {
     }
 
     fn step_inner(&mut self) -> Result<f64> {
+        if let Some(dt) = &mut self.device_engine {
+            let start = Instant::now();
+            let opts = self.config.sampling_at(self.iteration);
+            dt.set_sampling(opts.epsilon, opts.temperature)?;
+            let value = dt.step()?.loss;
+            let rows = (dt.max_steps() + 1) * self.config.batch_size;
+            self.finish_step(start, rows, value);
+            return Ok(value);
+        }
         if let Objective::PolicyGradient(_) = self.objective {
             return self.pg_step();
         }
@@ -652,10 +688,22 @@ impl Trainer {
             push(format!("param/{n}"), v.as_tensor())?;
         }
         push("param/log_z".into(), self.estimator.log_z().as_tensor())?;
-        for s in &self.optimizer.slots {
-            let shape = s.var.dims().to_vec();
-            tensors.push((format!("adam_m/{}", s.name), shape.clone(), s.m.clone()));
-            tensors.push((format!("adam_v/{}", s.name), shape, s.v.clone()));
+        match &self.device_engine {
+            Some(dt) => {
+                for (name, mv) in dt.optimizer_state() {
+                    let mv = mv.to_vec1::<f32>()?;
+                    let n = mv.len() / 2;
+                    tensors.push((format!("adam_m/{name}"), vec![n], mv[..n].to_vec()));
+                    tensors.push((format!("adam_v/{name}"), vec![n], mv[n..].to_vec()));
+                }
+            }
+            None => {
+                for s in &self.optimizer.slots {
+                    let shape = s.var.dims().to_vec();
+                    tensors.push((format!("adam_m/{}", s.name), shape.clone(), s.m.clone()));
+                    tensors.push((format!("adam_v/{}", s.name), shape, s.v.clone()));
+                }
+            }
         }
         let mut aux = Vec::new();
         if let Some(replay) = &self.replay {
@@ -695,7 +743,10 @@ impl Trainer {
             iteration: self.iteration,
             trajectories: self.trajectories,
             rng: self.rng.clone(),
-            adam_t: self.optimizer.t,
+            adam_t: match &self.device_engine {
+                Some(dt) => dt.adam_steps(),
+                None => self.optimizer.t,
+            },
             loss_window: (self.loss_sum, self.loss_count),
             tracker: self.tracker.clone(),
             top_k: self.top_k.clone(),
@@ -731,6 +782,18 @@ impl Trainer {
             }
         }
         self.optimizer.t = ck.adam_t;
+        if let Some(dt) = &mut self.device_engine {
+            let mut state = Vec::new();
+            for (name, _) in dt.optimizer_state() {
+                let (_, _, m) = ck.tensor(&format!("adam_m/{name}"))?;
+                let (_, _, v) = ck.tensor(&format!("adam_v/{name}"))?;
+                let mv: Vec<f32> = m.iter().chain(v.iter()).copied().collect();
+                let len = mv.len();
+                state.push((name, Tensor::from_vec(mv, len, &Device::Cpu)?));
+            }
+            dt.set_optimizer_state(ck.adam_t, &state)?;
+            dt.set_iteration(ck.iteration);
+        }
         if let Some(replay) = &mut self.replay {
             use crate::checkpoint::AuxData;
             match (
