@@ -98,6 +98,7 @@ pub(crate) fn sample_step(
     s2: &CudaStorage,
     l2: &Layout,
     batch: usize,
+    logit_stride: usize,
 ) -> CResult<()> {
     let dev = s1.device().clone();
     let logits = view::<f32>(s2, l2, "sample-step")?;
@@ -110,6 +111,7 @@ pub(crate) fn sample_step(
         i32_of(batch, "batch")?,
         i32_of(op.t, "t")?,
     );
+    let stride = i32_of(logit_stride, "logit stride")?;
     let f = func!(&dev, "gfn_sample_step")?;
     let mut b = f.builder();
     b.arg(&op.env)
@@ -118,6 +120,7 @@ pub(crate) fn sample_step(
         .arg(&bi)
         .arg(&ti)
         .arg(&logits)
+        .arg(&stride)
         .arg(&op.seed)
         .arg(&op.iteration)
         .arg(&op.epsilon)
@@ -302,4 +305,34 @@ pub(crate) fn adam_apply(
     // SAFETY: argument list matches `gfn_adam_apply`.
     unsafe { b.launch(cfg(n)) }.w()?;
     Ok(())
+}
+
+pub(crate) fn bias_act(
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+    n: usize,
+    m: usize,
+    relu: bool,
+) -> CResult<CudaStorage> {
+    let dev = s1.device();
+    let (x, b) = (view::<f32>(s1, l1, "bias-act")?, view::<f32>(s2, l2, "bias-act")?);
+    let out = alloc::<f32>(dev, n * m, f32::NAN)?;
+    let (ni, mi, ri) = (i32_of(n, "rows")?, i32_of(m, "columns")?, i32::from(relu));
+    let f = func!(dev, "gfn_bias_act")?;
+    let mut bld = f.builder();
+    bld.arg(&x).arg(&b).arg(&ni).arg(&mi).arg(&ri).arg(&out);
+    // SAFETY: argument list matches `gfn_bias_act`.
+    unsafe { bld.launch(cfg(n * m)) }.w()?;
+    Ok(wrap(out, dev))
+}
+
+/// Turn off candle's per-tensor CUDA event tracking on `dev`: everything here runs on the
+/// device's one stream, so the events (several driver calls per kernel argument) buy nothing.
+pub(crate) fn single_stream(dev: &candle_core::Device) {
+    if let candle_core::Device::Cuda(d) = dev {
+        // SAFETY: gfn uses one stream per device; no tensor crosses streams.
+        unsafe { d.disable_event_tracking() };
+    }
 }

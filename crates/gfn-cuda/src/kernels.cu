@@ -156,7 +156,7 @@ __device__ double philox_uniform(unsigned long long seed, uint32_t row, uint32_t
 // (tempered, epsilon-mixed) softmax of logits[b] with the uniform of (seed, b, t, iteration),
 // record it, and write traj[t+1, b]. Done rows are copied with NO_ACTION.
 extern "C" __global__ void gfn_sample_step(EnvP e, uint32_t* traj, int w, int batch, int t, const float* logits,
-                                           unsigned long long seed, unsigned long long iteration, double epsilon,
+                                           int logit_stride, unsigned long long seed, unsigned long long iteration, double epsilon,
                                            double inv_temp) {
     int b = blockIdx.x * blockDim.x + threadIdx.x;
     if (b >= batch) return;
@@ -165,7 +165,7 @@ extern "C" __global__ void gfn_sample_step(EnvP e, uint32_t* traj, int w, int ba
     for (int j = 0; j < w; ++j) nx[j] = s[j];
     nx[act_col(e)] = NO_ACTION;
     if (s[done_col(e)] != 0) { s[act_col(e)] = NO_ACTION; return; }
-    const float* l = logits + (long long)b * e.n_actions;
+    const float* l = logits + (long long)b * logit_stride;
     double m = -INFINITY;
     int n_valid = 0;
     for (int a = 0; a < e.n_actions; ++a) {
@@ -390,4 +390,12 @@ extern "C" __global__ void gfn_adam_apply(float* p, const float* mv, int n, floa
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     p[i] = p[i] * decay - lr * (mv[i] * sm) / (sqrtf(mv[n + i] * sv) + eps);
+}
+
+// out = x + b (broadcast over rows), then ReLU if relu != 0: one pass instead of two.
+extern "C" __global__ void gfn_bias_act(const float* x, const float* b, int n, int m, int relu, float* out) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)n * m) return;
+    float v = x[i] + b[i % m];
+    out[i] = (relu && v < 0.0f) ? 0.0f : v;
 }

@@ -36,12 +36,15 @@ pub fn cuda_device(ordinal: usize) -> gfn_core::Result<candle_core::Device> {
             "needs a build with the `cuda` feature (cargo build --release --features cuda; see docs/CUDA.md)",
         ));
     }
-    candle_core::Device::new_cuda(ordinal).map_err(|e| {
+    let dev = candle_core::Device::new_cuda(ordinal).map_err(|e| {
         gfn_core::GfnError::invalid("device", format!("cuda:{ordinal}"), format!("could not be opened: {e}"))
-    })
+    })?;
+    #[cfg(feature = "cuda")]
+    cuda::single_stream(&dev);
+    Ok(dev)
 }
 
 /// The first CUDA device if this build has CUDA and a GPU is present, else `None` (tests skip).
 pub fn try_cuda() -> Option<candle_core::Device> {
-    if CUDA_BUILT { candle_core::Device::new_cuda(0).ok() } else { None }
+    if CUDA_BUILT { cuda_device(0).ok() } else { None }
 }

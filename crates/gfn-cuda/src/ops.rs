@@ -273,9 +273,7 @@ impl InplaceOp2 for SampleStep {
             bail!("{}: slot {} out of range (T = {steps})", self.name(), self.t);
         }
         let a_dim = env.n_actions();
-        if l2.dims() != [batch, a_dim] {
-            bail!("{}: logits must be [{batch}, {a_dim}], got {:?}", self.name(), l2.dims());
-        }
+        let stride = logit_stride(l2, batch, a_dim, self.name())?;
         let logits = cpu_f32(s2, l2, self.name())?;
         let (a, b) = contiguous(l1, self.name())?;
         let CpuStorage::U32(traj) = s1 else {
@@ -292,7 +290,7 @@ impl InplaceOp2 for SampleStep {
                 continue;
             }
             let u = philox::uniform(self.seed, bi as u32, self.t as u32, self.iteration);
-            let chosen = self.pick(s, &logits[bi * a_dim..(bi + 1) * a_dim], u);
+            let chosen = self.pick(s, &logits[bi * stride..bi * stride + a_dim], u);
             s[env.act_col()] = chosen;
             if chosen == NO_ACTION {
                 nx[env.done_col()] = 1;
@@ -314,10 +312,62 @@ impl InplaceOp2 for SampleStep {
         if self.t >= steps {
             bail!("{}: slot {} out of range (T = {steps})", self.name(), self.t);
         }
-        if l2.dims() != [batch, self.env.n_actions()] {
-            bail!("{}: logits must be [{batch}, {}], got {:?}", self.name(), self.env.n_actions(), l2.dims());
+        let stride = logit_stride(l2, batch, self.env.n_actions(), self.name())?;
+        crate::cuda::sample_step(self, s1, l1, s2, l2, batch, stride)
+    }
+}
+
+/// Row stride of a `[B, C]` logits tensor whose first `A ≤ C` columns are the P_F logits (the
+/// shared-trunk output `[P_F | P_B | log F]` is read in place).
+fn logit_stride(l: &Layout, batch: usize, a_dim: usize, op: &str) -> CResult<usize> {
+    match l.dims() {
+        &[b, c] if b == batch && c >= a_dim => Ok(c),
+        d => bail!("{op}: logits must be [{batch}, C ≥ {a_dim}] (P_F first), got {d:?}"),
+    }
+}
+
+/// `out = x + b` over rows, then ReLU when `relu`: the rollout's fused bias and activation
+/// (x `[n, m]`, b `[m]`; no backward — the rollout keeps no graph).
+#[derive(Debug, Clone, Copy)]
+pub struct BiasAct {
+    /// Apply ReLU after the bias.
+    pub relu: bool,
+}
+
+fn bias_dims(l1: &Layout, l2: &Layout, op: &str) -> CResult<(usize, usize)> {
+    match (l1.dims(), l2.dims()) {
+        (&[n, m], &[m2]) if m == m2 => Ok((n, m)),
+        (a, b) => bail!("{op}: x must be [n, m] and b [m], got {a:?} and {b:?}"),
+    }
+}
+
+impl CustomOp2 for BiasAct {
+    fn name(&self) -> &'static str {
+        "gfn-bias-act"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let (n, m) = bias_dims(l1, l2, self.name())?;
+        let (x, b) = (cpu_f32(s1, l1, self.name())?, cpu_f32(s2, l2, self.name())?);
+        let mut out = out_f32(n * m);
+        for (o, xr) in out.chunks_exact_mut(m).zip(x.chunks_exact(m)) {
+            for ((o, &x), &b) in o.iter_mut().zip(xr).zip(b) {
+                let v = x + b;
+                *o = if self.relu && v < 0.0 { 0.0 } else { v };
+            }
         }
-        crate::cuda::sample_step(self, s1, l1, s2, l2, batch)
+        Ok((CpuStorage::F32(out), Shape::from((n, m))))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> CResult<(candle_core::CudaStorage, Shape)> {
+        let (n, m) = bias_dims(l1, l2, self.name())?;
+        let out = crate::cuda::bias_act(s1, l1, s2, l2, n, m, self.relu)?;
+        Ok((out, Shape::from((n, m))))
     }
 }
 

@@ -19,7 +19,7 @@ use gfn_core::optim::AdamParams;
 use gfn_core::{GfnError, Result};
 
 use crate::ops::{
-    AdamApply, AdamMoments, BackwardActions, BackwardMask, Featurize, ForwardMask, LogReward, LogSoftmaxGather,
+    AdamApply, BiasAct, AdamMoments, BackwardActions, BackwardMask, Featurize, ForwardMask, LogReward, LogSoftmaxGather,
     SampleStep, SubTbLoss, UniformLogPb,
 };
 use crate::spec::{DeviceEnv, EnvSpec};
@@ -90,6 +90,9 @@ impl DeviceTrainerConfig {
 pub struct StepStats {
     /// The loss before the update.
     pub loss: f64,
+    /// With profiling on: seconds of `[rollout, loss, backward, update]`, each ended by a
+    /// device synchronisation (which itself slows the step a little).
+    pub phases: Option<[f64; 4]>,
 }
 
 /// The loss of one batch and the pieces it was built from.
@@ -126,6 +129,7 @@ pub struct DeviceTrainer {
     positions: Tensor,
     adam_t: u64,
     iteration: u64,
+    profile: bool,
 }
 
 impl std::fmt::Debug for DeviceTrainer {
@@ -186,6 +190,7 @@ impl DeviceTrainer {
             positions,
             adam_t: 0,
             iteration: 0,
+            profile: false,
         })
     }
 
@@ -213,6 +218,10 @@ impl DeviceTrainer {
         c.validate()?;
         self.config = c;
         Ok(())
+    }
+    /// Time the phases of each step (synchronising the device after each).
+    pub fn set_profile(&mut self, on: bool) {
+        self.profile = on;
     }
     /// Restart the step counter (when resuming): the sampler's RNG counter is the iteration.
     pub fn set_iteration(&mut self, iteration: u64) {
@@ -263,7 +272,7 @@ impl DeviceTrainer {
             }
             let rows = traj.i(t)?;
             let feats = rows.apply_op1_no_bwd(&featurize)?;
-            let logits = self.estimator.pf_logits_detached(&feats)?.contiguous()?;
+            let logits = self.rollout_logits(&feats)?;
             let op = SampleStep {
                 env: self.spec,
                 t,
@@ -275,6 +284,19 @@ impl DeviceTrainer {
             traj.inplace_op2(&logits, &op)?;
         }
         Ok(traj)
+    }
+
+    /// The P_F net's output without a graph, `[B, C]` with the P_F logits first: one matmul
+    /// and one fused bias(+ReLU) kernel per layer.
+    fn rollout_logits(&self, feats: &Tensor) -> Result<Tensor> {
+        let net = &self.estimator.nets()[0];
+        let last = net.layers.len() - 1;
+        let mut h = feats.clone();
+        for (i, layer) in net.layers.iter().enumerate() {
+            h = h.matmul(&layer.weight.as_tensor().detach())?;
+            h = h.apply_op2_no_bwd(&layer.bias.as_tensor().detach(), &BiasAct { relu: i < last })?;
+        }
+        Ok(h)
     }
 
     /// The loss of the trajectories in `traj` (from [`DeviceTrainer::rollout`]), with a graph.
@@ -376,8 +398,18 @@ impl DeviceTrainer {
     /// iteration, before touching the parameters.
     pub fn step(&mut self) -> Result<StepStats> {
         let iteration = self.iteration;
+        let mut marks = [std::time::Instant::now(); 5];
+        let mut mark = |k: usize, dev: &Device, on: bool| -> Result<()> {
+            if on {
+                dev.synchronize()?;
+                marks[k] = std::time::Instant::now();
+            }
+            Ok(())
+        };
         let traj = self.rollout(iteration, self.config.batch)?;
+        mark(1, &self.device, self.profile)?;
         let loss = self.batch_loss(&traj)?.loss;
+        mark(2, &self.device, self.profile)?;
         let value = f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
         if !value.is_finite() {
             return Err(GfnError::Other(format!(
@@ -386,6 +418,7 @@ impl DeviceTrainer {
             )));
         }
         let grads = loss.backward()?;
+        mark(3, &self.device, self.profile)?;
         self.adam_t += 1;
         let t = self.adam_t as i32;
         for slot in &mut self.slots {
@@ -412,8 +445,12 @@ impl DeviceTrainer {
                 },
             )?;
         }
+        mark(4, &self.device, self.profile)?;
         self.iteration += 1;
-        Ok(StepStats { loss: value })
+        let phases = self
+            .profile
+            .then(|| [0, 1, 2, 3].map(|k| (marks[k + 1] - marks[k]).as_secs_f64()));
+        Ok(StepStats { loss: value, phases })
     }
 
     /// Terminal rows `[B, W]` (host) of a rollout of `batch` trajectories with counter

@@ -363,6 +363,18 @@ proptest! {
 }
 
 #[test]
+fn fused_bias_relu_equals_unfused() {
+    let mut rng = rng_from_seed(5);
+    let x: Vec<f32> = (0..60).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+    let b: Vec<f32> = (0..6).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let (x, b) = (Tensor::from_vec(x, (10, 6), &Device::Cpu).unwrap(), Tensor::from_vec(b, 6, &Device::Cpu).unwrap());
+    let ours = x.apply_op2_no_bwd(&b, &gfn_cuda::ops::BiasAct { relu: true }).unwrap();
+    let want = x.broadcast_add(&b).unwrap().relu().unwrap();
+    assert_eq!(ours.to_vec2::<f32>().unwrap(), want.to_vec2::<f32>().unwrap());
+    assert!(x.apply_op2_no_bwd(&x, &gfn_cuda::ops::BiasAct { relu: false }).is_err());
+}
+
+#[test]
 fn bad_inputs_are_errors_not_panics() {
     let dev = Device::Cpu;
     let (_, denv) = envs().swap_remove(0);
@@ -532,6 +544,20 @@ fn gpu_kernels_equal_cpu_references() {
             let b = dg.apply_op3_no_bwd(&fg, &leng, &op).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             close_f32(&b, &a, 1e-5, &format!("{name}: subtb Jacobian λ={lambda}"));
         }
+    }
+    // Fused bias + ReLU of the rollout MLP
+    for relu in [false, true] {
+        let (n, m) = (93, 37);
+        let x: Vec<f32> = (0..n * m).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+        let b: Vec<f32> = (0..m).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let (xc, bc) = (Tensor::from_vec(x, (n, m), &Device::Cpu).unwrap(), Tensor::from_vec(b, m, &Device::Cpu).unwrap());
+        let op = gfn_cuda::ops::BiasAct { relu };
+        let want = xc.broadcast_add(&bc).unwrap();
+        let want = if relu { want.relu().unwrap() } else { want };
+        let a = xc.apply_op2_no_bwd(&bc, &op).unwrap();
+        assert_eq!(a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        let g = xc.to_device(&gpu).unwrap().apply_op2_no_bwd(&bc.to_device(&gpu).unwrap(), &op).unwrap();
+        close_f32(&g.flatten_all().unwrap().to_vec1::<f32>().unwrap(), &a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), 0.0, "bias-act");
     }
     // Adam
     let n = 1000;

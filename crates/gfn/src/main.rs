@@ -95,6 +95,10 @@ enum SpeedCmd {
         /// Untimed steps first (kernel loading, allocator warm-up).
         #[arg(long, default_value_t = 5)]
         warmup: usize,
+        /// Device engine: also time the phases of each step (rollout, loss, backward, update;
+        /// synchronised, in extra steps) and the cost of one small kernel launch.
+        #[arg(long)]
+        profile: bool,
     },
     /// The best single-thread rate of an n×n×n f32 matrix product (the roofline's ceiling).
     Gemm {
@@ -152,7 +156,8 @@ fn dispatch(cmd: Command) -> Result<(), Fatal> {
             options,
             rounds,
             warmup,
-        }) => speed_train_cmd(*options, rounds, warmup),
+            profile,
+        }) => speed_train_cmd(*options, rounds, warmup, profile),
         Command::Speed(SpeedCmd::Gemm { size, repeats }) => usage(speed_gemm_cmd(size, repeats)),
     }
 }
@@ -625,7 +630,7 @@ fn speed_sample_cmd(options: ConfigArgs, rounds: usize, warmup: usize) -> Result
     })())
 }
 
-fn speed_train_cmd(options: ConfigArgs, rounds: usize, warmup: usize) -> Result<(), Fatal> {
+fn speed_train_cmd(options: ConfigArgs, rounds: usize, warmup: usize, profile: bool) -> Result<(), Fatal> {
     if rounds == 0 {
         return usage(Err(anyhow::anyhow!("invalid rounds = 0: must be at least 1")));
     }
@@ -643,6 +648,31 @@ fn speed_train_cmd(options: ConfigArgs, rounds: usize, warmup: usize) -> Result<
             if round >= warmup {
                 ms.push(start.elapsed().as_secs_f64() * 1e3);
             }
+        }
+        // Profile in extra steps, so the timed ones above carry no synchronisation.
+        let mut phases_ms = serde_json::Value::Null;
+        let mut launch_us = serde_json::Value::Null;
+        if profile && t.set_device_profile(true) {
+            let mut acc = [0.0f64; 4];
+            for _ in 0..rounds {
+                t.step()?;
+                if let Some(p) = t.device_phases {
+                    for (a, v) in acc.iter_mut().zip(p) {
+                        *a += v * 1e3 / rounds as f64;
+                    }
+                }
+            }
+            phases_ms = serde_json::json!({"rollout": acc[0], "loss": acc[1], "backward": acc[2], "update": acc[3]});
+            let dev = t.estimator.device().clone();
+            let x = candle_core::Tensor::zeros((512, 256), candle_core::DType::F32, &dev)?;
+            let mut y = x.relu()?;
+            dev.synchronize()?;
+            let start = std::time::Instant::now();
+            for _ in 0..2000 {
+                y = y.relu()?;
+            }
+            dev.synchronize()?;
+            launch_us = serde_json::json!(start.elapsed().as_secs_f64() * 1e6 / 2000.0);
         }
         let mean = ms.iter().sum::<f64>() / ms.len() as f64;
         let mut sorted = ms.clone();
@@ -666,6 +696,8 @@ fn speed_train_cmd(options: ConfigArgs, rounds: usize, warmup: usize) -> Result<
             "ms_per_iter_mean": mean,
             "ms_per_iter_min": sorted[0],
             "last_loss": last,
+            "phases_ms": phases_ms,
+            "relu_launch_us": launch_us,
         });
         println!("{out}");
         Ok(())

@@ -145,6 +145,8 @@ pub struct Trainer {
     fast: Option<FastPath>,
     /// `device = cuda`: the whole training step on the GPU (shares the estimator's parameters).
     device_engine: Option<gfn_cuda::DeviceTrainer>,
+    /// Device engine with profiling on: `[rollout, loss, backward, update]` seconds of the last step.
+    pub device_phases: Option<[f64; 4]>,
     loss_sum: f64,
     loss_count: u64,
     led_loss_sum: f64,
@@ -301,6 +303,7 @@ impl Trainer {
             replay_rows: Vec::new(),
             fast: if device_engine.is_some() { None } else { fast },
             device_engine,
+            device_phases: None,
             loss_sum: 0.0,
             loss_count: 0,
             led_loss_sum: 0.0,
@@ -319,11 +322,23 @@ impl Trainer {
         }
     }
 
-    /// Where training runs: `cpu` or the CUDA device.
+    /// Where training runs: `cpu`, `cuda` or `cuda:N` (as configured).
     pub fn device_name(&self) -> String {
         match self.estimator.device() {
             Device::Cpu => "cpu".into(),
-            d => format!("{d:?}"),
+            _ => self.config.device.clone(),
+        }
+    }
+
+    /// Profile the device engine's steps (phases in [`Trainer::device_phases`]); false when
+    /// training runs on the CPU.
+    pub fn set_device_profile(&mut self, on: bool) -> bool {
+        match &mut self.device_engine {
+            Some(dt) => {
+                dt.set_profile(on);
+                true
+            }
+            None => false,
         }
     }
 
@@ -379,7 +394,9 @@ impl Trainer {
             let start = Instant::now();
             let opts = self.config.sampling_at(self.iteration);
             dt.set_sampling(opts.epsilon, opts.temperature)?;
-            let value = dt.step()?.loss;
+            let stats = dt.step()?;
+            let value = stats.loss;
+            self.device_phases = stats.phases;
             let rows = (dt.max_steps() + 1) * self.config.batch_size;
             self.finish_step(start, rows, value);
             return Ok(value);
