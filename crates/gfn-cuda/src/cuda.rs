@@ -9,7 +9,9 @@ use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::backend::BackendStorage;
 use candle_core::{CudaDevice, CudaStorage, Layout, Result as CResult, bail};
 
-use crate::ops::{AdamApply, AdamMoments, POISON_U8, POISON_U32, SampleStep, poison};
+use crate::ops::{
+    AdamApply, AdamMoments, FUSED_ROWS, MAX_FUSED_LAYERS, POISON_U8, POISON_U32, RolloutStep, SampleStep, poison,
+};
 use crate::spec::EnvSpec;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/gfn_kernels.ptx"));
@@ -91,6 +93,11 @@ pub(crate) fn mask(env: &EnvSpec, s: &CudaStorage, l: &Layout, n: usize, backwar
     Ok(wrap(out, dev))
 }
 
+/// One warp per row: `n` rows in blocks of 8 warps.
+fn warp_cfg(n: usize) -> LaunchConfig {
+    cfg(n * 32)
+}
+
 pub(crate) fn sample_step(
     op: &SampleStep,
     s1: &mut CudaStorage,
@@ -121,12 +128,103 @@ pub(crate) fn sample_step(
         .arg(&ti)
         .arg(&logits)
         .arg(&stride)
-        .arg(&op.seed)
-        .arg(&op.iteration)
-        .arg(&op.epsilon)
-        .arg(&op.inv_temp);
+        .arg(&op.sample);
     // SAFETY: argument list matches `gfn_sample_step`.
-    unsafe { b.launch(cfg(batch)) }.w()?;
+    unsafe { b.launch(warp_cfg(batch)) }.w()?;
+    Ok(())
+}
+
+/// `struct MlpP` of `kernels.cu`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct MlpP {
+    weight: [u64; MAX_FUSED_LAYERS],
+    bias: [u64; MAX_FUSED_LAYERS],
+    dims: [i32; MAX_FUSED_LAYERS + 1],
+    n_layers: i32,
+}
+
+// SAFETY: plain old data, `#[repr(C)]`, laid out as `struct MlpP` (device pointers as u64).
+unsafe impl DeviceRepr for MlpP {}
+
+pub(crate) fn rollout_step(
+    op: &RolloutStep,
+    s1: &mut CudaStorage,
+    l1: &Layout,
+    batch: usize,
+    dims: &[usize],
+) -> CResult<()> {
+    use candle_core::cuda_backend::cudarc::driver::DevicePtr;
+    let dev = s1.device().clone();
+    let stream = dev.cuda_stream();
+    let mut net = MlpP {
+        weight: [0; MAX_FUSED_LAYERS],
+        bias: [0; MAX_FUSED_LAYERS],
+        dims: [0; MAX_FUSED_LAYERS + 1],
+        n_layers: i32_of(op.layers.len(), "layers")?,
+    };
+    for (k, d) in dims.iter().enumerate() {
+        net.dims[k] = i32_of(*d, "layer width")?;
+    }
+    // Hold the storages (and the pointers' guards) until the launch is queued.
+    let guards: Vec<_> = op
+        .layers
+        .iter()
+        .flat_map(|(w, b)| [w.storage_and_layout(), b.storage_and_layout()])
+        .collect();
+    let mut ptrs = Vec::with_capacity(guards.len());
+    for (storage, layout) in &guards {
+        let candle_core::Storage::Cuda(cs) = &**storage else {
+            bail!("rollout-step: weights must be on the GPU with the trajectory")
+        };
+        let Some((a, e)) = layout.contiguous_offsets() else {
+            bail!("rollout-step: contiguous weights only")
+        };
+        ptrs.push(cs.as_cuda_slice::<f32>()?.slice(a..e));
+    }
+    let mut syncs = Vec::with_capacity(ptrs.len());
+    for (i, v) in ptrs.iter().enumerate() {
+        let (p, sync) = v.device_ptr(&stream);
+        if i % 2 == 0 {
+            net.weight[i / 2] = p;
+        } else {
+            net.bias[i / 2] = p;
+        }
+        syncs.push(sync);
+    }
+    let Some((a, b_end)) = l1.contiguous_offsets() else {
+        bail!("rollout-step: contiguous trajectory only")
+    };
+    let mut traj = s1.as_cuda_slice_mut::<u32>()?.slice_mut(a..b_end);
+    let max_dim = dims.iter().copied().max().unwrap_or(1);
+    let (w, bi, ti, md, rows) = (
+        i32_of(op.env.row_width(), "W")?,
+        i32_of(batch, "batch")?,
+        i32_of(op.t, "t")?,
+        i32_of(max_dim, "width")?,
+        i32_of(FUSED_ROWS, "rows")?,
+    );
+    let shared = (2 * FUSED_ROWS * max_dim * 4) as u32;
+    let f = func!(&dev, "gfn_rollout_step")?;
+    let mut b = f.builder();
+    b.arg(&op.env)
+        .arg(&mut traj)
+        .arg(&w)
+        .arg(&bi)
+        .arg(&ti)
+        .arg(&net)
+        .arg(&md)
+        .arg(&rows)
+        .arg(&op.sample);
+    let launch = LaunchConfig {
+        grid_dim: (batch.div_ceil(FUSED_ROWS) as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: shared,
+    };
+    // SAFETY: argument list matches `gfn_rollout_step`; the weights outlive the launch (the op
+    // holds their tensors) and `syncs` records their use on drop.
+    unsafe { b.launch(launch) }.w()?;
+    drop(syncs);
     Ok(())
 }
 
@@ -154,13 +252,13 @@ pub(crate) fn lsg(
         let mut b = f.builder();
         b.arg(&logits).arg(&mask).arg(&act).arg(&ni).arg(&ai).arg(&out);
         // SAFETY: argument list matches `gfn_log_softmax_gather_jacobian`.
-        unsafe { b.launch(cfg(n)) }.w()?;
+        unsafe { b.launch(warp_cfg(n)) }.w()?;
     } else {
         let f = func!(dev, "gfn_log_softmax_gather")?;
         let mut b = f.builder();
         b.arg(&logits).arg(&mask).arg(&act).arg(&ni).arg(&ai).arg(&out);
         // SAFETY: argument list matches `gfn_log_softmax_gather`.
-        unsafe { b.launch(cfg(n)) }.w()?;
+        unsafe { b.launch(warp_cfg(n)) }.w()?;
     }
     Ok(wrap(out, dev))
 }

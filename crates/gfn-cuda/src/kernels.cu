@@ -131,7 +131,8 @@ extern "C" __global__ void gfn_backward_mask(EnvP e, const uint32_t* states, int
     out[i] = bwd_allowed(e, states + (long long)r * w, a) ? 1 : 0;
 }
 
-// ---- counter-based RNG: Philox4x32-10 (Salmon et al. 2011), key = seed, counter = (row, t, iteration) ----
+// ---- counter-based RNG: Philox4x32-10 (Salmon et al. 2011) ----
+// key = (seed lo, seed hi ^ iteration hi), counter = (row, t, iteration lo, slot).
 
 __device__ __forceinline__ void philox_round(uint32_t* c, uint32_t k0, uint32_t k1) {
     uint32_t lo0 = 0xD2511F53u * c[0], hi0 = __umulhi(0xD2511F53u, c[0]);
@@ -140,91 +141,211 @@ __device__ __forceinline__ void philox_round(uint32_t* c, uint32_t k0, uint32_t 
     c[0] = n0; c[1] = lo1; c[2] = n2; c[3] = lo0;
 }
 
-// A uniform double in [0, 1) with 53 random bits.
-__device__ double philox_uniform(unsigned long long seed, uint32_t row, uint32_t t, unsigned long long iteration) {
-    uint32_t c[4] = {row, t, (uint32_t)iteration, (uint32_t)(iteration >> 32)};
-    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+// A uniform double in (0, 1) with 53 random bits (never 0, so −log(−log u) is finite).
+__device__ double philox_uniform(unsigned long long seed, uint32_t row, uint32_t t, unsigned long long iteration,
+                                 uint32_t slot) {
+    uint32_t c[4] = {row, t, (uint32_t)iteration, slot};
+    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32) ^ (uint32_t)(iteration >> 32);
     for (int r = 0; r < 10; ++r) {
         philox_round(c, k0, k1);
         k0 += 0x9E3779B9u; k1 += 0xBB67AE85u;
     }
     unsigned long long hi = c[0] >> 5, lo = c[1] >> 6;
-    return (double)(hi * 67108864ull + lo) * (1.0 / 9007199254740992.0);
+    return ((double)(hi * 67108864ull + lo) + 0.5) * (1.0 / 9007199254740992.0);
 }
 
-// One rollout step for every row b: read traj[t, b], sample an action from the masked
-// (tempered, epsilon-mixed) softmax of logits[b] with the uniform of (seed, b, t, iteration),
-// record it, and write traj[t+1, b]. Done rows are copied with NO_ACTION.
+struct SampleP {
+    unsigned long long seed;
+    unsigned long long iteration;
+    double epsilon;
+    double inv_temp;
+};
+
+// One warp draws the action of row `row` at step `t` from the masked softmax of
+// `logits / temperature`, mixed with ε-uniform over the allowed actions: with the uniform of
+// slot A below ε, the ⌊u·n⌋-th allowed action (slot A+1); otherwise Gumbel-max,
+// argmax_a (l_a/T − log(−log u_a)) with u_a the uniform of slot a (ties: the smaller index).
+// Every lane returns the action (NO_ACTION if none is allowed).
+__device__ uint32_t warp_sample(const EnvP& e, const uint32_t* s, const float* l, uint32_t row, int t,
+                                const SampleP& p) {
+    int lane = threadIdx.x & 31;
+    int n_valid = 0;
+    for (int base = 0; base < e.n_actions; base += 32) {
+        int a = base + lane;
+        unsigned ok = __ballot_sync(0xffffffffu, a < e.n_actions && fwd_allowed(e, s, a));
+        n_valid += __popc(ok);
+    }
+    if (n_valid == 0) return NO_ACTION;
+    if (p.epsilon > 0.0) {
+        double ue = philox_uniform(p.seed, row, (uint32_t)t, p.iteration, (uint32_t)e.n_actions);
+        if (ue < p.epsilon) {
+            double uk = philox_uniform(p.seed, row, (uint32_t)t, p.iteration, (uint32_t)e.n_actions + 1);
+            int k = (int)(uk * (double)n_valid);
+            k = k < n_valid ? k : n_valid - 1;
+            for (int base = 0; base < e.n_actions; base += 32) {
+                int a = base + lane;
+                unsigned ok = __ballot_sync(0xffffffffu, a < e.n_actions && fwd_allowed(e, s, a));
+                int c = __popc(ok);
+                if (k < c) {
+                    // the (k+1)-th set bit of ok
+                    for (int j = 0; j < 32; ++j) {
+                        if ((ok >> j) & 1u) {
+                            if (k == 0) return (uint32_t)(base + j);
+                            --k;
+                        }
+                    }
+                }
+                k -= c;
+            }
+        }
+    }
+    double best = -INFINITY;
+    uint32_t arg = NO_ACTION;
+    for (int a = lane; a < e.n_actions; a += 32) {
+        if (!fwd_allowed(e, s, a)) continue;
+        double u = philox_uniform(p.seed, row, (uint32_t)t, p.iteration, (uint32_t)a);
+        double v = (double)l[a] * p.inv_temp - log(-log(u));
+        if (v > best) { best = v; arg = (uint32_t)a; }
+    }
+    for (int off = 16; off > 0; off >>= 1) {
+        double ob = __shfl_xor_sync(0xffffffffu, best, off);
+        uint32_t oa = __shfl_xor_sync(0xffffffffu, arg, off);
+        if (ob > best || (ob == best && oa < arg)) { best = ob; arg = oa; }
+    }
+    return arg;
+}
+
+// Copy row t → t+1 (action NO_ACTION), then record `chosen` in row t and apply it to row t+1.
+// Lane 0 of the warp writes.
+__device__ void warp_record(const EnvP& e, uint32_t* s, uint32_t* nx, int w, uint32_t chosen, bool was_done) {
+    int lane = threadIdx.x & 31;
+    for (int j = lane; j < w; j += 32) nx[j] = s[j];
+    __syncwarp();
+    if (lane == 0) {
+        nx[act_col(e)] = NO_ACTION;
+        s[act_col(e)] = was_done ? NO_ACTION : chosen;
+        if (!was_done) {
+            if (chosen == NO_ACTION) nx[done_col(e)] = 1;
+            else apply_step(e, nx, chosen);
+        }
+    }
+    __syncwarp();
+}
+
+// One rollout step from given logits: one warp per row b reads traj[t, b], samples with
+// `warp_sample` from logits[b] (row stride `logit_stride`, P_F first), records the action and
+// writes traj[t+1, b]. Done rows are copied with NO_ACTION.
 extern "C" __global__ void gfn_sample_step(EnvP e, uint32_t* traj, int w, int batch, int t, const float* logits,
-                                           int logit_stride, unsigned long long seed, unsigned long long iteration, double epsilon,
-                                           double inv_temp) {
-    int b = blockIdx.x * blockDim.x + threadIdx.x;
+                                           int logit_stride, SampleP p) {
+    int b = (int)(((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5);
     if (b >= batch) return;
     uint32_t* s = traj + ((long long)t * batch + b) * w;
     uint32_t* nx = traj + ((long long)(t + 1) * batch + b) * w;
-    for (int j = 0; j < w; ++j) nx[j] = s[j];
-    nx[act_col(e)] = NO_ACTION;
-    if (s[done_col(e)] != 0) { s[act_col(e)] = NO_ACTION; return; }
-    const float* l = logits + (long long)b * logit_stride;
-    double m = -INFINITY;
-    int n_valid = 0;
-    for (int a = 0; a < e.n_actions; ++a) {
-        if (fwd_allowed(e, s, a)) {
-            double v = (double)l[a] * inv_temp;
-            m = v > m ? v : m;
-            ++n_valid;
-        }
-    }
-    double z = 0.0;
-    for (int a = 0; a < e.n_actions; ++a)
-        if (fwd_allowed(e, s, a)) z += exp((double)l[a] * inv_temp - m);
-    double u = philox_uniform(seed, (uint32_t)b, (uint32_t)t, iteration);
-    double cum = 0.0;
-    uint32_t chosen = NO_ACTION;
-    for (int a = 0; a < e.n_actions; ++a) {
-        if (!fwd_allowed(e, s, a)) continue;
-        double p = (1.0 - epsilon) * exp((double)l[a] * inv_temp - m) / z + epsilon / (double)n_valid;
-        cum += p;
-        chosen = (uint32_t)a;
-        if (u < cum) break;
-    }
-    s[act_col(e)] = chosen;
-    if (chosen == NO_ACTION) { nx[done_col(e)] = 1; return; }
-    apply_step(e, nx, chosen);
+    bool was_done = s[done_col(e)] != 0;
+    uint32_t chosen = was_done ? NO_ACTION : warp_sample(e, s, logits + (long long)b * logit_stride, (uint32_t)b, t, p);
+    warp_record(e, s, nx, w, chosen, was_done);
 }
 
-// out[r] = log softmax(logits[r] | mask[r])[act[r]], 0 where act[r] is NO_ACTION.
+#define MAX_LAYERS 4
+struct MlpP {
+    const float* weight[MAX_LAYERS];  // [in, out] row-major
+    const float* bias[MAX_LAYERS];
+    int dims[MAX_LAYERS + 1];
+    int n_layers;
+};
+
+// The fused rollout step: for ROWS rows per block, features → MLP (ReLU between layers; only the
+// first A outputs of the last layer, the P_F logits) → warp_sample → record. Activations live
+// in shared memory (2 · ROWS · max_dim floats); every product is an fmaf chain over the input
+// index in order, starting from the bias (the CPU reference does the same with mul_add).
+extern "C" __global__ void gfn_rollout_step(EnvP e, uint32_t* traj, int w, int batch, int t, MlpP net, int max_dim,
+                                            int rows_per_block, SampleP p) {
+    extern __shared__ float smem[];
+    float* act0 = smem;
+    float* act1 = smem + rows_per_block * max_dim;
+    int r0 = blockIdx.x * rows_per_block;
+    int nrows = batch - r0 < rows_per_block ? batch - r0 : rows_per_block;
+    if (nrows <= 0) return;
+    const uint32_t* cur = traj + (long long)t * batch * w;
+    int f_dim = net.dims[0];
+    for (int i = threadIdx.x; i < nrows * f_dim; i += blockDim.x) {
+        int r = i / f_dim, f = i % f_dim;
+        act0[r * max_dim + f] = feature(e, cur + (long long)(r0 + r) * w, f);
+    }
+    __syncthreads();
+    float* in = act0;
+    float* out = act1;
+    for (int k = 0; k < net.n_layers; ++k) {
+        int din = net.dims[k];
+        bool last = k == net.n_layers - 1;
+        int dout = last ? e.n_actions : net.dims[k + 1];
+        int wout = net.dims[k + 1];
+        const float* W = net.weight[k];
+        const float* B = net.bias[k];
+        for (int o = threadIdx.x; o < dout; o += blockDim.x) {
+            for (int r = 0; r < nrows; ++r) {
+                float acc = B[o];
+                const float* x = in + r * max_dim;
+                for (int i = 0; i < din; ++i) acc = fmaf(x[i], W[(long long)i * wout + o], acc);
+                out[r * max_dim + o] = (!last && acc < 0.0f) ? 0.0f : acc;
+            }
+        }
+        __syncthreads();
+        float* tmp = in; in = out; out = tmp;
+    }
+    // `in` holds the logits. One warp per row samples and records.
+    int warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+    for (int r = warp; r < nrows; r += n_warps) {
+        int b = r0 + r;
+        uint32_t* s = traj + ((long long)t * batch + b) * w;
+        uint32_t* nx = traj + ((long long)(t + 1) * batch + b) * w;
+        bool was_done = s[done_col(e)] != 0;
+        uint32_t chosen = was_done ? NO_ACTION : warp_sample(e, s, in + r * max_dim, (uint32_t)b, t, p);
+        warp_record(e, s, nx, w, chosen, was_done);
+    }
+}
+
+// Max and normaliser of the allowed logits of row l (one warp; lanes stride over the actions).
+__device__ void warp_max_z(const float* l, const uint8_t* mk, int a_dim, float* m_out, float* z_out) {
+    int lane = threadIdx.x & 31;
+    float m = -INFINITY;
+    for (int j = lane; j < a_dim; j += 32) if (mk[j]) m = fmaxf(m, l[j]);
+    for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+    float z = 0.0f;
+    for (int j = lane; j < a_dim; j += 32) if (mk[j]) z += expf(l[j] - m);
+    for (int off = 16; off > 0; off >>= 1) z += __shfl_xor_sync(0xffffffffu, z, off);
+    *m_out = m;
+    *z_out = z;
+}
+
+// out[r] = log softmax(logits[r] | mask[r])[act[r]], 0 where act[r] is NO_ACTION. One warp per row.
 extern "C" __global__ void gfn_log_softmax_gather(const float* logits, const uint8_t* mask, const uint32_t* act, int n,
                                                   int a_dim, float* out) {
-    int r = blockIdx.x * blockDim.x + threadIdx.x;
+    int r = (int)(((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5);
     if (r >= n) return;
     uint32_t a = act[r];
-    if (a == NO_ACTION) { out[r] = 0.0f; return; }
+    if (a == NO_ACTION) { if ((threadIdx.x & 31) == 0) out[r] = 0.0f; return; }
     const float* l = logits + (long long)r * a_dim;
-    const uint8_t* mk = mask + (long long)r * a_dim;
-    float m = -INFINITY;
-    for (int j = 0; j < a_dim; ++j) if (mk[j]) m = fmaxf(m, l[j]);
-    float z = 0.0f;
-    for (int j = 0; j < a_dim; ++j) if (mk[j]) z += expf(l[j] - m);
-    out[r] = l[a] - m - logf(z);
+    float m, z;
+    warp_max_z(l, mask + (long long)r * a_dim, a_dim, &m, &z);
+    if ((threadIdx.x & 31) == 0) out[r] = l[a] - m - logf(z);
 }
 
 // d out[r] / d logits[r, j] = 1[j = act] − softmax_j on allowed j, 0 elsewhere (and on rows
-// without an action).
+// without an action). One warp per row, coalesced writes.
 extern "C" __global__ void gfn_log_softmax_gather_jacobian(const float* logits, const uint8_t* mask,
                                                            const uint32_t* act, int n, int a_dim, float* out) {
-    int r = blockIdx.x * blockDim.x + threadIdx.x;
+    int r = (int)(((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5);
     if (r >= n) return;
+    int lane = threadIdx.x & 31;
     uint32_t a = act[r];
     float* o = out + (long long)r * a_dim;
-    if (a == NO_ACTION) { for (int j = 0; j < a_dim; ++j) o[j] = 0.0f; return; }
+    if (a == NO_ACTION) { for (int j = lane; j < a_dim; j += 32) o[j] = 0.0f; return; }
     const float* l = logits + (long long)r * a_dim;
     const uint8_t* mk = mask + (long long)r * a_dim;
-    float m = -INFINITY;
-    for (int j = 0; j < a_dim; ++j) if (mk[j]) m = fmaxf(m, l[j]);
-    float z = 0.0f;
-    for (int j = 0; j < a_dim; ++j) if (mk[j]) z += expf(l[j] - m);
-    for (int j = 0; j < a_dim; ++j) {
+    float m, z;
+    warp_max_z(l, mk, a_dim, &m, &z);
+    for (int j = lane; j < a_dim; j += 32) {
         float p = mk[j] ? expf(l[j] - m) / z : 0.0f;
         o[j] = ((uint32_t)j == a ? 1.0f : 0.0f) - p;
     }

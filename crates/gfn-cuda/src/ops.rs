@@ -5,7 +5,9 @@
 //! |---|---|---|
 //! | [`Featurize`] | rows `[n, W]` u32 | `[n, F]` f32 |
 //! | [`ForwardMask`] / [`BackwardMask`] | rows `[n, W]` u32 | `[n, A]` / `[n, A_B]` u8 (done rows: no forward action) |
-//! | [`SampleStep`] (in place) | trajectory `[T+1, B, W]` u32, logits `[B, A]` f32 | writes row `t+1` and the action of row `t` |
+//! | [`SampleStep`] (in place) | trajectory `[T+1, B, W]` u32, logits `[B, C ≥ A]` f32 | writes row `t+1` and the action of row `t` |
+//! | [`RolloutStep`] (in place) | trajectory, the P_F net's weights | features + MLP + [`SampleStep`] fused |
+//! | [`BiasAct`] | `[n, m]`, `[m]` | `x + b`, ReLU |
 //! | [`LogSoftmaxGather`] | logits `[n, A]` f32, mask u8, actions `[n]` u32 | `[n]` f32, with a backward pass |
 //! | [`BackwardActions`] / [`UniformLogPb`] | trajectory `[T+1, B, W]` | `[T, B]` u32 / f32 |
 //! | [`LogReward`] | rows `[n, W]`, table f32 | `[n]` f32 |
@@ -207,19 +209,13 @@ impl CustomOp1 for BackwardMask {
     }
 }
 
-/// One rollout step, in place on a trajectory buffer: for every row `b` of slot `t`, sample an
-/// action from the masked softmax of `logits[b] / temperature` mixed with `ε`-uniform over the
-/// allowed actions, by inverse CDF (in f64) on the Philox uniform of `(seed, b, t, iteration)`;
-/// record it in slot `t` and write the next state into slot `t+1`.
-#[derive(Debug, Clone, Copy)]
-pub struct SampleStep {
-    /// The environment.
-    pub env: EnvSpec,
-    /// The slot sampled from.
-    pub t: usize,
+/// The sampler's settings (`struct SampleP` in `kernels.cu`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct SampleParams {
     /// The run's sampling seed.
     pub seed: u64,
-    /// The training iteration (the RNG counter's high word).
+    /// The training iteration (part of the RNG counter).
     pub iteration: u64,
     /// Uniform-exploration weight ε ∈ [0, 1].
     pub epsilon: f64,
@@ -227,39 +223,93 @@ pub struct SampleStep {
     pub inv_temp: f64,
 }
 
-impl SampleStep {
-    /// The action the CPU reference picks for one row, with the uniform `u`.
-    pub fn pick(&self, s: &[u32], logits: &[f32], u: f64) -> u32 {
-        let env = &self.env;
-        let mut m = f64::NEG_INFINITY;
-        let mut n_valid = 0usize;
-        for (a, &l) in logits.iter().enumerate() {
-            if env.fwd_allowed(s, a) {
-                m = m.max(f64::from(l) * self.inv_temp);
-                n_valid += 1;
+#[cfg(feature = "cuda")]
+#[allow(unsafe_code)]
+// SAFETY: plain old data, `#[repr(C)]`, laid out as `struct SampleP`.
+unsafe impl candle_core::cuda_backend::cudarc::driver::DeviceRepr for SampleParams {}
+
+impl SampleParams {
+    /// The action drawn for row `row` of state `s` at step `t` from `logits` (P_F first): with
+    /// the uniform of slot `A` below ε, the `⌊u·n⌋`-th allowed action (`u` of slot `A+1`);
+    /// otherwise Gumbel-max, `argmax_a l_a/T − log(−log u_a)` over the allowed actions (`u_a` the
+    /// uniform of slot `a`, ties to the smaller index). Exactly a draw from
+    /// `(1−ε)·softmax(l/T) + ε·uniform` on the allowed actions; [`NO_ACTION`] if none is allowed.
+    /// The kernels' `warp_sample`.
+    pub fn pick(&self, env: &EnvSpec, s: &[u32], logits: &[f32], row: u32, t: u32) -> u32 {
+        let a_n = env.n_actions();
+        let n_valid = (0..a_n).filter(|&a| env.fwd_allowed(s, a)).count();
+        if n_valid == 0 {
+            return NO_ACTION;
+        }
+        let u = |slot: usize| philox::uniform(self.seed, row, t, self.iteration, slot as u32);
+        if self.epsilon > 0.0 && u(a_n) < self.epsilon {
+            let k = ((u(a_n + 1) * n_valid as f64) as usize).min(n_valid - 1);
+            if let Some(a) = (0..a_n).filter(|&a| env.fwd_allowed(s, a)).nth(k) {
+                return a as u32;
             }
         }
-        let mut z = 0.0;
-        for (a, &l) in logits.iter().enumerate() {
-            if env.fwd_allowed(s, a) {
-                z += (f64::from(l) * self.inv_temp - m).exp();
-            }
-        }
-        let (mut cum, mut chosen) = (0.0, NO_ACTION);
-        for (a, &l) in logits.iter().enumerate() {
+        let (mut best, mut arg) = (f64::NEG_INFINITY, NO_ACTION);
+        for (a, &l) in logits.iter().enumerate().take(a_n) {
             if !env.fwd_allowed(s, a) {
                 continue;
             }
-            let p = (1.0 - self.epsilon) * (f64::from(l) * self.inv_temp - m).exp() / z
-                + self.epsilon / n_valid as f64;
-            cum += p;
-            chosen = a as u32;
-            if u < cum {
-                break;
+            let v = f64::from(l) * self.inv_temp - (-u(a).ln()).ln();
+            if v > best {
+                best = v;
+                arg = a as u32;
             }
         }
-        chosen
+        arg
     }
+}
+
+/// Copy row `t` to row `t+1` (action [`NO_ACTION`]), record `chosen` in row `t` and apply it to
+/// row `t+1` (the kernels' `warp_record`).
+fn record(env: &EnvSpec, s: &mut [u32], nx: &mut [u32], chosen: u32, was_done: bool) {
+    nx.copy_from_slice(s);
+    nx[env.act_col()] = NO_ACTION;
+    s[env.act_col()] = if was_done { NO_ACTION } else { chosen };
+    if !was_done {
+        if chosen == NO_ACTION {
+            nx[env.done_col()] = 1;
+        } else {
+            env.apply_step(nx, chosen);
+        }
+    }
+}
+
+/// Slots `t` and `t+1` of a `[T+1, B, W]` trajectory buffer, mutable.
+fn slots_mut<'a>(
+    s1: &'a mut CpuStorage,
+    l1: &Layout,
+    env: &EnvSpec,
+    t: usize,
+    op: &str,
+) -> CResult<(&'a mut [u32], &'a mut [u32], usize)> {
+    let (steps, batch) = traj_dims(l1, env, op)?;
+    if t >= steps {
+        bail!("{op}: slot {t} out of range (T = {steps})");
+    }
+    let (a, b) = contiguous(l1, op)?;
+    let CpuStorage::U32(traj) = s1 else {
+        bail!("{op}: trajectory must be u32")
+    };
+    let w = env.row_width();
+    let (cur, next) = traj[a..b][t * batch * w..(t + 2) * batch * w].split_at_mut(batch * w);
+    Ok((cur, next, batch))
+}
+
+/// One rollout step from given logits, in place on a trajectory buffer: every row `b` of slot
+/// `t` draws its action with [`SampleParams::pick`] from `logits[b]` (`[B, C]`, P_F first),
+/// records it in slot `t` and writes the next state into slot `t+1`.
+#[derive(Debug, Clone, Copy)]
+pub struct SampleStep {
+    /// The environment.
+    pub env: EnvSpec,
+    /// The slot sampled from.
+    pub t: usize,
+    /// The sampler.
+    pub sample: SampleParams,
 }
 
 impl InplaceOp2 for SampleStep {
@@ -268,35 +318,20 @@ impl InplaceOp2 for SampleStep {
     }
     fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CResult<()> {
         let env = &self.env;
-        let (steps, batch) = traj_dims(l1, env, self.name())?;
-        if self.t >= steps {
-            bail!("{}: slot {} out of range (T = {steps})", self.name(), self.t);
-        }
+        let (cur, next, batch) = slots_mut(s1, l1, env, self.t, self.name())?;
         let a_dim = env.n_actions();
         let stride = logit_stride(l2, batch, a_dim, self.name())?;
         let logits = cpu_f32(s2, l2, self.name())?;
-        let (a, b) = contiguous(l1, self.name())?;
-        let CpuStorage::U32(traj) = s1 else {
-            bail!("{}: trajectory must be u32", self.name())
-        };
-        let traj = &mut traj[a..b];
         let w = env.row_width();
-        let (cur, next) = traj[self.t * batch * w..(self.t + 2) * batch * w].split_at_mut(batch * w);
         for (bi, (s, nx)) in cur.chunks_exact_mut(w).zip(next.chunks_exact_mut(w)).enumerate() {
-            nx.copy_from_slice(s);
-            nx[env.act_col()] = NO_ACTION;
-            if s[env.done_col()] != 0 {
-                s[env.act_col()] = NO_ACTION;
-                continue;
-            }
-            let u = philox::uniform(self.seed, bi as u32, self.t as u32, self.iteration);
-            let chosen = self.pick(s, &logits[bi * stride..bi * stride + a_dim], u);
-            s[env.act_col()] = chosen;
-            if chosen == NO_ACTION {
-                nx[env.done_col()] = 1;
-                continue;
-            }
-            env.apply_step(nx, chosen);
+            let was_done = s[env.done_col()] != 0;
+            let chosen = if was_done {
+                NO_ACTION
+            } else {
+                let l = &logits[bi * stride..bi * stride + a_dim];
+                self.sample.pick(env, s, l, bi as u32, self.t as u32)
+            };
+            record(env, s, nx, chosen, was_done);
         }
         Ok(())
     }
@@ -314,6 +349,121 @@ impl InplaceOp2 for SampleStep {
         }
         let stride = logit_stride(l2, batch, self.env.n_actions(), self.name())?;
         crate::cuda::sample_step(self, s1, l1, s2, l2, batch, stride)
+    }
+}
+
+/// Most layers [`RolloutStep`] fuses (`MAX_LAYERS` in `kernels.cu`).
+pub const MAX_FUSED_LAYERS: usize = 4;
+/// Rows of a block of [`RolloutStep`].
+pub const FUSED_ROWS: usize = 8;
+/// Largest layer width [`RolloutStep`] keeps in shared memory (2·8·1536 floats = 96 KiB would
+/// not fit: 48 KiB, so 768).
+pub const MAX_FUSED_WIDTH: usize = 768;
+
+/// The fused rollout step, in place on a trajectory buffer: for every row of slot `t`, the
+/// features, the P_F net (`layers`: `(W [in, out], b [out])`, ReLU between layers, only the first
+/// `A` outputs of the last), [`SampleParams::pick`], the record and the transition — one kernel
+/// per environment step instead of one per layer and stage. Products are `mul_add` chains over
+/// the input index from the bias, as the kernel's `fmaf` chains, so the logits are bit-identical.
+#[derive(Debug, Clone)]
+pub struct RolloutStep {
+    /// The environment.
+    pub env: EnvSpec,
+    /// The slot sampled from.
+    pub t: usize,
+    /// The sampler.
+    pub sample: SampleParams,
+    /// The P_F net's layers.
+    pub layers: Vec<(Tensor, Tensor)>,
+}
+
+impl RolloutStep {
+    /// Layer widths `[F, h1, …, out]`, checked against the environment and the fused limits.
+    pub fn dims(&self) -> CResult<Vec<usize>> {
+        let op = "gfn-rollout-step";
+        if self.layers.is_empty() || self.layers.len() > MAX_FUSED_LAYERS {
+            bail!("{op}: 1 to {MAX_FUSED_LAYERS} layers, got {}", self.layers.len());
+        }
+        let mut dims = vec![self.env.feature_dim()];
+        for (k, (w, b)) in self.layers.iter().enumerate() {
+            match (w.dims(), b.dims()) {
+                (&[i, o], &[o2]) if i == dims[k] && o == o2 && w.dtype() == DType::F32 && b.dtype() == DType::F32 => {
+                    dims.push(o)
+                }
+                (a, c) => bail!("{op}: layer {k} must be f32 [{}, out] with bias [out], got {a:?}, {c:?}", dims[k]),
+            }
+        }
+        if *dims.last().unwrap_or(&0) < self.env.n_actions() {
+            bail!("{op}: the last layer has fewer outputs than the {} actions", self.env.n_actions());
+        }
+        if dims.iter().any(|&d| d > MAX_FUSED_WIDTH) {
+            bail!("{op}: layers wider than {MAX_FUSED_WIDTH} are not fused");
+        }
+        Ok(dims)
+    }
+}
+
+/// The CPU view of an f32 tensor's values.
+fn with_cpu_values<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> CResult<T>) -> CResult<T> {
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(s) => f(cpu_f32(s, layout, "gfn-rollout-step")?),
+        _ => bail!("gfn-rollout-step: weights and trajectory on different devices"),
+    }
+}
+
+impl candle_core::InplaceOp1 for RolloutStep {
+    fn name(&self) -> &'static str {
+        "gfn-rollout-step"
+    }
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout) -> CResult<()> {
+        let env = &self.env;
+        let dims = self.dims()?;
+        let (cur, next, _) = slots_mut(s1, l1, env, self.t, self.name())?;
+        let w = env.row_width();
+        let n_layers = self.layers.len();
+        let mut x = vec![0f32; dims.iter().copied().max().unwrap_or(0)];
+        let mut y = x.clone();
+        for (bi, (s, nx)) in cur.chunks_exact_mut(w).zip(next.chunks_exact_mut(w)).enumerate() {
+            for (f, v) in x.iter_mut().enumerate().take(dims[0]) {
+                *v = env.feature(s, f);
+            }
+            for (k, (wt, bt)) in self.layers.iter().enumerate() {
+                let last = k == n_layers - 1;
+                let (din, wout) = (dims[k], dims[k + 1]);
+                let dout = if last { env.n_actions() } else { wout };
+                with_cpu_values(wt, |wv| {
+                    with_cpu_values(bt, |bv| {
+                        for o in 0..dout {
+                            let mut acc = bv[o];
+                            for i in 0..din {
+                                acc = x[i].mul_add(wv[i * wout + o], acc);
+                            }
+                            y[o] = if !last && acc < 0.0 { 0.0 } else { acc };
+                        }
+                        Ok(())
+                    })
+                })?;
+                std::mem::swap(&mut x, &mut y);
+            }
+            let was_done = s[env.done_col()] != 0;
+            let chosen = if was_done {
+                NO_ACTION
+            } else {
+                self.sample.pick(env, s, &x[..env.n_actions()], bi as u32, self.t as u32)
+            };
+            record(env, s, nx, chosen, was_done);
+        }
+        Ok(())
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &mut candle_core::CudaStorage, l1: &Layout) -> CResult<()> {
+        let dims = self.dims()?;
+        let (steps, batch) = traj_dims(l1, &self.env, self.name())?;
+        if self.t >= steps {
+            bail!("{}: slot {} out of range (T = {steps})", self.name(), self.t);
+        }
+        crate::cuda::rollout_step(self, s1, l1, batch, &dims)
     }
 }
 

@@ -22,12 +22,17 @@ pub fn philox4x32(mut c: [u32; 4], mut k0: u32, mut k1: u32) -> [u32; 4] {
     c
 }
 
-/// A uniform double in `[0, 1)` with 53 random bits, for row `row` at step `t` of training
-/// iteration `iteration` under `seed` (the kernels' `philox_uniform`).
-pub fn uniform(seed: u64, row: u32, t: u32, iteration: u64) -> f64 {
-    let c = philox4x32([row, t, iteration as u32, (iteration >> 32) as u32], seed as u32, (seed >> 32) as u32);
+/// A uniform double in `(0, 1)` (53 random bits, offset by half a step so it is never 0) for
+/// `slot` of row `row` at step `t` of training iteration `iteration` under `seed` (the kernels'
+/// `philox_uniform`): key `(seed lo, seed hi ^ iteration hi)`, counter `(row, t, iteration lo, slot)`.
+pub fn uniform(seed: u64, row: u32, t: u32, iteration: u64, slot: u32) -> f64 {
+    let c = philox4x32(
+        [row, t, iteration as u32, slot],
+        seed as u32,
+        (seed >> 32) as u32 ^ (iteration >> 32) as u32,
+    );
     let (hi, lo) = (u64::from(c[0] >> 5), u64::from(c[1] >> 6));
-    (hi * 67_108_864 + lo) as f64 * (1.0 / 9_007_199_254_740_992.0)
+    ((hi * 67_108_864 + lo) as f64 + 0.5) * (1.0 / 9_007_199_254_740_992.0)
 }
 
 #[cfg(test)]
@@ -51,10 +56,11 @@ mod tests {
     #[test]
     fn uniforms_are_in_range_and_spread() {
         let n = 20_000;
-        let mean: f64 = (0..n).map(|i| uniform(7, i, 3, 11)).sum::<f64>() / f64::from(n);
+        let mean: f64 = (0..n).map(|i| uniform(7, i, 3, 11, 2)).sum::<f64>() / f64::from(n);
         assert!((mean - 0.5).abs() < 0.01, "mean {mean}");
-        assert!((0..n).all(|i| (0.0..1.0).contains(&uniform(1, i, 0, 0))));
-        assert_ne!(uniform(1, 0, 0, 0), uniform(2, 0, 0, 0));
-        assert_ne!(uniform(1, 0, 0, 0), uniform(1, 0, 0, 1 << 32));
+        assert!((0..n).all(|i| { let u = uniform(1, i, 0, 0, 0); u > 0.0 && u < 1.0 }));
+        assert_ne!(uniform(1, 0, 0, 0, 0), uniform(2, 0, 0, 0, 0));
+        assert_ne!(uniform(1, 0, 0, 0, 0), uniform(1, 0, 0, 1 << 32, 0));
+        assert_ne!(uniform(1, 0, 0, 0, 0), uniform(1, 0, 0, 0, 1));
     }
 }

@@ -19,7 +19,7 @@ use gfn_core::optim::AdamParams;
 use gfn_core::{GfnError, Result};
 
 use crate::ops::{
-    AdamApply, BiasAct, AdamMoments, BackwardActions, BackwardMask, Featurize, ForwardMask, LogReward, LogSoftmaxGather,
+    AdamApply, BiasAct, RolloutStep, SampleParams, AdamMoments, BackwardActions, BackwardMask, Featurize, ForwardMask, LogReward, LogSoftmaxGather,
     SampleStep, SubTbLoss, UniformLogPb,
 };
 use crate::spec::{DeviceEnv, EnvSpec};
@@ -130,6 +130,8 @@ pub struct DeviceTrainer {
     adam_t: u64,
     iteration: u64,
     profile: bool,
+    /// Roll out with [`RolloutStep`] (one kernel per step) when the net fits it.
+    fused: bool,
 }
 
 impl std::fmt::Debug for DeviceTrainer {
@@ -191,6 +193,7 @@ impl DeviceTrainer {
             adam_t: 0,
             iteration: 0,
             profile: false,
+            fused: true,
         })
     }
 
@@ -218,6 +221,12 @@ impl DeviceTrainer {
         c.validate()?;
         self.config = c;
         Ok(())
+    }
+    /// Roll out with the fused [`RolloutStep`] (default, when the net fits it: at most
+    /// 4 layers of width ≤ 768) or layer by layer ([`BiasAct`] + [`SampleStep`]); the two draw the
+    /// same samples up to the rounding of the logits.
+    pub fn set_fused_rollout(&mut self, on: bool) {
+        self.fused = on;
     }
     /// Time the phases of each step (synchronising the device after each).
     pub fn set_profile(&mut self, on: bool) {
@@ -263,6 +272,25 @@ impl DeviceTrainer {
         let traj = Tensor::zeros((steps + 1, batch, w), DType::U32, &self.device)?;
         let featurize = Featurize(self.spec);
         let every = self.config.done_check_every;
+        let sample = SampleParams {
+            seed: self.config.seed,
+            iteration,
+            epsilon: self.config.epsilon,
+            inv_temp: 1.0 / self.config.temperature,
+        };
+        let net = &self.estimator.nets()[0];
+        let layers: Vec<(Tensor, Tensor)> = net
+            .layers
+            .iter()
+            .map(|l| (l.weight.as_tensor().detach(), l.bias.as_tensor().detach()))
+            .collect();
+        let mut fused = RolloutStep {
+            env: self.spec,
+            t: 0,
+            sample,
+            layers,
+        };
+        let use_fused = self.fused && fused.dims().is_ok();
         for t in 0..steps {
             if every > 0 && t > 0 && t % every == 0 && t < steps {
                 let done = traj.i(t)?.narrow(1, self.spec.done_col(), 1)?.min_all()?.to_scalar::<u32>()?;
@@ -270,16 +298,18 @@ impl DeviceTrainer {
                     return Ok(traj.narrow(0, 0, t + 1)?);
                 }
             }
+            if use_fused {
+                fused.t = t;
+                traj.inplace_op1(&fused)?;
+                continue;
+            }
             let rows = traj.i(t)?;
             let feats = rows.apply_op1_no_bwd(&featurize)?;
             let logits = self.rollout_logits(&feats)?;
             let op = SampleStep {
                 env: self.spec,
                 t,
-                seed: self.config.seed,
-                iteration,
-                epsilon: self.config.epsilon,
-                inv_temp: 1.0 / self.config.temperature,
+                sample,
             };
             traj.inplace_op2(&logits, &op)?;
         }

@@ -16,7 +16,8 @@ use gfn_core::optim::AdamParams;
 use gfn_core::{Env, GfnRng, rng_from_seed};
 use gfn_cuda::ops::{
     AdamApply, AdamMoments, BackwardActions, BackwardMask, Featurize, ForwardMask, LogReward, LogSoftmaxGather,
-    LogSoftmaxGatherJacobian, POISON_U8, POISON_U32, SampleStep, SubTbJacobian, SubTbLoss, UniformLogPb, set_poison,
+    LogSoftmaxGatherJacobian, POISON_U8, POISON_U32, RolloutStep, SampleParams, SampleStep, SubTbJacobian, SubTbLoss,
+    UniformLogPb, set_poison,
 };
 use gfn_cuda::{DeviceEnv, DeviceLoss, DeviceTrainer, DeviceTrainerConfig, NO_ACTION};
 use gfn_envs::binary::{BinaryEnv, LogDensity};
@@ -211,6 +212,23 @@ fn same_seed_same_samples_other_seed_other_samples() {
     assert_ne!(r1, r4);
 }
 
+/// The fused rollout (features + MLP + sampling in one op) draws the same trajectories as the
+/// layer-by-layer one (whose logits differ only by the rounding of the matrix products).
+#[test]
+fn fused_rollout_equals_layer_by_layer() {
+    let dev = Device::Cpu;
+    for (_, denv) in envs() {
+        let est = estimator(&denv, BackwardPolicy::Learned, false, &dev, 3);
+        let mut a = DeviceTrainer::new(denv.clone(), est.clone(), trainer_config(64, DeviceLoss::Tb, 5)).unwrap();
+        let fused = a.rollout(2, 64).unwrap().flatten_all().unwrap().to_vec1::<u32>().unwrap();
+        a.set_fused_rollout(false);
+        let plain = a.rollout(2, 64).unwrap().flatten_all().unwrap().to_vec1::<u32>().unwrap();
+        assert_eq!(fused.len(), plain.len(), "{}", denv.name);
+        let same = fused.iter().zip(&plain).filter(|(x, y)| x == y).count();
+        assert!(same as f64 >= 0.999 * fused.len() as f64, "{}: {} of {} differ", denv.name, fused.len() - same, fused.len());
+    }
+}
+
 /// Empirical action frequencies of the sampling step match the tempered, ε-mixed softmax.
 #[test]
 fn sample_step_draws_from_the_policy() {
@@ -224,10 +242,12 @@ fn sample_step_draws_from_the_policy() {
     let op = SampleStep {
         env: spec,
         t: 0,
-        seed: 9,
-        iteration: 1,
-        epsilon: eps,
-        inv_temp: 1.0 / temp,
+        sample: SampleParams {
+            seed: 9,
+            iteration: 1,
+            epsilon: eps,
+            inv_temp: 1.0 / temp,
+        },
     };
     traj.inplace_op2(&logits, &op).unwrap();
     let rows = traj.i(0).unwrap().flatten_all().unwrap().to_vec1::<u32>().unwrap();
@@ -439,10 +459,12 @@ fn random_traj(denv: &DeviceEnv, batch: usize, rng: &mut GfnRng) -> Tensor {
         let op = SampleStep {
             env: spec,
             t,
-            seed,
-            iteration: 0,
-            epsilon: 0.1,
-            inv_temp: 1.0,
+            sample: SampleParams {
+                seed,
+                iteration: 0,
+                epsilon: 0.1,
+                inv_temp: 1.0,
+            },
         };
         traj.inplace_op2(&logits, &op).unwrap();
     }
@@ -505,12 +527,30 @@ fn gpu_kernels_equal_cpu_references() {
             let logits: Vec<f32> = (0..batch * spec.n_actions()).map(|_| rng.random_range(-3.0f32..3.0)).collect();
             let lc = Tensor::from_vec(logits, (batch, spec.n_actions()), &Device::Cpu).unwrap();
             let lg = lc.to_device(&gpu).unwrap();
-            let op = SampleStep { env: spec, t, seed, iteration: 3, epsilon: 0.05, inv_temp: 0.8 };
+            let sample = SampleParams { seed, iteration: 3, epsilon: 0.05, inv_temp: 0.8 };
+            let op = SampleStep { env: spec, t, sample };
             tc.inplace_op2(&lc, &op).unwrap();
             tg.inplace_op2(&lg, &op).unwrap();
         }
         let (a, b) = (tc.flatten_all().unwrap().to_vec1::<u32>().unwrap(), tg.flatten_all().unwrap().to_vec1::<u32>().unwrap());
+        assert!(!b.contains(&POISON_U32), "{name}: sample step left rows unwritten");
         assert_eq!(a, b, "{name}: sampled trajectories differ");
+        // fused rollout step: random MLP weights, whole rollout bit-identical
+        let est = estimator(&denv, BackwardPolicy::Learned, false, &Device::Cpu, rng.random::<u64>());
+        let layers_c: Vec<(Tensor, Tensor)> = est.nets()[0].layers.iter().map(|l| (l.weight.as_tensor().clone(), l.bias.as_tensor().clone())).collect();
+        let layers_g: Vec<(Tensor, Tensor)> = layers_c.iter().map(|(w, b)| (w.to_device(&gpu).unwrap(), b.to_device(&gpu).unwrap())).collect();
+        let sample = SampleParams { seed, iteration: 4, epsilon: 0.1, inv_temp: 1.3 };
+        let tc = Tensor::zeros((t1, batch, w), DType::U32, &Device::Cpu).unwrap();
+        let mut host = vec![POISON_U32; t1 * batch * w];
+        host[..batch * w].fill(0);
+        let tg = Tensor::from_vec(host, (t1, batch, w), &gpu).unwrap();
+        for t in 0..t1 - 1 {
+            tc.inplace_op1(&RolloutStep { env: spec, t, sample, layers: layers_c.clone() }).unwrap();
+            tg.inplace_op1(&RolloutStep { env: spec, t, sample, layers: layers_g.clone() }).unwrap();
+        }
+        let (a, b) = (tc.flatten_all().unwrap().to_vec1::<u32>().unwrap(), tg.flatten_all().unwrap().to_vec1::<u32>().unwrap());
+        assert!(!b.contains(&POISON_U32), "{name}: fused rollout left rows unwritten");
+        assert_eq!(a, b, "{name}: fused rollouts differ");
         // log-softmax-gather and its Jacobian
         let n = t1 * batch;
         let logits: Vec<f32> = (0..n * spec.n_actions()).map(|_| rng.random_range(-5.0f32..5.0)).collect();
