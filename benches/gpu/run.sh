@@ -35,7 +35,9 @@ if [[ "$WHAT" == all || ",$WHAT," == *",speed,"* ]]; then
   for task in hypergrid ising; do
     if [ $task = hypergrid ]; then A=$HG; else A=$IS; fi
     for b in ${BATCHES:-64 256 512 1024}; do
-      [ "${CPU_ONLY:-0}" = 1 ] || $GFN speed train $A --batch-size $b --device cuda --rounds ${ROUNDS:-50} --warmup 5 | sed "s/^{/{\"task\":\"$task\",/" >> "$OUT/speed.jsonl"
+      for fused in ${FUSED:-true}; do
+        [ "${CPU_ONLY:-0}" = 1 ] || $GFN speed train $A --batch-size $b --device cuda --fused-rollout $fused --rounds ${ROUNDS:-50} --warmup 5 | sed "s/^{/{\"task\":\"$task\",\"fused\":$fused,/" >> "$OUT/speed.jsonl"
+      done
       if [ $b -le 512 ] && [ "${NO_CPU:-0}" != 1 ]; then
         r=$([ $task = ising ] && echo 5 || echo 10)
         $GFN speed train $A --batch-size $b --device cpu --threads 1 --rounds $r --warmup 1 | sed "s/^{/{\"task\":\"$task\",/" >> "$OUT/speed.jsonl"
@@ -59,7 +61,7 @@ for l in open(sys.argv[1].replace("speed", "profile")):
         r = json.loads(l)
         print("profile", r["task"], "b512", r.get("phases_ms"), "launch us", r.get("relu_launch_us"), "median", r["ms_per_iter_median"])
 for r in rows:
-    who = r.get("library", "?") + " " + r.get("device", r.get("jax_backend", "?"))[:12]
+    who = r.get("library", "?") + " " + r.get("device", r.get("jax_backend", "?"))[:12] + ("" if "fused" not in r else (" fused" if r["fused"] else " layers"))
     print(f"{r['task']:10} {who:22} {r['batch_size']:>6} {r['ms_per_iter_median']:>15.3f}")
 PY
 fi

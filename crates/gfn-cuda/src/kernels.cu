@@ -247,6 +247,7 @@ extern "C" __global__ void gfn_sample_step(EnvP e, uint32_t* traj, int w, int ba
 }
 
 #define MAX_LAYERS 4
+#define FUSED_ROWS 4
 struct MlpP {
     const float* weight[MAX_LAYERS];  // [in, out] row-major
     const float* bias[MAX_LAYERS];
@@ -254,7 +255,7 @@ struct MlpP {
     int n_layers;
 };
 
-// The fused rollout step: for ROWS rows per block, features → MLP (ReLU between layers; only the
+// The fused rollout step: for FUSED_ROWS rows per block (`rows_per_block` must equal it), features → MLP (ReLU between layers; only the
 // first A outputs of the last layer, the P_F logits) → warp_sample → record. Activations live
 // in shared memory (2 · ROWS · max_dim floats); every product is an fmaf chain over the input
 // index in order, starting from the bias (the CPU reference does the same with mul_add).
@@ -262,9 +263,9 @@ extern "C" __global__ void gfn_rollout_step(EnvP e, uint32_t* traj, int w, int b
                                             int rows_per_block, SampleP p) {
     extern __shared__ float smem[];
     float* act0 = smem;
-    float* act1 = smem + rows_per_block * max_dim;
-    int r0 = blockIdx.x * rows_per_block;
-    int nrows = batch - r0 < rows_per_block ? batch - r0 : rows_per_block;
+    float* act1 = smem + FUSED_ROWS * max_dim;
+    int r0 = blockIdx.x * FUSED_ROWS;
+    int nrows = batch - r0 < FUSED_ROWS ? batch - r0 : FUSED_ROWS;
     if (nrows <= 0) return;
     const uint32_t* cur = traj + (long long)t * batch * w;
     int f_dim = net.dims[0];
@@ -272,6 +273,8 @@ extern "C" __global__ void gfn_rollout_step(EnvP e, uint32_t* traj, int w, int b
         int r = i / f_dim, f = i % f_dim;
         act0[r * max_dim + f] = feature(e, cur + (long long)(r0 + r) * w, f);
     }
+    __syncthreads();
+    for (int i = nrows * f_dim + threadIdx.x; i < FUSED_ROWS * max_dim; i += blockDim.x) act0[i] = 0.0f;
     __syncthreads();
     float* in = act0;
     float* out = act1;
@@ -283,12 +286,19 @@ extern "C" __global__ void gfn_rollout_step(EnvP e, uint32_t* traj, int w, int b
         const float* W = net.weight[k];
         const float* B = net.bias[k];
         for (int o = threadIdx.x; o < dout; o += blockDim.x) {
-            for (int r = 0; r < nrows; ++r) {
-                float acc = B[o];
-                const float* x = in + r * max_dim;
-                for (int i = 0; i < din; ++i) acc = fmaf(x[i], W[(long long)i * wout + o], acc);
-                out[r * max_dim + o] = (!last && acc < 0.0f) ? 0.0f : acc;
+            // One weight load feeds FUSED_ROWS accumulators (rows in registers).
+            float acc[FUSED_ROWS];
+            float bo = B[o];
+#pragma unroll
+            for (int r = 0; r < FUSED_ROWS; ++r) acc[r] = bo;
+            const float* wc = W + o;
+            for (int i = 0; i < din; ++i) {
+                float wv = wc[(long long)i * wout];
+#pragma unroll
+                for (int r = 0; r < FUSED_ROWS; ++r) acc[r] = fmaf(in[r * max_dim + i], wv, acc[r]);
             }
+#pragma unroll
+            for (int r = 0; r < FUSED_ROWS; ++r) out[r * max_dim + o] = (!last && acc[r] < 0.0f) ? 0.0f : acc[r];
         }
         __syncthreads();
         float* tmp = in; in = out; out = tmp;

@@ -354,11 +354,11 @@ impl InplaceOp2 for SampleStep {
 
 /// Most layers [`RolloutStep`] fuses (`MAX_LAYERS` in `kernels.cu`).
 pub const MAX_FUSED_LAYERS: usize = 4;
-/// Rows of a block of [`RolloutStep`].
-pub const FUSED_ROWS: usize = 8;
-/// Largest layer width [`RolloutStep`] keeps in shared memory (2·8·1536 floats = 96 KiB would
-/// not fit: 48 KiB, so 768).
-pub const MAX_FUSED_WIDTH: usize = 768;
+/// Rows of a block of [`RolloutStep`] (`FUSED_ROWS` in `kernels.cu`).
+pub const FUSED_ROWS: usize = 4;
+/// Largest layer width [`RolloutStep`] keeps in shared memory (2 · 4 rows · 1536 floats =
+/// 48 KiB, the default limit).
+pub const MAX_FUSED_WIDTH: usize = 1536;
 
 /// The fused rollout step, in place on a trajectory buffer: for every row of slot `t`, the
 /// features, the P_F net (`layers`: `(W [in, out], b [out])`, ReLU between layers, only the first

@@ -223,7 +223,7 @@ impl DeviceTrainer {
         Ok(())
     }
     /// Roll out with the fused [`RolloutStep`] (default, when the net fits it: at most
-    /// 4 layers of width ≤ 768) or layer by layer ([`BiasAct`] + [`SampleStep`]); the two draw the
+    /// 4 layers of width ≤ 1536) or layer by layer ([`BiasAct`] + [`SampleStep`]); the two draw the
     /// same samples up to the rounding of the logits.
     pub fn set_fused_rollout(&mut self, on: bool) {
         self.fused = on;

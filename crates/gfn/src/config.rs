@@ -228,6 +228,9 @@ config! {
     /// Device engine: every this many rollout steps, stop if every trajectory is done (one
     /// scalar read back); 0 = always roll out the longest possible length [default: 8].
     done_check_every: usize = 8,
+    /// Device engine: roll out with one fused kernel per step (features, MLP, sampling,
+    /// transition) instead of one kernel per layer and stage [default: true].
+    fused_rollout: bool = true,
     /// LED: hidden width of the potential network; 0 = the policy's `hidden`, as in the official
     /// code (at width 256 its nine passes per iteration cost ~5× the GFlowNet step) [default: 32].
     led_hidden: usize = 32,

@@ -55,5 +55,7 @@ pub fn device_trainer(config: &TrainConfig, estimator: &Estimator) -> Result<Dev
             done_check_every: config.done_check_every,
         },
     )?;
+    let mut trainer = trainer;
+    trainer.set_fused_rollout(config.fused_rollout);
     Ok(trainer)
 }
