@@ -71,7 +71,12 @@ fn cuda_root(layout: &Layout) -> Result<PathBuf> {
         return Ok(root);
     }
     eprintln!("no nvcc found: installing {} into {}", WHEELS.join(" "), venv.display());
-    let ok = Command::new("python3").arg("-m").arg("venv").arg(&venv).status()?.success()
+    let ok = Command::new("python3")
+        .arg("-m")
+        .arg("venv")
+        .arg(&venv)
+        .status()?
+        .success()
         && Command::new(venv.join("bin").join("pip"))
             .args(["install", "-q"])
             .args(WHEELS)
@@ -85,7 +90,10 @@ fn cuda_root(layout: &Layout) -> Result<PathBuf> {
 
 /// `CUDARC_CUDA_VERSION` for nvcc's release (`13.0` → `13000`), capped at 13.4.
 fn cudarc_version(nvcc: &Path) -> Result<String> {
-    let out = Command::new(nvcc).arg("--version").output().context("cannot run nvcc --version")?;
+    let out = Command::new(nvcc)
+        .arg("--version")
+        .output()
+        .context("cannot run nvcc --version")?;
     let text = String::from_utf8_lossy(&out.stdout);
     let release = text
         .split("release ")
@@ -167,7 +175,12 @@ fn link_stubs(layout: &Layout, root: &Path) -> Result<PathBuf> {
             .iter()
             .map(|d| root.join(d).join("libcudart.so.13"))
             .find(|p| p.is_file())
-            .or_else(|| ["lib", "lib64"].iter().map(|d| root.join(d).join("libcudart.so")).find(|p| p.is_file()))
+            .or_else(|| {
+                ["lib", "lib64"]
+                    .iter()
+                    .map(|d| root.join(d).join("libcudart.so"))
+                    .find(|p| p.is_file())
+            })
             .with_context(|| format!("no libcudart.so.13 under {}", root.display()))?;
         std::os::unix::fs::symlink(real, &cudart)?;
     }
@@ -193,8 +206,14 @@ pub fn check_cuda(opts: &CheckCuda) -> Result<()> {
         target.display()
     );
     // Link against the real libraries when the machine has them, else against stubs.
-    let has_real = ["lib64", "lib"].iter().any(|d| root.join(d).join("libcublas.so").exists());
-    let stubs = if has_real { None } else { Some(link_stubs(&layout, &root)?) };
+    let has_real = ["lib64", "lib"]
+        .iter()
+        .any(|d| root.join(d).join("libcublas.so").exists());
+    let stubs = if has_real {
+        None
+    } else {
+        Some(link_stubs(&layout, &root)?)
+    };
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let run = |args: &[&str]| -> Result<()> {
         eprintln!("cargo {}", args.join(" "));
@@ -247,13 +266,19 @@ pub fn check_cuda(opts: &CheckCuda) -> Result<()> {
             })
             .collect();
         tests.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
-        let test = tests.pop().context("no kernels test binary in target/cuda/release/deps")?;
+        let test = tests
+            .pop()
+            .context("no kernels test binary in target/cuda/release/deps")?;
         for (src, name) in [(target.join("release").join("gfn"), "gfn"), (test, "kernels")] {
             // Debug info stripped (55 MB instead of 130 for gfn), then xz (Python's lzma reads it
             // on machines without the xz tool): the bundle travels.
             let plain = dir.join(name);
             std::fs::copy(&src, &plain)?;
-            let stripped = Command::new("strip").arg(&plain).status().map(|s| s.success()).unwrap_or(false);
+            let stripped = Command::new("strip")
+                .arg(&plain)
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
             if !stripped {
                 eprintln!("warning: strip failed on {}; bundling it unstripped", plain.display());
             }

@@ -179,8 +179,16 @@ fn bench_cmd(args: BenchArgs) -> ExitCode {
         }
     }
     if args.device != "cpu" {
-        if !(args.device == "cuda" || args.device.strip_prefix("cuda:").is_some_and(|n| n.parse::<u32>().is_ok())) {
-            return usage_error(&format!("invalid --device {}: must be cpu, cuda or cuda:N", args.device));
+        if !(args.device == "cuda"
+            || args
+                .device
+                .strip_prefix("cuda:")
+                .is_some_and(|n| n.parse::<u32>().is_ok()))
+        {
+            return usage_error(&format!(
+                "invalid --device {}: must be cpu, cuda or cuda:N",
+                args.device
+            ));
         }
         for run in &mut suite.runs {
             if matches!(run.gfn_args.first().map(String::as_str), Some("train" | "speed")) {

@@ -2,11 +2,11 @@
 //! (build.rs); candle loads it once per device as module `gfn_kernels`.
 #![allow(unsafe_code)]
 
+use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use candle_core::cuda_backend::{CudaDType, WrapErr};
-use candle_core::backend::BackendStorage;
 use candle_core::{CudaDevice, CudaStorage, Layout, Result as CResult, bail};
 
 use crate::ops::{
@@ -42,7 +42,11 @@ fn view<'a, T: CudaDType + DeviceRepr>(s: &'a CudaStorage, l: &Layout, what: &st
 }
 
 /// An output buffer of `n` elements, filled with `poison_value` when poisoning is on.
-fn alloc<T: DeviceRepr + ValidAsZeroBits + Clone + 'static>(dev: &CudaDevice, n: usize, poison_value: T) -> CResult<CudaSlice<T>> {
+fn alloc<T: DeviceRepr + ValidAsZeroBits + Clone + 'static>(
+    dev: &CudaDevice,
+    n: usize,
+    poison_value: T,
+) -> CResult<CudaSlice<T>> {
     let n = n.max(1);
     if poison() {
         let host = vec![poison_value; n];
@@ -70,7 +74,11 @@ pub(crate) fn featurize(env: &EnvSpec, s: &CudaStorage, l: &Layout, n: usize, f_
     let dev = s.device();
     let rows = view::<u32>(s, l, "featurize")?;
     let out = alloc::<f32>(dev, n * f_dim, f32::NAN)?;
-    let (w, ni, fi) = (i32_of(env.row_width(), "W")?, i32_of(n, "rows")?, i32_of(f_dim, "features")?);
+    let (w, ni, fi) = (
+        i32_of(env.row_width(), "W")?,
+        i32_of(n, "rows")?,
+        i32_of(f_dim, "features")?,
+    );
     let f = func!(dev, "gfn_featurize")?;
     let mut b = f.builder();
     b.arg(env).arg(&rows).arg(&w).arg(&ni).arg(&fi).arg(&out);
@@ -85,7 +93,14 @@ pub(crate) fn mask(env: &EnvSpec, s: &CudaStorage, l: &Layout, n: usize, backwar
     let a_dim = if backward { env.n_backward() } else { env.n_actions() };
     let out = alloc::<u8>(dev, n * a_dim, POISON_U8)?;
     let (w, ni) = (i32_of(env.row_width(), "W")?, i32_of(n, "rows")?);
-    let f = func!(dev, if backward { "gfn_backward_mask" } else { "gfn_forward_mask" })?;
+    let f = func!(
+        dev,
+        if backward {
+            "gfn_backward_mask"
+        } else {
+            "gfn_forward_mask"
+        }
+    )?;
     let mut b = f.builder();
     b.arg(env).arg(&rows).arg(&w).arg(&ni).arg(&out);
     // SAFETY: argument list matches `gfn_forward_mask` / `gfn_backward_mask`.
@@ -338,7 +353,14 @@ pub(crate) fn subtb(
     let (ti, bi) = (i32_of(steps, "T")?, i32_of(batch, "batch")?);
     let n_out = if jacobian { (2 * steps + 1) * batch } else { batch };
     let out = alloc::<f32>(dev, n_out, f32::NAN)?;
-    let f = func!(dev, if jacobian { "gfn_subtb_jacobian" } else { "gfn_subtb_fwd" })?;
+    let f = func!(
+        dev,
+        if jacobian {
+            "gfn_subtb_jacobian"
+        } else {
+            "gfn_subtb_fwd"
+        }
+    )?;
     let mut b = f.builder();
     b.arg(&delta)
         .arg(&flows)

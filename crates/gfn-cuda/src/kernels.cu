@@ -274,7 +274,8 @@ extern "C" __global__ void gfn_rollout_step(EnvP e, uint32_t* traj, int w, int b
         act0[r * max_dim + f] = feature(e, cur + (long long)(r0 + r) * w, f);
     }
     __syncthreads();
-    for (int i = nrows * f_dim + threadIdx.x; i < FUSED_ROWS * max_dim; i += blockDim.x) act0[i] = 0.0f;
+    // Rows past the batch's end compute on zeros (never read back).
+    for (int i = nrows * max_dim + threadIdx.x; i < FUSED_ROWS * max_dim; i += blockDim.x) act0[i] = 0.0f;
     __syncthreads();
     float* in = act0;
     float* out = act1;

@@ -99,7 +99,10 @@ fn rows_of(l: &Layout, env: &EnvSpec, op: &str) -> CResult<usize> {
     let dims = l.dims();
     let w = *dims.last().unwrap_or(&0);
     if w != env.row_width() {
-        bail!("{op}: rows must be {} wide (state + 3), got shape {dims:?}", env.row_width());
+        bail!(
+            "{op}: rows must be {} wide (state + 3), got shape {dims:?}",
+            env.row_width()
+        );
     }
     Ok(l.shape().elem_count() / w)
 }
@@ -134,11 +137,7 @@ impl CustomOp1 for Featurize {
         Ok((CpuStorage::F32(out), Shape::from((n, f_dim))))
     }
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s: &candle_core::CudaStorage,
-        l: &Layout,
-    ) -> CResult<(candle_core::CudaStorage, Shape)> {
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> CResult<(candle_core::CudaStorage, Shape)> {
         let env = &self.0;
         let n = rows_of(l, env, self.name())?;
         let f_dim = env.feature_dim();
@@ -179,11 +178,7 @@ impl CustomOp1 for ForwardMask {
         mask_cpu(&self.0, s, l, false, self.name())
     }
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s: &candle_core::CudaStorage,
-        l: &Layout,
-    ) -> CResult<(candle_core::CudaStorage, Shape)> {
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> CResult<(candle_core::CudaStorage, Shape)> {
         let n = rows_of(l, &self.0, self.name())?;
         let out = crate::cuda::mask(&self.0, s, l, n, false)?;
         Ok((out, Shape::from((n, self.0.n_actions()))))
@@ -198,11 +193,7 @@ impl CustomOp1 for BackwardMask {
         mask_cpu(&self.0, s, l, true, self.name())
     }
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s: &candle_core::CudaStorage,
-        l: &Layout,
-    ) -> CResult<(candle_core::CudaStorage, Shape)> {
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> CResult<(candle_core::CudaStorage, Shape)> {
         let n = rows_of(l, &self.0, self.name())?;
         let out = crate::cuda::mask(&self.0, s, l, n, true)?;
         Ok((out, Shape::from((n, self.0.n_backward()))))
@@ -390,11 +381,17 @@ impl RolloutStep {
                 (&[i, o], &[o2]) if i == dims[k] && o == o2 && w.dtype() == DType::F32 && b.dtype() == DType::F32 => {
                     dims.push(o)
                 }
-                (a, c) => bail!("{op}: layer {k} must be f32 [{}, out] with bias [out], got {a:?}, {c:?}", dims[k]),
+                (a, c) => bail!(
+                    "{op}: layer {k} must be f32 [{}, out] with bias [out], got {a:?}, {c:?}",
+                    dims[k]
+                ),
             }
         }
         if *dims.last().unwrap_or(&0) < self.env.n_actions() {
-            bail!("{op}: the last layer has fewer outputs than the {} actions", self.env.n_actions());
+            bail!(
+                "{op}: the last layer has fewer outputs than the {} actions",
+                self.env.n_actions()
+            );
         }
         if dims.iter().any(|&d| d > MAX_FUSED_WIDTH) {
             bail!("{op}: layers wider than {MAX_FUSED_WIDTH} are not fused");
@@ -450,7 +447,8 @@ impl candle_core::InplaceOp1 for RolloutStep {
             let chosen = if was_done {
                 NO_ACTION
             } else {
-                self.sample.pick(env, s, &x[..env.n_actions()], bi as u32, self.t as u32)
+                self.sample
+                    .pick(env, s, &x[..env.n_actions()], bi as u32, self.t as u32)
             };
             record(env, s, nx, chosen, was_done);
         }
@@ -537,7 +535,11 @@ fn lsg_dims(l1: &Layout, l2: &Layout, l3: &Layout, op: &str) -> CResult<(usize, 
         d => bail!("{op}: logits must be [n, A], got {d:?}"),
     };
     if l2.dims() != [n, a] || l3.dims() != [n] {
-        bail!("{op}: mask must be [{n}, {a}] and actions [{n}], got {:?} and {:?}", l2.dims(), l3.dims());
+        bail!(
+            "{op}: mask must be [{n}, {a}] and actions [{n}], got {:?} and {:?}",
+            l2.dims(),
+            l3.dims()
+        );
     }
     Ok((n, a))
 }
@@ -695,11 +697,7 @@ impl CustomOp1 for BackwardActions {
         Ok((CpuStorage::U32(out), Shape::from((steps, batch))))
     }
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s: &candle_core::CudaStorage,
-        l: &Layout,
-    ) -> CResult<(candle_core::CudaStorage, Shape)> {
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> CResult<(candle_core::CudaStorage, Shape)> {
         let (steps, batch) = traj_dims(l, &self.0, self.name())?;
         let out = crate::cuda::per_step(&self.0, s, l, steps, batch, false)?;
         Ok((out, Shape::from((steps, batch))))
@@ -729,11 +727,7 @@ impl CustomOp1 for UniformLogPb {
         Ok((CpuStorage::F32(out), Shape::from((steps, batch))))
     }
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s: &candle_core::CudaStorage,
-        l: &Layout,
-    ) -> CResult<(candle_core::CudaStorage, Shape)> {
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> CResult<(candle_core::CudaStorage, Shape)> {
         let (steps, batch) = traj_dims(l, &self.0, self.name())?;
         let out = crate::cuda::per_step(&self.0, s, l, steps, batch, true)?;
         Ok((out, Shape::from((steps, batch))))
@@ -801,7 +795,12 @@ fn subtb_dims(l1: &Layout, l2: &Layout, l3: &Layout, op: &str) -> CResult<(usize
         d => bail!("{op}: delta must be [T, B], got {d:?}"),
     };
     if l2.dims() != [t + 1, b] || l3.dims() != [b] {
-        bail!("{op}: flows must be [{}, {b}] and lengths [{b}], got {:?} and {:?}", t + 1, l2.dims(), l3.dims());
+        bail!(
+            "{op}: flows must be [{}, {b}] and lengths [{b}], got {:?} and {:?}",
+            t + 1,
+            l2.dims(),
+            l3.dims()
+        );
     }
     Ok((t, b))
 }
@@ -973,7 +972,16 @@ impl CustomOp3 for SubTbJacobian {
         );
         let mut out = out_f32((2 * steps + 1) * batch);
         for b in 0..batch {
-            subtb_column_grad(delta, flows, steps, batch, b, lengths[b] as usize, self.log_lambda, &mut out);
+            subtb_column_grad(
+                delta,
+                flows,
+                steps,
+                batch,
+                b,
+                lengths[b] as usize,
+                self.log_lambda,
+                &mut out,
+            );
         }
         Ok((CpuStorage::F32(out), Shape::from((2 * steps + 1, batch))))
     }

@@ -42,13 +42,20 @@ mod tests {
     /// The known-answer vectors of the Random123 distribution (kat_vectors, philox4x32 R=10).
     #[test]
     fn known_answers() {
-        assert_eq!(philox4x32([0; 4], 0, 0), [0x6627_e8d5, 0xe169_c58d, 0xbc57_ac4c, 0x9b00_dbd8]);
+        assert_eq!(
+            philox4x32([0; 4], 0, 0),
+            [0x6627_e8d5, 0xe169_c58d, 0xbc57_ac4c, 0x9b00_dbd8]
+        );
         assert_eq!(
             philox4x32([u32::MAX; 4], u32::MAX, u32::MAX),
             [0x408f_276d, 0x41c8_3b0e, 0xa20b_c7c6, 0x6d54_51fd]
         );
         assert_eq!(
-            philox4x32([0x243f_6a88, 0x85a3_08d3, 0x1319_8a2e, 0x0370_7344], 0xa409_3822, 0x299f_31d0),
+            philox4x32(
+                [0x243f_6a88, 0x85a3_08d3, 0x1319_8a2e, 0x0370_7344],
+                0xa409_3822,
+                0x299f_31d0
+            ),
             [0xd16c_fe09, 0x94fd_cceb, 0x5001_e420, 0x2412_6ea1]
         );
     }
@@ -58,7 +65,10 @@ mod tests {
         let n = 20_000;
         let mean: f64 = (0..n).map(|i| uniform(7, i, 3, 11, 2)).sum::<f64>() / f64::from(n);
         assert!((mean - 0.5).abs() < 0.01, "mean {mean}");
-        assert!((0..n).all(|i| { let u = uniform(1, i, 0, 0, 0); u > 0.0 && u < 1.0 }));
+        assert!((0..n).all(|i| {
+            let u = uniform(1, i, 0, 0, 0);
+            u > 0.0 && u < 1.0
+        }));
         assert_ne!(uniform(1, 0, 0, 0, 0), uniform(2, 0, 0, 0, 0));
         assert_ne!(uniform(1, 0, 0, 0, 0), uniform(1, 0, 0, 1 << 32, 0));
         assert_ne!(uniform(1, 0, 0, 0, 0), uniform(1, 0, 0, 0, 1));

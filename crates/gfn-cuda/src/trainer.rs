@@ -19,8 +19,8 @@ use gfn_core::optim::AdamParams;
 use gfn_core::{GfnError, Result};
 
 use crate::ops::{
-    AdamApply, BiasAct, RolloutStep, SampleParams, AdamMoments, BackwardActions, BackwardMask, Featurize, ForwardMask, LogReward, LogSoftmaxGather,
-    SampleStep, SubTbLoss, UniformLogPb,
+    AdamApply, AdamMoments, BackwardActions, BackwardMask, BiasAct, Featurize, ForwardMask, LogReward,
+    LogSoftmaxGather, RolloutStep, SampleParams, SampleStep, SubTbLoss, UniformLogPb,
 };
 use crate::spec::{DeviceEnv, EnvSpec};
 
@@ -63,13 +63,21 @@ impl DeviceTrainerConfig {
     /// Check every field, naming the bad one.
     pub fn validate(&self) -> Result<()> {
         if self.batch == 0 || self.batch > (1 << 24) {
-            return Err(GfnError::invalid("batch_size", self.batch, "must be in 1 ..= 16,777,216"));
+            return Err(GfnError::invalid(
+                "batch_size",
+                self.batch,
+                "must be in 1 ..= 16,777,216",
+            ));
         }
         if !(0.0..=1.0).contains(&self.epsilon) {
             return Err(GfnError::invalid("epsilon", self.epsilon, "must be in [0, 1]"));
         }
         if !(self.temperature.is_finite() && self.temperature > 0.0) {
-            return Err(GfnError::invalid("temperature", self.temperature, "must be finite and > 0"));
+            return Err(GfnError::invalid(
+                "temperature",
+                self.temperature,
+                "must be finite and > 0",
+            ));
         }
         if let DeviceLoss::SubTb { lambda } = self.loss
             && !(lambda.is_finite() && lambda > 0.0)
@@ -162,7 +170,11 @@ impl DeviceTrainer {
             }
         }
         if matches!(config.loss, DeviceLoss::SubTb { .. }) && !estimator.config().flow_head {
-            return Err(GfnError::invalid("loss", "subtb", "needs an estimator with a flow head"));
+            return Err(GfnError::invalid(
+                "loss",
+                "subtb",
+                "needs an estimator with a flow head",
+            ));
         }
         let device = estimator.device().clone();
         let aux = Tensor::from_slice(&env.aux, env.aux.len(), &device)?;
@@ -248,12 +260,24 @@ impl DeviceTrainer {
     pub fn set_optimizer_state(&mut self, steps: u64, state: &[(String, Tensor)]) -> Result<()> {
         for slot in &mut self.slots {
             let Some((_, t)) = state.iter().find(|(n, _)| *n == slot.name) else {
-                return Err(GfnError::invalid("checkpoint", &slot.name, "has no optimizer state for this tensor"));
+                return Err(GfnError::invalid(
+                    "checkpoint",
+                    &slot.name,
+                    "has no optimizer state for this tensor",
+                ));
             };
             if t.elem_count() != slot.mv.elem_count() {
-                return Err(GfnError::invalid("checkpoint", &slot.name, "optimizer state has the wrong size"));
+                return Err(GfnError::invalid(
+                    "checkpoint",
+                    &slot.name,
+                    "optimizer state has the wrong size",
+                ));
             }
-            slot.mv = t.to_device(&self.device)?.to_dtype(DType::F32)?.flatten_all()?.contiguous()?;
+            slot.mv = t
+                .to_device(&self.device)?
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .contiguous()?;
         }
         self.adam_t = steps;
         Ok(())
@@ -293,7 +317,11 @@ impl DeviceTrainer {
         let use_fused = self.fused && fused.dims().is_ok();
         for t in 0..steps {
             if every > 0 && t > 0 && t % every == 0 && t < steps {
-                let done = traj.i(t)?.narrow(1, self.spec.done_col(), 1)?.min_all()?.to_scalar::<u32>()?;
+                let done = traj
+                    .i(t)?
+                    .narrow(1, self.spec.done_col(), 1)?
+                    .min_all()?
+                    .to_scalar::<u32>()?;
                 if done == 1 {
                     return Ok(traj.narrow(0, 0, t + 1)?);
                 }
@@ -455,7 +483,11 @@ impl DeviceTrainer {
             let Some(g) = grads.get(slot.var.as_tensor()) else {
                 continue;
             };
-            let hp = if slot.group == 0 { self.config.net } else { self.config.log_z };
+            let hp = if slot.group == 0 {
+                self.config.net
+            } else {
+                self.config.log_z
+            };
             let g = g.contiguous()?;
             slot.mv.inplace_op2(
                 &g,

@@ -85,7 +85,12 @@ fn replay(env: &dyn Env, denv: &DeviceEnv, traj: &Tensor) -> gfn_core::batch::Tr
     let (t1, batch, w) = traj.dims3().unwrap();
     let rows = traj.flatten_all().unwrap().to_vec1::<u32>().unwrap();
     let spec = denv.spec;
-    let (sd, na, nb, nf) = (spec.state_dim(), spec.n_actions(), spec.n_backward(), spec.feature_dim());
+    let (sd, na, nb, nf) = (
+        spec.state_dim(),
+        spec.n_actions(),
+        spec.n_backward(),
+        spec.feature_dim(),
+    );
     let mut out = gfn_core::batch::TrajectoryBatch::default();
     out.reset(env, batch);
     let mut mask = vec![false; na];
@@ -116,10 +121,19 @@ fn replay(env: &dyn Env, denv: &DeviceEnv, traj: &Tensor) -> gfn_core::batch::Tr
             }
             env.forward_mask(&state, &mut mask);
             for (a, &m) in mask.iter().enumerate() {
-                assert_eq!(spec.fwd_allowed(row, a), m, "{}: forward mask {a} at {state:?}", denv.name);
+                assert_eq!(
+                    spec.fwd_allowed(row, a),
+                    m,
+                    "{}: forward mask {a} at {state:?}",
+                    denv.name
+                );
             }
             let a = row[spec.act_col()];
-            assert!(a != NO_ACTION && mask[a as usize], "{}: sampled action {a} not allowed", denv.name);
+            assert!(
+                a != NO_ACTION && mask[a as usize],
+                "{}: sampled action {a} not allowed",
+                denv.name
+            );
             if Some(a as usize) == env.exit_action() {
                 out.set_step(b, t, a, gfn_core::batch::NONE, 0.0, 0.0);
                 out.finish(env, b, t + 1, &state);
@@ -178,7 +192,11 @@ fn check_against_objectives(loss: DeviceLoss, backward: BackwardPolicy) {
             let got = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
             for (x, y) in got.iter().zip(&want) {
-                assert!((x - y).abs() <= 2e-5 * scale, "{} {name}: {x} vs {y} ({loss:?})", denv.name);
+                assert!(
+                    (x - y).abs() <= 2e-5 * scale,
+                    "{} {name}: {x} vs {y} ({loss:?})",
+                    denv.name
+                );
             }
         }
     }
@@ -203,10 +221,34 @@ fn same_seed_same_samples_other_seed_other_samples() {
     let est = estimator(&denv, BackwardPolicy::Uniform, false, &dev, 1);
     let a = DeviceTrainer::new(denv.clone(), est.clone(), trainer_config(64, DeviceLoss::Tb, 7)).unwrap();
     let b = DeviceTrainer::new(denv.clone(), est.clone(), trainer_config(64, DeviceLoss::Tb, 8)).unwrap();
-    let r1 = a.rollout(5, 64).unwrap().flatten_all().unwrap().to_vec1::<u32>().unwrap();
-    let r2 = a.rollout(5, 64).unwrap().flatten_all().unwrap().to_vec1::<u32>().unwrap();
-    let r3 = b.rollout(5, 64).unwrap().flatten_all().unwrap().to_vec1::<u32>().unwrap();
-    let r4 = a.rollout(6, 64).unwrap().flatten_all().unwrap().to_vec1::<u32>().unwrap();
+    let r1 = a
+        .rollout(5, 64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<u32>()
+        .unwrap();
+    let r2 = a
+        .rollout(5, 64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<u32>()
+        .unwrap();
+    let r3 = b
+        .rollout(5, 64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<u32>()
+        .unwrap();
+    let r4 = a
+        .rollout(6, 64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<u32>()
+        .unwrap();
     assert_eq!(r1, r2);
     assert_ne!(r1, r3);
     assert_ne!(r1, r4);
@@ -220,12 +262,30 @@ fn fused_rollout_equals_layer_by_layer() {
     for (_, denv) in envs() {
         let est = estimator(&denv, BackwardPolicy::Learned, false, &dev, 3);
         let mut a = DeviceTrainer::new(denv.clone(), est.clone(), trainer_config(64, DeviceLoss::Tb, 5)).unwrap();
-        let fused = a.rollout(2, 64).unwrap().flatten_all().unwrap().to_vec1::<u32>().unwrap();
+        let fused = a
+            .rollout(2, 64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<u32>()
+            .unwrap();
         a.set_fused_rollout(false);
-        let plain = a.rollout(2, 64).unwrap().flatten_all().unwrap().to_vec1::<u32>().unwrap();
+        let plain = a
+            .rollout(2, 64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<u32>()
+            .unwrap();
         assert_eq!(fused.len(), plain.len(), "{}", denv.name);
         let same = fused.iter().zip(&plain).filter(|(x, y)| x == y).count();
-        assert!(same as f64 >= 0.999 * fused.len() as f64, "{}: {} of {} differ", denv.name, fused.len() - same, fused.len());
+        assert!(
+            same as f64 >= 0.999 * fused.len() as f64,
+            "{}: {} of {} differ",
+            denv.name,
+            fused.len() - same,
+            fused.len()
+        );
     }
 }
 
@@ -387,7 +447,10 @@ fn fused_bias_relu_equals_unfused() {
     let mut rng = rng_from_seed(5);
     let x: Vec<f32> = (0..60).map(|_| rng.random_range(-2.0f32..2.0)).collect();
     let b: Vec<f32> = (0..6).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-    let (x, b) = (Tensor::from_vec(x, (10, 6), &Device::Cpu).unwrap(), Tensor::from_vec(b, 6, &Device::Cpu).unwrap());
+    let (x, b) = (
+        Tensor::from_vec(x, (10, 6), &Device::Cpu).unwrap(),
+        Tensor::from_vec(b, 6, &Device::Cpu).unwrap(),
+    );
     let ours = x.apply_op2_no_bwd(&b, &gfn_cuda::ops::BiasAct { relu: true }).unwrap();
     let want = x.broadcast_add(&b).unwrap().relu().unwrap();
     assert_eq!(ours.to_vec2::<f32>().unwrap(), want.to_vec2::<f32>().unwrap());
@@ -407,7 +470,9 @@ fn bad_inputs_are_errors_not_panics() {
     let est = estimator(&denv, BackwardPolicy::Uniform, false, &dev, 1);
     let mut cfg = trainer_config(8, DeviceLoss::Tb, 1);
     cfg.temperature = 0.0;
-    let e = DeviceTrainer::new(denv.clone(), est.clone(), cfg).unwrap_err().to_string();
+    let e = DeviceTrainer::new(denv.clone(), est.clone(), cfg)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("temperature"), "{e}");
     let e = DeviceTrainer::new(denv, est, trainer_config(8, DeviceLoss::SubTb { lambda: 0.9 }, 1))
         .unwrap_err()
@@ -442,8 +507,14 @@ fn gpu() -> Option<Device> {
 fn close_f32(a: &[f32], b: &[f32], tol: f32, what: &str) {
     assert_eq!(a.len(), b.len(), "{what}: lengths");
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!(x.is_finite() && y.is_finite(), "{what}[{i}]: non-finite {x} / {y} (unwritten?)");
-        assert!((x - y).abs() <= tol * y.abs().max(1.0), "{what}[{i}]: gpu {x} vs cpu {y}");
+        assert!(
+            x.is_finite() && y.is_finite(),
+            "{what}[{i}]: non-finite {x} / {y} (unwritten?)"
+        );
+        assert!(
+            (x - y).abs() <= tol * y.abs().max(1.0),
+            "{what}[{i}]: gpu {x} vs cpu {y}"
+        );
     }
 }
 
@@ -454,7 +525,9 @@ fn random_traj(denv: &DeviceEnv, batch: usize, rng: &mut GfnRng) -> Tensor {
     let traj = Tensor::zeros((steps + 1, batch, spec.row_width()), DType::U32, &Device::Cpu).unwrap();
     let seed = rng.random::<u64>();
     for t in 0..steps {
-        let logits: Vec<f32> = (0..batch * spec.n_actions()).map(|_| rng.random_range(-3.0f32..3.0)).collect();
+        let logits: Vec<f32> = (0..batch * spec.n_actions())
+            .map(|_| rng.random_range(-3.0f32..3.0))
+            .collect();
         let logits = Tensor::from_vec(logits, (batch, spec.n_actions()), &Device::Cpu).unwrap();
         let op = SampleStep {
             env: spec,
@@ -486,32 +559,85 @@ fn gpu_kernels_equal_cpu_references() {
         let rows_g = traj_g.reshape((t1 * batch, w)).unwrap();
         let name = &denv.name;
         // featurize, masks
-        let a = rows.apply_op1_no_bwd(&Featurize(spec)).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let b = rows_g.apply_op1_no_bwd(&Featurize(spec)).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let a = rows
+            .apply_op1_no_bwd(&Featurize(spec))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let b = rows_g
+            .apply_op1_no_bwd(&Featurize(spec))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert_eq!(a, b, "{name}: featurize");
         for bwd in [false, true] {
             let (a, b) = if bwd {
-                (rows.apply_op1_no_bwd(&BackwardMask(spec)).unwrap(), rows_g.apply_op1_no_bwd(&BackwardMask(spec)).unwrap())
+                (
+                    rows.apply_op1_no_bwd(&BackwardMask(spec)).unwrap(),
+                    rows_g.apply_op1_no_bwd(&BackwardMask(spec)).unwrap(),
+                )
             } else {
-                (rows.apply_op1_no_bwd(&ForwardMask(spec)).unwrap(), rows_g.apply_op1_no_bwd(&ForwardMask(spec)).unwrap())
+                (
+                    rows.apply_op1_no_bwd(&ForwardMask(spec)).unwrap(),
+                    rows_g.apply_op1_no_bwd(&ForwardMask(spec)).unwrap(),
+                )
             };
-            let (a, b) = (a.flatten_all().unwrap().to_vec1::<u8>().unwrap(), b.flatten_all().unwrap().to_vec1::<u8>().unwrap());
+            let (a, b) = (
+                a.flatten_all().unwrap().to_vec1::<u8>().unwrap(),
+                b.flatten_all().unwrap().to_vec1::<u8>().unwrap(),
+            );
             assert!(!b.contains(&POISON_U8), "{name}: mask left unwritten");
             assert_eq!(a, b, "{name}: mask (backward {bwd})");
         }
         // backward actions, uniform log P_B
-        let a = traj.apply_op1_no_bwd(&BackwardActions(spec)).unwrap().flatten_all().unwrap().to_vec1::<u32>().unwrap();
-        let b = traj_g.apply_op1_no_bwd(&BackwardActions(spec)).unwrap().flatten_all().unwrap().to_vec1::<u32>().unwrap();
+        let a = traj
+            .apply_op1_no_bwd(&BackwardActions(spec))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<u32>()
+            .unwrap();
+        let b = traj_g
+            .apply_op1_no_bwd(&BackwardActions(spec))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<u32>()
+            .unwrap();
         assert!(!b.contains(&POISON_U32), "{name}: backward actions left unwritten");
         assert_eq!(a, b, "{name}: backward actions");
-        let a = traj.apply_op1_no_bwd(&UniformLogPb(spec)).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let b = traj_g.apply_op1_no_bwd(&UniformLogPb(spec)).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let a = traj
+            .apply_op1_no_bwd(&UniformLogPb(spec))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let b = traj_g
+            .apply_op1_no_bwd(&UniformLogPb(spec))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         close_f32(&b, &a, 1e-6, &format!("{name}: uniform log P_B"));
         // log reward
         let aux = Tensor::from_slice(&denv.aux, denv.aux.len(), &Device::Cpu).unwrap();
         let aux_g = aux.to_device(&gpu).unwrap();
-        let a = rows.apply_op2_no_bwd(&aux, &LogReward(spec)).unwrap().to_vec1::<f32>().unwrap();
-        let b = rows_g.apply_op2_no_bwd(&aux_g, &LogReward(spec)).unwrap().to_vec1::<f32>().unwrap();
+        let a = rows
+            .apply_op2_no_bwd(&aux, &LogReward(spec))
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let b = rows_g
+            .apply_op2_no_bwd(&aux_g, &LogReward(spec))
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         close_f32(&b, &a, 1e-6, &format!("{name}: log reward"));
         // sample step: fresh logits, whole rollout bit-identical
         let seed = rng.random::<u64>();
@@ -524,47 +650,112 @@ fn gpu_kernels_equal_cpu_references() {
                 *v = POISON_U32;
             }
             tg = Tensor::from_vec(host, (t1, batch, w), &gpu).unwrap();
-            let logits: Vec<f32> = (0..batch * spec.n_actions()).map(|_| rng.random_range(-3.0f32..3.0)).collect();
+            let logits: Vec<f32> = (0..batch * spec.n_actions())
+                .map(|_| rng.random_range(-3.0f32..3.0))
+                .collect();
             let lc = Tensor::from_vec(logits, (batch, spec.n_actions()), &Device::Cpu).unwrap();
             let lg = lc.to_device(&gpu).unwrap();
-            let sample = SampleParams { seed, iteration: 3, epsilon: 0.05, inv_temp: 0.8 };
+            let sample = SampleParams {
+                seed,
+                iteration: 3,
+                epsilon: 0.05,
+                inv_temp: 0.8,
+            };
             let op = SampleStep { env: spec, t, sample };
             tc.inplace_op2(&lc, &op).unwrap();
             tg.inplace_op2(&lg, &op).unwrap();
         }
-        let (a, b) = (tc.flatten_all().unwrap().to_vec1::<u32>().unwrap(), tg.flatten_all().unwrap().to_vec1::<u32>().unwrap());
+        let (a, b) = (
+            tc.flatten_all().unwrap().to_vec1::<u32>().unwrap(),
+            tg.flatten_all().unwrap().to_vec1::<u32>().unwrap(),
+        );
         assert!(!b.contains(&POISON_U32), "{name}: sample step left rows unwritten");
         assert_eq!(a, b, "{name}: sampled trajectories differ");
         // fused rollout step: random MLP weights, whole rollout bit-identical
         let est = estimator(&denv, BackwardPolicy::Learned, false, &Device::Cpu, rng.random::<u64>());
-        let layers_c: Vec<(Tensor, Tensor)> = est.nets()[0].layers.iter().map(|l| (l.weight.as_tensor().clone(), l.bias.as_tensor().clone())).collect();
-        let layers_g: Vec<(Tensor, Tensor)> = layers_c.iter().map(|(w, b)| (w.to_device(&gpu).unwrap(), b.to_device(&gpu).unwrap())).collect();
-        let sample = SampleParams { seed, iteration: 4, epsilon: 0.1, inv_temp: 1.3 };
+        let layers_c: Vec<(Tensor, Tensor)> = est.nets()[0]
+            .layers
+            .iter()
+            .map(|l| (l.weight.as_tensor().clone(), l.bias.as_tensor().clone()))
+            .collect();
+        let layers_g: Vec<(Tensor, Tensor)> = layers_c
+            .iter()
+            .map(|(w, b)| (w.to_device(&gpu).unwrap(), b.to_device(&gpu).unwrap()))
+            .collect();
+        let sample = SampleParams {
+            seed,
+            iteration: 4,
+            epsilon: 0.1,
+            inv_temp: 1.3,
+        };
         let tc = Tensor::zeros((t1, batch, w), DType::U32, &Device::Cpu).unwrap();
         let mut host = vec![POISON_U32; t1 * batch * w];
         host[..batch * w].fill(0);
         let tg = Tensor::from_vec(host, (t1, batch, w), &gpu).unwrap();
         for t in 0..t1 - 1 {
-            tc.inplace_op1(&RolloutStep { env: spec, t, sample, layers: layers_c.clone() }).unwrap();
-            tg.inplace_op1(&RolloutStep { env: spec, t, sample, layers: layers_g.clone() }).unwrap();
+            tc.inplace_op1(&RolloutStep {
+                env: spec,
+                t,
+                sample,
+                layers: layers_c.clone(),
+            })
+            .unwrap();
+            tg.inplace_op1(&RolloutStep {
+                env: spec,
+                t,
+                sample,
+                layers: layers_g.clone(),
+            })
+            .unwrap();
         }
-        let (a, b) = (tc.flatten_all().unwrap().to_vec1::<u32>().unwrap(), tg.flatten_all().unwrap().to_vec1::<u32>().unwrap());
+        let (a, b) = (
+            tc.flatten_all().unwrap().to_vec1::<u32>().unwrap(),
+            tg.flatten_all().unwrap().to_vec1::<u32>().unwrap(),
+        );
         assert!(!b.contains(&POISON_U32), "{name}: fused rollout left rows unwritten");
         assert_eq!(a, b, "{name}: fused rollouts differ");
         // log-softmax-gather and its Jacobian
         let n = t1 * batch;
-        let logits: Vec<f32> = (0..n * spec.n_actions()).map(|_| rng.random_range(-5.0f32..5.0)).collect();
+        let logits: Vec<f32> = (0..n * spec.n_actions())
+            .map(|_| rng.random_range(-5.0f32..5.0))
+            .collect();
         let lc = Tensor::from_vec(logits, (n, spec.n_actions()), &Device::Cpu).unwrap();
         let lg = lc.to_device(&gpu).unwrap();
         let mc = rows.apply_op1_no_bwd(&ForwardMask(spec)).unwrap();
         let mg = mc.to_device(&gpu).unwrap();
-        let ac = rows.narrow(1, spec.act_col(), 1).unwrap().squeeze(1).unwrap().contiguous().unwrap();
+        let ac = rows
+            .narrow(1, spec.act_col(), 1)
+            .unwrap()
+            .squeeze(1)
+            .unwrap()
+            .contiguous()
+            .unwrap();
         let ag = ac.to_device(&gpu).unwrap();
-        let a = lc.apply_op3_no_bwd(&mc, &ac, &LogSoftmaxGather).unwrap().to_vec1::<f32>().unwrap();
-        let b = lg.apply_op3_no_bwd(&mg, &ag, &LogSoftmaxGather).unwrap().to_vec1::<f32>().unwrap();
+        let a = lc
+            .apply_op3_no_bwd(&mc, &ac, &LogSoftmaxGather)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let b = lg
+            .apply_op3_no_bwd(&mg, &ag, &LogSoftmaxGather)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         close_f32(&b, &a, 1e-5, &format!("{name}: log-softmax-gather"));
-        let a = lc.apply_op3_no_bwd(&mc, &ac, &LogSoftmaxGatherJacobian).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let b = lg.apply_op3_no_bwd(&mg, &ag, &LogSoftmaxGatherJacobian).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let a = lc
+            .apply_op3_no_bwd(&mc, &ac, &LogSoftmaxGatherJacobian)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let b = lg
+            .apply_op3_no_bwd(&mg, &ag, &LogSoftmaxGatherJacobian)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         close_f32(&b, &a, 1e-5, &format!("{name}: log-softmax-gather Jacobian"));
         // SubTB forward and Jacobian
         let steps = t1 - 1;
@@ -572,16 +763,44 @@ fn gpu_kernels_equal_cpu_references() {
         let flows: Vec<f32> = (0..t1 * batch).map(|_| rng.random_range(-2.0f32..2.0)).collect();
         let dc = Tensor::from_vec(delta, (steps, batch), &Device::Cpu).unwrap();
         let fc = Tensor::from_vec(flows, (t1, batch), &Device::Cpu).unwrap();
-        let lenc = traj.i(steps).unwrap().narrow(1, spec.steps_col(), 1).unwrap().squeeze(1).unwrap().contiguous().unwrap();
-        let (dg, fg, leng) = (dc.to_device(&gpu).unwrap(), fc.to_device(&gpu).unwrap(), lenc.to_device(&gpu).unwrap());
+        let lenc = traj
+            .i(steps)
+            .unwrap()
+            .narrow(1, spec.steps_col(), 1)
+            .unwrap()
+            .squeeze(1)
+            .unwrap()
+            .contiguous()
+            .unwrap();
+        let (dg, fg, leng) = (
+            dc.to_device(&gpu).unwrap(),
+            fc.to_device(&gpu).unwrap(),
+            lenc.to_device(&gpu).unwrap(),
+        );
         for lambda in [0.3f64, 0.9, 1.7] {
-            let op = SubTbLoss { log_lambda: lambda.ln() };
+            let op = SubTbLoss {
+                log_lambda: lambda.ln(),
+            };
             let a = dc.apply_op3_no_bwd(&fc, &lenc, &op).unwrap().to_vec1::<f32>().unwrap();
             let b = dg.apply_op3_no_bwd(&fg, &leng, &op).unwrap().to_vec1::<f32>().unwrap();
             close_f32(&b, &a, 1e-5, &format!("{name}: subtb λ={lambda}"));
-            let op = SubTbJacobian { log_lambda: lambda.ln() };
-            let a = dc.apply_op3_no_bwd(&fc, &lenc, &op).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let b = dg.apply_op3_no_bwd(&fg, &leng, &op).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let op = SubTbJacobian {
+                log_lambda: lambda.ln(),
+            };
+            let a = dc
+                .apply_op3_no_bwd(&fc, &lenc, &op)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let b = dg
+                .apply_op3_no_bwd(&fg, &leng, &op)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
             close_f32(&b, &a, 1e-5, &format!("{name}: subtb Jacobian λ={lambda}"));
         }
     }
@@ -590,34 +809,80 @@ fn gpu_kernels_equal_cpu_references() {
         let (n, m) = (93, 37);
         let x: Vec<f32> = (0..n * m).map(|_| rng.random_range(-2.0f32..2.0)).collect();
         let b: Vec<f32> = (0..m).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-        let (xc, bc) = (Tensor::from_vec(x, (n, m), &Device::Cpu).unwrap(), Tensor::from_vec(b, m, &Device::Cpu).unwrap());
+        let (xc, bc) = (
+            Tensor::from_vec(x, (n, m), &Device::Cpu).unwrap(),
+            Tensor::from_vec(b, m, &Device::Cpu).unwrap(),
+        );
         let op = gfn_cuda::ops::BiasAct { relu };
         let want = xc.broadcast_add(&bc).unwrap();
         let want = if relu { want.relu().unwrap() } else { want };
         let a = xc.apply_op2_no_bwd(&bc, &op).unwrap();
-        assert_eq!(a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want.flatten_all().unwrap().to_vec1::<f32>().unwrap());
-        let g = xc.to_device(&gpu).unwrap().apply_op2_no_bwd(&bc.to_device(&gpu).unwrap(), &op).unwrap();
-        close_f32(&g.flatten_all().unwrap().to_vec1::<f32>().unwrap(), &a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), 0.0, "bias-act");
+        assert_eq!(
+            a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            want.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+        let g = xc
+            .to_device(&gpu)
+            .unwrap()
+            .apply_op2_no_bwd(&bc.to_device(&gpu).unwrap(), &op)
+            .unwrap();
+        close_f32(
+            &g.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            &a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            0.0,
+            "bias-act",
+        );
     }
     // Adam
     let n = 1000;
     let g: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
     let p: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-    let mv: Vec<f32> = (0..2 * n).map(|i| if i < n { rng.random_range(-0.1f32..0.1) } else { rng.random_range(0.0f32..0.1) }).collect();
+    let mv: Vec<f32> = (0..2 * n)
+        .map(|i| {
+            if i < n {
+                rng.random_range(-0.1f32..0.1)
+            } else {
+                rng.random_range(0.0f32..0.1)
+            }
+        })
+        .collect();
     let (gc, pc, mvc) = (
         Tensor::from_vec(g, n, &Device::Cpu).unwrap(),
         Tensor::from_vec(p, n, &Device::Cpu).unwrap(),
         Tensor::from_vec(mv, 2 * n, &Device::Cpu).unwrap(),
     );
-    let (gg, pg, mvg) = (gc.to_device(&gpu).unwrap(), pc.to_device(&gpu).unwrap(), mvc.to_device(&gpu).unwrap());
-    let mo = AdamMoments { beta1: 0.9, beta2: 0.999 };
-    let ap = AdamApply { lr: 1e-3, sm: 10.0, sv: 1000.0, eps: 1e-8, decay: 0.9999 };
+    let (gg, pg, mvg) = (
+        gc.to_device(&gpu).unwrap(),
+        pc.to_device(&gpu).unwrap(),
+        mvc.to_device(&gpu).unwrap(),
+    );
+    let mo = AdamMoments {
+        beta1: 0.9,
+        beta2: 0.999,
+    };
+    let ap = AdamApply {
+        lr: 1e-3,
+        sm: 10.0,
+        sv: 1000.0,
+        eps: 1e-8,
+        decay: 0.9999,
+    };
     for (p, mv, g) in [(&pc, &mvc, &gc), (&pg, &mvg, &gg)] {
         mv.inplace_op2(g, &mo).unwrap();
         p.inplace_op2(mv, &ap).unwrap();
     }
-    close_f32(&mvg.to_vec1::<f32>().unwrap(), &mvc.to_vec1::<f32>().unwrap(), 1e-6, "adam moments");
-    close_f32(&pg.to_vec1::<f32>().unwrap(), &pc.to_vec1::<f32>().unwrap(), 1e-6, "adam parameters");
+    close_f32(
+        &mvg.to_vec1::<f32>().unwrap(),
+        &mvc.to_vec1::<f32>().unwrap(),
+        1e-6,
+        "adam moments",
+    );
+    close_f32(
+        &pg.to_vec1::<f32>().unwrap(),
+        &pc.to_vec1::<f32>().unwrap(),
+        1e-6,
+        "adam parameters",
+    );
     set_poison(false);
 }
 
@@ -641,9 +906,18 @@ fn gpu_step_and_gradient_match_cpu() {
             let traj_g = tg.rollout(1, 64).unwrap();
             // Same weights, same seed: the rollouts agree except where float rounding of the
             // logits moves a draw across a boundary (probability ~1e-7 per draw).
-            let (a, b) = (traj.flatten_all().unwrap().to_vec1::<u32>().unwrap(), traj_g.flatten_all().unwrap().to_vec1::<u32>().unwrap());
+            let (a, b) = (
+                traj.flatten_all().unwrap().to_vec1::<u32>().unwrap(),
+                traj_g.flatten_all().unwrap().to_vec1::<u32>().unwrap(),
+            );
             let same = a.iter().zip(&b).filter(|(x, y)| x == y).count();
-            assert!(same as f64 >= 0.999 * a.len() as f64, "{}: rollouts differ in {} of {}", denv.name, a.len() - same, a.len());
+            assert!(
+                same as f64 >= 0.999 * a.len() as f64,
+                "{}: rollouts differ in {} of {}",
+                denv.name,
+                a.len() - same,
+                a.len()
+            );
             let gc = tc.gradients(&traj).unwrap();
             let gg = tg.gradients(&traj.to_device(&gpu).unwrap()).unwrap();
             for ((name, a), (_, b)) in gc.iter().zip(&gg) {
@@ -651,7 +925,11 @@ fn gpu_step_and_gradient_match_cpu() {
                 let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
                 let scale = a.iter().fold(1e-2f32, |m, v| m.max(v.abs()));
                 for (x, y) in b.iter().zip(&a) {
-                    assert!((x - y).abs() <= 1e-5 * scale, "{} {name} ({loss:?}): gpu {x} vs cpu {y}", denv.name);
+                    assert!(
+                        (x - y).abs() <= 1e-5 * scale,
+                        "{} {name} ({loss:?}): gpu {x} vs cpu {y}",
+                        denv.name
+                    );
                 }
             }
         }

@@ -273,7 +273,11 @@ impl TrainConfig {
             return Ok(());
         }
         let why = |field: &'static str, value: String, allowed: &str| {
-            Err(GfnError::invalid(field, value, format!("{allowed} with device = {}", self.device)))
+            Err(GfnError::invalid(
+                field,
+                value,
+                format!("{allowed} with device = {}", self.device),
+            ))
         };
         if !matches!(self.env.as_str(), "hypergrid" | "bitseq" | "ising-fixed") {
             return why("env", self.env.clone(), "must be hypergrid, bitseq or ising-fixed");

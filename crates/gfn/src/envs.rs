@@ -2,8 +2,8 @@
 
 use gfn_core::{Env, GfnError, Result};
 use gfn_envs::bayesnet::{BayesNetConfig, BayesNetEnv};
-use gfn_envs::bitseq::{BitSeqConfig, BitSeqEnv, BitSeqOrder};
 use gfn_envs::binary::{BinaryEnv, LogDensity};
+use gfn_envs::bitseq::{BitSeqConfig, BitSeqEnv, BitSeqOrder};
 use gfn_envs::data::ising::LatticeIsing;
 use gfn_envs::{BagEnv, Hypergrid, HypergridReward, SetEnv, SetSize};
 

@@ -413,6 +413,21 @@ fn sample_and_eval_read_a_run() {
 fn bad_input_gets_a_clear_error() {
     let dir = tmp("bad");
     let d = dir.to_str().unwrap();
+    assert_usage_error(&["train", "--device", "tpu", "--out", d], &["device", "tpu", "cuda"]);
+    assert_usage_error(
+        &["train", "--device", "cuda", "--env", "set", "--out", d],
+        &["env", "set", "device = cuda"],
+    );
+    assert_usage_error(
+        &["train", "--device", "cuda", "--loss", "db", "--out", d],
+        &["loss", "db", "tb or subtb"],
+    );
+    if !cfg!(feature = "cuda") {
+        assert_usage_error(
+            &["train", "--device", "cuda", "--out", d],
+            &["device", "cuda", "feature"],
+        );
+    }
     assert_usage_error(&["train", "--env", "maze", "--out", d], &["env", "maze", "hypergrid"]);
     assert_usage_error(&["train", "--loss", "xyz", "--out", d], &["loss", "xyz", "tb"]);
     assert_usage_error(&["train", "--height", "1", "--out", d], &["height", "1"]);
@@ -676,4 +691,34 @@ fn ebm_tasks_train_report_and_resume() {
     for d in [full, part, digits, two_d] {
         let _ = std::fs::remove_dir_all(d);
     }
+}
+
+/// `ising-fixed` (the lattice Ising reward of gfnx's Ising task) trains on the CPU path; the
+/// device engine on the CPU (gfn-cuda's references) is tested in gfn-cuda.
+#[test]
+fn ising_fixed_trains_on_the_cpu() {
+    let dir = tmp("ising-fixed");
+    let o = gfn(&[
+        "train",
+        "--env",
+        "ising-fixed",
+        "--lattice",
+        "3",
+        "--sigma",
+        "0.2",
+        "--batch-size",
+        "8",
+        "--iterations",
+        "20",
+        "--eval-every",
+        "20",
+        "--hidden",
+        "16",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    assert!(summary["final_loss"].as_f64().is_some_and(f64::is_finite), "{summary}");
 }
