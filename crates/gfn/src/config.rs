@@ -223,7 +223,8 @@ config! {
     engine: String = "auto".into(),
     /// Where training runs: `cpu`, or `cuda` / `cuda:N` (a build with the `cuda` feature and an
     /// NVIDIA GPU: the whole loop on the device, environments and sampling included; hypergrid,
-    /// bitseq and ising-fixed with tb or subtb) [default: cpu].
+    /// bitseq and ising-fixed with tb or subtb), or `cpu-kernels` (that device engine on its CPU
+    /// reference ops: slow, for checking) [default: cpu].
     device: String = "cpu".into(),
     /// Device engine: every this many rollout steps, stop if every trajectory is done (one
     /// scalar read back); 0 = always roll out the longest possible length [default: 8].
@@ -254,14 +255,21 @@ config! {
 }
 
 impl TrainConfig {
-    /// The CUDA ordinal of `device` (`None` for `cpu`), or an error naming it.
-    pub fn cuda_ordinal(&self) -> Result<Option<usize>> {
+    /// Where the device engine runs: `None` for `cpu` (the CPU engines), `Some(None)` for
+    /// `cpu-kernels` (the device engine on its CPU reference ops), `Some(Some(n))` for CUDA
+    /// device `n`; an error naming anything else.
+    pub fn engine_device(&self) -> Result<Option<Option<usize>>> {
         match self.device.as_str() {
             "cpu" => Ok(None),
-            "cuda" => Ok(Some(0)),
+            "cpu-kernels" => Ok(Some(None)),
+            "cuda" => Ok(Some(Some(0))),
             d => match d.strip_prefix("cuda:").map(str::parse::<usize>) {
-                Some(Ok(n)) => Ok(Some(n)),
-                _ => Err(GfnError::invalid("device", d, "must be cpu, cuda or cuda:N")),
+                Some(Ok(n)) => Ok(Some(Some(n))),
+                _ => Err(GfnError::invalid(
+                    "device",
+                    d,
+                    "must be cpu, cpu-kernels, cuda or cuda:N",
+                )),
             },
         }
     }
@@ -269,7 +277,7 @@ impl TrainConfig {
     /// What the device engine supports: hypergrid, bitseq and ising-fixed, with tb or subtb,
     /// on-policy (ε and temperature allowed), without replay, local search or metric sampling.
     fn validate_device(&self) -> Result<()> {
-        if self.cuda_ordinal()?.is_none() {
+        if self.engine_device()?.is_none() {
             return Ok(());
         }
         let why = |field: &'static str, value: String, allowed: &str| {

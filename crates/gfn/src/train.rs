@@ -207,13 +207,14 @@ impl Trainer {
         let objective = config.objective()?;
         objective.check_env(env.as_ref())?;
         let mut rng = rng_from_seed(config.seed);
-        let cuda = match config.cuda_ordinal()? {
-            Some(n) => Some(gfn_cuda::cuda_device(n)?),
+        let engine_device = match config.engine_device()? {
+            Some(Some(n)) => Some(gfn_cuda::cuda_device(n)?),
+            Some(None) => Some(Device::Cpu),
             None => None,
         };
-        let device = cuda.as_ref().unwrap_or(device);
+        let device = engine_device.as_ref().unwrap_or(device);
         let (estimator, optimizer) = build_model(&config, env.as_ref(), objective, device, &mut rng)?;
-        let device_engine = match &cuda {
+        let device_engine = match &engine_device {
             Some(_) => Some(crate::device::device_trainer(&config, &estimator)?),
             None => None,
         };
@@ -322,12 +323,9 @@ impl Trainer {
         }
     }
 
-    /// Where training runs: `cpu`, `cuda` or `cuda:N` (as configured).
+    /// Where training runs: `cpu`, `cpu-kernels`, `cuda` or `cuda:N` (as configured).
     pub fn device_name(&self) -> String {
-        match self.estimator.device() {
-            Device::Cpu => "cpu".into(),
-            _ => self.config.device.clone(),
-        }
+        self.config.device.clone()
     }
 
     /// Profile the device engine's steps (phases in [`Trainer::device_phases`]); false when

@@ -413,7 +413,10 @@ fn sample_and_eval_read_a_run() {
 fn bad_input_gets_a_clear_error() {
     let dir = tmp("bad");
     let d = dir.to_str().unwrap();
-    assert_usage_error(&["train", "--device", "tpu", "--out", d], &["device", "tpu", "cuda"]);
+    assert_usage_error(
+        &["train", "--device", "tpu", "--out", d],
+        &["device", "tpu", "cuda", "cpu-kernels"],
+    );
     assert_usage_error(
         &["train", "--device", "cuda", "--env", "set", "--out", d],
         &["env", "set", "device = cuda"],
@@ -721,4 +724,56 @@ fn ising_fixed_trains_on_the_cpu() {
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
     assert!(summary["final_loss"].as_f64().is_some_and(f64::is_finite), "{summary}");
+}
+
+/// The device engine (run here on its CPU reference ops, `--device cpu-kernels`) checkpoints and
+/// resumes bit-identically: 30 iterations, then 30 more, equal 60 in one go; and it trains.
+#[test]
+fn device_engine_resumes_bit_identically() {
+    let common = [
+        "--env",
+        "hypergrid",
+        "--ndim",
+        "2",
+        "--height",
+        "6",
+        "--loss",
+        "subtb",
+        "--batch-size",
+        "16",
+        "--eval-every",
+        "30",
+        "--hidden",
+        "32",
+        "--seed",
+        "4",
+        "--device",
+        "cpu-kernels",
+    ];
+    let (a, b) = (tmp("dev-once"), tmp("dev-twice"));
+    let mut once: Vec<&str> = vec!["train", "--iterations", "60", "--out", a.to_str().unwrap()];
+    once.extend(common);
+    let o = gfn(&once);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut first: Vec<&str> = vec!["train", "--iterations", "30", "--out", b.to_str().unwrap()];
+    first.extend(common);
+    let o = gfn(&first);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("device engine"), "{}", stderr(&o));
+    let o = gfn(&["train", "--resume", b.to_str().unwrap(), "--iterations", "60"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let metrics = |d: &Path| std::fs::read_to_string(d.join("metrics.jsonl")).unwrap();
+    let strip = |m: String| -> Vec<serde_json::Value> {
+        m.lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().retain(|k, _| k != "wall_seconds");
+                v
+            })
+            .collect()
+    };
+    let (x, y) = (strip(metrics(&a)), strip(metrics(&b)));
+    assert_eq!(x, y, "resumed device-engine run differs");
+    let tv = x.last().unwrap()["exact"]["tv"].as_f64().unwrap();
+    assert!(tv < 0.5, "TV {tv} after 60 iterations");
 }
