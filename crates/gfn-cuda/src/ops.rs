@@ -1096,11 +1096,3 @@ impl InplaceOp2 for AdamApply {
         crate::cuda::adam_apply(self, s1, l1, s2, l2, n)
     }
 }
-
-/// Check a tensor's dtype, naming it.
-pub fn expect_dtype(t: &Tensor, dtype: DType, what: &str) -> CResult<()> {
-    if t.dtype() != dtype {
-        bail!("{what}: expected {dtype:?}, got {:?}", t.dtype());
-    }
-    Ok(())
-}

@@ -514,22 +514,4 @@ impl DeviceTrainer {
             .then(|| [0, 1, 2, 3].map(|k| (marks[k + 1] - marks[k]).as_secs_f64()));
         Ok(StepStats { loss: value, phases })
     }
-
-    /// Terminal rows `[B, W]` (host) of a rollout of `batch` trajectories with counter
-    /// `iteration` (evaluation uses counters far from training's).
-    pub fn sample_terminal_rows(&self, iteration: u64, batch: usize) -> Result<Vec<u32>> {
-        let traj = self.rollout(iteration, batch)?;
-        let steps = traj.dim(0)? - 1;
-        Ok(traj.i(steps)?.flatten_all()?.to_vec1::<u32>()?)
-    }
-
-    /// The gfn-core states (`[B, S]` i32) of terminal rows.
-    pub fn core_states(&self, rows: &[u32]) -> Vec<i32> {
-        let (w, s) = (self.spec.row_width(), self.spec.state_dim());
-        let mut out = vec![0; rows.len() / w * s];
-        for (r, o) in rows.chunks_exact(w).zip(out.chunks_exact_mut(s)) {
-            self.spec.core_state(r, o);
-        }
-        out
-    }
 }
