@@ -146,6 +146,63 @@ pub fn uniform_log_z(
     Ok(log_mean_exp(&log_w))
 }
 
+/// `log Z` by annealed importance sampling (Neal 2001, "Annealed importance sampling") from the
+/// uniform distribution on `{0,1}^D`: `chains` independent chains through the intermediate
+/// densities `π_k ∝ exp(β_k f)`, `β_k = k / temps`; each adds `(β_k − β_{k−1}) f(x)` to its log
+/// weight, then makes one Metropolis sweep (single-site flips, sites in order) that leaves `π_k`
+/// invariant. `log Ẑ = D log 2 + log mean exp(log w)`, with the delta-method standard error over
+/// chains. Unbiased for `Z` like [`uniform_log_z`], but the annealing makes the weights far less
+/// spread for a peaked model, so `log Ẑ` is far less biased low: the estimate for methods without
+/// a sampler (PCD). `temps · D` batched evaluations of `f` on `[chains, D]`.
+pub fn ais_log_z(
+    model: &dyn EnergyModel,
+    chains: usize,
+    temps: usize,
+    rng: &mut GfnRng,
+    device: &Device,
+) -> Result<Estimate> {
+    if chains < 2 || temps == 0 {
+        return Err(GfnError::invalid(
+            "ais",
+            format!("{chains} chains, {temps} temperatures"),
+            "need at least 2 chains and 1 temperature",
+        ));
+    }
+    let d = model.dim();
+    let mut x: Vec<i32> = (0..chains * d)
+        .map(|_| i32::from(gfn_core::rng::uniform(rng) < 0.5))
+        .collect();
+    let mut f = log_density_values(model, &x, device)?;
+    let mut log_w = vec![d as f64 * std::f64::consts::LN_2; chains];
+    let mut prop = x.clone();
+    for k in 1..=temps {
+        let (b0, b1) = ((k - 1) as f64 / temps as f64, k as f64 / temps as f64);
+        for (w, fx) in log_w.iter_mut().zip(&f) {
+            *w += (b1 - b0) * fx;
+        }
+        for i in 0..d {
+            prop.copy_from_slice(&x);
+            for c in 0..chains {
+                prop[c * d + i] ^= 1;
+            }
+            let fp = log_density_values(model, &prop, device)?;
+            for c in 0..chains {
+                let a = b1 * (fp[c] - f[c]);
+                if a >= 0.0 || gfn_core::rng::uniform(rng).ln() < a {
+                    x[c * d + i] ^= 1;
+                    f[c] = fp[c];
+                }
+            }
+        }
+    }
+    if let Some(bad) = log_w.iter().find(|w| !w.is_finite()) {
+        return Err(GfnError::Other(format!(
+            "AIS: a non-finite log weight ({bad}); the model's f is not finite"
+        )));
+    }
+    Ok(log_mean_exp(&log_w))
+}
+
 /// `log mean exp(log_w)` with the delta-method standard error.
 pub fn log_mean_exp(log_w: &[f64]) -> Estimate {
     let n = log_w.len();
@@ -237,6 +294,25 @@ pub fn rows_i32(x: &[u8]) -> Vec<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ais_matches_the_exact_log_z() {
+        // A peaked 10-bit Ising model: uniform IS is off, AIS is within a few standard errors.
+        let dev = Device::Cpu;
+        let mut rng = gfn_core::rng_from_seed(3);
+        let model = crate::IsingEnergy::new(10, 0.6, &dev, &mut rng).unwrap();
+        let exact = exact_log_z(&model, &dev).unwrap();
+        let ais = ais_log_z(&model, 200, 200, &mut rng, &dev).unwrap();
+        assert!(
+            (ais.value - exact).abs() < 4.0 * ais.std_err + 0.02,
+            "AIS {} ± {} vs exact {exact}",
+            ais.value,
+            ais.std_err
+        );
+        let short = ais_log_z(&model, 200, 1, &mut rng, &dev).unwrap();
+        assert!(short.std_err > ais.std_err, "annealing should narrow the weights");
+        assert!(ais_log_z(&model, 1, 10, &mut rng, &dev).is_err());
+    }
 
     #[test]
     fn estimates_and_mmd() {

@@ -380,6 +380,22 @@ impl EbmRun {
         Ok(loss)
     }
 
+    /// `log Z` of the energy model by annealed importance sampling ([`eval::ais_log_z`]:
+    /// `chains` chains, `temps` temperatures, RNG from `seed`) and the test NLL it gives (`None`
+    /// for tasks without a test set): the measurement that needs no sampler, for PCD and EB-GFN
+    /// alike.
+    pub fn ais(&self, chains: usize, temps: usize, seed: u64) -> Result<(Estimate, Option<Estimate>)> {
+        let mut rng = rng_from_seed(seed);
+        let ebm = self.method.ebm();
+        let log_z = eval::ais_log_z(ebm, chains, temps, &mut rng, &self.device)?;
+        let mut test_rng = rng_from_seed(self.config.seed ^ EVAL_STREAM ^ self.iteration);
+        let nll = match self.task.test_set(self.config.eval_test, &mut test_rng)? {
+            Some(x) => Some(eval::ebm_nll(ebm, &x, log_z, &self.device)?),
+            None => None,
+        };
+        Ok((log_z, nll))
+    }
+
     /// Evaluate now (`last`: the final evaluation, with the full importance-sample counts).
     pub fn evaluate(&mut self, last: bool) -> Result<EbmRecord> {
         let c = &self.config;

@@ -58,7 +58,8 @@ enum Command {
     /// Measure raw speed (one JSON line on stdout): used by `cargo xtask bench throughput`.
     #[command(subcommand)]
     Speed(SpeedCmd),
-    /// Print the exact metrics of a trained policy.
+    /// Print the exact metrics of a trained policy; for an EBM run (ebm-2d, ising, digits), the
+    /// energy model's log Z by annealed importance sampling and the test NLL it gives.
     Eval {
         /// Run directory.
         #[arg(long, value_name = "DIR")]
@@ -66,6 +67,15 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// EBM runs: AIS chains.
+        #[arg(long, default_value_t = 200)]
+        ais_chains: usize,
+        /// EBM runs: AIS temperatures (one Metropolis sweep each).
+        #[arg(long, default_value_t = 1000)]
+        ais_temps: usize,
+        /// EBM runs: seed of the AIS chains.
+        #[arg(long, default_value_t = 0)]
+        ais_seed: u64,
     },
 }
 
@@ -146,7 +156,13 @@ fn dispatch(cmd: Command) -> Result<(), Fatal> {
             resume,
         } => train_cmd(*options, config, out, resume),
         Command::Sample { run, n, seed, out } => usage(sample_cmd(&run, n, seed, &out)),
-        Command::Eval { run, json } => usage(eval_cmd(&run, json)),
+        Command::Eval {
+            run,
+            json,
+            ais_chains,
+            ais_temps,
+            ais_seed,
+        } => usage(eval_cmd(&run, json, (ais_chains, ais_temps, ais_seed))),
         Command::Speed(SpeedCmd::Sample {
             options,
             rounds,
@@ -536,10 +552,37 @@ fn sample_cmd(run: &Path, n: usize, seed: u64, out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn eval_cmd(run: &Path, json: bool) -> Result<()> {
+fn eval_cmd(run: &Path, json: bool, ais: (usize, usize, u64)) -> Result<()> {
     let dir = RunDir::new(run);
     let cfg = dir.read_config()?;
     set_threads(cfg.threads);
+    if gfn::ebm::is_ebm_env(&cfg.env) {
+        let t = gfn::ebm::resume(&dir, None, &Device::Cpu)?;
+        let start = std::time::Instant::now();
+        let (log_z, nll) = t.ais(ais.0, ais.1, ais.2)?;
+        let seconds = start.elapsed().as_secs_f64();
+        let out = serde_json::json!({
+            "env": cfg.env,
+            "method": cfg.ebm_method,
+            "iteration": t.iteration,
+            "ais": {"chains": ais.0, "temperatures": ais.1, "seed": ais.2, "seconds": seconds},
+            "log_z": log_z,
+            "ebm_nll": nll,
+        });
+        if json {
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        } else {
+            println!("{} · {} · iteration {}", cfg.env, cfg.ebm_method, t.iteration);
+            println!(
+                "  log Z (AIS, {} chains × {} temperatures, {seconds:.0} s)  {:.4} ± {:.4}",
+                ais.0, ais.1, log_z.value, log_z.std_err
+            );
+            if let Some(n) = nll {
+                println!("  EBM test NLL  {:.4} ± {:.4}", n.value, n.std_err);
+            }
+        }
+        return Ok(());
+    }
     let mut t = dir.load_trainer(&Device::Cpu)?;
     if t.evaluator.is_none() {
         bail!("environment {} is not enumerable: no exact metrics", t.env.name());
