@@ -316,7 +316,7 @@ impl DeviceTrainer {
         };
         let use_fused = self.fused && fused.dims().is_ok();
         for t in 0..steps {
-            if every > 0 && t > 0 && t % every == 0 && t < steps {
+            if every > 0 && t > 0 && t % every == 0 {
                 let done = traj
                     .i(t)?
                     .narrow(1, self.spec.done_col(), 1)?
