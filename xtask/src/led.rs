@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::bench::{CurvePoint, Session};
 use crate::curves::{self, plot_line};
 use crate::plot::{self, Chart, Reference, Series};
-use crate::report::{Aggregate, Stats, fmt_num, pooled_std};
+use crate::report::{Aggregate, Stats, Verdict, fmt_num, pooled_std, verdict};
 use crate::suite::{Agg, Extract, Metric, Output, RunSpec, Suite, SuiteOptions, f, num, ours_ms_per_iteration};
 
 // Hyper-parameters, in one place: papers.md §1.2 (bag) and §1.3 (set), official code (FL-GFN
@@ -441,46 +441,6 @@ fn trajectories_to_ceiling_bounded(r: &Value) -> Option<f64> {
 }
 
 /// Whether our runs agree with a claim that one method beats another.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Verdict {
-    /// Better by more than one pooled standard deviation.
-    Agrees,
-    /// Within one pooled standard deviation, or too few seeds to tell.
-    Inconclusive,
-    /// Worse by more than one pooled standard deviation.
-    Disagrees,
-}
-
-impl Verdict {
-    fn word(self) -> &'static str {
-        match self {
-            Verdict::Agrees => "agrees",
-            Verdict::Inconclusive => "inconclusive",
-            Verdict::Disagrees => "disagrees",
-        }
-    }
-}
-
-/// Whether `claimed` beats `other` on a figure (higher or lower is better), by the means over
-/// seeds against one pooled standard deviation.
-fn verdict(claimed: &Stats, other: &Stats, higher_is_better: bool) -> Verdict {
-    let Some(pooled) = pooled_std(claimed, other) else {
-        return Verdict::Inconclusive;
-    };
-    let gain = if higher_is_better {
-        claimed.mean - other.mean
-    } else {
-        other.mean - claimed.mean
-    };
-    if gain.abs() <= pooled {
-        Verdict::Inconclusive
-    } else if gain > 0.0 {
-        Verdict::Agrees
-    } else {
-        Verdict::Disagrees
-    }
-}
-
 /// One headline word for a set of verdicts.
 fn overall(verdicts: &[Verdict]) -> &'static str {
     let count = |v: Verdict| verdicts.iter().filter(|&&x| x == v).count();

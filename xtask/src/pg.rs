@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::bench::Session;
 use crate::curves::{self, plot_line};
 use crate::plot::{Chart, Reference, Series};
-use crate::report::{Aggregate, Stats, fmt_num, pooled_std};
+use crate::report::{Aggregate, Stats, Verdict, fmt_num, verdict};
 use crate::suite::{Agg, Extract, Metric, Output, RunSpec, Suite, SuiteOptions, f, num, ours_ms_per_iteration};
 
 // Hyper-parameters, in one place: papers.md §4.1 (the official code's common settings) and §4.2
@@ -468,46 +468,6 @@ fn iteration_to_tv(r: &Value) -> Option<f64> {
 }
 
 /// Whether our runs agree with a claim that one method beats another.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Verdict {
-    /// Better by more than one pooled standard deviation.
-    Agrees,
-    /// Within one pooled standard deviation, or too few seeds to tell.
-    Inconclusive,
-    /// Worse by more than one pooled standard deviation.
-    Disagrees,
-}
-
-impl Verdict {
-    fn word(self) -> &'static str {
-        match self {
-            Verdict::Agrees => "agrees",
-            Verdict::Inconclusive => "inconclusive",
-            Verdict::Disagrees => "disagrees",
-        }
-    }
-}
-
-/// Whether `claimed` beats `other` (lower or higher is better) by more than one pooled standard
-/// deviation of the seeds.
-fn verdict(claimed: &Stats, other: &Stats, higher_is_better: bool) -> Verdict {
-    let Some(pooled) = pooled_std(claimed, other) else {
-        return Verdict::Inconclusive;
-    };
-    let gain = if higher_is_better {
-        claimed.mean - other.mean
-    } else {
-        other.mean - claimed.mean
-    };
-    if gain.abs() <= pooled {
-        Verdict::Inconclusive
-    } else if gain > 0.0 {
-        Verdict::Agrees
-    } else {
-        Verdict::Disagrees
-    }
-}
-
 /// One headline word for a task's comparisons: "agrees" (every one agrees), "does not agree"
 /// (none agrees, some disagree), "mixed" (some agree, some do not), "inconclusive" (none is
 /// told apart).

@@ -78,6 +78,48 @@ pub fn pooled_std(a: &Stats, b: &Stats) -> Option<f64> {
     Some((ss / dof as f64).sqrt())
 }
 
+/// How a suite's run compares with a paper's claim on one figure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Better by more than one pooled standard deviation.
+    Agrees,
+    /// Within one pooled standard deviation, or too few seeds to tell.
+    Inconclusive,
+    /// Worse by more than one pooled standard deviation.
+    Disagrees,
+}
+
+impl Verdict {
+    /// The word in the claims tables.
+    pub fn word(self) -> &'static str {
+        match self {
+            Verdict::Agrees => "agrees",
+            Verdict::Inconclusive => "inconclusive",
+            Verdict::Disagrees => "disagrees",
+        }
+    }
+}
+
+/// Whether `claimed` beats `other` (lower or higher is better) by more than one pooled standard
+/// deviation of the seeds.
+pub fn verdict(claimed: &Stats, other: &Stats, higher_is_better: bool) -> Verdict {
+    let Some(pooled) = pooled_std(claimed, other) else {
+        return Verdict::Inconclusive;
+    };
+    let gain = if higher_is_better {
+        claimed.mean - other.mean
+    } else {
+        other.mean - claimed.mean
+    };
+    if gain.abs() <= pooled {
+        Verdict::Inconclusive
+    } else if gain > 0.0 {
+        Verdict::Agrees
+    } else {
+        Verdict::Disagrees
+    }
+}
+
 /// `x` with `digits` decimals (thousands unseparated; `—` for a non-finite value).
 pub fn fmt_num(x: f64, digits: usize) -> String {
     if x.is_finite() {
