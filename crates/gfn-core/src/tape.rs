@@ -130,6 +130,16 @@ pub struct MlpGrads {
     next: Vec<f32>,
 }
 
+impl MlpGrads {
+    /// The gradients flat, in [`Mlp::flat_params`] order, appended to `out`.
+    pub fn flatten_into(&self, out: &mut Vec<f32>) {
+        for (w, b) in &self.layers {
+            out.extend_from_slice(w);
+            out.extend_from_slice(b);
+        }
+    }
+}
+
 impl Mlp {
     /// Layer widths, input first.
     pub fn dims(&self) -> Vec<usize> {
@@ -177,6 +187,84 @@ impl Mlp {
         }
         tape.rows += rows;
         Ok(&tape.acts[last + 1][r0 * dims[last + 1]..])
+    }
+
+    /// Forward-mode derivative over every row of `tape`: the outputs' change `J·v` (`[rows, out]`,
+    /// into `out`) for a change `v` of the parameters, flat in [`Mlp::flat_params`] order. Exact:
+    /// the tangent goes through each layer as `ṫ ← (ṫ·W + A·V_W + v_b) ⊙ 1[A' > 0]`, with the
+    /// tape's activations `A` (inputs held constant) and the same ReLU gate as
+    /// [`Mlp::backward_taped`], so `⟨J·v, u⟩ = ⟨v, Jᵀ·u⟩` to rounding.
+    pub fn jvp_taped(&self, tape: &MlpTape, v: &[f32], out: &mut Vec<f32>) -> Result<()> {
+        let dims = &tape.dims;
+        if *dims != self.dims() || v.len() != self.num_params() {
+            return Err(GfnError::Other(format!(
+                "fast path: a tangent of {} parameters for a network of {}",
+                v.len(),
+                self.num_params()
+            )));
+        }
+        let rows = tape.rows;
+        let nl = self.layers.len();
+        let mut tangent: Vec<f32> = Vec::new();
+        let mut offset = 0;
+        for l in 0..nl {
+            let (din, dout) = (dims[l], dims[l + 1]);
+            let (vw, vb) = (
+                &v[offset..offset + din * dout],
+                &v[offset + din * dout..offset + din * dout + dout],
+            );
+            offset += din * dout + dout;
+            let mut next = Vec::with_capacity(rows * dout);
+            for _ in 0..rows {
+                next.extend_from_slice(vb);
+            }
+            sgemm(rows, dout, din, &tape.acts[l], false, vw, false, &mut next, true);
+            if l > 0 {
+                with_cpu_f32(self.layers[l].weight.as_tensor(), |w| {
+                    sgemm(rows, dout, din, &tangent, false, w, false, &mut next, true);
+                })?;
+            }
+            if l + 1 < nl {
+                for (d, &a) in next.iter_mut().zip(&tape.acts[l + 1]) {
+                    *d = if a > 0.0 { *d } else { 0.0 };
+                }
+            }
+            tangent = next;
+        }
+        *out = tangent;
+        Ok(())
+    }
+
+    /// Every parameter, flat: per layer the weight `[in, out]` row-major, then the bias (the
+    /// order of [`Mlp::named_params`] and of [`MlpGrads::layers`]).
+    pub fn flat_params(&self) -> Result<Vec<f32>> {
+        let mut out = Vec::with_capacity(self.num_params());
+        for l in &self.layers {
+            with_cpu_f32(l.weight.as_tensor(), |w| out.extend_from_slice(w))?;
+            with_cpu_f32(l.bias.as_tensor(), |b| out.extend_from_slice(b))?;
+        }
+        Ok(out)
+    }
+
+    /// Overwrite every parameter from a flat vector in [`Mlp::flat_params`] order.
+    pub fn set_flat_params(&self, flat: &[f32]) -> Result<()> {
+        if flat.len() != self.num_params() {
+            return Err(GfnError::Other(format!(
+                "{} values for a network of {} parameters",
+                flat.len(),
+                self.num_params()
+            )));
+        }
+        let mut offset = 0;
+        for l in &self.layers {
+            for var in [&l.weight, &l.bias] {
+                let n = var.elem_count();
+                let t = Tensor::from_slice(&flat[offset..offset + n], var.dims(), var.device())?;
+                var.set(&t)?;
+                offset += n;
+            }
+        }
+        Ok(())
     }
 
     /// Backward pass over every row of `tape` given `d_out = ∂L/∂outputs` (`[rows, out]`):

@@ -17,6 +17,7 @@ pub mod softq;
 pub mod subtb;
 pub mod tb;
 pub mod terms;
+pub mod trpo;
 pub mod vi;
 
 use candle_core::Tensor;
@@ -61,7 +62,7 @@ pub enum Objective {
         /// Geometric weight λ > 0.
         lambda: f64,
     },
-    /// Policy-gradient training (RL-U, RL-B, RL-G; [`pg`]).
+    /// Policy-gradient training (RL-U, RL-B, RL-G, RL-T; [`pg`], [`trpo`]).
     PolicyGradient(PgConfig),
     /// Reverse-KL variational inference by REINFORCE ([`vi`]).
     ReverseKl,
@@ -72,7 +73,7 @@ pub enum Objective {
 impl Objective {
     /// The names accepted by [`Objective::parse`].
     pub const NAMES: &'static str =
-        "fm, db, tb, subtb, fl-db, fl-subtb, mdb, led-db, led-subtb, pg-u, pg-b, pg-g, vi, soft-q";
+        "fm, db, tb, subtb, fl-db, fl-subtb, mdb, led-db, led-subtb, pg-u, pg-b, pg-g, pg-trpo, vi, soft-q";
 
     /// GAE's λ of the policy-gradient objectives unless set ([`Objective::with_pg_settings`]).
     pub const DEFAULT_GAE_LAMBDA: f64 = 0.99;
@@ -98,10 +99,11 @@ impl Objective {
             "mdb" => Ok(Self::ModifiedDb),
             "vi" => Ok(Self::ReverseKl),
             "soft-q" => Ok(Self::SoftQ),
-            "pg-u" | "pg-b" | "pg-g" => Ok(Self::PolicyGradient(PgConfig {
+            "pg-u" | "pg-b" | "pg-g" | "pg-trpo" => Ok(Self::PolicyGradient(PgConfig {
                 variant: match name {
                     "pg-u" => PgVariant::Uniform,
                     "pg-b" => PgVariant::Backward,
+                    "pg-trpo" => PgVariant::TrustRegion,
                     _ => PgVariant::Guided,
                 },
                 gae_lambda: Self::DEFAULT_GAE_LAMBDA,
@@ -133,6 +135,7 @@ impl Objective {
                 PgVariant::Uniform => "pg-u",
                 PgVariant::Backward => "pg-b",
                 PgVariant::Guided => "pg-g",
+                PgVariant::TrustRegion => "pg-trpo",
             },
         }
     }
@@ -245,14 +248,15 @@ impl Objective {
 
     /// The policy-gradient loss ([`pg::policy_gradient`]) on `batch`: its first `n_forward`
     /// trajectories sampled forward, the rest (RL-B, RL-G) backward from their terminal objects.
-    /// Returns the surrogate to differentiate and the step's figures.
+    /// Returns the surrogate to differentiate, the step's figures and the unmasked P_F logits of
+    /// every row of `batch` (`[rows, n_actions]`, what RL-T's trust-region step starts from).
     pub fn pg_loss<E: Env + ?Sized>(
         &self,
         env: &E,
         batch: &TrajectoryBatch,
         n_forward: usize,
         forward: &mut dyn RowForward,
-    ) -> Result<(Tensor, PgStats)> {
+    ) -> Result<(Tensor, PgStats, Tensor)> {
         let Self::PolicyGradient(config) = self else {
             return Err(GfnError::Other(format!(
                 "{} is not a policy-gradient objective",
@@ -262,7 +266,8 @@ impl Objective {
         let out = forward.forward_rows(batch, &[], 0)?;
         let terms = BalanceTerms::from_batch(batch, &out)?;
         let low = (config.variant == PgVariant::Guided).then(|| pg::low_reward_nodes(env, batch, config.guide_floor));
-        policy_gradient(&terms, n_forward, &forward.log_z(), config, low.as_deref())
+        let (loss, stats) = policy_gradient(&terms, n_forward, &forward.log_z(), config, low.as_deref())?;
+        Ok((loss, stats, out.pf_logits))
     }
 
     /// The loss on `batch`, from the estimator's outputs on every visited state (flow matching

@@ -28,6 +28,8 @@
 //!   costs `c^B_t = log P_B(s_t|s_{t+1}) − log P_F(s_{t+1}|s_t)`, returns over the decisions that
 //!   follow in the walk (`Σ_{k ≤ t} c^B_k`, steps taken from `x` back to `s_0`), mean-centred, no
 //!   value function (the official code's unbiased advantages), surrogate `Σ_t log P_B · A^B_t`.
+//! * **RL-T** ([`PgVariant::TrustRegion`]): P_B uniform, and P_F moved by the trust-region step
+//!   of [`crate::trpo`] on this surrogate's gradient instead of by Adam.
 //! * **RL-G** ([`PgVariant::Guided`]): as RL-B with a guide `P_G` in place of P_F in the costs:
 //!   P_F with the exit probability at low-reward states (`log R(s) ≤ floor`; hypergrid: the
 //!   base reward R0) capped at [`GUIDE_EXIT_CAP`] and the other actions rescaled to sum to one,
@@ -55,12 +57,14 @@ pub enum PgVariant {
     Backward,
     /// RL-G: P_B trained toward a guided forward policy.
     Guided,
+    /// RL-T: uniform P_B, P_F updated by a trust-region (TRPO) step ([`crate::trpo`]).
+    TrustRegion,
 }
 
 impl PgVariant {
     /// Whether P_B is learned (and needs backward trajectories).
     pub fn trains_backward(self) -> bool {
-        !matches!(self, Self::Uniform)
+        matches!(self, Self::Backward | Self::Guided)
     }
 }
 
@@ -76,7 +80,7 @@ pub struct PgConfig {
 }
 
 /// Figures of one policy-gradient step.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PgStats {
     /// `mean_τ (Σ_t c_t)²`: the TB loss of the forward batch (0 at the exact solution).
     pub tb_loss: f64,
@@ -86,6 +90,9 @@ pub struct PgStats {
     pub value_loss: f64,
     /// RL-B, RL-G: mean backward cost `Σ_t c^B_t` per backward trajectory.
     pub backward_cost: Option<f64>,
+    /// The forward steps' centred GAE advantages `[n_forward, T]` (0 past each end): what the
+    /// trust-region step of RL-T needs.
+    pub advantages: Vec<f64>,
 }
 
 /// Forward costs `c[b, t]` (`[B, T]`, 0 past each end) from per-step `log_pf`, `log_pb`
@@ -275,7 +282,7 @@ pub fn policy_gradient(
     let constant =
         |v: Vec<f64>, rows: usize| -> Result<Tensor> { Ok(Tensor::from_vec(v, (rows, t_max), &dev)?.to_dtype(dt)?) };
     let log_pf_f = terms.log_pf.narrow(0, 0, n_forward)?;
-    let policy = ((log_pf_f * constant(adv, n_forward)?)?.sum_all()? / nf)?;
+    let policy = ((log_pf_f * constant(adv.clone(), n_forward)?)?.sum_all()? / nf)?;
     let mask: Vec<f64> = lens_f
         .iter()
         .flat_map(|&n| (0..t_max).map(move |t| f64::from(u8::from(t < n))))
@@ -337,6 +344,7 @@ pub fn policy_gradient(
             mean_cost,
             value_loss,
             backward_cost,
+            advantages: adv,
         },
     ))
 }

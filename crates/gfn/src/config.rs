@@ -145,7 +145,9 @@ config! {
     r2: f64 = 2.0,
     /// Objective: fm, db, tb, subtb, fl-db, fl-subtb, mdb, led-db, led-subtb, or policy
     /// gradient pg-u (uniform P_B), pg-b (P_B trained by policy gradient), pg-g (P_B trained
-    /// toward a guide), or vi (reverse-KL variational inference by REINFORCE) [default: tb].
+    /// toward a guide), pg-trpo (uniform P_B, trust-region P_F step; needs shared_trunk =
+    /// false), vi (reverse-KL variational inference by REINFORCE) or soft-q (soft Q-learning)
+    /// [default: tb].
     loss: String = "tb".into(),
     /// SubTB(λ) weight λ > 0 [default: 0.9].
     lambda: f64 = 0.9,
@@ -169,6 +171,16 @@ config! {
     /// pg-g: states with log R(s) at or below this floor get the guide's capped exit
     /// probability; `auto` = log R0 on hypergrid [default: auto].
     guide_floor: String = "auto".into(),
+    /// pg-trpo: KL limit δ of the trust region (mean KL from the old to the new P_F) [default: 0.01].
+    trpo_max_kl: f64 = 0.01,
+    /// pg-trpo: conjugate-gradient iterations [default: 10].
+    trpo_cg_iters: usize = 10,
+    /// pg-trpo: step halvings tried before the step is rejected [default: 20].
+    trpo_backtracks: usize = 20,
+    /// pg-trpo: damping added to the Fisher matrix [default: 0.1].
+    trpo_damping: f64 = 0.1,
+    /// pg-trpo: steps of the batch used for Fisher-vector products (every k-th) [default: 1024].
+    trpo_fisher_rows: usize = 1024,
     /// Trajectories per iteration [default: 16].
     batch_size: usize = 16,
     /// Training iterations [default: 10000].
@@ -271,6 +283,17 @@ impl TrainConfig {
                     "must be cpu, cpu-kernels, cuda or cuda:N",
                 )),
             },
+        }
+    }
+
+    /// pg-trpo's trust-region settings.
+    pub fn trust_region(&self) -> gfn_objectives::trpo::TrustRegionConfig {
+        gfn_objectives::trpo::TrustRegionConfig {
+            max_kl: self.trpo_max_kl,
+            cg_iters: self.trpo_cg_iters,
+            backtracks: self.trpo_backtracks,
+            damping: self.trpo_damping,
+            fisher_rows: self.trpo_fisher_rows,
         }
     }
 
@@ -428,7 +451,7 @@ impl TrainConfig {
         if self.replay_size > 0
             && matches!(
                 self.loss.as_str(),
-                "fm" | "pg-u" | "pg-b" | "pg-g" | "vi" | "led-db" | "led-subtb"
+                "fm" | "pg-u" | "pg-b" | "pg-g" | "pg-trpo" | "vi" | "led-db" | "led-subtb"
             )
         {
             return Err(GfnError::invalid(
@@ -439,6 +462,16 @@ impl TrainConfig {
                     self.loss
                 ),
             ));
+        }
+        if self.loss == "pg-trpo" {
+            self.trust_region().validate()?;
+            if self.shared_trunk {
+                return Err(GfnError::invalid(
+                    "shared_trunk",
+                    self.shared_trunk,
+                    "must be false with loss = pg-trpo: the trust-region step moves the P_F network alone, so it cannot share a trunk with the value head",
+                ));
+            }
         }
         if !matches!(self.local_search_accept.as_str(), "greedy" | "mh") {
             return Err(GfnError::invalid(
@@ -457,7 +490,7 @@ impl TrainConfig {
             }
             if matches!(
                 self.loss.as_str(),
-                "fm" | "pg-u" | "pg-b" | "pg-g" | "vi" | "led-db" | "led-subtb"
+                "fm" | "pg-u" | "pg-b" | "pg-g" | "pg-trpo" | "vi" | "led-db" | "led-subtb"
             ) {
                 return Err(GfnError::invalid(
                     "local_search",

@@ -138,6 +138,10 @@ pub struct Trainer {
     /// the forward and backward trajectories together.
     back: TrajectoryBatch,
     pg_batch: TrajectoryBatch,
+    /// pg-trpo: the trust-region update of the P_F network and its buffers.
+    trust_region: Option<gfn_objectives::trpo::TrustRegion>,
+    /// pg-trpo: steps taken and steps rejected (every halving failed), for the summary.
+    pub trpo_counts: (u64, u64),
     /// Replay of terminal objects re-sampled backward (`replay_size > 0`).
     pub replay: Option<crate::replay::ReplayBuffer>,
     replay_batch: usize,
@@ -253,6 +257,12 @@ impl Trainer {
         } else {
             config.replay_batch
         };
+        let trust_region = match objective {
+            Objective::PolicyGradient(c) if c.variant == gfn_objectives::PgVariant::TrustRegion => {
+                Some(gfn_objectives::trpo::TrustRegion::new(config.trust_region())?)
+            }
+            _ => None,
+        };
         let tracker = EmpiricalTracker::new(config.empirical_window);
         let top_k = gfn_core::topk::TopKTracker::new(config.top_k);
         let recent = gfn_core::topk::RecentRewards::new(config.recent_window);
@@ -299,6 +309,8 @@ impl Trainer {
             batch: TrajectoryBatch::default(),
             back: TrajectoryBatch::default(),
             pg_batch: TrajectoryBatch::default(),
+            trust_region,
+            trpo_counts: (0, 0),
             replay,
             replay_batch,
             replay_rows: Vec::new(),
@@ -541,7 +553,7 @@ impl Trainer {
         }
     }
 
-    /// A policy-gradient step (`pg-u`, `pg-b`, `pg-g`): forward trajectories, and for a trained
+    /// A policy-gradient step (`pg-u`, `pg-b`, `pg-g`, `pg-trpo`): forward trajectories, and for a trained
     /// P_B backward ones from their objects, evaluated together in one batched pass; returns
     /// the forward batch's TB loss `mean (Σ_t c_t)²`.
     fn pg_step(&mut self) -> Result<f64> {
@@ -575,7 +587,7 @@ impl Trainer {
                 } else {
                     &self.batch
                 };
-                let (loss, stats) = self.objective.pg_loss(env, batch, n, &mut view)?;
+                let (loss, stats, pf_logits) = self.objective.pg_loss(env, batch, n, &mut view)?;
                 check_finite(&loss, self.objective, self.iteration)?;
                 let grads = loss.backward()?;
                 let log_z_grad = match grads.get(est.log_z().as_tensor()) {
@@ -584,7 +596,23 @@ impl Trainer {
                 };
                 let mut slices: Vec<Option<&[f32]>> = fast.backward(est, &grads)?.into_iter().map(Some).collect();
                 slices.push(Some(&log_z_grad));
+                // RL-T: the P_F network's gradient goes to the trust-region step, not to Adam.
+                let pf_grad = match &self.trust_region {
+                    Some(_) => {
+                        let k = 2 * est.nets()[0].layers.len();
+                        let mut g = Vec::with_capacity(est.nets()[0].num_params());
+                        for s in &mut slices[..k] {
+                            g.extend_from_slice(s.take().unwrap_or_default());
+                        }
+                        Some(g)
+                    }
+                    None => None,
+                };
                 self.optimizer.step_slices(&slices)?;
+                if let (Some(tr), Some(g)) = (&mut self.trust_region, pf_grad) {
+                    let outcome = trust_region_step(tr, est, batch, n, &pf_logits, &stats.advantages, &g)?;
+                    count_trpo(&mut self.trpo_counts, outcome);
+                }
                 (stats.tb_loss, batch.num_rows())
             }
             None => {
@@ -604,10 +632,30 @@ impl Trainer {
                 } else {
                     &self.batch
                 };
-                let (loss, stats) = self.objective.pg_loss(env, batch, n, &mut &*est)?;
+                let (loss, stats, pf_logits) = self.objective.pg_loss(env, batch, n, &mut &*est)?;
                 check_finite(&loss, self.objective, self.iteration)?;
-                let grads = loss.backward()?;
+                let mut grads = loss.backward()?;
+                // RL-T: the P_F network's gradient goes to the trust-region step, not to Adam.
+                let pf_grad = match &self.trust_region {
+                    Some(_) => {
+                        let mut g = Vec::with_capacity(est.nets()[0].num_params());
+                        for layer in &est.nets()[0].layers {
+                            for var in [&layer.weight, &layer.bias] {
+                                match grads.remove(var.as_tensor()) {
+                                    Some(t) => g.extend(t.flatten_all()?.to_vec1::<f32>()?),
+                                    None => g.extend(std::iter::repeat_n(0.0, var.elem_count())),
+                                }
+                            }
+                        }
+                        Some(g)
+                    }
+                    None => None,
+                };
                 self.optimizer.step(&grads)?;
+                if let (Some(tr), Some(g)) = (&mut self.trust_region, pf_grad) {
+                    let outcome = trust_region_step(tr, est, batch, n, &pf_logits, &stats.advantages, &g)?;
+                    count_trpo(&mut self.trpo_counts, outcome);
+                }
                 (stats.tb_loss, batch.num_rows())
             }
         };
@@ -746,6 +794,14 @@ impl Trainer {
                 crate::checkpoint::AuxData::U32(state),
             ));
         }
+        if self.trust_region.is_some() {
+            let (steps, rejected) = self.trpo_counts;
+            aux.push((
+                "trpo/counts".into(),
+                vec![2],
+                crate::checkpoint::AuxData::F64(vec![steps as f64, rejected as f64]),
+            ));
+        }
         if let Some(led) = &self.led {
             led.save(&mut tensors, &mut aux)?;
             aux.push((
@@ -828,6 +884,12 @@ impl Trainer {
                 _ => bail!("checkpoint tensor task/state should be U32"),
             }
         }
+        if self.trust_region.is_some() {
+            self.trpo_counts = match &ck.aux("trpo/counts")?.2 {
+                crate::checkpoint::AuxData::F64(v) if v.len() == 2 => (v[0] as u64, v[1] as u64),
+                _ => bail!("checkpoint tensor trpo/counts should be two F64"),
+            };
+        }
         if let Some(led) = &mut self.led {
             led.restore(ck)?;
             self.led_loss_sum = match &ck.aux("led/loss_sum")?.2 {
@@ -844,6 +906,36 @@ impl Trainer {
         self.metric_rng = ck.metric_rng.clone();
         (self.loss_sum, self.loss_count) = ck.loss_window;
         Ok(())
+    }
+}
+
+/// RL-T's trust-region step of the P_F network (`est.nets()[0]`) on the first `n_forward`
+/// trajectories of `batch`, from the loss pass's P_F logits of every row, the forward advantages
+/// and the P_F network's gradient of the surrogate.
+fn trust_region_step(
+    tr: &mut gfn_objectives::trpo::TrustRegion,
+    est: &Estimator,
+    batch: &TrajectoryBatch,
+    n_forward: usize,
+    pf_logits: &Tensor,
+    advantages: &[f64],
+    grad: &[f32],
+) -> Result<gfn_objectives::trpo::TrpoStats> {
+    let logits = pf_logits
+        .detach()
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let steps = gfn_objectives::trpo::PolicySteps::from_batch(batch, n_forward, &logits, advantages)?;
+    tr.step(&est.nets()[0], &steps, grad)
+        .context("the trust-region step failed")
+}
+
+/// Count a trust-region step, and whether it was rejected (every halving failed).
+fn count_trpo(counts: &mut (u64, u64), outcome: gfn_objectives::trpo::TrpoStats) {
+    counts.0 += 1;
+    if outcome.step_fraction == 0.0 {
+        counts.1 += 1;
     }
 }
 
@@ -952,6 +1044,9 @@ pub fn summary_json(t: &Trainer) -> serde_json::Value {
             "found": t.tracker.modes_found(), "total": ev.num_modes(),
         })),
         "task": last.and_then(|r| r.task.clone()),
+        "trust_region": t.trust_region.as_ref().map(|_| serde_json::json!({
+            "steps": t.trpo_counts.0, "rejected": t.trpo_counts.1,
+        })),
     })
 }
 

@@ -205,28 +205,48 @@ fn replay_trains_to_the_target() {
 /// TV ≤ 0.1 on hypergrid 2×8 within 1,500 iterations (batch 16, MLP 2×64).
 #[test]
 fn policy_gradient_variants_reach_the_target() {
-    for loss in ["pg-u", "pg-b", "pg-g"] {
+    for loss in ["pg-u", "pg-b", "pg-g", "pg-trpo"] {
         let config = TrainConfig {
             ndim: 2,
             height: 8,
             loss: loss.into(),
+            // The trust-region step moves the P_F network alone.
+            shared_trunk: loss != "pg-trpo",
             hidden: 64,
             iterations: 1500,
             eval_every: 100,
             ..TrainConfig::default()
         };
         let dir = tmp(&format!("target-{loss}"));
+        // The untrained policy's TV, from a twin trainer evaluated before any step (pg-trpo is
+        // already near its noise floor at the first periodic evaluation).
+        let first_tv = Trainer::new(config.clone(), &Device::Cpu)
+            .unwrap()
+            .evaluate()
+            .unwrap()
+            .exact
+            .unwrap()
+            .dist
+            .tv;
         let mut t = Trainer::new(config, &Device::Cpu).unwrap();
         let summary = run(&mut t, &RunDir::new(&dir), &mut Silent).unwrap();
         let tv = summary["exact_last5_mean"]["tv"].as_f64().unwrap();
-        let first_tv = t.history[0].exact.unwrap().dist.tv;
         assert!(
             tv <= 0.1,
-            "{loss}: exact TV {tv} after 1,500 iterations (first evaluation {first_tv})"
+            "{loss}: exact TV {tv} after 1,500 iterations (untrained {first_tv})"
         );
         assert!(tv < first_tv / 2.0, "{loss}: TV did not fall ({first_tv} → {tv})");
         let log_z_error = summary["log_z"]["error"].as_f64().unwrap();
         assert!(log_z_error < 0.1, "{loss}: |log Ẑ − log Z| = {log_z_error}");
+        if loss == "pg-trpo" {
+            let steps = summary["trust_region"]["steps"].as_u64().unwrap();
+            let rejected = summary["trust_region"]["rejected"].as_u64().unwrap();
+            assert_eq!(steps, 1500);
+            assert!(
+                rejected < steps / 2,
+                "{rejected} of {steps} trust-region steps rejected"
+            );
+        }
         let _ = std::fs::remove_dir_all(dir);
     }
 }
@@ -241,6 +261,7 @@ fn resume_reproduces_the_uninterrupted_run() {
         ("tb", &[][..]),
         ("fm", &[][..]),
         ("pg-g", &["--shared-trunk", "false"][..]),
+        ("pg-trpo", &["--shared-trunk", "false"][..]),
         ("subtb", &["--replay-size", "64", "--replay-priority", "reward"][..]),
         (
             "db",
@@ -460,6 +481,24 @@ fn bad_input_gets_a_clear_error() {
     assert_usage_error(
         &["train", "--loss", "pg-u", "--gae-lambda", "1.5", "--out", d],
         &["gae_lambda", "1.5"],
+    );
+    assert_usage_error(
+        &["train", "--loss", "pg-trpo", "--out", d],
+        &["shared_trunk", "true", "pg-trpo"],
+    );
+    assert_usage_error(
+        &[
+            "train",
+            "--loss",
+            "pg-trpo",
+            "--shared-trunk",
+            "false",
+            "--trpo-max-kl",
+            "0",
+            "--out",
+            d,
+        ],
+        &["trpo_max_kl", "0", "> 0"],
     );
     assert_usage_error(
         &["train", "--loss", "pg-g", "--guide-floor", "low", "--out", d],
