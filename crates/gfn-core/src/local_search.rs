@@ -15,8 +15,21 @@
 //! states give their P_B logits for the walk and their P_F logits for the reverse move; the
 //! forward path's give P_F for the walk and P_B for the reverse move; `x'` adds its P_B).
 //!
-//! Supported environments have no exit action and reach a terminal state after the `K` forward
+//! Without an exit action the environment must reach a terminal state after the `K` forward
 //! steps (graded DAGs such as binary vectors or fixed-size sets); anything else is an error.
+//!
+//! **With an exit action** (hypergrid, Bayesian networks: every state is an object), the walk
+//! goes back `min(K, depth)` steps (it stops at `s_0`), then forward with P_F until P_F exits:
+//!
+//! ```text
+//! log q(x → x') = Σ log P_B(back path) + Σ log P_F(forward path, its exit at x' included)
+//! log q(x' → x) = Σ log P_B(forward path, reversed) + Σ log P_F(back path, reversed, and the exit at x)
+//! ```
+//!
+//! The forward part's length `m` is random, so `log q(x' → x)` is the probability of the reverse
+//! *path* under a walk that goes back `m` steps: a Metropolis–Hastings ratio from it is exact only
+//! when `m = K`. Use these proposals with a greedy acceptance (LS-GFN's filter); the training
+//! loop refuses MH acceptance on exit environments.
 
 use crate::estimator::to_vec_f32;
 use crate::exact::ExactEvaluator;
@@ -197,13 +210,6 @@ pub fn back_and_forth<E: Env + ?Sized, P: StatePolicy + ?Sized>(
     rng: &mut GfnRng,
 ) -> Result<Proposal> {
     let (sd, na, nb) = (env.state_dim(), env.n_actions(), env.n_backward_actions());
-    if env.exit_action().is_some() {
-        return Err(GfnError::invalid(
-            "env",
-            env.name(),
-            "the back-and-forth proposal needs an environment without exit action",
-        ));
-    }
     let n = xs.len() / sd;
     if n == 0 || xs.len() != n * sd {
         return Err(GfnError::invalid(
@@ -218,6 +224,9 @@ pub fn back_and_forth<E: Env + ?Sized, P: StatePolicy + ?Sized>(
             k,
             format!("must be in 1..={} (max_actions)", env.max_actions()),
         ));
+    }
+    if let Some(exit) = env.exit_action() {
+        return back_and_forth_exit(env, policy, xs, k, exit, rng);
     }
     if let Some(x) = xs.chunks_exact(sd).find(|x| !env.is_terminal(x)) {
         return Err(GfnError::invalid("xs", format!("{x:?}"), "must be terminal objects"));
@@ -294,4 +303,216 @@ pub fn back_and_forth<E: Env + ?Sized, P: StatePolicy + ?Sized>(
         log_q_forward: log_fwd,
         log_q_reverse: log_rev,
     })
+}
+
+/// [`back_and_forth`] on an environment with an exit action `exit` (see the module
+/// documentation): back `min(k, depth)` steps with P_B, forward with P_F until it exits.
+fn back_and_forth_exit<E: Env + ?Sized, P: StatePolicy + ?Sized>(
+    env: &E,
+    policy: &mut P,
+    xs: &[i32],
+    k: usize,
+    exit: usize,
+    rng: &mut GfnRng,
+) -> Result<Proposal> {
+    let (sd, na, nb) = (env.state_dim(), env.n_actions(), env.n_backward_actions());
+    let n = xs.len() / sd;
+    let mut cur = xs.to_vec();
+    let mut log_fwd = vec![0.0; n];
+    let mut log_rev = vec![0.0; n];
+    let (mut pf, mut pb) = (Vec::new(), Vec::new());
+    let mut fmask = vec![false; na];
+    let mut bmask = vec![false; nb];
+    let mut weights = Vec::new();
+    // The forward action each chain's latest backward step undid (`usize::MAX`: none, the chain
+    // stopped at s_0).
+    let mut undone = vec![usize::MAX; n];
+    // Backward phase: evaluation `step` scores the P_F of the action undone at `step − 1` (the
+    // reverse path) and draws the next deletion; evaluation 0 also scores the exit at x.
+    for step in 0..=k {
+        policy.logits(&cur, n, &mut pf, &mut pb)?;
+        for b in 0..n {
+            let s = &mut cur[b * sd..(b + 1) * sd];
+            env.forward_mask(s, &mut fmask);
+            let logits = &pf[b * na..(b + 1) * na];
+            if step == 0 {
+                if !fmask[exit] {
+                    return Err(GfnError::invalid(
+                        "xs",
+                        format!("{s:?}"),
+                        "must be objects the policy can exit at",
+                    ));
+                }
+                log_rev[b] += masked_log_prob(logits, &fmask, exit);
+            } else if undone[b] != usize::MAX {
+                if !fmask[undone[b]] {
+                    return Err(GfnError::Other("back-and-forth: undone action not allowed".into()));
+                }
+                log_rev[b] += masked_log_prob(logits, &fmask, undone[b]);
+            }
+            undone[b] = usize::MAX;
+            if step < k {
+                env.backward_mask(s, &mut bmask);
+                if !bmask.iter().any(|&m| m) {
+                    continue; // at s_0: this chain's walk back is over
+                }
+                let logits = &pb[b * nb..(b + 1) * nb];
+                let a = draw(logits, &bmask, rng, &mut weights)?;
+                log_fwd[b] += masked_log_prob(logits, &bmask, a);
+                undone[b] = env.backward_step(s, a);
+            }
+        }
+    }
+    // Forward phase from s' (its P_F logits are in `pf`): evaluation `step` scores the P_B of the
+    // step taken at `step − 1`, then draws the next action; a chain is done when it exits.
+    let mut done = vec![false; n];
+    let mut redo = vec![usize::MAX; n];
+    for step in 0..=env.max_actions() {
+        if done.iter().all(|&d| d) {
+            return Ok(Proposal {
+                states: cur,
+                log_q_forward: log_fwd,
+                log_q_reverse: log_rev,
+            });
+        }
+        if step > 0 {
+            policy.logits(&cur, n, &mut pf, &mut pb)?;
+        }
+        for b in 0..n {
+            if done[b] {
+                continue;
+            }
+            let s = &mut cur[b * sd..(b + 1) * sd];
+            if redo[b] != usize::MAX {
+                env.backward_mask(s, &mut bmask);
+                log_rev[b] += masked_log_prob(&pb[b * nb..(b + 1) * nb], &bmask, redo[b]);
+            }
+            env.forward_mask(s, &mut fmask);
+            let logits = &pf[b * na..(b + 1) * na];
+            let a = draw(logits, &fmask, rng, &mut weights)?;
+            log_fwd[b] += masked_log_prob(logits, &fmask, a);
+            if a == exit {
+                done[b] = true;
+            } else {
+                redo[b] = env.step(s, a);
+            }
+        }
+    }
+    Err(GfnError::Other(format!(
+        "back-and-forth: a forward walk took more than max_actions = {} steps without exiting",
+        env.max_actions()
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dag::DagEnv;
+    use crate::rng_from_seed;
+
+    /// A uniform policy: every logit 0.
+    struct Uniform(usize, usize);
+
+    impl StatePolicy for Uniform {
+        fn logits(&mut self, states: &[i32], rows: usize, pf: &mut Vec<f32>, pb: &mut Vec<f32>) -> Result<()> {
+            let _ = states;
+            *pf = vec![0.0; rows * self.0];
+            *pb = vec![0.0; rows * self.1];
+            Ok(())
+        }
+    }
+
+    fn uniform_log_prob(mask: &[bool]) -> f64 {
+        -(mask.iter().filter(|&&m| m).count() as f64).ln()
+    }
+
+    /// Exact `q(x → ·)` of the uniform policy by enumerating every back path of length
+    /// `min(k, depth)` and every forward path to an exit.
+    fn exact_kernel(env: &DagEnv, x: usize, k: usize) -> Vec<f64> {
+        let n = env.num_nodes();
+        let (na, nb) = (env.n_actions(), env.n_backward_actions());
+        let exit = env.exit_action().unwrap();
+        // P_F(reach the exit at y | from s), by recursion on the DAG (nodes in topological order).
+        fn forward(env: &DagEnv, s: usize, p: f64, out: &mut [f64], na: usize, exit: usize) {
+            let mut mask = vec![false; na];
+            env.forward_mask(&[s as i32], &mut mask);
+            let lp = uniform_log_prob(&mask).exp();
+            for a in (0..na).filter(|&a| mask[a]) {
+                if a == exit {
+                    out[s] += p * lp;
+                } else {
+                    let mut t = [s as i32];
+                    env.step(&mut t, a);
+                    forward(env, t[0] as usize, p * lp, out, na, exit);
+                }
+            }
+        }
+        fn back(env: &DagEnv, s: usize, p: f64, left: usize, out: &mut [f64], na: usize, nb: usize, exit: usize) {
+            let mut mask = vec![false; nb];
+            env.backward_mask(&[s as i32], &mut mask);
+            if left == 0 || !mask.iter().any(|&m| m) {
+                forward(env, s, p, out, na, exit);
+                return;
+            }
+            let lp = uniform_log_prob(&mask).exp();
+            for a in (0..nb).filter(|&a| mask[a]) {
+                let mut t = [s as i32];
+                env.backward_step(&mut t, a);
+                back(env, t[0] as usize, p * lp, left - 1, out, na, nb, exit);
+            }
+        }
+        let mut out = vec![0.0; n];
+        back(env, x, 1.0, k, &mut out, na, nb, exit);
+        out
+    }
+
+    #[test]
+    fn exit_proposals_follow_the_exact_kernel() {
+        let mut rng = rng_from_seed(11);
+        let env = DagEnv::random(7, 0.4, true, &mut rng).unwrap();
+        let (na, nb) = (env.n_actions(), env.n_backward_actions());
+        for (x, k) in [(6usize, 2usize), (4, 1), (5, 5)] {
+            let exact = exact_kernel(&env, x, k);
+            approx::assert_relative_eq!(exact.iter().sum::<f64>(), 1.0, max_relative = 1e-12);
+            let draws = 20_000;
+            let xs = vec![x as i32; draws];
+            let p = back_and_forth(&env, &mut Uniform(na, nb), &xs, k, &mut rng).unwrap();
+            let mut counts = vec![0.0; env.num_nodes()];
+            for (i, &y) in p.states.iter().enumerate() {
+                counts[y as usize] += 1.0;
+                // A path's probability is at most its endpoint's total.
+                assert!(p.log_q_forward[i] <= exact[y as usize].ln() + 1e-9);
+                assert!(p.log_q_forward[i].is_finite() && p.log_q_reverse[i].is_finite());
+            }
+            for (y, (&c, &q)) in counts.iter().zip(&exact).enumerate() {
+                let f = c / draws as f64;
+                let se = (q * (1.0 - q) / draws as f64).sqrt();
+                assert!(
+                    (f - q).abs() <= 5.0 * se + 1e-12,
+                    "x {x}, k {k}, x' {y}: {f} vs exact {q}"
+                );
+            }
+        }
+    }
+
+    /// On a chain every path is determined by its length, so `q(x → x')` is the path's
+    /// probability: `log q(x → x')` and `log q(x' → x)` are exact there.
+    #[test]
+    fn exit_proposal_log_probabilities_are_the_path_probabilities() {
+        let n = 6;
+        let adj: Vec<bool> = (0..n * n).map(|ij| ij % n == ij / n + 1).collect();
+        let env = DagEnv::new(n, adj, vec![0.0; n], true).unwrap();
+        let (na, nb) = (env.n_actions(), env.n_backward_actions());
+        let mut rng = rng_from_seed(3);
+        for (x, k) in [(3usize, 2usize), (1, 3)] {
+            let exact = exact_kernel(&env, x, k);
+            let p = back_and_forth(&env, &mut Uniform(na, nb), &vec![x as i32; 200], k, &mut rng).unwrap();
+            for (i, &y) in p.states.iter().enumerate() {
+                approx::assert_relative_eq!(p.log_q_forward[i], exact[y as usize].ln(), max_relative = 1e-12);
+                // The reverse path goes back from x' as far as the walk came forward.
+                let from_y = exact_kernel(&env, y as usize, (y as usize).abs_diff(x.saturating_sub(k)));
+                approx::assert_relative_eq!(p.log_q_reverse[i], from_y[x].ln(), max_relative = 1e-12);
+            }
+        }
+    }
 }

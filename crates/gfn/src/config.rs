@@ -160,11 +160,11 @@ config! {
     replay_priority: String = "uniform".into(),
     /// Local search (LS-GFN): each object of the batch is refined by K steps back with P_B and K
     /// forward with P_F, kept or rejected (`local_search_accept`), and the results are re-sampled
-    /// backward and trained on beside the batch; 0 = off. Environments without exit action
-    /// (bitseq, set, binary) [default: 0].
+    /// backward and trained on beside the batch; 0 = off. With an exit action (hypergrid,
+    /// bayesnet) the forward part runs until P_F exits, and acceptance must be greedy [default: 0].
     local_search: usize = 0,
     /// Local search: `greedy` (keep x' when R(x') ≥ R(x), as LS-GFN) or `mh` (Metropolis–Hastings
-    /// toward R) [default: greedy].
+    /// toward R; environments without exit action) [default: greedy].
     local_search_accept: String = "greedy".into(),
     /// Policy gradient (pg-*): GAE's λ in [0, 1] [default: 0.99].
     gae_lambda: f64 = 0.99,

@@ -234,10 +234,9 @@ impl Trainer {
         };
         let evaluator = ExactEvaluator::new(env.as_ref()).ok();
         let task = crate::task_metrics::TaskMetrics::new(&config, env.as_ref())?;
-        if config.local_search > 0 && env.exit_action().is_some() {
+        if config.local_search > 0 && config.local_search_accept == "mh" && env.exit_action().is_some() {
             bail!(
-                "invalid local_search = {}: the back-and-forth proposal needs an environment without exit action (bitseq, set, ebm tasks); {} has one",
-                config.local_search,
+                "invalid local_search_accept = mh: on an environment with an exit action ({}) the back-and-forth walk's forward part has a random length, so its reverse-move probability is not the kernel's; use greedy there",
                 env.name()
             );
         }
@@ -940,7 +939,8 @@ fn count_trpo(counts: &mut (u64, u64), outcome: gfn_objectives::trpo::TrpoStats)
 }
 
 /// LS-GFN's refinement of `batch`'s objects: `config.local_search` steps back with P_B and as
-/// many forward with P_F from each, then `x'` kept greedily (`R(x') ≥ R(x)`) or by
+/// many forward with P_F from each (with an exit action: forward until P_F exits), then `x'`
+/// kept greedily (`R(x') ≥ R(x)`) or by
 /// Metropolis–Hastings toward R (`log α = log R(x') − log R(x) + log q(x'→x) − log q(x→x')`);
 /// the kept objects (or the originals) go to `out`.
 fn local_search<E: Env + ?Sized, P: gfn_core::local_search::StatePolicy + ?Sized>(

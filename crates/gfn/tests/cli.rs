@@ -201,6 +201,27 @@ fn replay_trains_to_the_target() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// TB with local search on an environment with an exit action (hypergrid: back 2 steps with
+/// P_B, forward with P_F until it exits, kept greedily) reaches the target.
+#[test]
+fn local_search_with_an_exit_action_trains_to_the_target() {
+    let config = TrainConfig {
+        ndim: 2,
+        height: 6,
+        hidden: 64,
+        iterations: 1500,
+        eval_every: 100,
+        local_search: 2,
+        ..TrainConfig::default()
+    };
+    let dir = tmp("target-local-search");
+    let mut t = Trainer::new(config, &Device::Cpu).unwrap();
+    let summary = run(&mut t, &RunDir::new(&dir), &mut Silent).unwrap();
+    let tv = summary["exact_last5_mean"]["tv"].as_f64().unwrap();
+    assert!(tv < 0.05, "tb with local search: exact TV {tv}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// Issue 6's bar: every policy-gradient variant (uniform, trained and guided P_B) reaches exact
 /// TV ≤ 0.1 on hypergrid 2×8 within 1,500 iterations (batch 16, MLP 2×64).
 #[test]
@@ -471,8 +492,16 @@ fn bad_input_gets_a_clear_error() {
         &["replay_size", "10", "pg-u", "off-policy"],
     );
     assert_usage_error(
-        &["train", "--local-search", "2", "--out", d],
-        &["local_search", "2", "exit action", "hypergrid"],
+        &[
+            "train",
+            "--local-search",
+            "2",
+            "--local-search-accept",
+            "mh",
+            "--out",
+            d,
+        ],
+        &["local_search_accept", "mh", "exit action", "hypergrid", "greedy"],
     );
     assert_usage_error(
         &["train", "--replay-size", "10", "--replay-priority", "best", "--out", d],
