@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::bench::{CurvePoint, Session};
 use crate::curves::{self, plot_line};
 use crate::plot::{self, Chart, Reference, Series};
-use crate::report::{Aggregate, Stats, Verdict, fmt_num, pooled_std, verdict};
+use crate::report::{Aggregate, Figure, Stats, Verdict, overall, pooled_std, seeds_cell, verdict};
 use crate::suite::{Agg, Extract, Metric, Output, RunSpec, Suite, SuiteOptions, f, num, ours_ms_per_iteration};
 
 // Hyper-parameters, in one place: papers.md §1.2 (bag) and §1.3 (set), official code (FL-GFN
@@ -440,43 +440,6 @@ fn trajectories_to_ceiling_bounded(r: &Value) -> Option<f64> {
     trajectories_to_ceiling(r).or_else(|| num(r, "/summary/trajectories"))
 }
 
-/// Whether our runs agree with a claim that one method beats another.
-/// One headline word for a set of verdicts.
-fn overall(verdicts: &[Verdict]) -> &'static str {
-    let count = |v: Verdict| verdicts.iter().filter(|&&x| x == v).count();
-    let n = verdicts.len();
-    if n == 0 {
-        "no data"
-    } else if count(Verdict::Agrees) == n {
-        "agrees"
-    } else if count(Verdict::Disagrees) == n {
-        "disagrees"
-    } else if count(Verdict::Inconclusive) == n {
-        "inconclusive"
-    } else if count(Verdict::Agrees) == 0 {
-        // Some comparisons disagree and none agrees: the claim is not borne out.
-        "not reproduced"
-    } else if count(Verdict::Disagrees) == 0 {
-        "partly reproduced"
-    } else {
-        "mixed"
-    }
-}
-
-/// A figure a claim is judged by.
-struct Figure {
-    /// Its name in the claims table.
-    name: &'static str,
-    /// Per-run value.
-    value: Extract,
-    /// Whether higher is better.
-    higher_is_better: bool,
-    /// Per run 1 if it got there, 0 if not (for a time-to-target figure).
-    reached: Option<Extract>,
-    /// Decimal places; `None`: about four significant digits.
-    digits: Option<usize>,
-}
-
 /// Figures of the set tasks.
 fn set_figures() -> Vec<Figure> {
     vec![
@@ -531,27 +494,6 @@ fn records(session: &Session, group: &str, row: &str) -> Vec<Value> {
 fn row_stats(session: &Session, group: &str, row: &str, value: Extract) -> Option<Stats> {
     let v: Vec<f64> = records(session, group, row).iter().filter_map(value).collect();
     Stats::of(&v)
-}
-
-/// Decimal places that show `x` with about four significant digits (none from 1,000 up).
-fn digits_for(x: f64) -> usize {
-    match x.abs() {
-        a if a >= 1000.0 => 0,
-        a if a >= 10.0 => 2,
-        _ => 4,
-    }
-}
-
-/// `mean ± std (n seeds)`, with `digits` decimals (`None`: about four significant digits).
-fn cell(s: &Stats, digits: Option<usize>) -> String {
-    let d = digits.unwrap_or_else(|| digits_for(s.mean));
-    format!(
-        "{} ± {} ({} seed{})",
-        fmt_num(s.mean, d),
-        fmt_num(s.std, d),
-        s.n,
-        if s.n == 1 { "" } else { "s" }
-    )
 }
 
 /// Whether positive values spanning more than a factor of 10 are better read on a log axis.
@@ -668,7 +610,7 @@ fn compare_task(session: &Session, label: &str, group: &str, figures: &[Figure],
                         .and_then(|x| row_stats(session, group, row, x))
                         .map(|r| format!(", got there in {:.0} of {}", r.mean * r.n as f64, r.n))
                         .unwrap_or_default();
-                    format!("{row} {}{reached}", cell(s, fig.digits))
+                    format!("{row} {}{reached}", seeds_cell(s, fig.digits))
                 };
                 md.push_str(&format!(
                     "| {label} | {} ({} is better) | {} | {} | **{}** |\n",
@@ -697,7 +639,7 @@ fn gamma_claim(session: &Session) -> String {
     rows.sort_by(|a, b| b.1.mean.total_cmp(&a.1.mean));
     let all: Vec<String> = rows
         .iter()
-        .map(|(g, s)| format!("γ = {}: {}", f(*g), cell(s, None)))
+        .map(|(g, s)| format!("γ = {}: {}", f(*g), seeds_cell(s, None)))
         .collect();
     let (best, s) = &rows[0];
     let margin = match rows.get(1) {
@@ -913,14 +855,6 @@ mod tests {
         assert_eq!(verdict(&a, &stats(&[2.5, 3.5, 4.5]), false), Verdict::Agrees);
         assert!((pooled_std(&stats(&[1.0, 3.0]), &stats(&[3.0, 5.0])).unwrap() - 2f64.sqrt()).abs() < 1e-12);
         assert!((pooled_std(&stats(&[2.0]), &stats(&[1.0, 3.0])).unwrap() - 2f64.sqrt()).abs() < 1e-12);
-        use Verdict::*;
-        assert_eq!(overall(&[Agrees, Agrees]), "agrees");
-        assert_eq!(overall(&[Agrees, Inconclusive]), "partly reproduced");
-        assert_eq!(overall(&[Disagrees, Inconclusive]), "not reproduced");
-        assert_eq!(overall(&[Agrees, Disagrees, Inconclusive]), "mixed");
-        assert_eq!(overall(&[Inconclusive]), "inconclusive");
-        assert_eq!(overall(&[Disagrees]), "disagrees");
-        assert_eq!(overall(&[]), "no data");
     }
 
     /// A run record whose top-k mean follows `means` (one evaluation per 100 trajectories, `k`

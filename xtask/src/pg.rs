@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::bench::Session;
 use crate::curves::{self, plot_line};
 use crate::plot::{Chart, Reference, Series};
-use crate::report::{Aggregate, Stats, Verdict, fmt_num, verdict};
+use crate::report::{Aggregate, Figure, Stats, Verdict, fmt_num, overall, seeds_cell, verdict};
 use crate::suite::{Agg, Extract, Metric, Output, RunSpec, Suite, SuiteOptions, f, num, ours_ms_per_iteration};
 
 // Hyper-parameters, in one place: papers.md §4.1 (the official code's common settings) and §4.2
@@ -480,40 +480,6 @@ fn iteration_to_tv(r: &Value) -> Option<f64> {
         .and_then(|p| p["iteration"].as_f64())
 }
 
-/// Whether our runs agree with a claim that one method beats another.
-/// One headline word for a task's comparisons: "agrees" (every one agrees), "does not agree"
-/// (none agrees, some disagree), "mixed" (some agree, some do not), "inconclusive" (none is
-/// told apart).
-fn overall(verdicts: &[Verdict]) -> &'static str {
-    let count = |v: Verdict| verdicts.iter().filter(|&&x| x == v).count();
-    let n = verdicts.len();
-    if n == 0 {
-        "no data"
-    } else if count(Verdict::Agrees) == n {
-        "agrees"
-    } else if count(Verdict::Inconclusive) == n {
-        "inconclusive"
-    } else if count(Verdict::Agrees) == 0 {
-        "does not agree"
-    } else {
-        "mixed"
-    }
-}
-
-/// A figure the claim is judged by.
-struct Figure {
-    /// Its name in the claims table.
-    name: &'static str,
-    /// Per-run value.
-    value: Extract,
-    /// Whether higher is better.
-    higher_is_better: bool,
-    /// Per run 1 if it got there, 0 if not (for a time-to-target figure).
-    reached: Option<Extract>,
-    /// Decimal places.
-    digits: usize,
-}
-
 /// Figures of the exact tasks: final exact TV and trajectories to TV ≤ 0.1.
 fn exact_figures() -> Vec<Figure> {
     vec![
@@ -522,14 +488,14 @@ fn exact_figures() -> Vec<Figure> {
             value: |r| num(r, "/summary/exact/tv"),
             higher_is_better: false,
             reached: None,
-            digits: 4,
+            digits: Some(4),
         },
         Figure {
             name: "trajectories to TV ≤ 0.1",
             value: trajectories_to_tv_bounded,
             higher_is_better: false,
             reached: Some(reached_tv),
-            digits: 0,
+            digits: Some(0),
         },
     ]
 }
@@ -542,14 +508,14 @@ fn bitseq_figures() -> Vec<Figure> {
             value: |r| num(r, "/summary/task/modes_found"),
             higher_is_better: true,
             reached: None,
-            digits: 1,
+            digits: Some(1),
         },
         Figure {
             name: "test Spearman",
             value: |r| num(r, "/summary/task/test_spearman"),
             higher_is_better: true,
             reached: None,
-            digits: 3,
+            digits: Some(3),
         },
     ]
 }
@@ -568,17 +534,6 @@ fn records(session: &Session, group: &str, row: &str) -> Vec<Value> {
 fn row_stats(session: &Session, group: &str, row: &str, value: Extract) -> Option<Stats> {
     let v: Vec<f64> = records(session, group, row).iter().filter_map(value).collect();
     Stats::of(&v)
-}
-
-/// `mean ± std (n seeds)` with `digits` decimals.
-fn cell(s: &Stats, digits: usize) -> String {
-    format!(
-        "{} ± {} ({} seed{})",
-        fmt_num(s.mean, digits),
-        fmt_num(s.std, digits),
-        s.n,
-        if s.n == 1 { "" } else { "s" }
-    )
 }
 
 /// The best of `rows` by a figure: `(row, its statistics)`; `None` when no row has the figure.
@@ -610,7 +565,7 @@ fn side(session: &Session, group: &str, row: &str, s: &Stats, fig: &Figure) -> S
             }
         })
         .unwrap_or_default();
-    format!("{row} {}{reached}", cell(s, fig.digits))
+    format!("{row} {}{reached}", seeds_cell(s, fig.digits))
 }
 
 /// The claim's comparisons on one task: the best PG variant against the best of TB/DB/SubTB on
@@ -674,7 +629,7 @@ fn bar_claim(session: &Session) -> String {
             .filter_map(|r| num(r, "/summary/exact_last5_mean/tv"))
             .collect();
         let last5 = Stats::of(&last5)
-            .map(|s| format!("; TV over the last 5 evaluations {}", cell(&s, 4)))
+            .map(|s| format!("; TV over the last 5 evaluations {}", seeds_cell(&s, Some(4))))
             .unwrap_or_default();
         parts.push(format!(
             "{method} **{}** ({} of {} seed{}{first}{last5})",
@@ -902,9 +857,10 @@ fn extra(session: &Session, _aggs: &[Aggregate], dir: &Path) -> Result<String> {
          over seeds. A comparison **agrees** when the PG variant is better by more than one pooled standard \
          deviation, **disagrees** when it is worse by more, and is **inconclusive** otherwise (always with one \
          seed per method: no spread to judge by). Trajectories to TV ≤ 0.1: a seed that never got there counts as \
-         its whole run (a lower bound). A task **agrees** when every comparison does, is **inconclusive** when none \
-         is told apart, **does not agree** when none agrees and some disagree, and is **mixed** when some agree \
-         and some do not. Bit sequences are outside the claim (no exact TV) and are shown for \
+         its whole run (a lower bound). A task **agrees** when every comparison does (**disagrees** when every one \
+         disagrees), is **inconclusive** when none is told apart, **not reproduced** when none agrees and some \
+         disagree, **partly reproduced** when some agree and none disagrees, and **mixed** when some agree and \
+         some disagree. Bit sequences are outside the claim (no exact TV) and are shown for \
          information.\n\n",
     );
     let mut table = String::new();
@@ -1069,13 +1025,6 @@ mod tests {
         assert_eq!(verdict(&high, &low, true), Verdict::Agrees);
         assert_eq!(verdict(&low, &stats(&[0.06, 0.05, 0.07]), false), Verdict::Inconclusive);
         assert_eq!(verdict(&stats(&[0.01]), &stats(&[0.9]), false), Verdict::Inconclusive);
-        use Verdict::*;
-        assert_eq!(overall(&[Agrees, Agrees]), "agrees");
-        assert_eq!(overall(&[Agrees, Inconclusive]), "mixed");
-        assert_eq!(overall(&[Agrees, Disagrees]), "mixed");
-        assert_eq!(overall(&[Disagrees, Inconclusive]), "does not agree");
-        assert_eq!(overall(&[Inconclusive, Inconclusive]), "inconclusive");
-        assert_eq!(overall(&[]), "no data");
     }
 
     /// A run record whose exact TV follows `tvs` (one evaluation per 10 iterations of 128

@@ -120,6 +120,64 @@ pub fn verdict(claimed: &Stats, other: &Stats, higher_is_better: bool) -> Verdic
     }
 }
 
+/// One headline word for a set of verdicts: "agrees" (all agree), "disagrees" (all disagree),
+/// "inconclusive" (none is told apart), "not reproduced" (none agrees, some disagree), "partly
+/// reproduced" (some agree, none disagrees), "mixed" (some agree, some disagree).
+pub fn overall(verdicts: &[Verdict]) -> &'static str {
+    let count = |v: Verdict| verdicts.iter().filter(|&&x| x == v).count();
+    let n = verdicts.len();
+    if n == 0 {
+        "no data"
+    } else if count(Verdict::Agrees) == n {
+        "agrees"
+    } else if count(Verdict::Disagrees) == n {
+        "disagrees"
+    } else if count(Verdict::Inconclusive) == n {
+        "inconclusive"
+    } else if count(Verdict::Agrees) == 0 {
+        "not reproduced"
+    } else if count(Verdict::Disagrees) == 0 {
+        "partly reproduced"
+    } else {
+        "mixed"
+    }
+}
+
+/// A figure a paper's claim is judged by.
+pub struct Figure {
+    /// Its name in the claims table.
+    pub name: &'static str,
+    /// Per-run value.
+    pub value: crate::suite::Extract,
+    /// Whether higher is better.
+    pub higher_is_better: bool,
+    /// Per run 1 if it got there, 0 if not (for a time-to-target figure).
+    pub reached: Option<crate::suite::Extract>,
+    /// Decimal places; `None`: about four significant digits.
+    pub digits: Option<usize>,
+}
+
+/// Decimal places that show `x` with about four significant digits (none from 1,000 up).
+pub fn digits_for(x: f64) -> usize {
+    match x.abs() {
+        a if a >= 1000.0 => 0,
+        a if a >= 10.0 => 2,
+        _ => 4,
+    }
+}
+
+/// `mean ± std (n seeds)`, with `digits` decimals (`None`: about four significant digits).
+pub fn seeds_cell(s: &Stats, digits: Option<usize>) -> String {
+    let d = digits.unwrap_or_else(|| digits_for(s.mean));
+    format!(
+        "{} ± {} ({} seed{})",
+        fmt_num(s.mean, d),
+        fmt_num(s.std, d),
+        s.n,
+        if s.n == 1 { "" } else { "s" }
+    )
+}
+
 /// `x` with `digits` decimals (thousands unseparated; `—` for a non-finite value).
 pub fn fmt_num(x: f64, digits: usize) -> String {
     if x.is_finite() {
@@ -451,6 +509,18 @@ pub fn markdown(suite: &Suite, session: &Session, aggs: &[Aggregate], complete: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overall_words() {
+        use Verdict::*;
+        assert_eq!(overall(&[Agrees, Agrees]), "agrees");
+        assert_eq!(overall(&[Agrees, Inconclusive]), "partly reproduced");
+        assert_eq!(overall(&[Disagrees, Inconclusive]), "not reproduced");
+        assert_eq!(overall(&[Agrees, Disagrees, Inconclusive]), "mixed");
+        assert_eq!(overall(&[Inconclusive]), "inconclusive");
+        assert_eq!(overall(&[Disagrees]), "disagrees");
+        assert_eq!(overall(&[]), "no data");
+    }
 
     #[test]
     fn stats() {
