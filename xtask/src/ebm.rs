@@ -1351,18 +1351,7 @@ mod tests {
     use crate::bench::RunRecord;
     use serde_json::json;
 
-    fn opts(quick: bool, seeds: Option<u32>) -> SuiteOptions {
-        SuiteOptions {
-            quick,
-            seeds,
-            threads: 1,
-        }
-    }
-
-    /// The value after `flag` in a run's arguments.
-    fn arg<'a>(r: &'a RunSpec, flag: &str) -> Option<&'a str> {
-        r.gfn_args.windows(2).find(|w| w[0] == flag).map(|w| w[1].as_str())
-    }
+    use crate::suite::test_util::{arg, opts};
 
     #[test]
     fn full_suite_runs() {

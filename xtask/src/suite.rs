@@ -548,3 +548,23 @@ mod tests {
         assert_eq!(names.len(), s.runs.len());
     }
 }
+
+/// Helpers of the suites' tests.
+#[cfg(test)]
+pub mod test_util {
+    use super::{RunSpec, SuiteOptions};
+
+    /// Options of a suite: `quick`, `seeds`, one thread.
+    pub fn opts(quick: bool, seeds: Option<u32>) -> SuiteOptions {
+        SuiteOptions {
+            quick,
+            seeds,
+            threads: 1,
+        }
+    }
+
+    /// The value after `flag` in a run's arguments.
+    pub fn arg<'a>(r: &'a RunSpec, flag: &str) -> Option<&'a str> {
+        r.gfn_args.windows(2).find(|w| w[0] == flag).map(|w| w[1].as_str())
+    }
+}

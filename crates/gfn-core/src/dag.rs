@@ -87,6 +87,34 @@ impl DagEnv {
         Self::new(n, adj, lr, with_exit)
     }
 
+    /// `n` trajectories of a tabular forward policy with logits `pf` (`[nodes, n_actions]`, only
+    /// the allowed actions read), as paths of node ids like [`DagEnv::random_path`]'s.
+    pub fn sample_paths(&self, pf: &[f64], n: usize, rng: &mut GfnRng) -> Vec<Vec<usize>> {
+        let na = self.n_actions();
+        let mut mask = vec![false; na];
+        let mut w = vec![0.0; na];
+        (0..n)
+            .map(|_| {
+                let mut path = vec![0usize];
+                loop {
+                    let s = *path.last().unwrap_or(&0);
+                    if self.is_terminal(&[s as i32]) {
+                        return path;
+                    }
+                    self.forward_mask(&[s as i32], &mut mask);
+                    for a in 0..na {
+                        w[a] = if mask[a] { pf[s * na + a].exp() } else { 0.0 };
+                    }
+                    let a = crate::rng::sample_weighted(rng, &w, w.iter().sum());
+                    if Some(a) == self.exit_action() {
+                        return path;
+                    }
+                    path.push(a);
+                }
+            })
+            .collect()
+    }
+
     /// A random path of node ids from node 0 to a terminal object (with an exit action, the node
     /// where it exits; the exit itself is not in the path). `must_move`: never exit at node 0.
     pub fn random_path(&self, rng: &mut GfnRng, must_move: bool) -> Vec<usize> {

@@ -11,37 +11,12 @@
 use candle_core::{Device, Tensor, Var};
 use gfn_core::dag::DagEnv;
 use gfn_core::exact::ExactEvaluator;
-use gfn_core::{Env, EstimatorOutput, GfnRng, rng_from_seed};
+use gfn_core::{Env, EstimatorOutput, rng_from_seed};
 use gfn_objectives::terms::BalanceTerms;
 use gfn_objectives::{trajectory_balance, vi};
 use rand::Rng;
 
 const DEV: Device = Device::Cpu;
-
-fn sample_paths(env: &DagEnv, pf: &[f64], n: usize, rng: &mut GfnRng) -> Vec<Vec<usize>> {
-    let na = env.n_actions();
-    let mut mask = vec![false; na];
-    (0..n)
-        .map(|_| {
-            let mut path = vec![0usize];
-            loop {
-                let s = *path.last().unwrap();
-                if env.is_terminal(&[s as i32]) {
-                    return path;
-                }
-                env.forward_mask(&[s as i32], &mut mask);
-                let w: Vec<f64> = (0..na)
-                    .map(|a| if mask[a] { pf[s * na + a].exp() } else { 0.0 })
-                    .collect();
-                let a = gfn_core::rng::sample_weighted(rng, &w, w.iter().sum());
-                if Some(a) == env.exit_action() {
-                    return path;
-                }
-                path.push(a);
-            }
-        })
-        .collect()
-}
 
 /// The gradient w.r.t. `pf` of the loss on the batch of `paths`.
 fn gradient(env: &DagEnv, paths: &[Vec<usize>], pf: &Var, pb: &Var, log_z: &Var, tb: bool) -> Vec<f64> {
@@ -84,7 +59,7 @@ fn main() {
             let mut rng = rng_from_seed(1000 + seed);
             let (mut sum_tb, mut sq_tb, mut sum_vi, mut sq_vi) = (vec![0.0; s * na], 0.0, vec![0.0; s * na], 0.0);
             for _ in 0..repeats {
-                let paths = sample_paths(&env, &pf_v, batch, &mut rng);
+                let paths = env.sample_paths(&pf_v, batch, &mut rng);
                 let g_tb = gradient(&env, &paths, &pf, &pb, &log_z, true);
                 let g_vi = gradient(&env, &paths, &pf, &pb, &log_z, false);
                 for i in 0..s * na {

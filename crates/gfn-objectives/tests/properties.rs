@@ -595,32 +595,6 @@ fn grad_of(loss: &Tensor, var: &Var) -> Vec<f64> {
     }
 }
 
-/// `n` trajectories of the tabular forward policy `pf` (logits `[states, n_actions]`), as paths.
-fn sample_paths(env: &DagEnv, pf: &[f64], n: usize, rng: &mut GfnRng) -> Vec<Vec<usize>> {
-    let na = env.n_actions();
-    let mut mask = vec![false; na];
-    (0..n)
-        .map(|_| {
-            let mut path = vec![0usize];
-            loop {
-                let s = *path.last().unwrap();
-                if env.is_terminal(&[s as i32]) {
-                    return path;
-                }
-                env.forward_mask(&[s as i32], &mut mask);
-                let w: Vec<f64> = (0..na)
-                    .map(|a| if mask[a] { pf[s * na + a].exp() } else { 0.0 })
-                    .collect();
-                let a = gfn_core::rng::sample_weighted(rng, &w, w.iter().sum());
-                if Some(a) == env.exit_action() {
-                    return path;
-                }
-                path.push(a);
-            }
-        })
-        .collect()
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
@@ -702,7 +676,7 @@ fn pg_gradient_estimates_the_reverse_kl_gradient() {
         let exact = grad_of(&kl, &t.pf);
         // Estimate.
         let pf: Vec<f64> = t.pf.flatten_all().unwrap().to_vec1().unwrap();
-        let paths = sample_paths(&env, &pf, 40_000, &mut rng);
+        let paths = env.sample_paths(&pf, 40_000, &mut rng);
         let batch = env.batch_of_paths(&paths);
         let terms = BalanceTerms::from_batch(&batch, &t.output(&batch.states)).unwrap();
         let (loss, _) = policy_gradient(&terms, batch.batch_size, t.log_z.as_tensor(), &pg(1.0), None).unwrap();

@@ -439,29 +439,23 @@ impl Trainer {
                         &mut self.replay_rows,
                     )?;
                 }
-                let batch = match &mut self.replay {
-                    _ if self.config.local_search > 0 => {
-                        let back = &mut self.back;
-                        self.sampler
-                            .sample_backward_with(env, &mut view, &self.replay_rows, &mut self.rng, back)?;
-                        let walked = back.num_rows() - back.batch_size;
-                        view.record(&back.features[walked * back.feature_dim..], back.batch_size)?;
-                        self.pg_batch.clone_from(&self.batch);
-                        self.pg_batch.append(back)?;
-                        &self.pg_batch
-                    }
-                    Some(replay) if !replay.is_empty() => {
-                        replay.draw(self.replay_batch, &mut self.rng, &mut self.replay_rows);
-                        let back = &mut self.back;
-                        self.sampler
-                            .sample_backward_with(env, &mut view, &self.replay_rows, &mut self.rng, back)?;
-                        let walked = back.num_rows() - back.batch_size;
-                        view.record(&back.features[walked * back.feature_dim..], back.batch_size)?;
-                        self.pg_batch.clone_from(&self.batch);
-                        self.pg_batch.append(back)?;
-                        &self.pg_batch
-                    }
-                    _ => &self.batch,
+                let batch = if extra_objects(
+                    &mut self.replay,
+                    self.config.local_search,
+                    self.replay_batch,
+                    &mut self.rng,
+                    &mut self.replay_rows,
+                ) {
+                    let back = &mut self.back;
+                    self.sampler
+                        .sample_backward_with(env, &mut view, &self.replay_rows, &mut self.rng, back)?;
+                    let walked = back.num_rows() - back.batch_size;
+                    view.record(&back.features[walked * back.feature_dim..], back.batch_size)?;
+                    self.pg_batch.clone_from(&self.batch);
+                    self.pg_batch.append(back)?;
+                    &self.pg_batch
+                } else {
+                    &self.batch
                 };
                 let loss = self.objective.loss_with_offsets(env, batch, &mut view, offsets)?;
                 let value = check_finite(&loss, self.objective, self.iteration)?;
@@ -494,23 +488,20 @@ impl Trainer {
                         &mut self.replay_rows,
                     )?;
                 }
-                let batch = match &mut self.replay {
-                    _ if self.config.local_search > 0 => {
-                        self.sampler
-                            .sample_backward(env, est, &self.replay_rows, &mut self.rng, &mut self.back)?;
-                        self.pg_batch.clone_from(&self.batch);
-                        self.pg_batch.append(&self.back)?;
-                        &self.pg_batch
-                    }
-                    Some(replay) if !replay.is_empty() => {
-                        replay.draw(self.replay_batch, &mut self.rng, &mut self.replay_rows);
-                        self.sampler
-                            .sample_backward(env, est, &self.replay_rows, &mut self.rng, &mut self.back)?;
-                        self.pg_batch.clone_from(&self.batch);
-                        self.pg_batch.append(&self.back)?;
-                        &self.pg_batch
-                    }
-                    _ => &self.batch,
+                let batch = if extra_objects(
+                    &mut self.replay,
+                    self.config.local_search,
+                    self.replay_batch,
+                    &mut self.rng,
+                    &mut self.replay_rows,
+                ) {
+                    self.sampler
+                        .sample_backward(env, est, &self.replay_rows, &mut self.rng, &mut self.back)?;
+                    self.pg_batch.clone_from(&self.batch);
+                    self.pg_batch.append(&self.back)?;
+                    &self.pg_batch
+                } else {
+                    &self.batch
                 };
                 let loss = self.objective.loss_with_offsets(env, batch, &mut &*est, offsets)?;
                 let value = check_finite(&loss, self.objective, self.iteration)?;
@@ -905,6 +896,25 @@ impl Trainer {
         self.metric_rng = ck.metric_rng.clone();
         (self.loss_sum, self.loss_count) = ck.loss_window;
         Ok(())
+    }
+}
+
+/// Whether this step trains on objects beside the batch, re-sampled backward: local search's
+/// (already in `rows`) or a replay draw (into `rows`).
+fn extra_objects(
+    replay: &mut Option<crate::replay::ReplayBuffer>,
+    local_search: usize,
+    replay_batch: usize,
+    rng: &mut GfnRng,
+    rows: &mut Vec<i32>,
+) -> bool {
+    match replay {
+        _ if local_search > 0 => true,
+        Some(replay) if !replay.is_empty() => {
+            replay.draw(replay_batch, rng, rows);
+            true
+        }
+        _ => false,
     }
 }
 
