@@ -13,6 +13,7 @@ use gfn_objectives::fm::FlowMatchingLayout;
 use gfn_objectives::tb::trajectory_balance_residuals;
 use gfn_objectives::*;
 use proptest::prelude::*;
+use proptest::test_runner::RngSeed;
 use rand::Rng;
 
 const DEV: Device = Device::Cpu;
@@ -204,7 +205,7 @@ fn dag_params() -> impl Strategy<Value = (u64, usize, f64, bool)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 48, rng_seed: RngSeed::Fixed(2026), ..ProptestConfig::default() })]
 
     /// The DP solution for a random P_B satisfies every balance condition: zero loss.
     #[test]
@@ -596,7 +597,7 @@ fn grad_of(loss: &Tensor, var: &Var) -> Vec<f64> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 32, rng_seed: RngSeed::Fixed(2026), ..ProptestConfig::default() })]
 
     /// The per-step costs sum to each trajectory's TB residual `log Z + log P_F(τ) − log P_B(τ|x)
     /// − log R(x)`, and the reported TB loss is the TB objective's value.
@@ -636,14 +637,18 @@ proptest! {
             let g = grad_of(&loss, var);
             prop_assert!(g.iter().all(|x| x.abs() < 1e-9), "non-zero gradient {g:?}");
         }
-        // Perturb the forward logits of one visited non-terminal state with a choice.
+        // Perturb the logit of the action trajectory 0 takes at s_0, a state with a choice.
         let first = c.batch.node_row(0, 0) as usize;
         let s = c.batch.states[first] as usize;
         let na = c.env.n_actions();
         let mut pf = finite(&sol.log_pf);
         let allowed: Vec<usize> = (0..na).filter(|&a| c.ev.forward_mask()[s * na + a]).collect();
-        prop_assume!(allowed.len() > 1);
-        pf[s * na + allowed[0]] += delta;
+        let a0 = c.batch.action(0, 0) as usize;
+        // When every trajectory is the one step (s_0, a0), the perturbation shifts every cost by
+        // the same amount, which the centred advantages remove: the gradient is rightly zero.
+        let degenerate = (0..c.batch.batch_size).all(|b| c.batch.lengths[b] == 1 && c.batch.action(b, 0) as usize == a0);
+        prop_assume!(allowed.len() > 1 && !degenerate);
+        pf[s * na + a0] += delta;
         let t2 = Tables::new(&c.ev, &pf, &sol.log_pb, &values, sol.log_z);
         let terms = BalanceTerms::from_batch(&c.batch, &t2.output(&c.batch.states)).unwrap();
         let (loss, stats) = policy_gradient(&terms, c.batch.batch_size, t2.log_z.as_tensor(), &pg(gae_lambda), None).unwrap();
@@ -748,7 +753,7 @@ fn path_counts(env: &DagEnv, ev: &ExactEvaluator) -> Vec<f64> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 32, rng_seed: RngSeed::Fixed(2026), ..ProptestConfig::default() })]
 
     /// The soft-Q fixed point zeroes the soft Bellman loss on every batch (a perturbed Q does
     /// not), and its policy samples `x ∝ R(x) · #paths(s_0 ⇝ x)`: the target `R/Z` exactly on a
