@@ -2,7 +2,10 @@
 //!
 //! Balance objectives for GFlowNets, each in its own file with its formula:
 //! [`fm`] flow matching, [`db`] detailed balance, [`tb`] trajectory balance, [`subtb`] SubTB(λ),
-//! [`fl`] their forward-looking forms FL-DB and FL-SubTB(λ), and [`mdb`] modified DB.
+//! [`fl`] their forward-looking forms FL-DB and FL-SubTB(λ), and [`mdb`] modified DB; beside
+//! them the policy-gradient family ([`pg`], with RL-T's trust-region step in [`trpo`]), reverse-KL
+//! variational inference ([`vi`]), soft Q-learning ([`softq`]) and backward importance-sampled
+//! likelihoods ([`likelihood`]).
 //! They take [`BalanceTerms`] (or [`fm::FlowMatchingTerms`]): padded per-step log-probabilities
 //! and flows gathered from one batched forward pass, so no log-probability is computed twice.
 //! [`Objective`] ties a loss to a batch and an estimator.
