@@ -451,14 +451,14 @@ impl TrainConfig {
         if self.replay_size > 0
             && matches!(
                 self.loss.as_str(),
-                "fm" | "pg-u" | "pg-b" | "pg-g" | "pg-trpo" | "vi" | "led-db" | "led-subtb"
+                "pg-u" | "pg-b" | "pg-g" | "pg-trpo" | "vi" | "led-db" | "led-subtb"
             )
         {
             return Err(GfnError::invalid(
                 "replay_size",
                 self.replay_size,
                 format!(
-                    "replay needs an off-policy objective (tb, db, subtb, fl-db, fl-subtb, mdb, soft-q), not {}",
+                    "replay needs an off-policy objective (fm, tb, db, subtb, fl-db, fl-subtb, mdb, soft-q), not {}",
                     self.loss
                 ),
             ));
@@ -490,13 +490,13 @@ impl TrainConfig {
             }
             if matches!(
                 self.loss.as_str(),
-                "fm" | "pg-u" | "pg-b" | "pg-g" | "pg-trpo" | "vi" | "led-db" | "led-subtb"
+                "pg-u" | "pg-b" | "pg-g" | "pg-trpo" | "vi" | "led-db" | "led-subtb"
             ) {
                 return Err(GfnError::invalid(
                     "local_search",
                     self.local_search,
                     format!(
-                        "needs an off-policy objective (tb, db, subtb, fl-db, fl-subtb, mdb, soft-q), not {}",
+                        "needs an off-policy objective (fm, tb, db, subtb, fl-db, fl-subtb, mdb, soft-q), not {}",
                         self.loss
                     ),
                 ));

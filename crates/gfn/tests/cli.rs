@@ -173,53 +173,59 @@ fn summary_without_timing(dir: &Path) -> serde_json::Value {
     s
 }
 
-/// TB trained with replayed objects (reward-prioritised, re-sampled backward with P_B) beside
+/// TB and FM trained with replayed objects (reward-prioritised, re-sampled backward with P_B) beside
 /// its on-policy batches reaches the target.
 #[test]
 fn replay_trains_to_the_target() {
-    let config = TrainConfig {
-        ndim: 2,
-        height: 6,
-        hidden: 64,
-        iterations: 1500,
-        eval_every: 100,
-        replay_size: 256,
-        replay_batch: 8,
-        replay_priority: "reward".into(),
-        ..TrainConfig::default()
-    };
-    let dir = tmp("target-replay");
-    let mut t = Trainer::new(config, &Device::Cpu).unwrap();
-    let summary = run(&mut t, &RunDir::new(&dir), &mut Silent).unwrap();
-    let tv = summary["exact_last5_mean"]["tv"].as_f64().unwrap();
-    assert!(tv < 0.05, "tb with replay: exact TV {tv}");
-    assert_eq!(
-        t.replay.as_ref().unwrap().len(),
-        256,
-        "the buffer fills to its capacity"
-    );
-    let _ = std::fs::remove_dir_all(dir);
+    for loss in ["tb", "fm"] {
+        let config = TrainConfig {
+            ndim: 2,
+            height: 6,
+            hidden: 64,
+            loss: loss.into(),
+            iterations: 1500,
+            eval_every: 100,
+            replay_size: 256,
+            replay_batch: 8,
+            replay_priority: "reward".into(),
+            ..TrainConfig::default()
+        };
+        let dir = tmp(&format!("target-replay-{loss}"));
+        let mut t = Trainer::new(config, &Device::Cpu).unwrap();
+        let summary = run(&mut t, &RunDir::new(&dir), &mut Silent).unwrap();
+        let tv = summary["exact_last5_mean"]["tv"].as_f64().unwrap();
+        assert!(tv < 0.05, "{loss} with replay: exact TV {tv}");
+        assert_eq!(
+            t.replay.as_ref().unwrap().len(),
+            256,
+            "the buffer fills to its capacity"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
-/// TB with local search on an environment with an exit action (hypergrid: back 2 steps with
+/// TB and FM with local search on an environment with an exit action (hypergrid: back 2 steps with
 /// P_B, forward with P_F until it exits, kept greedily) reaches the target.
 #[test]
 fn local_search_with_an_exit_action_trains_to_the_target() {
-    let config = TrainConfig {
-        ndim: 2,
-        height: 6,
-        hidden: 64,
-        iterations: 1500,
-        eval_every: 100,
-        local_search: 2,
-        ..TrainConfig::default()
-    };
-    let dir = tmp("target-local-search");
-    let mut t = Trainer::new(config, &Device::Cpu).unwrap();
-    let summary = run(&mut t, &RunDir::new(&dir), &mut Silent).unwrap();
-    let tv = summary["exact_last5_mean"]["tv"].as_f64().unwrap();
-    assert!(tv < 0.05, "tb with local search: exact TV {tv}");
-    let _ = std::fs::remove_dir_all(dir);
+    for loss in ["tb", "fm"] {
+        let config = TrainConfig {
+            ndim: 2,
+            height: 6,
+            hidden: 64,
+            loss: loss.into(),
+            iterations: 1500,
+            eval_every: 100,
+            local_search: 2,
+            ..TrainConfig::default()
+        };
+        let dir = tmp(&format!("target-local-search-{loss}"));
+        let mut t = Trainer::new(config, &Device::Cpu).unwrap();
+        let summary = run(&mut t, &RunDir::new(&dir), &mut Silent).unwrap();
+        let tv = summary["exact_last5_mean"]["tv"].as_f64().unwrap();
+        assert!(tv < 0.05, "{loss} with local search: exact TV {tv}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 /// Issue 6's bar: every policy-gradient variant (uniform, trained and guided P_B) reaches exact
