@@ -446,14 +446,16 @@ impl Trainer {
                     &mut self.rng,
                     &mut self.replay_rows,
                 ) {
-                    let back = &mut self.back;
-                    self.sampler
-                        .sample_backward_with(env, &mut view, &self.replay_rows, &mut self.rng, back)?;
-                    let walked = back.num_rows() - back.batch_size;
-                    view.record(&back.features[walked * back.feature_dim..], back.batch_size)?;
-                    self.pg_batch.clone_from(&self.batch);
-                    self.pg_batch.append(back)?;
-                    &self.pg_batch
+                    join_backward(
+                        &mut self.sampler,
+                        env,
+                        Walker::Taped(&mut view),
+                        &self.replay_rows,
+                        &mut self.rng,
+                        &mut self.back,
+                        &self.batch,
+                        &mut self.pg_batch,
+                    )?
                 } else {
                     &self.batch
                 };
@@ -495,11 +497,16 @@ impl Trainer {
                     &mut self.rng,
                     &mut self.replay_rows,
                 ) {
-                    self.sampler
-                        .sample_backward(env, est, &self.replay_rows, &mut self.rng, &mut self.back)?;
-                    self.pg_batch.clone_from(&self.batch);
-                    self.pg_batch.append(&self.back)?;
-                    &self.pg_batch
+                    join_backward(
+                        &mut self.sampler,
+                        env,
+                        Walker::Graph(est),
+                        &self.replay_rows,
+                        &mut self.rng,
+                        &mut self.back,
+                        &self.batch,
+                        &mut self.pg_batch,
+                    )?
                 } else {
                     &self.batch
                 };
@@ -560,20 +567,16 @@ impl Trainer {
                 self.sampler
                     .sample_forward_with(env, &mut view, n, opts, &mut self.rng, &mut self.batch)?;
                 let batch = if backward {
-                    let back = &mut self.back;
-                    self.sampler.sample_backward_with(
+                    join_backward(
+                        &mut self.sampler,
                         env,
-                        &mut view,
+                        Walker::Taped(&mut view),
                         &self.batch.terminal_states,
                         &mut self.rng,
-                        back,
-                    )?;
-                    // The walk evaluated every row but the initial states, which come last.
-                    let walked = back.num_rows() - back.batch_size;
-                    view.record(&back.features[walked * back.feature_dim..], back.batch_size)?;
-                    self.pg_batch.clone_from(&self.batch);
-                    self.pg_batch.append(back)?;
-                    &self.pg_batch
+                        &mut self.back,
+                        &self.batch,
+                        &mut self.pg_batch,
+                    )?
                 } else {
                     &self.batch
                 };
@@ -609,16 +612,16 @@ impl Trainer {
                 self.sampler
                     .sample_forward(env, est, n, opts, &mut self.rng, &mut self.batch)?;
                 let batch = if backward {
-                    self.sampler.sample_backward(
+                    join_backward(
+                        &mut self.sampler,
                         env,
-                        est,
+                        Walker::Graph(est),
                         &self.batch.terminal_states,
                         &mut self.rng,
                         &mut self.back,
-                    )?;
-                    self.pg_batch.clone_from(&self.batch);
-                    self.pg_batch.append(&self.back)?;
-                    &self.pg_batch
+                        &self.batch,
+                        &mut self.pg_batch,
+                    )?
                 } else {
                     &self.batch
                 };
@@ -897,6 +900,39 @@ impl Trainer {
         (self.loss_sum, self.loss_count) = ck.loss_window;
         Ok(())
     }
+}
+
+/// What walks back with P_B: the fast path's taped view, or the estimator through candle.
+enum Walker<'v, 'a> {
+    Taped(&'v mut gfn_core::fast::Taped<'a>),
+    Graph(&'v Estimator),
+}
+
+/// Walk back with P_B from `objects` into `back` and join the walks after `batch` in `joined`.
+/// The taped view then records the walks' initial states, the one row the walk did not evaluate
+/// (they come last), so the loss finds every row on the tape.
+#[allow(clippy::too_many_arguments)]
+fn join_backward<'j>(
+    sampler: &mut Sampler,
+    env: &dyn Env,
+    walker: Walker<'_, '_>,
+    objects: &[i32],
+    rng: &mut GfnRng,
+    back: &mut TrajectoryBatch,
+    batch: &TrajectoryBatch,
+    joined: &'j mut TrajectoryBatch,
+) -> Result<&'j TrajectoryBatch> {
+    match walker {
+        Walker::Taped(view) => {
+            sampler.sample_backward_with(env, view, objects, rng, back)?;
+            let walked = back.num_rows() - back.batch_size;
+            view.record(&back.features[walked * back.feature_dim..], back.batch_size)?;
+        }
+        Walker::Graph(est) => sampler.sample_backward(env, est, objects, rng, back)?,
+    }
+    joined.clone_from(batch);
+    joined.append(back)?;
+    Ok(joined)
 }
 
 /// Whether this step trains on objects beside the batch, re-sampled backward: local search's
