@@ -18,7 +18,9 @@
 //!
 //! It works on one [`Mlp`] (the P_F network, which must not share its trunk with the value head)
 //! through the CPU tape of [`gfn_core::tape`]; the value function and `log Z` keep their Adam
-//! updates.
+//! updates. The old log-probabilities come from the training step's own loss pass; the one
+//! repeated evaluation is a forward over the Fisher rows, to record their activations for the
+//! forward-mode and backward passes.
 
 use gfn_core::batch::{NONE, TrajectoryBatch};
 use gfn_core::nn::Mlp;
