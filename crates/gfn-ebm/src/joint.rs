@@ -4,7 +4,7 @@
 //!
 //! 1. `f(x) = −E_φ(x)` with its graph (reused by step 5; its values are the backward batch's
 //!    rewards and the Metropolis–Hastings baseline).
-//! 2. GFlowNet step with trajectory balance and reward `exp f` (detached):
+//! 2. GFlowNet step (`gfn_steps` of them, each on the same `x`) with trajectory balance and reward `exp f` (detached):
 //!    `L = (1 − α)·L_TB(forward trajectories of P_F) + α·L_TB(backward trajectories of P_B from x)`,
 //!    `α = back_ratio`.
 //! 3. Negatives `x⁻`: the forward batch's objects (`negatives = gfn`), or the back-and-forth
@@ -88,6 +88,9 @@ pub struct JointConfig {
     pub negatives: Negatives,
     /// Accept rule of the back-and-forth proposal.
     pub accept: AcceptRule,
+    /// GFlowNet steps per iteration, each on the iteration's data batch (the official code's
+    /// `train_steps`, 1 there); the EBM steps once.
+    pub gfn_steps: usize,
 }
 
 impl Default for JointConfig {
@@ -103,6 +106,7 @@ impl Default for JointConfig {
             warmup_k: 100_000,
             negatives: Negatives::BackAndForth,
             accept: AcceptRule::MetropolisHastings,
+            gfn_steps: 1,
         }
     }
 }
@@ -121,6 +125,9 @@ impl JointConfig {
         if self.warmup_k == 0 {
             return Err(GfnError::invalid("warmup_k", self.warmup_k, "must be at least 1"));
         }
+        if self.gfn_steps == 0 {
+            return Err(GfnError::invalid("gfn_steps", self.gfn_steps, "must be at least 1"));
+        }
         Ok(())
     }
 
@@ -134,7 +141,7 @@ impl JointConfig {
 /// Figures of one iteration.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepStats {
-    /// The GFlowNet loss `(1 − α) L_fwd + α L_back`.
+    /// The GFlowNet loss `(1 − α) L_fwd + α L_back` (the mean over the iteration's GFlowNet steps).
     pub gfn_loss: f64,
     /// `L_EBM = −(mean f(x) − mean f(x⁻))`.
     pub ebm_loss: f64,
@@ -251,12 +258,19 @@ impl JointTrainer {
         let f_data = self.ebm.log_density(&binary_tensor(data, d, &self.device)?)?;
         let f_data_v = to_f64(&f_data.detach())?;
 
-        // 2. GFlowNet step.
-        let (gfn_loss_v, f_fwd) = if tape {
-            self.gfn_step_tape(data, &f_data_v, rng)?
-        } else {
-            self.gfn_step_graph(data, &f_data_v, rng)?
-        };
+        // 2. GFlowNet steps (the negatives of `negatives = gfn` are the last step's samples).
+        let mut gfn_loss_v = 0.0;
+        let mut f_fwd = None;
+        for _ in 0..self.config.gfn_steps {
+            let (loss, f) = if tape {
+                self.gfn_step_tape(data, &f_data_v, rng)?
+            } else {
+                self.gfn_step_graph(data, &f_data_v, rng)?
+            };
+            gfn_loss_v += loss / self.config.gfn_steps as f64;
+            f_fwd = Some(f);
+        }
+        let f_fwd = f_fwd.ok_or_else(|| GfnError::invalid("gfn_steps", 0, "must be at least 1"))?;
 
         // 3. Negatives.
         let env = &self.env;

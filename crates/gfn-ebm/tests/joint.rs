@@ -46,6 +46,7 @@ fn small_config(negatives: Negatives) -> JointConfig {
         warmup_k: 200,
         negatives,
         accept: AcceptRule::MetropolisHastings,
+        gfn_steps: 1,
     }
 }
 
@@ -205,6 +206,16 @@ fn bad_data_is_a_clear_error() {
         .unwrap()
         .to_string();
     assert!(e.contains("back_ratio"), "{e}");
+    let bad = JointConfig {
+        gfn_steps: 0,
+        ..small_config(Negatives::Gfn)
+    };
+    let ebm = MlpEnergy::new(4, 8, 1, &dev, &mut rng).unwrap();
+    let e = JointTrainer::new(bad, Box::new(ebm), &dev, &mut rng)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("gfn_steps"), "{e}");
     let c = small_config(Negatives::Gfn);
     assert_eq!((c.k_at(0, 8), c.k_at(99, 8), c.k_at(10_000, 8)), (1, 4, 8));
 }
@@ -216,9 +227,14 @@ fn bad_data_is_a_clear_error() {
 fn tape_step_matches_the_reference_step() {
     let dev = Device::Cpu;
     let d = 10;
-    for negatives in [Negatives::BackAndForth, Negatives::Gfn] {
+    for (negatives, gfn_steps) in [
+        (Negatives::BackAndForth, 1),
+        (Negatives::Gfn, 1),
+        (Negatives::BackAndForth, 2),
+    ] {
         let config = JointConfig {
             warmup_k: 4,
+            gfn_steps,
             ..small_config(negatives)
         };
         let trainer = |seed: u64| {
@@ -270,4 +286,33 @@ fn tape_step_matches_the_reference_step() {
         let differ = pa.iter().zip(&pb).filter(|(x, y)| (*x - *y).abs() > 1e-5).count();
         assert!(differ * 1000 <= pa.len(), "{differ} of {} parameters differ", pa.len());
     }
+}
+
+/// `gfn_steps = 2` takes two GFlowNet steps on the iteration's data before the one EBM step:
+/// from the same seed, its first iteration draws more random numbers than `gfn_steps = 1` and
+/// moves log Z twice (Adam's first two steps on a residual of one sign move it by 2·lr).
+#[test]
+fn extra_gfn_steps_are_taken() {
+    let dev = Device::Cpu;
+    let d = 10;
+    let data = two_modes(48, d, &mut rng_from_seed(6));
+    let run = |gfn_steps: usize| {
+        let config = JointConfig {
+            gfn_steps,
+            ..small_config(Negatives::BackAndForth)
+        };
+        let mut rng = rng_from_seed(5);
+        let ebm = MlpEnergy::new(d, 32, 2, &dev, &mut rng).unwrap();
+        let mut t = JointTrainer::new(config, Box::new(ebm), &dev, &mut rng).unwrap();
+        let z0 = t.estimator.log_z_value().unwrap();
+        let stats = t.step(&data, &mut rng).unwrap();
+        (t.estimator.log_z_value().unwrap() - z0, rng, stats)
+    };
+    let (dz1, rng1, s1) = run(1);
+    let (dz2, rng2, s2) = run(2);
+    assert_ne!(rng1, rng2);
+    // log Z starts at 0 and the untrained GFlowNet's residuals are far from zero.
+    assert!((dz1.abs() - 0.1).abs() < 1e-6, "one step moved log Z by {dz1}");
+    assert!((dz2.abs() - 0.2).abs() < 1e-4, "two steps moved log Z by {dz2}");
+    assert!(s1.gfn_loss.is_finite() && s2.gfn_loss.is_finite());
 }

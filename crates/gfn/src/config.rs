@@ -119,6 +119,9 @@ config! {
     back_ratio: f64 = 0.5,
     /// EB-GFN: iterations over which the back-and-forth depth K grows to D [default: 100000].
     warmup_k: usize = 100_000,
+    /// EB-GFN: GFlowNet steps per iteration, each on the iteration's data batch; the EBM steps
+    /// once (the official code's `train_steps`) [default: 1].
+    gfn_steps: usize = 1,
     /// EB-GFN: negatives, `mh` (back-and-forth proposal + accept step) or `gfn` (GFlowNet
     /// samples) [default: mh].
     negatives: String = "mh".into(),

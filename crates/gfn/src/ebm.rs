@@ -21,7 +21,7 @@ use gfn_core::{GfnRng, Sampler, SamplingOptions, TrajectoryBatch, rng_from_seed}
 use gfn_ebm::eval::{self, Estimate};
 use gfn_ebm::{AcceptRule, EnergyModel, IsingEnergy, JointConfig, JointTrainer, MlpEnergy, Negatives, PcdTrainer};
 use gfn_envs::data::digits::Digits;
-use gfn_envs::data::ising::{LatticeIsing, neg_log_rmse};
+use gfn_envs::data::ising::{CouplingError, LatticeIsing, coupling_error};
 use gfn_envs::data::synthetic::{self, Dataset};
 
 use crate::checkpoint::{AuxData, Checkpoint, restore_adam, save_adam};
@@ -177,6 +177,18 @@ pub struct EbmRecord {
     pub mmd_e4: Option<f64>,
     /// Ising: −log RMSE between learned and true couplings.
     pub neg_log_rmse: Option<f64>,
+    /// Ising: mean learned value of the true lattice couplings (the truth is σ).
+    #[serde(default)]
+    pub edge_mean: Option<f64>,
+    /// Ising: standard deviation of the learned lattice couplings.
+    #[serde(default)]
+    pub edge_sd: Option<f64>,
+    /// Ising: root mean square of the learned couplings that should be zero (diagonal excluded).
+    #[serde(default)]
+    pub off_rms: Option<f64>,
+    /// Ising: share of the squared error on the lattice couplings.
+    #[serde(default)]
+    pub edge_share: Option<f64>,
 }
 
 /// Training window of the losses between evaluations.
@@ -277,6 +289,7 @@ fn joint_config(c: &TrainConfig) -> JointConfig {
         warmup_k: c.warmup_k,
         negatives: c.negatives.parse().unwrap_or_default(),
         accept: c.accept.parse().unwrap_or_default(),
+        gfn_steps: c.gfn_steps,
     }
 }
 
@@ -396,6 +409,18 @@ impl EbmRun {
         Ok((log_z, nll))
     }
 
+    /// Ising: the learned couplings against the true ones (the paper's −log RMSE and where its
+    /// error sits); `None` for other tasks.
+    pub fn coupling(&self) -> Result<Option<CouplingError>> {
+        Ok(match (&self.task, self.method.ebm().kind()) {
+            (Task::Ising { model, .. }, "ising") => {
+                let j = ising_coupling(self.method.ebm())?;
+                Some(coupling_error(&j, &model.coupling_matrix())?)
+            }
+            _ => None,
+        })
+    }
+
     /// Evaluate now (`last`: the final evaluation, with the full importance-sample counts).
     pub fn evaluate(&mut self, last: bool) -> Result<EbmRecord> {
         let c = &self.config;
@@ -465,13 +490,7 @@ impl EbmRun {
             }
             _ => None,
         };
-        let neg_log_rmse = match (&self.task, self.method.ebm().kind()) {
-            (Task::Ising { model, .. }, "ising") => {
-                let j = ising_coupling(self.method.ebm())?;
-                Some(neg_log_rmse(&j, &model.coupling_matrix())?)
-            }
-            _ => None,
-        };
+        let coupling = self.coupling()?;
         let w = self.window;
         let per = |v: f64| if w.n > 0 { v / w.n as f64 } else { f64::NAN };
         let rec = EbmRecord {
@@ -486,7 +505,11 @@ impl EbmRun {
             ebm_nll_uniform,
             gfn_nll,
             mmd_e4,
-            neg_log_rmse,
+            neg_log_rmse: coupling.map(|c| c.neg_log_rmse),
+            edge_mean: coupling.map(|c| c.edge_mean),
+            edge_sd: coupling.map(|c| c.edge_sd),
+            off_rms: coupling.map(|c| c.off_rms),
+            edge_share: coupling.map(|c| c.edge_share),
         };
         if self.iteration.is_multiple_of(c.eval_every as u64) {
             self.window = Window {
@@ -796,7 +819,10 @@ pub fn summary_json(t: &EbmRun) -> serde_json::Value {
             "nll": g, "final_loss": r.gfn_loss, "acceptance": r.acceptance, "k": r.k,
         }))),
         "mmd_e4": last.and_then(|r| r.mmd_e4),
-        "ising": last.and_then(|r| r.neg_log_rmse).map(|v| serde_json::json!({"neg_log_rmse": v})),
+        "ising": last.and_then(|r| r.neg_log_rmse.map(|v| serde_json::json!({
+            "neg_log_rmse": v, "edge_mean": r.edge_mean, "edge_sd": r.edge_sd, "off_rms": r.off_rms,
+            "edge_share": r.edge_share,
+        }))),
         "bernoulli_baseline": bernoulli,
     })
 }

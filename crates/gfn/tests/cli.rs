@@ -690,12 +690,34 @@ fn ebm_tasks_train_report_and_resume() {
         "2000",
         "--eval-every",
         "20",
+        "--gfn-steps",
+        "2",
     ];
-    // Ising 3×3 (D = 9: log Z exact), resumed.
+    // Ising 3×3 (D = 9: log Z exact), two GFlowNet steps per iteration, resumed.
     let full = tmp("ebm-full");
     run_ok(&ebm(&full, &[&ising[..], &["--iterations", "40"]].concat()));
     let s = summary(&full);
     assert!(s["ising"]["neg_log_rmse"].as_f64().unwrap().is_finite(), "{s}");
+    for field in ["edge_mean", "edge_sd", "off_rms"] {
+        assert!(s["ising"][field].as_f64().unwrap().is_finite(), "{field}: {s}");
+    }
+    let share = s["ising"]["edge_share"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&share), "{s}");
+    // `gfn eval` reads the same couplings back from the checkpoint.
+    let o = gfn(&[
+        "eval",
+        "--run",
+        full.to_str().unwrap(),
+        "--ais-chains",
+        "10",
+        "--ais-temps",
+        "10",
+        "--json",
+    ]);
+    assert!(o.status.success(), "eval failed: {}", stderr(&o));
+    let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(e["ising"]["neg_log_rmse"], s["ising"]["neg_log_rmse"], "{e}");
+    assert_eq!(e["ising"]["edge_mean"], s["ising"]["edge_mean"], "{e}");
     assert_eq!(
         s["ebm"]["log_z"]["std_err"], 0.0,
         "D = 9 should use the exact log Z: {s}"
@@ -765,6 +787,10 @@ fn ebm_tasks_train_report_and_resume() {
     );
     assert_usage_error(&["train", "--env", "ising", "--lattice", "2"], &["3"]);
     assert_usage_error(&["train", "--env", "digits", "--back-ratio", "2"], &["back_ratio"]);
+    assert_usage_error(
+        &["train", "--env", "digits", "--gfn-steps", "0"],
+        &["gfn_steps", "at least 1"],
+    );
     for d in [full, part, digits, two_d] {
         let _ = std::fs::remove_dir_all(d);
     }

@@ -360,6 +360,70 @@ pub fn neg_log_rmse(j_model: &[f64], j_true: &[f64]) -> Result<f64> {
     Ok(-mse.sqrt().ln())
 }
 
+/// Where the error of learned couplings sits: the paper's metric split between the entries
+/// that are couplings of the true model (non-zero in `J_true`) and those that should be zero.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CouplingError {
+    /// `−log RMSE` over all `D²` entries ([`neg_log_rmse`]).
+    pub neg_log_rmse: f64,
+    /// Mean learned value of the true model's non-zero entries.
+    pub edge_mean: f64,
+    /// Their mean true value.
+    pub edge_true_mean: f64,
+    /// Standard deviation of the learned values there (population).
+    pub edge_sd: f64,
+    /// Root mean square of the learned entries where `J_true` is zero, diagonal excluded.
+    pub off_rms: f64,
+    /// Share of the squared error that sits on the non-zero entries, in `[0, 1]`.
+    pub edge_share: f64,
+}
+
+/// [`neg_log_rmse`] and where its error sits ([`CouplingError`]). `J_true` needs at least one
+/// non-zero entry; the lengths must match and be a square number.
+pub fn coupling_error(j_model: &[f64], j_true: &[f64]) -> Result<CouplingError> {
+    let neg_log_rmse = neg_log_rmse(j_model, j_true)?;
+    let dim = (j_model.len() as f64).sqrt().round() as usize;
+    if dim * dim != j_model.len() {
+        return Err(GfnError::invalid(
+            "j_model length",
+            j_model.len(),
+            "must be D² for some D",
+        ));
+    }
+    let (mut edge_n, mut edge_sum, mut edge_sq, mut true_sum) = (0usize, 0.0, 0.0, 0.0);
+    let (mut off_n, mut off_sq, mut edge_err, mut total_err) = (0usize, 0.0, 0.0, 0.0);
+    for (idx, (&m, &t)) in j_model.iter().zip(j_true).enumerate() {
+        let err = (m - t) * (m - t);
+        total_err += err;
+        if t != 0.0 {
+            edge_n += 1;
+            edge_sum += m;
+            edge_sq += m * m;
+            true_sum += t;
+            edge_err += err;
+        } else if idx / dim != idx % dim {
+            off_n += 1;
+            off_sq += m * m;
+        }
+    }
+    if edge_n == 0 {
+        return Err(GfnError::invalid(
+            "j_true",
+            "all zero",
+            "needs at least one non-zero coupling",
+        ));
+    }
+    let edge_mean = edge_sum / edge_n as f64;
+    Ok(CouplingError {
+        neg_log_rmse,
+        edge_mean,
+        edge_true_mean: true_sum / edge_n as f64,
+        edge_sd: (edge_sq / edge_n as f64 - edge_mean * edge_mean).max(0.0).sqrt(),
+        off_rms: if off_n > 0 { (off_sq / off_n as f64).sqrt() } else { 0.0 },
+        edge_share: if total_err > 0.0 { edge_err / total_err } else { 0.0 },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -550,6 +614,23 @@ mod tests {
         let one = model.gibbs_data(4000, 1, &mut rng_from_seed(7)).unwrap();
         let changed: Vec<usize> = (0..init.len()).filter(|&k| init[k] != one[k]).map(|k| k % 16).collect();
         assert!(!changed.is_empty() && changed.iter().all(|&i| i == 0));
+    }
+
+    #[test]
+    fn coupling_error_splits_edges_from_the_rest() {
+        // D = 2: J_true has the pair (0,1) at 0.1; the model halves it and puts 0.02 on the
+        // diagonal (excluded from off_rms, counted in the RMSE).
+        let j_true = [0.0, 0.1, 0.1, 0.0];
+        let j_model = [0.02, 0.05, 0.07, 0.0];
+        let e = coupling_error(&j_model, &j_true).unwrap();
+        assert!((e.edge_mean - 0.06).abs() < 1e-12 && (e.edge_true_mean - 0.1).abs() < 1e-12);
+        assert!((e.edge_sd - 0.01).abs() < 1e-12);
+        assert_eq!(e.off_rms, 0.0);
+        let edge_err = 0.05f64.powi(2) + 0.03f64.powi(2);
+        assert!((e.edge_share - edge_err / (edge_err + 0.02f64.powi(2))).abs() < 1e-12);
+        assert_eq!(e.neg_log_rmse, neg_log_rmse(&j_model, &j_true).unwrap());
+        assert!(coupling_error(&[0.0; 4], &[0.0; 4]).is_err());
+        assert!(coupling_error(&[0.0; 3], &[0.0, 0.1, 0.1]).is_err());
     }
 
     #[test]
