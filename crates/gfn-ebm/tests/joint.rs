@@ -196,26 +196,28 @@ fn bad_data_is_a_clear_error() {
     let e = t.step(&[0, 1, 2, 0], &mut rng).unwrap_err().to_string();
     assert!(e.contains("data batch") && e.contains("0 or 1"), "{e}");
     assert!(t.step(&[0, 1, 1], &mut rng).is_err());
-    let bad = JointConfig {
-        back_ratio: 1.5,
-        ..small_config(Negatives::Gfn)
+    let mut rejects = |bad: JointConfig, field: &str| {
+        let ebm = MlpEnergy::new(4, 8, 1, &dev, &mut rng).unwrap();
+        let e = JointTrainer::new(bad, Box::new(ebm), &dev, &mut rng)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains(field), "{e}");
     };
-    let ebm = MlpEnergy::new(4, 8, 1, &dev, &mut rng).unwrap();
-    let e = JointTrainer::new(bad, Box::new(ebm), &dev, &mut rng)
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(e.contains("back_ratio"), "{e}");
-    let bad = JointConfig {
-        gfn_steps: 0,
-        ..small_config(Negatives::Gfn)
-    };
-    let ebm = MlpEnergy::new(4, 8, 1, &dev, &mut rng).unwrap();
-    let e = JointTrainer::new(bad, Box::new(ebm), &dev, &mut rng)
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(e.contains("gfn_steps"), "{e}");
+    rejects(
+        JointConfig {
+            back_ratio: 1.5,
+            ..small_config(Negatives::Gfn)
+        },
+        "back_ratio",
+    );
+    rejects(
+        JointConfig {
+            gfn_steps: 0,
+            ..small_config(Negatives::Gfn)
+        },
+        "gfn_steps",
+    );
     let c = small_config(Negatives::Gfn);
     assert_eq!((c.k_at(0, 8), c.k_at(99, 8), c.k_at(10_000, 8)), (1, 4, 8));
 }
