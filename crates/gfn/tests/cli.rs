@@ -110,17 +110,10 @@ fn trained_samplers_reach_the_target() {
         ("vi", 1500),
     ] {
         let config = TrainConfig {
-            ndim: 2,
-            height: 6,
-            loss: loss.into(),
-            hidden: 64,
             iterations,
-            eval_every: 100,
-            ..TrainConfig::default()
+            ..grid_2x6(loss)
         };
-        let dir = tmp(&format!("target-{loss}"));
-        let mut t = Trainer::new(config, &Device::Cpu).unwrap();
-        let summary = run(&mut t, &RunDir::new(&dir), &mut Silent).unwrap();
+        let (t, summary) = train_small(&format!("target-{loss}"), config);
         let tv = summary["exact_last5_mean"]["tv"].as_f64().unwrap();
         let first_tv = t.history[0].exact.unwrap().dist.tv;
         assert!(
@@ -130,8 +123,30 @@ fn trained_samplers_reach_the_target() {
         assert!(tv < first_tv / 2.0, "{loss}: TV did not fall ({first_tv} → {tv})");
         let log_z_error = summary["log_z"]["error"].as_f64().unwrap();
         assert!(log_z_error < 0.1, "{loss}: |log Ẑ − log Z| = {log_z_error}");
-        let _ = std::fs::remove_dir_all(dir);
     }
+}
+
+/// Hypergrid 2×6 with an MLP 2×64, 1,500 iterations, exact evaluation every 100.
+fn grid_2x6(loss: &str) -> TrainConfig {
+    TrainConfig {
+        ndim: 2,
+        height: 6,
+        hidden: 64,
+        loss: loss.into(),
+        iterations: 1500,
+        eval_every: 100,
+        ..TrainConfig::default()
+    }
+}
+
+/// Train `config` in a scratch directory named `name` (removed afterwards); the trainer and
+/// its summary.
+fn train_small(name: &str, config: TrainConfig) -> (Trainer, serde_json::Value) {
+    let dir = tmp(name);
+    let mut t = Trainer::new(config, &Device::Cpu).unwrap();
+    let summary = run(&mut t, &RunDir::new(&dir), &mut Silent).unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+    (t, summary)
 }
 
 /// The same seed and configuration give the same bits; the RNG is the library's own.
@@ -179,20 +194,12 @@ fn summary_without_timing(dir: &Path) -> serde_json::Value {
 fn replay_trains_to_the_target() {
     for loss in ["tb", "fm"] {
         let config = TrainConfig {
-            ndim: 2,
-            height: 6,
-            hidden: 64,
-            loss: loss.into(),
-            iterations: 1500,
-            eval_every: 100,
             replay_size: 256,
             replay_batch: 8,
             replay_priority: "reward".into(),
-            ..TrainConfig::default()
+            ..grid_2x6(loss)
         };
-        let dir = tmp(&format!("target-replay-{loss}"));
-        let mut t = Trainer::new(config, &Device::Cpu).unwrap();
-        let summary = run(&mut t, &RunDir::new(&dir), &mut Silent).unwrap();
+        let (t, summary) = train_small(&format!("target-replay-{loss}"), config);
         let tv = summary["exact_last5_mean"]["tv"].as_f64().unwrap();
         assert!(tv < 0.05, "{loss} with replay: exact TV {tv}");
         assert_eq!(
@@ -200,7 +207,6 @@ fn replay_trains_to_the_target() {
             256,
             "the buffer fills to its capacity"
         );
-        let _ = std::fs::remove_dir_all(dir);
     }
 }
 
@@ -210,21 +216,12 @@ fn replay_trains_to_the_target() {
 fn local_search_with_an_exit_action_trains_to_the_target() {
     for loss in ["tb", "fm"] {
         let config = TrainConfig {
-            ndim: 2,
-            height: 6,
-            hidden: 64,
-            loss: loss.into(),
-            iterations: 1500,
-            eval_every: 100,
             local_search: 2,
-            ..TrainConfig::default()
+            ..grid_2x6(loss)
         };
-        let dir = tmp(&format!("target-local-search-{loss}"));
-        let mut t = Trainer::new(config, &Device::Cpu).unwrap();
-        let summary = run(&mut t, &RunDir::new(&dir), &mut Silent).unwrap();
+        let (_, summary) = train_small(&format!("target-local-search-{loss}"), config);
         let tv = summary["exact_last5_mean"]["tv"].as_f64().unwrap();
         assert!(tv < 0.05, "{loss} with local search: exact TV {tv}");
-        let _ = std::fs::remove_dir_all(dir);
     }
 }
 
