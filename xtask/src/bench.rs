@@ -270,6 +270,24 @@ pub struct Session {
     pub peers: Vec<PeerStatus>,
     /// Finished runs.
     pub runs: Vec<RunRecord>,
+    /// Later `cargo xtask resume` calls that added the runs an interruption left out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resumed: Vec<Resumption>,
+}
+
+/// A `cargo xtask resume` call: when, with which source tree and binary, and which runs it made.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Resumption {
+    /// When it started (RFC 3339, UTC).
+    pub at: String,
+    /// The command line.
+    pub command: String,
+    /// The source tree it built `gfn` from.
+    pub git: Git,
+    /// The `gfn` binary it used (path, build time, size).
+    pub gfn_binary: Option<Value>,
+    /// The runs it made, in plan order.
+    pub runs: Vec<String>,
 }
 
 /// Environment of every child: one intra-op thread (or `--threads`) for every library.
@@ -326,6 +344,18 @@ fn progress_figures(metrics: &[Metric], record: &Value) -> String {
         .join(", ")
 }
 
+/// Path, build time and size of the `gfn` binary a suite uses.
+fn binary_facts(built: &Path) -> Option<Value> {
+    std::fs::metadata(built).ok().map(|m| {
+        let modified = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| Utc::from_unix(d.as_secs() as i64).rfc3339());
+        serde_json::json!({ "path": built.display().to_string(), "modified": modified, "bytes": m.len() })
+    })
+}
+
 /// Runs `suite`; returns the results directory and whether every run succeeded.
 pub fn run(request: BenchRequest, suite: Suite) -> Result<(PathBuf, bool)> {
     let layout = Layout::detect();
@@ -341,14 +371,7 @@ pub fn run(request: BenchRequest, suite: Suite) -> Result<(PathBuf, bool)> {
     // A private copy: a concurrent `cargo build` must not swap the binary mid-suite.
     let gfn = dir.join("gfn");
     std::fs::copy(&built, &gfn).with_context(|| format!("cannot copy {} to {}", built.display(), gfn.display()))?;
-    let gfn_binary = std::fs::metadata(&built).ok().map(|m| {
-        let modified = m
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| Utc::from_unix(d.as_secs() as i64).rfc3339());
-        serde_json::json!({ "path": built.display().to_string(), "modified": modified, "bytes": m.len() })
-    });
+    let gfn_binary = binary_facts(&built);
     let probe = RssProbe::detect(&runs_dir);
 
     let mut peer_envs: Vec<(&PeerSpec, PeerEnv)> = Vec::new();
@@ -397,6 +420,7 @@ pub fn run(request: BenchRequest, suite: Suite) -> Result<(PathBuf, bool)> {
         rss_method: probe.describe().into(),
         peers: peer_statuses,
         runs: Vec::new(),
+        resumed: Vec::new(),
         request,
     };
     let env = thread_env(session.request.options.threads);
@@ -414,14 +438,19 @@ pub fn run(request: BenchRequest, suite: Suite) -> Result<(PathBuf, bool)> {
     );
 
     if session.request.jobs > 1 && peer_envs.is_empty() {
+        let todo: Vec<usize> = (0..total).collect();
+        let jobs = session.request.jobs;
         let all_ok = run_concurrently(
-            &gfn,
-            &built,
+            &Binaries {
+                gfn: &gfn,
+                shown: &built,
+            },
             &layout,
-            &runs_dir,
             &dir,
             &suite,
             &mut session,
+            &todo,
+            jobs,
             &env,
             &probe,
         )?;
@@ -498,34 +527,48 @@ pub fn run(request: BenchRequest, suite: Suite) -> Result<(PathBuf, bool)> {
     Ok((dir, all_ok))
 }
 
-/// `--jobs N` without peers: up to N runs at once, taken in plan order; the report is rewritten
-/// after each finishes, with the finished runs in plan order. Returns whether all succeeded.
+/// The `gfn` a suite runs (a private copy) and the path its records show.
+struct Binaries<'a> {
+    gfn: &'a Path,
+    shown: &'a Path,
+}
+
+/// `--jobs N` without peers: the planned runs at the indices `todo`, up to N at once, in plan
+/// order; the report is rewritten after each finishes, with every finished run (those already in
+/// `session` included) in plan order. Returns whether every planned run has succeeded.
 #[allow(clippy::too_many_arguments)]
 fn run_concurrently(
-    gfn: &Path,
-    built: &Path,
+    bin: &Binaries<'_>,
     layout: &Layout,
-    runs_dir: &Path,
     dir: &Path,
     suite: &Suite,
     session: &mut Session,
+    todo: &[usize],
+    jobs: u32,
     env: &[(String, String)],
     probe: &RssProbe,
 ) -> Result<bool> {
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
     let total = suite.runs.len();
+    let runs_dir = dir.join("runs");
+    let mut slots: Vec<Option<RunRecord>> = vec![None; total];
+    for record in session.runs.drain(..) {
+        if let Some(i) = suite.runs.iter().position(|r| r.name == record.name) {
+            slots[i] = Some(record);
+        }
+    }
+    session.runs = slots.iter().flatten().cloned().collect();
     let next = AtomicUsize::new(0);
-    let done: Mutex<Vec<Option<RunRecord>>> = Mutex::new(vec![None; total]);
-    let jobs = (session.request.jobs as usize).min(total);
+    let done = Mutex::new(slots);
+    let jobs = (jobs.max(1) as usize).min(todo.len().max(1));
     let shared = Mutex::new((&mut *session, Ok::<(), anyhow::Error>(())));
     std::thread::scope(|scope| {
         for _ in 0..jobs {
             scope.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    let Some(spec) = suite.runs.get(i) else { break };
-                    let record = run_ours(gfn, built, layout, runs_dir, spec, env, probe);
+                while let Some(&i) = todo.get(next.fetch_add(1, Ordering::SeqCst)) {
+                    let spec = &suite.runs[i];
+                    let record = run_ours(bin.gfn, bin.shown, layout, &runs_dir, spec, env, probe);
                     let tag = format!("[{}/{total}] {}", i + 1, spec.name);
                     if record.ok {
                         let json = serde_json::to_value(&record).unwrap_or(Value::Null);
@@ -552,6 +595,94 @@ fn run_concurrently(
     let (_, status) = shared.into_inner().unwrap_or_else(|e| e.into_inner());
     status?;
     Ok(session.runs.len() == total && session.runs.iter().all(|r| r.ok))
+}
+
+/// The indices of the planned runs that have no successful record yet.
+fn missing_runs(session: &Session) -> Vec<usize> {
+    session
+        .plan
+        .iter()
+        .enumerate()
+        .filter(|(_, spec)| !session.runs.iter().any(|r| r.ok && r.name == spec.name))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// `cargo xtask resume DIR`: makes the planned runs of the suite run in DIR that have no
+/// successful record (an interrupted or failed run starts again from scratch, its partial
+/// directory removed), adds them to `results.json` in plan order, records the call under
+/// `resumed`, and marks the run finished. Returns whether every planned run has now succeeded.
+pub fn resume(dir: &Path, jobs: u32, command: String) -> Result<bool> {
+    let path = dir.join("results.json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut session: Session =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a suite's results.json", path.display()))?;
+    let def = crate::suite::find(&session.request.suite)
+        .with_context(|| format!("unknown suite {} in {}", session.request.suite, path.display()))?;
+    let mut suite = (def.build)(&session.request.options);
+    suite.runs = session.plan.clone();
+    let todo = missing_runs(&session);
+    if todo.is_empty() {
+        eprintln!(
+            "{}: all {} planned runs already succeeded; nothing to do",
+            dir.display(),
+            session.plan.len()
+        );
+        return Ok(true);
+    }
+    let layout = Layout::detect();
+    let built = if session.request.device == "cpu" {
+        runner::build_gfn(&layout)?
+    } else {
+        runner::build_gfn_cuda(&layout)?
+    };
+    let runs_dir = dir.join("runs");
+    std::fs::create_dir_all(&runs_dir)?;
+    for &i in &todo {
+        let partial = runs_dir.join(&session.plan[i].name);
+        if partial.exists() {
+            std::fs::remove_dir_all(&partial).with_context(|| format!("cannot remove {}", partial.display()))?;
+        }
+    }
+    let gfn = dir.join("gfn");
+    std::fs::copy(&built, &gfn).with_context(|| format!("cannot copy {} to {}", built.display(), gfn.display()))?;
+    let names: Vec<String> = todo.iter().map(|&i| session.plan[i].name.clone()).collect();
+    eprintln!(
+        "resume {}: {} of {} runs left ({}), results in {}",
+        suite.name,
+        todo.len(),
+        session.plan.len(),
+        names.join(", "),
+        dir.display()
+    );
+    session.resumed.push(Resumption {
+        at: Utc::now().rfc3339(),
+        command,
+        git: Git::detect(&layout.root),
+        gfn_binary: binary_facts(&built),
+        runs: names,
+    });
+    session.finished = None;
+    let env = thread_env(session.request.options.threads);
+    let probe = RssProbe::detect(&runs_dir);
+    let all_ok = run_concurrently(
+        &Binaries {
+            gfn: &gfn,
+            shown: &built,
+        },
+        &layout,
+        dir,
+        &suite,
+        &mut session,
+        &todo,
+        jobs,
+        &env,
+        &probe,
+    )?;
+    session.finished = Some(Utc::now().rfc3339());
+    report::write(dir, &suite, &session, true)?;
+    let _ = std::fs::remove_file(&gfn);
+    Ok(all_ok)
 }
 
 /// Makes one of our runs with `gfn` (a copy of `shown`, the path recorded in its command).
@@ -778,6 +909,56 @@ pub fn rerender(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A session of the hypergrid suite planned as runs `a`, `b`, `c`, with `a` done, `b` failed
+    /// and `c` never started.
+    fn interrupted_session() -> Session {
+        let spec = |name: &str| {
+            serde_json::json!({"name": name, "group": "g", "row": name, "seed": 0,
+                "gfn_args": ["train"], "peer_args": [], "output": "RunDir"})
+        };
+        let record = |name: &str, ok: bool| {
+            serde_json::json!({"name": name, "group": "g", "row": name, "seed": 0, "command": ["gfn"],
+                "ok": ok, "error": null, "process_wall_seconds": null, "peak_rss_mb": null,
+                "summary": null, "curve": [], "peers": []})
+        };
+        serde_json::from_value(serde_json::json!({
+            "request": {"suite": "hypergrid", "options": {"quick": true, "seeds": 1, "threads": 1}, "vs": [], "command": "cargo xtask bench hypergrid"},
+            "started": "then", "finished": null, "plan": [spec("a"), spec("b"), spec("c")],
+            "versions": {"peers": {}}, "machine": {}, "git": {}, "rss_method": "none", "peers": [],
+            "runs": [record("a", true), record("b", false)]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn resume_makes_the_runs_without_a_successful_record() {
+        let mut session = interrupted_session();
+        assert_eq!(missing_runs(&session), vec![1, 2]);
+        assert!(
+            session.resumed.is_empty(),
+            "an old results.json reads with no resumptions"
+        );
+        session.resumed.push(Resumption {
+            at: "now".into(),
+            command: "cargo xtask resume DIR".into(),
+            git: Git {
+                commit: Some("0123456789abcdef".into()),
+                dirty: Some(false),
+            },
+            gfn_binary: None,
+            runs: vec!["b".into(), "c".into()],
+        });
+        let def = crate::suite::find("hypergrid").unwrap();
+        let suite = (def.build)(&session.request.options);
+        let md = report::markdown(&suite, &session, &[], true);
+        assert!(
+            md.contains("Completed by `cargo xtask resume DIR` at now (gfn at commit 0123456789): b, c."),
+            "{md}"
+        );
+        let back: Session = serde_json::from_value(serde_json::to_value(&session).unwrap()).unwrap();
+        assert_eq!(back.resumed[0].runs, ["b", "c"]);
+    }
 
     #[test]
     fn reads_ebm_metrics_records() {

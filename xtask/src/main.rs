@@ -51,6 +51,16 @@ enum Command {
         #[arg(long)]
         no_test: bool,
     },
+    /// Finish an interrupted suite run: make the planned runs of DIR that have no successful
+    /// record (from scratch, with the gfn built from the current tree), add them to its
+    /// results.json and results.md in plan order, and note the call there under `resumed`.
+    Resume {
+        /// Results directory, e.g. target/bench/ebm/latest.
+        dir: std::path::PathBuf,
+        /// Runs made at once.
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        jobs: u32,
+    },
     /// Rewrite results.md, results.json and the plots of an earlier suite run (DIR holds its
     /// results.json) with the current tables and plots.
     Rerender {
@@ -137,6 +147,24 @@ fn main() -> ExitCode {
             Ok(()) => {
                 eprintln!("rewrote {}", dir.join("results.md").display());
                 ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Resume { dir, jobs } => match bench::resume(&dir, jobs, command_line()) {
+            Ok(all_ok) => {
+                match std::fs::read_to_string(dir.join("results.md")) {
+                    Ok(md) => print!("{md}"),
+                    Err(e) => eprintln!("error: cannot read {}: {e}", dir.join("results.md").display()),
+                }
+                if all_ok {
+                    ExitCode::SUCCESS
+                } else {
+                    eprintln!("some runs failed (listed at the end of results.md)");
+                    ExitCode::FAILURE
+                }
             }
             Err(e) => {
                 eprintln!("error: {e:#}");

@@ -400,6 +400,15 @@ pub fn markdown(suite: &Suite, session: &Session, aggs: &[Aggregate], complete: 
     facts.push(format!("{t} thread{} per run", if t == 1 { "" } else { "s" }));
     md.push_str(&facts.join(" · "));
     md.push_str("\n\n");
+    for r in &session.resumed {
+        md.push_str(&format!(
+            "Completed by `{}` at {} (gfn at commit {}): {}.\n\n",
+            r.command,
+            r.at,
+            r.git.line(),
+            r.runs.join(", ")
+        ));
+    }
     for p in session.peers.iter().filter(|p| !p.available) {
         md.push_str(&format!(
             "Peer {} unavailable ({}): the suite ran without it.\n\n",
