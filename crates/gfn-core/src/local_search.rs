@@ -176,8 +176,9 @@ fn masked_log_prob(logits: &[f32], mask: &[bool], a: usize) -> f64 {
     f64::from(logits[a]) - max - total.ln()
 }
 
-/// Draw from the masked softmax of `logits`.
-fn draw(logits: &[f32], mask: &[bool], rng: &mut GfnRng, weights: &mut Vec<f64>) -> Result<usize> {
+/// Draw from the masked softmax of `logits`; returns the action and its log-probability (the
+/// same bits as [`masked_log_prob`], from the one pass over the row).
+fn draw(logits: &[f32], mask: &[bool], rng: &mut GfnRng, weights: &mut Vec<f64>) -> Result<(usize, f64)> {
     let max = logits
         .iter()
         .zip(mask)
@@ -196,8 +197,9 @@ fn draw(logits: &[f32], mask: &[bool], rng: &mut GfnRng, weights: &mut Vec<f64>)
             .zip(mask)
             .map(|(&l, &m)| if m { (f64::from(l) - max).exp() } else { 0.0 }),
     );
-    let total = weights.iter().sum();
-    Ok(sample_weighted(rng, weights, total))
+    let total: f64 = weights.iter().sum();
+    let a = sample_weighted(rng, weights, total);
+    Ok((a, f64::from(logits[a]) - max - total.ln()))
 }
 
 /// Propose `x'` for every object of `xs` (`[n, state_dim]`, terminal) by `k` backward then `k`
@@ -257,8 +259,8 @@ pub fn back_and_forth<E: Env + ?Sized, P: StatePolicy + ?Sized>(
             if step < k {
                 env.backward_mask(s, &mut bmask);
                 let logits = &pb[b * nb..(b + 1) * nb];
-                let a = draw(logits, &bmask, rng, &mut weights)?;
-                log_fwd[b] += masked_log_prob(logits, &bmask, a);
+                let (a, log_p) = draw(logits, &bmask, rng, &mut weights)?;
+                log_fwd[b] += log_p;
                 undone.push(env.backward_step(s, a));
             }
         }
@@ -279,8 +281,8 @@ pub fn back_and_forth<E: Env + ?Sized, P: StatePolicy + ?Sized>(
             }
             env.forward_mask(s, &mut fmask);
             let logits = &pf[b * na..(b + 1) * na];
-            let a = draw(logits, &fmask, rng, &mut weights)?;
-            log_fwd[b] += masked_log_prob(logits, &fmask, a);
+            let (a, log_p) = draw(logits, &fmask, rng, &mut weights)?;
+            log_fwd[b] += log_p;
             redo_back.push(env.step(s, a));
         }
     }
@@ -357,8 +359,8 @@ fn back_and_forth_exit<E: Env + ?Sized, P: StatePolicy + ?Sized>(
                     continue; // at s_0: this chain's walk back is over
                 }
                 let logits = &pb[b * nb..(b + 1) * nb];
-                let a = draw(logits, &bmask, rng, &mut weights)?;
-                log_fwd[b] += masked_log_prob(logits, &bmask, a);
+                let (a, log_p) = draw(logits, &bmask, rng, &mut weights)?;
+                log_fwd[b] += log_p;
                 undone[b] = env.backward_step(s, a);
             }
         }
@@ -389,8 +391,8 @@ fn back_and_forth_exit<E: Env + ?Sized, P: StatePolicy + ?Sized>(
             }
             env.forward_mask(s, &mut fmask);
             let logits = &pf[b * na..(b + 1) * na];
-            let a = draw(logits, &fmask, rng, &mut weights)?;
-            log_fwd[b] += masked_log_prob(logits, &fmask, a);
+            let (a, log_p) = draw(logits, &fmask, rng, &mut weights)?;
+            log_fwd[b] += log_p;
             if a == exit {
                 done[b] = true;
             } else {
@@ -409,6 +411,19 @@ mod tests {
     use super::*;
     use crate::dag::DagEnv;
     use crate::rng_from_seed;
+
+    #[test]
+    fn draw_returns_the_log_prob_of_its_action_bit_for_bit() {
+        let mut rng = rng_from_seed(7);
+        let mut weights = Vec::new();
+        let logits: Vec<f32> = (0..13).map(|i| ((i * 37) % 11) as f32 * 0.7 - 3.0).collect();
+        for m in 1..(1u32 << 13) {
+            let mask: Vec<bool> = (0..13).map(|i| m >> i & 1 == 1).collect();
+            let (a, log_p) = draw(&logits, &mask, &mut rng, &mut weights).unwrap();
+            assert!(mask[a], "drew a masked-out action {a}");
+            assert_eq!(log_p.to_bits(), masked_log_prob(&logits, &mask, a).to_bits());
+        }
+    }
 
     /// A uniform policy: every logit 0.
     struct Uniform(usize, usize);
