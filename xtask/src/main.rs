@@ -153,24 +153,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Resume { dir, jobs } => match bench::resume(&dir, jobs, command_line()) {
-            Ok(all_ok) => {
-                match std::fs::read_to_string(dir.join("results.md")) {
-                    Ok(md) => print!("{md}"),
-                    Err(e) => eprintln!("error: cannot read {}: {e}", dir.join("results.md").display()),
-                }
-                if all_ok {
-                    ExitCode::SUCCESS
-                } else {
-                    eprintln!("some runs failed (listed at the end of results.md)");
-                    ExitCode::FAILURE
-                }
-            }
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Resume { dir, jobs } => suite_outcome(bench::resume(&dir, jobs, command_line()).map(|ok| (dir, ok))),
         Command::CheckCuda { bundle, no_test } => match cuda::check_cuda(&cuda::CheckCuda { bundle, no_test }) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -248,7 +231,13 @@ fn bench_cmd(args: BenchArgs) -> ExitCode {
         jobs: args.jobs,
         device: args.device.clone(),
     };
-    match bench::run(request, suite) {
+    suite_outcome(bench::run(request, suite))
+}
+
+/// Prints a suite run's `results.md` and where it lies; exit code 1 if a run failed or the
+/// suite could not run.
+fn suite_outcome(outcome: anyhow::Result<(std::path::PathBuf, bool)>) -> ExitCode {
+    match outcome {
         Ok((dir, all_ok)) => {
             match std::fs::read_to_string(dir.join("results.md")) {
                 Ok(md) => print!("{md}"),
