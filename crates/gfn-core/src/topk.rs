@@ -36,7 +36,8 @@ impl TopKTracker {
     pub fn new(k: usize) -> Self {
         Self {
             k,
-            best: Vec::with_capacity(k + 1),
+            // Grows as objects arrive: `k` is a user's number and may be far above what a run finds.
+            best: Vec::new(),
         }
     }
 
@@ -108,7 +109,8 @@ impl RecentRewards {
         Self {
             capacity,
             next: 0,
-            rewards: Vec::with_capacity(capacity),
+            // Grows as samples arrive (a window may be longer than the run).
+            rewards: Vec::new(),
         }
     }
 

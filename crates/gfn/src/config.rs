@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use gfn_core::{BackwardPolicy, GfnError, Result};
 
+/// The most intra-op threads a run may ask for.
+pub const MAX_THREADS: usize = 1024;
+
 macro_rules! config {
     ($( $(#[$doc:meta])* $field:ident : $ty:ty = $default:expr ),* $(,)?) => {
         /// A fully resolved training configuration (what `config.toml` in a run directory holds).
@@ -404,8 +407,103 @@ impl TrainConfig {
         if crate::ebm::is_ebm_env(&self.env) {
             return crate::ebm::validate(self).map_err(|e| GfnError::Other(format!("{e:#}")));
         }
-        crate::envs::build_env(self)?;
-        Ok(())
+        if self.env == "hypergrid" && self.r0 == 0.0 {
+            return Err(GfnError::invalid(
+                "r0",
+                self.r0,
+                "must be > 0 for training: with r0 = 0 the objects outside the reward bands have R = 0 (log R = −∞), which no balance loss can fit; use a small positive r0 such as 1e-4",
+            ));
+        }
+        let env = crate::envs::build_env(self)?;
+        crate::memory::check(&self.memory_needs(env.as_ref()), crate::memory::machine_memory())
+    }
+
+    /// Lower bounds on what a run of this configuration allocates on `env`, each with the field
+    /// that sizes it (see [`crate::memory`]).
+    pub fn memory_needs(&self, env: &dyn gfn_core::Env) -> Vec<crate::memory::Need> {
+        use crate::memory::{Need, network_need, trajectory_need};
+        let (h, l) = (self.hidden, self.layers);
+        let outputs = env.n_actions() + env.n_backward_actions() + 1;
+        let mut needs = vec![
+            network_need(
+                "the GFlowNet's network",
+                ("hidden", "layers"),
+                env.feature_dim(),
+                h,
+                l,
+                outputs,
+            ),
+            trajectory_need(
+                "batch_size",
+                "one training batch's trajectories",
+                env,
+                self.batch_size,
+                h,
+                l,
+            ),
+        ];
+        if self.metric_batch > 0 {
+            needs.push(trajectory_need(
+                "metric_batch",
+                "one measurement batch's trajectories",
+                env,
+                self.metric_batch,
+                h,
+                l,
+            ));
+        }
+        if self.replay_size > 0 {
+            let batch = if self.replay_batch == 0 {
+                self.batch_size
+            } else {
+                self.replay_batch
+            };
+            needs.push(trajectory_need(
+                "replay_batch",
+                "one batch of replayed trajectories",
+                env,
+                batch,
+                h,
+                l,
+            ));
+            let held = self.replay_size.min(self.iterations.saturating_mul(self.batch_size));
+            needs.push(Need {
+                field: "replay_size",
+                value: self.replay_size.to_string(),
+                what: "the replay buffer's objects".into(),
+                bytes: held as f64 * (4.0 * env.state_dim() as f64 + 8.0),
+            });
+        }
+        if self.grad_cosine_every > 0 {
+            needs.push(trajectory_need(
+                "grad_cosine_batch",
+                "the gradient analysis's trajectories",
+                env,
+                self.grad_cosine_batch,
+                h,
+                l,
+            ));
+        }
+        if self.loss.starts_with("led-") {
+            let led_h = if self.led_hidden == 0 { h } else { self.led_hidden };
+            needs.push(network_need(
+                "LED's potential network",
+                ("led_hidden", "layers"),
+                2 * env.feature_dim(),
+                led_h,
+                l,
+                1,
+            ));
+            let stored = self.led_buffer.min(self.iterations) as f64;
+            needs.push(Need {
+                field: "led_buffer",
+                value: self.led_buffer.to_string(),
+                what: "LED's buffer of stored batches".into(),
+                // At least one transition (its two feature rows and an index) per trajectory.
+                bytes: stored * self.batch_size as f64 * (8.0 * env.feature_dim() as f64 + 4.0),
+            });
+        }
+        needs
     }
 
     /// Check every field except the environment's (for a user-supplied environment).
@@ -423,6 +521,13 @@ impl TrainConfig {
         positive("eval_every", self.eval_every)?;
         positive("empirical_window", self.empirical_window)?;
         positive("threads", self.threads)?;
+        if self.threads > MAX_THREADS {
+            return Err(GfnError::invalid(
+                "threads",
+                self.threads,
+                format!("must be at most {MAX_THREADS} (one intra-op thread is the fastest on small machines)"),
+            ));
+        }
         positive("grad_cosine_batch", self.grad_cosine_batch)?;
         positive("grad_cosine_repeats", self.grad_cosine_repeats)?;
         if !(self.led_drop_rate.is_finite() && self.led_drop_rate < 1.0) {

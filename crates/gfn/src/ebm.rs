@@ -275,7 +275,51 @@ pub fn validate(config: &TrainConfig) -> Result<()> {
         }
         _ => {}
     }
+    crate::memory::check(&memory_needs(config)?, crate::memory::machine_memory())?;
     Ok(())
+}
+
+/// Lower bounds on what an EBM run of `config` allocates, each with the field that sizes it (see
+/// [`crate::memory`]); `config.env` is an EBM task whose lattice, if any, is valid.
+fn memory_needs(config: &TrainConfig) -> Result<Vec<crate::memory::Need>> {
+    use crate::memory::{Need, network_need, trajectory_need};
+    let dim = match config.env.as_str() {
+        "ising" => config.lattice * config.lattice,
+        "digits" => gfn_envs::data::digits::PIXELS,
+        _ => synthetic::GrayCode::BITS,
+    };
+    let env = gfn_envs::binary::BinaryEnv::new(dim)?;
+    let (h, l) = (config.hidden, config.layers);
+    let rows = |field: &'static str, what: &str, n: usize| Need {
+        field,
+        value: n.to_string(),
+        what: what.into(),
+        bytes: n as f64 * dim as f64 * 4.0,
+    };
+    let mut needs = vec![
+        network_need("the GFlowNet's network", ("hidden", "layers"), dim, h, l, 3 * dim + 1),
+        network_need(
+            "the energy model",
+            ("ebm_hidden", "ebm_layers"),
+            dim,
+            config.ebm_hidden,
+            config.ebm_layers,
+            1,
+        ),
+        trajectory_need(
+            "batch_size",
+            "one batch's forward and backward trajectories",
+            &env,
+            config.batch_size.saturating_mul(2),
+            h,
+            l,
+        ),
+        rows("eval_test", "the test rows", config.eval_test),
+    ];
+    if config.env == "ising" {
+        needs.push(rows("ising_samples", "the Gibbs samples", config.ising_samples));
+    }
+    Ok(needs)
 }
 
 fn joint_config(c: &TrainConfig) -> JointConfig {

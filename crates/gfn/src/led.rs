@@ -67,7 +67,8 @@ impl LedTrainer {
         Ok(Self {
             net,
             optimizer: Adam::new(params, vec![AdamParams::adam(config.led_lr)]),
-            buffer: VecDeque::with_capacity(config.led_buffer),
+            // Grows as batches arrive: the buffer may be longer than the run.
+            buffer: VecDeque::new(),
             capacity: config.led_buffer,
             drop_rate: (config.led_drop_rate >= 0.0).then_some(config.led_drop_rate),
             extra_steps: config.led_steps,

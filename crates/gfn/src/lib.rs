@@ -21,6 +21,7 @@ pub mod envs;
 pub mod gradcos;
 pub mod io;
 pub mod led;
+pub mod memory;
 pub mod plot;
 pub mod replay;
 pub mod task_metrics;

@@ -48,8 +48,9 @@ impl ReplayBuffer {
         Self {
             capacity,
             state_dim,
-            states: Vec::with_capacity(capacity * state_dim),
-            log_reward: Vec::with_capacity(capacity),
+            // Grow as objects arrive: a buffer may be larger than the run ever fills.
+            states: Vec::new(),
+            log_reward: Vec::new(),
             next: 0,
             priority,
             weights: Vec::new(),

@@ -485,6 +485,32 @@ fn bad_input_gets_a_clear_error() {
     );
     assert_usage_error(&["train", "--r0", "-1", "--out", d], &["r0", "-1"]);
     assert_usage_error(&["train", "--batch-size", "0", "--out", d], &["batch_size", "0"]);
+    // Sizes no machine can hold are refused before anything is allocated, naming the field.
+    assert_usage_error(
+        &["train", "--batch-size", "4294967297", "--out", d],
+        &["batch_size", "4294967297", "memory", "trajectories"],
+    );
+    assert_usage_error(
+        &["train", "--hidden", "100000000", "--out", d],
+        &["hidden", "100000000", "memory", "network"],
+    );
+    assert_usage_error(
+        &["train", "--layers", "100000000", "--out", d],
+        &["layers", "100000000", "memory", "network"],
+    );
+    assert_usage_error(
+        &["train", "--env", "bag", "--metric-batch", "4294967297", "--out", d],
+        &["metric_batch", "4294967297", "memory"],
+    );
+    assert_usage_error(
+        &["train", "--env", "ising", "--ebm-hidden", "100000000", "--out", d],
+        &["ebm_hidden", "100000000", "memory", "energy model"],
+    );
+    assert_usage_error(
+        &["train", "--threads", "100000", "--out", d],
+        &["threads", "100000", "1024"],
+    );
+    assert_usage_error(&["train", "--r0", "0", "--out", d], &["r0", "0", "log R"]);
     assert_usage_error(&["train", "--epsilon", "2", "--out", d], &["epsilon", "2"]);
     assert_usage_error(
         &["train", "--loss", "subtb", "--lambda", "0", "--out", d],
@@ -637,6 +663,22 @@ fn non_finite_loss_stops_training_cleanly() {
         gfn::checkpoint::Checkpoint::load(&dir.join("checkpoint.safetensors")).unwrap();
     }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Windows and buffers may be longer than a run ever fills: they grow as objects arrive, so a
+/// huge top-k, recent window, replay buffer or LED buffer costs nothing up front.
+#[test]
+fn buffers_longer_than_the_run_are_fine() {
+    const HUGE: &str = "4294967297";
+    let both = ["--iterations", "3", "--top-k", HUGE, "--recent-window", HUGE];
+    let (a, b) = (tmp("huge-replay"), tmp("huge-led"));
+    run_ok(&small(&a, &[&both[..], &["--replay-size", HUGE]].concat()));
+    run_ok(&small(
+        &b,
+        &[&both[..], &["--loss", "led-db", "--led-buffer", HUGE]].concat(),
+    ));
+    let _ = std::fs::remove_dir_all(a);
+    let _ = std::fs::remove_dir_all(b);
 }
 
 /// Small EBM runs: `--env ising|digits|ebm-2d` with EB-GFN and PCD train, report their metrics,
