@@ -414,6 +414,16 @@ impl TrainConfig {
                 "must be > 0 for training: with r0 = 0 the objects outside the reward bands have R = 0 (log R = −∞), which no balance loss can fit; use a small positive r0 such as 1e-4",
             ));
         }
+        if self.env == "bayesnet" {
+            // Its data are drawn while the environment is built: check them first.
+            let data = crate::memory::Need {
+                field: "bn_samples",
+                value: self.bn_samples.to_string(),
+                what: "the observations".into(),
+                bytes: self.bn_samples as f64 * self.bn_nodes as f64 * 8.0,
+            };
+            crate::memory::check(&[data], crate::memory::machine_memory())?;
+        }
         let env = crate::envs::build_env(self)?;
         crate::memory::check(&self.memory_needs(env.as_ref()), crate::memory::machine_memory())
     }

@@ -511,6 +511,10 @@ fn bad_input_gets_a_clear_error() {
         &["threads", "100000", "1024"],
     );
     assert_usage_error(&["train", "--r0", "0", "--out", d], &["r0", "0", "log R"]);
+    assert_usage_error(
+        &["train", "--env", "bayesnet", "--bn-samples", "4294967297", "--out", d],
+        &["bn_samples", "4294967297", "memory", "observations"],
+    );
     assert_usage_error(&["train", "--epsilon", "2", "--out", d], &["epsilon", "2"]);
     assert_usage_error(
         &["train", "--loss", "subtb", "--lambda", "0", "--out", d],
