@@ -266,6 +266,9 @@ pub fn validate(config: &TrainConfig) -> Result<()> {
         }
         "ising" => {
             LatticeIsing::new(config.lattice, config.sigma)?;
+            if config.sigma == 0.0 {
+                bail!("invalid sigma = 0: must be non-zero (J = σ·A would have no coupling to learn)");
+            }
         }
         _ if config.ebm_l1 != 0.0 => {
             bail!(
@@ -315,6 +318,14 @@ fn memory_needs(config: &TrainConfig) -> Result<Vec<crate::memory::Need>> {
             l,
         ),
         rows("eval_test", "the test rows", config.eval_test),
+        trajectory_need(
+            "eval_backward",
+            "one test row's backward trajectories",
+            &env,
+            config.eval_backward,
+            h,
+            l,
+        ),
     ];
     if config.env == "ising" {
         needs.push(rows("ising_samples", "the Gibbs samples", config.ising_samples));

@@ -512,6 +512,14 @@ fn bad_input_gets_a_clear_error() {
     );
     assert_usage_error(&["train", "--r0", "0", "--out", d], &["r0", "0", "log R"]);
     assert_usage_error(
+        &["train", "--env", "digits", "--eval-backward", "4294967297", "--out", d],
+        &["eval_backward", "4294967297", "memory"],
+    );
+    assert_usage_error(
+        &["train", "--env", "ising", "--sigma", "0", "--out", d],
+        &["sigma", "0", "non-zero"],
+    );
+    assert_usage_error(
         &["train", "--env", "bayesnet", "--bn-samples", "4294967297", "--out", d],
         &["bn_samples", "4294967297", "memory", "observations"],
     );
