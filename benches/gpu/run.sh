@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
-# The GPU session of issue 7, run on a machine with an NVIDIA GPU from the repository root:
-#   BUNDLE=gpu-bundle OUT=/tmp/gpu bash benches/gpu/run.sh [tests|speed|tv|all]
-# BUNDLE holds the `cuda`-feature binaries built by `cargo xtask check-cuda --bundle` (gfn and
-# the gfn-cuda kernel tests), xz-compressed. Results go to $OUT: tests.log, speed.jsonl,
-# tv.jsonl, and a short table on stdout.
+# The GPU session (issues 7 and 22), run on a machine with an NVIDIA GPU from the repository root:
+#   BUNDLE=gpu-bundle OUT=/tmp/gpu bash benches/gpu/run.sh [tests,speed,suites,tv|all]
+# BUNDLE holds the `cuda`-feature binaries of `cargo xtask check-cuda --bundle` (gfn, the
+# gfn-cuda `gpu` tests, xtask), xz-compressed. Results go to $OUT:
+#   gpu.txt        the GPU, driver and CUDA version
+#   tests.log      the GPU tests (GFN_REQUIRE_GPU=1: a missing GPU fails; each test names its device)
+#   speed.jsonl    ms per iteration of gfn (hand-written pass; autograd; rows per block) and gfnx,
+#                  side by side in this one call; profile.jsonl: gfn's phases at batch 512
+#   tv.jsonl       trained exact TV on the GPU, 5 seeds (the parity check against the CPU)
+#   suites.tar.gz  `xtask bench <suite> --device cuda` result directories
+#   logs.tar.gz    every stderr
+# and a short table on stdout. Each section has its own time limit (SECONDS_* below).
 set -u
 BUNDLE=${BUNDLE:-gpu-bundle}
 OUT=${OUT:-/tmp/gpu-results}
 WHAT=${1:-all}
-mkdir -p "$OUT" /tmp/gfn-bin
+LOGS=/tmp/gpu-logs
+mkdir -p "$OUT" /tmp/gfn-bin "$LOGS"
+want() { [[ "$WHAT" == all || ",$WHAT," == *",$1,"* ]]; }
 for f in "$BUNDLE"/*.xz; do
   python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" "$f" "/tmp/gfn-bin/$(basename "$f" .xz)"
 done
@@ -19,60 +28,91 @@ for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib $(python
   [ -d "$d" ] && LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
 done
 export LD_LIBRARY_PATH
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  nvidia-smi | grep -o "CUDA Version: [0-9.]*"
+  (command -v nvcc >/dev/null && nvcc --version | tail -2) || true; } | tee "$OUT/gpu.txt"
 GFN=/tmp/gfn-bin/gfn
 
-if [[ "$WHAT" == all || ",$WHAT," == *",tests,"* ]]; then
-  echo "== kernel tests (GPU against CPU references)"
-  /tmp/gfn-bin/kernels --test-threads=1 2>&1 | tee "$OUT/tests.log" | grep -E "^test |test result|panicked|skipped" | head -40
+if want tests; then
+  echo "== GPU tests (GFN_REQUIRE_GPU=1)"
+  GFN_REQUIRE_GPU=1 timeout ${SECONDS_TESTS:-240} /tmp/gfn-bin/gpu --test-threads=1 > "$OUT/tests.log" 2>&1
+  echo "exit $?" >> "$OUT/tests.log"
+  grep -E "^test |test result|panicked|ran on|GPU tests on|^exit|error" "$OUT/tests.log" | head -40
 fi
 
-if [[ "$WHAT" == all || ",$WHAT," == *",speed,"* ]]; then
+HG="--env hypergrid --ndim 4 --height 16 --loss tb --hidden 256 --layers 2 --backward-policy learned"
+IS="--env ising-fixed --lattice 10 --sigma 0.1 --loss tb --hidden 256 --layers 2 --backward-policy learned --lr 0.01 --lr-logz 0.001"
+speed() { # task batch label extra-args...
+  local task=$1 b=$2 label=$3; shift 3
+  local A=$HG; [ $task = ising ] && A=$IS
+  timeout 120 $GFN speed train $A --batch-size $b --device cuda --rounds ${ROUNDS:-50} --warmup 5 "$@" 2>>"$LOGS/gfn-speed.err" \
+    | sed "s/^{/{\"task\":\"$task\",\"variant\":\"$label\",/" >> "$OUT/speed.jsonl"
+}
+if want speed; then
   echo "== speed"
   : > "$OUT/speed.jsonl"; : > "$OUT/profile.jsonl"
-  HG="--env hypergrid --ndim 4 --height 16 --loss tb --hidden 256 --layers 2 --backward-policy learned"
-  IS="--env ising-fixed --lattice 10 --sigma 0.1 --loss tb --hidden 256 --layers 2 --backward-policy learned --lr 0.01 --lr-logz 0.001"
+  SECONDS=0
   for task in hypergrid ising; do
-    if [ $task = hypergrid ]; then A=$HG; else A=$IS; fi
-    for b in ${BATCHES:-64 256 512 1024}; do
-      for fused in ${FUSED:-true}; do
-        [ "${CPU_ONLY:-0}" = 1 ] || $GFN speed train $A --batch-size $b --device cuda --fused-rollout $fused --rounds ${ROUNDS:-50} --warmup 5 | sed "s/^{/{\"task\":\"$task\",\"fused\":$fused,/" >> "$OUT/speed.jsonl"
-      done
-      if [ $b -le 512 ] && [ "${NO_CPU:-0}" != 1 ]; then
-        r=$([ $task = ising ] && echo 5 || echo 10)
-        $GFN speed train $A --batch-size $b --device cpu --threads 1 --rounds $r --warmup 1 | sed "s/^{/{\"task\":\"$task\",/" >> "$OUT/speed.jsonl"
-      fi
+    for b in ${BATCHES:-64 512 2048}; do
+      speed $task $b manual
     done
-    $GFN speed train $A --batch-size 512 --device cuda --rounds 20 --warmup 3 --profile | sed "s/^{/{\"task\":\"$task\",\"profile\":true,/" >> "$OUT/profile.jsonl"
-    if [ -f benches/peers/gfnx_gpu.py ] && [ "${GFNX:-1}" = 1 ]; then
-      if [ -z "${GFNX_READY:-}" ] && ls .whl/*.whl >/dev/null 2>&1; then
-        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-          && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} GFNX_READY=1
-      fi
-      (cd /tmp && PYTHONUNBUFFERED=1 timeout 300 python3 "$OLDPWD/benches/peers/gfnx_gpu.py" --task $task --batch-sizes ${BATCHES_GFNX:-64,256,512,1024} --iterations ${ROUNDS:-50} --warmup 5 --matmul-precision highest 2>"$OUT/gfnx-$task.err") | sed "s/^{/{\"task\":\"$task\",/" >> "$OUT/speed.jsonl"
-    fi
+    speed $task 512 autograd --manual-backward false
+    for r in 1 2 4 8 16; do speed $task 512 rows$r --rollout-rows $r; done
+    A=$HG; [ $task = ising ] && A=$IS
+    timeout 120 $GFN speed train $A --batch-size 512 --device cuda --rounds 20 --warmup 3 --profile 2>>"$LOGS/gfn-speed.err" \
+      | sed "s/^{/{\"task\":\"$task\",\"profile\":true,/" >> "$OUT/profile.jsonl"
   done
-  python3 - "$OUT/speed.jsonl" <<'PY'
+  echo "gfn speed: ${SECONDS}s"
+  if [ -f benches/peers/gfnx_gpu.py ] && [ "${GFNX:-1}" = 1 ]; then
+    if [ -z "${GFNX_READY:-}" ] && ls .whl/*.whl >/dev/null 2>&1; then
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} GFNX_READY=1
+    fi
+    for task in hypergrid ising; do
+      (cd /tmp && PYTHONUNBUFFERED=1 timeout ${SECONDS_GFNX:-200} python3 "$OLDPWD/benches/peers/gfnx_gpu.py" --task $task \
+        --batch-sizes ${BATCHES_GFNX:-64,512,2048} --iterations ${ROUNDS:-50} --warmup 5 --matmul-precision highest \
+        2>"$LOGS/gfnx-$task.err") | sed "s/^{/{\"task\":\"$task\",/" >> "$OUT/speed.jsonl"
+    done
+    echo "gfn + gfnx speed: ${SECONDS}s"
+  fi
+  python3 - "$OUT/speed.jsonl" "$OUT/profile.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-print(f"{'task':10} {'who':22} {'batch':>6} {'ms/iter median':>15}")
-for l in open(sys.argv[1].replace("speed", "profile")):
+for l in open(sys.argv[2]):
     if l.startswith("{"):
         r = json.loads(l)
-        print("profile", r["task"], "b512", r.get("phases_ms"), "launch us", r.get("relu_launch_us"), "median", r["ms_per_iter_median"])
+        print("profile", r["task"], "b512", {k: round(v, 3) for k, v in (r.get("phases_ms") or {}).items()}, "median", round(r["ms_per_iter_median"], 3))
+gfnx = {(r["task"], r["batch_size"]): r["ms_per_iter_median"] for r in rows if r.get("library") == "gfnx"}
+print(f"{'task':10} {'who':16} {'batch':>6} {'ms/iter':>9} {'gfnx/gfn':>9}")
 for r in rows:
-    who = r.get("library", "?") + " " + r.get("device", r.get("jax_backend", "?"))[:12] + ("" if "fused" not in r else (" fused" if r["fused"] else " layers"))
-    print(f"{r['task']:10} {who:22} {r['batch_size']:>6} {r['ms_per_iter_median']:>15.3f}")
+    who = r.get("library", "?") + " " + r.get("variant", "")
+    ref = gfnx.get((r["task"], r["batch_size"]))
+    ratio = f"{ref / r['ms_per_iter_median']:.2f}" if ref and r.get("library") == "gfn" else ""
+    print(f"{r['task']:10} {who:16} {r['batch_size']:>6} {r['ms_per_iter_median']:>9.3f} {ratio:>9}")
 PY
 fi
 
-if [[ "$WHAT" == all || ",$WHAT," == *",tv,"* ]]; then
-  echo "== trained exact TV, 5 seeds"
+if want tv; then
+  echo "== trained exact TV on the GPU, 5 seeds"
   : > "$OUT/tv.jsonl"
   for s in 0 1 2 3 4; do
-    $GFN train --env hypergrid --ndim 4 --height 8 --loss tb --batch-size 64 --iterations ${TV_ITERS:-1000} \
-      --eval-every ${TV_ITERS:-1000} --seed $s --device cuda --out /tmp/tv-$s >/dev/null 2>"$OUT/tv-$s.err"
-    python3 -c "import json,sys; m=json.load(open('/tmp/tv-$s/summary.json')); print(json.dumps({'seed': $s, 'device': 'cuda', 'exact_tv': m['exact']['tv'], 'log_z': m['log_z'], 'wall_seconds': m['wall_seconds']}))" >> "$OUT/tv.jsonl" 2>>"$OUT/tv-$s.err"
+    timeout 120 $GFN train --env hypergrid --ndim 4 --height 8 --loss tb --batch-size 64 --iterations ${TV_ITERS:-1000} \
+      --eval-every ${TV_ITERS:-1000} --seed $s --device cuda --out /tmp/tv-$s >/dev/null 2>"$LOGS/tv-$s.err"
+    python3 -c "import json,sys; m=json.load(open('/tmp/tv-$s/summary.json')); print(json.dumps({'seed': $s, 'device': 'cuda', 'exact_tv': m['exact']['tv'], 'log_z': m['log_z'], 'wall_seconds': m['wall_seconds']}))" >> "$OUT/tv.jsonl" 2>>"$LOGS/tv-$s.err"
   done
-  tail -5 "$OUT/tv.jsonl" | cut -c1-300
+  cut -c1-200 "$OUT/tv.jsonl"
 fi
+
+if want suites; then
+  echo "== suites on the device (xtask bench --device cuda)"
+  SECONDS=0
+  for suite in ${SUITES:-throughput hypergrid}; do
+    extra=""; [ $suite = hypergrid ] && extra="--quick"
+    CARGO_TARGET_DIR=/tmp/xt timeout ${SECONDS_SUITE:-150} /tmp/gfn-bin/xtask bench $suite $extra --device cuda --gfn-binary $GFN \
+      > "$LOGS/suite-$suite.out" 2> "$LOGS/suite-$suite.err"
+    echo "$suite: exit $? after ${SECONDS}s"; tail -3 "$LOGS/suite-$suite.err"
+  done
+  (cd /tmp/xt/bench 2>/dev/null && tar czf "$OUT/suites.tar.gz" --exclude=gfn */20*) || true
+fi
+tar czf "$OUT/logs.tar.gz" -C "$LOGS" . 2>/dev/null
+ls -la "$OUT"

@@ -32,6 +32,9 @@ pub struct BenchRequest {
     /// `--device`: where our runs train (`cpu`, or `cuda`: built with `--features cuda`).
     #[serde(default = "cpu")]
     pub device: String,
+    /// `--gfn-binary`: a prebuilt gfn run instead of building one.
+    #[serde(default)]
+    pub gfn_binary: Option<PathBuf>,
 }
 
 fn cpu() -> String {
@@ -359,11 +362,7 @@ fn binary_facts(built: &Path) -> Option<Value> {
 /// Runs `suite`; returns the results directory and whether every run succeeded.
 pub fn run(request: BenchRequest, suite: Suite) -> Result<(PathBuf, bool)> {
     let layout = Layout::detect();
-    let built = if request.device == "cpu" {
-        runner::build_gfn(&layout)?
-    } else {
-        runner::build_gfn_cuda(&layout)?
-    };
+    let built = runner::gfn_for(&layout, &request.device, request.gfn_binary.as_deref())?;
     let now = Utc::now();
     let dir = results_dir(&layout, suite.name, &now)?;
     let runs_dir = dir.join("runs");
@@ -631,11 +630,7 @@ pub fn resume(dir: &Path, jobs: u32, command: String) -> Result<bool> {
         return Ok(true);
     }
     let layout = Layout::detect();
-    let built = if session.request.device == "cpu" {
-        runner::build_gfn(&layout)?
-    } else {
-        runner::build_gfn_cuda(&layout)?
-    };
+    let built = runner::gfn_for(&layout, &session.request.device, session.request.gfn_binary.as_deref())?;
     let runs_dir = dir.join("runs");
     std::fs::create_dir_all(&runs_dir)?;
     for &i in &todo {

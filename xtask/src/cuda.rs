@@ -27,7 +27,8 @@ const WHEELS: [&str; 5] = [
 /// Options of `check-cuda`.
 #[derive(Debug, Clone)]
 pub struct CheckCuda {
-    /// Copy the binaries (gfn, the gfn-cuda kernel tests), stripped and xz-compressed, into this folder.
+    /// Copy the binaries (gfn, the gfn-cuda `kernels` and `gpu` tests, xtask), stripped and
+    /// xz-compressed, into this folder.
     pub bundle: Option<PathBuf>,
     /// Skip running the tests (build only).
     pub no_test: bool,
@@ -257,19 +258,29 @@ pub fn check_cuda(opts: &CheckCuda) -> Result<()> {
     if let Some(dir) = &opts.bundle {
         std::fs::create_dir_all(dir)?;
         let deps = target.join("release").join("deps");
-        let mut tests: Vec<PathBuf> = std::fs::read_dir(&deps)?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                name.starts_with("kernels-") && p.extension().is_none()
-            })
-            .collect();
-        tests.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
-        let test = tests
-            .pop()
-            .context("no kernels test binary in target/cuda/release/deps")?;
-        for (src, name) in [(target.join("release").join("gfn"), "gfn"), (test, "kernels")] {
+        let newest_test = |stem: &str| -> Result<PathBuf> {
+            let mut tests: Vec<PathBuf> = std::fs::read_dir(&deps)?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                    name.starts_with(&format!("{stem}-")) && p.extension().is_none()
+                })
+                .collect();
+            tests.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+            tests
+                .pop()
+                .with_context(|| format!("no {stem} test binary in target/cuda/release/deps"))
+        };
+        // The xtask binary too, so `xtask bench <suite> --device cuda --gfn-binary …` runs
+        // suites on a GPU machine that has no Rust toolchain.
+        let xtask = std::env::current_exe().context("cannot locate the xtask binary")?;
+        for (src, name) in [
+            (target.join("release").join("gfn"), "gfn"),
+            (newest_test("kernels")?, "kernels"),
+            (newest_test("gpu")?, "gpu"),
+            (xtask, "xtask"),
+        ] {
             // Debug info stripped (55 MB instead of 130 for gfn), then xz (Python's lzma reads it
             // on machines without the xz tool): the bundle travels.
             let plain = dir.join(name);

@@ -44,7 +44,8 @@ enum Command {
     /// $CUDA_HOME, or PyPI wheels installed into target/cuda-toolchain), run gfn-cuda's tests
     /// (the GPU ones skip without a GPU), and optionally bundle the binaries for a GPU machine.
     CheckCuda {
-        /// Write gfn.xz and kernels.xz (the kernel tests), stripped, into this folder.
+        /// Write gfn.xz, kernels.xz and gpu.xz (gfn-cuda's tests) and xtask.xz, stripped, into
+        /// this folder.
         #[arg(long, value_name = "DIR")]
         bundle: Option<std::path::PathBuf>,
         /// Build only; do not run the tests.
@@ -98,6 +99,10 @@ struct BenchArgs {
     /// target/cuda; the device engine runs hypergrid, bitseq and ising-fixed with tb or subtb).
     #[arg(long, value_name = "DEVICE", default_value = "cpu")]
     device: String,
+    /// Run this gfn binary instead of building one (a GPU machine without a Rust toolchain runs
+    /// the one `cargo xtask check-cuda --bundle` made).
+    #[arg(long, value_name = "PATH")]
+    gfn_binary: Option<std::path::PathBuf>,
 }
 
 /// Prints a one-line usage error and returns exit code 2.
@@ -201,10 +206,31 @@ fn bench_cmd(args: BenchArgs) -> ExitCode {
                 args.device
             ));
         }
-        for run in &mut suite.runs {
-            if matches!(run.gfn_args.first().map(String::as_str), Some("train" | "speed")) {
-                run.gfn_args.extend(["--device".to_string(), args.device.clone()]);
+        // Runs the device engine cannot make are left out, each named, rather than failed.
+        let mut left_out = Vec::new();
+        suite.runs.retain(|r| match suite::device_engine_covers(&r.gfn_args) {
+            Ok(()) => true,
+            Err(why) => {
+                left_out.push(format!("{} ({why})", r.name));
+                false
             }
+        });
+        if !left_out.is_empty() {
+            eprintln!(
+                "--device {}: leaving out {} run(s) the device engine does not cover: {}",
+                args.device,
+                left_out.len(),
+                left_out.join(", ")
+            );
+        }
+        if suite.runs.is_empty() {
+            return usage_error(&format!(
+                "--device {}: the device engine covers no run of suite {} (it trains hypergrid, bitseq and ising-fixed with tb or subtb)",
+                args.device, suite.name
+            ));
+        }
+        for run in &mut suite.runs {
+            run.gfn_args.extend(["--device".to_string(), args.device.clone()]);
         }
     }
     if args.jobs > 1 && !args.vs.is_empty() {
@@ -230,6 +256,7 @@ fn bench_cmd(args: BenchArgs) -> ExitCode {
         filter: args.filter.clone(),
         jobs: args.jobs,
         device: args.device.clone(),
+        gfn_binary: args.gfn_binary.clone(),
     };
     suite_outcome(bench::run(request, suite))
 }

@@ -19,10 +19,16 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// The workspace this xtask was built in.
+    /// The workspace this xtask was built in, or — where that path does not exist (a bundled
+    /// xtask on another machine) — the current directory.
     pub fn detect() -> Self {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let root = manifest.parent().unwrap_or(manifest).to_path_buf();
+        let built_in = manifest.parent().unwrap_or(manifest).to_path_buf();
+        let root = if built_in.join("Cargo.toml").is_file() {
+            built_in
+        } else {
+            std::env::current_dir().unwrap_or(built_in)
+        };
         let target = match std::env::var_os("CARGO_TARGET_DIR") {
             Some(t) if !t.is_empty() => root.join(t),
             _ => root.join("target"),
@@ -41,6 +47,17 @@ fn our_stderr() -> Stdio {
     match std::io::stderr().as_fd().try_clone_to_owned() {
         Ok(fd) => Stdio::from(fd),
         Err(_) => Stdio::inherit(),
+    }
+}
+
+/// The gfn binary for `device`: `prebuilt` if given (checked to exist), else built
+/// ([`build_gfn`] or, for a GPU, [`build_gfn_cuda`]).
+pub fn gfn_for(layout: &Layout, device: &str, prebuilt: Option<&Path>) -> Result<PathBuf> {
+    match prebuilt {
+        Some(p) if p.is_file() => Ok(p.to_path_buf()),
+        Some(p) => bail!("--gfn-binary {}: no such file", p.display()),
+        None if device == "cpu" => build_gfn(layout),
+        None => build_gfn_cuda(layout),
     }
 }
 

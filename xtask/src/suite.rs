@@ -54,6 +54,41 @@ pub const SUITES: &[SuiteDef] = &[
 ];
 
 /// Looks a suite up by name.
+/// Whether the device engine (`--device cuda`) can make a run with these gfn arguments: a `train`
+/// or `speed train` run on hypergrid, bitseq or ising-fixed with tb or subtb, without replay,
+/// local search, metric sampling, gradient-cosine probes or the tape engine (what `gfn`'s
+/// device validation accepts). `Err` says why not.
+pub fn device_engine_covers(args: &[String]) -> Result<(), String> {
+    let mode = args.first().map(String::as_str);
+    let speed_train = mode == Some("speed") && args.get(1).map(String::as_str) == Some("train");
+    if mode != Some("train") && !speed_train {
+        return Err(format!("gfn {} is not a training run", mode.unwrap_or("")));
+    }
+    let value = |flag: &str| args.windows(2).rev().find(|w| w[0] == flag).map(|w| w[1].as_str());
+    let env = value("--env").unwrap_or("hypergrid");
+    if !matches!(env, "hypergrid" | "bitseq" | "ising-fixed") {
+        return Err(format!("env {env}"));
+    }
+    let loss = value("--loss").unwrap_or("tb");
+    if !matches!(loss, "tb" | "subtb") {
+        return Err(format!("loss {loss}"));
+    }
+    for flag in [
+        "--replay-size",
+        "--local-search",
+        "--metric-batch",
+        "--grad-cosine-every",
+    ] {
+        if value(flag).is_some_and(|v| v != "0") {
+            return Err(format!("{flag} {}", value(flag).unwrap_or("")));
+        }
+    }
+    if value("--engine") == Some("tape") {
+        return Err("engine tape".into());
+    }
+    Ok(())
+}
+
 pub fn find(name: &str) -> Option<&'static SuiteDef> {
     SUITES.iter().find(|s| s.name == name)
 }
@@ -510,6 +545,48 @@ pub fn ours_ms_per_iteration(r: &Value) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_engine_covers_what_gfn_accepts_on_the_gpu() {
+        let a = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            device_engine_covers(&a(&["train", "--env", "hypergrid", "--loss", "tb"])),
+            Ok(())
+        );
+        assert_eq!(device_engine_covers(&a(&["train", "--loss", "subtb"])), Ok(()));
+        assert_eq!(
+            device_engine_covers(&a(&["speed", "train", "--env", "ising-fixed"])),
+            Ok(())
+        );
+        assert_eq!(
+            device_engine_covers(&a(&["train", "--loss", "db"])),
+            Err("loss db".into())
+        );
+        assert_eq!(
+            device_engine_covers(&a(&["train", "--env", "set"])),
+            Err("env set".into())
+        );
+        assert!(device_engine_covers(&a(&["train", "--replay-size", "100"])).is_err());
+        assert_eq!(device_engine_covers(&a(&["train", "--replay-size", "0"])), Ok(()));
+        assert!(device_engine_covers(&a(&["speed", "sample"])).is_err());
+        assert!(device_engine_covers(&a(&["train", "--engine", "tape"])).is_err());
+        // Every quick hypergrid run with tb or subtb is covered, and only those.
+        let s = hypergrid(&SuiteOptions {
+            quick: true,
+            seeds: None,
+            threads: 1,
+        });
+        let covered: Vec<_> = s
+            .runs
+            .iter()
+            .filter(|r| device_engine_covers(&r.gfn_args).is_ok())
+            .map(|r| r.name.as_str())
+            .collect();
+        assert_eq!(
+            covered,
+            ["2x8-tb-seed0", "2x8-subtb-seed0", "4x8-tb-seed0", "4x8-subtb-seed0"]
+        );
+    }
 
     #[test]
     fn quick_hypergrid_has_eight_runs() {

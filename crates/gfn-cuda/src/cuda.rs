@@ -10,7 +10,8 @@ use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{CudaDevice, CudaStorage, Layout, Result as CResult, bail};
 
 use crate::ops::{
-    AdamApply, AdamMoments, FUSED_ROWS, MAX_FUSED_LAYERS, POISON_U8, POISON_U32, RolloutStep, SampleStep, poison,
+    AdamApply, AdamMoments, HeadGrad, MAX_FUSED_LAYERS, POISON_U8, POISON_U32, RolloutStep, SampleStep, StepLogProb,
+    TB_THREADS, poison,
 };
 use crate::spec::EnvSpec;
 
@@ -211,16 +212,17 @@ pub(crate) fn rollout_step(
         bail!("rollout-step: contiguous trajectory only")
     };
     let mut traj = s1.as_cuda_slice_mut::<u32>()?.slice_mut(a..b_end);
-    let max_dim = dims.iter().copied().max().unwrap_or(1);
-    let (w, bi, ti, md, rows) = (
+    // Activation rows padded to a multiple of 4 floats (the kernel reads them as float4).
+    let ld = dims.iter().copied().max().unwrap_or(1).next_multiple_of(4);
+    let rows = rollout_rows(&dev, batch, ld, op.rows)?;
+    let (w, bi, ti, ldi) = (
         i32_of(op.env.row_width(), "W")?,
         i32_of(batch, "batch")?,
         i32_of(op.t, "t")?,
-        i32_of(max_dim, "width")?,
-        i32_of(FUSED_ROWS, "rows")?,
+        i32_of(ld, "width")?,
     );
-    let shared = (2 * FUSED_ROWS * max_dim * 4) as u32;
-    let f = func!(&dev, "gfn_rollout_step")?;
+    let shared = (2 * rows * ld * 4) as u32;
+    let f = func!(&dev, ROLLOUT_KERNELS[rows.trailing_zeros() as usize])?;
     let mut b = f.builder();
     b.arg(&op.env)
         .arg(&mut traj)
@@ -228,19 +230,54 @@ pub(crate) fn rollout_step(
         .arg(&bi)
         .arg(&ti)
         .arg(&net)
-        .arg(&md)
-        .arg(&rows)
+        .arg(&ldi)
         .arg(&op.sample);
     let launch = LaunchConfig {
-        grid_dim: (batch.div_ceil(FUSED_ROWS) as u32, 1, 1),
+        grid_dim: (batch.div_ceil(rows) as u32, 1, 1),
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: shared,
     };
-    // SAFETY: argument list matches `gfn_rollout_step`; the weights outlive the launch (the op
+    // SAFETY: argument list matches `gfn_rollout_step_r*`; the weights outlive the launch (the op
     // holds their tensors) and `syncs` records their use on drop.
     unsafe { b.launch(launch) }.w()?;
     drop(syncs);
     Ok(())
+}
+
+/// The rollout kernels by rows per block: 1, 2, 4, 8, 16.
+const ROLLOUT_KERNELS: [&str; 5] = [
+    "gfn_rollout_step_r1",
+    "gfn_rollout_step_r2",
+    "gfn_rollout_step_r4",
+    "gfn_rollout_step_r8",
+    "gfn_rollout_step_r16",
+];
+
+/// Rows per block of the fused rollout: `asked` (a power of two ≤ 16) if not 0, else the smallest
+/// that puts at most about one block on each multiprocessor (B/R ≤ 1.25 · SMs), capped by the 48 KiB
+/// of shared memory the activations may take.
+fn rollout_rows(dev: &CudaDevice, batch: usize, ld: usize, asked: usize) -> CResult<usize> {
+    use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
+    let fits = |r: usize| 2 * r * ld * 4 <= 48 * 1024;
+    if asked != 0 {
+        if !asked.is_power_of_two() || asked > 16 {
+            bail!("rollout rows = {asked}: must be 1, 2, 4, 8 or 16");
+        }
+        if !fits(asked) {
+            bail!("rollout rows = {asked}: {asked} rows of width {ld} need more than 48 KiB of shared memory");
+        }
+        return Ok(asked);
+    }
+    let sms = dev
+        .cuda_stream()
+        .context()
+        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+        .w()? as usize;
+    let mut r = 1;
+    while r < 16 && batch.div_ceil(r) * 4 > sms.max(1) * 5 && fits(2 * r) {
+        r *= 2;
+    }
+    Ok(r)
 }
 
 pub(crate) fn lsg(
@@ -455,4 +492,185 @@ pub(crate) fn single_stream(dev: &candle_core::Device) {
         // SAFETY: gfn uses one stream per device; no tensor crosses streams.
         unsafe { d.disable_event_tracking() };
     }
+}
+
+pub(crate) fn step_log_prob(
+    op: &StepLogProb,
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+    steps: usize,
+    batch: usize,
+    stride: usize,
+    width: usize,
+) -> CResult<CudaStorage> {
+    let dev = s1.device();
+    let (logits, traj) = (
+        view::<f32>(s1, l1, "step-log-prob")?,
+        view::<u32>(s2, l2, "step-log-prob")?,
+    );
+    let n = steps * batch;
+    let out = alloc::<f32>(dev, n, f32::NAN)?;
+    let (w, ti, bi, si, ci, wi, bw) = (
+        i32_of(op.env.row_width(), "W")?,
+        i32_of(steps, "T")?,
+        i32_of(batch, "batch")?,
+        i32_of(stride, "columns")?,
+        i32_of(op.col, "column")?,
+        i32_of(width, "width")?,
+        i32::from(op.backward),
+    );
+    let f = func!(dev, "gfn_step_log_prob")?;
+    let mut b = f.builder();
+    b.arg(&op.env)
+        .arg(&traj)
+        .arg(&w)
+        .arg(&ti)
+        .arg(&bi)
+        .arg(&logits)
+        .arg(&si)
+        .arg(&ci)
+        .arg(&wi)
+        .arg(&bw)
+        .arg(&out);
+    // SAFETY: argument list matches `gfn_step_log_prob`.
+    unsafe { b.launch(warp_cfg(n)) }.w()?;
+    Ok(wrap(out, dev))
+}
+
+pub(crate) fn head_grad(
+    op: &HeadGrad,
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+    s3: &CudaStorage,
+    l3: &Layout,
+    steps: usize,
+    batch: usize,
+    stride: usize,
+) -> CResult<CudaStorage> {
+    let dev = s1.device();
+    let (logits, traj, g) = (
+        view::<f32>(s1, l1, "head-grad")?,
+        view::<u32>(s2, l2, "head-grad")?,
+        view::<f32>(s3, l3, "head-grad")?,
+    );
+    let n = (steps + 1) * batch;
+    let out = alloc::<f32>(dev, n * stride, f32::NAN)?;
+    let col = |c: Option<usize>| -> CResult<i32> {
+        match c {
+            Some(c) => i32_of(c, "column"),
+            None => Ok(-1),
+        }
+    };
+    let (w, ti, bi, si, pf, pb, fl, mode) = (
+        i32_of(op.env.row_width(), "W")?,
+        i32_of(steps, "T")?,
+        i32_of(batch, "batch")?,
+        i32_of(stride, "columns")?,
+        col(op.cols.pf)?,
+        col(op.cols.pb)?,
+        col(op.cols.flow)?,
+        i32::from(!op.per_trajectory),
+    );
+    let f = func!(dev, "gfn_head_grad")?;
+    let mut b = f.builder();
+    b.arg(&op.env)
+        .arg(&traj)
+        .arg(&w)
+        .arg(&ti)
+        .arg(&bi)
+        .arg(&logits)
+        .arg(&si)
+        .arg(&pf)
+        .arg(&pb)
+        .arg(&fl)
+        .arg(&g)
+        .arg(&mode)
+        .arg(&out);
+    // SAFETY: argument list matches `gfn_head_grad`.
+    unsafe { b.launch(warp_cfg(n)) }.w()?;
+    Ok(wrap(out, dev))
+}
+
+pub(crate) fn tb_grad(
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+    s3: &CudaStorage,
+    l3: &Layout,
+    steps: usize,
+    batch: usize,
+) -> CResult<CudaStorage> {
+    let dev = s1.device();
+    let (pf, pb, rz) = (
+        view::<f32>(s1, l1, "tb-grad")?,
+        view::<f32>(s2, l2, "tb-grad")?,
+        view::<f32>(s3, l3, "tb-grad")?,
+    );
+    let log_r = rz.slice(0..batch);
+    let log_z = rz.slice(batch..batch + 1);
+    let out = alloc::<f32>(dev, 2 + batch, f32::NAN)?;
+    let (ti, bi) = (i32_of(steps, "T")?, i32_of(batch, "batch")?);
+    let f = func!(dev, "gfn_tb_grad")?;
+    let mut b = f.builder();
+    b.arg(&pf).arg(&pb).arg(&ti).arg(&bi).arg(&log_r).arg(&log_z).arg(&out);
+    let launch = LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (TB_THREADS as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: argument list matches `gfn_tb_grad` (one block of TB_THREADS, its tree's size).
+    unsafe { b.launch(launch) }.w()?;
+    Ok(wrap(out, dev))
+}
+
+pub(crate) fn relu_grad(s1: &mut CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout, n: usize) -> CResult<()> {
+    let dev = s1.device().clone();
+    let h = view::<f32>(s2, l2, "relu-grad")?;
+    let Some((a, e)) = l1.contiguous_offsets() else {
+        bail!("relu-grad: contiguous gradient only")
+    };
+    let mut d = s1.as_cuda_slice_mut::<f32>()?.slice_mut(a..e);
+    let ni = n as i64;
+    let f = func!(&dev, "gfn_relu_grad")?;
+    let mut b = f.builder();
+    b.arg(&mut d).arg(&h).arg(&ni);
+    // SAFETY: argument list matches `gfn_relu_grad`.
+    unsafe { b.launch(cfg(n)) }.w()?;
+    Ok(())
+}
+
+pub(crate) fn col_sum(s: &CudaStorage, l: &Layout, n: usize, m: usize, parts: usize) -> CResult<CudaStorage> {
+    let dev = s.device();
+    let x = view::<f32>(s, l, "col-sum")?;
+    let partial = alloc::<f32>(dev, parts * m, f32::NAN)?;
+    let out = alloc::<f32>(dev, m, f32::NAN)?;
+    let (ni, mi, pi) = (i32_of(n, "rows")?, i32_of(m, "columns")?, i32_of(parts, "parts")?);
+    let f = func!(dev, "gfn_col_sum_partial")?;
+    let mut b = f.builder();
+    b.arg(&x).arg(&ni).arg(&mi).arg(&pi).arg(&partial);
+    let launch = LaunchConfig {
+        grid_dim: (m.div_ceil(32) as u32, parts as u32, 1),
+        block_dim: (32, 8, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: argument list matches `gfn_col_sum_partial`.
+    unsafe { b.launch(launch) }.w()?;
+    let f = func!(dev, "gfn_col_sum_final")?;
+    let mut b = f.builder();
+    b.arg(&partial).arg(&pi).arg(&mi).arg(&out);
+    // SAFETY: argument list matches `gfn_col_sum_final`.
+    unsafe { b.launch(cfg(m)) }.w()?;
+    Ok(wrap(out, dev))
+}
+
+/// The GPU's name and ordinal, e.g. `NVIDIA H200 (cuda:0)`.
+pub(crate) fn name(dev: &CudaDevice) -> String {
+    let ctx = dev.cuda_stream().context().clone();
+    let name = ctx.name().unwrap_or_else(|e| format!("unknown GPU ({e:?})"));
+    format!("{name} (cuda:{})", ctx.ordinal())
 }

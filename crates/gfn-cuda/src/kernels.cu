@@ -247,7 +247,6 @@ extern "C" __global__ void gfn_sample_step(EnvP e, uint32_t* traj, int w, int ba
 }
 
 #define MAX_LAYERS 4
-#define FUSED_ROWS 4
 struct MlpP {
     const float* weight[MAX_LAYERS];  // [in, out] row-major
     const float* bias[MAX_LAYERS];
@@ -255,27 +254,45 @@ struct MlpP {
     int n_layers;
 };
 
-// The fused rollout step: for FUSED_ROWS rows per block (`rows_per_block` must equal it), features → MLP (ReLU between layers; only the
-// first A outputs of the last layer, the P_F logits) → warp_sample → record. Activations live
-// in shared memory (2 · ROWS · max_dim floats); every product is an fmaf chain over the input
-// index in order, starting from the bias (the CPU reference does the same with mul_add).
-extern "C" __global__ void gfn_rollout_step(EnvP e, uint32_t* traj, int w, int batch, int t, MlpP net, int max_dim,
-                                            int rows_per_block, SampleP p) {
-    extern __shared__ float smem[];
+// The fused rollout step: for R rows per block (R = 1, 2, 4, 8 or 16, one kernel each), features → MLP
+// (ReLU between layers; only the first A outputs of the last layer, the P_F logits) → warp_sample →
+// record. Activations live in shared memory (2 · R · ld floats, ld = the widest layer rounded up to 4);
+// every product is an fmaf chain over the input index in order, starting from the bias (the CPU
+// reference does the same with mul_add), so the logits do not depend on R. Each thread owns one
+// output column at a time and issues the weight loads of ROLL_U inputs before their products (memory-level
+// parallelism; the weights stream from L2). A block whose rows are all done only copies them.
+#define ROLL_U 32
+template <int R>
+__device__ __forceinline__ void rollout_step_impl(const EnvP& e, uint32_t* traj, int w, int batch, int t,
+                                                  const MlpP& net, int ld, const SampleP& p) {
+    extern __shared__ float4 smem4[];  // float4: 16-byte aligned for the float4 reads below
+    __shared__ int any_live;
+    float* smem = reinterpret_cast<float*>(smem4);
     float* act0 = smem;
-    float* act1 = smem + FUSED_ROWS * max_dim;
-    int r0 = blockIdx.x * FUSED_ROWS;
-    int nrows = batch - r0 < FUSED_ROWS ? batch - r0 : FUSED_ROWS;
+    float* act1 = smem + R * ld;
+    int r0 = blockIdx.x * R;
+    int nrows = batch - r0 < R ? batch - r0 : R;
     if (nrows <= 0) return;
     const uint32_t* cur = traj + (long long)t * batch * w;
-    int f_dim = net.dims[0];
-    for (int i = threadIdx.x; i < nrows * f_dim; i += blockDim.x) {
-        int r = i / f_dim, f = i % f_dim;
-        act0[r * max_dim + f] = feature(e, cur + (long long)(r0 + r) * w, f);
-    }
+    int warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+    if (threadIdx.x == 0) any_live = 0;
     __syncthreads();
-    // Rows past the batch's end compute on zeros (never read back).
-    for (int i = nrows * max_dim + threadIdx.x; i < FUSED_ROWS * max_dim; i += blockDim.x) act0[i] = 0.0f;
+    if (threadIdx.x < nrows && cur[(long long)(r0 + threadIdx.x) * w + done_col(e)] == 0) any_live = 1;
+    __syncthreads();
+    if (!any_live) {
+        for (int r = warp; r < nrows; r += n_warps) {
+            int b = r0 + r;
+            uint32_t* s = traj + ((long long)t * batch + b) * w;
+            uint32_t* nx = traj + ((long long)(t + 1) * batch + b) * w;
+            warp_record(e, s, nx, w, NO_ACTION, true);
+        }
+        return;
+    }
+    int f_dim = net.dims[0];
+    for (int i = threadIdx.x; i < R * ld; i += blockDim.x) {
+        int r = i / ld, f = i % ld;
+        act0[i] = (r < nrows && f < f_dim) ? feature(e, cur + (long long)(r0 + r) * w, f) : 0.0f;
+    }
     __syncthreads();
     float* in = act0;
     float* out = act1;
@@ -284,37 +301,63 @@ extern "C" __global__ void gfn_rollout_step(EnvP e, uint32_t* traj, int w, int b
         bool last = k == net.n_layers - 1;
         int dout = last ? e.n_actions : net.dims[k + 1];
         int wout = net.dims[k + 1];
-        const float* W = net.weight[k];
-        const float* B = net.bias[k];
+        const float* __restrict__ W = net.weight[k];
+        const float* __restrict__ B = net.bias[k];
         for (int o = threadIdx.x; o < dout; o += blockDim.x) {
-            // One weight load feeds FUSED_ROWS accumulators (rows in registers).
-            float acc[FUSED_ROWS];
-            float bo = B[o];
+            float acc[R];
+            float bo = __ldg(B + o);
 #pragma unroll
-            for (int r = 0; r < FUSED_ROWS; ++r) acc[r] = bo;
-            const float* wc = W + o;
-            for (int i = 0; i < din; ++i) {
-                float wv = wc[(long long)i * wout];
+            for (int r = 0; r < R; ++r) acc[r] = bo;
+            const float* __restrict__ wc = W + o;
+            int i = 0;
+            for (; i + ROLL_U <= din; i += ROLL_U) {
+                float wv[ROLL_U];
 #pragma unroll
-                for (int r = 0; r < FUSED_ROWS; ++r) acc[r] = fmaf(in[r * max_dim + i], wv, acc[r]);
+                for (int u = 0; u < ROLL_U; ++u) wv[u] = __ldg(wc + (long long)(i + u) * wout);
+#pragma unroll
+                for (int u = 0; u < ROLL_U; u += 4) {
+#pragma unroll
+                    for (int r = 0; r < R; ++r) {
+                        float4 x = *reinterpret_cast<const float4*>(in + r * ld + i + u);
+                        acc[r] = fmaf(x.x, wv[u], acc[r]);
+                        acc[r] = fmaf(x.y, wv[u + 1], acc[r]);
+                        acc[r] = fmaf(x.z, wv[u + 2], acc[r]);
+                        acc[r] = fmaf(x.w, wv[u + 3], acc[r]);
+                    }
+                }
+            }
+            for (; i < din; ++i) {
+                float wv = __ldg(wc + (long long)i * wout);
+#pragma unroll
+                for (int r = 0; r < R; ++r) acc[r] = fmaf(in[r * ld + i], wv, acc[r]);
             }
 #pragma unroll
-            for (int r = 0; r < FUSED_ROWS; ++r) out[r * max_dim + o] = (!last && acc[r] < 0.0f) ? 0.0f : acc[r];
+            for (int r = 0; r < R; ++r) out[r * ld + o] = (!last && acc[r] < 0.0f) ? 0.0f : acc[r];
         }
         __syncthreads();
         float* tmp = in; in = out; out = tmp;
     }
     // `in` holds the logits. One warp per row samples and records.
-    int warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
     for (int r = warp; r < nrows; r += n_warps) {
         int b = r0 + r;
         uint32_t* s = traj + ((long long)t * batch + b) * w;
         uint32_t* nx = traj + ((long long)(t + 1) * batch + b) * w;
         bool was_done = s[done_col(e)] != 0;
-        uint32_t chosen = was_done ? NO_ACTION : warp_sample(e, s, in + r * max_dim, (uint32_t)b, t, p);
+        uint32_t chosen = was_done ? NO_ACTION : warp_sample(e, s, in + r * ld, (uint32_t)b, t, p);
         warp_record(e, s, nx, w, chosen, was_done);
     }
 }
+
+#define ROLLOUT_KERNEL(R)                                                                                      \
+    extern "C" __global__ void gfn_rollout_step_r##R(EnvP e, uint32_t* traj, int w, int batch, int t, MlpP net, \
+                                                     int ld, SampleP p) {                                     \
+        rollout_step_impl<R>(e, traj, w, batch, t, net, ld, p);                                                \
+    }
+ROLLOUT_KERNEL(1)
+ROLLOUT_KERNEL(2)
+ROLLOUT_KERNEL(4)
+ROLLOUT_KERNEL(8)
+ROLLOUT_KERNEL(16)
 
 // Max and normaliser of the allowed logits of row l (one warp; lanes stride over the actions).
 __device__ void warp_max_z(const float* l, const uint8_t* mk, int a_dim, float* m_out, float* z_out) {
@@ -530,4 +573,167 @@ extern "C" __global__ void gfn_bias_act(const float* x, const float* b, int n, i
     if (i >= (long long)n * m) return;
     float v = x[i] + b[i % m];
     out[i] = (relu && v < 0.0f) ? 0.0f : v;
+}
+
+// ---- the hand-written training pass (DeviceTrainer's manual backward) ----
+
+// Max and normaliser of row l's logits over the actions the environment allows: forward actions
+// of state s (backward = 0) or backward actions of s (backward = 1). One warp, lanes over actions.
+__device__ void warp_max_z_env(const EnvP& e, const uint32_t* s, const float* l, int a_dim, int backward, float* m_out,
+                               float* z_out) {
+    int lane = threadIdx.x & 31;
+    float m = -INFINITY;
+    for (int j = lane; j < a_dim; j += 32) {
+        bool ok = backward ? bwd_allowed(e, s, j) : fwd_allowed(e, s, j);
+        if (ok) m = fmaxf(m, l[j]);
+    }
+    for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+    float z = 0.0f;
+    for (int j = lane; j < a_dim; j += 32) {
+        bool ok = backward ? bwd_allowed(e, s, j) : fwd_allowed(e, s, j);
+        if (ok) z += expf(l[j] - m);
+    }
+    for (int off = 16; off > 0; off >>= 1) z += __shfl_xor_sync(0xffffffffu, z, off);
+    *m_out = m;
+    *z_out = z;
+}
+
+// out[t, b] = log P(a | s) of step t → t+1 of trajectory b, read from the logits of the network
+// output `logits` (row stride `stride`, the head's columns col .. col + width): forward
+// (backward = 0) log P_F(a_t | s_t) from row (t, b); backward (backward = 1) log P_B(s_t | s_{t+1})
+// of the undoing action from row (t+1, b). 0 where there is no such action. One warp per (t, b);
+// masks come from the environment, not from a mask tensor.
+extern "C" __global__ void gfn_step_log_prob(EnvP e, const uint32_t* traj, int w, int steps, int batch,
+                                             const float* logits, int stride, int col, int width, int backward,
+                                             float* out) {
+    long long i = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    if (i >= (long long)steps * batch) return;
+    int lane = threadIdx.x & 31;
+    uint32_t a = traj[i * w + act_col(e)];
+    long long row = backward ? i + batch : i;
+    if (backward) a = bwd_action(e, a);
+    if (a == NO_ACTION) { if (lane == 0) out[i] = 0.0f; return; }
+    const uint32_t* s = traj + row * w;
+    const float* l = logits + row * stride + col;
+    float m, z;
+    warp_max_z_env(e, s, l, width, backward, &m, &z);
+    if (lane == 0) out[i] = l[a] - m - logf(z);
+}
+
+// Gradient of the loss with respect to one network output `logits` [N, stride], N = (T+1)·B rows,
+// every column written. Head columns: P_F at pf_col (width A), P_B at pb_col (width A_B), log F at
+// flow_col; −1 = not in this network. Row (t, b): P_F columns g_pf(t, b) · (1[j = a_t] − p_j) on
+// the allowed j (t < T, a_t an action); P_B columns g_pb(t−1, b) · (1[j = a'] − q_j) for the undoing
+// action a' of step t−1 → t (t ≥ 1); log F column g_flow(t, b); 0 elsewhere.
+// g_mode 0 (TB): g = [B], g_pf = g[b], g_pb = −g[b], g_flow = 0. g_mode 1 (rows): g = [3, T+1, B]
+// holding g_pf, g_pb (by step) and g_flow. One warp per row.
+extern "C" __global__ void gfn_head_grad(EnvP e, const uint32_t* traj, int w, int steps, int batch,
+                                         const float* logits, int stride, int pf_col, int pb_col, int flow_col,
+                                         const float* g, int g_mode, float* dout) {
+    long long r = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    long long n = (long long)(steps + 1) * batch;
+    if (r >= n) return;
+    int lane = threadIdx.x & 31;
+    int t = (int)(r / batch), b = (int)(r % batch);
+    const uint32_t* s = traj + r * w;
+    const float* l = logits + r * stride;
+    float* o = dout + r * stride;
+    long long plane = (long long)(steps + 1) * batch;
+    // P_F: the action of this row.
+    uint32_t a = t < steps ? s[act_col(e)] : NO_ACTION;
+    float gpf = 0.0f, mf = 0.0f, zf = 1.0f;
+    if (pf_col >= 0 && a != NO_ACTION) {
+        gpf = g_mode == 0 ? g[b] : g[r];
+        warp_max_z_env(e, s, l + pf_col, e.n_actions, 0, &mf, &zf);
+    }
+    // P_B: the action undoing the step into this row.
+    uint32_t ab = t >= 1 ? bwd_action(e, traj[(r - batch) * w + act_col(e)]) : NO_ACTION;
+    float gpb = 0.0f, mb = 0.0f, zb = 1.0f;
+    if (pb_col >= 0 && ab != NO_ACTION) {
+        gpb = g_mode == 0 ? -g[b] : g[plane + r - batch];
+        warp_max_z_env(e, s, l + pb_col, e.n_back, 1, &mb, &zb);
+    }
+    float gfl = (flow_col >= 0 && g_mode == 1) ? g[2 * plane + r] : 0.0f;
+    for (int j = lane; j < stride; j += 32) {
+        float v = 0.0f;
+        if (pf_col >= 0 && j >= pf_col && j < pf_col + e.n_actions && a != NO_ACTION) {
+            int c = j - pf_col;
+            float p = fwd_allowed(e, s, c) ? expf(l[j] - mf) / zf : 0.0f;
+            v = gpf * (((uint32_t)c == a ? 1.0f : 0.0f) - p);
+        } else if (pb_col >= 0 && j >= pb_col && j < pb_col + e.n_back && ab != NO_ACTION) {
+            int c = j - pb_col;
+            float q = bwd_allowed(e, s, c) ? expf(l[j] - mb) / zb : 0.0f;
+            v = gpb * (((uint32_t)c == ab ? 1.0f : 0.0f) - q);
+        } else if (j == flow_col) {
+            v = gfl;
+        }
+        o[j] = v;
+    }
+}
+
+// Trajectory balance and its gradient in one block: resid_b = log Z + Σ_t (log P_F − log P_B)[t, b]
+// − log R_b; out[0] = mean_b resid², out[1] = ∂/∂log Z = mean_b 2·resid, out[2 + b] = 2·resid_b / B.
+// The sums run in a fixed order (each thread's columns in order, then a tree over the block), so
+// the result is the same on every run.
+extern "C" __global__ void gfn_tb_grad(const float* log_pf, const float* log_pb, int steps, int batch,
+                                       const float* log_r, const float* log_z, float* out) {
+    __shared__ double s_sq[1024];
+    __shared__ double s_lin[1024];
+    double sq = 0.0, lin = 0.0;
+    float lz = log_z[0];
+    for (int b = threadIdx.x; b < batch; b += blockDim.x) {
+        float acc = 0.0f;
+        for (int t = 0; t < steps; ++t) acc += log_pf[(long long)t * batch + b] - log_pb[(long long)t * batch + b];
+        float resid = lz + acc - log_r[b];
+        out[2 + b] = 2.0f * resid / (float)batch;
+        sq += (double)resid * (double)resid;
+        lin += (double)resid;
+    }
+    s_sq[threadIdx.x] = sq;
+    s_lin[threadIdx.x] = lin;
+    __syncthreads();
+    for (int half = blockDim.x / 2; half > 0; half >>= 1) {
+        if (threadIdx.x < half) {
+            s_sq[threadIdx.x] += s_sq[threadIdx.x + half];
+            s_lin[threadIdx.x] += s_lin[threadIdx.x + half];
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        out[0] = (float)(s_sq[0] / (double)batch);
+        out[1] = (float)(2.0 * s_lin[0] / (double)batch);
+    }
+}
+
+// ReLU's backward in place: d[i] = 0 where the layer's output h[i] is 0 (h = relu(z) > 0 ⇔ z > 0).
+extern "C" __global__ void gfn_relu_grad(float* d, const float* h, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    if (!(h[i] > 0.0f)) d[i] = 0.0f;
+}
+
+// Column sums of x [n, m] in two deterministic passes: partial[p, j] = Σ over rows p, p + P, …
+// (in order), then out[j] = Σ_p partial[p, j] (in order). Pass 1: grid (⌈m/32⌉, P), 32×8 threads.
+extern "C" __global__ void gfn_col_sum_partial(const float* x, int n, int m, int parts, float* partial) {
+    __shared__ float tile[8][33];
+    int j = blockIdx.x * 32 + threadIdx.x;
+    int p = blockIdx.y;
+    float acc = 0.0f;
+    if (j < m)
+        for (long long i = (long long)p * 8 + threadIdx.y; i < n; i += (long long)parts * 8) acc += x[i * m + j];
+    tile[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y == 0 && j < m) {
+        float s = 0.0f;
+        for (int k = 0; k < 8; ++k) s += tile[k][threadIdx.x];
+        partial[(long long)p * m + j] = s;
+    }
+}
+
+extern "C" __global__ void gfn_col_sum_final(const float* partial, int parts, int m, float* out) {
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= m) return;
+    float s = 0.0f;
+    for (int p = 0; p < parts; ++p) s += partial[(long long)p * m + j];
+    out[j] = s;
 }

@@ -44,6 +44,18 @@ pub fn cuda_device(ordinal: usize) -> gfn_core::Result<candle_core::Device> {
     Ok(dev)
 }
 
+/// What a device is, for logs: the GPU's name and ordinal (`NVIDIA H200 (cuda:0)`), or `cpu`.
+pub fn device_name(dev: &candle_core::Device) -> String {
+    #[cfg(feature = "cuda")]
+    if let candle_core::Device::Cuda(d) = dev {
+        return cuda::name(d);
+    }
+    match dev {
+        candle_core::Device::Cpu => "cpu".into(),
+        other => format!("{other:?}"),
+    }
+}
+
 /// The first CUDA device if this build has CUDA and a GPU is present, else `None` (tests skip).
 pub fn try_cuda() -> Option<candle_core::Device> {
     if CUDA_BUILT { cuda_device(0).ok() } else { None }

@@ -345,8 +345,6 @@ impl InplaceOp2 for SampleStep {
 
 /// Most layers [`RolloutStep`] fuses (`MAX_LAYERS` in `kernels.cu`).
 pub const MAX_FUSED_LAYERS: usize = 4;
-/// Rows of a block of [`RolloutStep`] (`FUSED_ROWS` in `kernels.cu`).
-pub const FUSED_ROWS: usize = 4;
 /// Largest layer width [`RolloutStep`] keeps in shared memory (2 · 4 rows · 1536 floats =
 /// 48 KiB, the default limit).
 pub const MAX_FUSED_WIDTH: usize = 1536;
@@ -366,6 +364,9 @@ pub struct RolloutStep {
     pub sample: SampleParams,
     /// The P_F net's layers.
     pub layers: Vec<(Tensor, Tensor)>,
+    /// Trajectories per thread block on the GPU (1, 2, 4, 8 or 16); 0 = chosen from the batch
+    /// and the number of multiprocessors. The samples do not depend on it.
+    pub rows: usize,
 }
 
 impl RolloutStep {
@@ -1094,5 +1095,437 @@ impl InplaceOp2 for AdamApply {
             bail!("{}: moments must hold 2×{n} values, got {:?}", self.name(), l2.dims());
         }
         crate::cuda::adam_apply(self, s1, l1, s2, l2, n)
+    }
+}
+
+// ------------------------------------------------------------ the hand-written training pass
+
+/// Max and normaliser of the logits of the actions `allowed(j)` permits (f32, in index order).
+fn env_max_z(l: &[f32], allowed: impl Fn(usize) -> bool) -> (f32, f32) {
+    let mut mx = f32::NEG_INFINITY;
+    for (j, &v) in l.iter().enumerate() {
+        if allowed(j) {
+            mx = mx.max(v);
+        }
+    }
+    let mut z = 0.0f32;
+    for (j, &v) in l.iter().enumerate() {
+        if allowed(j) {
+            z += (v - mx).exp();
+        }
+    }
+    (mx, z)
+}
+
+/// `[N, C]` of a network output whose rows are the `N = (T+1)·B` rows of a trajectory buffer.
+fn output_dims(l: &Layout, rows: usize, op: &str) -> CResult<usize> {
+    match l.dims() {
+        &[n, c] if n == rows => Ok(c),
+        d => bail!("{op}: network output must be [{rows}, C] (one row per trajectory row), got {d:?}"),
+    }
+}
+
+/// `log P(a | s)` of every step of a trajectory buffer, read from one head of a network output
+/// over all its rows: forward, `log P_F(a_t | s_t)` from row `(t, b)`; backward,
+/// `log P_B(s_t | s_{t+1})` of the undoing action from row `(t+1, b)`. Masks come from the
+/// environment. Inputs: output `[(T+1)·B, C]` f32, trajectory `[T+1, B, W]`; output `[T, B]`, 0 where
+/// the step has no such action. No backward pass (its gradient is [`HeadGrad`]).
+#[derive(Debug, Clone, Copy)]
+pub struct StepLogProb {
+    /// The environment.
+    pub env: EnvSpec,
+    /// First column of the head in the output.
+    pub col: usize,
+    /// `false`: P_F (width `A`); `true`: P_B (width `A_B`).
+    pub backward: bool,
+}
+
+impl StepLogProb {
+    fn width(&self) -> usize {
+        if self.backward {
+            self.env.n_backward()
+        } else {
+            self.env.n_actions()
+        }
+    }
+}
+
+impl CustomOp2 for StepLogProb {
+    fn name(&self) -> &'static str {
+        "gfn-step-log-prob"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let env = &self.env;
+        let (steps, batch) = traj_dims(l2, env, self.name())?;
+        let c = output_dims(l1, (steps + 1) * batch, self.name())?;
+        let width = self.width();
+        if self.col + width > c {
+            bail!(
+                "{}: head columns {}..{} past the output's {c}",
+                self.name(),
+                self.col,
+                self.col + width
+            );
+        }
+        let (logits, traj) = (cpu_f32(s1, l1, self.name())?, cpu_u32(s2, l2, self.name())?);
+        let w = env.row_width();
+        let mut out = out_f32(steps * batch);
+        for (i, o) in out.iter_mut().enumerate() {
+            let mut a = traj[i * w + env.act_col()];
+            let row = if self.backward { i + batch } else { i };
+            if self.backward {
+                a = env.bwd_action(a);
+            }
+            if a == NO_ACTION {
+                *o = 0.0;
+                continue;
+            }
+            let s = &traj[row * w..(row + 1) * w];
+            let l = &logits[row * c + self.col..row * c + self.col + width];
+            let (mx, z) = env_max_z(l, |j| {
+                if self.backward {
+                    env.bwd_allowed(s, j)
+                } else {
+                    env.fwd_allowed(s, j)
+                }
+            });
+            *o = l[a as usize] - mx - z.ln();
+        }
+        Ok((CpuStorage::F32(out), Shape::from((steps, batch))))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> CResult<(candle_core::CudaStorage, Shape)> {
+        let (steps, batch) = traj_dims(l2, &self.env, self.name())?;
+        let c = output_dims(l1, (steps + 1) * batch, self.name())?;
+        if self.col + self.width() > c {
+            bail!("{}: head columns past the output's {c}", self.name());
+        }
+        let out = crate::cuda::step_log_prob(self, s1, l1, s2, l2, steps, batch, c, self.width())?;
+        Ok((out, Shape::from((steps, batch))))
+    }
+}
+
+/// Where the heads of one network's output are: the first column of P_F, of P_B and of log F,
+/// `None` where that head is not in this network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HeadCols {
+    /// P_F logits (`A` columns).
+    pub pf: Option<usize>,
+    /// P_B logits (`A_B` columns).
+    pub pb: Option<usize>,
+    /// log F (one column).
+    pub flow: Option<usize>,
+}
+
+/// The loss's gradient with respect to one network output `[(T+1)·B, C]` (every column written):
+/// row `(t, b)` gets `g_pf(t, b)·(1[j = a_t] − p_j)` on its P_F columns (allowed `j`),
+/// `g_pb(t−1, b)·(1[j = a'] − q_j)` on its P_B columns (the action undoing step `t−1 → t`),
+/// `g_flow(t, b)` on its log F column, 0 elsewhere — the chain rule through
+/// [`StepLogProb`] with the per-step gradients `g`. Inputs: output, trajectory, `g`: with
+/// `per_trajectory` (TB) `g` is `[B]` and `g_pf = g_b`, `g_pb = −g_b`, `g_flow = 0`; otherwise `g`
+/// is `[3, T+1, B]`, the planes `g_pf`, `g_pb` (by step) and `g_flow`.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadGrad {
+    /// The environment.
+    pub env: EnvSpec,
+    /// The heads of this output.
+    pub cols: HeadCols,
+    /// `g` per trajectory (TB) rather than per step.
+    pub per_trajectory: bool,
+}
+
+impl HeadGrad {
+    fn check(&self, l1: &Layout, l2: &Layout, l3: &Layout) -> CResult<(usize, usize, usize)> {
+        let op = self.name();
+        let (steps, batch) = traj_dims(l2, &self.env, op)?;
+        let c = output_dims(l1, (steps + 1) * batch, op)?;
+        let want: Vec<usize> = if self.per_trajectory {
+            vec![batch]
+        } else {
+            vec![3, steps + 1, batch]
+        };
+        if l3.dims() != want.as_slice() {
+            bail!("{op}: g must be {want:?}, got {:?}", l3.dims());
+        }
+        let fits = |col: Option<usize>, width: usize| col.is_none_or(|k| k + width <= c);
+        if !(fits(self.cols.pf, self.env.n_actions())
+            && fits(self.cols.pb, self.env.n_backward())
+            && fits(self.cols.flow, 1))
+        {
+            bail!("{op}: head columns {:?} past the output's {c}", self.cols);
+        }
+        Ok((steps, batch, c))
+    }
+}
+
+impl CustomOp3 for HeadGrad {
+    fn name(&self) -> &'static str {
+        "gfn-head-grad"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let (steps, batch, c) = self.check(l1, l2, l3)?;
+        let env = &self.env;
+        let (logits, traj, g) = (
+            cpu_f32(s1, l1, self.name())?,
+            cpu_u32(s2, l2, self.name())?,
+            cpu_f32(s3, l3, self.name())?,
+        );
+        let w = env.row_width();
+        let n = (steps + 1) * batch;
+        let (na, nb) = (env.n_actions(), env.n_backward());
+        let mut out = out_f32(n * c);
+        for r in 0..n {
+            let (t, b) = (r / batch, r % batch);
+            let s = &traj[r * w..(r + 1) * w];
+            let l = &logits[r * c..(r + 1) * c];
+            let o = &mut out[r * c..(r + 1) * c];
+            o.fill(0.0);
+            if let Some(k) = self.cols.pf {
+                let a = if t < steps { s[env.act_col()] } else { NO_ACTION };
+                if a != NO_ACTION {
+                    let gpf = if self.per_trajectory { g[b] } else { g[r] };
+                    let lh = &l[k..k + na];
+                    let (mx, z) = env_max_z(lh, |j| env.fwd_allowed(s, j));
+                    for j in 0..na {
+                        let p = if env.fwd_allowed(s, j) {
+                            (lh[j] - mx).exp() / z
+                        } else {
+                            0.0
+                        };
+                        o[k + j] = gpf * (if j as u32 == a { 1.0 } else { 0.0 } - p);
+                    }
+                }
+            }
+            if let Some(k) = self.cols.pb
+                && t >= 1
+            {
+                let ab = env.bwd_action(traj[(r - batch) * w + env.act_col()]);
+                if ab != NO_ACTION {
+                    let gpb = if self.per_trajectory { -g[b] } else { g[n + r - batch] };
+                    let lh = &l[k..k + nb];
+                    let (mx, z) = env_max_z(lh, |j| env.bwd_allowed(s, j));
+                    for j in 0..nb {
+                        let q = if env.bwd_allowed(s, j) {
+                            (lh[j] - mx).exp() / z
+                        } else {
+                            0.0
+                        };
+                        o[k + j] = gpb * (if j as u32 == ab { 1.0 } else { 0.0 } - q);
+                    }
+                }
+            }
+            if let Some(k) = self.cols.flow
+                && !self.per_trajectory
+            {
+                o[k] = g[2 * n + r];
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n, c))))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> CResult<(candle_core::CudaStorage, Shape)> {
+        let (steps, batch, c) = self.check(l1, l2, l3)?;
+        let out = crate::cuda::head_grad(self, s1, l1, s2, l2, s3, l3, steps, batch, c)?;
+        Ok((out, Shape::from(((steps + 1) * batch, c))))
+    }
+}
+
+/// Threads of `gfn_tb_grad`'s one block (its reduction tree; the CPU reference follows it).
+pub const TB_THREADS: usize = 1024;
+
+/// Trajectory balance and its gradient in one pass: with
+/// `resid_b = log Z + Σ_t (log P_F − log P_B)[t, b] − log R_b`, the output `[2 + B]` is
+/// `[mean_b resid², ∂/∂log Z = mean_b 2·resid, 2·resid_b / B …]`. Inputs: `log P_F`, `log P_B`
+/// `[T, B]`, and `[log R_0 … log R_{B−1}, log Z]` `[B + 1]`. Sums in a fixed order (the kernel's
+/// one block of [`TB_THREADS`] threads), so every run gives the same bits.
+#[derive(Debug, Clone, Copy)]
+pub struct TbGrad;
+
+fn tb_dims(l1: &Layout, l2: &Layout, l3: &Layout, op: &str) -> CResult<(usize, usize)> {
+    let (t, b) = match l1.dims() {
+        &[t, b] => (t, b),
+        d => bail!("{op}: log P_F must be [T, B], got {d:?}"),
+    };
+    if l2.dims() != [t, b] || l3.dims() != [b + 1] {
+        bail!(
+            "{op}: log P_B must be [{t}, {b}] and [log R | log Z] [{}], got {:?} and {:?}",
+            b + 1,
+            l2.dims(),
+            l3.dims()
+        );
+    }
+    Ok((t, b))
+}
+
+impl CustomOp3 for TbGrad {
+    fn name(&self) -> &'static str {
+        "gfn-tb-grad"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let (steps, batch) = tb_dims(l1, l2, l3, self.name())?;
+        let (pf, pb, rz) = (
+            cpu_f32(s1, l1, self.name())?,
+            cpu_f32(s2, l2, self.name())?,
+            cpu_f32(s3, l3, self.name())?,
+        );
+        let lz = rz[batch];
+        let mut out = out_f32(2 + batch);
+        let mut sq = vec![0f64; TB_THREADS];
+        let mut lin = vec![0f64; TB_THREADS];
+        for b in 0..batch {
+            let mut acc = 0f32;
+            for t in 0..steps {
+                acc += pf[t * batch + b] - pb[t * batch + b];
+            }
+            let resid = lz + acc - rz[b];
+            out[2 + b] = 2.0 * resid / batch as f32;
+            sq[b % TB_THREADS] += f64::from(resid) * f64::from(resid);
+            lin[b % TB_THREADS] += f64::from(resid);
+        }
+        let mut half = TB_THREADS / 2;
+        while half > 0 {
+            for i in 0..half {
+                sq[i] += sq[i + half];
+                lin[i] += lin[i + half];
+            }
+            half /= 2;
+        }
+        out[0] = (sq[0] / batch as f64) as f32;
+        out[1] = (2.0 * lin[0] / batch as f64) as f32;
+        Ok((CpuStorage::F32(out), Shape::from(2 + batch)))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> CResult<(candle_core::CudaStorage, Shape)> {
+        let (steps, batch) = tb_dims(l1, l2, l3, self.name())?;
+        let out = crate::cuda::tb_grad(s1, l1, s2, l2, s3, l3, steps, batch)?;
+        Ok((out, Shape::from(2 + batch)))
+    }
+}
+
+/// ReLU's backward, in place on the gradient `d` given the layer's output `h` (same shape):
+/// `d ← 0` where `h ≤ 0`.
+#[derive(Debug, Clone, Copy)]
+pub struct ReluGrad;
+
+impl InplaceOp2 for ReluGrad {
+    fn name(&self) -> &'static str {
+        "gfn-relu-grad"
+    }
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CResult<()> {
+        if l1.dims() != l2.dims() {
+            bail!("{}: shapes differ, {:?} and {:?}", self.name(), l1.dims(), l2.dims());
+        }
+        let h = cpu_f32(s2, l2, self.name())?;
+        let d = cpu_f32_mut(s1, l1, self.name())?;
+        for (d, &h) in d.iter_mut().zip(h) {
+            if !(h > 0.0) {
+                *d = 0.0;
+            }
+        }
+        Ok(())
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &mut candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> CResult<()> {
+        if l1.dims() != l2.dims() {
+            bail!("{}: shapes differ, {:?} and {:?}", self.name(), l1.dims(), l2.dims());
+        }
+        crate::cuda::relu_grad(s1, l1, s2, l2, l1.shape().elem_count())
+    }
+}
+
+/// Column sums of `[n, m]` → `[m]` (a bias gradient), in the kernel's fixed order: partial sums
+/// over the rows `p·8 + y + k·8P` for `P = `[`col_sum_parts`]`(n)` parts and 8 lanes `y`, the lanes
+/// added in order, then the parts in order.
+#[derive(Debug, Clone, Copy)]
+pub struct ColSum;
+
+/// Row partitions of [`ColSum`] for `n` rows.
+pub fn col_sum_parts(n: usize) -> usize {
+    (n / 512).clamp(1, 128)
+}
+
+impl CustomOp1 for ColSum {
+    fn name(&self) -> &'static str {
+        "gfn-col-sum"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let (n, m) = match l.dims() {
+            &[n, m] => (n, m),
+            d => bail!("{}: input must be [n, m], got {d:?}", self.name()),
+        };
+        let x = cpu_f32(s, l, self.name())?;
+        let parts = col_sum_parts(n);
+        let mut out = out_f32(m);
+        for (j, o) in out.iter_mut().enumerate() {
+            let mut total = 0f32;
+            for p in 0..parts {
+                let mut part = 0f32;
+                for y in 0..8 {
+                    let mut acc = 0f32;
+                    let mut i = p * 8 + y;
+                    while i < n {
+                        acc += x[i * m + j];
+                        i += parts * 8;
+                    }
+                    part += acc;
+                }
+                total += part;
+            }
+            *o = total;
+        }
+        Ok((CpuStorage::F32(out), Shape::from(m)))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> CResult<(candle_core::CudaStorage, Shape)> {
+        let (n, m) = match l.dims() {
+            &[n, m] => (n, m),
+            d => bail!("{}: input must be [n, m], got {d:?}", self.name()),
+        };
+        let out = crate::cuda::col_sum(s, l, n, m, col_sum_parts(n))?;
+        Ok((out, Shape::from(m)))
     }
 }

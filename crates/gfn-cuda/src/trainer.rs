@@ -12,15 +12,26 @@
 //!    SubTB(λ): `mean_b` of [`SubTbLoss`] with `log F(s_n) := log R`.
 //! 3. **Update**: backward, then Adam as two in-place kernels per tensor ([`AdamMoments`],
 //!    [`AdamApply`]). The loss comes back to the host once per step (to stop on a non-finite one).
+//!
+//! The training pass and its backward are hand-written by default ([`DeviceTrainer::manual_gradients`]):
+//! the MLP forward keeps each layer's output; [`StepLogProb`] reads `log P_F` / `log P_B` straight
+//! from the output (masks from the environment); [`TbGrad`] gives the loss and `∂/∂resid` in one
+//! block, or [`SubTbLoss`] + [`SubTbJacobian`]; [`HeadGrad`] writes `∂loss/∂output` for every column
+//! in one pass; then per layer `dW = aᵀ·d`, `db = `[`ColSum`]`(d)`, `d ← (d·Wᵀ) ⊙ 1[a > 0]`
+//! ([`ReluGrad`]). About 15 launches instead of candle autograd's ~60, and no Jacobian the size
+//! of the logits. [`DeviceTrainer::set_manual_backward`]`(false)` uses autograd over
+//! [`DeviceTrainer::batch_loss`] instead (the reference the tests compare with).
 
 use candle_core::{D, DType, Device, IndexOp, Tensor, Var};
 use gfn_core::estimator::{BackwardPolicy, Estimator};
+use gfn_core::nn::Mlp;
 use gfn_core::optim::AdamParams;
 use gfn_core::{GfnError, Result};
 
 use crate::ops::{
-    AdamApply, AdamMoments, BackwardActions, BackwardMask, BiasAct, Featurize, ForwardMask, LogReward,
-    LogSoftmaxGather, RolloutStep, SampleParams, SampleStep, SubTbLoss, UniformLogPb,
+    AdamApply, AdamMoments, BackwardActions, BackwardMask, BiasAct, ColSum, Featurize, ForwardMask, HeadCols, HeadGrad,
+    LogReward, LogSoftmaxGather, ReluGrad, RolloutStep, SampleParams, SampleStep, StepLogProb, SubTbJacobian,
+    SubTbLoss, TbGrad, UniformLogPb,
 };
 use crate::spec::{DeviceEnv, EnvSpec};
 
@@ -99,7 +110,9 @@ pub struct StepStats {
     /// The loss before the update.
     pub loss: f64,
     /// With profiling on: seconds of `[rollout, loss, backward, update]`, each ended by a
-    /// device synchronisation (which itself slows the step a little).
+    /// device synchronisation (which itself slows the step a little). With the hand-written pass
+    /// "loss" is the forward pass with the loss and "backward" the rest of the gradient; with
+    /// autograd, "loss" is the graph's forward and "backward" `loss.backward()`.
     pub phases: Option<[f64; 4]>,
 }
 
@@ -140,6 +153,10 @@ pub struct DeviceTrainer {
     profile: bool,
     /// Roll out with [`RolloutStep`] (one kernel per step) when the net fits it.
     fused: bool,
+    /// Rows per block of [`RolloutStep`] (0 = automatic).
+    rollout_rows: usize,
+    /// Hand-written training pass (true) or candle autograd over [`DeviceTrainer::batch_loss`].
+    manual: bool,
 }
 
 impl std::fmt::Debug for DeviceTrainer {
@@ -206,6 +223,8 @@ impl DeviceTrainer {
             iteration: 0,
             profile: false,
             fused: true,
+            rollout_rows: 0,
+            manual: true,
         })
     }
 
@@ -239,6 +258,21 @@ impl DeviceTrainer {
     /// same samples up to the rounding of the logits.
     pub fn set_fused_rollout(&mut self, on: bool) {
         self.fused = on;
+    }
+    /// Rows per thread block of the fused rollout kernel: 1, 2, 4, 8 or 16, or 0 (default) to
+    /// choose from the batch and the GPU. The samples are the same for every value; it is a speed
+    /// knob (checked when the kernel launches).
+    pub fn set_rollout_rows(&mut self, rows: usize) {
+        self.rollout_rows = rows;
+    }
+    /// Hand-written training pass and backward (true, default) or candle autograd over
+    /// [`DeviceTrainer::batch_loss`]. The two agree to float rounding.
+    pub fn set_manual_backward(&mut self, on: bool) {
+        self.manual = on;
+    }
+    /// Whether the training pass is the hand-written one.
+    pub fn manual_backward(&self) -> bool {
+        self.manual
     }
     /// Time the phases of each step (synchronising the device after each).
     pub fn set_profile(&mut self, on: bool) {
@@ -313,10 +347,13 @@ impl DeviceTrainer {
             t: 0,
             sample,
             layers,
+            rows: self.rollout_rows,
         };
         let use_fused = self.fused && fused.dims().is_ok();
+        // Every trajectory of the other environments takes exactly T steps: nothing to check.
+        let can_end_early = self.spec.env_kind() == crate::spec::EnvKind::Hypergrid;
         for t in 0..steps {
-            if every > 0 && t > 0 && t % every == 0 {
+            if can_end_early && every > 0 && t > 0 && t % every == 0 {
                 let done = traj
                     .i(t)?
                     .narrow(1, self.spec.done_col(), 1)?
@@ -402,20 +439,7 @@ impl DeviceTrainer {
                     return Err(GfnError::Other("SubTB without a flow head".into()));
                 };
                 let delta = (&log_pf - &log_pb)?.contiguous()?;
-                let lengths = last.narrow(1, spec.steps_col(), 1)?.squeeze(1)?.contiguous()?;
-                let positions = if batch == self.config.batch {
-                    self.positions.narrow(0, 0, t1)?
-                } else {
-                    Tensor::arange(0u32, t1 as u32, &self.device)?
-                        .reshape((t1, 1))?
-                        .broadcast_as((t1, batch))?
-                        .contiguous()?
-                };
-                let at_end = positions.broadcast_eq(&lengths.unsqueeze(0)?)?;
-                let flows = at_end.where_cond(
-                    &log_reward.unsqueeze(0)?.broadcast_as((t1, batch))?,
-                    &flow.reshape((t1, batch))?,
-                )?;
+                let (flows, lengths, _) = self.subtb_flows(&last, flow, &log_reward, t1, batch)?;
                 delta
                     .apply_op3(
                         &flows.contiguous()?,
@@ -433,6 +457,196 @@ impl DeviceTrainer {
             log_pb,
             log_reward,
         })
+    }
+
+    /// SubTB's flows `[T+1, B]` (`log F(s_t)`, with `log R` at each trajectory's end), the
+    /// lengths `[B]` and the end mask `[T+1, B]` (u8), from the last slot and the flow head `[N]`.
+    fn subtb_flows(
+        &self,
+        last: &Tensor,
+        flow: &Tensor,
+        log_reward: &Tensor,
+        t1: usize,
+        batch: usize,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let lengths = last.narrow(1, self.spec.steps_col(), 1)?.squeeze(1)?.contiguous()?;
+        let positions = if batch == self.config.batch {
+            self.positions.narrow(0, 0, t1)?
+        } else {
+            Tensor::arange(0u32, t1 as u32, &self.device)?
+                .reshape((t1, 1))?
+                .broadcast_as((t1, batch))?
+                .contiguous()?
+        };
+        let at_end = positions.broadcast_eq(&lengths.unsqueeze(0)?)?;
+        let flows = at_end.where_cond(
+            &log_reward.unsqueeze(0)?.broadcast_as((t1, batch))?,
+            &flow.reshape((t1, batch))?,
+        )?;
+        Ok((flows, lengths, at_end))
+    }
+
+    /// Where each network's heads are, and whether this loss reaches the network at all
+    /// (`None`: a separate flow network under TB gets no gradient and no update).
+    fn head_cols(&self) -> Vec<Option<HeadCols>> {
+        let est = &self.estimator;
+        let cfg = est.config();
+        let learned = cfg.backward == BackwardPolicy::Learned;
+        let subtb = matches!(self.config.loss, DeviceLoss::SubTb { .. });
+        let (na, nb) = (est.n_actions(), est.n_backward());
+        if cfg.shared_trunk {
+            let flow_col = na + if learned { nb } else { 0 };
+            return vec![Some(HeadCols {
+                pf: Some(0),
+                pb: learned.then_some(na),
+                flow: (cfg.flow_head && subtb).then_some(flow_col),
+            })];
+        }
+        let mut cols = vec![Some(HeadCols {
+            pf: Some(0),
+            ..HeadCols::default()
+        })];
+        if learned {
+            cols.push(Some(HeadCols {
+                pb: Some(0),
+                ..HeadCols::default()
+            }));
+        }
+        if cfg.flow_head {
+            cols.push(subtb.then_some(HeadCols {
+                flow: Some(0),
+                ..HeadCols::default()
+            }));
+        }
+        cols
+    }
+
+    /// The hand-written training pass over the trajectories in `traj`: the loss (a one-element
+    /// tensor, still on the device) and the gradient of every optimised tensor in the order of
+    /// [`DeviceTrainer::optimizer_state`] (`None` for a tensor the loss does not reach). Equal to
+    /// autograd over [`DeviceTrainer::batch_loss`] up to float rounding.
+    pub fn manual_gradients(&self, traj: &Tensor) -> Result<(Tensor, Vec<Option<Tensor>>)> {
+        let pass = self.manual_forward(traj)?;
+        let grads = self.manual_backward_pass(traj, &pass)?;
+        Ok((pass.loss, grads))
+    }
+
+    /// The forward half of [`DeviceTrainer::manual_gradients`]: the networks' tapes, the loss and
+    /// the per-trajectory or per-step gradients of the log-probabilities and flows.
+    fn manual_forward(&self, traj: &Tensor) -> Result<ManualPass> {
+        let (t1, batch, w) = traj.dims3()?;
+        let steps = t1 - 1;
+        let spec = self.spec;
+        let est = &self.estimator;
+        let rows = traj.reshape((t1 * batch, w))?;
+        let feats = rows.apply_op1_no_bwd(&Featurize(spec))?;
+        let cols = self.head_cols();
+        let tapes = est
+            .nets()
+            .iter()
+            .map(|net| mlp_forward_tape(net, &feats))
+            .collect::<Result<Vec<_>>>()?;
+        let output = |k: usize| -> &Tensor { tapes[k].last().expect("a tape holds the output") };
+        let log_pf = output(0).apply_op2_no_bwd(
+            traj,
+            &StepLogProb {
+                env: spec,
+                col: 0,
+                backward: false,
+            },
+        )?;
+        let log_pb = match est.pb_location() {
+            None => traj.apply_op1_no_bwd(&UniformLogPb(spec))?,
+            Some((k, col)) => output(k).apply_op2_no_bwd(
+                traj,
+                &StepLogProb {
+                    env: spec,
+                    col,
+                    backward: true,
+                },
+            )?,
+        };
+        let last = traj.i(steps)?;
+        let log_reward = last.apply_op2_no_bwd(&self.aux, &LogReward(spec))?;
+        let (loss, g, per_trajectory, d_log_z) = match self.config.loss {
+            DeviceLoss::Tb => {
+                let rz = Tensor::cat(&[&log_reward, &est.log_z().as_tensor().detach()], 0)?;
+                let tb = log_pf.apply_op3_no_bwd(&log_pb, &rz, &TbGrad)?;
+                (
+                    tb.narrow(0, 0, 1)?,
+                    tb.narrow(0, 2, batch)?,
+                    true,
+                    Some(tb.narrow(0, 1, 1)?),
+                )
+            }
+            DeviceLoss::SubTb { lambda } => {
+                let Some((k, col)) = flow_location(est) else {
+                    return Err(GfnError::Other("SubTB without a flow head".into()));
+                };
+                let flow = output(k).narrow(1, col, 1)?.squeeze(1)?;
+                let delta = (&log_pf - &log_pb)?.contiguous()?;
+                let (flows, lengths, at_end) = self.subtb_flows(&last, &flow, &log_reward, t1, batch)?;
+                let flows = flows.contiguous()?;
+                let log_lambda = lambda.ln();
+                let per = delta.apply_op3_no_bwd(&flows, &lengths, &SubTbLoss { log_lambda })?;
+                let jac = delta.apply_op3_no_bwd(&flows, &lengths, &SubTbJacobian { log_lambda })?;
+                let jac = (jac / batch as f64)?;
+                let gd = jac.narrow(0, 0, steps)?;
+                // The end flows are log R, not the network's: no gradient there.
+                let gf = at_end.where_cond(
+                    &Tensor::zeros((t1, batch), DType::F32, &self.device)?,
+                    &jac.narrow(0, steps, t1)?,
+                )?;
+                let gd = Tensor::cat(&[&gd, &Tensor::zeros((1, batch), DType::F32, &self.device)?], 0)?;
+                let g = Tensor::stack(&[&gd, &gd.neg()?, &gf], 0)?.contiguous()?;
+                (per.mean_keepdim(0)?, g, false, None)
+            }
+        };
+        Ok(ManualPass {
+            tapes,
+            cols,
+            loss,
+            g,
+            per_trajectory,
+            d_log_z,
+        })
+    }
+
+    /// The backward half of [`DeviceTrainer::manual_gradients`].
+    fn manual_backward_pass(&self, traj: &Tensor, pass: &ManualPass) -> Result<Vec<Option<Tensor>>> {
+        let mut grads = Vec::with_capacity(self.slots.len());
+        for (k, (net, cols)) in self.estimator.nets().iter().zip(&pass.cols).enumerate() {
+            match cols {
+                Some(cols) => {
+                    let tape = &pass.tapes[k];
+                    let dout = tape.last().expect("a tape holds the output").apply_op3_no_bwd(
+                        traj,
+                        &pass.g,
+                        &HeadGrad {
+                            env: self.spec,
+                            cols: *cols,
+                            per_trajectory: pass.per_trajectory,
+                        },
+                    )?;
+                    for (dw, db) in mlp_backward(net, tape, dout)? {
+                        grads.push(Some(dw));
+                        grads.push(Some(db));
+                    }
+                }
+                None => grads.extend(std::iter::repeat_n(None, 2 * net.layers.len())),
+            }
+        }
+        if self.config.loss == DeviceLoss::Tb {
+            grads.push(pass.d_log_z.clone());
+        }
+        if grads.len() != self.slots.len() {
+            return Err(GfnError::Other(format!(
+                "internal: {} gradients for {} optimised tensors",
+                grads.len(),
+                self.slots.len()
+            )));
+        }
+        Ok(grads)
     }
 
     /// Gradients of the loss of `traj` for every optimised tensor, `(name, grad)` (zeros for a
@@ -466,21 +680,35 @@ impl DeviceTrainer {
         };
         let traj = self.rollout(iteration, self.config.batch)?;
         mark(1, &self.device, self.profile)?;
-        let loss = self.batch_loss(&traj)?.loss;
-        mark(2, &self.device, self.profile)?;
-        let value = f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
+        let (loss, grads) = if self.manual {
+            let pass = self.manual_forward(&traj)?;
+            mark(2, &self.device, self.profile)?;
+            let grads = self.manual_backward_pass(&traj, &pass)?;
+            (pass.loss, grads)
+        } else {
+            let loss = self.batch_loss(&traj)?.loss;
+            mark(2, &self.device, self.profile)?;
+            let store = loss.backward()?;
+            let grads = self
+                .slots
+                .iter()
+                .map(|s| store.get(s.var.as_tensor()).cloned())
+                .collect();
+            (loss, grads)
+        };
+        // One value back to the host per step, after the gradients are queued.
+        let value = f64::from(loss.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?[0]);
+        mark(3, &self.device, self.profile)?;
         if !value.is_finite() {
             return Err(GfnError::Other(format!(
                 "training stopped: the loss is {value} at iteration {iteration} (on {}); lower lr or check the reward",
                 self.env.name
             )));
         }
-        let grads = loss.backward()?;
-        mark(3, &self.device, self.profile)?;
         self.adam_t += 1;
         let t = self.adam_t as i32;
-        for slot in &mut self.slots {
-            let Some(g) = grads.get(slot.var.as_tensor()) else {
+        for (slot, g) in self.slots.iter_mut().zip(grads) {
+            let Some(g) = g else {
                 continue;
             };
             let hp = if slot.group == 0 {
@@ -513,5 +741,72 @@ impl DeviceTrainer {
             .profile
             .then(|| [0, 1, 2, 3].map(|k| (marks[k + 1] - marks[k]).as_secs_f64()));
         Ok(StepStats { loss: value, phases })
+    }
+}
+
+/// What the forward half of the hand-written pass leaves for the backward half.
+struct ManualPass {
+    /// Per network: its input, each hidden layer's output and its output.
+    tapes: Vec<Vec<Tensor>>,
+    /// Per network: its heads (`None`: not reached by the loss).
+    cols: Vec<Option<HeadCols>>,
+    /// The loss, `[1]`.
+    loss: Tensor,
+    /// `[B]` (TB) or `[3, T+1, B]` (SubTB): the gradients of the log-probabilities and flows.
+    g: Tensor,
+    /// `g` is per trajectory.
+    per_trajectory: bool,
+    /// `∂loss/∂log Z` (TB).
+    d_log_z: Option<Tensor>,
+}
+
+/// The forward pass of one MLP over `x` without a graph, keeping each layer's input: the result
+/// holds `x`, every hidden layer's output (after ReLU) and the output.
+fn mlp_forward_tape(net: &Mlp, x: &Tensor) -> Result<Vec<Tensor>> {
+    let last = net.layers.len() - 1;
+    let mut acts = Vec::with_capacity(net.layers.len() + 1);
+    acts.push(x.clone());
+    for (i, layer) in net.layers.iter().enumerate() {
+        let h = acts[i]
+            .matmul(&layer.weight.as_tensor().detach())?
+            .apply_op2_no_bwd(&layer.bias.as_tensor().detach(), &BiasAct { relu: i < last })?;
+        acts.push(h);
+    }
+    Ok(acts)
+}
+
+/// The parameter gradients of one MLP, `(dW, db)` per layer input first, from the tape of
+/// [`mlp_forward_tape`] and `∂loss/∂output`: `dW_k = a_kᵀ·d_k`, `db_k = Σ_rows d_k`,
+/// `d_{k−1} = (d_k·W_kᵀ) ⊙ 1[a_k > 0]`.
+fn mlp_backward(net: &Mlp, acts: &[Tensor], dout: Tensor) -> Result<Vec<(Tensor, Tensor)>> {
+    let n = net.layers.len();
+    let mut grads = Vec::with_capacity(n);
+    let mut d = dout;
+    for k in (0..n).rev() {
+        let a = &acts[k];
+        let dw = a.t()?.matmul(&d)?;
+        let db = d.apply_op1_no_bwd(&ColSum)?;
+        if k > 0 {
+            let prev = d.matmul(&net.layers[k].weight.as_tensor().detach().t()?)?;
+            prev.inplace_op2(a, &ReluGrad)?;
+            d = prev;
+        }
+        grads.push((dw, db));
+    }
+    grads.reverse();
+    Ok(grads)
+}
+
+/// Where the log F head is: `(net, column)`, or `None` without a flow head.
+fn flow_location(est: &Estimator) -> Option<(usize, usize)> {
+    let cfg = est.config();
+    if !cfg.flow_head {
+        return None;
+    }
+    let learned = cfg.backward == BackwardPolicy::Learned;
+    if cfg.shared_trunk {
+        Some((0, est.n_actions() + if learned { est.n_backward() } else { 0 }))
+    } else {
+        Some((if learned { 2 } else { 1 }, 0))
     }
 }

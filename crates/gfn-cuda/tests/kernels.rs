@@ -11,74 +11,21 @@
 
 use approx::assert_relative_eq;
 use candle_core::{DType, Device, IndexOp, Tensor};
-use gfn_core::estimator::{BackwardPolicy, Estimator, EstimatorConfig};
+use gfn_core::estimator::BackwardPolicy;
 use gfn_core::optim::AdamParams;
-use gfn_core::{Env, GfnRng, rng_from_seed};
+use gfn_core::{Env, rng_from_seed};
 use gfn_cuda::ops::{
-    AdamApply, AdamMoments, BackwardActions, BackwardMask, Featurize, ForwardMask, LogReward, LogSoftmaxGather,
-    LogSoftmaxGatherJacobian, POISON_U8, POISON_U32, RolloutStep, SampleParams, SampleStep, SubTbJacobian, SubTbLoss,
-    UniformLogPb, set_poison,
+    Featurize, ForwardMask, LogSoftmaxGather, LogSoftmaxGatherJacobian, SampleParams, SampleStep, SubTbJacobian,
+    SubTbLoss,
 };
-use gfn_cuda::{DeviceEnv, DeviceLoss, DeviceTrainer, DeviceTrainerConfig, NO_ACTION};
-use gfn_envs::binary::{BinaryEnv, LogDensity};
-use gfn_envs::bitseq::{BitSeqConfig, BitSeqEnv, BitSeqOrder};
-use gfn_envs::data::ising::LatticeIsing;
+use gfn_cuda::{DeviceEnv, DeviceLoss, DeviceTrainer, NO_ACTION};
 use gfn_envs::{Hypergrid, HypergridReward};
 use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
 use rand::Rng;
 
-/// The test environments: (gfn-core env, device env).
-fn envs() -> Vec<(Box<dyn Env>, DeviceEnv)> {
-    let grid = Hypergrid::new(3, 5, HypergridReward::default()).unwrap();
-    let dgrid = DeviceEnv::hypergrid(&grid);
-    let model = LatticeIsing::new(3, 0.2).unwrap();
-    let m2 = model.clone();
-    let f: LogDensity = std::sync::Arc::new(move |x: &[i32]| m2.log_unnormalised(x).unwrap());
-    let ising = BinaryEnv::with_log_density(9, f).unwrap();
-    let dising = DeviceEnv::lattice_ising(&model).unwrap();
-    let mut out: Vec<(Box<dyn Env>, DeviceEnv)> = vec![(Box::new(grid), dgrid), (Box::new(ising), dising)];
-    for order in [BitSeqOrder::Append, BitSeqOrder::Fill] {
-        let env = BitSeqEnv::new(BitSeqConfig {
-            n: 8,
-            k: 2,
-            order,
-            n_modes: 5,
-            seed: 3,
-            ..BitSeqConfig::default()
-        })
-        .unwrap();
-        let d = DeviceEnv::bitseq(&env).unwrap();
-        out.push((Box::new(env), d));
-    }
-    out
-}
-
-fn estimator(env: &DeviceEnv, backward: BackwardPolicy, flow: bool, dev: &Device, seed: u64) -> Estimator {
-    let cfg = EstimatorConfig {
-        hidden: 32,
-        layers: 2,
-        shared_trunk: true,
-        backward,
-        flow_head: flow,
-    };
-    let mut rng = rng_from_seed(seed);
-    let s = env.spec;
-    Estimator::new(cfg, s.feature_dim(), s.n_actions(), s.n_backward(), dev, &mut rng).unwrap()
-}
-
-fn trainer_config(batch: usize, loss: DeviceLoss, seed: u64) -> DeviceTrainerConfig {
-    DeviceTrainerConfig {
-        batch,
-        loss,
-        epsilon: 0.0,
-        temperature: 1.0,
-        seed,
-        net: AdamParams::adam(1e-3),
-        log_z: AdamParams::adam(0.1),
-        done_check_every: 4,
-    }
-}
+mod common;
+use common::{envs, estimator, estimator_with, trainer_config};
 
 /// Replay the device trajectories through the gfn-core environment into a TrajectoryBatch,
 /// checking masks, features, transitions and rewards on the way.
@@ -492,447 +439,86 @@ fn non_finite_loss_stops_training_with_a_message() {
     assert!(e.contains("non-finite") || e.contains("NaN"), "{e}");
 }
 
-// ---------------------------------------------------------------- GPU against CPU references
-
-fn gpu() -> Option<Device> {
-    let d = gfn_cuda::try_cuda();
-    if d.is_none() {
-        eprintln!(
-            "skipped: no CUDA GPU here (this build has cuda: {}); run on a GPU machine with `--features cuda`",
-            gfn_cuda::CUDA_BUILT
-        );
-    }
-    d
-}
-
-fn close_f32(a: &[f32], b: &[f32], tol: f32, what: &str) {
-    assert_eq!(a.len(), b.len(), "{what}: lengths");
-    for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!(
-            x.is_finite() && y.is_finite(),
-            "{what}[{i}]: non-finite {x} / {y} (unwritten?)"
-        );
-        assert!(
-            (x - y).abs() <= tol * y.abs().max(1.0),
-            "{what}[{i}]: gpu {x} vs cpu {y}"
-        );
-    }
-}
-
-/// A random trajectory buffer: a rollout with random logits on the CPU.
-fn random_traj(denv: &DeviceEnv, batch: usize, rng: &mut GfnRng) -> Tensor {
-    let spec = denv.spec;
-    let steps = spec.max_steps();
-    let traj = Tensor::zeros((steps + 1, batch, spec.row_width()), DType::U32, &Device::Cpu).unwrap();
-    let seed = rng.random::<u64>();
-    for t in 0..steps {
-        let logits: Vec<f32> = (0..batch * spec.n_actions())
-            .map(|_| rng.random_range(-3.0f32..3.0))
-            .collect();
-        let logits = Tensor::from_vec(logits, (batch, spec.n_actions()), &Device::Cpu).unwrap();
-        let op = SampleStep {
-            env: spec,
-            t,
-            sample: SampleParams {
-                seed,
-                iteration: 0,
-                epsilon: 0.1,
-                inv_temp: 1.0,
-            },
-        };
-        traj.inplace_op2(&logits, &op).unwrap();
-    }
-    traj
-}
-
+/// The hand-written training pass equals candle autograd over `batch_loss`: the loss and every
+/// gradient, for TB and SubTB(λ), learned and uniform P_B, shared and separate trunks (a flow
+/// head TB does not use gets no gradient), on every test environment, on the CPU references.
 #[test]
-fn gpu_kernels_equal_cpu_references() {
-    let Some(gpu) = gpu() else { return };
-    set_poison(true);
-    let mut rng = rng_from_seed(2026);
+fn manual_gradients_equal_autograd() {
+    let dev = Device::Cpu;
+    let cases = [
+        (DeviceLoss::Tb, BackwardPolicy::Learned, false),
+        (DeviceLoss::Tb, BackwardPolicy::Uniform, false),
+        (DeviceLoss::Tb, BackwardPolicy::Learned, true),
+        (DeviceLoss::SubTb { lambda: 0.9 }, BackwardPolicy::Learned, true),
+        (DeviceLoss::SubTb { lambda: 2.0 }, BackwardPolicy::Uniform, true),
+    ];
     for (_, denv) in envs() {
-        let spec = denv.spec;
-        let batch = 77;
-        let traj = random_traj(&denv, batch, &mut rng);
-        let traj_g = traj.to_device(&gpu).unwrap();
-        let (t1, _, w) = traj.dims3().unwrap();
-        let rows = traj.reshape((t1 * batch, w)).unwrap();
-        let rows_g = traj_g.reshape((t1 * batch, w)).unwrap();
-        let name = &denv.name;
-        // featurize, masks
-        let a = rows
-            .apply_op1_no_bwd(&Featurize(spec))
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let b = rows_g
-            .apply_op1_no_bwd(&Featurize(spec))
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        assert_eq!(a, b, "{name}: featurize");
-        for bwd in [false, true] {
-            let (a, b) = if bwd {
-                (
-                    rows.apply_op1_no_bwd(&BackwardMask(spec)).unwrap(),
-                    rows_g.apply_op1_no_bwd(&BackwardMask(spec)).unwrap(),
-                )
-            } else {
-                (
-                    rows.apply_op1_no_bwd(&ForwardMask(spec)).unwrap(),
-                    rows_g.apply_op1_no_bwd(&ForwardMask(spec)).unwrap(),
-                )
-            };
-            let (a, b) = (
-                a.flatten_all().unwrap().to_vec1::<u8>().unwrap(),
-                b.flatten_all().unwrap().to_vec1::<u8>().unwrap(),
-            );
-            assert!(!b.contains(&POISON_U8), "{name}: mask left unwritten");
-            assert_eq!(a, b, "{name}: mask (backward {bwd})");
-        }
-        // backward actions, uniform log P_B
-        let a = traj
-            .apply_op1_no_bwd(&BackwardActions(spec))
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<u32>()
-            .unwrap();
-        let b = traj_g
-            .apply_op1_no_bwd(&BackwardActions(spec))
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<u32>()
-            .unwrap();
-        assert!(!b.contains(&POISON_U32), "{name}: backward actions left unwritten");
-        assert_eq!(a, b, "{name}: backward actions");
-        let a = traj
-            .apply_op1_no_bwd(&UniformLogPb(spec))
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let b = traj_g
-            .apply_op1_no_bwd(&UniformLogPb(spec))
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        close_f32(&b, &a, 1e-6, &format!("{name}: uniform log P_B"));
-        // log reward
-        let aux = Tensor::from_slice(&denv.aux, denv.aux.len(), &Device::Cpu).unwrap();
-        let aux_g = aux.to_device(&gpu).unwrap();
-        let a = rows
-            .apply_op2_no_bwd(&aux, &LogReward(spec))
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let b = rows_g
-            .apply_op2_no_bwd(&aux_g, &LogReward(spec))
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        close_f32(&b, &a, 1e-6, &format!("{name}: log reward"));
-        // sample step: fresh logits, whole rollout bit-identical
-        let seed = rng.random::<u64>();
-        let tc = Tensor::zeros((t1, batch, w), DType::U32, &Device::Cpu).unwrap();
-        let mut tg = Tensor::zeros((t1, batch, w), DType::U32, &gpu).unwrap();
-        for t in 0..t1 - 1 {
-            // Poison the slots the step writes.
-            let mut host = tg.flatten_all().unwrap().to_vec1::<u32>().unwrap();
-            for v in &mut host[(t + 1) * batch * w..(t + 2) * batch * w] {
-                *v = POISON_U32;
-            }
-            tg = Tensor::from_vec(host, (t1, batch, w), &gpu).unwrap();
-            let logits: Vec<f32> = (0..batch * spec.n_actions())
-                .map(|_| rng.random_range(-3.0f32..3.0))
-                .collect();
-            let lc = Tensor::from_vec(logits, (batch, spec.n_actions()), &Device::Cpu).unwrap();
-            let lg = lc.to_device(&gpu).unwrap();
-            let sample = SampleParams {
-                seed,
-                iteration: 3,
-                epsilon: 0.05,
-                inv_temp: 0.8,
-            };
-            let op = SampleStep { env: spec, t, sample };
-            tc.inplace_op2(&lc, &op).unwrap();
-            tg.inplace_op2(&lg, &op).unwrap();
-        }
-        let (a, b) = (
-            tc.flatten_all().unwrap().to_vec1::<u32>().unwrap(),
-            tg.flatten_all().unwrap().to_vec1::<u32>().unwrap(),
-        );
-        assert!(!b.contains(&POISON_U32), "{name}: sample step left rows unwritten");
-        assert_eq!(a, b, "{name}: sampled trajectories differ");
-        // fused rollout step: random MLP weights, whole rollout bit-identical
-        let est = estimator(&denv, BackwardPolicy::Learned, false, &Device::Cpu, rng.random::<u64>());
-        let layers_c: Vec<(Tensor, Tensor)> = est.nets()[0]
-            .layers
-            .iter()
-            .map(|l| (l.weight.as_tensor().clone(), l.bias.as_tensor().clone()))
-            .collect();
-        let layers_g: Vec<(Tensor, Tensor)> = layers_c
-            .iter()
-            .map(|(w, b)| (w.to_device(&gpu).unwrap(), b.to_device(&gpu).unwrap()))
-            .collect();
-        let sample = SampleParams {
-            seed,
-            iteration: 4,
-            epsilon: 0.1,
-            inv_temp: 1.3,
-        };
-        let tc = Tensor::zeros((t1, batch, w), DType::U32, &Device::Cpu).unwrap();
-        let mut host = vec![POISON_U32; t1 * batch * w];
-        host[..batch * w].fill(0);
-        let tg = Tensor::from_vec(host, (t1, batch, w), &gpu).unwrap();
-        for t in 0..t1 - 1 {
-            tc.inplace_op1(&RolloutStep {
-                env: spec,
-                t,
-                sample,
-                layers: layers_c.clone(),
-            })
-            .unwrap();
-            tg.inplace_op1(&RolloutStep {
-                env: spec,
-                t,
-                sample,
-                layers: layers_g.clone(),
-            })
-            .unwrap();
-        }
-        let (a, b) = (
-            tc.flatten_all().unwrap().to_vec1::<u32>().unwrap(),
-            tg.flatten_all().unwrap().to_vec1::<u32>().unwrap(),
-        );
-        assert!(!b.contains(&POISON_U32), "{name}: fused rollout left rows unwritten");
-        assert_eq!(a, b, "{name}: fused rollouts differ");
-        // log-softmax-gather and its Jacobian
-        let n = t1 * batch;
-        let logits: Vec<f32> = (0..n * spec.n_actions())
-            .map(|_| rng.random_range(-5.0f32..5.0))
-            .collect();
-        let lc = Tensor::from_vec(logits, (n, spec.n_actions()), &Device::Cpu).unwrap();
-        let lg = lc.to_device(&gpu).unwrap();
-        let mc = rows.apply_op1_no_bwd(&ForwardMask(spec)).unwrap();
-        let mg = mc.to_device(&gpu).unwrap();
-        let ac = rows
-            .narrow(1, spec.act_col(), 1)
-            .unwrap()
-            .squeeze(1)
-            .unwrap()
-            .contiguous()
-            .unwrap();
-        let ag = ac.to_device(&gpu).unwrap();
-        let a = lc
-            .apply_op3_no_bwd(&mc, &ac, &LogSoftmaxGather)
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let b = lg
-            .apply_op3_no_bwd(&mg, &ag, &LogSoftmaxGather)
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        close_f32(&b, &a, 1e-5, &format!("{name}: log-softmax-gather"));
-        let a = lc
-            .apply_op3_no_bwd(&mc, &ac, &LogSoftmaxGatherJacobian)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let b = lg
-            .apply_op3_no_bwd(&mg, &ag, &LogSoftmaxGatherJacobian)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        close_f32(&b, &a, 1e-5, &format!("{name}: log-softmax-gather Jacobian"));
-        // SubTB forward and Jacobian
-        let steps = t1 - 1;
-        let delta: Vec<f32> = (0..steps * batch).map(|_| rng.random_range(-2.0f32..2.0)).collect();
-        let flows: Vec<f32> = (0..t1 * batch).map(|_| rng.random_range(-2.0f32..2.0)).collect();
-        let dc = Tensor::from_vec(delta, (steps, batch), &Device::Cpu).unwrap();
-        let fc = Tensor::from_vec(flows, (t1, batch), &Device::Cpu).unwrap();
-        let lenc = traj
-            .i(steps)
-            .unwrap()
-            .narrow(1, spec.steps_col(), 1)
-            .unwrap()
-            .squeeze(1)
-            .unwrap()
-            .contiguous()
-            .unwrap();
-        let (dg, fg, leng) = (
-            dc.to_device(&gpu).unwrap(),
-            fc.to_device(&gpu).unwrap(),
-            lenc.to_device(&gpu).unwrap(),
-        );
-        for lambda in [0.3f64, 0.9, 1.7] {
-            let op = SubTbLoss {
-                log_lambda: lambda.ln(),
-            };
-            let a = dc.apply_op3_no_bwd(&fc, &lenc, &op).unwrap().to_vec1::<f32>().unwrap();
-            let b = dg.apply_op3_no_bwd(&fg, &leng, &op).unwrap().to_vec1::<f32>().unwrap();
-            close_f32(&b, &a, 1e-5, &format!("{name}: subtb λ={lambda}"));
-            let op = SubTbJacobian {
-                log_lambda: lambda.ln(),
-            };
-            let a = dc
-                .apply_op3_no_bwd(&fc, &lenc, &op)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            let b = dg
-                .apply_op3_no_bwd(&fg, &leng, &op)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            close_f32(&b, &a, 1e-5, &format!("{name}: subtb Jacobian λ={lambda}"));
-        }
-    }
-    // Fused bias + ReLU of the rollout MLP
-    for relu in [false, true] {
-        let (n, m) = (93, 37);
-        let x: Vec<f32> = (0..n * m).map(|_| rng.random_range(-2.0f32..2.0)).collect();
-        let b: Vec<f32> = (0..m).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-        let (xc, bc) = (
-            Tensor::from_vec(x, (n, m), &Device::Cpu).unwrap(),
-            Tensor::from_vec(b, m, &Device::Cpu).unwrap(),
-        );
-        let op = gfn_cuda::ops::BiasAct { relu };
-        let want = xc.broadcast_add(&bc).unwrap();
-        let want = if relu { want.relu().unwrap() } else { want };
-        let a = xc.apply_op2_no_bwd(&bc, &op).unwrap();
-        assert_eq!(
-            a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            want.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-        );
-        let g = xc
-            .to_device(&gpu)
-            .unwrap()
-            .apply_op2_no_bwd(&bc.to_device(&gpu).unwrap(), &op)
-            .unwrap();
-        close_f32(
-            &g.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            &a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            0.0,
-            "bias-act",
-        );
-    }
-    // Adam
-    let n = 1000;
-    let g: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-    let p: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-    let mv: Vec<f32> = (0..2 * n)
-        .map(|i| {
-            if i < n {
-                rng.random_range(-0.1f32..0.1)
-            } else {
-                rng.random_range(0.0f32..0.1)
-            }
-        })
-        .collect();
-    let (gc, pc, mvc) = (
-        Tensor::from_vec(g, n, &Device::Cpu).unwrap(),
-        Tensor::from_vec(p, n, &Device::Cpu).unwrap(),
-        Tensor::from_vec(mv, 2 * n, &Device::Cpu).unwrap(),
-    );
-    let (gg, pg, mvg) = (
-        gc.to_device(&gpu).unwrap(),
-        pc.to_device(&gpu).unwrap(),
-        mvc.to_device(&gpu).unwrap(),
-    );
-    let mo = AdamMoments {
-        beta1: 0.9,
-        beta2: 0.999,
-    };
-    let ap = AdamApply {
-        lr: 1e-3,
-        sm: 10.0,
-        sv: 1000.0,
-        eps: 1e-8,
-        decay: 0.9999,
-    };
-    for (p, mv, g) in [(&pc, &mvc, &gc), (&pg, &mvg, &gg)] {
-        mv.inplace_op2(g, &mo).unwrap();
-        p.inplace_op2(mv, &ap).unwrap();
-    }
-    close_f32(
-        &mvg.to_vec1::<f32>().unwrap(),
-        &mvc.to_vec1::<f32>().unwrap(),
-        1e-6,
-        "adam moments",
-    );
-    close_f32(
-        &pg.to_vec1::<f32>().unwrap(),
-        &pc.to_vec1::<f32>().unwrap(),
-        1e-6,
-        "adam parameters",
-    );
-    set_poison(false);
-}
-
-/// Parity with the CPU path on the same inputs: one sampling step (same logits, same states →
-/// same actions), one gradient of TB and SubTB (same weights, same trajectories) to 1e-5.
-#[test]
-fn gpu_step_and_gradient_match_cpu() {
-    let Some(gpu) = gpu() else { return };
-    for (_, denv) in envs() {
-        for (loss, backward) in [
-            (DeviceLoss::Tb, BackwardPolicy::Learned),
-            (DeviceLoss::Tb, BackwardPolicy::Uniform),
-            (DeviceLoss::SubTb { lambda: 0.9 }, BackwardPolicy::Learned),
-        ] {
-            let flow = matches!(loss, DeviceLoss::SubTb { .. });
-            let est_c = estimator(&denv, backward, flow, &Device::Cpu, 8);
-            let est_g = estimator(&denv, backward, flow, &gpu, 8);
-            let tc = DeviceTrainer::new(denv.clone(), est_c, trainer_config(64, loss, 3)).unwrap();
-            let tg = DeviceTrainer::new(denv.clone(), est_g, trainer_config(64, loss, 3)).unwrap();
-            let traj = tc.rollout(1, 64).unwrap();
-            let traj_g = tg.rollout(1, 64).unwrap();
-            // Same weights, same seed: the rollouts agree except where float rounding of the
-            // logits moves a draw across a boundary (probability ~1e-7 per draw).
-            let (a, b) = (
-                traj.flatten_all().unwrap().to_vec1::<u32>().unwrap(),
-                traj_g.flatten_all().unwrap().to_vec1::<u32>().unwrap(),
-            );
-            let same = a.iter().zip(&b).filter(|(x, y)| x == y).count();
-            assert!(
-                same as f64 >= 0.999 * a.len() as f64,
-                "{}: rollouts differ in {} of {}",
-                denv.name,
-                a.len() - same,
-                a.len()
-            );
-            let gc = tc.gradients(&traj).unwrap();
-            let gg = tg.gradients(&traj.to_device(&gpu).unwrap()).unwrap();
-            for ((name, a), (_, b)) in gc.iter().zip(&gg) {
-                let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                let scale = a.iter().fold(1e-2f32, |m, v| m.max(v.abs()));
-                for (x, y) in b.iter().zip(&a) {
-                    assert!(
-                        (x - y).abs() <= 1e-5 * scale,
-                        "{} {name} ({loss:?}): gpu {x} vs cpu {y}",
-                        denv.name
-                    );
+        for shared in [true, false] {
+            for (k, &(loss, backward, flow)) in cases.iter().enumerate() {
+                let est = estimator_with(&denv, backward, flow, shared, &dev, 40 + k as u64);
+                est.log_z().set(&Tensor::new(&[0.3f32], &dev).unwrap()).unwrap();
+                let trainer = DeviceTrainer::new(denv.clone(), est, trainer_config(24, loss, 9)).unwrap();
+                let traj = trainer.rollout(2, 24).unwrap();
+                let what = format!("{} {loss:?} {backward:?} flow {flow} shared {shared}", denv.name);
+                let want_loss = trainer.batch_loss(&traj).unwrap().loss.to_scalar::<f32>().unwrap();
+                let (got_loss, manual) = trainer.manual_gradients(&traj).unwrap();
+                let got_loss = got_loss.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
+                assert_relative_eq!(got_loss, want_loss, max_relative = 1e-5, epsilon = 1e-6);
+                let auto = trainer.gradients(&traj).unwrap();
+                assert_eq!(manual.len(), auto.len(), "{what}");
+                let mut reached = 0;
+                for ((name, want), got) in auto.iter().zip(&manual) {
+                    let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    let Some(got) = got else {
+                        assert!(want.iter().all(|&v| v == 0.0), "{what} {name}: autograd reaches it");
+                        continue;
+                    };
+                    reached += 1;
+                    let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    assert_eq!(got.len(), want.len(), "{what} {name}");
+                    let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+                    for (i, (x, y)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (x - y).abs() <= 2e-5 * scale,
+                            "{what} {name}[{i}]: manual {x} vs autograd {y}"
+                        );
+                    }
                 }
+                assert!(reached >= 6, "{what}: only {reached} gradients");
             }
         }
     }
+}
+
+/// One step with the hand-written pass and one with autograd from the same state report the same
+/// loss and update the parameters alike (Adam normalises each gradient entry, so an entry that is
+/// zero up to rounding may move differently: at most 5% of them), and the hand-written pass gives
+/// the same bits on every run.
+#[test]
+fn manual_and_autograd_steps_agree() {
+    let dev = Device::Cpu;
+    let (_, denv) = envs().remove(0);
+    let make = |manual: bool| {
+        let est = estimator(&denv, BackwardPolicy::Learned, false, &dev, 17);
+        let mut t = DeviceTrainer::new(denv.clone(), est, trainer_config(32, DeviceLoss::Tb, 5)).unwrap();
+        t.set_manual_backward(manual);
+        let loss = t.step().unwrap().loss;
+        let params = t
+            .estimator()
+            .named_params()
+            .iter()
+            .flat_map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .chain([t.estimator().log_z_value().unwrap() as f32])
+            .collect::<Vec<f32>>();
+        (loss, params)
+    };
+    let ((la, a), (lb, b), (lc, c)) = (make(true), make(false), make(true));
+    assert_eq!((la, &a), (lc, &c), "the hand-written pass is not reproducible");
+    assert_relative_eq!(la, lb, max_relative = 1e-5);
+    let moved = a.iter().zip(&b).filter(|(x, y)| (*x - *y).abs() > 1e-6).count();
+    assert!(
+        moved * 20 <= a.len(),
+        "{moved} of {} parameters updated differently",
+        a.len()
+    );
 }

@@ -250,6 +250,14 @@ config! {
     /// Device engine: roll out with one fused kernel per step (features, MLP, sampling,
     /// transition) instead of one kernel per layer and stage [default: true].
     fused_rollout: bool = true,
+    /// Device engine: trajectories per thread block of the fused rollout kernel (1, 2, 4, 8 or
+    /// 16; the samples are the same for every value), or 0 to choose from the batch size and the
+    /// GPU's multiprocessors [default: 0].
+    rollout_rows: usize = 0,
+    /// Device engine: the hand-written training pass and backward (fused head gradients, one
+    /// product per weight gradient) instead of candle autograd; the two agree to float rounding
+    /// [default: true].
+    manual_backward: bool = true,
     /// LED: hidden width of the potential network; 0 = the policy's `hidden`, as in the official
     /// code (at width 256 its nine passes per iteration cost ~5× the GFlowNet step) [default: 32].
     led_hidden: usize = 32,
@@ -536,6 +544,13 @@ impl TrainConfig {
                 "threads",
                 self.threads,
                 format!("must be at most {MAX_THREADS} (one intra-op thread is the fastest on small machines)"),
+            ));
+        }
+        if ![0, 1, 2, 4, 8, 16].contains(&self.rollout_rows) {
+            return Err(GfnError::invalid(
+                "rollout_rows",
+                self.rollout_rows,
+                "must be 0 (automatic), 1, 2, 4, 8 or 16",
             ));
         }
         positive("grad_cosine_batch", self.grad_cosine_batch)?;

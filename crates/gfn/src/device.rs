@@ -57,5 +57,7 @@ pub fn device_trainer(config: &TrainConfig, estimator: &Estimator) -> Result<Dev
     )?;
     let mut trainer = trainer;
     trainer.set_fused_rollout(config.fused_rollout);
+    trainer.set_rollout_rows(config.rollout_rows);
+    trainer.set_manual_backward(config.manual_backward);
     Ok(trainer)
 }

@@ -463,6 +463,10 @@ fn bad_input_gets_a_clear_error() {
         &["device", "tpu", "cuda", "cpu-kernels"],
     );
     assert_usage_error(
+        &["train", "--rollout-rows", "3", "--out", d],
+        &["rollout_rows", "3", "1, 2, 4, 8 or 16"],
+    );
+    assert_usage_error(
         &["train", "--device", "cuda", "--env", "set", "--out", d],
         &["env", "set", "device = cuda"],
     );
