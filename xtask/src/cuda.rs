@@ -210,12 +210,26 @@ pub fn check_cuda(opts: &CheckCuda) -> Result<()> {
     let has_real = ["lib64", "lib"]
         .iter()
         .any(|d| root.join(d).join("libcublas.so").exists());
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // The link stubs are generated from cudarc's sources: on a fresh clone they are not in the
+    // registry yet.
+    if !has_real && cudarc_src().is_err() {
+        eprintln!("cargo fetch (cudarc's sources are needed for the link stubs)");
+        let ok = Command::new(&cargo)
+            .arg("fetch")
+            .current_dir(&layout.root)
+            .status()
+            .context("cannot run cargo fetch")?
+            .success();
+        if !ok {
+            bail!("cargo fetch failed: cudarc's sources are needed to build the link stubs");
+        }
+    }
     let stubs = if has_real {
         None
     } else {
         Some(link_stubs(&layout, &root)?)
     };
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let run = |args: &[&str]| -> Result<()> {
         eprintln!("cargo {}", args.join(" "));
         let mut cmd = Command::new(&cargo);

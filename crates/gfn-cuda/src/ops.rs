@@ -1456,7 +1456,8 @@ impl InplaceOp2 for ReluGrad {
         let h = cpu_f32(s2, l2, self.name())?;
         let d = cpu_f32_mut(s1, l1, self.name())?;
         for (d, &h) in d.iter_mut().zip(h) {
-            if !(h > 0.0) {
+            // `h` is a ReLU output: 0 (or NaN, which must not pass a gradient either) or > 0.
+            if h.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
                 *d = 0.0;
             }
         }
