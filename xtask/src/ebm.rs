@@ -384,7 +384,8 @@ impl Task {
         if let Some(n) = self.eval_test {
             a.extend(["--eval-test".into(), n.to_string()]);
         }
-        if let Some(n) = self.eval_backward {
+        // The GFlowNet likelihood of the evaluation: EB-GFN only (PCD has no sampler to score).
+        if let Some(n) = self.eval_backward.filter(|_| method == "ebgfn") {
             a.extend(["--eval-backward".into(), n.to_string()]);
         }
         a

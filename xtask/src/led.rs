@@ -218,7 +218,7 @@ impl Task {
             a.extend(["--task-seed".into(), BAG_TASK_SEED.to_string()]);
         }
         a.extend(["--loss".into(), method.into()]);
-        if let Some(lambda) = self.lambda {
+        if let Some(lambda) = self.lambda.filter(|_| crate::suite::uses_lambda(method)) {
             a.extend(["--lambda".into(), f(lambda)]);
         }
         a.extend([
@@ -236,8 +236,6 @@ impl Task {
             f(self.epsilon(method)),
             "--lr".into(),
             f(self.lr.0),
-            "--lr-logz".into(),
-            f(self.lr.1),
             "--metric-batch".into(),
             self.metric_batch.to_string(),
             "--top-k".into(),
@@ -247,6 +245,9 @@ impl Task {
             "--threads".into(),
             threads.to_string(),
         ]);
+        if crate::suite::trains_log_z(method) {
+            a.extend(["--lr-logz".into(), f(self.lr.1)]);
+        }
         if method.starts_with("led-") {
             a.extend(["--led-hidden".into(), self.led_hidden.to_string()]);
             if let Some(g) = drop_rate {
@@ -781,12 +782,15 @@ mod tests {
         let bag = find("bag-led-db-seed1");
         assert_eq!(arg(bag, "--env"), Some("bag"));
         assert_eq!(arg(bag, "--task-seed"), Some("0"));
-        assert_eq!(arg(bag, "--lambda"), Some("0.99"));
+        // Options a method has no use for are not passed (gfn refuses them).
+        assert_eq!(arg(bag, "--lambda"), None);
+        assert_eq!(arg(find("bag-led-subtb-seed1"), "--lambda"), Some("0.99"));
         assert_eq!(arg(bag, "--hidden"), Some("16"));
         assert_eq!(arg(bag, "--batch-size"), Some("32"));
         assert_eq!(arg(bag, "--epsilon"), Some("0.1"));
         assert_eq!(arg(bag, "--lr"), Some("0.001"));
-        assert_eq!(arg(bag, "--lr-logz"), Some("0.01"));
+        assert_eq!(arg(bag, "--lr-logz"), None);
+        assert_eq!(arg(find("bag-tb-seed1"), "--lr-logz"), Some("0.01"));
         assert_eq!(arg(bag, "--metric-batch"), Some("32"));
         assert_eq!(arg(bag, "--led-hidden"), Some("16"));
         assert_eq!(arg(bag, "--size"), None);

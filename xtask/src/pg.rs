@@ -295,13 +295,14 @@ impl Task {
             seed.to_string(),
             "--lr".into(),
             f(LR),
-            "--lr-logz".into(),
-            f(self.lr_logz),
             "--eval-every".into(),
             self.eval_every().to_string(),
             "--threads".into(),
             threads.to_string(),
         ]);
+        if crate::suite::trains_log_z(method) {
+            a.extend(["--lr-logz".into(), f(self.lr_logz)]);
+        }
         a
     }
 
@@ -956,7 +957,9 @@ mod tests {
 
         let bn = find("bn-db-seed0");
         assert_eq!(arg(bn, "--env"), Some("bayesnet"));
-        assert_eq!(arg(bn, "--lr-logz"), Some("1"));
+        // DB trains no log Z: its rate is not passed (gfn refuses an option without effect).
+        assert_eq!(arg(bn, "--lr-logz"), None);
+        assert_eq!(arg(find("bn-pg-u-seed0"), "--lr-logz"), Some("1"));
         assert_eq!(arg(bn, "--ndim"), None);
         assert_eq!(arg(bn, "--guide-floor"), None);
         assert_eq!(arg(find("bn-pg-g-seed2"), "--guide-floor"), Some("80"));

@@ -54,6 +54,17 @@ pub const SUITES: &[SuiteDef] = &[
 ];
 
 /// Looks a suite up by name.
+/// Whether `loss` trains a scalar log Z (so `--lr-logz` has an effect): tb, the policy-gradient
+/// losses and vi, as gfn's `Objective::uses_log_z`. gfn refuses an option that has no effect.
+pub fn trains_log_z(loss: &str) -> bool {
+    matches!(loss, "tb" | "pg-u" | "pg-b" | "pg-g" | "pg-trpo" | "vi")
+}
+
+/// Whether `loss` is a SubTB(λ) form (so `--lambda` has an effect).
+pub fn uses_lambda(loss: &str) -> bool {
+    matches!(loss, "subtb" | "fl-subtb" | "led-subtb")
+}
+
 /// Whether the device engine (`--device cuda`) can make a run with these gfn arguments: a `train`
 /// or `speed train` run on hypergrid, bitseq or ising-fixed with tb or subtb, without replay,
 /// local search, metric sampling, gradient-cosine probes or the tape engine (what `gfn`'s
@@ -311,7 +322,17 @@ impl Recipe {
     pub fn run(&self, name: String, group: &str, row: &str) -> RunSpec {
         let common = self.args();
         let mut gfn_args: Vec<String> = vec!["train".into(), "--env".into(), "hypergrid".into()];
-        gfn_args.extend(common.iter().cloned());
+        // gfn refuses an option that has no effect: log Z's rate goes only with a loss that
+        // trains log Z (the peers' drivers take the common flags as they are).
+        let keep_lr_logz = trains_log_z(self.loss);
+        let mut it = common.iter();
+        while let Some(flag) = it.next() {
+            if flag == "--lr-logz" && !keep_lr_logz {
+                it.next();
+                continue;
+            }
+            gfn_args.push(flag.clone());
+        }
         RunSpec {
             name,
             group: group.into(),

@@ -127,6 +127,12 @@ pub trait Env: Send + Sync {
     fn enumerate_states(&self) -> Option<Vec<i32>> {
         None
     }
+    /// How many states [`Env::enumerate_states`] would list, computed without listing them, so a
+    /// caller can refuse an enumeration that cannot fit in memory; `None` where not known (an
+    /// environment whose enumeration is capped by construction).
+    fn enumeration_size(&self) -> Option<f64> {
+        None
+    }
     /// The position of `state` in [`Env::enumerate_states`], if the environment can compute it
     /// directly; `None` makes callers build a hash map.
     fn state_index(&self, _state: &[i32]) -> Option<usize> {

@@ -185,6 +185,9 @@ impl Env for Hypergrid {
     fn is_mode(&self, state: &[i32]) -> bool {
         state.iter().all(|&x| self.coord_flags[x as usize].1)
     }
+    fn enumeration_size(&self) -> Option<f64> {
+        Some((self.height as f64).powi(self.ndim as i32))
+    }
     /// Mixed-radix order with coordinate 0 least significant: every increment raises the index,
     /// so the order is topological.
     fn enumerate_states(&self) -> Option<Vec<i32>> {

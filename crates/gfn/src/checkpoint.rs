@@ -1,5 +1,8 @@
 //! Checkpoints: parameters, Adam moments, RNG state and counters in one safetensors file,
-//! written atomically, with a checksum over the tensor bytes so corruption is detected on load.
+//! written atomically, with one checksum over the tensor bytes and every metadata field (counters,
+//! RNG states, the configuration's hash), so corruption or a hand edit is detected on load; the
+//! configuration it was written for is bound to it by that hash
+//! ([`crate::config::TrainConfig::binding_hash`]).
 //! A checkpoint holds only what determines the rest of the run, so the same seed and
 //! configuration give the same bytes; wall-clock time lives in `timing.json` beside it.
 
@@ -14,7 +17,7 @@ use gfn_core::GfnRng;
 use gfn_core::exact::EmpiricalTracker;
 use gfn_core::optim::Adam;
 
-const FORMAT: &str = "gfn-checkpoint-v1";
+const FORMAT: &str = "gfn-checkpoint-v2";
 
 /// Everything a run needs to continue exactly where it stopped.
 #[derive(Debug, Clone)]
@@ -41,6 +44,8 @@ pub struct Checkpoint {
     pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
     /// Named f64 and u32 tensors (LED's replay buffer: log rewards bit-exact, indices).
     pub aux: Vec<(String, Vec<usize>, AuxData)>,
+    /// [`crate::config::TrainConfig::binding_hash`] of the configuration it was written for.
+    pub config_hash: String,
 }
 
 /// The data of an auxiliary tensor.
@@ -52,7 +57,15 @@ pub enum AuxData {
     U32(Vec<u32>),
 }
 
-fn fnv1a(h: u64, bytes: &[u8]) -> u64 {
+/// Fold the metadata fields (sorted by key, the checksum itself excluded) into the checksum.
+fn metadata_sum<'a>(sum: u64, fields: impl Iterator<Item = (&'a str, &'a str)>) -> u64 {
+    fields.fold(sum, |h, (k, v)| {
+        fnv1a(fnv1a(fnv1a(h, k.as_bytes()), &[0]), v.as_bytes())
+    })
+}
+
+/// FNV-1a, 64 bits (also the configuration's binding hash).
+pub fn fnv1a(h: u64, bytes: &[u8]) -> u64 {
     bytes
         .iter()
         .fold(h, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
@@ -94,7 +107,7 @@ impl Checkpoint {
         }
         // One metadata entry holding a JSON object with sorted keys: safetensors takes a HashMap,
         // whose iteration order (and so the file's bytes) would differ from run to run.
-        let fields: std::collections::BTreeMap<&str, String> = [
+        let mut fields: std::collections::BTreeMap<&str, String> = [
             ("format", FORMAT.to_string()),
             ("iteration", self.iteration.to_string()),
             ("trajectories", self.trajectories.to_string()),
@@ -106,10 +119,12 @@ impl Checkpoint {
             ("top_k", serde_json::to_string(&self.top_k)?),
             ("recent", serde_json::to_string(&self.recent)?),
             ("metric_rng", serde_json::to_string(&self.metric_rng)?),
-            ("checksum", format!("{sum:016x}")),
+            ("config", self.config_hash.clone()),
         ]
         .into_iter()
         .collect();
+        let sum = metadata_sum(sum, fields.iter().map(|(k, v)| (*k, v.as_str())));
+        fields.insert("checksum", format!("{sum:016x}"));
         let meta = HashMap::from([("gfn".to_string(), serde_json::to_string(&fields)?)]);
         let views = bytes
             .iter()
@@ -141,7 +156,10 @@ impl Checkpoint {
         let meta: HashMap<String, String> = serde_json::from_str(raw).context("gfn metadata is not valid JSON")?;
         let get = |k: &str| meta.get(k).with_context(|| format!("missing metadata field {k}"));
         if get("format")? != FORMAT {
-            bail!("unknown format {:?} (expected {FORMAT})", get("format")?);
+            bail!(
+                "format {:?} is not {FORMAT}: written by another version of gfn (v1 checkpoints carry no checksum over their metadata and cannot be verified)",
+                get("format")?
+            );
         }
         let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
         names.sort();
@@ -159,8 +177,15 @@ impl Checkpoint {
                 d => bail!("tensor {n} is {d:?}; checkpoints hold F32, F64 and U32 tensors"),
             }
         }
+        let mut sorted: Vec<(&str, &str)> = meta
+            .iter()
+            .filter(|(k, _)| k.as_str() != "checksum")
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        sorted.sort();
+        let sum = metadata_sum(sum, sorted.into_iter());
         if format!("{sum:016x}") != *get("checksum")? {
-            bail!("checksum mismatch: the tensor data was modified");
+            bail!("checksum mismatch: the checkpoint's tensors or metadata were modified");
         }
         Ok(Self {
             iteration: get("iteration")?.parse()?,
@@ -174,7 +199,29 @@ impl Checkpoint {
             recent: serde_json::from_str(get("recent")?)?,
             metric_rng: serde_json::from_str(get("metric_rng")?)?,
             tensors,
+            config_hash: get("config")?.clone(),
         })
+    }
+
+    /// The first f32 tensor (parameters, Adam moments) holding a non-finite value, if any: a
+    /// checkpoint is only written for a valid state.
+    pub fn non_finite(&self) -> Option<&str> {
+        self.tensors
+            .iter()
+            .find(|(_, _, v)| v.iter().any(|x| !x.is_finite()))
+            .map(|(n, _, _)| n.as_str())
+    }
+
+    /// Check that `config_hash` (the hash of the run's `config.toml`) is the one this checkpoint
+    /// was written for.
+    pub fn check_config(&self, config_hash: &str, dir: &Path) -> Result<()> {
+        if self.config_hash != config_hash {
+            bail!(
+                "{}/config.toml is not the configuration its checkpoint was written for (edited after the run? only --iterations may change, through --resume)",
+                dir.display()
+            );
+        }
+        Ok(())
     }
 
     /// The auxiliary tensor named `name`.
@@ -258,7 +305,47 @@ mod tests {
                 ),
                 ("led/index".into(), vec![2], AuxData::U32(vec![0, u32::MAX])),
             ],
+            config_hash: "0123456789abcdef".into(),
         }
+    }
+
+    /// Replace the first occurrence of `from` by `to` (same length) in the bytes.
+    fn edit(bytes: &[u8], from: &str, to: &str) -> Vec<u8> {
+        assert_eq!(from.len(), to.len());
+        let at = bytes
+            .windows(from.len())
+            .position(|w| w == from.as_bytes())
+            .unwrap_or_else(|| panic!("{from} not in the checkpoint"));
+        let mut out = bytes.to_vec();
+        out[at..at + to.len()].copy_from_slice(to.as_bytes());
+        out
+    }
+
+    /// The checksum covers the metadata: an edited counter, RNG state or configuration hash is
+    /// refused, and the configuration binding names the run's config.toml.
+    #[test]
+    fn edited_metadata_is_caught() {
+        let bytes = sample().to_bytes().unwrap();
+        for (from, to) in [
+            (r#"\"iteration\":\"7\""#, r#"\"iteration\":\"9\""#),
+            (r#"\"adam_t\":\"7\""#, r#"\"adam_t\":\"1\""#),
+            ("0123456789abcdef", "0123456789abcdee"),
+        ] {
+            let bad = edit(&bytes, from, to);
+            let err = Checkpoint::from_bytes(&bad).unwrap_err().to_string();
+            assert!(err.contains("checksum"), "{from}: {err}");
+        }
+        let ck = Checkpoint::from_bytes(&bytes).unwrap();
+        ck.check_config("0123456789abcdef", Path::new("run")).unwrap();
+        let err = ck
+            .check_config("fedcba9876543210", Path::new("run"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("run/config.toml") && err.contains("--resume"), "{err}");
+        let mut nan = sample();
+        assert_eq!(nan.non_finite(), None);
+        nan.tensors[0].2[1] = f32::NAN;
+        assert_eq!(nan.non_finite(), Some("param/w"));
     }
 
     /// f64 and u32 tensors come back bit for bit, and a flipped byte in any tensor is caught.

@@ -460,6 +460,14 @@ impl TrainConfig {
                 l,
             ),
         ];
+        if let Some(states) = env.enumeration_size() {
+            let (field, value) = if self.env == "hypergrid" {
+                ("ndim", format!("{} (height {})", self.ndim, self.height))
+            } else {
+                ("env", self.env.clone())
+            };
+            needs.push(crate::memory::exact_need(field, value, env, states));
+        }
         if self.metric_batch > 0 {
             needs.push(trajectory_need(
                 "metric_batch",
@@ -524,6 +532,123 @@ impl TrainConfig {
         needs
     }
 
+    /// Refuse an option that was given (on the command line or in a TOML file: `given`) but has
+    /// no effect on this run — it belongs to another environment, objective, method or device, or
+    /// to a feature that is off — naming the option and what it belongs to.
+    pub fn check_given(&self, given: &[&'static str]) -> Result<()> {
+        for &field in given {
+            if let Some(belongs) = self.inapplicable(field) {
+                return Err(GfnError::invalid(
+                    field,
+                    self.value_of(field),
+                    format!("has no effect here: it applies {belongs}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The value of `field` as TOML writes it.
+    pub fn value_of(&self, field: &str) -> String {
+        toml::to_string(self)
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix(&format!("{field} = ")).map(str::to_string))
+            })
+            .unwrap_or_default()
+    }
+
+    /// Where `field` applies, if not to this run (`None`: it applies, or it applies everywhere).
+    pub fn inapplicable(&self, field: &str) -> Option<String> {
+        let env = self.env.as_str();
+        let ebm = crate::ebm::is_ebm_env(env);
+        let loss = self.loss.as_str();
+        let objective = (!ebm)
+            .then(|| gfn_objectives::Objective::parse(loss, 1.0).ok())
+            .flatten();
+        let only = |ok: bool, belongs: &str| (!ok).then(|| belongs.to_string());
+        match field {
+            "ndim" | "height" | "r0" | "r1" | "r2" => only(env == "hypergrid", "to env = hypergrid"),
+            "size" => only(env == "set", "to env = set"),
+            "task_seed" => only(
+                matches!(env, "bag" | "bayesnet" | "bitseq" | "ising"),
+                "to env = bag, bayesnet, bitseq and ising (the task's random parts)",
+            ),
+            "bitseq_length" | "bitseq_word" | "bitseq_modes" | "bitseq_order" => {
+                only(env == "bitseq", "to env = bitseq")
+            }
+            "bn_nodes" | "bn_samples" | "bn_noise" => only(env == "bayesnet", "to env = bayesnet"),
+            "dataset" => only(env == "ebm-2d", "to env = ebm-2d"),
+            "lattice" | "sigma" => only(matches!(env, "ising" | "ising-fixed"), "to env = ising and ising-fixed"),
+            "ising_samples" | "ising_updates" | "ebm_l1" => only(env == "ising", "to env = ising"),
+            "ebm_method" | "ebm_lr" | "eval_log_z_samples" | "eval_test" => {
+                only(ebm, "to the EBM tasks (env = ebm-2d, ising, digits)")
+            }
+            "ebm_hidden" | "ebm_layers" => only(
+                matches!(env, "ebm-2d" | "digits"),
+                "to the energy MLP of env = ebm-2d and digits (ising's energy is quadratic)",
+            ),
+            "back_ratio" | "warmup_k" | "gfn_steps" | "negatives" | "accept" | "eval_backward" => only(
+                ebm && self.ebm_method == "ebgfn",
+                "to EB-GFN (an EBM task with ebm_method = ebgfn)",
+            ),
+            "gibbs_steps" => only(
+                ebm && self.ebm_method == "pcd",
+                "to PCD (an EBM task with ebm_method = pcd)",
+            ),
+            "loss" => only(!ebm, "to GFlowNet tasks (the EBM tasks train their sampler with TB)"),
+            "lambda" => only(
+                matches!(loss, "subtb" | "fl-subtb" | "led-subtb") && !ebm,
+                "to loss = subtb, fl-subtb and led-subtb",
+            ),
+            "replay_batch" | "replay_priority" => only(self.replay_size > 0, "with replay (replay_size > 0)"),
+            "local_search_accept" => only(self.local_search > 0, "with local search (local_search > 0)"),
+            "gae_lambda" => only(
+                matches!(loss, "pg-u" | "pg-b" | "pg-g" | "pg-trpo") && !ebm,
+                "to the policy-gradient losses (pg-u, pg-b, pg-g, pg-trpo)",
+            ),
+            "guide_floor" => only(loss == "pg-g" && !ebm, "to loss = pg-g"),
+            "trpo_max_kl" | "trpo_cg_iters" | "trpo_backtracks" | "trpo_damping" | "trpo_fisher_rows" => {
+                only(loss == "pg-trpo" && !ebm, "to loss = pg-trpo")
+            }
+            "led_hidden" | "led_lr" | "led_drop_rate" | "led_steps" | "led_buffer" => only(
+                matches!(loss, "led-db" | "led-subtb") && !ebm,
+                "to loss = led-db and led-subtb",
+            ),
+            "grad_cosine_batch" | "grad_cosine_repeats" => only(
+                self.grad_cosine_every > 0,
+                "with the gradient analysis (grad_cosine_every > 0)",
+            ),
+            "schedule_iterations" => only(
+                self.epsilon_final != "none" || self.temperature_final != "none",
+                "to a schedule (epsilon_final or temperature_final)",
+            ),
+            "done_check_every" | "fused_rollout" | "rollout_rows" | "manual_backward" => only(
+                self.device != "cpu",
+                "to the device engine (device = cuda or cpu-kernels)",
+            ),
+            "lr_logz" => objective.and_then(|o| {
+                only(
+                    o.uses_log_z(),
+                    "to the objectives with a learned log Z (tb, the policy-gradient losses, vi)",
+                )
+            }),
+            "backward_policy" => objective.and_then(|o| {
+                if !o.uses_backward_policy() {
+                    Some(format!("to objectives that use P_B; loss = {loss} fixes it"))
+                } else if matches!(loss, "pg-b" | "pg-g") && self.backward_policy != BackwardPolicy::Learned {
+                    Some(format!(
+                        "as learned only with loss = {loss}, which trains P_B (uniform: use pg-u)"
+                    ))
+                } else {
+                    None
+                }
+            }),
+            _ => None,
+        }
+    }
+
     /// Check every field except the environment's (for a user-supplied environment).
     pub fn validate_training(&self) -> Result<()> {
         let positive = |field: &'static str, v: usize| {
@@ -555,6 +680,55 @@ impl TrainConfig {
         }
         positive("grad_cosine_batch", self.grad_cosine_batch)?;
         positive("grad_cosine_repeats", self.grad_cosine_repeats)?;
+        // Values are checked whether or not the run uses them.
+        positive("top_k", self.top_k)?;
+        positive("recent_window", self.recent_window)?;
+        if !(self.lambda.is_finite() && self.lambda > 0.0) {
+            return Err(GfnError::invalid("lambda", self.lambda, "must be finite and > 0"));
+        }
+        if !(0.0..=1.0).contains(&self.gae_lambda) {
+            return Err(GfnError::invalid("gae_lambda", self.gae_lambda, "must be in [0, 1]"));
+        }
+        if self.guide_floor != "auto" && self.guide_floor.parse::<f64>().map_or(true, f64::is_nan) {
+            return Err(GfnError::invalid(
+                "guide_floor",
+                &self.guide_floor,
+                "must be auto or a number",
+            ));
+        }
+        self.trust_region().validate()?;
+        if !matches!(self.bitseq_order.as_str(), "append" | "fill") {
+            return Err(GfnError::invalid(
+                "bitseq_order",
+                &self.bitseq_order,
+                "must be append or fill",
+            ));
+        }
+        if !matches!(self.ebm_method.as_str(), "ebgfn" | "pcd") {
+            return Err(GfnError::invalid(
+                "ebm_method",
+                &self.ebm_method,
+                "must be ebgfn or pcd",
+            ));
+        }
+        for (field, v, allowed) in [
+            ("negatives", &self.negatives, ["mh", "gfn"]),
+            ("accept", &self.accept, ["mh", "barker"]),
+        ] {
+            if !allowed.contains(&v.as_str()) {
+                return Err(GfnError::invalid(
+                    field,
+                    v,
+                    format!("must be {} or {}", allowed[0], allowed[1]),
+                ));
+            }
+        }
+        self.size
+            .parse::<gfn_envs::SetSize>()
+            .map_err(|_| GfnError::invalid("size", &self.size, "must be small, medium or large"))?;
+        self.dataset
+            .parse::<gfn_envs::data::synthetic::Dataset>()
+            .map_err(|e| GfnError::invalid("dataset", &self.dataset, format!("{e}")))?;
         if !(self.led_drop_rate.is_finite() && self.led_drop_rate < 1.0) {
             return Err(GfnError::invalid(
                 "led_drop_rate",
@@ -658,11 +832,109 @@ impl TrainConfig {
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("a TrainConfig always serialises")
     }
+
+    /// The hash that binds a checkpoint to this configuration: FNV-1a of its TOML with
+    /// `iterations` set to 0 (the one field `--resume` may change).
+    pub fn binding_hash(&self) -> String {
+        let mut c = self.clone();
+        c.iterations = 0;
+        format!(
+            "{:016x}",
+            crate::checkpoint::fnv1a(0xcbf2_9ce4_8422_2325, c.to_toml().as_bytes())
+        )
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn with(f: impl Fn(&mut TrainConfig)) -> TrainConfig {
+        let mut c = TrainConfig::default();
+        f(&mut c);
+        c
+    }
+
+    /// The cases: an option given for another environment, objective, method or device
+    /// is refused, naming it and where it belongs; the same option where it applies is fine.
+    #[test]
+    fn options_that_do_not_apply_are_refused() {
+        let tb = TrainConfig::default();
+        for (field, belongs) in [
+            ("lambda", "subtb"),
+            ("size", "env = set"),
+            ("ebm_method", "EBM tasks"),
+            ("trpo_max_kl", "pg-trpo"),
+            ("gae_lambda", "policy-gradient"),
+            ("led_hidden", "led-db"),
+            ("replay_batch", "replay_size > 0"),
+            ("local_search_accept", "local_search > 0"),
+            ("rollout_rows", "device engine"),
+            ("bitseq_modes", "env = bitseq"),
+            ("gibbs_steps", "PCD"),
+            ("schedule_iterations", "schedule"),
+            ("grad_cosine_batch", "grad_cosine_every > 0"),
+        ] {
+            let e = tb.check_given(&[field]).unwrap_err().to_string();
+            assert!(e.contains(field) && e.contains(belongs), "{field}: {e}");
+        }
+        assert_eq!(
+            tb.check_given(&["ndim", "height", "r0", "lr", "lr_logz", "backward_policy", "seed"])
+                .ok(),
+            Some(())
+        );
+        assert!(with(|c| c.loss = "subtb".into()).inapplicable("lambda").is_none());
+        assert!(with(|c| c.loss = "db".into()).inapplicable("lr_logz").is_some());
+        assert!(with(|c| c.loss = "fm".into()).inapplicable("backward_policy").is_some());
+        let pgb = with(|c| {
+            c.loss = "pg-b".into();
+            c.backward_policy = BackwardPolicy::Uniform;
+        });
+        let e = pgb.check_given(&["backward_policy"]).unwrap_err().to_string();
+        assert!(e.contains("pg-b") && e.contains("uniform"), "{e}");
+        assert!(
+            with(|c| c.loss = "pg-b".into())
+                .inapplicable("backward_policy")
+                .is_none()
+        );
+        let ising = with(|c| c.env = "ising".into());
+        assert!(ising.inapplicable("ndim").is_some());
+        assert!(ising.inapplicable("loss").is_some());
+        assert!(ising.inapplicable("back_ratio").is_none());
+        assert!(
+            with(|c| {
+                c.env = "ising".into();
+                c.ebm_method = "pcd".into();
+            })
+            .inapplicable("back_ratio")
+            .is_some()
+        );
+        assert!(
+            with(|c| c.device = "cuda".into())
+                .inapplicable("rollout_rows")
+                .is_none()
+        );
+    }
+
+    /// Values are checked even where the run does not use them.
+    #[test]
+    fn unused_options_still_need_valid_values() {
+        for (c, field) in [
+            (with(|c| c.top_k = 0), "top_k"),
+            (with(|c| c.recent_window = 0), "recent_window"),
+            (with(|c| c.trpo_max_kl = -1.0), "trpo_max_kl"),
+            (with(|c| c.ebm_method = "abc".into()), "ebm_method"),
+            (with(|c| c.lambda = 0.0), "lambda"),
+            (with(|c| c.gae_lambda = 2.0), "gae_lambda"),
+            (with(|c| c.size = "huge".into()), "size"),
+            (with(|c| c.bitseq_order = "middle".into()), "bitseq_order"),
+            (with(|c| c.negatives = "x".into()), "negatives"),
+            (with(|c| c.guide_floor = "low".into()), "guide_floor"),
+        ] {
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
+    }
 
     #[test]
     fn schedules_are_linear_then_constant() {

@@ -633,6 +633,7 @@ impl EbmRun {
             metric_rng: rng_from_seed(0),
             tensors,
             aux,
+            config_hash: self.config.binding_hash(),
         })
     }
 
@@ -754,38 +755,68 @@ fn read_metrics(dir: &RunDir) -> Result<Vec<EbmRecord>> {
         .collect()
 }
 
-fn save(run: &EbmRun, dir: &RunDir) -> Result<()> {
-    run.checkpoint()?.save(&dir.file(files::CHECKPOINT))?;
+/// Save `ck` after `timing.json`, which keeps the previous checkpoint's entry.
+fn save(run: &EbmRun, dir: &RunDir, ck: &Checkpoint) -> Result<()> {
     let timing = EbmTiming {
         iteration: run.iteration,
         wall_seconds: run.wall_seconds,
         evals: run.eval_timing.clone(),
     };
-    write_atomic(&dir.file(files::TIMING), serde_json::to_string(&timing)?.as_bytes())
+    dir.write_timing(&timing)?;
+    ck.save(&dir.file(files::CHECKPOINT))
 }
 
-/// Train up to `config.iterations`, evaluating, writing metrics and checkpointing every
-/// `eval_every` iterations, then the final evaluation, summary and (2D data) `samples.png`.
+/// The caller holds the directory's lock; on an error `failed.json` says where and why the run
+/// stopped, and the directory keeps its last valid state.
 pub fn run(t: &mut EbmRun, dir: &RunDir, progress: &mut dyn EbmProgress) -> Result<serde_json::Value> {
+    let mut last_checkpoint = dir.file(files::CHECKPOINT).exists().then_some(t.iteration);
+    let result = run_steps(t, dir, progress, &mut last_checkpoint);
+    if let Err(e) = &result {
+        dir.write_failure(&crate::run_dir::Failure {
+            iteration: t.iteration,
+            reason: format!("{e:#}"),
+            last_checkpoint,
+        })?;
+    }
+    result
+}
+
+fn run_steps(
+    t: &mut EbmRun,
+    dir: &RunDir,
+    progress: &mut dyn EbmProgress,
+    last_checkpoint: &mut Option<u64>,
+) -> Result<serde_json::Value> {
     let total = t.config.iterations as u64;
     let every = t.config.eval_every as u64;
     crate::io::ensure_writable_dir(&dir.path)?;
+    dir.clear_failure()?;
     dir.write_config(&t.config)?;
+    let checkpoint = |t: &mut EbmRun, progress: &mut dyn EbmProgress, last: &mut Option<u64>| -> Result<()> {
+        let rec = t.evaluate(t.iteration == total)?;
+        // Nothing is written for a state that is not valid.
+        let ck = t.checkpoint()?;
+        if let Some(name) = ck.non_finite() {
+            bail!(
+                "training stopped: {name} is not finite after iteration {} (the run diverged; lower the learning rates); the run directory keeps its last valid state",
+                t.iteration
+            );
+        }
+        write_metrics(dir, &t.history)?;
+        save(t, dir, &ck)?;
+        *last = Some(t.iteration);
+        progress.on_eval(&rec);
+        Ok(())
+    };
     while t.iteration < total {
         let loss = t.step()?;
         progress.on_step(t.iteration, loss);
         if t.iteration.is_multiple_of(every) || t.iteration == total {
-            let rec = t.evaluate(t.iteration == total)?;
-            write_metrics(dir, &t.history)?;
-            save(t, dir)?;
-            progress.on_eval(&rec);
+            checkpoint(t, progress, last_checkpoint)?;
         }
     }
     if t.history.last().is_none_or(|r| r.iteration != t.iteration) {
-        let rec = t.evaluate(true)?;
-        write_metrics(dir, &t.history)?;
-        save(t, dir)?;
-        progress.on_eval(&rec);
+        checkpoint(t, progress, last_checkpoint)?;
     }
     if let Task::Synthetic(ds) = &t.task {
         let mut rng = rng_from_seed(t.config.seed ^ EVAL_STREAM);
@@ -812,8 +843,9 @@ pub fn resume(dir: &RunDir, iterations: Option<usize>, device: &Device) -> Resul
     if let Some(n) = iterations {
         config.iterations = n;
     }
-    let mut t = EbmRun::new(config, device)?;
     let ck = Checkpoint::load(&dir.file(files::CHECKPOINT))?;
+    ck.check_config(&config.binding_hash(), &dir.path)?;
+    let mut t = EbmRun::new(config, device)?;
     t.restore(&ck)
         .with_context(|| format!("checkpoint in {} does not match its config.toml", dir.path.display()))?;
     if (t.config.iterations as u64) < t.iteration {
@@ -824,10 +856,7 @@ pub fn resume(dir: &RunDir, iterations: Option<usize>, device: &Device) -> Resul
             t.iteration
         );
     }
-    let timing: EbmTiming = match std::fs::read_to_string(dir.file(files::TIMING)) {
-        Ok(text) => serde_json::from_str(&text).context("timing.json is not valid")?,
-        Err(_) => EbmTiming::default(),
-    };
+    let timing: EbmTiming = dir.read_timing(ck.iteration)?;
     t.wall_seconds = timing.wall_seconds;
     let every = t.config.eval_every as u64;
     let total = t.config.iterations as u64;

@@ -7,7 +7,8 @@
 //!   exact evaluation;
 //! * [`objectives`] (`gfn-objectives`): FM, DB, TB, SubTB(λ), FL and LED forms, policy gradient;
 //! * [`environments`] (`gfn-envs`): the tasks, and [`envs`]: building one from a configuration;
-//! * [`train`]: run directories, checkpoints, resume; [`task_metrics`]: a task's own figures.
+//! * [`train`]: the training loop, checkpoints, resume; [`run_dir`]: run directories (lock,
+//!   atomic files, failure notes); [`task_metrics`]: a task's own figures.
 //!
 //! Binaries that use gfn should set a fast global allocator: candle allocates a buffer per tensor
 //! op, and glibc's malloc maps and unmaps large ones every time (`reference/candle-cpu.md` §3a,
@@ -24,6 +25,7 @@ pub mod led;
 pub mod memory;
 pub mod plot;
 pub mod replay;
+pub mod run_dir;
 pub mod task_metrics;
 pub mod train;
 

@@ -1,5 +1,6 @@
 //! The `gfn` command: train, sample from and evaluate GFlowNets.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -40,14 +41,24 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         resume: Option<PathBuf>,
     },
+    /// Check a training configuration (the options of `train`, or --config) without training:
+    /// the same validation `train` makes, including options that have no effect; prints `ok`.
+    #[command(allow_negative_numbers = true)]
+    Check {
+        #[command(flatten)]
+        options: Box<ConfigArgs>,
+        /// Read options from a TOML file.
+        #[arg(long, value_name = "FILE.toml")]
+        config: Option<PathBuf>,
+    },
     /// Draw terminal objects from a trained policy (ε 0, temperature 1) into a CSV file.
     Sample {
         /// Run directory.
         #[arg(long, value_name = "DIR")]
         run: PathBuf,
-        /// Number of samples.
-        #[arg(long, default_value_t = 10_000)]
-        n: usize,
+        /// Number of samples (streamed to the file: any number fits in memory).
+        #[arg(long, default_value_t = 10_000, allow_negative_numbers = true)]
+        n: i64,
         /// Seed of the sampling RNG.
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -155,6 +166,11 @@ fn dispatch(cmd: Command) -> Result<(), Fatal> {
             out,
             resume,
         } => train_cmd(*options, config, out, resume),
+        Command::Check { options, config } => {
+            new_config(*options, config.as_ref())?;
+            println!("ok");
+            Ok(())
+        }
         Command::Sample { run, n, seed, out } => usage(sample_cmd(&run, n, seed, &out)),
         Command::Eval {
             run,
@@ -191,7 +207,8 @@ fn train_cmd(
     resume: Option<PathBuf>,
 ) -> Result<(), Fatal> {
     let device = Device::Cpu;
-    let (mut trainer, dir) = if let Some(dir_path) = resume {
+    // The lock is held until this function returns (or the process exits).
+    let (mut trainer, dir, _lock) = if let Some(dir_path) = resume {
         let others: Vec<_> = options.given().into_iter().filter(|&n| n != "iterations").collect();
         if !others.is_empty() || config.is_some() || out.is_some() {
             let mut names: Vec<String> = others.iter().map(|n| format!("--{}", n.replace('_', "-"))).collect();
@@ -207,7 +224,7 @@ fn train_cmd(
             )));
         }
         let dir = RunDir::new(&dir_path);
-        usage(gfn::io::ensure_writable_dir(&dir.path))?;
+        let lock = usage(dir.lock_existing())?;
         let cfg = usage(dir.read_config())?;
         set_threads(cfg.threads);
         if gfn::ebm::is_ebm_env(&cfg.env) {
@@ -227,23 +244,9 @@ fn train_cmd(
             t.iteration,
             t.config.iterations
         );
-        (t, dir)
+        (t, dir, lock)
     } else {
-        let file = match &config {
-            Some(p) => {
-                let text = usage(
-                    std::fs::read_to_string(p).with_context(|| format!("cannot read config file {}", p.display())),
-                )?;
-                usage(
-                    toml::from_str::<ConfigArgs>(&text)
-                        .with_context(|| format!("config file {} is invalid", p.display())),
-                )?
-            }
-            None => ConfigArgs::default(),
-        };
-        let name = config.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
-        let cfg: TrainConfig = usage(options.resolve(file, &name).map_err(anyhow::Error::from))?;
-        usage(cfg.validate().map_err(anyhow::Error::from))?;
+        let cfg = new_config(options, config.as_ref())?;
         let out = out.unwrap_or_else(|| {
             PathBuf::from(format!(
                 "runs/{}-{}-{}-seed{}",
@@ -258,21 +261,16 @@ fn train_cmd(
             ))
         });
         let dir = RunDir::new(&out);
-        usage(gfn::io::ensure_writable_dir(&dir.path))?;
-        if dir.file(files::CHECKPOINT).exists() {
-            return usage(Err(anyhow::anyhow!(
-                "{} already holds a run; continue it with --resume {} or choose another --out",
-                out.display(),
-                out.display()
-            )));
-        }
+        // Refuses a directory another process trains in, one holding a run (→ --resume) and
+        // one holding anything that is not ours.
+        let lock = usage(dir.create_new())?;
         set_threads(cfg.threads);
         if gfn::ebm::is_ebm_env(&cfg.env) {
             let t = usage(gfn::ebm::EbmRun::new(cfg, &device))?;
             return ebm_cmd(t, &dir);
         }
         let t = usage(gfn::train::Trainer::new(cfg, &device))?;
-        (t, dir)
+        (t, dir, lock)
     };
     let c = &trainer.config;
     eprintln!(
@@ -292,6 +290,31 @@ fn train_cmd(
     bar.bar.finish_and_clear();
     print_summary(&summary, &dir.path);
     Ok(())
+}
+
+/// The configuration of a new run from flags and an optional TOML file, validated: values,
+/// memory, and options that have no effect (a flag always; a file's key where it sets a value
+/// other than the default, since a run's whole config.toml given back lists every key).
+fn new_config(options: ConfigArgs, config: Option<&PathBuf>) -> Result<TrainConfig, Fatal> {
+    let file = match config {
+        Some(p) => {
+            let text =
+                usage(std::fs::read_to_string(p).with_context(|| format!("cannot read config file {}", p.display())))?;
+            usage(
+                toml::from_str::<ConfigArgs>(&text).with_context(|| format!("config file {} is invalid", p.display())),
+            )?
+        }
+        None => ConfigArgs::default(),
+    };
+    let name = config.map(|p| p.display().to_string()).unwrap_or_default();
+    let mut given = options.given();
+    let in_file = file.given();
+    let cfg: TrainConfig = usage(options.resolve(file, &name).map_err(anyhow::Error::from))?;
+    usage(cfg.validate().map_err(anyhow::Error::from))?;
+    let defaults = TrainConfig::default();
+    given.extend(in_file.into_iter().filter(|f| cfg.value_of(f) != defaults.value_of(f)));
+    usage(cfg.check_given(&given).map_err(anyhow::Error::from))?;
+    Ok(cfg)
 }
 
 fn default_env_tag(c: &TrainConfig) -> String {
@@ -468,7 +491,11 @@ fn print_summary(s: &serde_json::Value, dir: &Path) {
             f("/exact/tv"),
             f("/exact/l1_sum"),
             f("/exact/jsd"),
-            f("/exact/kl")
+            // JSON has no infinity: an infinite KL (P_T misses mass p* has) is null there.
+            s.pointer("/exact/kl")
+                .and_then(|v| v.as_f64())
+                .map(|v| format!("{v:.4}"))
+                .unwrap_or_else(|| "inf".into())
         );
         println!(
             "  mean of last 5 evaluations: L1 {}  TV {}",
@@ -491,7 +518,21 @@ fn print_summary(s: &serde_json::Value, dir: &Path) {
     if let Some(c) = s.pointer("/target/top_k_mean_reward").and_then(|v| v.as_f64())
         && let Some(m) = s.pointer("/top_k/mean_reward").and_then(|v| v.as_f64())
     {
-        println!("  exact ceiling of that mean {c:.4} (reached {:.1}%)", 100.0 * m / c);
+        // The ceiling is the mean of the best k objects: a mean over fewer held objects is not
+        // comparable with it (it can exceed it).
+        let (k, found) = (
+            s.pointer("/top_k/k").and_then(|v| v.as_u64()),
+            s.pointer("/top_k/found").and_then(|v| v.as_u64()),
+        );
+        if k.is_some() && k == found {
+            println!("  exact ceiling of that mean {c:.4} (reached {:.1}%)", 100.0 * m / c);
+        } else {
+            println!(
+                "  exact ceiling of the top-{} mean {c:.4} (not comparable: only {} distinct objects held)",
+                k.unwrap_or(0),
+                found.unwrap_or(0)
+            );
+        }
     }
     if s["recent"].is_object() {
         println!(
@@ -522,14 +563,19 @@ fn print_summary(s: &serde_json::Value, dir: &Path) {
     println!("  run directory {}", dir.display());
 }
 
-fn sample_cmd(run: &Path, n: usize, seed: u64, out: &Path) -> Result<()> {
-    if n == 0 {
-        bail!("invalid n = 0: must be at least 1");
+fn sample_cmd(run: &Path, n: i64, seed: u64, out: &Path) -> Result<()> {
+    if n < 1 {
+        bail!("invalid n = {n}: must be at least 1");
     }
+    let n = n as u64;
     let dir = RunDir::new(run);
     let cfg = dir.read_config()?;
+    failure_note(&dir)?;
     set_threads(cfg.threads);
     let t = dir.load_trainer(&Device::Cpu)?;
+    // Opened before sampling: a bad --out fails at once, and rows stream to it (memory stays
+    // one chunk whatever n is); it replaces `out` only when complete.
+    let mut file = gfn::io::AtomicWriter::create(out)?;
     let env = t.env.as_ref();
     let mut rng = rng_from_seed(seed);
     let mut sampler = Sampler::new();
@@ -539,7 +585,7 @@ fn sample_cmd(run: &Path, n: usize, seed: u64, out: &Path) -> Result<()> {
     text.push_str("log_reward\n");
     let mut left = n;
     while left > 0 {
-        let k = left.min(4096);
+        let k = left.min(4096) as usize;
         match Inference::new(&t.estimator) {
             Some(mut fast) => {
                 sampler.sample_forward_with(env, &mut fast, k, SamplingOptions::default(), &mut rng, &mut batch)?
@@ -552,16 +598,42 @@ fn sample_cmd(run: &Path, n: usize, seed: u64, out: &Path) -> Result<()> {
             }
             text.push_str(&format!("{}\n", batch.log_reward[b]));
         }
-        left -= k;
+        file.write_all(text.as_bytes())
+            .with_context(|| format!("cannot write {}", out.display()))?;
+        text.clear();
+        left -= k as u64;
     }
-    gfn::io::write_atomic(out, text.as_bytes()).with_context(|| format!("cannot write {}", out.display()))?;
+    file.commit()?;
     eprintln!("wrote {n} samples to {}", out.display());
     Ok(())
+}
+
+/// Say so when the run in `dir` stopped on an error (and refuse where it left no valid state).
+fn failure_note(dir: &RunDir) -> Result<()> {
+    let Some(f) = dir.read_failure()? else {
+        return Ok(());
+    };
+    match f.last_checkpoint {
+        Some(i) if dir.file(files::CHECKPOINT).exists() => {
+            eprintln!(
+                "note: this run stopped at iteration {}: {}\nnote: what follows is its last valid state, iteration {i}",
+                f.iteration, f.reason
+            );
+            Ok(())
+        }
+        _ => bail!(
+            "{} holds no valid state: the run stopped at iteration {} before its first checkpoint: {}",
+            dir.path.display(),
+            f.iteration,
+            f.reason
+        ),
+    }
 }
 
 fn eval_cmd(run: &Path, json: bool, ais: (usize, usize, u64)) -> Result<()> {
     let dir = RunDir::new(run);
     let cfg = dir.read_config()?;
+    failure_note(&dir)?;
     set_threads(cfg.threads);
     if gfn::ebm::is_ebm_env(&cfg.env) {
         let t = gfn::ebm::resume(&dir, None, &Device::Cpu)?;
@@ -700,9 +772,11 @@ fn speed_train_cmd(options: ConfigArgs, rounds: usize, warmup: usize, profile: b
     if rounds == 0 {
         return usage(Err(anyhow::anyhow!("invalid rounds = 0: must be at least 1")));
     }
+    let given = options.given();
     let mut cfg: TrainConfig = usage(options.resolve(ConfigArgs::default(), "").map_err(anyhow::Error::from))?;
     cfg.iterations = (rounds + warmup).max(cfg.iterations);
     usage(cfg.validate().map_err(anyhow::Error::from))?;
+    usage(cfg.check_given(&given).map_err(anyhow::Error::from))?;
     set_threads(cfg.threads);
     let mut t = usage(gfn::train::Trainer::new(cfg, &Device::Cpu))?;
     failure((|| -> Result<()> {
@@ -774,6 +848,16 @@ fn speed_gemm_cmd(size: usize, repeats: usize) -> Result<()> {
     if size == 0 || repeats == 0 {
         bail!("invalid size = {size}, repeats = {repeats}: both must be at least 1");
     }
+    // Three n×n f32 matrices: refused before allocating where they cannot fit.
+    gfn::memory::check(
+        &[gfn::memory::Need {
+            field: "size",
+            value: size.to_string(),
+            what: "three size × size f32 matrices".into(),
+            bytes: 12.0 * (size as f64) * (size as f64),
+        }],
+        gfn::memory::machine_memory(),
+    )?;
     set_threads(1);
     let n = size;
     let mut rng = rng_from_seed(0);

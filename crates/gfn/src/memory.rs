@@ -80,6 +80,30 @@ pub fn trajectory_need(field: &'static str, what: &str, env: &dyn Env, n: usize,
     }
 }
 
+/// Bytes per state of exact evaluation ([`gfn_core::exact::ExactEvaluator`]), a lower bound: the
+/// state and its entry in the index (≥ 28 bytes of map entry and vector header), its features,
+/// both masks, the child and backward-action tables, the parents, and the `f64` forward
+/// log-probabilities of one evaluation.
+pub fn exact_bytes_per_state(env: &dyn Env) -> f64 {
+    let (sd, nf, na, nb) = (
+        env.state_dim() as f64,
+        env.feature_dim() as f64,
+        env.n_actions() as f64,
+        env.n_backward_actions() as f64,
+    );
+    28.0 + 8.0 * sd + 4.0 * nf + 17.0 * na + 9.0 * nb
+}
+
+/// The need of enumerating `states` states of `env` for exact evaluation, blamed on `field`.
+pub fn exact_need(field: &'static str, value: String, env: &dyn Env, states: f64) -> Need {
+    Need {
+        field,
+        value,
+        what: format!("exact evaluation's tables over the {states:.0} states it enumerates"),
+        bytes: states * exact_bytes_per_state(env),
+    }
+}
+
 /// The memory assumed where the machine's cannot be read: more than any machine this runs on has.
 pub const ASSUMED_MEMORY: f64 = 4.0 * 1024.0 * 1024.0 * 1024.0 * 1024.0;
 

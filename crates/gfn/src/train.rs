@@ -2,7 +2,6 @@
 //! exact evaluation, metrics, checkpoints, and resume that reproduces the uninterrupted run bit for
 //! bit.
 
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -21,19 +20,7 @@ use crate::checkpoint::Checkpoint;
 use crate::config::TrainConfig;
 use crate::io::write_atomic;
 
-/// File names inside a run directory.
-pub mod files {
-    /// Resolved configuration.
-    pub const CONFIG: &str = "config.toml";
-    /// One JSON line per evaluation.
-    pub const METRICS: &str = "metrics.jsonl";
-    /// Parameters, optimiser state, RNG state.
-    pub const CHECKPOINT: &str = "checkpoint.safetensors";
-    /// Final summary.
-    pub const SUMMARY: &str = "summary.json";
-    /// Training-loop seconds so far (the only file that differs between identical runs).
-    pub const TIMING: &str = "timing.json";
-}
+pub use crate::run_dir::{RunDir, files};
 
 /// Salt of the measurement samples' RNG stream (`seed ^ METRIC_STREAM`).
 const METRIC_STREAM: u64 = 0x6d65_6173_7572_6521;
@@ -688,7 +675,7 @@ impl Trainer {
                 &self.estimator,
                 &mut task_rng,
             )
-            .context("the task's metrics failed")?;
+            .with_context(|| format!("the task's metrics failed at iteration {}", self.iteration))?;
         let led_loss = (self.led.is_some() && self.loss_count > 0).then(|| self.led_loss_sum / self.loss_count as f64);
         let loss = if self.loss_count > 0 {
             self.loss_sum / self.loss_count as f64
@@ -818,6 +805,7 @@ impl Trainer {
             metric_rng: self.metric_rng.clone(),
             tensors,
             aux,
+            config_hash: self.config.binding_hash(),
         })
     }
 
@@ -1149,34 +1137,7 @@ pub fn useful_flops_per_row(est: &Estimator) -> f64 {
         .sum()
 }
 
-/// A run directory: where `gfn train` writes, and what `--resume`, `sample` and `eval` read.
-pub struct RunDir {
-    /// The directory.
-    pub path: PathBuf,
-}
-
 impl RunDir {
-    /// The run directory at `path`.
-    pub fn new(path: &Path) -> Self {
-        Self {
-            path: path.to_path_buf(),
-        }
-    }
-    /// Path of a file inside.
-    pub fn file(&self, name: &str) -> PathBuf {
-        self.path.join(name)
-    }
-    /// Read the resolved configuration.
-    pub fn read_config(&self) -> Result<TrainConfig> {
-        let p = self.file(files::CONFIG);
-        let text = std::fs::read_to_string(&p)
-            .with_context(|| format!("cannot read {}: is this a run directory?", p.display()))?;
-        toml::from_str(&text).with_context(|| format!("{} is not a valid configuration", p.display()))
-    }
-    /// Write the configuration atomically.
-    pub fn write_config(&self, c: &TrainConfig) -> Result<()> {
-        write_atomic(&self.file(files::CONFIG), c.to_toml().as_bytes())
-    }
     /// Rewrite `metrics.jsonl` atomically from the history.
     pub fn write_metrics(&self, history: &[EvalRecord]) -> Result<()> {
         let mut text = String::new();
@@ -1200,11 +1161,11 @@ impl RunDir {
     /// Load a trained model from the directory's configuration and checkpoint.
     pub fn load_trainer(&self, device: &Device) -> Result<Trainer> {
         let config = self.read_config()?;
+        let ck = self.load_checkpoint(&config)?;
         let mut t = Trainer::new(config, device)?;
-        let ck = Checkpoint::load(&self.file(files::CHECKPOINT))?;
         t.restore(&ck)
             .with_context(|| format!("checkpoint in {} does not match its config.toml", self.path.display()))?;
-        let timing = self.read_timing()?;
+        let timing: Timing = self.read_timing(ck.iteration)?;
         t.wall_seconds = timing.wall_seconds;
         t.useful_flops = timing.useful_flops;
         t.eval_timing = timing.evals;
@@ -1213,9 +1174,28 @@ impl RunDir {
         Ok(t)
     }
 
-    /// Save the checkpoint and the training time of `t`.
-    pub fn save_checkpoint(&self, t: &Trainer) -> Result<()> {
-        t.checkpoint()?.save(&self.file(files::CHECKPOINT))?;
+    /// The checkpoint, verified (checksum) and checked against `config` (the binding hash); a
+    /// run that stopped before its first valid checkpoint says so.
+    pub fn load_checkpoint(&self, config: &TrainConfig) -> Result<Checkpoint> {
+        let p = self.file(files::CHECKPOINT);
+        if !p.exists()
+            && let Some(f) = self.read_failure()?
+        {
+            bail!(
+                "{} holds no valid state: the run stopped at iteration {} before its first checkpoint: {}",
+                self.path.display(),
+                f.iteration,
+                f.reason
+            );
+        }
+        let ck = Checkpoint::load(&p)?;
+        ck.check_config(&config.binding_hash(), &self.path)?;
+        Ok(ck)
+    }
+
+    /// Save `ck`, the checkpoint of `t`, and the training time of `t`: `timing.json` first (it
+    /// keeps the previous checkpoint's entry), then the checkpoint.
+    pub fn save_checkpoint(&self, t: &Trainer, ck: &Checkpoint) -> Result<()> {
         let timing = Timing {
             iteration: t.iteration,
             wall_seconds: t.wall_seconds,
@@ -1224,16 +1204,32 @@ impl RunDir {
             led_seconds: t.led_seconds,
             metric_seconds: t.metric_seconds,
         };
-        write_atomic(&self.file(files::TIMING), serde_json::to_string(&timing)?.as_bytes())
+        self.write_timing(&timing)?;
+        ck.save(&self.file(files::CHECKPOINT))
     }
+}
 
-    /// Timing recorded with the last checkpoint (zeros if there is none).
-    pub fn read_timing(&self) -> Result<Timing> {
-        let Ok(text) = std::fs::read_to_string(self.file(files::TIMING)) else {
-            return Ok(Timing::default());
-        };
-        serde_json::from_str(&text).with_context(|| format!("{} is not valid", self.file(files::TIMING).display()))
+/// The checkpoint of `t` after an evaluation, refused (with the reason) where the state is not
+/// valid: a non-finite parameter or moment, or a non-finite exact distance. Nothing is written
+/// for such a state.
+pub fn valid_checkpoint(t: &Trainer, rec: &EvalRecord) -> Result<Checkpoint> {
+    let ck = t.checkpoint()?;
+    if let Some(name) = ck.non_finite() {
+        bail!(
+            "training stopped: {name} is not finite after iteration {} (the run diverged; lower lr); the run directory keeps its last valid state",
+            t.iteration
+        );
     }
+    if let Some(e) = &rec.exact
+        && !e.dist.tv.is_finite()
+    {
+        bail!(
+            "training stopped: the exact distance is {} after iteration {} (the policy is not finite; lower lr); the run directory keeps its last valid state",
+            e.dist.tv,
+            t.iteration
+        );
+    }
+    Ok(ck)
 }
 
 /// Observer of training progress (the CLI's progress bar).
@@ -1252,28 +1248,52 @@ impl Progress for Silent {
 }
 
 /// Train `t` up to `t.config.iterations`, writing metrics and checkpoints into `dir` at every
-/// evaluation and a final evaluation, checkpoint and summary at the end.
+/// evaluation and a final evaluation, checkpoint and summary at the end. The caller holds the
+/// directory's lock ([`RunDir::create_new`], [`RunDir::lock_existing`]). On an error the
+/// directory keeps its last valid state and `failed.json` says where and why the run stopped.
 pub fn run(t: &mut Trainer, dir: &RunDir, progress: &mut dyn Progress) -> Result<serde_json::Value> {
+    let mut last_checkpoint = dir.file(files::CHECKPOINT).exists().then_some(t.iteration);
+    let result = run_steps(t, dir, progress, &mut last_checkpoint);
+    if let Err(e) = &result {
+        dir.write_failure(&crate::run_dir::Failure {
+            iteration: t.iteration,
+            reason: format!("{e:#}"),
+            last_checkpoint,
+        })?;
+    }
+    result
+}
+
+fn run_steps(
+    t: &mut Trainer,
+    dir: &RunDir,
+    progress: &mut dyn Progress,
+    last_checkpoint: &mut Option<u64>,
+) -> Result<serde_json::Value> {
     let total = t.config.iterations as u64;
     let every = t.config.eval_every as u64;
     crate::io::ensure_writable_dir(&dir.path)?;
+    dir.clear_failure()?;
     dir.write_config(&t.config)?;
+    let checkpoint = |t: &mut Trainer, progress: &mut dyn Progress, last: &mut Option<u64>| -> Result<()> {
+        let rec = t.evaluate()?;
+        let ck = valid_checkpoint(t, &rec)?;
+        dir.write_metrics(&t.history)?;
+        dir.save_checkpoint(t, &ck)?;
+        *last = Some(t.iteration);
+        progress.on_eval(&rec);
+        Ok(())
+    };
     while t.iteration < total {
         let loss = t.step()?;
         progress.on_step(t.iteration, loss);
         if t.iteration.is_multiple_of(every) || t.iteration == total {
-            let rec = t.evaluate()?;
-            dir.write_metrics(&t.history)?;
-            dir.save_checkpoint(t)?;
-            progress.on_eval(&rec);
+            checkpoint(t, progress, last_checkpoint)?;
         }
     }
     if t.history.last().is_none_or(|r| r.iteration != t.iteration) {
         // Resumed at the end of an earlier run: the final evaluation is still due.
-        let rec = t.evaluate()?;
-        dir.write_metrics(&t.history)?;
-        dir.save_checkpoint(t)?;
-        progress.on_eval(&rec);
+        checkpoint(t, progress, last_checkpoint)?;
     }
     let summary = summary_json(t);
     write_atomic(

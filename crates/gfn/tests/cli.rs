@@ -43,22 +43,21 @@ fn assert_usage_error(args: &[&str], needles: &[&str]) {
     assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
 }
 
+/// A small training run: 2×5 hypergrid unless `extra` names another env (the grid's options
+/// are then left out: gfn refuses options that have no effect).
 fn small(dir: &Path, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = [
-        "train",
-        "--ndim",
-        "2",
-        "--height",
-        "5",
-        "--hidden",
-        "32",
-        "--eval-every",
-        "50",
-        "--out",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let other_env = extra.windows(2).any(|w| w[0] == "--env" && w[1] != "hypergrid");
+    let grid: &[&str] = if other_env {
+        &[]
+    } else {
+        &["--ndim", "2", "--height", "5"]
+    };
+    let mut v: Vec<String> = ["train"]
+        .iter()
+        .chain(grid)
+        .chain(&["--hidden", "32", "--eval-every", "50", "--out"])
+        .map(|s| s.to_string())
+        .collect();
     v.push(dir.display().to_string());
     v.extend(extra.iter().map(|s| s.to_string()));
     v
@@ -466,6 +465,25 @@ fn bad_input_gets_a_clear_error() {
         &["train", "--rollout-rows", "3", "--out", d],
         &["rollout_rows", "3", "1, 2, 4, 8 or 16"],
     );
+    // Options that have no effect on the chosen env or loss, and invalid values where unused.
+    for (args, needles) in [
+        (vec!["--loss", "tb", "--lambda", "0.5"], vec!["lambda", "subtb"]),
+        (vec!["--size", "large"], vec!["size", "env = set"]),
+        (vec!["--ebm-method", "abc"], vec!["ebm_method", "abc"]),
+        (vec!["--trpo-max-kl", "-1"], vec!["trpo_max_kl"]),
+        (
+            vec!["--loss", "pg-b", "--backward-policy", "uniform"],
+            vec!["backward_policy", "pg-b"],
+        ),
+        (vec!["--top-k", "0"], vec!["top_k"]),
+        (vec!["--recent-window", "0"], vec!["recent_window"]),
+        (vec!["--rollout-rows", "4"], vec!["rollout_rows", "device engine"]),
+    ] {
+        let mut a = vec!["train", "--out", d];
+        a.extend(args);
+        assert_usage_error(&a, &needles);
+    }
+    assert!(!dir.exists(), "a refused run created its directory");
     assert_usage_error(
         &["train", "--device", "cuda", "--env", "set", "--out", d],
         &["env", "set", "device = cuda"],
@@ -673,11 +691,276 @@ fn non_finite_loss_stops_training_cleanly() {
     assert_eq!(o.status.code(), Some(1), "stderr: {err}");
     assert!(err.contains("iteration"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
-    let metrics = RunDir::new(&dir).read_metrics().unwrap();
-    let _ = RunDir::new(&dir).read_config().unwrap();
-    if !metrics.is_empty() {
-        gfn::checkpoint::Checkpoint::load(&dir.join("checkpoint.safetensors")).unwrap();
+    // Nothing non-finite is written as a valid state: no evaluation record with a NaN or null
+    // distance, no checkpoint of diverged parameters; failed.json says where and why.
+    let rd = RunDir::new(&dir);
+    let _ = rd.read_config().unwrap();
+    let failure = rd.read_failure().unwrap().expect("failed.json");
+    assert!(failure.reason.contains("not finite"), "{failure:?}");
+    if dir.join("metrics.jsonl").exists() {
+        for r in rd.read_metrics().unwrap() {
+            assert!(r.exact.is_some_and(|e| e.dist.tv.is_finite()), "{r:?}");
+        }
     }
+    if dir.join("checkpoint.safetensors").exists() {
+        let ck = gfn::checkpoint::Checkpoint::load(&dir.join("checkpoint.safetensors")).unwrap();
+        assert_eq!(ck.non_finite(), None);
+        assert_eq!(failure.last_checkpoint, Some(ck.iteration));
+    }
+    // gfn eval says what happened instead of printing NaN.
+    let o = gfn(&["eval", "--run", d]);
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), stderr(&o));
+    assert!(!out.contains("NaN") && !out.contains("nan"), "{out}");
+    assert!(err.contains("stopped at iteration"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Two processes never share a run directory: while one trains, a second training or a resume
+/// of the same directory is refused (exit 2) naming the holder's pid, and the holder's files are
+/// untouched; the lock goes with the process (kill -9 included), and a resume then removes the
+/// temporary files the killed process left.
+#[test]
+fn a_run_directory_has_one_writer() {
+    let dir = tmp("lock");
+    let d = dir.to_str().unwrap();
+    let mut first = Command::new(env!("CARGO_BIN_EXE_gfn"))
+        .args([
+            "train",
+            "--ndim",
+            "2",
+            "--height",
+            "8",
+            "--hidden",
+            "32",
+            "--iterations",
+            "1000000",
+            "--eval-every",
+            "50",
+            "--out",
+            d,
+        ])
+        .env("RAYON_NUM_THREADS", "1")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run gfn");
+    let pid = first.id().to_string();
+    let start = std::time::Instant::now();
+    while !(dir.join("checkpoint.safetensors").exists()
+        && std::fs::read_to_string(dir.join(".lock")).is_ok_and(|t| t.trim() == pid))
+    {
+        assert!(
+            start.elapsed().as_secs() < 60,
+            "the first run wrote no checkpoint in 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_usage_error(
+        &[
+            "train",
+            "--ndim",
+            "2",
+            "--height",
+            "8",
+            "--iterations",
+            "500",
+            "--seed",
+            "1",
+            "--hidden",
+            "64",
+            "--out",
+            d,
+        ],
+        &["in use", &pid],
+    );
+    assert_usage_error(&["train", "--resume", d], &["in use", &pid]);
+    let cfg = RunDir::new(&dir).read_config().unwrap();
+    assert_eq!((cfg.hidden, cfg.seed), (32, 0), "the refused run touched the config");
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // A temporary file as a kill mid-write leaves it.
+    std::fs::write(dir.join(".timing.json.4242.tmp"), b"{").unwrap();
+    let done = RunDir::new(&dir).read_metrics().unwrap().last().unwrap().iteration;
+    let n = done.to_string();
+    let o = gfn(&["train", "--resume", d, "--iterations", &n]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A new run never overwrites a folder it did not write, and a resume of a missing directory
+/// creates nothing.
+#[test]
+fn foreign_folders_are_not_overwritten() {
+    let dir = tmp("foreign");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.toml"), b"# my notes\n").unwrap();
+    std::fs::write(dir.join("metrics.jsonl"), b"{\"mine\": 1}\n").unwrap();
+    assert_usage_error(
+        &["train", "--ndim", "2", "--height", "4", "--out", dir.to_str().unwrap()],
+        &["not empty", "config.toml", "metrics.jsonl"],
+    );
+    assert_eq!(std::fs::read(dir.join("config.toml")).unwrap(), b"# my notes\n");
+    assert_eq!(std::fs::read(dir.join("metrics.jsonl")).unwrap(), b"{\"mine\": 1}\n");
+    let missing = dir.join("x").join("a").join("b");
+    assert_usage_error(&["train", "--resume", missing.to_str().unwrap()], &["does not exist"]);
+    assert!(!dir.join("x").exists(), "a failed --resume created directories");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The checkpoint's checksum covers its metadata, and the configuration is bound to it: an
+/// edited iteration count or RNG state, or an edited lr or seed in config.toml, is refused by
+/// eval, sample and resume.
+#[test]
+fn checkpoints_bind_their_metadata_and_configuration() {
+    let dir = tmp("bind");
+    let d = dir.to_str().unwrap();
+    run_ok(&small(&dir, &["--iterations", "20"]));
+    let ck = dir.join("checkpoint.safetensors");
+    let bytes = std::fs::read(&ck).unwrap();
+    let edit = |from: &str, to: &str| {
+        let at = bytes
+            .windows(from.len())
+            .position(|w| w == from.as_bytes())
+            .unwrap_or_else(|| panic!("{from} not in the checkpoint"));
+        let mut out = bytes.clone();
+        out[at..at + to.len()].copy_from_slice(to.as_bytes());
+        out
+    };
+    let csv = dir.join("s.csv");
+    for (from, to) in [
+        (r#"\"iteration\":\"20\""#, r#"\"iteration\":\"10\""#),
+        (r#"\"rng\":\"{"#, r#"\"rng\":\"["#),
+    ] {
+        std::fs::write(&ck, edit(from, to)).unwrap();
+        assert_usage_error(&["eval", "--run", d], &["checksum"]);
+        assert_usage_error(
+            &["sample", "--run", d, "--n", "5", "--out", csv.to_str().unwrap()],
+            &["checksum"],
+        );
+        assert_usage_error(&["train", "--resume", d, "--iterations", "30"], &["checksum"]);
+    }
+    std::fs::write(&ck, &bytes).unwrap();
+    let cfg = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+    for (from, to) in [("lr = 0.001", "lr = 0.002"), ("seed = 0", "seed = 7")] {
+        assert!(cfg.contains(from), "{from} not in {cfg}");
+        std::fs::write(dir.join("config.toml"), cfg.replacen(from, to, 1)).unwrap();
+        assert_usage_error(&["eval", "--run", d], &["config.toml", "not the configuration"]);
+        assert_usage_error(&["train", "--resume", d, "--iterations", "30"], &["config.toml"]);
+    }
+    std::fs::write(dir.join("config.toml"), &cfg).unwrap();
+    // A run's whole config.toml given back as --config trains (every key is listed, the ones
+    // that do not apply at their defaults), while a file that sets an option with no effect here
+    // is refused like the flag.
+    let again = tmp("bind-again");
+    let o = gfn(&[
+        "train",
+        "--config",
+        dir.join("config.toml").to_str().unwrap(),
+        "--out",
+        again.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let file = tmp("bind-file").with_extension("toml");
+    std::fs::write(&file, cfg.replacen("lambda = 0.9", "lambda = 0.5", 1)).unwrap();
+    assert_usage_error(
+        &[
+            "train",
+            "--config",
+            file.to_str().unwrap(),
+            "--out",
+            tmp("bind-x").to_str().unwrap(),
+        ],
+        &["lambda", "subtb"],
+    );
+    let _ = std::fs::remove_dir_all(again);
+    let _ = std::fs::remove_file(file);
+    // Untouched, everything reads, and --iterations may still change through --resume.
+    let o = gfn(&["train", "--resume", d, "--iterations", "30"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = gfn(&["eval", "--run", d]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Sizes that cannot fit are refused before they are allocated: an exact enumeration of a
+/// billion states (fast, with a small peak memory), a GEMM of 100,000², a negative sample count;
+/// sampling streams to its file, whose folder is checked before any sample is drawn.
+#[test]
+fn memory_is_bounded_before_allocation() {
+    let dir = tmp("memory");
+    let d = dir.to_str().unwrap();
+    let start = std::time::Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gfn"))
+        .args(["train", "--ndim", "10", "--height", "8", "--out", d])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = format!("/proc/{}/status", child.id());
+    let mut peak_kib = 0u64;
+    while child.try_wait().unwrap().is_none() {
+        if let Ok(text) = std::fs::read_to_string(&status)
+            && let Some(kib) = text
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        {
+            peak_kib = peak_kib.max(kib);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("ndim") && err.contains("exact evaluation"), "{err}");
+    assert!(
+        start.elapsed().as_secs() < 20,
+        "refused only after {:?}",
+        start.elapsed()
+    );
+    assert!(peak_kib < 512 * 1024, "peak RSS {peak_kib} KiB before the refusal");
+    assert_usage_error(&["speed", "gemm", "--size", "100000"], &["size", "100000", "memory"]);
+    assert_usage_error(
+        &["sample", "--run", d, "--n", "-5", "--out", "x.csv"],
+        &["n = -5", "at least 1"],
+    );
+    // Streaming: many samples, one file, written whole.
+    let run = tmp("memory-run");
+    run_ok(&small(&run, &["--iterations", "10"]));
+    let csv = run.join("many.csv");
+    let o = gfn(&[
+        "sample",
+        "--run",
+        run.to_str().unwrap(),
+        "--n",
+        "20000",
+        "--out",
+        csv.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&csv).unwrap().lines().count(), 20_001);
+    let nowhere = run.join("no").join("such").join("dir").join("s.csv");
+    let start = std::time::Instant::now();
+    assert_usage_error(
+        &[
+            "sample",
+            "--run",
+            run.to_str().unwrap(),
+            "--n",
+            "100000000000",
+            "--out",
+            nowhere.to_str().unwrap(),
+        ],
+        &["cannot write"],
+    );
+    assert!(start.elapsed().as_secs() < 20, "the output folder was checked late");
+    let _ = std::fs::remove_dir_all(run);
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -708,20 +991,12 @@ fn ebm_tasks_train_report_and_resume() {
             "16",
             "--layers",
             "1",
-            "--ebm-hidden",
-            "16",
-            "--ebm-layers",
-            "1",
             "--batch-size",
             "16",
             "--eval-log-z-samples",
             "1000",
             "--eval-test",
             "40",
-            "--eval-backward",
-            "4",
-            "--warmup-k",
-            "50",
             "--out",
         ]
         .iter()
@@ -729,6 +1004,14 @@ fn ebm_tasks_train_report_and_resume() {
         .collect();
         v.push(dir.to_str().unwrap().into());
         v.extend(extra.iter().map(|s| s.to_string()));
+        // Only what applies: the energy MLP's size (not ising's quadratic energy), EB-GFN's
+        // settings (not PCD's).
+        if !extra.contains(&"ising") {
+            v.extend(["--ebm-hidden", "16", "--ebm-layers", "1"].map(String::from));
+        }
+        if !extra.contains(&"pcd") {
+            v.extend(["--eval-backward", "4", "--warmup-k", "50"].map(String::from));
+        }
         v
     };
     let summary = |dir: &Path| -> serde_json::Value {
@@ -931,4 +1214,29 @@ fn device_engine_resumes_bit_identically() {
     assert_eq!(x, y, "resumed device-engine run differs");
     let tv = x.last().unwrap()["exact"]["tv"].as_f64().unwrap();
     assert!(tv < 0.5, "TV {tv} after 60 iterations");
+}
+
+/// The bad-input sweep in its quick form (`benches/cli_fuzz.py --quick`: every option of
+/// `gfn train` × nan, inf, -1, 0 and 2^32 + 1 on a small hypergrid): no value that must be
+/// refused is accepted, nothing panics, hangs or runs out of memory.
+#[test]
+fn the_quick_bad_input_sweep_finds_nothing() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../benches/cli_fuzz.py");
+    let out = tmp("fuzz");
+    let o = Command::new("python3")
+        .arg(&script)
+        .args(["--quick", "--jobs", "2", "--binary", env!("CARGO_BIN_EXE_gfn"), "--out"])
+        .arg(&out)
+        .output()
+        .expect("python3 runs the sweep (CI installs python3)");
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{text}{}", stderr(&o));
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    let counts = &summary["counts"];
+    assert!(counts["tried"].as_u64().unwrap() >= 300, "{summary}");
+    assert!(counts["clean error"].as_u64().unwrap() >= 250, "{summary}");
+    for bad in ["silent accept", "panic", "memory", "timeout", "other"] {
+        assert!(counts[bad].is_null(), "{bad}: {summary}\n{text}");
+    }
+    let _ = std::fs::remove_dir_all(out);
 }
