@@ -1240,3 +1240,39 @@ fn the_quick_bad_input_sweep_finds_nothing() {
     }
     let _ = std::fs::remove_dir_all(out);
 }
+
+/// A kill between `timing.json` and the checkpoint (timing is written first) leaves the older
+/// checkpoint with its own timing entry: the resumed run reports the same useful FLOPs per
+/// iteration as the uninterrupted one.
+#[test]
+fn a_kill_between_timing_and_checkpoint_keeps_the_timing_exact() {
+    let (full, part) = (tmp("timing-full"), tmp("timing-part"));
+    run_ok(&small(&full, &["--iterations", "20"]));
+    run_ok(&small(&part, &["--iterations", "10"]));
+    let ck10 = std::fs::read(part.join("checkpoint.safetensors")).unwrap();
+    let p = part.to_str().unwrap();
+    let o = gfn(&["train", "--resume", p, "--iterations", "20"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // As if killed after timing.json of iteration 20 was written, before its checkpoint.
+    std::fs::write(part.join("checkpoint.safetensors"), &ck10).unwrap();
+    let o = gfn(&["train", "--resume", p, "--iterations", "20"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let flops = |d: &Path| -> f64 {
+        let s: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("summary.json")).unwrap()).unwrap();
+        s["useful_gflop_per_iteration"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no useful_gflop_per_iteration in {s}"))
+    };
+    assert_eq!(flops(&part), flops(&full));
+    let iterations = |d: &Path| -> Vec<u64> {
+        RunDir::new(d)
+            .read_metrics()
+            .unwrap()
+            .iter()
+            .map(|r| r.iteration)
+            .collect()
+    };
+    assert_eq!(iterations(&part), iterations(&full));
+    let _ = std::fs::remove_dir_all(full);
+    let _ = std::fs::remove_dir_all(part);
+}
