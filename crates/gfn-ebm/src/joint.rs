@@ -46,6 +46,9 @@ use gfn_objectives::tb::trajectory_log_ratios;
 use crate::energy::{EnergyModel, binary_tensor, to_f64, with_penalty};
 use crate::mh::{AcceptRule, log_ratio};
 
+/// Most GFlowNet steps per joint iteration ([`JointConfig::gfn_steps`]).
+pub const MAX_GFN_STEPS: usize = 1000;
+
 /// Where the EBM's negatives come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Negatives {
@@ -127,6 +130,15 @@ impl JointConfig {
         }
         if self.gfn_steps == 0 {
             return Err(GfnError::invalid("gfn_steps", self.gfn_steps, "must be at least 1"));
+        }
+        if self.gfn_steps > MAX_GFN_STEPS {
+            return Err(GfnError::invalid(
+                "gfn_steps",
+                self.gfn_steps,
+                format!(
+                    "must be at most {MAX_GFN_STEPS}: each is a full GFlowNet step on the iteration's data batch, and the EBM steps once per iteration"
+                ),
+            ));
         }
         Ok(())
     }

@@ -218,6 +218,14 @@ fn bad_data_is_a_clear_error() {
         },
         "gfn_steps",
     );
+    // A multiplier of the work per iteration past any use (the bad-input sweep's hang).
+    rejects(
+        JointConfig {
+            gfn_steps: gfn_ebm::joint::MAX_GFN_STEPS + 1,
+            ..small_config(Negatives::Gfn)
+        },
+        "gfn_steps",
+    );
     let c = small_config(Negatives::Gfn);
     assert_eq!((c.k_at(0, 8), c.k_at(99, 8), c.k_at(10_000, 8)), (1, 4, 8));
 }
