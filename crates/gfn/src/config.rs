@@ -39,7 +39,11 @@ macro_rules! config {
             /// with different values is an error naming it.
             pub fn resolve(self, file: ConfigArgs, file_name: &str) -> Result<TrainConfig> {
                 let d = TrainConfig::default();
-                Ok(TrainConfig { $( $field: merge(stringify!($field), self.$field, file.$field, d.$field, file_name)?, )* })
+                let mut given = self.given();
+                given.extend(file.given());
+                let mut c = TrainConfig { $( $field: merge(stringify!($field), self.$field, file.$field, d.$field, file_name)?, )* };
+                c.apply_loss_defaults(&given);
+                Ok(c)
             }
 
             /// Names of the options that were given.
@@ -151,8 +155,9 @@ config! {
     r2: f64 = 2.0,
     /// Objective: fm, db, tb, subtb, fl-db, fl-subtb, mdb, led-db, led-subtb, or policy
     /// gradient pg-u (uniform P_B), pg-b (P_B trained by policy gradient), pg-g (P_B trained
-    /// toward a guide), pg-trpo (uniform P_B, trust-region P_F step; needs shared_trunk =
-    /// false), vi (reverse-KL variational inference by REINFORCE) or soft-q (soft Q-learning)
+    /// toward a guide), pg-trpo (uniform P_B, trust-region P_F step; separate trunks: its
+    /// shared_trunk default is false), vi (reverse-KL variational inference by REINFORCE) or
+    /// soft-q (soft Q-learning)
     /// [default: tb].
     loss: String = "tb".into(),
     /// SubTB(λ) weight λ > 0 [default: 0.9].
@@ -216,7 +221,8 @@ config! {
     hidden: usize = 256,
     /// Number of hidden layers [default: 2].
     layers: usize = 2,
-    /// Share one trunk between P_F, P_B and log F, or give each its own MLP [default: true].
+    /// Share one trunk between P_F, P_B and log F, or give each its own MLP [default: true;
+    /// false with loss = pg-trpo].
     shared_trunk: bool = true,
     /// Backward policy: learned or uniform [default: learned].
     backward_policy: BackwardPolicy = BackwardPolicy::Learned,
@@ -530,6 +536,14 @@ impl TrainConfig {
             });
         }
         needs
+    }
+
+    /// Defaults that depend on the objective, for the options not `given`: pg-trpo's
+    /// trust-region step moves the P_F network alone, so it gets separate trunks.
+    pub fn apply_loss_defaults(&mut self, given: &[&str]) {
+        if self.loss == "pg-trpo" && !given.contains(&"shared_trunk") {
+            self.shared_trunk = false;
+        }
     }
 
     /// Refuse an option that was given (on the command line or in a TOML file: `given`) but has
@@ -914,6 +928,24 @@ mod tests {
                 .inapplicable("rollout_rows")
                 .is_none()
         );
+    }
+
+    /// pg-trpo gets separate trunks unless shared_trunk is given (then it must be false).
+    #[test]
+    fn defaults_follow_the_loss() {
+        let args = |shared: Option<bool>| ConfigArgs {
+            loss: Some("pg-trpo".into()),
+            shared_trunk: shared,
+            ..ConfigArgs::default()
+        };
+        let c = args(None).resolve(ConfigArgs::default(), "").unwrap();
+        assert!(!c.shared_trunk);
+        c.validate().unwrap();
+        let c = args(Some(true)).resolve(ConfigArgs::default(), "").unwrap();
+        assert!(c.shared_trunk);
+        assert!(c.validate().unwrap_err().to_string().contains("shared_trunk"));
+        let tb = ConfigArgs::default().resolve(ConfigArgs::default(), "").unwrap();
+        assert!(tb.shared_trunk);
     }
 
     /// Values are checked even where the run does not use them.

@@ -574,8 +574,11 @@ fn bad_input_gets_a_clear_error() {
         &["train", "--loss", "pg-u", "--gae-lambda", "1.5", "--out", d],
         &["gae_lambda", "1.5"],
     );
+    // pg-trpo defaults to separate trunks; a shared one given explicitly is refused.
+    let o = gfn(&["check", "--loss", "pg-trpo"]);
+    assert!(o.status.success(), "{}", stderr(&o));
     assert_usage_error(
-        &["train", "--loss", "pg-trpo", "--out", d],
+        &["train", "--loss", "pg-trpo", "--shared-trunk", "true", "--out", d],
         &["shared_trunk", "true", "pg-trpo"],
     );
     assert_usage_error(
