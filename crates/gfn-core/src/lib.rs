@@ -19,6 +19,7 @@ pub mod nets;
 pub mod nn;
 pub mod obs;
 pub mod optim;
+pub mod policy;
 pub mod rng;
 pub mod sampler;
 pub mod tape;

@@ -1,0 +1,302 @@
+//! The policy seam: what samplers, losses and exact evaluation need from a network, whatever it
+//! is and whatever it reads.
+//!
+//! A [`Policy`] maps a batch of [`Observations`] (dense features, token sequences or graphs) to
+//! P_F logits and, where it has them, P_B logits and `log F(s)`; it lists its parameters by name
+//! and may hold `log Z`. [`Estimator`] (the MLP) is one; [`TransformerPolicy`] (the transformer
+//! encoder's pooled head) another. An environment's states become observations through an
+//! [`Observe`] function, so a user's environment chooses its own encoding.
+//!
+//! On this seam: [`exact_log_pf`] (P_F of every state of an enumerable environment, for
+//! [`ExactEvaluator::metrics_for`]) and [`tb_loss_on_policy`] (trajectory balance on trajectories
+//! sampled from the policy with the graph recorded, uniform P_B).
+
+use candle_core::{D, DType, Device, Tensor, Var};
+use rand::Rng;
+
+use crate::exact::ExactEvaluator;
+use crate::nets::transformer::{TransformerConfig, TransformerEncoder};
+use crate::nn::scalar_var;
+use crate::obs::Observations;
+use crate::{Env, Estimator, GfnError, GfnRng, Result};
+
+/// What a policy gives for a batch of `B` states.
+#[derive(Debug, Clone)]
+pub struct PolicyOutput {
+    /// Unmasked forward logits, `[B, A]`.
+    pub pf_logits: Tensor,
+    /// Unmasked backward logits, `[B, A_B]`, for a learned P_B.
+    pub pb_logits: Option<Tensor>,
+    /// `log F(s)`, `[B]`, with a flow head.
+    pub log_flow: Option<Tensor>,
+}
+
+/// A GFlowNet policy network.
+pub trait Policy {
+    /// Every head on a batch of observations, recording the autograd graph.
+    fn forward(&self, obs: &Observations) -> Result<PolicyOutput>;
+    /// The trainable network parameters by name (`log Z` apart).
+    fn named_params(&self) -> Vec<(String, Var)>;
+    /// The scalar `log Z`, if the policy holds one.
+    fn log_z(&self) -> Option<&Var>;
+    /// Where the parameters live.
+    fn device(&self) -> &Device;
+}
+
+/// States (row-major, `state_dim` values each) to the observations a policy reads.
+pub type Observe<'a> = dyn Fn(&[i32]) -> Result<Observations> + 'a;
+
+impl Policy for Estimator {
+    fn forward(&self, obs: &Observations) -> Result<PolicyOutput> {
+        let Observations::Dense(x) = obs else {
+            return Err(GfnError::invalid(
+                "observations",
+                "tokens or graphs",
+                "the MLP estimator reads dense features: use a sequence or graph policy",
+            ));
+        };
+        let out = Estimator::forward(self, x)?;
+        Ok(PolicyOutput {
+            pf_logits: out.pf_logits,
+            pb_logits: out.pb_logits,
+            log_flow: out.log_flow,
+        })
+    }
+    fn named_params(&self) -> Vec<(String, Var)> {
+        Estimator::named_params(self)
+    }
+    fn log_z(&self) -> Option<&Var> {
+        Some(Estimator::log_z(self))
+    }
+    fn device(&self) -> &Device {
+        Estimator::device(self)
+    }
+}
+
+/// A transformer encoder as a policy on token sequences: its pooled head gives the columns
+/// `[P_F logits (A) | P_B logits (A_B, if learned) | log F (if a flow head)]`.
+#[derive(Debug, Clone)]
+pub struct TransformerPolicy {
+    encoder: TransformerEncoder,
+    n_actions: usize,
+    n_backward: Option<usize>,
+    flow: bool,
+    log_z: Var,
+}
+
+impl TransformerPolicy {
+    /// An encoder of `config` (its head widths are set here: no per-position head, a pooled head
+    /// of `A + A_B + 1` columns as needed) for `n_actions` forward actions, a learned P_B of
+    /// `n_backward` actions if given, and a flow head if `flow`; `log Z` starts at 0.
+    pub fn new(
+        config: TransformerConfig,
+        n_actions: usize,
+        n_backward: Option<usize>,
+        flow: bool,
+        device: &Device,
+        rng: &mut GfnRng,
+    ) -> Result<Self> {
+        if n_actions == 0 {
+            return Err(GfnError::invalid("n_actions", 0, "must be at least 1"));
+        }
+        let config = TransformerConfig {
+            position_outputs: 0,
+            pooled_outputs: n_actions + n_backward.unwrap_or(0) + usize::from(flow),
+            ..config
+        };
+        Ok(Self {
+            encoder: TransformerEncoder::new(config, DType::F32, device, rng)?,
+            n_actions,
+            n_backward,
+            flow,
+            log_z: scalar_var(0.0, device)?,
+        })
+    }
+    /// The encoder.
+    pub fn encoder(&self) -> &TransformerEncoder {
+        &self.encoder
+    }
+}
+
+impl Policy for TransformerPolicy {
+    fn forward(&self, obs: &Observations) -> Result<PolicyOutput> {
+        let Observations::Tokens(tokens) = obs else {
+            return Err(GfnError::invalid(
+                "observations",
+                "dense or graphs",
+                "a transformer policy reads token sequences",
+            ));
+        };
+        let pooled = self
+            .encoder
+            .forward(tokens)?
+            .pooled
+            .ok_or_else(|| GfnError::Other("transformer policy without a pooled head".into()))?;
+        let pf_logits = pooled.narrow(D::Minus1, 0, self.n_actions)?;
+        let mut col = self.n_actions;
+        let pb_logits = match self.n_backward {
+            Some(nb) => {
+                col += nb;
+                Some(pooled.narrow(D::Minus1, self.n_actions, nb)?)
+            }
+            None => None,
+        };
+        let log_flow = if self.flow {
+            Some(pooled.narrow(D::Minus1, col, 1)?.squeeze(D::Minus1)?)
+        } else {
+            None
+        };
+        Ok(PolicyOutput {
+            pf_logits,
+            pb_logits,
+            log_flow,
+        })
+    }
+    fn named_params(&self) -> Vec<(String, Var)> {
+        let mut out = Vec::new();
+        self.encoder.named_params("transformer", &mut out);
+        out
+    }
+    fn log_z(&self) -> Option<&Var> {
+        Some(&self.log_z)
+    }
+    fn device(&self) -> &Device {
+        self.log_z.device()
+    }
+}
+
+/// `log P_F(a | s)` of every state and action of `eval`'s enumeration through `policy` (no
+/// graph, in chunks of 4096 states), `[S · A]` f64, −∞ on forbidden actions: the input of
+/// [`ExactEvaluator::metrics_for`].
+pub fn exact_log_pf(eval: &ExactEvaluator, env: &dyn Env, policy: &dyn Policy, observe: &Observe) -> Result<Vec<f64>> {
+    const CHUNK: usize = 4096;
+    let (sd, na) = (env.state_dim(), env.n_actions());
+    let states = eval.states();
+    let n = eval.num_states();
+    let mut logits = Vec::with_capacity(n * na);
+    for start in (0..n).step_by(CHUNK) {
+        let rows = CHUNK.min(n - start);
+        let obs = observe(&states[start * sd..(start + rows) * sd])?;
+        let out = policy.forward(&obs)?.pf_logits.detach();
+        if out.dims() != [rows, na] {
+            return Err(GfnError::Other(format!(
+                "the policy gave P_F logits of shape {:?} for {rows} states of {} actions",
+                out.dims(),
+                na
+            )));
+        }
+        logits.extend(out.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
+    }
+    Ok(ExactEvaluator::log_softmax_masked(&logits, eval.forward_mask(), na))
+}
+
+/// Trajectory balance on `batch` trajectories sampled from `policy` (on-policy, the autograd
+/// graph recorded while sampling, so each log-probability is computed once) with a uniform P_B:
+///
+/// `L = mean_b (log Z + Σ_t log P_F(s_{t+1}|s_t) − Σ_t log P_B(s_t|s_{t+1}) − log R(x_b))²`,
+///
+/// `log P_B(s_t|s_{t+1}) = −log #parents(s_{t+1})` (0 for the exit step). Each step forwards every
+/// row (finished rows are masked out), so the batch keeps its shape. Returns the loss and the
+/// terminal states `[B · state_dim]`.
+pub fn tb_loss_on_policy(
+    env: &dyn Env,
+    policy: &dyn Policy,
+    observe: &Observe,
+    batch: usize,
+    rng: &mut GfnRng,
+) -> Result<(Tensor, Vec<i32>)> {
+    let log_z = policy
+        .log_z()
+        .ok_or_else(|| GfnError::invalid("policy", "without log Z", "TB needs a policy with log Z"))?;
+    let dev = policy.device().clone();
+    let (sd, na, nb) = (env.state_dim(), env.n_actions(), env.n_backward_actions());
+    let exit = env.exit_action();
+    let mut states = vec![0i32; batch * sd];
+    for s in states.chunks_exact_mut(sd) {
+        env.initial_state(s);
+    }
+    let mut done = vec![false; batch];
+    let mut log_pb_sum = vec![0f64; batch];
+    let mut log_pf_sum = Tensor::zeros(batch, DType::F32, &dev)?;
+    let (mut mask, mut bmask) = (vec![false; na], vec![false; nb]);
+    for _ in 0..env.max_actions() {
+        if done.iter().all(|&d| d) {
+            break;
+        }
+        let logits = policy.forward(&observe(&states)?)?.pf_logits.to_dtype(DType::F32)?;
+        let mut allowed = vec![0u8; batch * na];
+        for (b, s) in states.chunks_exact(sd).enumerate() {
+            if done[b] {
+                allowed[b * na] = 1; // any one action: the row is masked out below
+                continue;
+            }
+            env.forward_mask(s, &mut mask);
+            for (a, &m) in mask.iter().enumerate() {
+                allowed[b * na + a] = u8::from(m);
+            }
+        }
+        let allowed_t = Tensor::from_vec(allowed.clone(), (batch, na), &dev)?;
+        let masked = allowed_t.where_cond(&logits, &Tensor::full(-1e30f32, (batch, na), &dev)?)?;
+        let log_probs = candle_nn::ops::log_softmax(&masked, D::Minus1)?;
+        let probs = log_probs.detach().exp()?.to_vec2::<f32>()?;
+        let mut actions = vec![0u32; batch];
+        let mut active = vec![0f32; batch];
+        for b in 0..batch {
+            if done[b] {
+                continue;
+            }
+            let u: f64 = rng.random();
+            let (mut acc, mut pick) = (0f64, None);
+            for a in 0..na {
+                if allowed[b * na + a] == 0 {
+                    continue;
+                }
+                acc += f64::from(probs[b][a]);
+                pick = Some(a);
+                if u < acc {
+                    break;
+                }
+            }
+            let a = pick.ok_or_else(|| {
+                GfnError::Other(format!(
+                    "no allowed action in state {:?}",
+                    &states[b * sd..(b + 1) * sd]
+                ))
+            })?;
+            actions[b] = a as u32;
+            active[b] = 1.0;
+            let s = &mut states[b * sd..(b + 1) * sd];
+            if Some(a) == exit {
+                done[b] = true;
+                continue;
+            }
+            env.step(s, a);
+            env.backward_mask(s, &mut bmask);
+            let parents = bmask.iter().filter(|&&m| m).count();
+            log_pb_sum[b] -= (parents as f64).ln();
+            if exit.is_none() && env.is_terminal(s) {
+                done[b] = true;
+            }
+        }
+        let chosen = log_probs
+            .gather(&Tensor::from_vec(actions, (batch, 1), &dev)?, 1)?
+            .squeeze(1)?;
+        log_pf_sum = (log_pf_sum + chosen.mul(&Tensor::from_vec(active, batch, &dev)?)?)?;
+    }
+    if !done.iter().all(|&d| d) {
+        return Err(GfnError::Other(format!(
+            "{}: a trajectory did not finish in max_actions = {} steps",
+            env.name(),
+            env.max_actions()
+        )));
+    }
+    let rest: Vec<f32> = states
+        .chunks_exact(sd)
+        .zip(&log_pb_sum)
+        .map(|(s, pb)| (pb + env.log_reward(s)) as f32)
+        .collect();
+    let resid = log_pf_sum
+        .broadcast_add(&log_z.as_tensor().to_dtype(DType::F32)?)?
+        .sub(&Tensor::from_vec(rest, batch, &dev)?)?;
+    Ok((resid.sqr()?.mean_all()?, states))
+}
