@@ -3,8 +3,8 @@
 //!
 //! A [`Policy`] maps a batch of [`Observations`] (dense features, token sequences or graphs) to
 //! P_F logits and, where it has them, P_B logits and `log F(s)`; it lists its parameters by name
-//! and may hold `log Z`. [`Estimator`] (the MLP) is one; [`TransformerPolicy`] (the transformer
-//! encoder's pooled head) another. An environment's states become observations through an
+//! and may hold `log Z`. [`Estimator`] (the MLP) is one, [`TransformerPolicy`] (the transformer
+//! encoder's pooled head) another, [`GinPolicy`] (node-level actions from a GIN) a third. An environment's states become observations through an
 //! [`Observe`] function, so a user's environment chooses its own encoding.
 //!
 //! On this seam: [`exact_log_pf`] (P_F of every state of an enumerable environment, for
@@ -15,6 +15,7 @@ use candle_core::{D, DType, Device, Tensor, Var};
 use rand::Rng;
 
 use crate::exact::ExactEvaluator;
+use crate::nets::gin::{Gin, GinConfig};
 use crate::nets::transformer::{TransformerConfig, TransformerEncoder};
 use crate::nn::scalar_var;
 use crate::obs::Observations;
@@ -165,6 +166,104 @@ impl Policy for TransformerPolicy {
     }
 }
 
+/// A GIN as a policy on graph states over a fixed node set (every graph of a batch has the same
+/// `nodes` nodes in the same order, as in a maximum-independent-set task): the P_F logits are
+/// `[one per node (the node head) | exit (graph head column 0), if any]`, `log F` the next graph
+/// head column; a uniform P_B (no P_B head). Node actions stay equivariant: relabelling the nodes
+/// permutes their logits.
+#[derive(Debug, Clone)]
+pub struct GinPolicy {
+    gin: Gin,
+    nodes: usize,
+    exit: bool,
+    flow: bool,
+    log_z: Var,
+}
+
+impl GinPolicy {
+    /// A GIN of `config` (its head widths are set here: one output per node; a graph head of the
+    /// exit and log F columns as needed) for graphs of `nodes` nodes; `log Z` starts at 0.
+    pub fn new(
+        config: GinConfig,
+        nodes: usize,
+        exit: bool,
+        flow: bool,
+        device: &Device,
+        rng: &mut GfnRng,
+    ) -> Result<Self> {
+        if nodes == 0 {
+            return Err(GfnError::invalid("nodes", 0, "must be at least 1"));
+        }
+        let config = GinConfig {
+            node_outputs: 1,
+            graph_outputs: usize::from(exit) + usize::from(flow),
+            ..config
+        };
+        Ok(Self {
+            gin: Gin::new(config, DType::F32, device, rng)?,
+            nodes,
+            exit,
+            flow,
+            log_z: scalar_var(0.0, device)?,
+        })
+    }
+    /// The network.
+    pub fn gin(&self) -> &Gin {
+        &self.gin
+    }
+}
+
+impl Policy for GinPolicy {
+    fn forward(&self, obs: &Observations) -> Result<PolicyOutput> {
+        let Observations::Graphs(graphs) = obs else {
+            return Err(GfnError::invalid(
+                "observations",
+                "dense or tokens",
+                "a GIN policy reads graphs",
+            ));
+        };
+        let (n, _) = graphs.sizes()?;
+        let g = graphs.num_graphs;
+        if n != g * self.nodes {
+            return Err(GfnError::invalid(
+                "graphs",
+                format!("{n} nodes in {g} graphs"),
+                format!("must be {} nodes per graph (the policy's fixed node set)", self.nodes),
+            ));
+        }
+        let out = self.gin.forward(graphs)?;
+        let node_logits = out
+            .nodes
+            .ok_or_else(|| GfnError::Other("GIN policy without a node head".into()))?
+            .reshape((g, self.nodes))?;
+        let graph_cols = out.graphs;
+        let pf_logits = match (&graph_cols, self.exit) {
+            (Some(cols), true) => Tensor::cat(&[&node_logits, &cols.narrow(1, 0, 1)?], 1)?,
+            _ => node_logits,
+        };
+        let log_flow = match (&graph_cols, self.flow) {
+            (Some(cols), true) => Some(cols.narrow(1, usize::from(self.exit), 1)?.squeeze(1)?),
+            _ => None,
+        };
+        Ok(PolicyOutput {
+            pf_logits,
+            pb_logits: None,
+            log_flow,
+        })
+    }
+    fn named_params(&self) -> Vec<(String, Var)> {
+        let mut out = Vec::new();
+        self.gin.named_params("gin", &mut out);
+        out
+    }
+    fn log_z(&self) -> Option<&Var> {
+        Some(&self.log_z)
+    }
+    fn device(&self) -> &Device {
+        self.log_z.device()
+    }
+}
+
 /// `log P_F(a | s)` of every state and action of `eval`'s enumeration through `policy` (no
 /// graph, in chunks of 4096 states), `[S · A]` f64, −∞ on forbidden actions: the input of
 /// [`ExactEvaluator::metrics_for`].
@@ -190,8 +289,10 @@ pub fn exact_log_pf(eval: &ExactEvaluator, env: &dyn Env, policy: &dyn Policy, o
     Ok(ExactEvaluator::log_softmax_masked(&logits, eval.forward_mask(), na))
 }
 
-/// Trajectory balance on `batch` trajectories sampled from `policy` (on-policy, the autograd
-/// graph recorded while sampling, so each log-probability is computed once) with a uniform P_B:
+/// Trajectory balance on `batch` trajectories sampled from `policy` mixed with `epsilon` of
+/// uniform exploration over the allowed actions (the autograd graph recorded while sampling, so
+/// each log-probability is computed once; the loss uses the policy's own log P_F) with a uniform
+/// P_B:
 ///
 /// `L = mean_b (log Z + Σ_t log P_F(s_{t+1}|s_t) − Σ_t log P_B(s_t|s_{t+1}) − log R(x_b))²`,
 ///
@@ -203,8 +304,12 @@ pub fn tb_loss_on_policy(
     policy: &dyn Policy,
     observe: &Observe,
     batch: usize,
+    epsilon: f64,
     rng: &mut GfnRng,
 ) -> Result<(Tensor, Vec<i32>)> {
+    if !(0.0..=1.0).contains(&epsilon) {
+        return Err(GfnError::invalid("epsilon", epsilon, "must be in [0, 1]"));
+    }
     let log_z = policy
         .log_z()
         .ok_or_else(|| GfnError::invalid("policy", "without log Z", "TB needs a policy with log Z"))?;
@@ -245,13 +350,14 @@ pub fn tb_loss_on_policy(
             if done[b] {
                 continue;
             }
+            let n_allowed = allowed[b * na..(b + 1) * na].iter().filter(|&&m| m != 0).count() as f64;
             let u: f64 = rng.random();
             let (mut acc, mut pick) = (0f64, None);
             for a in 0..na {
                 if allowed[b * na + a] == 0 {
                     continue;
                 }
-                acc += f64::from(probs[b][a]);
+                acc += (1.0 - epsilon) * f64::from(probs[b][a]) + epsilon / n_allowed;
                 pick = Some(a);
                 if u < acc {
                     break;

@@ -17,6 +17,7 @@ pub mod binary;
 pub mod bitseq;
 pub mod data;
 pub mod hypergrid;
+pub mod indset;
 pub mod set;
 
 pub use bag::BagEnv;
@@ -24,4 +25,5 @@ pub use bayesnet::BayesNetEnv;
 pub use binary::BinaryEnv;
 pub use bitseq::BitSeqEnv;
 pub use hypergrid::{Hypergrid, HypergridReward};
+pub use indset::IndSetEnv;
 pub use set::{SetAnalysis, SetEnv, SetSize};
