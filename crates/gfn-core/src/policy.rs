@@ -4,7 +4,8 @@
 //! A [`Policy`] maps a batch of [`Observations`] (dense features, token sequences or graphs) to
 //! P_F logits and, where it has them, P_B logits and `log F(s)`; it lists its parameters by name
 //! and may hold `log Z`. [`Estimator`] (the MLP) is one, [`TransformerPolicy`] (the transformer
-//! encoder's pooled head) another, [`GinPolicy`] (node-level actions from a GIN) a third. An environment's states become observations through an
+//! encoder's pooled head) another, [`GinPolicy`] (node-level actions from a GIN) a third, and
+//! [`ModulePolicy`] makes any candle `Module` over dense features one. An environment's states become observations through an
 //! [`Observe`] function, so a user's environment chooses its own encoding.
 //!
 //! On this seam: [`exact_log_pf`] (P_F of every state of an enumerable environment, for
@@ -157,6 +158,111 @@ impl Policy for TransformerPolicy {
         let mut out = Vec::new();
         self.encoder.named_params("transformer", &mut out);
         out
+    }
+    fn log_z(&self) -> Option<&Var> {
+        Some(&self.log_z)
+    }
+    fn device(&self) -> &Device {
+        self.log_z.device()
+    }
+}
+
+/// Any candle [`Module`](candle_core::Module) over dense features as a policy: its output
+/// `[B, A (+ A_B) (+ 1)]` is split into P_F logits, P_B logits (if `n_backward`) and log F (if
+/// `flow`). The parameters are the caller's (a `candle_nn::VarMap`'s, say, through
+/// [`ModulePolicy::from_varmap`]); `log Z` is the policy's own, from 0. candle-nn's initialisers
+/// draw from candle's RNG: for a run fixed by its seed, set the weights from [`GfnRng`].
+pub struct ModulePolicy<M> {
+    module: M,
+    params: Vec<(String, Var)>,
+    n_actions: usize,
+    n_backward: Option<usize>,
+    flow: bool,
+    log_z: Var,
+}
+
+impl<M: candle_core::Module> ModulePolicy<M> {
+    /// `module` with its named `params`, for `n_actions` forward actions, a learned P_B of
+    /// `n_backward` actions if given, and a flow column if `flow`.
+    pub fn new(
+        module: M,
+        params: Vec<(String, Var)>,
+        n_actions: usize,
+        n_backward: Option<usize>,
+        flow: bool,
+        device: &Device,
+    ) -> Result<Self> {
+        if n_actions == 0 {
+            return Err(GfnError::invalid("n_actions", 0, "must be at least 1"));
+        }
+        Ok(Self {
+            module,
+            params,
+            n_actions,
+            n_backward,
+            flow,
+            log_z: scalar_var(0.0, device)?,
+        })
+    }
+
+    /// `module` with every variable of `varmap`, sorted by name (a fixed order for optimisers
+    /// and checkpoints).
+    pub fn from_varmap(
+        module: M,
+        varmap: &candle_nn::VarMap,
+        n_actions: usize,
+        n_backward: Option<usize>,
+        flow: bool,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut params: Vec<(String, Var)> = varmap
+            .data()
+            .lock()
+            .map_err(|_| GfnError::Other("the VarMap's lock is poisoned".into()))?
+            .iter()
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        Self::new(module, params, n_actions, n_backward, flow, device)
+    }
+}
+
+impl<M: candle_core::Module> Policy for ModulePolicy<M> {
+    fn forward(&self, obs: &Observations) -> Result<PolicyOutput> {
+        let Observations::Dense(x) = obs else {
+            return Err(GfnError::invalid(
+                "observations",
+                "tokens or graphs",
+                "a module policy reads dense features",
+            ));
+        };
+        let out = self.module.forward(x)?;
+        let want = self.n_actions + self.n_backward.unwrap_or(0) + usize::from(self.flow);
+        if out.dims().last() != Some(&want) || out.rank() != 2 {
+            return Err(GfnError::invalid(
+                "module output",
+                format!("{:?}", out.dims()),
+                format!("must be [B, {want}] (P_F, then P_B, then log F columns)"),
+            ));
+        }
+        let pf_logits = out.narrow(1, 0, self.n_actions)?;
+        let pb_logits = match self.n_backward {
+            Some(nb) => Some(out.narrow(1, self.n_actions, nb)?),
+            None => None,
+        };
+        let log_flow = if self.flow {
+            Some(out.narrow(1, want - 1, 1)?.squeeze(1)?)
+        } else {
+            None
+        };
+        Ok(PolicyOutput {
+            pf_logits,
+            pb_logits,
+            log_flow,
+        })
+    }
+    fn named_params(&self) -> Vec<(String, Var)> {
+        self.params.clone()
     }
     fn log_z(&self) -> Option<&Var> {
         Some(&self.log_z)
@@ -405,4 +511,41 @@ pub fn tb_loss_on_policy(
         .broadcast_add(&log_z.as_tensor().to_dtype(DType::F32)?)?
         .sub(&Tensor::from_vec(rest, batch, &dev)?)?;
     Ok((resid.sqr()?.mean_all()?, states))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A candle-nn module behind the seam: columns split as declared, parameters reached by the
+    /// gradient, a wrong output width and non-dense input refused by name.
+    #[test]
+    fn any_candle_module_is_a_policy() {
+        let dev = Device::Cpu;
+        let varmap = candle_nn::VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        let layer = candle_nn::linear(4, 6, vb.pp("head")).unwrap();
+        let p = ModulePolicy::from_varmap(layer.clone(), &varmap, 3, Some(2), true, &dev).unwrap();
+        let names: Vec<String> = p.named_params().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["head.bias", "head.weight"]);
+        let x = Tensor::from_vec((0..8).map(|i| i as f32 / 8.0).collect::<Vec<_>>(), (2, 4), &dev).unwrap();
+        let out = p.forward(&Observations::Dense(x.clone())).unwrap();
+        let full = candle_core::Module::forward(&layer, &x)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_eq!(out.pf_logits.to_vec2::<f32>().unwrap()[1], full[1][..3]);
+        assert_eq!(out.pb_logits.unwrap().to_vec2::<f32>().unwrap()[0], full[0][3..5]);
+        assert_eq!(out.log_flow.as_ref().unwrap().to_vec1::<f32>().unwrap()[1], full[1][5]);
+        let grads = out.log_flow.unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, v) in p.named_params() {
+            assert!(grads.get(v.as_tensor()).is_some(), "{name} gets no gradient");
+        }
+        let narrow = ModulePolicy::from_varmap(layer, &varmap, 3, None, false, &dev).unwrap();
+        let e = narrow.forward(&Observations::Dense(x)).unwrap_err().to_string();
+        assert!(e.contains("module output") && e.contains("[B, 3]"), "{e}");
+        let tokens = crate::obs::TokenBatch::from_sequences(&[vec![1]], 2, 2, &dev).unwrap();
+        let e = narrow.forward(&Observations::Tokens(tokens)).unwrap_err().to_string();
+        assert!(e.contains("dense"), "{e}");
+    }
 }
