@@ -272,6 +272,13 @@ pub trait RolloutPolicy {
     /// values into `out` whose first `n_actions` columns per row are the P_F logits; returns the
     /// stride.
     fn pf_logits(&mut self, x: &[f32], rows: usize, out: &mut Vec<f32>) -> Result<usize>;
+    /// [`RolloutPolicy::pf_logits`] given the rows' states too (`rows × state_dim`): what a policy
+    /// that reads something other than the dense features (token sequences, graphs) implements.
+    /// By default, the features.
+    fn pf_logits_of(&mut self, states: &[i32], x: &[f32], rows: usize, out: &mut Vec<f32>) -> Result<usize> {
+        let _ = states;
+        self.pf_logits(x, rows, out)
+    }
 }
 
 impl RolloutPolicy for &Estimator {

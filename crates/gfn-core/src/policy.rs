@@ -370,6 +370,36 @@ impl Policy for GinPolicy {
     }
 }
 
+/// A [`Policy`] as the [`Sampler`](crate::Sampler)'s rollout policy: each step's states are
+/// observed and evaluated without a graph. `Sampler::sample_forward_with(env, &mut rollout, …)`
+/// then fills a [`TrajectoryBatch`](crate::TrajectoryBatch) for any objective
+/// (`gfn_objectives::terms::BalanceTerms::through`).
+pub struct SeamRollout<'a> {
+    /// The policy.
+    pub policy: &'a dyn Policy,
+    /// Its observations of a batch of states.
+    pub observe: &'a Observe<'a>,
+}
+
+impl crate::estimator::RolloutPolicy for SeamRollout<'_> {
+    fn pf_logits(&mut self, _x: &[f32], _rows: usize, _out: &mut Vec<f32>) -> Result<usize> {
+        Err(GfnError::Other(
+            "a seam policy observes states: call pf_logits_of (the sampler does)".into(),
+        ))
+    }
+    fn pf_logits_of(&mut self, states: &[i32], _x: &[f32], rows: usize, out: &mut Vec<f32>) -> Result<usize> {
+        let logits = self.policy.forward(&(self.observe)(states)?)?.pf_logits.detach();
+        let (r, width) = logits.dims2()?;
+        if r != rows {
+            return Err(GfnError::Other(format!(
+                "the policy gave {r} rows of logits for {rows} states"
+            )));
+        }
+        *out = logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(width)
+    }
+}
+
 /// `log P_F(a | s)` of every state and action of `eval`'s enumeration through `policy` (no
 /// graph, in chunks of 4096 states), `[S · A]` f64, −∞ on forbidden actions: the input of
 /// [`ExactEvaluator::metrics_for`].

@@ -180,7 +180,12 @@ impl Sampler {
                 batch.push_row(env, b, t, &self.current[b * sd..(b + 1) * sd]);
             }
             let rows = self.active.len();
-            let stride = policy.pf_logits(&batch.features[first_row * nf..], rows, &mut self.logits)?;
+            let stride = policy.pf_logits_of(
+                &batch.states[first_row * sd..(first_row + rows) * sd],
+                &batch.features[first_row * nf..],
+                rows,
+                &mut self.logits,
+            )?;
             let logits = &self.logits;
             self.next_active.clear();
             for (i, &b) in self.active.iter().enumerate() {

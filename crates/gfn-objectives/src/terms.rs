@@ -119,6 +119,25 @@ impl BalanceTerms {
         }
     }
 
+    /// The terms of `batch` through any [`Policy`](gfn_core::policy::Policy): every row's state
+    /// observed by `observe`, one forward with the autograd graph, then [`BalanceTerms::from_batch`].
+    pub fn through(
+        batch: &TrajectoryBatch,
+        policy: &dyn gfn_core::policy::Policy,
+        observe: &gfn_core::policy::Observe,
+    ) -> Result<Self> {
+        let out = policy.forward(&observe(&batch.states[..batch.num_rows() * batch.state_dim])?)?;
+        // Heads are often column views of one output: the gathers below want contiguous tensors.
+        Self::from_batch(
+            batch,
+            &EstimatorOutput {
+                pf_logits: out.pf_logits.contiguous()?,
+                pb_logits: out.pb_logits.map(|t| t.contiguous()).transpose()?,
+                log_flow: out.log_flow.map(|t| t.contiguous()).transpose()?,
+            },
+        )
+    }
+
     /// Gather the terms of `batch` from the estimator's outputs on all of its rows (in row order).
     /// A uniform P_B (`out.pb_logits` is `None`) gives constant `log_pb`.
     pub fn from_batch(batch: &TrajectoryBatch, out: &EstimatorOutput) -> Result<Self> {
