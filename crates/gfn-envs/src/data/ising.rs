@@ -650,24 +650,4 @@ mod tests {
         assert!(neg_log_rmse(&[], &[]).is_err());
         assert!(neg_log_rmse(&[f64::NAN], &[0.0]).is_err());
     }
-
-    /// The paper's data: 2000 chains × 10⁶ updates on 10×10. Run with
-    /// `cargo test --release -p gfn-envs --lib data::ising -- --ignored --nocapture`.
-    #[test]
-    #[ignore = "timing of the paper's data generation; run in release"]
-    fn paper_gibbs_data_timing() {
-        let model = LatticeIsing::new(10, 0.1).unwrap();
-        let start = std::time::Instant::now();
-        let x = model
-            .gibbs_data(PAPER_N_CHAINS, PAPER_N_UPDATES, &mut rng_from_seed(123_456))
-            .unwrap();
-        let elapsed = start.elapsed().as_secs_f64();
-        let c = spin_correlation(&x, 100).unwrap();
-        let nn: f64 = model.edges().iter().map(|&(a, b)| c[a * 100 + b]).sum::<f64>() / 200.0;
-        println!(
-            "10×10 σ 0.1: {PAPER_N_CHAINS} chains × {PAPER_N_UPDATES} updates in {elapsed:.2} s \
-             ({:.2} ns per site update); mean nearest-neighbour E[s_i s_j] = {nn:.4}",
-            elapsed * 1e9 / (PAPER_N_CHAINS as f64 * PAPER_N_UPDATES as f64)
-        );
-    }
 }
