@@ -8,12 +8,14 @@
 //! likelihoods ([`likelihood`]).
 //! They take [`BalanceTerms`] (or [`fm::FlowMatchingTerms`]): padded per-step log-probabilities
 //! and flows gathered from one batched forward pass, so no log-probability is computed twice.
-//! [`Objective`] ties a loss to a batch and an estimator.
+//! [`Objective`] ties a loss to a batch and an estimator; [`loss::BalanceLoss`] gives the balance
+//! objectives as typed values for loops written around the terms (any policy, through the seam).
 
 pub mod db;
 pub mod fl;
 pub mod fm;
 pub mod likelihood;
+pub mod loss;
 pub mod mdb;
 pub mod pg;
 pub mod softq;

@@ -380,6 +380,59 @@ mod sampler_and_glue {
         .unwrap()
     }
 
+    /// The loss objects compute what [`Objective`] computes: on one batch and estimator, every
+    /// balance loss equals the enum's loss to the bit; a missing need is refused by name.
+    #[test]
+    fn loss_objects_equal_the_objective_enum() {
+        use gfn_core::estimator::RowForward;
+        use gfn_objectives::loss::{LossInputs, parse_balance_loss};
+        let env = Hypergrid::new(3, 4, HypergridReward::default()).unwrap();
+        let est = estimator(&env, 8);
+        est.log_z().set(&Tensor::new(&[0.4f32], &DEV).unwrap()).unwrap();
+        let mut batch = TrajectoryBatch::default();
+        let opts = SamplingOptions {
+            epsilon: 0.2,
+            temperature: 1.0,
+        };
+        Sampler::new()
+            .sample_forward(&env, &est, 48, opts, &mut rng_from_seed(2), &mut batch)
+            .unwrap();
+        for name in ["tb", "db", "subtb", "fl-db", "fl-subtb", "mdb", "vi"] {
+            let want = Objective::parse(name, 0.7)
+                .unwrap()
+                .loss(&env, &batch, &mut &est)
+                .unwrap();
+            let loss = parse_balance_loss(name, 0.7).unwrap();
+            loss.check(&env, true, true).unwrap();
+            let out = (&est).forward_rows(&batch, &[], 0).unwrap();
+            let inputs = LossInputs {
+                env: &env,
+                batch: &batch,
+                log_z: Some(est.log_z().as_tensor()),
+            };
+            let got = loss
+                .loss(BalanceTerms::from_batch(&batch, &out).unwrap(), &inputs)
+                .unwrap();
+            let (a, b) = (
+                got.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap(),
+                want.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap(),
+            );
+            // Squared residuals are positive off the solution (VI's surrogate has no sign).
+            assert!(a.is_finite() && (name == "vi" || a > 0.0), "{name}: {a}");
+            assert_eq!(a, b, "{name}");
+        }
+        let e = parse_balance_loss("db", 0.7)
+            .unwrap()
+            .check(&env, false, true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("db") && e.contains("log F"), "{e}");
+        let e = parse_balance_loss("subtb", 0.0).unwrap_err().to_string();
+        assert!(e.contains("lambda"), "{e}");
+        let e = parse_balance_loss("fm", 0.7).unwrap_err().to_string();
+        assert!(e.contains("fm") && e.contains("tb, db"), "{e}");
+    }
+
     /// The batch glue gathers the same log P_F and log P_B as exact evaluation computes.
     #[test]
     fn batch_terms_match_exact_policy() {
@@ -824,6 +877,8 @@ fn every_balance_objective_trains_a_transformer_and_a_gin_through_the_seam() {
         epsilon: f64,
         seed: u64,
     ) -> (f64, f64) {
+        let objective = gfn_objectives::loss::parse_balance_loss(loss, 0.9).unwrap();
+        objective.check(env, true, true).unwrap();
         let eval = ExactEvaluator::new(env).unwrap();
         let tv = || {
             eval.metrics_for(&exact_log_pf(&eval, env, policy, observe).unwrap(), 0.0)
@@ -851,11 +906,12 @@ fn every_balance_objective_trains_a_transformer_and_a_gin_through_the_seam() {
                 .sample_forward_with(env, &mut rollout, 32, opts, &mut rng, &mut batch)
                 .unwrap();
             let terms = BalanceTerms::through(&batch, policy, observe).unwrap();
-            let l = match loss {
-                "tb" => gfn_objectives::tb::trajectory_balance(&terms, log_z.as_tensor()).unwrap(),
-                "db" => gfn_objectives::db::detailed_balance(&terms).unwrap(),
-                _ => gfn_objectives::subtb::subtrajectory_balance(&terms, 0.9).unwrap(),
+            let inputs = gfn_objectives::loss::LossInputs {
+                env,
+                batch: &batch,
+                log_z: Some(log_z.as_tensor()),
             };
+            let l = objective.loss(terms, &inputs).unwrap();
             adam.step(&l.backward().unwrap()).unwrap();
         }
         (untrained, tv())

@@ -1,0 +1,275 @@
+//! Losses as objects: the balance objectives as typed values behind one trait, each saying what it
+//! needs, for training loops written around [`BalanceTerms`] (the MLP's, or any policy's through
+//! [`BalanceTerms::through`]). Names are parsed once ([`parse_balance_loss`]), at the edge.
+//!
+//! | value | loss | needs |
+//! |---|---|---|
+//! | [`Tb`] | `mean_b (log Z + Σ log P_F − Σ log P_B − log R)²` | log Z |
+//! | [`Db`] | `mean (log F(s) + log P_F(s'|s) − log F(s') − log P_B(s|s'))²`, `F(x) := R(x)` | log F |
+//! | [`SubTb`] | SubTB(λ): every sub-trajectory, weights `λ^len` | log F |
+//! | [`FlDb`], [`FlSubTb`] | DB / SubTB(λ) on `F̃ = F / e^{−E(s)}` with the intermediate energies | log F, intermediate energies |
+//! | [`ModifiedDb`] | modified DB: every state terminal through the exit action | an exit action |
+//! | [`ReverseKl`] | reverse-KL variational inference (REINFORCE) | log Z |
+//!
+//! Flow matching, the policy-gradient family, soft Q-learning and the LED forms need more than the
+//! terms (edge flows, backward batches, learned potentials): they stay on
+//! [`Objective`](crate::Objective).
+
+use candle_core::Tensor;
+use gfn_core::batch::TrajectoryBatch;
+use gfn_core::{Env, GfnError, Result};
+
+use crate::terms::BalanceTerms;
+use crate::{detailed_balance, fl, mdb, subtrajectory_balance, trajectory_balance, vi};
+
+/// What a balance loss needs beyond P_F (and P_B, learned or uniform).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Needs {
+    /// A `log F(s)` head.
+    pub log_flow: bool,
+    /// A learned scalar `log Z`.
+    pub log_z: bool,
+    /// The environment's intermediate energies (`Env::intermediate_log_reward`).
+    pub intermediate_energies: bool,
+    /// An exit action (every state a possible object).
+    pub exit_action: bool,
+}
+
+/// What a loss may read besides the terms.
+#[derive(Clone, Copy)]
+#[allow(missing_debug_implementations)]
+pub struct LossInputs<'a> {
+    /// The environment.
+    pub env: &'a dyn Env,
+    /// The trajectories the terms were gathered from.
+    pub batch: &'a TrajectoryBatch,
+    /// The learned `log Z`, `[1]`, if the policy has one.
+    pub log_z: Option<&'a Tensor>,
+}
+
+/// A balance objective over [`BalanceTerms`].
+pub trait BalanceLoss: std::fmt::Debug {
+    /// Its name on the command line (`tb`, `subtb`, …).
+    fn name(&self) -> &'static str;
+    /// What it needs.
+    fn needs(&self) -> Needs;
+    /// The loss of the terms (consumed: the forward-looking forms shift them).
+    fn loss(&self, terms: BalanceTerms, inputs: &LossInputs) -> Result<Tensor>;
+
+    /// Refuse an environment or policy that lacks what this loss needs, naming it.
+    fn check(&self, env: &dyn Env, has_log_flow: bool, has_log_z: bool) -> Result<()> {
+        let needs = self.needs();
+        let missing = if needs.log_flow && !has_log_flow {
+            Some("a log F head")
+        } else if needs.log_z && !has_log_z {
+            Some("a learned log Z")
+        } else if needs.intermediate_energies && !fl::has_intermediate_energies(env) {
+            Some("an environment with intermediate energies")
+        } else if needs.exit_action && env.exit_action().is_none() {
+            Some("an environment with an exit action")
+        } else {
+            None
+        };
+        match missing {
+            Some(what) => Err(GfnError::invalid("loss", self.name(), format!("needs {what}"))),
+            None => Ok(()),
+        }
+    }
+}
+
+fn log_z<'a>(inputs: &LossInputs<'a>, name: &str) -> Result<&'a Tensor> {
+    inputs
+        .log_z
+        .ok_or_else(|| GfnError::invalid("loss", name, "needs a learned log Z"))
+}
+
+fn checked_lambda(lambda: f64) -> Result<f64> {
+    if lambda.is_finite() && lambda > 0.0 {
+        Ok(lambda)
+    } else {
+        Err(GfnError::invalid("lambda", lambda, "must be finite and > 0"))
+    }
+}
+
+/// Trajectory balance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Tb;
+
+/// Detailed balance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Db;
+
+/// SubTB(λ).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SubTb {
+    lambda: f64,
+}
+
+impl SubTb {
+    /// SubTB with weight `λ > 0`.
+    pub fn new(lambda: f64) -> Result<Self> {
+        Ok(Self {
+            lambda: checked_lambda(lambda)?,
+        })
+    }
+    /// λ.
+    pub fn lambda(&self) -> f64 {
+        self.lambda
+    }
+}
+
+/// Forward-looking DB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FlDb;
+
+/// Forward-looking SubTB(λ).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FlSubTb {
+    lambda: f64,
+}
+
+impl FlSubTb {
+    /// FL-SubTB with weight `λ > 0`.
+    pub fn new(lambda: f64) -> Result<Self> {
+        Ok(Self {
+            lambda: checked_lambda(lambda)?,
+        })
+    }
+}
+
+/// Modified detailed balance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ModifiedDb;
+
+/// Reverse-KL variational inference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReverseKl;
+
+impl BalanceLoss for Tb {
+    fn name(&self) -> &'static str {
+        "tb"
+    }
+    fn needs(&self) -> Needs {
+        Needs {
+            log_z: true,
+            ..Needs::default()
+        }
+    }
+    fn loss(&self, terms: BalanceTerms, inputs: &LossInputs) -> Result<Tensor> {
+        trajectory_balance(&terms, log_z(inputs, self.name())?)
+    }
+}
+
+impl BalanceLoss for Db {
+    fn name(&self) -> &'static str {
+        "db"
+    }
+    fn needs(&self) -> Needs {
+        Needs {
+            log_flow: true,
+            ..Needs::default()
+        }
+    }
+    fn loss(&self, terms: BalanceTerms, _: &LossInputs) -> Result<Tensor> {
+        detailed_balance(&terms)
+    }
+}
+
+impl BalanceLoss for SubTb {
+    fn name(&self) -> &'static str {
+        "subtb"
+    }
+    fn needs(&self) -> Needs {
+        Needs {
+            log_flow: true,
+            ..Needs::default()
+        }
+    }
+    fn loss(&self, terms: BalanceTerms, _: &LossInputs) -> Result<Tensor> {
+        subtrajectory_balance(&terms, self.lambda)
+    }
+}
+
+impl BalanceLoss for FlDb {
+    fn name(&self) -> &'static str {
+        "fl-db"
+    }
+    fn needs(&self) -> Needs {
+        Needs {
+            log_flow: true,
+            intermediate_energies: true,
+            ..Needs::default()
+        }
+    }
+    fn loss(&self, terms: BalanceTerms, inputs: &LossInputs) -> Result<Tensor> {
+        detailed_balance(&terms.with_offsets(fl::intermediate_offsets(inputs.env, inputs.batch)?)?)
+    }
+}
+
+impl BalanceLoss for FlSubTb {
+    fn name(&self) -> &'static str {
+        "fl-subtb"
+    }
+    fn needs(&self) -> Needs {
+        Needs {
+            log_flow: true,
+            intermediate_energies: true,
+            ..Needs::default()
+        }
+    }
+    fn loss(&self, terms: BalanceTerms, inputs: &LossInputs) -> Result<Tensor> {
+        let offsets = fl::intermediate_offsets(inputs.env, inputs.batch)?;
+        subtrajectory_balance(&terms.with_offsets(offsets)?, self.lambda)
+    }
+}
+
+impl BalanceLoss for ModifiedDb {
+    fn name(&self) -> &'static str {
+        "mdb"
+    }
+    fn needs(&self) -> Needs {
+        Needs {
+            exit_action: true,
+            ..Needs::default()
+        }
+    }
+    fn loss(&self, terms: BalanceTerms, inputs: &LossInputs) -> Result<Tensor> {
+        mdb::modified_detailed_balance(&terms, mdb::node_log_rewards(inputs.env, inputs.batch)?)
+    }
+}
+
+impl BalanceLoss for ReverseKl {
+    fn name(&self) -> &'static str {
+        "vi"
+    }
+    fn needs(&self) -> Needs {
+        Needs {
+            log_z: true,
+            ..Needs::default()
+        }
+    }
+    fn loss(&self, terms: BalanceTerms, inputs: &LossInputs) -> Result<Tensor> {
+        Ok(vi::reverse_kl(&terms, log_z(inputs, self.name())?)?.0)
+    }
+}
+
+/// The balance loss named `name` (`tb`, `db`, `subtb`, `fl-db`, `fl-subtb`, `mdb`, `vi`; `lambda`
+/// for the SubTB forms), refused with the names it accepts.
+pub fn parse_balance_loss(name: &str, lambda: f64) -> Result<Box<dyn BalanceLoss>> {
+    Ok(match name {
+        "tb" => Box::new(Tb),
+        "db" => Box::new(Db),
+        "subtb" => Box::new(SubTb::new(lambda)?),
+        "fl-db" => Box::new(FlDb),
+        "fl-subtb" => Box::new(FlSubTb::new(lambda)?),
+        "mdb" => Box::new(ModifiedDb),
+        "vi" => Box::new(ReverseKl),
+        other => {
+            return Err(GfnError::invalid(
+                "loss",
+                other,
+                "must be a balance loss over the terms: tb, db, subtb, fl-db, fl-subtb, mdb or vi",
+            ));
+        }
+    })
+}
