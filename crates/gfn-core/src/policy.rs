@@ -543,6 +543,70 @@ pub fn tb_loss_on_policy(
     Ok((resid.sqr()?.mean_all()?, states))
 }
 
+/// The policy's parameters and `log Z` (named `log_z`), by name.
+fn all_params(policy: &dyn Policy) -> Vec<(String, Var)> {
+    let mut params = policy.named_params();
+    if let Some(z) = policy.log_z() {
+        params.push(("log_z".into(), z.clone()));
+    }
+    params
+}
+
+/// Save the policy's named parameters and `log Z` to a safetensors file, written beside `path`
+/// and renamed into place (a reader never sees a torn file).
+pub fn save_params(policy: &dyn Policy, path: &std::path::Path) -> Result<()> {
+    let tensors: std::collections::HashMap<String, Tensor> = all_params(policy)
+        .into_iter()
+        .map(|(n, v)| (n, v.as_tensor().clone()))
+        .collect();
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("params");
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    candle_core::safetensors::save(&tensors, &tmp)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        GfnError::Other(format!("cannot write {}: {e}", path.display()))
+    })
+}
+
+/// Load parameters saved by [`save_params`] into `policy`: every parameter must be in the file
+/// with its shape (the first missing or mismatched one is named), and the file must hold nothing
+/// else.
+pub fn load_params(policy: &dyn Policy, path: &std::path::Path) -> Result<()> {
+    let mut saved = candle_core::safetensors::load(path, policy.device())
+        .map_err(|e| GfnError::Other(format!("cannot read {}: {e}", path.display())))?;
+    let params = all_params(policy);
+    for (name, var) in &params {
+        let Some(t) = saved.remove(name) else {
+            return Err(GfnError::invalid(
+                "parameters",
+                name,
+                format!("missing from {}", path.display()),
+            ));
+        };
+        if t.dims() != var.dims() {
+            return Err(GfnError::invalid(
+                "parameters",
+                name,
+                format!(
+                    "has shape {:?} in {}, the policy expects {:?}",
+                    t.dims(),
+                    path.display(),
+                    var.dims()
+                ),
+            ));
+        }
+        var.set(&t.to_dtype(var.dtype())?)?;
+    }
+    if let Some(extra) = saved.keys().min() {
+        return Err(GfnError::invalid(
+            "parameters",
+            extra,
+            format!("in {} is not a parameter of this policy", path.display()),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -577,5 +641,46 @@ mod tests {
         let tokens = crate::obs::TokenBatch::from_sequences(&[vec![1]], 2, 2, &dev).unwrap();
         let e = narrow.forward(&Observations::Tokens(tokens)).unwrap_err().to_string();
         assert!(e.contains("dense"), "{e}");
+    }
+
+    /// Parameters round-trip through safetensors, and a file of another policy is refused naming
+    /// the tensor.
+    #[test]
+    fn parameters_round_trip_and_mismatches_are_named() {
+        use crate::nets::transformer::{Positions, TransformerConfig};
+        let dev = Device::Cpu;
+        let config = TransformerConfig {
+            vocab: 5,
+            max_len: 4,
+            d_model: 8,
+            heads: 2,
+            layers: 1,
+            d_ff: 16,
+            positions: Positions::Learned,
+            position_outputs: 0,
+            pooled_outputs: 0,
+        };
+        let a = TransformerPolicy::new(config.clone(), 4, None, true, &dev, &mut crate::rng_from_seed(1)).unwrap();
+        let b = TransformerPolicy::new(config.clone(), 4, None, true, &dev, &mut crate::rng_from_seed(2)).unwrap();
+        a.log_z().unwrap().set(&Tensor::new(&[1.5f32], &dev).unwrap()).unwrap();
+        let path = std::env::temp_dir().join(format!("gfn-policy-{}.safetensors", std::process::id()));
+        save_params(&a, &path).unwrap();
+        load_params(&b, &path).unwrap();
+        for ((n, x), (_, y)) in all_params(&a).iter().zip(all_params(&b)) {
+            let (x, y) = (
+                x.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                y.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            assert_eq!(x, y, "{n}");
+        }
+        let wider = TransformerConfig {
+            d_model: 12,
+            heads: 3,
+            ..config
+        };
+        let c = TransformerPolicy::new(wider, 4, None, true, &dev, &mut crate::rng_from_seed(3)).unwrap();
+        let e = load_params(&c, &path).unwrap_err().to_string();
+        assert!(e.contains("shape") && e.contains("transformer."), "{e}");
+        let _ = std::fs::remove_file(path);
     }
 }
