@@ -209,6 +209,15 @@ impl RunDir {
             Err(e) => Err(e).with_context(|| format!("cannot read {}", p.display())),
         }
     }
+    /// Record `error`, met at `iteration` with the last valid checkpoint at `last_checkpoint`, in
+    /// `failed.json` (what the training loops do when a run stops on an error).
+    pub fn note_failure(&self, iteration: u64, last_checkpoint: Option<u64>, error: &anyhow::Error) -> Result<()> {
+        self.write_failure(&Failure {
+            iteration,
+            reason: format!("{error:#}"),
+            last_checkpoint,
+        })
+    }
     /// Forget an earlier failure (a resumed run continues from the last valid state).
     pub fn clear_failure(&self) -> Result<()> {
         match std::fs::remove_file(self.file(files::FAILED)) {

@@ -1255,11 +1255,7 @@ pub fn run(t: &mut Trainer, dir: &RunDir, progress: &mut dyn Progress) -> Result
     let mut last_checkpoint = dir.file(files::CHECKPOINT).exists().then_some(t.iteration);
     let result = run_steps(t, dir, progress, &mut last_checkpoint);
     if let Err(e) = &result {
-        dir.write_failure(&crate::run_dir::Failure {
-            iteration: t.iteration,
-            reason: format!("{e:#}"),
-            last_checkpoint,
-        })?;
+        dir.note_failure(t.iteration, last_checkpoint, e)?;
     }
     result
 }
