@@ -547,19 +547,7 @@ fn lsg_dims(l1: &Layout, l2: &Layout, l3: &Layout, op: &str) -> CResult<(usize, 
 
 /// Max and normaliser of the allowed logits of one row (f32, in index order).
 fn masked_max_z(l: &[f32], m: &[u8]) -> (f32, f32) {
-    let mut mx = f32::NEG_INFINITY;
-    for (&v, &k) in l.iter().zip(m) {
-        if k != 0 {
-            mx = mx.max(v);
-        }
-    }
-    let mut z = 0.0f32;
-    for (&v, &k) in l.iter().zip(m) {
-        if k != 0 {
-            z += (v - mx).exp();
-        }
-    }
-    (mx, z)
+    env_max_z(l, |j| m[j] != 0)
 }
 
 impl CustomOp3 for LogSoftmaxGather {
