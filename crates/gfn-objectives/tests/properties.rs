@@ -90,6 +90,37 @@ impl Tables {
     }
 }
 
+/// A [`Tables`] behind the policy seam: its observations are the node indices, `[B, 1]`.
+struct TablePolicy<'a>(&'a Tables);
+
+impl gfn_core::policy::Policy for TablePolicy<'_> {
+    fn forward(&self, obs: &gfn_core::obs::Observations) -> gfn_core::Result<gfn_core::policy::PolicyOutput> {
+        let gfn_core::obs::Observations::Dense(x) = obs else {
+            unreachable!("the table reads node indices")
+        };
+        let nodes: Vec<i32> = x.flatten_all()?.to_vec1::<f64>()?.iter().map(|&v| v as i32).collect();
+        let out = self.0.output(&nodes);
+        Ok(gfn_core::policy::PolicyOutput {
+            pf_logits: out.pf_logits,
+            pb_logits: out.pb_logits,
+            log_flow: out.log_flow,
+        })
+    }
+    fn named_params(&self) -> Vec<(String, Var)> {
+        vec![
+            ("pf".into(), self.0.pf.clone()),
+            ("pb".into(), self.0.pb.clone()),
+            ("flow".into(), self.0.flow.clone()),
+        ]
+    }
+    fn log_z(&self) -> Option<&Var> {
+        Some(&self.0.log_z)
+    }
+    fn device(&self) -> &Device {
+        &DEV
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 enum Loss {
     Tb,
@@ -217,6 +248,37 @@ proptest! {
             let t = if matches!(l, Loss::Fm) { &edges } else { &policy };
             let v = scalar(&loss(l, &c, t));
             prop_assert!(v.abs() < 1e-12, "{l:?}: loss {v} at the exact solution");
+        }
+    }
+
+    /// Through the policy seam — a tabular policy behind `Policy`, the terms by
+    /// `BalanceTerms::through`, the losses as objects — the exact solution gives zero loss for
+    /// TB, DB, SubTB(λ) and modified DB, and random tables give the direct path's values to the bit.
+    #[test]
+    fn the_seam_keeps_the_exact_solution((seed, n, p, exit) in dag_params()) {
+        let mut c = case(seed, n, p, exit, 8);
+        let (exact, _) = exact_tables(&mut c);
+        let random = Tables::random(&c.ev, &c.env, &mut c.rng);
+        let observe = |s: &[i32]| {
+            let x: Vec<f64> = s.iter().map(|&i| f64::from(i)).collect();
+            Ok(gfn_core::obs::Observations::Dense(Tensor::from_vec(x, (s.len(), 1), &DEV)?))
+        };
+        for (t, at_solution) in [(&exact, true), (&random, false)] {
+            let policy = TablePolicy(t);
+            for (l, name) in [(Loss::Tb, "tb"), (Loss::Db, "db"), (Loss::SubTb(0.5), "subtb"), (Loss::Mdb, "mdb")] {
+                if !applies(l, &c) {
+                    continue;
+                }
+                let object = gfn_objectives::loss::parse_balance_loss(name, 0.5).unwrap();
+                let inputs = gfn_objectives::loss::LossInputs { env: &c.env, batch: &c.batch, log_z: Some(t.log_z.as_tensor()) };
+                let terms = BalanceTerms::through(&c.batch, &policy, &observe).unwrap();
+                let v = scalar(&object.loss(terms, &inputs).unwrap());
+                if at_solution {
+                    prop_assert!(v.abs() < 1e-12, "{name}: loss {v} at the exact solution through the seam");
+                } else {
+                    prop_assert_eq!(v, scalar(&loss(l, &c, t)), "{}: the seam changed the loss", name);
+                }
+            }
         }
     }
 
