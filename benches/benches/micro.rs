@@ -35,7 +35,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn config(loss: &str) -> TrainConfig {
     TrainConfig {
-        loss: loss.into(),
+        loss: loss.parse().expect("a known loss"),
         ..TrainConfig::default()
     }
 }

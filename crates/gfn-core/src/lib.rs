@@ -8,6 +8,7 @@
 //! Every random draw comes from a [`GfnRng`] that the caller owns and passes in.
 
 pub mod batch;
+pub mod choice;
 pub mod dag;
 pub mod env;
 pub mod error;

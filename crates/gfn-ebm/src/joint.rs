@@ -28,8 +28,6 @@
 //! At D = 32, batch 128 and the official network sizes the tape engine takes about half the time
 //! (`docs/PERFORMANCE.md`).
 
-use std::str::FromStr;
-
 use candle_core::{Device, Tensor};
 
 use gfn_core::fast::FastPath;
@@ -49,24 +47,15 @@ use crate::mh::{AcceptRule, log_ratio};
 /// Most GFlowNet steps per joint iteration ([`JointConfig::gfn_steps`]).
 pub const MAX_GFN_STEPS: usize = 1000;
 
-/// Where the EBM's negatives come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Negatives {
-    /// The GFlowNet's forward samples.
-    Gfn,
-    /// The back-and-forth proposal from the data, with an accept step.
-    #[default]
-    BackAndForth,
-}
-
-impl FromStr for Negatives {
-    type Err = GfnError;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "gfn" => Ok(Self::Gfn),
-            "mh" => Ok(Self::BackAndForth),
-            _ => Err(GfnError::invalid("negatives", s, "must be gfn or mh")),
-        }
+gfn_core::choice! {
+    /// Where the EBM's negatives come from.
+    #[derive(Default)]
+    pub enum Negatives("negatives") {
+        /// The GFlowNet's forward samples.
+        Gfn = "gfn",
+        /// The back-and-forth proposal from the data, with an accept step.
+        #[default]
+        BackAndForth = "mh",
     }
 }
 

@@ -12,41 +12,22 @@
 //! (at most ½ when `Δ = 0`). When the GFlowNet is exact for `f`, `Δ = 0` for every move and
 //! Metropolis–Hastings accepts everything (the paper's proposition).
 
-use std::str::FromStr;
-
+use gfn_core::GfnRng;
 use gfn_core::rng::uniform;
-use gfn_core::{GfnError, GfnRng, Result};
 
-/// How a proposal is accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum AcceptRule {
-    /// `min(1, e^Δ)`.
-    #[default]
-    MetropolisHastings,
-    /// `σ(Δ) = 1 / (1 + e^{−Δ})`, as in the official code.
-    Barker,
-}
-
-impl FromStr for AcceptRule {
-    type Err = GfnError;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "mh" => Ok(Self::MetropolisHastings),
-            "barker" => Ok(Self::Barker),
-            _ => Err(GfnError::invalid("accept", s, "must be mh or barker")),
-        }
+gfn_core::choice! {
+    /// How a proposal is accepted.
+    #[derive(Default)]
+    pub enum AcceptRule("accept") {
+        /// `min(1, e^Δ)`.
+        #[default]
+        MetropolisHastings = "mh",
+        /// `σ(Δ) = 1 / (1 + e^{−Δ})`, as in the official code.
+        Barker = "barker",
     }
 }
 
 impl AcceptRule {
-    /// Name on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::MetropolisHastings => "mh",
-            Self::Barker => "barker",
-        }
-    }
-
     /// Log acceptance probability of a move with log ratio `delta` (`−∞` for a NaN ratio, so a
     /// broken proposal is rejected rather than accepted).
     pub fn log_accept(self, delta: f64) -> f64 {

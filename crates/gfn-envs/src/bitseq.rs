@@ -57,13 +57,14 @@ pub const MAX_N_MODES: usize = 1 << 20;
 /// An empty slot.
 pub const EMPTY: i32 = -1;
 
-/// The order in which words are generated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BitSeqOrder {
-    /// Left to right (torchgfn): a tree-shaped DAG.
-    Append,
-    /// Any empty slot next (gfnx).
-    Fill,
+gfn_core::choice! {
+    /// The order in which words are generated.
+    pub enum BitSeqOrder("bitseq_order") {
+        /// Left to right (torchgfn): a tree-shaped DAG.
+        Append = "append",
+        /// Any empty slot next (gfnx).
+        Fill = "fill",
+    }
 }
 
 /// How the distance to the modes becomes a log reward.

@@ -240,26 +240,15 @@ const LARGE: [f64; 100] = [
     0.9244538380742333,
 ];
 
-/// The three task sizes of the paper.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SetSize {
-    /// `|U| = 30`, `k = 20`.
-    Small,
-    /// `|U| = 80`, `k = 60`.
-    Medium,
-    /// `|U| = 100`, `k = 80`.
-    Large,
-}
-
-impl std::str::FromStr for SetSize {
-    type Err = GfnError;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "small" => Ok(Self::Small),
-            "medium" => Ok(Self::Medium),
-            "large" => Ok(Self::Large),
-            other => Err(GfnError::invalid("size", other, "must be small, medium or large")),
-        }
+gfn_core::choice! {
+    /// The three task sizes of the paper.
+    pub enum SetSize("size") {
+        /// `|U| = 30`, `k = 20`.
+        Small = "small",
+        /// `|U| = 80`, `k = 60`.
+        Medium = "medium",
+        /// `|U| = 100`, `k = 80`.
+        Large = "large",
     }
 }
 

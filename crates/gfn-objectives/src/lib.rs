@@ -37,6 +37,68 @@ pub use subtb::subtrajectory_balance;
 pub use tb::trajectory_balance;
 pub use terms::BalanceTerms;
 
+gfn_core::choice! {
+    /// The name of an [`Objective`], as configuration files and the command line give it.
+    pub enum ObjectiveName("loss") {
+        /// Flow matching.
+        Fm = "fm",
+        /// Detailed balance.
+        Db = "db",
+        /// Trajectory balance.
+        Tb = "tb",
+        /// SubTB(λ).
+        SubTb = "subtb",
+        /// Forward-looking DB.
+        FlDb = "fl-db",
+        /// Forward-looking SubTB(λ).
+        FlSubTb = "fl-subtb",
+        /// Modified DB.
+        ModifiedDb = "mdb",
+        /// LED-DB.
+        LedDb = "led-db",
+        /// LED-SubTB(λ).
+        LedSubTb = "led-subtb",
+        /// Policy gradient with a uniform P_B (RL-U).
+        PgUniform = "pg-u",
+        /// Policy gradient with P_B trained by policy gradient (RL-B).
+        PgBackward = "pg-b",
+        /// Policy gradient with P_B trained toward a guide (RL-G).
+        PgGuided = "pg-g",
+        /// Policy gradient with a trust-region P_F step (RL-T).
+        PgTrustRegion = "pg-trpo",
+        /// Reverse-KL variational inference.
+        ReverseKl = "vi",
+        /// Soft Q-learning.
+        SoftQ = "soft-q",
+    }
+}
+
+impl ObjectiveName {
+    /// The policy-gradient family (pg-u, pg-b, pg-g, pg-trpo).
+    pub fn is_policy_gradient(self) -> bool {
+        matches!(
+            self,
+            Self::PgUniform | Self::PgBackward | Self::PgGuided | Self::PgTrustRegion
+        )
+    }
+
+    /// Whether the objective trains on its own samples only (policy gradients, VI, LED), so it
+    /// cannot use replayed or locally searched trajectories.
+    pub fn is_on_policy(self) -> bool {
+        self.is_policy_gradient() || matches!(self, Self::ReverseKl | Self::LedDb | Self::LedSubTb)
+    }
+
+    /// Whether the objective has SubTB's λ.
+    pub fn has_lambda(self) -> bool {
+        matches!(self, Self::SubTb | Self::FlSubTb | Self::LedSubTb)
+    }
+
+    /// LED's forms (learned potentials).
+    pub fn is_led(self) -> bool {
+        matches!(self, Self::LedDb | Self::LedSubTb)
+    }
+}
+
 /// A training objective.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Objective {
@@ -76,73 +138,84 @@ pub enum Objective {
 }
 
 impl Objective {
-    /// The names accepted by [`Objective::parse`].
-    pub const NAMES: &'static str =
-        "fm, db, tb, subtb, fl-db, fl-subtb, mdb, led-db, led-subtb, pg-u, pg-b, pg-g, pg-trpo, vi, soft-q";
-
     /// GAE's λ of the policy-gradient objectives unless set ([`Objective::with_pg_settings`]).
     pub const DEFAULT_GAE_LAMBDA: f64 = 0.99;
 
-    /// `fm`, `db`, `tb` or `subtb` (with `lambda`).
+    /// The objective named `name` (see [`ObjectiveName`]), with SubTB's `lambda` where it has one.
     pub fn parse(name: &str, lambda: f64) -> Result<Self> {
-        match name {
-            "fm" => Ok(Self::FlowMatching),
-            "db" => Ok(Self::DetailedBalance),
-            "tb" => Ok(Self::TrajectoryBalance),
-            "subtb" | "fl-subtb" | "led-subtb" => {
-                if !(lambda.is_finite() && lambda > 0.0) {
-                    return Err(GfnError::invalid("lambda", lambda, "must be finite and > 0"));
-                }
-                Ok(match name {
-                    "subtb" => Self::SubTrajectoryBalance { lambda },
-                    "fl-subtb" => Self::ForwardLookingSubTb { lambda },
-                    _ => Self::LedSubTb { lambda },
-                })
+        Self::new(name.parse()?, lambda)
+    }
+
+    /// The objective `kind`, with SubTB's `lambda` where it has one (checked there only) and the
+    /// policy-gradient defaults ([`Objective::with_pg_settings`] changes them).
+    pub fn new(kind: ObjectiveName, lambda: f64) -> Result<Self> {
+        use ObjectiveName as N;
+        let check_lambda = || {
+            if lambda.is_finite() && lambda > 0.0 {
+                Ok(lambda)
+            } else {
+                Err(GfnError::invalid("lambda", lambda, "must be finite and > 0"))
             }
-            "led-db" => Ok(Self::LedDb),
-            "fl-db" => Ok(Self::ForwardLookingDb),
-            "mdb" => Ok(Self::ModifiedDb),
-            "vi" => Ok(Self::ReverseKl),
-            "soft-q" => Ok(Self::SoftQ),
-            "pg-u" | "pg-b" | "pg-g" | "pg-trpo" => Ok(Self::PolicyGradient(PgConfig {
-                variant: match name {
-                    "pg-u" => PgVariant::Uniform,
-                    "pg-b" => PgVariant::Backward,
-                    "pg-trpo" => PgVariant::TrustRegion,
-                    _ => PgVariant::Guided,
-                },
+        };
+        let pg = |variant| {
+            Self::PolicyGradient(PgConfig {
+                variant,
                 gae_lambda: Self::DEFAULT_GAE_LAMBDA,
                 guide_floor: f64::NEG_INFINITY,
-            })),
-            other => Err(GfnError::invalid(
-                "loss",
-                other,
-                format!("must be one of {}", Self::NAMES),
-            )),
+            })
+        };
+        Ok(match kind {
+            N::Fm => Self::FlowMatching,
+            N::Db => Self::DetailedBalance,
+            N::Tb => Self::TrajectoryBalance,
+            N::SubTb => Self::SubTrajectoryBalance {
+                lambda: check_lambda()?,
+            },
+            N::FlDb => Self::ForwardLookingDb,
+            N::FlSubTb => Self::ForwardLookingSubTb {
+                lambda: check_lambda()?,
+            },
+            N::ModifiedDb => Self::ModifiedDb,
+            N::LedDb => Self::LedDb,
+            N::LedSubTb => Self::LedSubTb {
+                lambda: check_lambda()?,
+            },
+            N::PgUniform => pg(PgVariant::Uniform),
+            N::PgBackward => pg(PgVariant::Backward),
+            N::PgGuided => pg(PgVariant::Guided),
+            N::PgTrustRegion => pg(PgVariant::TrustRegion),
+            N::ReverseKl => Self::ReverseKl,
+            N::SoftQ => Self::SoftQ,
+        })
+    }
+
+    /// Which objective this is.
+    pub fn kind(&self) -> ObjectiveName {
+        use ObjectiveName as N;
+        match self {
+            Self::FlowMatching => N::Fm,
+            Self::DetailedBalance => N::Db,
+            Self::TrajectoryBalance => N::Tb,
+            Self::SubTrajectoryBalance { .. } => N::SubTb,
+            Self::ForwardLookingDb => N::FlDb,
+            Self::ForwardLookingSubTb { .. } => N::FlSubTb,
+            Self::ModifiedDb => N::ModifiedDb,
+            Self::LedDb => N::LedDb,
+            Self::LedSubTb { .. } => N::LedSubTb,
+            Self::ReverseKl => N::ReverseKl,
+            Self::SoftQ => N::SoftQ,
+            Self::PolicyGradient(c) => match c.variant {
+                PgVariant::Uniform => N::PgUniform,
+                PgVariant::Backward => N::PgBackward,
+                PgVariant::Guided => N::PgGuided,
+                PgVariant::TrustRegion => N::PgTrustRegion,
+            },
         }
     }
 
-    /// Short name.
+    /// Short name ([`ObjectiveName::name`]).
     pub fn name(&self) -> &'static str {
-        match self {
-            Self::FlowMatching => "fm",
-            Self::DetailedBalance => "db",
-            Self::TrajectoryBalance => "tb",
-            Self::SubTrajectoryBalance { .. } => "subtb",
-            Self::ForwardLookingDb => "fl-db",
-            Self::ForwardLookingSubTb { .. } => "fl-subtb",
-            Self::ModifiedDb => "mdb",
-            Self::LedDb => "led-db",
-            Self::LedSubTb { .. } => "led-subtb",
-            Self::ReverseKl => "vi",
-            Self::SoftQ => "soft-q",
-            Self::PolicyGradient(c) => match c.variant {
-                PgVariant::Uniform => "pg-u",
-                PgVariant::Backward => "pg-b",
-                PgVariant::Guided => "pg-g",
-                PgVariant::TrustRegion => "pg-trpo",
-            },
-        }
+        self.kind().name()
     }
 
     /// Policy-gradient objectives: GAE's λ ∈ [0, 1] and RL-G's low-reward floor (states with

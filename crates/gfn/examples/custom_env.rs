@@ -9,8 +9,9 @@
 
 use candle_core::Device;
 use gfn::config::TrainConfig;
-use gfn::train::{RunDir, Silent, Trainer, run};
+use gfn::train::Trainer;
 use gfn_core::Env;
+use gfn_objectives::ObjectiveName;
 
 const LEN: usize = 4;
 const BASE: i32 = 5;
@@ -105,24 +106,25 @@ impl Env for Staircase {
 
 fn main() -> anyhow::Result<()> {
     gfn_core::dag::check_env(&Staircase)?; // step/backward_step inverse, topological order, …
-    for loss in ["tb", "db", "subtb", "fm"] {
+    for loss in [
+        ObjectiveName::Tb,
+        ObjectiveName::Db,
+        ObjectiveName::SubTb,
+        ObjectiveName::Fm,
+    ] {
         let config = TrainConfig {
-            loss: loss.into(),
+            loss,
             hidden: 64,
-            iterations: 1000,
-            eval_every: 100,
             ..Default::default()
         };
-        let dir = std::env::temp_dir().join(format!("gfn-staircase-{loss}"));
-        let _ = std::fs::remove_dir_all(&dir);
         let mut t = Trainer::with_env(config, Box::new(Staircase), &Device::Cpu)?;
-        let s = run(&mut t, &RunDir::new(&dir), &mut Silent)?;
-        let f = |p: &str| s.pointer(p).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+        for _ in 0..1000 {
+            t.step()?;
+        }
+        let exact = t.evaluate()?.exact.expect("the staircase is enumerable");
         println!(
             "{loss:<5} exact TV {:.4}  log Z learned {:.4} (true {:.4})",
-            f("/exact/tv"),
-            f("/log_z/learned"),
-            f("/log_z/true")
+            exact.dist.tv, exact.log_z_learned, exact.log_z_true
         );
     }
     Ok(())

@@ -8,6 +8,17 @@
 use serde::{Deserialize, Serialize};
 
 use gfn_core::{BackwardPolicy, GfnError, Result};
+use gfn_ebm::joint::Negatives;
+use gfn_ebm::mh::AcceptRule;
+use gfn_envs::SetSize;
+use gfn_envs::bitseq::BitSeqOrder;
+use gfn_envs::data::synthetic::Dataset;
+use gfn_objectives::ObjectiveName;
+
+use crate::options::{
+    DeviceChoice, EbmMethod, Engine, EnvName, EpsilonFinal, GuideFloor, LocalSearchAccept, Rule, TemperatureFinal,
+};
+use crate::replay::Priority;
 
 /// The most intra-op threads a run may ask for.
 pub const MAX_THREADS: usize = 1024;
@@ -78,11 +89,11 @@ fn merge<T: PartialEq + std::fmt::Debug>(
 config! {
     /// Environment: `hypergrid`, `set`, `bag`, `bitseq`, `bayesnet`, or an energy-based-modelling task (EB-GFN):
     /// `ebm-2d`, `ising`, `digits` [default: hypergrid].
-    env: String = "hypergrid".into(),
+    env: EnvName = EnvName::Hypergrid,
     /// Seed of the task's own random parts (the bag task's modes) [default: 0].
     task_seed: u64 = 0,
     /// Set generation: small (|U| 30, k 20), medium (80, 60) or large (100, 80) [default: small].
-    size: String = "small".into(),
+    size: SetSize = SetSize::Small,
     /// bitseq: sequence length n in bits (≤ 128, a multiple of 8) [default: 120].
     bitseq_length: usize = 120,
     /// bitseq: word size k in bits (each step writes one word) [default: 8].
@@ -91,7 +102,7 @@ config! {
     bitseq_modes: usize = 60,
     /// bitseq: `append` (left to right; the DAG is a tree) or `fill` (any empty word slot)
     /// [default: append].
-    bitseq_order: String = "append".into(),
+    bitseq_order: BitSeqOrder = BitSeqOrder::Append,
     /// bayesnet: nodes d (2–6; exact evaluation up to 5) [default: 5].
     bn_nodes: usize = 5,
     /// bayesnet: linear-Gaussian observations N [default: 100].
@@ -100,7 +111,7 @@ config! {
     bn_noise: f64 = 0.1,
     /// ebm-2d: data set: 2spirals, 8gaussians, circles, moons, pinwheel, swissroll, checkerboard
     /// [default: 2spirals].
-    dataset: String = "2spirals".into(),
+    dataset: Dataset = Dataset::TwoSpirals,
     /// ising: lattice side L (D = L², periodic) [default: 10].
     lattice: usize = 10,
     /// ising: coupling σ of the true J = σ·A [default: 0.1].
@@ -112,7 +123,7 @@ config! {
     ising_updates: usize = 1_000_000,
     /// EBM tasks: training method, `ebgfn` (EBM with a GFlowNet sampler) or `pcd` (persistent
     /// contrastive divergence with Gibbs negatives) [default: ebgfn].
-    ebm_method: String = "ebgfn".into(),
+    ebm_method: EbmMethod = EbmMethod::Ebgfn,
     /// EBM tasks: energy MLP width (ignored by ising's quadratic model) [default: 256].
     ebm_hidden: usize = 256,
     /// EBM tasks: energy MLP hidden layers [default: 3].
@@ -131,10 +142,10 @@ config! {
     gfn_steps: usize = 1,
     /// EB-GFN: negatives, `mh` (back-and-forth proposal + accept step) or `gfn` (GFlowNet
     /// samples) [default: mh].
-    negatives: String = "mh".into(),
+    negatives: Negatives = Negatives::BackAndForth,
     /// EB-GFN: accept rule, `mh` (Metropolis–Hastings) or `barker` (the official code's)
     /// [default: mh].
-    accept: String = "mh".into(),
+    accept: AcceptRule = AcceptRule::MetropolisHastings,
     /// PCD: single-site Gibbs updates per iteration; 0 = one sweep (D updates) [default: 0].
     gibbs_steps: usize = 0,
     /// EBM tasks: importance samples for log Z when D > 20 [default: 100000].
@@ -159,7 +170,7 @@ config! {
     /// shared_trunk default is false), vi (reverse-KL variational inference by REINFORCE) or
     /// soft-q (soft Q-learning)
     /// [default: tb].
-    loss: String = "tb".into(),
+    loss: ObjectiveName = ObjectiveName::Tb,
     /// SubTB(λ) weight λ > 0 [default: 0.9].
     lambda: f64 = 0.9,
     /// Replay: terminal objects kept from training (the last N), re-sampled backward with P_B
@@ -168,7 +179,7 @@ config! {
     /// Replay: objects replayed per iteration; 0 = batch_size [default: 0].
     replay_batch: usize = 0,
     /// Replay: `uniform` or `reward` (in proportion to R(x)) [default: uniform].
-    replay_priority: String = "uniform".into(),
+    replay_priority: Priority = Priority::Uniform,
     /// Local search (LS-GFN): each object of the batch is refined by K steps back with P_B and K
     /// forward with P_F, kept or rejected (`local_search_accept`), and the results are re-sampled
     /// backward and trained on beside the batch; 0 = off. With an exit action (hypergrid,
@@ -176,12 +187,12 @@ config! {
     local_search: usize = 0,
     /// Local search: `greedy` (keep x' when R(x') ≥ R(x), as LS-GFN) or `mh` (Metropolis–Hastings
     /// toward R; environments without exit action) [default: greedy].
-    local_search_accept: String = "greedy".into(),
+    local_search_accept: LocalSearchAccept = LocalSearchAccept::Greedy,
     /// Policy gradient (pg-*): GAE's λ in [0, 1] [default: 0.99].
     gae_lambda: f64 = 0.99,
     /// pg-g: states with log R(s) at or below this floor get the guide's capped exit
     /// probability; `auto` = log R0 on hypergrid [default: auto].
-    guide_floor: String = "auto".into(),
+    guide_floor: GuideFloor = GuideFloor(Rule::Rule),
     /// pg-trpo: KL limit δ of the trust region (mean KL from the old to the new P_F) [default: 0.01].
     trpo_max_kl: f64 = 0.01,
     /// pg-trpo: conjugate-gradient iterations [default: 10].
@@ -204,10 +215,10 @@ config! {
     temperature: f64 = 1.0,
     /// ε at the end of the schedule, reached linearly from `epsilon` over
     /// `schedule_iterations`; `none` keeps ε constant [default: none].
-    epsilon_final: String = "none".into(),
+    epsilon_final: EpsilonFinal = EpsilonFinal(Rule::Rule),
     /// Temperature at the end of the schedule, reached linearly from `temperature`; `none` keeps
     /// it constant [default: none].
-    temperature_final: String = "none".into(),
+    temperature_final: TemperatureFinal = TemperatureFinal(Rule::Rule),
     /// Length of the ε and temperature schedules in iterations (constant afterwards); 0 = the
     /// run's `iterations` [default: 0].
     schedule_iterations: usize = 0,
@@ -244,12 +255,12 @@ config! {
     /// Training engine: `auto` (tape on CPU, graph elsewhere), `tape` (rollout outputs reused,
     /// hand-written batched backward), or `graph` (candle autograd over one batched forward)
     /// [default: auto].
-    engine: String = "auto".into(),
+    engine: Engine = Engine::Auto,
     /// Where training runs: `cpu`, or `cuda` / `cuda:N` (a build with the `cuda` feature and an
     /// NVIDIA GPU: the whole loop on the device, environments and sampling included; hypergrid,
     /// bitseq and ising-fixed with tb or subtb), or `cpu-kernels` (that device engine on its CPU
     /// reference ops: slow, for checking) [default: cpu].
-    device: String = "cpu".into(),
+    device: DeviceChoice = DeviceChoice::Cpu,
     /// Device engine: every this many rollout steps, stop if every trajectory is done (one
     /// scalar read back); 0 = always roll out the longest possible length [default: 8].
     done_check_every: usize = 8,
@@ -289,21 +300,9 @@ config! {
 impl TrainConfig {
     /// Where the device engine runs: `None` for `cpu` (the CPU engines), `Some(None)` for
     /// `cpu-kernels` (the device engine on its CPU reference ops), `Some(Some(n))` for CUDA
-    /// device `n`; an error naming anything else.
-    pub fn engine_device(&self) -> Result<Option<Option<usize>>> {
-        match self.device.as_str() {
-            "cpu" => Ok(None),
-            "cpu-kernels" => Ok(Some(None)),
-            "cuda" => Ok(Some(Some(0))),
-            d => match d.strip_prefix("cuda:").map(str::parse::<usize>) {
-                Some(Ok(n)) => Ok(Some(Some(n))),
-                _ => Err(GfnError::invalid(
-                    "device",
-                    d,
-                    "must be cpu, cpu-kernels, cuda or cuda:N",
-                )),
-            },
-        }
+    /// device `n`.
+    pub fn engine_device(&self) -> Option<Option<usize>> {
+        self.device.engine_device()
     }
 
     /// pg-trpo's trust-region settings.
@@ -320,7 +319,7 @@ impl TrainConfig {
     /// What the device engine supports: hypergrid, bitseq and ising-fixed, with tb or subtb,
     /// on-policy (ε and temperature allowed), without replay, local search or metric sampling.
     fn validate_device(&self) -> Result<()> {
-        if self.engine_device()?.is_none() {
+        if self.engine_device().is_none() {
             return Ok(());
         }
         let why = |field: &'static str, value: String, allowed: &str| {
@@ -330,11 +329,11 @@ impl TrainConfig {
                 format!("{allowed} with device = {}", self.device),
             ))
         };
-        if !matches!(self.env.as_str(), "hypergrid" | "bitseq" | "ising-fixed") {
-            return why("env", self.env.clone(), "must be hypergrid, bitseq or ising-fixed");
+        if !matches!(self.env, EnvName::Hypergrid | EnvName::Bitseq | EnvName::IsingFixed) {
+            return why("env", self.env.to_string(), "must be hypergrid, bitseq or ising-fixed");
         }
-        if !matches!(self.loss.as_str(), "tb" | "subtb") {
-            return why("loss", self.loss.clone(), "must be tb or subtb");
+        if !matches!(self.loss, ObjectiveName::Tb | ObjectiveName::SubTb) {
+            return why("loss", self.loss.to_string(), "must be tb or subtb");
         }
         if self.replay_size > 0 {
             return why("replay_size", self.replay_size.to_string(), "must be 0");
@@ -348,32 +347,24 @@ impl TrainConfig {
         if self.grad_cosine_every > 0 {
             return why("grad_cosine_every", self.grad_cosine_every.to_string(), "must be 0");
         }
-        if self.engine == "tape" {
-            return why("engine", self.engine.clone(), "must be auto or graph");
+        if self.engine == Engine::Tape {
+            return why("engine", self.engine.to_string(), "must be auto or graph");
         }
         Ok(())
     }
 
     /// `(ε, temperature)` at the end of their schedules (the start values where constant).
-    pub fn schedule_ends(&self) -> Result<(f64, f64)> {
-        let end = |field: &'static str, v: &str, start: f64| -> Result<f64> {
-            match v {
-                "none" => Ok(start),
-                v => v
-                    .parse::<f64>()
-                    .map_err(|_| GfnError::invalid(field, v, "must be none or a number")),
-            }
-        };
-        Ok((
-            end("epsilon_final", &self.epsilon_final, self.epsilon)?,
-            end("temperature_final", &self.temperature_final, self.temperature)?,
-        ))
+    pub fn schedule_ends(&self) -> (f64, f64) {
+        (
+            self.epsilon_final.0.or(self.epsilon),
+            self.temperature_final.0.or(self.temperature),
+        )
     }
 
     /// ε and temperature at iteration `t` (0-based): linear from the start values to
     /// [`TrainConfig::schedule_ends`] over `schedule_iterations` (0: `iterations`), then constant.
     pub fn sampling_at(&self, t: u64) -> gfn_core::SamplingOptions {
-        let (eps_end, temp_end) = self.schedule_ends().unwrap_or((self.epsilon, self.temperature));
+        let (eps_end, temp_end) = self.schedule_ends();
         let len = if self.schedule_iterations == 0 {
             self.iterations
         } else {
@@ -392,10 +383,11 @@ impl TrainConfig {
 
     /// The objective of `loss`, with its settings (`lambda`, `gae_lambda`, `guide_floor`).
     pub fn objective(&self) -> Result<gfn_objectives::Objective> {
-        let objective = gfn_objectives::Objective::parse(&self.loss, self.lambda)?;
-        let floor = match self.guide_floor.as_str() {
-            "auto" if self.env == "hypergrid" => self.r0.ln() + 1e-9,
-            "auto" if self.loss == "pg-g" => {
+        let objective = gfn_objectives::Objective::new(self.loss, self.lambda)?;
+        let floor = match self.guide_floor.0 {
+            Rule::Value(v) => v,
+            Rule::Rule if self.env == EnvName::Hypergrid => self.r0.ln() + 1e-9,
+            Rule::Rule if self.loss == ObjectiveName::PgGuided => {
                 return Err(GfnError::invalid(
                     "guide_floor",
                     "auto",
@@ -405,12 +397,7 @@ impl TrainConfig {
                     ),
                 ));
             }
-            "auto" => f64::NEG_INFINITY,
-            v => v
-                .parse::<f64>()
-                .ok()
-                .filter(|f| !f.is_nan())
-                .ok_or_else(|| GfnError::invalid("guide_floor", v, "must be auto or a number"))?,
+            Rule::Rule => f64::NEG_INFINITY,
         };
         objective.with_pg_settings(self.gae_lambda, floor)
     }
@@ -418,17 +405,17 @@ impl TrainConfig {
     /// Check every field's range, naming the first bad one, and that the environment builds.
     pub fn validate(&self) -> Result<()> {
         self.validate_training()?;
-        if crate::ebm::is_ebm_env(&self.env) {
+        if self.env.is_ebm() {
             return crate::ebm::validate(self).map_err(|e| GfnError::Other(format!("{e:#}")));
         }
-        if self.env == "hypergrid" && self.r0 == 0.0 {
+        if self.env == EnvName::Hypergrid && self.r0 == 0.0 {
             return Err(GfnError::invalid(
                 "r0",
                 self.r0,
                 "must be > 0 for training: with r0 = 0 the objects outside the reward bands have R = 0 (log R = −∞), which no balance loss can fit; use a small positive r0 such as 1e-4",
             ));
         }
-        if self.env == "bayesnet" {
+        if self.env == EnvName::Bayesnet {
             // Its data are drawn while the environment is built: check them first.
             let data = crate::memory::Need {
                 field: "bn_samples",
@@ -467,10 +454,10 @@ impl TrainConfig {
             ),
         ];
         if let Some(states) = env.enumeration_size() {
-            let (field, value) = if self.env == "hypergrid" {
+            let (field, value) = if self.env == EnvName::Hypergrid {
                 ("ndim", format!("{} (height {})", self.ndim, self.height))
             } else {
-                ("env", self.env.clone())
+                ("env", self.env.to_string())
             };
             needs.push(crate::memory::exact_need(field, value, env, states));
         }
@@ -516,7 +503,7 @@ impl TrainConfig {
                 l,
             ));
         }
-        if self.loss.starts_with("led-") {
+        if self.loss.is_led() {
             let led_h = if self.led_hidden == 0 { h } else { self.led_hidden };
             needs.push(network_need(
                 "LED's potential network",
@@ -541,7 +528,7 @@ impl TrainConfig {
     /// Defaults that depend on the objective, for the options not `given`: pg-trpo's
     /// trust-region step moves the P_F network alone, so it gets separate trunks.
     pub fn apply_loss_defaults(&mut self, given: &[&str]) {
-        if self.loss == "pg-trpo" && !given.contains(&"shared_trunk") {
+        if self.loss == ObjectiveName::PgTrustRegion && !given.contains(&"shared_trunk") {
             self.shared_trunk = false;
         }
     }
@@ -575,71 +562,74 @@ impl TrainConfig {
 
     /// Where `field` applies, if not to this run (`None`: it applies, or it applies everywhere).
     pub fn inapplicable(&self, field: &str) -> Option<String> {
-        let env = self.env.as_str();
-        let ebm = crate::ebm::is_ebm_env(env);
-        let loss = self.loss.as_str();
-        let objective = (!ebm)
-            .then(|| gfn_objectives::Objective::parse(loss, 1.0).ok())
-            .flatten();
+        use EnvName as E;
+        use ObjectiveName as L;
+        let env = self.env;
+        let ebm = env.is_ebm();
+        let loss = self.loss;
+        let gflownet_loss = |ok: bool| ok && !ebm;
+        let objective = (!ebm).then(|| gfn_objectives::Objective::new(loss, 1.0).ok()).flatten();
         let only = |ok: bool, belongs: &str| (!ok).then(|| belongs.to_string());
         match field {
-            "ndim" | "height" | "r0" | "r1" | "r2" => only(env == "hypergrid", "to env = hypergrid"),
-            "size" => only(env == "set", "to env = set"),
+            "ndim" | "height" | "r0" | "r1" | "r2" => only(env == E::Hypergrid, "to env = hypergrid"),
+            "size" => only(env == E::Set, "to env = set"),
             "task_seed" => only(
-                matches!(env, "bag" | "bayesnet" | "bitseq" | "ising"),
+                matches!(env, E::Bag | E::Bayesnet | E::Bitseq | E::Ising),
                 "to env = bag, bayesnet, bitseq and ising (the task's random parts)",
             ),
             "bitseq_length" | "bitseq_word" | "bitseq_modes" | "bitseq_order" => {
-                only(env == "bitseq", "to env = bitseq")
+                only(env == E::Bitseq, "to env = bitseq")
             }
-            "bn_nodes" | "bn_samples" | "bn_noise" => only(env == "bayesnet", "to env = bayesnet"),
-            "dataset" => only(env == "ebm-2d", "to env = ebm-2d"),
-            "lattice" | "sigma" => only(matches!(env, "ising" | "ising-fixed"), "to env = ising and ising-fixed"),
-            "ising_samples" | "ising_updates" | "ebm_l1" => only(env == "ising", "to env = ising"),
+            "bn_nodes" | "bn_samples" | "bn_noise" => only(env == E::Bayesnet, "to env = bayesnet"),
+            "dataset" => only(env == E::Ebm2d, "to env = ebm-2d"),
+            "lattice" | "sigma" => only(
+                matches!(env, E::Ising | E::IsingFixed),
+                "to env = ising and ising-fixed",
+            ),
+            "ising_samples" | "ising_updates" | "ebm_l1" => only(env == E::Ising, "to env = ising"),
             "ebm_method" | "ebm_lr" | "eval_log_z_samples" | "eval_test" => {
                 only(ebm, "to the EBM tasks (env = ebm-2d, ising, digits)")
             }
             "ebm_hidden" | "ebm_layers" => only(
-                matches!(env, "ebm-2d" | "digits"),
+                matches!(env, E::Ebm2d | E::Digits),
                 "to the energy MLP of env = ebm-2d and digits (ising's energy is quadratic)",
             ),
             "back_ratio" | "warmup_k" | "gfn_steps" | "negatives" | "accept" | "eval_backward" => only(
-                ebm && self.ebm_method == "ebgfn",
+                ebm && self.ebm_method == EbmMethod::Ebgfn,
                 "to EB-GFN (an EBM task with ebm_method = ebgfn)",
             ),
             "gibbs_steps" => only(
-                ebm && self.ebm_method == "pcd",
+                ebm && self.ebm_method == EbmMethod::Pcd,
                 "to PCD (an EBM task with ebm_method = pcd)",
             ),
             "loss" => only(!ebm, "to GFlowNet tasks (the EBM tasks train their sampler with TB)"),
             "lambda" => only(
-                matches!(loss, "subtb" | "fl-subtb" | "led-subtb") && !ebm,
+                gflownet_loss(loss.has_lambda()),
                 "to loss = subtb, fl-subtb and led-subtb",
             ),
             "replay_batch" | "replay_priority" => only(self.replay_size > 0, "with replay (replay_size > 0)"),
             "local_search_accept" => only(self.local_search > 0, "with local search (local_search > 0)"),
             "gae_lambda" => only(
-                matches!(loss, "pg-u" | "pg-b" | "pg-g" | "pg-trpo") && !ebm,
+                gflownet_loss(loss.is_policy_gradient()),
                 "to the policy-gradient losses (pg-u, pg-b, pg-g, pg-trpo)",
             ),
-            "guide_floor" => only(loss == "pg-g" && !ebm, "to loss = pg-g"),
+            "guide_floor" => only(gflownet_loss(loss == L::PgGuided), "to loss = pg-g"),
             "trpo_max_kl" | "trpo_cg_iters" | "trpo_backtracks" | "trpo_damping" | "trpo_fisher_rows" => {
-                only(loss == "pg-trpo" && !ebm, "to loss = pg-trpo")
+                only(gflownet_loss(loss == L::PgTrustRegion), "to loss = pg-trpo")
             }
-            "led_hidden" | "led_lr" | "led_drop_rate" | "led_steps" | "led_buffer" => only(
-                matches!(loss, "led-db" | "led-subtb") && !ebm,
-                "to loss = led-db and led-subtb",
-            ),
+            "led_hidden" | "led_lr" | "led_drop_rate" | "led_steps" | "led_buffer" => {
+                only(gflownet_loss(loss.is_led()), "to loss = led-db and led-subtb")
+            }
             "grad_cosine_batch" | "grad_cosine_repeats" => only(
                 self.grad_cosine_every > 0,
                 "with the gradient analysis (grad_cosine_every > 0)",
             ),
             "schedule_iterations" => only(
-                self.epsilon_final != "none" || self.temperature_final != "none",
+                self.epsilon_final.0 != Rule::Rule || self.temperature_final.0 != Rule::Rule,
                 "to a schedule (epsilon_final or temperature_final)",
             ),
             "done_check_every" | "fused_rollout" | "rollout_rows" | "manual_backward" => only(
-                self.device != "cpu",
+                self.device != DeviceChoice::Cpu,
                 "to the device engine (device = cuda or cpu-kernels)",
             ),
             "lr_logz" => objective.and_then(|o| {
@@ -651,7 +641,8 @@ impl TrainConfig {
             "backward_policy" => objective.and_then(|o| {
                 if !o.uses_backward_policy() {
                     Some(format!("to objectives that use P_B; loss = {loss} fixes it"))
-                } else if matches!(loss, "pg-b" | "pg-g") && self.backward_policy != BackwardPolicy::Learned {
+                } else if matches!(loss, L::PgBackward | L::PgGuided) && self.backward_policy != BackwardPolicy::Learned
+                {
                     Some(format!(
                         "as learned only with loss = {loss}, which trains P_B (uniform: use pg-u)"
                     ))
@@ -703,46 +694,7 @@ impl TrainConfig {
         if !(0.0..=1.0).contains(&self.gae_lambda) {
             return Err(GfnError::invalid("gae_lambda", self.gae_lambda, "must be in [0, 1]"));
         }
-        if self.guide_floor != "auto" && self.guide_floor.parse::<f64>().map_or(true, f64::is_nan) {
-            return Err(GfnError::invalid(
-                "guide_floor",
-                &self.guide_floor,
-                "must be auto or a number",
-            ));
-        }
         self.trust_region().validate()?;
-        if !matches!(self.bitseq_order.as_str(), "append" | "fill") {
-            return Err(GfnError::invalid(
-                "bitseq_order",
-                &self.bitseq_order,
-                "must be append or fill",
-            ));
-        }
-        if !matches!(self.ebm_method.as_str(), "ebgfn" | "pcd") {
-            return Err(GfnError::invalid(
-                "ebm_method",
-                &self.ebm_method,
-                "must be ebgfn or pcd",
-            ));
-        }
-        for (field, v, allowed) in [
-            ("negatives", &self.negatives, ["mh", "gfn"]),
-            ("accept", &self.accept, ["mh", "barker"]),
-        ] {
-            if !allowed.contains(&v.as_str()) {
-                return Err(GfnError::invalid(
-                    field,
-                    v,
-                    format!("must be {} or {}", allowed[0], allowed[1]),
-                ));
-            }
-        }
-        self.size
-            .parse::<gfn_envs::SetSize>()
-            .map_err(|_| GfnError::invalid("size", &self.size, "must be small, medium or large"))?;
-        self.dataset
-            .parse::<gfn_envs::data::synthetic::Dataset>()
-            .map_err(|e| GfnError::invalid("dataset", &self.dataset, format!("{e}")))?;
         if !(self.led_drop_rate.is_finite() && self.led_drop_rate < 1.0) {
             return Err(GfnError::invalid(
                 "led_drop_rate",
@@ -762,19 +714,7 @@ impl TrainConfig {
                 "must be finite and ≥ 0",
             ));
         }
-        if !matches!(self.replay_priority.as_str(), "uniform" | "reward") {
-            return Err(GfnError::invalid(
-                "replay_priority",
-                &self.replay_priority,
-                "must be uniform or reward",
-            ));
-        }
-        if self.replay_size > 0
-            && matches!(
-                self.loss.as_str(),
-                "pg-u" | "pg-b" | "pg-g" | "pg-trpo" | "vi" | "led-db" | "led-subtb"
-            )
-        {
+        if self.replay_size > 0 && self.loss.is_on_policy() {
             return Err(GfnError::invalid(
                 "replay_size",
                 self.replay_size,
@@ -784,21 +724,11 @@ impl TrainConfig {
                 ),
             ));
         }
-        if self.loss == "pg-trpo" {
-            self.trust_region().validate()?;
-            if self.shared_trunk {
-                return Err(GfnError::invalid(
-                    "shared_trunk",
-                    self.shared_trunk,
-                    "must be false with loss = pg-trpo: the trust-region step moves the P_F network alone, so it cannot share a trunk with the value head",
-                ));
-            }
-        }
-        if !matches!(self.local_search_accept.as_str(), "greedy" | "mh") {
+        if self.loss == ObjectiveName::PgTrustRegion && self.shared_trunk {
             return Err(GfnError::invalid(
-                "local_search_accept",
-                &self.local_search_accept,
-                "must be greedy or mh",
+                "shared_trunk",
+                self.shared_trunk,
+                "must be false with loss = pg-trpo: the trust-region step moves the P_F network alone, so it cannot share a trunk with the value head",
             ));
         }
         if self.local_search > 0 {
@@ -809,10 +739,7 @@ impl TrainConfig {
                     "and replay_size both add backward trajectories: use one of them",
                 ));
             }
-            if matches!(
-                self.loss.as_str(),
-                "pg-u" | "pg-b" | "pg-g" | "pg-trpo" | "vi" | "led-db" | "led-subtb"
-            ) {
+            if self.loss.is_on_policy() {
                 return Err(GfnError::invalid(
                     "local_search",
                     self.local_search,
@@ -823,16 +750,13 @@ impl TrainConfig {
                 ));
             }
         }
-        if !matches!(self.engine.as_str(), "auto" | "tape" | "graph") {
-            return Err(GfnError::invalid("engine", &self.engine, "must be auto, tape or graph"));
-        }
         self.validate_device()?;
         gfn_core::SamplingOptions {
             epsilon: self.epsilon,
             temperature: self.temperature,
         }
         .validate()?;
-        let (eps_end, temp_end) = self.schedule_ends()?;
+        let (eps_end, temp_end) = self.schedule_ends();
         gfn_core::SamplingOptions {
             epsilon: eps_end,
             temperature: temp_end,
@@ -897,34 +821,46 @@ mod tests {
                 .ok(),
             Some(())
         );
-        assert!(with(|c| c.loss = "subtb".into()).inapplicable("lambda").is_none());
-        assert!(with(|c| c.loss = "db".into()).inapplicable("lr_logz").is_some());
-        assert!(with(|c| c.loss = "fm".into()).inapplicable("backward_policy").is_some());
+        assert!(
+            with(|c| c.loss = "subtb".parse().unwrap())
+                .inapplicable("lambda")
+                .is_none()
+        );
+        assert!(
+            with(|c| c.loss = "db".parse().unwrap())
+                .inapplicable("lr_logz")
+                .is_some()
+        );
+        assert!(
+            with(|c| c.loss = "fm".parse().unwrap())
+                .inapplicable("backward_policy")
+                .is_some()
+        );
         let pgb = with(|c| {
-            c.loss = "pg-b".into();
+            c.loss = "pg-b".parse().unwrap();
             c.backward_policy = BackwardPolicy::Uniform;
         });
         let e = pgb.check_given(&["backward_policy"]).unwrap_err().to_string();
         assert!(e.contains("pg-b") && e.contains("uniform"), "{e}");
         assert!(
-            with(|c| c.loss = "pg-b".into())
+            with(|c| c.loss = "pg-b".parse().unwrap())
                 .inapplicable("backward_policy")
                 .is_none()
         );
-        let ising = with(|c| c.env = "ising".into());
+        let ising = with(|c| c.env = "ising".parse().unwrap());
         assert!(ising.inapplicable("ndim").is_some());
         assert!(ising.inapplicable("loss").is_some());
         assert!(ising.inapplicable("back_ratio").is_none());
         assert!(
             with(|c| {
-                c.env = "ising".into();
-                c.ebm_method = "pcd".into();
+                c.env = "ising".parse().unwrap();
+                c.ebm_method = "pcd".parse().unwrap();
             })
             .inapplicable("back_ratio")
             .is_some()
         );
         assert!(
-            with(|c| c.device = "cuda".into())
+            with(|c| c.device = "cuda".parse().unwrap())
                 .inapplicable("rollout_rows")
                 .is_none()
         );
@@ -934,7 +870,7 @@ mod tests {
     #[test]
     fn defaults_follow_the_loss() {
         let args = |shared: Option<bool>| ConfigArgs {
-            loss: Some("pg-trpo".into()),
+            loss: Some(ObjectiveName::PgTrustRegion),
             shared_trunk: shared,
             ..ConfigArgs::default()
         };
@@ -948,23 +884,36 @@ mod tests {
         assert!(tb.shared_trunk);
     }
 
-    /// Values are checked even where the run does not use them.
+    /// Values are checked even where the run does not use them; text values are refused where
+    /// they enter (here a TOML file), naming the field.
     #[test]
     fn unused_options_still_need_valid_values() {
         for (c, field) in [
             (with(|c| c.top_k = 0), "top_k"),
             (with(|c| c.recent_window = 0), "recent_window"),
             (with(|c| c.trpo_max_kl = -1.0), "trpo_max_kl"),
-            (with(|c| c.ebm_method = "abc".into()), "ebm_method"),
             (with(|c| c.lambda = 0.0), "lambda"),
             (with(|c| c.gae_lambda = 2.0), "gae_lambda"),
-            (with(|c| c.size = "huge".into()), "size"),
-            (with(|c| c.bitseq_order = "middle".into()), "bitseq_order"),
-            (with(|c| c.negatives = "x".into()), "negatives"),
-            (with(|c| c.guide_floor = "low".into()), "guide_floor"),
         ] {
             let e = c.validate().unwrap_err().to_string();
             assert!(e.contains(field), "{field}: {e}");
+        }
+        for (field, bad) in [
+            ("ebm_method", "abc"),
+            ("size", "huge"),
+            ("bitseq_order", "middle"),
+            ("negatives", "x"),
+            ("guide_floor", "low"),
+            ("loss", "tbb"),
+            ("env", "grid"),
+            ("device", "cuda:x"),
+            ("epsilon_final", "nan"),
+            ("engine", "fast"),
+        ] {
+            let e = toml::from_str::<ConfigArgs>(&format!("{field} = \"{bad}\""))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("invalid {field} = {bad}")), "{field}: {e}");
         }
     }
 
@@ -972,8 +921,8 @@ mod tests {
     fn schedules_are_linear_then_constant() {
         let c = TrainConfig {
             epsilon: 0.5,
-            epsilon_final: "0.1".into(),
-            temperature_final: "none".into(),
+            epsilon_final: "0.1".parse().unwrap(),
+            temperature_final: "none".parse().unwrap(),
             iterations: 5,
             ..TrainConfig::default()
         };
@@ -982,18 +931,10 @@ mod tests {
             assert!((a - b).abs() < 1e-12, "{eps:?}");
         }
         assert!((0..7).all(|t| c.sampling_at(t).temperature == 1.0));
+        let e = "lots".parse::<EpsilonFinal>().unwrap_err().to_string();
+        assert!(e.contains("epsilon_final"), "{e}");
         let bad = TrainConfig {
-            epsilon_final: "lots".into(),
-            ..TrainConfig::default()
-        };
-        assert!(
-            bad.validate_training()
-                .unwrap_err()
-                .to_string()
-                .contains("epsilon_final")
-        );
-        let bad = TrainConfig {
-            temperature_final: "0".into(),
+            temperature_final: "0".parse().unwrap(),
             ..TrainConfig::default()
         };
         assert!(bad.validate_training().is_err());

@@ -6,15 +6,18 @@ use gfn_core::optim::AdamParams;
 use gfn_cuda::{DeviceEnv, DeviceLoss, DeviceTrainer, DeviceTrainerConfig};
 use gfn_envs::{Hypergrid, HypergridReward};
 
+use gfn_objectives::ObjectiveName;
+
 use crate::config::TrainConfig;
+use crate::options::EnvName;
 
 /// Philox key offset of the device sampler (its stream is its own, apart from the CPU RNG's).
 const SAMPLER_STREAM: u64 = 0x6766_6e2d_6375_6461; // "gfn-cuda"
 
 /// The environment of `config` as the kernels see it.
 pub fn device_env(config: &TrainConfig) -> Result<DeviceEnv> {
-    Ok(match config.env.as_str() {
-        "hypergrid" => DeviceEnv::hypergrid(&Hypergrid::new(
+    Ok(match config.env {
+        EnvName::Hypergrid => DeviceEnv::hypergrid(&Hypergrid::new(
             config.ndim,
             config.height,
             HypergridReward {
@@ -23,8 +26,8 @@ pub fn device_env(config: &TrainConfig) -> Result<DeviceEnv> {
                 r2: config.r2,
             },
         )?),
-        "bitseq" => DeviceEnv::bitseq(&crate::envs::bitseq_env(config)?)?,
-        "ising-fixed" => DeviceEnv::lattice_ising(&crate::envs::ising_fixed_model(config)?)?,
+        EnvName::Bitseq => DeviceEnv::bitseq(&crate::envs::bitseq_env(config)?)?,
+        EnvName::IsingFixed => DeviceEnv::lattice_ising(&crate::envs::ising_fixed_model(config)?)?,
         other => anyhow::bail!("invalid env = {other}: the device engine runs hypergrid, bitseq and ising-fixed"),
     })
 }
@@ -32,9 +35,9 @@ pub fn device_env(config: &TrainConfig) -> Result<DeviceEnv> {
 /// A device trainer for `estimator` (already on the device) with `config`'s objective,
 /// batch, sampling and optimiser settings.
 pub fn device_trainer(config: &TrainConfig, estimator: &Estimator) -> Result<DeviceTrainer> {
-    let loss = match config.loss.as_str() {
-        "tb" => DeviceLoss::Tb,
-        "subtb" => DeviceLoss::SubTb { lambda: config.lambda },
+    let loss = match config.loss {
+        ObjectiveName::Tb => DeviceLoss::Tb,
+        ObjectiveName::SubTb => DeviceLoss::SubTb { lambda: config.lambda },
         other => anyhow::bail!("invalid loss = {other}: the device engine trains tb and subtb"),
     };
     let opts = config.sampling_at(0);

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use gfn_core::exact::EmpiricalTracker;
 use gfn_core::{GfnRng, Sampler, SamplingOptions, TrajectoryBatch, rng_from_seed};
 use gfn_ebm::eval::{self, Estimate};
-use gfn_ebm::{AcceptRule, EnergyModel, IsingEnergy, JointConfig, JointTrainer, MlpEnergy, Negatives, PcdTrainer};
+use gfn_ebm::{EnergyModel, IsingEnergy, JointConfig, JointTrainer, MlpEnergy, PcdTrainer};
 use gfn_envs::data::digits::Digits;
 use gfn_envs::data::ising::{CouplingError, LatticeIsing, coupling_error};
 use gfn_envs::data::synthetic::{self, Dataset};
@@ -27,10 +27,8 @@ use gfn_envs::data::synthetic::{self, Dataset};
 use crate::checkpoint::{AuxData, Checkpoint, restore_adam, save_adam};
 use crate::config::TrainConfig;
 use crate::io::write_atomic;
+use crate::options::{EbmMethod, EnvName};
 use crate::train::{EvalTiming, RunDir, files, kept_on_resume};
-
-/// The EBM tasks of `--env`.
-pub const EBM_ENVS: [&str; 3] = ["ebm-2d", "ising", "digits"];
 
 /// Salt of the evaluation RNG streams (`seed ^ EVAL_STREAM ^ iteration`).
 const EVAL_STREAM: u64 = 0x6562_6d5f_6576_616c;
@@ -38,11 +36,6 @@ const EVAL_STREAM: u64 = 0x6562_6d5f_6576_616c;
 const MMD_SAMPLES: usize = 4000;
 /// Test examples of the GFlowNet likelihood at intermediate evaluations (all at the final).
 const GFN_NLL_INTERMEDIATE: usize = 500;
-
-/// Whether `env` names an EBM task.
-pub fn is_ebm_env(env: &str) -> bool {
-    EBM_ENVS.contains(&env)
-}
 
 /// The data of a task.
 pub enum Task {
@@ -70,9 +63,9 @@ impl Task {
     /// The task of `config` (Ising data: `ising_samples` chains of `ising_updates` Gibbs updates,
     /// from `task_seed`).
     pub fn build(config: &TrainConfig) -> Result<Self> {
-        Ok(match config.env.as_str() {
-            "ebm-2d" => Task::Synthetic(config.dataset.parse()?),
-            "ising" => {
+        Ok(match config.env {
+            EnvName::Ebm2d => Task::Synthetic(config.dataset),
+            EnvName::Ising => {
                 let model = LatticeIsing::new(config.lattice, config.sigma)?;
                 let mut rng = rng_from_seed(config.task_seed);
                 let data = model.gibbs_data(config.ising_samples, config.ising_updates as u64, &mut rng)?;
@@ -81,7 +74,7 @@ impl Task {
                     train: eval::rows_i32(&data),
                 }
             }
-            "digits" => {
+            EnvName::Digits => {
                 let d = Digits::load()?;
                 let b = d.bernoulli_nll()?;
                 Task::Digits {
@@ -90,7 +83,7 @@ impl Task {
                     bernoulli: (b.mean, b.std_err),
                 }
             }
-            other => bail!("invalid env = {other}: not an EBM task ({})", EBM_ENVS.join(", ")),
+            other => bail!("invalid env = {other}: not an EBM task (ebm-2d, ising, digits)"),
         })
     }
 
@@ -234,11 +227,6 @@ pub trait EbmProgress {
 
 /// Check the EBM fields of `config`, naming the bad one.
 pub fn validate(config: &TrainConfig) -> Result<()> {
-    if !matches!(config.ebm_method.as_str(), "ebgfn" | "pcd") {
-        bail!("invalid ebm_method = {}: must be ebgfn or pcd", config.ebm_method);
-    }
-    config.negatives.parse::<Negatives>()?;
-    config.accept.parse::<AcceptRule>()?;
     joint_config(config).validate()?;
     for (field, v) in [
         ("ebm_hidden", config.ebm_hidden),
@@ -260,11 +248,8 @@ pub fn validate(config: &TrainConfig) -> Result<()> {
             config.eval_log_z_samples
         );
     }
-    match config.env.as_str() {
-        "ebm-2d" => {
-            config.dataset.parse::<Dataset>()?;
-        }
-        "ising" => {
+    match config.env {
+        EnvName::Ising => {
             LatticeIsing::new(config.lattice, config.sigma)?;
             if config.sigma == 0.0 {
                 bail!("invalid sigma = 0: must be non-zero (J = σ·A would have no coupling to learn)");
@@ -286,9 +271,9 @@ pub fn validate(config: &TrainConfig) -> Result<()> {
 /// [`crate::memory`]); `config.env` is an EBM task whose lattice, if any, is valid.
 fn memory_needs(config: &TrainConfig) -> Result<Vec<crate::memory::Need>> {
     use crate::memory::{Need, network_need, trajectory_need};
-    let dim = match config.env.as_str() {
-        "ising" => config.lattice * config.lattice,
-        "digits" => gfn_envs::data::digits::PIXELS,
+    let dim = match config.env {
+        EnvName::Ising => config.lattice * config.lattice,
+        EnvName::Digits => gfn_envs::data::digits::PIXELS,
         _ => synthetic::GrayCode::BITS,
     };
     let env = gfn_envs::binary::BinaryEnv::new(dim)?;
@@ -327,7 +312,7 @@ fn memory_needs(config: &TrainConfig) -> Result<Vec<crate::memory::Need>> {
             l,
         ),
     ];
-    if config.env == "ising" {
+    if config.env == EnvName::Ising {
         needs.push(rows("ising_samples", "the Gibbs samples", config.ising_samples));
     }
     Ok(needs)
@@ -342,8 +327,8 @@ fn joint_config(c: &TrainConfig) -> JointConfig {
         ebm_lr: c.ebm_lr,
         back_ratio: c.back_ratio,
         warmup_k: c.warmup_k,
-        negatives: c.negatives.parse().unwrap_or_default(),
-        accept: c.accept.parse().unwrap_or_default(),
+        negatives: c.negatives,
+        accept: c.accept,
         gfn_steps: c.gfn_steps,
     }
 }
@@ -365,8 +350,8 @@ impl EbmRun {
                 &mut rng,
             )?),
         };
-        let method = match config.ebm_method.as_str() {
-            "pcd" => {
+        let method = match config.ebm_method {
+            EbmMethod::Pcd => {
                 let steps = if config.gibbs_steps == 0 { d } else { config.gibbs_steps };
                 Method::Pcd(Box::new(PcdTrainer::new(
                     ebm,
@@ -377,7 +362,7 @@ impl EbmRun {
                     &mut rng,
                 )?))
             }
-            _ => Method::EbGfn(Box::new(JointTrainer::new(
+            EbmMethod::Ebgfn => Method::EbGfn(Box::new(JointTrainer::new(
                 joint_config(&config),
                 ebm,
                 device,
@@ -401,9 +386,9 @@ impl EbmRun {
     /// A short description for the start line.
     pub fn describe(&self) -> String {
         let c = &self.config;
-        let task = match c.env.as_str() {
-            "ebm-2d" => format!("ebm-2d {}", c.dataset),
-            "ising" => format!("ising {0}×{0} σ {1}", c.lattice, c.sigma),
+        let task = match c.env {
+            EnvName::Ebm2d => format!("ebm-2d {}", c.dataset),
+            EnvName::Ising => format!("ising {0}×{0} σ {1}", c.lattice, c.sigma),
             _ => "digits 8×8".into(),
         };
         let method = match &self.method {

@@ -3,19 +3,18 @@
 use gfn_core::{Env, GfnError, Result};
 use gfn_envs::bayesnet::{BayesNetConfig, BayesNetEnv};
 use gfn_envs::binary::{BinaryEnv, LogDensity};
-use gfn_envs::bitseq::{BitSeqConfig, BitSeqEnv, BitSeqOrder};
+use gfn_envs::bitseq::{BitSeqConfig, BitSeqEnv};
 use gfn_envs::data::ising::LatticeIsing;
-use gfn_envs::{BagEnv, Hypergrid, HypergridReward, SetEnv, SetSize};
+use gfn_envs::{BagEnv, Hypergrid, HypergridReward, SetEnv};
 
 use crate::config::TrainConfig;
+use crate::options::EnvName;
 
-/// The environment names `gfn train --env` accepts.
-pub const ENV_NAMES: &str = "hypergrid, set, bag, bitseq, bayesnet, ising-fixed, ebm-2d, ising, digits";
-
-/// Build the environment of `config`.
+/// Build the environment of `config` (a GFlowNet task: the EBM tasks build theirs in
+/// [`crate::ebm`]).
 pub fn build_env(config: &TrainConfig) -> Result<Box<dyn Env>> {
-    match config.env.as_str() {
-        "hypergrid" => Ok(Box::new(Hypergrid::new(
+    match config.env {
+        EnvName::Hypergrid => Ok(Box::new(Hypergrid::new(
             config.ndim,
             config.height,
             HypergridReward {
@@ -24,18 +23,22 @@ pub fn build_env(config: &TrainConfig) -> Result<Box<dyn Env>> {
                 r2: config.r2,
             },
         )?)),
-        "bag" => Ok(Box::new(BagEnv::new(config.task_seed))),
-        "set" => Ok(Box::new(SetEnv::new(config.size.parse::<SetSize>()?))),
-        "bitseq" => Ok(Box::new(bitseq_env(config)?)),
-        "bayesnet" => Ok(Box::new(BayesNetEnv::new(BayesNetConfig {
+        EnvName::Bag => Ok(Box::new(BagEnv::new(config.task_seed))),
+        EnvName::Set => Ok(Box::new(SetEnv::new(config.size))),
+        EnvName::Bitseq => Ok(Box::new(bitseq_env(config)?)),
+        EnvName::Bayesnet => Ok(Box::new(BayesNetEnv::new(BayesNetConfig {
             num_nodes: config.bn_nodes,
             num_samples: config.bn_samples,
             obs_noise: config.bn_noise,
             data_seed: config.task_seed,
             ..BayesNetConfig::default()
         })?)),
-        "ising-fixed" => Ok(Box::new(ising_fixed_env(config)?)),
-        other => Err(GfnError::invalid("env", other, format!("must be one of: {ENV_NAMES}"))),
+        EnvName::IsingFixed => Ok(Box::new(ising_fixed_env(config)?)),
+        other => Err(GfnError::invalid(
+            "env",
+            other,
+            "is an energy-based-modelling task: it trains through gfn::ebm, not a GFlowNet trainer",
+        )),
     }
 }
 
@@ -60,11 +63,7 @@ pub fn bitseq_env(config: &TrainConfig) -> Result<BitSeqEnv> {
     BitSeqEnv::new(BitSeqConfig {
         n: config.bitseq_length,
         k: config.bitseq_word,
-        order: match config.bitseq_order.as_str() {
-            "append" => BitSeqOrder::Append,
-            "fill" => BitSeqOrder::Fill,
-            other => return Err(GfnError::invalid("bitseq_order", other, "must be append or fill")),
-        },
+        order: config.bitseq_order,
         n_modes: config.bitseq_modes,
         seed: config.task_seed,
         ..BitSeqConfig::default()

@@ -23,6 +23,7 @@ pub mod gradcos;
 pub mod io;
 pub mod led;
 pub mod memory;
+pub mod options;
 pub mod plot;
 pub mod replay;
 pub mod run_dir;

@@ -227,7 +227,7 @@ fn train_cmd(
         let lock = usage(dir.lock_existing())?;
         let cfg = usage(dir.read_config())?;
         set_threads(cfg.threads);
-        if gfn::ebm::is_ebm_env(&cfg.env) {
+        if cfg.env.is_ebm() {
             let t = usage(gfn::ebm::resume(&dir, options.iterations, &device))?;
             eprintln!(
                 "resuming {} at iteration {} of {}",
@@ -252,10 +252,10 @@ fn train_cmd(
                 "runs/{}-{}-{}-seed{}",
                 cfg.env,
                 default_env_tag(&cfg),
-                if gfn::ebm::is_ebm_env(&cfg.env) {
-                    &cfg.ebm_method
+                if cfg.env.is_ebm() {
+                    cfg.ebm_method.name()
                 } else {
-                    &cfg.loss
+                    cfg.loss.name()
                 },
                 cfg.seed
             ))
@@ -265,7 +265,7 @@ fn train_cmd(
         // one holding anything that is not ours.
         let lock = usage(dir.create_new())?;
         set_threads(cfg.threads);
-        if gfn::ebm::is_ebm_env(&cfg.env) {
+        if cfg.env.is_ebm() {
             let t = usage(gfn::ebm::EbmRun::new(cfg, &device))?;
             return ebm_cmd(t, &dir);
         }
@@ -318,15 +318,15 @@ fn new_config(options: ConfigArgs, config: Option<&PathBuf>) -> Result<TrainConf
 }
 
 fn default_env_tag(c: &TrainConfig) -> String {
-    match c.env.as_str() {
-        "set" => return c.size.clone(),
-        "bag" => return format!("modes{}", c.task_seed),
-        "ebm-2d" => return c.dataset.clone(),
-        "ising" | "ising-fixed" => return format!("{0}x{0}-sigma{1}", c.lattice, c.sigma),
-        "digits" => return "8x8".into(),
-        _ => {}
+    use gfn::options::EnvName;
+    match c.env {
+        EnvName::Set => c.size.to_string(),
+        EnvName::Bag => format!("modes{}", c.task_seed),
+        EnvName::Ebm2d => c.dataset.to_string(),
+        EnvName::Ising | EnvName::IsingFixed => format!("{0}x{0}-sigma{1}", c.lattice, c.sigma),
+        EnvName::Digits => "8x8".into(),
+        _ => format!("{}x{}", c.ndim, c.height),
     }
-    format!("{}x{}", c.ndim, c.height)
 }
 
 /// Train an EBM run with a progress bar, then print its summary.
@@ -635,7 +635,7 @@ fn eval_cmd(run: &Path, json: bool, ais: (usize, usize, u64)) -> Result<()> {
     let cfg = dir.read_config()?;
     failure_note(&dir)?;
     set_threads(cfg.threads);
-    if gfn::ebm::is_ebm_env(&cfg.env) {
+    if cfg.env.is_ebm() {
         let t = gfn::ebm::resume(&dir, None, &Device::Cpu)?;
         let start = std::time::Instant::now();
         let (log_z, nll) = t.ais(ais.0, ais.1, ais.2)?;

@@ -10,23 +10,13 @@ use anyhow::{Result, bail};
 use gfn_core::rng::{sample_weighted, uniform};
 use gfn_core::{GfnRng, TrajectoryBatch};
 
-/// How replayed objects are drawn.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Priority {
-    /// Uniformly over the buffer.
-    Uniform,
-    /// In proportion to R(x).
-    Reward,
-}
-
-impl std::str::FromStr for Priority {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "uniform" => Ok(Self::Uniform),
-            "reward" => Ok(Self::Reward),
-            other => bail!("invalid replay_priority = {other}: must be uniform or reward"),
-        }
+gfn_core::choice! {
+    /// How replayed objects are drawn.
+    pub enum Priority("replay_priority") {
+        /// Uniformly over the buffer.
+        Uniform = "uniform",
+        /// In proportion to R(x).
+        Reward = "reward",
     }
 }
 

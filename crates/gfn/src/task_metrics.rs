@@ -22,6 +22,7 @@ use gfn_envs::bayesnet::{self, BayesNetConfig, BayesNetEnv};
 use gfn_envs::bitseq::{BitSeqEnv, BitSeqOrder, DEFAULT_DELTA};
 
 use crate::config::TrainConfig;
+use crate::options::EnvName;
 
 /// Seed of the bit-sequence test set (fixed: every run is scored on the same sequences).
 pub const BITSEQ_TEST_SEED: u64 = 0x7e57;
@@ -55,8 +56,8 @@ pub enum TaskMetrics {
 impl TaskMetrics {
     /// The metrics of `config`'s task (the environment built again from the configuration).
     pub fn new(config: &TrainConfig, env: &dyn Env) -> Result<Self> {
-        Ok(match config.env.as_str() {
-            "bayesnet" if env.name().starts_with("bayesnet") => {
+        Ok(match config.env {
+            EnvName::Bayesnet if env.name().starts_with("bayesnet") => {
                 let bn = BayesNetEnv::new(BayesNetConfig {
                     num_nodes: config.bn_nodes,
                     num_samples: config.bn_samples,
@@ -73,7 +74,7 @@ impl TaskMetrics {
                     posterior,
                 }
             }
-            "bitseq" if env.name().starts_with("bitseq") => {
+            EnvName::Bitseq if env.name().starts_with("bitseq") => {
                 let bs = crate::envs::bitseq_env(config)?;
                 let test = bs.test_set(BITSEQ_TEST_SEED);
                 let sd = bs.state_dim();

@@ -19,6 +19,7 @@ use gfn_objectives::Objective;
 use crate::checkpoint::Checkpoint;
 use crate::config::TrainConfig;
 use crate::io::write_atomic;
+use crate::options::{Engine, LocalSearchAccept};
 
 pub use crate::run_dir::{RunDir, files};
 
@@ -198,7 +199,7 @@ impl Trainer {
         let objective = config.objective()?;
         objective.check_env(env.as_ref())?;
         let mut rng = rng_from_seed(config.seed);
-        let engine_device = match config.engine_device()? {
+        let engine_device = match config.engine_device() {
             Some(Some(n)) => Some(gfn_cuda::cuda_device(n)?),
             Some(None) => Some(Device::Cpu),
             None => None,
@@ -221,7 +222,8 @@ impl Trainer {
         };
         let evaluator = ExactEvaluator::new(env.as_ref()).ok();
         let task = crate::task_metrics::TaskMetrics::new(&config, env.as_ref())?;
-        if config.local_search > 0 && config.local_search_accept == "mh" && env.exit_action().is_some() {
+        if config.local_search > 0 && config.local_search_accept == LocalSearchAccept::Mh && env.exit_action().is_some()
+        {
             bail!(
                 "invalid local_search_accept = mh: on an environment with an exit action ({}) the back-and-forth walk's forward part has a random length, so its reverse-move probability is not the kernel's; use greedy there",
                 env.name()
@@ -229,11 +231,10 @@ impl Trainer {
         }
         // Which objectives may replay is checked by TrainConfig::validate_training.
         let replay = if config.replay_size > 0 {
-            let priority: crate::replay::Priority = config.replay_priority.parse()?;
             Some(crate::replay::ReplayBuffer::new(
                 config.replay_size,
                 env.state_dim(),
-                priority,
+                config.replay_priority,
             ))
         } else {
             None
@@ -258,9 +259,9 @@ impl Trainer {
         };
         let metric_rng = rng_from_seed(config.seed ^ METRIC_STREAM);
         let flops_per_row = useful_flops_per_row(&estimator);
-        let fast = match config.engine.as_str() {
-            "graph" => None,
-            "tape" if !FastPath::supports(&estimator) => {
+        let fast = match config.engine {
+            Engine::Graph => None,
+            Engine::Tape if !FastPath::supports(&estimator) => {
                 bail!("invalid engine = tape: it needs f32 parameters on the CPU")
             }
             _ => FastPath::supports(&estimator).then(FastPath::default),
@@ -323,7 +324,7 @@ impl Trainer {
 
     /// Where training runs: `cpu`, `cpu-kernels`, `cuda` or `cuda:N` (as configured).
     pub fn device_name(&self) -> String {
-        self.config.device.clone()
+        self.config.device.to_string()
     }
 
     /// Profile the device engine's steps (phases in [`Trainer::device_phases`]); false when
@@ -993,12 +994,12 @@ fn local_search<E: Env + ?Sized, P: gfn_core::local_search::StatePolicy + ?Sized
     for b in 0..batch.batch_size {
         let x_new = &proposal.states[b * sd..(b + 1) * sd];
         let delta = env.log_reward(x_new) - batch.log_reward[b];
-        let keep = match config.local_search_accept.as_str() {
-            "mh" => {
+        let keep = match config.local_search_accept {
+            LocalSearchAccept::Mh => {
                 let log_alpha = delta + proposal.log_q_reverse[b] - proposal.log_q_forward[b];
                 log_alpha >= 0.0 || gfn_core::rng::uniform(rng).ln() < log_alpha
             }
-            _ => delta >= 0.0,
+            LocalSearchAccept::Greedy => delta >= 0.0,
         };
         out.extend_from_slice(if keep { x_new } else { batch.terminal_state(b) });
     }

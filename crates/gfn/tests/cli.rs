@@ -79,7 +79,7 @@ fn forward_looking_db_learns_a_small_set_task() {
     for loss in ["db", "fl-db", "fl-subtb", "led-db", "led-subtb"] {
         let env = SetEnv::with_energies(energies.clone(), 3).unwrap();
         let config = TrainConfig {
-            loss: loss.into(),
+            loss: loss.parse().unwrap(),
             hidden: 64,
             iterations: 800,
             eval_every: 100,
@@ -131,7 +131,7 @@ fn grid_2x6(loss: &str) -> TrainConfig {
         ndim: 2,
         height: 6,
         hidden: 64,
-        loss: loss.into(),
+        loss: loss.parse().unwrap(),
         iterations: 1500,
         eval_every: 100,
         ..TrainConfig::default()
@@ -195,7 +195,7 @@ fn replay_trains_to_the_target() {
         let config = TrainConfig {
             replay_size: 256,
             replay_batch: 8,
-            replay_priority: "reward".into(),
+            replay_priority: gfn::replay::Priority::Reward,
             ..grid_2x6(loss)
         };
         let (t, summary) = train_small(&format!("target-replay-{loss}"), config);
@@ -232,7 +232,7 @@ fn policy_gradient_variants_reach_the_target() {
         let config = TrainConfig {
             ndim: 2,
             height: 8,
-            loss: loss.into(),
+            loss: loss.parse().unwrap(),
             // The trust-region step moves the P_F network alone.
             shared_trunk: loss != "pg-trpo",
             hidden: 64,

@@ -122,6 +122,8 @@ impl FromStr for Dataset {
     }
 }
 
+gfn_core::string_serde!(Dataset);
+
 /// Two independent standard normal draws by the Box–Muller transform:
 /// `r = √(−2 ln U₁)`, `(r cos 2πU₂, r sin 2πU₂)`, with `U₁ ∈ (0, 1]` so the logarithm is finite.
 pub fn standard_normal_pair(rng: &mut GfnRng) -> [f64; 2] {
