@@ -14,7 +14,7 @@ Each case is classified:
   timeout         still running after --timeout seconds
   other           any other exit
 
-Usage (after `cargo build --release -p gfn`):
+Usage (after `cargo build --release -p gfn-cli`):
     python3 benches/cli_fuzz.py                       # every task, about an hour on one core
     python3 benches/cli_fuzz.py --quick               # one small task (CI: a minute or two)
     python3 benches/cli_fuzz.py --binary PATH --out DIR --jobs 2 --memory-ceiling-mb 4000

@@ -4,7 +4,7 @@
 # has created the torchgfn virtual environment in target/peers/torchgfn-venv)
 set -e
 cd "$(dirname "$0")/../.."
-cargo build --release -p gfn >/dev/null 2>&1
+cargo build --release -p gfn-cli >/dev/null 2>&1
 out=$(mktemp -d)
 export RAYON_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 PY=target/peers/torchgfn-venv/bin/python

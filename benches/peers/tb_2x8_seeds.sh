@@ -12,7 +12,7 @@ first=${1:-0}
 last=${2:-26}
 out=${3:-target/tb-2x8-seeds}
 mkdir -p "$out"
-cargo build --release -p gfn >/dev/null 2>&1
+cargo build --release -p gfn-cli >/dev/null 2>&1
 export RAYON_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 PY=target/peers/torchgfn-venv/bin/python
 runs="$out/runs.jsonl"

@@ -11,7 +11,7 @@
 # mean ± sample std over seeds.
 set -euo pipefail
 out=${1:-target/seed001-modes}
-cargo build --release -q -p gfn
+cargo build --release -q -p gfn-cli
 gfn=target/release/gfn
 mkdir -p "$out"
 tasks=("2x32:--ndim 2 --height 32 --r0 0.001 --iterations 5000 --eval-every 500"

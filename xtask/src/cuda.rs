@@ -252,7 +252,7 @@ pub fn check_cuda(opts: &CheckCuda) -> Result<()> {
         }
         Ok(())
     };
-    run(&["build", "--release", "-p", "gfn", "--features", "cuda"])?;
+    run(&["build", "--release", "-p", "gfn-cli", "--features", "cuda"])?;
     let driver = Command::new("sh")
         .args(["-c", "ldconfig -p 2>/dev/null | grep -q 'libcuda.so.1 '"])
         .status()

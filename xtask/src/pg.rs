@@ -115,7 +115,7 @@ const BN_GUIDE_FLOOR: f64 = 80.0;
 /// like the exact tasks.
 const BITSEQ_ITERATIONS: u32 = 1_500;
 
-/// The 2×8 bar group (the project's issue 6, as `crates/gfn/tests/cli.rs` checks it): R0 0.1.
+/// The 2×8 bar group (the project's issue 6, as `crates/gfn-cli/tests/cli.rs` checks it): R0 0.1.
 const BAR_R0: f64 = 0.1;
 /// 2×8 bar: batch 16.
 const BAR_BATCH: u32 = 16;

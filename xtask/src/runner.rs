@@ -61,12 +61,12 @@ pub fn gfn_for(layout: &Layout, device: &str, prebuilt: Option<&Path>) -> Result
     }
 }
 
-/// `cargo build --release -p gfn`; returns the binary.
+/// `cargo build --release -p gfn-cli`; returns the binary.
 pub fn build_gfn(layout: &Layout) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("building gfn: cargo build --release -p gfn");
+    eprintln!("building gfn: cargo build --release -p gfn-cli");
     let status = Command::new(&cargo)
-        .args(["build", "--release", "-p", "gfn"])
+        .args(["build", "--release", "-p", "gfn-cli"])
         .current_dir(&layout.root)
         .stdin(Stdio::null())
         .stdout(our_stderr())
@@ -74,7 +74,7 @@ pub fn build_gfn(layout: &Layout) -> Result<PathBuf> {
         .status()
         .context("cannot run cargo")?;
     if !status.success() {
-        bail!("cargo build --release -p gfn failed ({status})");
+        bail!("cargo build --release -p gfn-cli failed ({status})");
     }
     let bin = layout.gfn_binary();
     if !bin.is_file() {
@@ -83,14 +83,14 @@ pub fn build_gfn(layout: &Layout) -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// `cargo build --release -p gfn --features cuda` into `target/cuda` (nvcc on PATH or in
+/// `cargo build --release -p gfn-cli --features cuda` into `target/cuda` (nvcc on PATH or in
 /// `$CUDA_HOME`; see docs/CUDA.md); returns the binary.
 pub fn build_gfn_cuda(layout: &Layout) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let target = layout.target.join("cuda");
-    eprintln!("building gfn with CUDA: cargo build --release -p gfn --features cuda (target/cuda)");
+    eprintln!("building gfn with CUDA: cargo build --release -p gfn-cli --features cuda (target/cuda)");
     let status = Command::new(&cargo)
-        .args(["build", "--release", "-p", "gfn", "--features", "cuda"])
+        .args(["build", "--release", "-p", "gfn-cli", "--features", "cuda"])
         .env("CARGO_TARGET_DIR", &target)
         .current_dir(&layout.root)
         .stdin(Stdio::null())
@@ -99,7 +99,7 @@ pub fn build_gfn_cuda(layout: &Layout) -> Result<PathBuf> {
         .status()
         .context("cannot run cargo")?;
     if !status.success() {
-        bail!("cargo build --release -p gfn --features cuda failed ({status}); see docs/CUDA.md");
+        bail!("cargo build --release -p gfn-cli --features cuda failed ({status}); see docs/CUDA.md");
     }
     let bin = target.join("release").join("gfn");
     if !bin.is_file() {

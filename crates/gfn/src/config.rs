@@ -33,10 +33,11 @@ macro_rules! config {
         }
 
         /// Options as given on the command line or in a TOML file; `None` = not given.
-        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
+        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+        #[cfg_attr(feature = "clap", derive(clap::Args))]
         #[serde(deny_unknown_fields)]
         pub struct ConfigArgs {
-            $( $(#[$doc])* #[arg(long)] pub $field: Option<$ty>, )*
+            $( $(#[$doc])* #[cfg_attr(feature = "clap", arg(long))] pub $field: Option<$ty>, )*
         }
 
         impl Default for TrainConfig {

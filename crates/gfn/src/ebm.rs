@@ -1,9 +1,7 @@
 //! `gfn train --env ebm-2d | ising | digits`: an energy-based model trained by EB-GFN (with a
 //! GFlowNet sampler, [`gfn_ebm::JointTrainer`]) or by the PCD baseline
-//! ([`gfn_ebm::PcdTrainer`]), with the foundation's run directory: `config.toml`,
-//! `metrics.jsonl` (one [`EbmRecord`] per evaluation), an atomic `checkpoint.safetensors` that
-//! `--resume` continues bit for bit, `timing.json`, `summary.json` and, for 2D data,
-//! `samples.png` (decoded model samples beside the data).
+//! ([`gfn_ebm::PcdTrainer`]): [`EbmRun`] steps, evaluates (one [`EbmRecord`] per evaluation),
+//! checkpoints and restores bit for bit; gfn-cli's run driver writes its run directory.
 //!
 //! Tasks (papers.md §2.3–2.5): the seven 2D distributions quantised to 32 bits (fresh data every
 //! batch and every evaluation), lattice Ising models (training data Gibbs-sampled in Rust from the
@@ -26,9 +24,8 @@ use gfn_envs::data::synthetic::{self, Dataset};
 
 use crate::checkpoint::{AuxData, Checkpoint, restore_adam, save_adam};
 use crate::config::TrainConfig;
-use crate::io::write_atomic;
 use crate::options::{EbmMethod, EnvName};
-use crate::train::{EvalTiming, RunDir, files, kept_on_resume};
+use crate::train::EvalTiming;
 
 /// Salt of the evaluation RNG streams (`seed ^ EVAL_STREAM ^ iteration`).
 const EVAL_STREAM: u64 = 0x6562_6d5f_6576_616c;
@@ -215,14 +212,6 @@ pub struct EbmRun {
     pub eval_timing: Vec<EvalTiming>,
     window: Window,
     device: Device,
-}
-
-/// Observer of an EBM run's progress.
-pub trait EbmProgress {
-    /// After each iteration.
-    fn on_step(&mut self, iteration: u64, ebm_loss: f64);
-    /// After each evaluation.
-    fn on_eval(&mut self, record: &EbmRecord);
 }
 
 /// Check the EBM fields of `config`, naming the bad one.
@@ -565,6 +554,19 @@ impl EbmRun {
         Ok(rec)
     }
 
+    /// A 2D task's data and model samples (4,000 each, from the evaluation stream), decoded to
+    /// points; `None` for the other tasks.
+    pub fn sample_pairs(&self) -> Result<Option<[Vec<[f64; 2]>; 2]>> {
+        let Task::Synthetic(ds) = &self.task else {
+            return Ok(None);
+        };
+        let mut rng = rng_from_seed(self.config.seed ^ EVAL_STREAM);
+        let data = synthetic::sample_bits(*ds, MMD_SAMPLES, &mut rng);
+        let model = self.model_samples(MMD_SAMPLES, &mut rng)?;
+        let code = ds.gray_code();
+        Ok(Some([code.decode_batch(&data)?, code.decode_batch(&model)?]))
+    }
+
     /// `n` samples of the model: GFlowNet samples (EB-GFN) or the persistent chains (PCD, as
     /// many as there are).
     fn model_samples(&self, n: usize, rng: &mut GfnRng) -> Result<Vec<i32>> {
@@ -712,146 +714,6 @@ fn u64_from(v: &[u32]) -> Result<u64> {
         [lo, hi] => Ok(u64::from(*lo) | (u64::from(*hi) << 32)),
         _ => bail!("a u64 is stored as 2 U32 values, found {}", v.len()),
     }
-}
-
-/// Timing file of an EBM run.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct EbmTiming {
-    iteration: u64,
-    wall_seconds: f64,
-    evals: Vec<EvalTiming>,
-}
-
-fn write_metrics(dir: &RunDir, history: &[EbmRecord]) -> Result<()> {
-    let mut text = String::new();
-    for r in history {
-        text.push_str(&serde_json::to_string(r)?);
-        text.push('\n');
-    }
-    write_atomic(&dir.file(files::METRICS), text.as_bytes())
-}
-
-fn read_metrics(dir: &RunDir) -> Result<Vec<EbmRecord>> {
-    let p = dir.file(files::METRICS);
-    let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
-    text.lines()
-        .enumerate()
-        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{} line {} is not valid", p.display(), i + 1)))
-        .collect()
-}
-
-/// Save `ck` after `timing.json`, which keeps the previous checkpoint's entry.
-fn save(run: &EbmRun, dir: &RunDir, ck: &Checkpoint) -> Result<()> {
-    let timing = EbmTiming {
-        iteration: run.iteration,
-        wall_seconds: run.wall_seconds,
-        evals: run.eval_timing.clone(),
-    };
-    dir.write_timing(&timing)?;
-    ck.save(&dir.file(files::CHECKPOINT))
-}
-
-/// The caller holds the directory's lock; on an error `failed.json` says where and why the run
-/// stopped, and the directory keeps its last valid state.
-pub fn run(t: &mut EbmRun, dir: &RunDir, progress: &mut dyn EbmProgress) -> Result<serde_json::Value> {
-    let mut last_checkpoint = dir.file(files::CHECKPOINT).exists().then_some(t.iteration);
-    let result = run_steps(t, dir, progress, &mut last_checkpoint);
-    if let Err(e) = &result {
-        dir.note_failure(t.iteration, last_checkpoint, e)?;
-    }
-    result
-}
-
-fn run_steps(
-    t: &mut EbmRun,
-    dir: &RunDir,
-    progress: &mut dyn EbmProgress,
-    last_checkpoint: &mut Option<u64>,
-) -> Result<serde_json::Value> {
-    let total = t.config.iterations as u64;
-    let every = t.config.eval_every as u64;
-    crate::io::ensure_writable_dir(&dir.path)?;
-    dir.clear_failure()?;
-    dir.write_config(&t.config)?;
-    let checkpoint = |t: &mut EbmRun, progress: &mut dyn EbmProgress, last: &mut Option<u64>| -> Result<()> {
-        let rec = t.evaluate(t.iteration == total)?;
-        // Nothing is written for a state that is not valid.
-        let ck = t.checkpoint()?;
-        if let Some(name) = ck.non_finite() {
-            bail!(
-                "training stopped: {name} is not finite after iteration {} (the run diverged; lower the learning rates); the run directory keeps its last valid state",
-                t.iteration
-            );
-        }
-        write_metrics(dir, &t.history)?;
-        save(t, dir, &ck)?;
-        *last = Some(t.iteration);
-        progress.on_eval(&rec);
-        Ok(())
-    };
-    while t.iteration < total {
-        let loss = t.step()?;
-        progress.on_step(t.iteration, loss);
-        if t.iteration.is_multiple_of(every) || t.iteration == total {
-            checkpoint(t, progress, last_checkpoint)?;
-        }
-    }
-    if t.history.last().is_none_or(|r| r.iteration != t.iteration) {
-        checkpoint(t, progress, last_checkpoint)?;
-    }
-    if let Task::Synthetic(ds) = &t.task {
-        let mut rng = rng_from_seed(t.config.seed ^ EVAL_STREAM);
-        let data = synthetic::sample_bits(*ds, MMD_SAMPLES, &mut rng);
-        let model = t.model_samples(MMD_SAMPLES, &mut rng)?;
-        let code = ds.gray_code();
-        crate::plot::samples_png(
-            &dir.file("samples.png"),
-            &code.decode_batch(&data)?,
-            &code.decode_batch(&model)?,
-        )?;
-    }
-    let summary = summary_json(t);
-    write_atomic(
-        &dir.file(files::SUMMARY),
-        serde_json::to_string_pretty(&summary)?.as_bytes(),
-    )?;
-    Ok(summary)
-}
-
-/// Load the run in `dir` to continue it up to `iterations` (default: its own total).
-pub fn resume(dir: &RunDir, iterations: Option<usize>, device: &Device) -> Result<EbmRun> {
-    let mut config = dir.read_config()?;
-    if let Some(n) = iterations {
-        config.iterations = n;
-    }
-    let ck = Checkpoint::load(&dir.file(files::CHECKPOINT))?;
-    ck.check_config(&config.binding_hash(), &dir.path)?;
-    let mut t = EbmRun::new(config, device)?;
-    t.restore(&ck)
-        .with_context(|| format!("checkpoint in {} does not match its config.toml", dir.path.display()))?;
-    if (t.config.iterations as u64) < t.iteration {
-        bail!(
-            "invalid iterations = {}: the run in {} already has {} iterations",
-            t.config.iterations,
-            dir.path.display(),
-            t.iteration
-        );
-    }
-    let timing: EbmTiming = dir.read_timing(ck.iteration)?;
-    t.wall_seconds = timing.wall_seconds;
-    let every = t.config.eval_every as u64;
-    let total = t.config.iterations as u64;
-    let ck_iter = t.iteration;
-    t.history = read_metrics(dir)?
-        .into_iter()
-        .filter(|r| kept_on_resume(r.iteration, ck_iter, every, total))
-        .collect();
-    t.eval_timing = timing
-        .evals
-        .into_iter()
-        .filter(|e| kept_on_resume(e.iteration, ck_iter, every, total))
-        .collect();
-    Ok(t)
 }
 
 /// The `summary.json` of a finished EBM run.

@@ -18,10 +18,7 @@ use gfn_objectives::Objective;
 
 use crate::checkpoint::Checkpoint;
 use crate::config::TrainConfig;
-use crate::io::write_atomic;
 use crate::options::{Engine, LocalSearchAccept};
-
-pub use crate::run_dir::{RunDir, files};
 
 /// Salt of the measurement samples' RNG stream (`seed ^ METRIC_STREAM`).
 const METRIC_STREAM: u64 = 0x6d65_6173_7572_6521;
@@ -1100,26 +1097,6 @@ fn led_offsets(
     Ok(Some(offsets))
 }
 
-/// `timing.json`: the run's clock, apart from the bit-reproducible files.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct Timing {
-    /// Iterations completed at the last checkpoint.
-    pub iteration: u64,
-    /// Training-loop seconds (evaluations and I/O excluded).
-    pub wall_seconds: f64,
-    /// Useful floating-point operations so far (see [`Trainer::useful_flops`]).
-    pub useful_flops: f64,
-    /// Training seconds at every evaluation.
-    pub evals: Vec<EvalTiming>,
-    /// Seconds of LED's potential updates (inside `wall_seconds`).
-    #[serde(default)]
-    pub led_seconds: f64,
-    /// Seconds of the measurement samples (outside `wall_seconds`).
-    #[serde(default)]
-    pub metric_seconds: f64,
-}
-
 /// Useful FLOPs per evaluated state: for every network, a forward pass (`2·in·out` per layer)
 /// and a backward pass (`2·in·out` for the weight gradient of every layer, and as much again for
 /// the input gradient of every layer but the first).
@@ -1136,78 +1113,6 @@ pub fn useful_flops_per_row(est: &Estimator) -> f64 {
                 .sum::<f64>()
         })
         .sum()
-}
-
-impl RunDir {
-    /// Rewrite `metrics.jsonl` atomically from the history.
-    pub fn write_metrics(&self, history: &[EvalRecord]) -> Result<()> {
-        let mut text = String::new();
-        for r in history {
-            text.push_str(&serde_json::to_string(r)?);
-            text.push('\n');
-        }
-        write_atomic(&self.file(files::METRICS), text.as_bytes())
-    }
-    /// Read `metrics.jsonl`.
-    pub fn read_metrics(&self) -> Result<Vec<EvalRecord>> {
-        let p = self.file(files::METRICS);
-        let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
-        text.lines()
-            .enumerate()
-            .map(|(i, l)| {
-                serde_json::from_str(l).with_context(|| format!("{} line {} is not valid", p.display(), i + 1))
-            })
-            .collect()
-    }
-    /// Load a trained model from the directory's configuration and checkpoint.
-    pub fn load_trainer(&self, device: &Device) -> Result<Trainer> {
-        let config = self.read_config()?;
-        let ck = self.load_checkpoint(&config)?;
-        let mut t = Trainer::new(config, device)?;
-        t.restore(&ck)
-            .with_context(|| format!("checkpoint in {} does not match its config.toml", self.path.display()))?;
-        let timing: Timing = self.read_timing(ck.iteration)?;
-        t.wall_seconds = timing.wall_seconds;
-        t.useful_flops = timing.useful_flops;
-        t.eval_timing = timing.evals;
-        t.led_seconds = timing.led_seconds;
-        t.metric_seconds = timing.metric_seconds;
-        Ok(t)
-    }
-
-    /// The checkpoint, verified (checksum) and checked against `config` (the binding hash); a
-    /// run that stopped before its first valid checkpoint says so.
-    pub fn load_checkpoint(&self, config: &TrainConfig) -> Result<Checkpoint> {
-        let p = self.file(files::CHECKPOINT);
-        if !p.exists()
-            && let Some(f) = self.read_failure()?
-        {
-            bail!(
-                "{} holds no valid state: the run stopped at iteration {} before its first checkpoint: {}",
-                self.path.display(),
-                f.iteration,
-                f.reason
-            );
-        }
-        let ck = Checkpoint::load(&p)?;
-        ck.check_config(&config.binding_hash(), &self.path)?;
-        Ok(ck)
-    }
-
-    /// Save `ck`, the checkpoint of `t`, and the training time of `t`: `timing.json` first (it
-    /// keeps the previous checkpoint's entry), then the checkpoint.
-    pub fn save_checkpoint(&self, t: &Trainer, ck: &Checkpoint) -> Result<()> {
-        let timing = Timing {
-            iteration: t.iteration,
-            wall_seconds: t.wall_seconds,
-            useful_flops: t.useful_flops,
-            evals: t.eval_timing.clone(),
-            led_seconds: t.led_seconds,
-            metric_seconds: t.metric_seconds,
-        };
-        self.write_timing(&timing)?;
-        ck.save(&self.file(files::CHECKPOINT))
-    }
 }
 
 /// The checkpoint of `t` after an evaluation, refused (with the reason) where the state is not
@@ -1231,106 +1136,4 @@ pub fn valid_checkpoint(t: &Trainer, rec: &EvalRecord) -> Result<Checkpoint> {
         );
     }
     Ok(ck)
-}
-
-/// Observer of training progress (the CLI's progress bar).
-pub trait Progress {
-    /// After each iteration.
-    fn on_step(&mut self, iteration: u64, loss: f64);
-    /// After each evaluation.
-    fn on_eval(&mut self, record: &EvalRecord);
-}
-
-/// No progress output.
-pub struct Silent;
-impl Progress for Silent {
-    fn on_step(&mut self, _: u64, _: f64) {}
-    fn on_eval(&mut self, _: &EvalRecord) {}
-}
-
-/// Train `t` up to `t.config.iterations`, writing metrics and checkpoints into `dir` at every
-/// evaluation and a final evaluation, checkpoint and summary at the end. The caller holds the
-/// directory's lock ([`RunDir::create_new`], [`RunDir::lock_existing`]). On an error the
-/// directory keeps its last valid state and `failed.json` says where and why the run stopped.
-pub fn run(t: &mut Trainer, dir: &RunDir, progress: &mut dyn Progress) -> Result<serde_json::Value> {
-    let mut last_checkpoint = dir.file(files::CHECKPOINT).exists().then_some(t.iteration);
-    let result = run_steps(t, dir, progress, &mut last_checkpoint);
-    if let Err(e) = &result {
-        dir.note_failure(t.iteration, last_checkpoint, e)?;
-    }
-    result
-}
-
-fn run_steps(
-    t: &mut Trainer,
-    dir: &RunDir,
-    progress: &mut dyn Progress,
-    last_checkpoint: &mut Option<u64>,
-) -> Result<serde_json::Value> {
-    let total = t.config.iterations as u64;
-    let every = t.config.eval_every as u64;
-    crate::io::ensure_writable_dir(&dir.path)?;
-    dir.clear_failure()?;
-    dir.write_config(&t.config)?;
-    let checkpoint = |t: &mut Trainer, progress: &mut dyn Progress, last: &mut Option<u64>| -> Result<()> {
-        let rec = t.evaluate()?;
-        let ck = valid_checkpoint(t, &rec)?;
-        dir.write_metrics(&t.history)?;
-        dir.save_checkpoint(t, &ck)?;
-        *last = Some(t.iteration);
-        progress.on_eval(&rec);
-        Ok(())
-    };
-    while t.iteration < total {
-        let loss = t.step()?;
-        progress.on_step(t.iteration, loss);
-        if t.iteration.is_multiple_of(every) || t.iteration == total {
-            checkpoint(t, progress, last_checkpoint)?;
-        }
-    }
-    if t.history.last().is_none_or(|r| r.iteration != t.iteration) {
-        // Resumed at the end of an earlier run: the final evaluation is still due.
-        checkpoint(t, progress, last_checkpoint)?;
-    }
-    let summary = summary_json(t);
-    write_atomic(
-        &dir.file(files::SUMMARY),
-        serde_json::to_string_pretty(&summary)?.as_bytes(),
-    )?;
-    Ok(summary)
-}
-
-/// Whether an evaluation at `iteration` survives a resume from a checkpoint at `checkpoint`
-/// towards `total` iterations evaluated every `every`: it must precede the checkpoint and be one
-/// an uninterrupted run to `total` makes (periodic, or the final one at `total`).
-pub fn kept_on_resume(iteration: u64, checkpoint: u64, every: u64, total: u64) -> bool {
-    iteration <= checkpoint && (iteration.is_multiple_of(every) || iteration == total)
-}
-
-/// Prepare a trainer that continues the run in `dir` up to `iterations` (default: its own total).
-/// Evaluation lines after the checkpoint, and a final evaluation that an uninterrupted run to the
-/// new total would not have made, are dropped, so the continued run ends with the same files.
-pub fn resume(dir: &RunDir, iterations: Option<usize>, device: &Device) -> Result<Trainer> {
-    let mut t = dir.load_trainer(device)?;
-    if let Some(n) = iterations {
-        if (n as u64) < t.iteration {
-            bail!(
-                "invalid iterations = {n}: the run in {} already has {} iterations",
-                dir.path.display(),
-                t.iteration
-            );
-        }
-        t.config.iterations = n;
-    }
-    let every = t.config.eval_every as u64;
-    let total = t.config.iterations as u64;
-    let ck_iter = t.iteration;
-    t.history = dir
-        .read_metrics()?
-        .into_iter()
-        .filter(|r| kept_on_resume(r.iteration, ck_iter, every, total))
-        .collect();
-    t.eval_timing
-        .retain(|e| kept_on_resume(e.iteration, ck_iter, every, total));
-    Ok(t)
 }

@@ -10,7 +10,10 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use gfn::config::{ConfigArgs, TrainConfig};
-use gfn::train::{self, EvalRecord, Progress, RunDir, files};
+use gfn::ebm::{EbmRecord, EbmRun};
+use gfn::train::{EvalRecord, Trainer};
+use gfn_cli::driver::{self, Progress};
+use gfn_cli::run_dir::{RunDir, files};
 use gfn_core::fast::Inference;
 use gfn_core::{Sampler, SamplingOptions, TrajectoryBatch, rng_from_seed};
 
@@ -228,7 +231,7 @@ fn train_cmd(
         let cfg = usage(dir.read_config())?;
         set_threads(cfg.threads);
         if cfg.env.is_ebm() {
-            let t = usage(gfn::ebm::resume(&dir, options.iterations, &device))?;
+            let t = usage(driver::resume::<EbmRun>(&dir, options.iterations, &device))?;
             eprintln!(
                 "resuming {} at iteration {} of {}",
                 dir.path.display(),
@@ -237,7 +240,7 @@ fn train_cmd(
             );
             return ebm_cmd(t, &dir);
         }
-        let t = usage(train::resume(&dir, options.iterations, &device))?;
+        let t = usage(driver::resume::<Trainer>(&dir, options.iterations, &device))?;
         eprintln!(
             "resuming {} at iteration {} of {}",
             dir.path.display(),
@@ -266,10 +269,10 @@ fn train_cmd(
         let lock = usage(dir.create_new())?;
         set_threads(cfg.threads);
         if cfg.env.is_ebm() {
-            let t = usage(gfn::ebm::EbmRun::new(cfg, &device))?;
+            let t = usage(EbmRun::new(cfg, &device))?;
             return ebm_cmd(t, &dir);
         }
-        let t = usage(gfn::train::Trainer::new(cfg, &device))?;
+        let t = usage(Trainer::new(cfg, &device))?;
         (t, dir, lock)
     };
     let c = &trainer.config;
@@ -286,7 +289,7 @@ fn train_cmd(
         dir.path.display()
     );
     let mut bar = Bar::new(c.iterations as u64, trainer.iteration);
-    let summary = failure(train::run(&mut trainer, &dir, &mut bar))?;
+    let summary = failure(driver::run(&mut trainer, &dir, &mut bar))?;
     bar.bar.finish_and_clear();
     print_summary(&summary, &dir.path);
     Ok(())
@@ -330,7 +333,7 @@ fn default_env_tag(c: &TrainConfig) -> String {
 }
 
 /// Train an EBM run with a progress bar, then print its summary.
-fn ebm_cmd(mut t: gfn::ebm::EbmRun, dir: &RunDir) -> Result<(), Fatal> {
+fn ebm_cmd(mut t: EbmRun, dir: &RunDir) -> Result<(), Fatal> {
     eprintln!(
         "training {} on cpu | batch {} | {} iterations | seed {} | out {}",
         t.describe(),
@@ -343,7 +346,7 @@ fn ebm_cmd(mut t: gfn::ebm::EbmRun, dir: &RunDir) -> Result<(), Fatal> {
         bar: Bar::new(t.config.iterations as u64, t.iteration).bar,
         last: String::new(),
     };
-    let s = failure(gfn::ebm::run(&mut t, dir, &mut bar))?;
+    let s = failure(driver::run(&mut t, dir, &mut bar))?;
     bar.bar.finish_and_clear();
     let f = |p: &str| {
         s.pointer(p)
@@ -411,14 +414,14 @@ struct EbmBar {
     last: String,
 }
 
-impl gfn::ebm::EbmProgress for EbmBar {
+impl Progress<EbmRecord> for EbmBar {
     fn on_step(&mut self, iteration: u64, loss: f64) {
         if iteration.is_multiple_of(10) {
             self.bar.set_position(iteration);
             self.bar.set_message(format!("EBM loss {loss:.4}{}", self.last));
         }
     }
-    fn on_eval(&mut self, r: &gfn::ebm::EbmRecord) {
+    fn on_eval(&mut self, r: &EbmRecord) {
         self.last = match (r.ebm_nll, r.neg_log_rmse) {
             (Some(n), _) => format!(" | NLL {:.3}", n.value),
             (_, Some(v)) => format!(" | −log RMSE {v:.3}"),
@@ -445,7 +448,7 @@ impl Bar {
     }
 }
 
-impl Progress for Bar {
+impl Progress<EvalRecord> for Bar {
     fn on_step(&mut self, iteration: u64, loss: f64) {
         if iteration.is_multiple_of(10) {
             self.bar.set_position(iteration);
@@ -572,7 +575,7 @@ fn sample_cmd(run: &Path, n: i64, seed: u64, out: &Path) -> Result<()> {
     let cfg = dir.read_config()?;
     failure_note(&dir)?;
     set_threads(cfg.threads);
-    let t = dir.load_trainer(&Device::Cpu)?;
+    let t = driver::load::<Trainer>(&dir, &Device::Cpu)?;
     // Opened before sampling: a bad --out fails at once, and rows stream to it (memory stays
     // one chunk whatever n is); it replaces `out` only when complete.
     let mut file = gfn::io::AtomicWriter::create(out)?;
@@ -636,7 +639,7 @@ fn eval_cmd(run: &Path, json: bool, ais: (usize, usize, u64)) -> Result<()> {
     failure_note(&dir)?;
     set_threads(cfg.threads);
     if cfg.env.is_ebm() {
-        let t = gfn::ebm::resume(&dir, None, &Device::Cpu)?;
+        let t = driver::resume::<EbmRun>(&dir, None, &Device::Cpu)?;
         let start = std::time::Instant::now();
         let (log_z, nll) = t.ais(ais.0, ais.1, ais.2)?;
         let seconds = start.elapsed().as_secs_f64();
@@ -678,7 +681,7 @@ fn eval_cmd(run: &Path, json: bool, ais: (usize, usize, u64)) -> Result<()> {
         }
         return Ok(());
     }
-    let mut t = dir.load_trainer(&Device::Cpu)?;
+    let mut t = driver::load::<Trainer>(&dir, &Device::Cpu)?;
     if t.evaluator.is_none() {
         bail!("environment {} is not enumerable: no exact metrics", t.env.name());
     }
@@ -714,7 +717,7 @@ fn speed_sample_cmd(options: ConfigArgs, rounds: usize, warmup: usize) -> Result
     let cfg: TrainConfig = usage(options.resolve(ConfigArgs::default(), "").map_err(anyhow::Error::from))?;
     usage(cfg.validate().map_err(anyhow::Error::from))?;
     set_threads(cfg.threads);
-    let t = usage(gfn::train::Trainer::new(cfg, &Device::Cpu))?;
+    let t = usage(Trainer::new(cfg, &Device::Cpu))?;
     failure((|| -> Result<()> {
         let env = t.env.as_ref();
         let n = t.config.batch_size;
@@ -778,7 +781,7 @@ fn speed_train_cmd(options: ConfigArgs, rounds: usize, warmup: usize, profile: b
     usage(cfg.validate().map_err(anyhow::Error::from))?;
     usage(cfg.check_given(&given).map_err(anyhow::Error::from))?;
     set_threads(cfg.threads);
-    let mut t = usage(gfn::train::Trainer::new(cfg, &Device::Cpu))?;
+    let mut t = usage(Trainer::new(cfg, &Device::Cpu))?;
     failure((|| -> Result<()> {
         let mut ms = Vec::with_capacity(rounds);
         let mut last = f64::NAN;

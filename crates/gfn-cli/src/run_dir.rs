@@ -6,7 +6,7 @@
 //!   process is refused, naming the holder.
 //! * **No foreign folder overwritten.** A new run goes only into a folder that does not exist or
 //!   holds nothing but gfn's own lock and temporary files.
-//! * **Atomic files** ([`crate::io::write_atomic`]); temporary files a killed process left
+//! * **Atomic files** ([`gfn::io::write_atomic`]); temporary files a killed process left
 //!   behind are removed when the next process takes the lock.
 //! * **A failure note.** A run that stops on an error writes `failed.json` (the iteration and
 //!   the reason); its last valid state stays as it was, and `gfn eval` says what happened.
@@ -21,8 +21,8 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::config::TrainConfig;
-use crate::io::write_atomic;
+use gfn::config::TrainConfig;
+use gfn::io::write_atomic;
 
 /// File names inside a run directory.
 pub mod files {
@@ -141,7 +141,7 @@ impl RunDir {
         if self.path.exists() && !self.path.is_dir() {
             bail!("--out {} is a file, not a directory", self.path.display());
         }
-        crate::io::ensure_writable_dir(&self.path)?;
+        gfn::io::ensure_writable_dir(&self.path)?;
         let lock = self.lock()?;
         if self.file(files::CHECKPOINT).exists() {
             bail!(

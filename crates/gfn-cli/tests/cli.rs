@@ -7,7 +7,10 @@ use std::process::{Command, Output};
 
 use candle_core::Device;
 use gfn::config::TrainConfig;
-use gfn::train::{RunDir, Silent, Trainer, run};
+use gfn::train::EvalRecord;
+use gfn::train::Trainer;
+use gfn_cli::driver::{Silent, read_metrics, run};
+use gfn_cli::run_dir::RunDir;
 
 fn gfn(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_gfn"))
@@ -701,7 +704,7 @@ fn non_finite_loss_stops_training_cleanly() {
     let failure = rd.read_failure().unwrap().expect("failed.json");
     assert!(failure.reason.contains("not finite"), "{failure:?}");
     if dir.join("metrics.jsonl").exists() {
-        for r in rd.read_metrics().unwrap() {
+        for r in read_metrics::<EvalRecord>(&rd).unwrap() {
             assert!(r.exact.is_some_and(|e| e.dist.tv.is_finite()), "{r:?}");
         }
     }
@@ -782,7 +785,11 @@ fn a_run_directory_has_one_writer() {
     first.wait().unwrap();
     // A temporary file as a kill mid-write leaves it.
     std::fs::write(dir.join(".timing.json.4242.tmp"), b"{").unwrap();
-    let done = RunDir::new(&dir).read_metrics().unwrap().last().unwrap().iteration;
+    let done = read_metrics::<EvalRecord>(&RunDir::new(&dir))
+        .unwrap()
+        .last()
+        .unwrap()
+        .iteration;
     let n = done.to_string();
     let o = gfn(&["train", "--resume", d, "--iterations", &n]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -1268,8 +1275,7 @@ fn a_kill_between_timing_and_checkpoint_keeps_the_timing_exact() {
     };
     assert_eq!(flops(&part), flops(&full));
     let iterations = |d: &Path| -> Vec<u64> {
-        RunDir::new(d)
-            .read_metrics()
+        read_metrics::<EvalRecord>(&RunDir::new(d))
             .unwrap()
             .iter()
             .map(|r| r.iteration)
