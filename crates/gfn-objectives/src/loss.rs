@@ -9,10 +9,11 @@
 //! | [`SubTb`] | SubTB(λ): every sub-trajectory, weights `λ^len` | log F |
 //! | [`FlDb`], [`FlSubTb`] | DB / SubTB(λ) on `F̃ = F / e^{−E(s)}` with the intermediate energies | log F, intermediate energies |
 //! | [`ModifiedDb`] | modified DB: every state terminal through the exit action | an exit action |
+//! | [`LedDb`], [`LedSubTb`] | DB / SubTB(λ) on node flows shifted by learned potentials (`gfn-led`'s `led_offsets`) | log F, potentials |
 //! | [`ReverseKl`] | reverse-KL variational inference (REINFORCE) | log Z |
 //!
-//! Flow matching, the policy-gradient family, soft Q-learning and the LED forms need more than the
-//! terms (edge flows, backward batches, learned potentials): they stay on
+//! Flow matching, the policy-gradient family and soft Q-learning read more than the terms (edge
+//! flows of parent states, backward batches and value heads, raw Q logits): they stay on
 //! [`Objective`](crate::Objective).
 
 use candle_core::Tensor;
@@ -20,7 +21,7 @@ use gfn_core::batch::TrajectoryBatch;
 use gfn_core::{Env, GfnError, Result};
 
 use crate::terms::BalanceTerms;
-use crate::{detailed_balance, fl, mdb, subtrajectory_balance, trajectory_balance, vi};
+use crate::{ObjectiveName, detailed_balance, fl, mdb, subtrajectory_balance, trajectory_balance, vi};
 
 /// What a balance loss needs beyond P_F (and P_B, learned or uniform).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -33,6 +34,8 @@ pub struct Needs {
     pub intermediate_energies: bool,
     /// An exit action (every state a possible object).
     pub exit_action: bool,
+    /// Learned potentials: per-node offsets in [`LossInputs::potentials`] (LED).
+    pub potentials: bool,
 }
 
 /// What a loss may read besides the terms.
@@ -45,6 +48,9 @@ pub struct LossInputs<'a> {
     pub batch: &'a TrajectoryBatch,
     /// The learned `log Z`, `[1]`, if the policy has one.
     pub log_z: Option<&'a Tensor>,
+    /// LED: the cumulative learned potentials of every node of the batch, in the layout of
+    /// [`BalanceTerms::with_offsets`] (`gfn_led::led_offsets` computes them).
+    pub potentials: Option<&'a [f64]>,
 }
 
 /// A balance objective over [`BalanceTerms`].
@@ -81,6 +87,16 @@ fn log_z<'a>(inputs: &LossInputs<'a>, name: &str) -> Result<&'a Tensor> {
     inputs
         .log_z
         .ok_or_else(|| GfnError::invalid("loss", name, "needs a learned log Z"))
+}
+
+fn potentials(inputs: &LossInputs, name: &str) -> Result<Vec<f64>> {
+    inputs.potentials.map(<[f64]>::to_vec).ok_or_else(|| {
+        GfnError::invalid(
+            "loss",
+            name,
+            "needs the learned potentials of a gfn-led PotentialNet (LossInputs::potentials)",
+        )
+    })
 }
 
 fn checked_lambda(lambda: f64) -> Result<f64> {
@@ -144,6 +160,25 @@ pub struct ModifiedDb;
 /// Reverse-KL variational inference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ReverseKl;
+
+/// LED-DB: detailed balance on node flows shifted by learned potentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LedDb;
+
+/// LED-SubTB(λ).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LedSubTb {
+    lambda: f64,
+}
+
+impl LedSubTb {
+    /// LED-SubTB with weight `λ > 0`.
+    pub fn new(lambda: f64) -> Result<Self> {
+        Ok(Self {
+            lambda: checked_lambda(lambda)?,
+        })
+    }
+}
 
 impl BalanceLoss for Tb {
     fn name(&self) -> &'static str {
@@ -253,22 +288,64 @@ impl BalanceLoss for ReverseKl {
     }
 }
 
-/// The balance loss named `name` (`tb`, `db`, `subtb`, `fl-db`, `fl-subtb`, `mdb`, `vi`; `lambda`
-/// for the SubTB forms), refused with the names it accepts.
+impl BalanceLoss for LedDb {
+    fn name(&self) -> &'static str {
+        "led-db"
+    }
+    fn needs(&self) -> Needs {
+        Needs {
+            log_flow: true,
+            potentials: true,
+            ..Needs::default()
+        }
+    }
+    fn loss(&self, terms: BalanceTerms, inputs: &LossInputs) -> Result<Tensor> {
+        detailed_balance(&terms.with_offsets(potentials(inputs, self.name())?)?)
+    }
+}
+
+impl BalanceLoss for LedSubTb {
+    fn name(&self) -> &'static str {
+        "led-subtb"
+    }
+    fn needs(&self) -> Needs {
+        Needs {
+            log_flow: true,
+            potentials: true,
+            ..Needs::default()
+        }
+    }
+    fn loss(&self, terms: BalanceTerms, inputs: &LossInputs) -> Result<Tensor> {
+        subtrajectory_balance(&terms.with_offsets(potentials(inputs, self.name())?)?, self.lambda)
+    }
+}
+
+/// The balance loss named `name` (`tb`, `db`, `subtb`, `fl-db`, `fl-subtb`, `mdb`, `led-db`,
+/// `led-subtb`, `vi`; `lambda` for the SubTB forms), refused with the names it accepts.
 pub fn parse_balance_loss(name: &str, lambda: f64) -> Result<Box<dyn BalanceLoss>> {
-    Ok(match name {
-        "tb" => Box::new(Tb),
-        "db" => Box::new(Db),
-        "subtb" => Box::new(SubTb::new(lambda)?),
-        "fl-db" => Box::new(FlDb),
-        "fl-subtb" => Box::new(FlSubTb::new(lambda)?),
-        "mdb" => Box::new(ModifiedDb),
-        "vi" => Box::new(ReverseKl),
+    balance_loss(name.parse()?, lambda)
+}
+
+/// The balance loss of `kind` (`lambda` for the SubTB forms); flow matching, the policy-gradient
+/// family and soft Q-learning are refused (they are [`Objective`](crate::Objective)s over more
+/// than the terms).
+pub fn balance_loss(kind: ObjectiveName, lambda: f64) -> Result<Box<dyn BalanceLoss>> {
+    use ObjectiveName as N;
+    Ok(match kind {
+        N::Tb => Box::new(Tb),
+        N::Db => Box::new(Db),
+        N::SubTb => Box::new(SubTb::new(lambda)?),
+        N::FlDb => Box::new(FlDb),
+        N::FlSubTb => Box::new(FlSubTb::new(lambda)?),
+        N::ModifiedDb => Box::new(ModifiedDb),
+        N::LedDb => Box::new(LedDb),
+        N::LedSubTb => Box::new(LedSubTb::new(lambda)?),
+        N::ReverseKl => Box::new(ReverseKl),
         other => {
             return Err(GfnError::invalid(
                 "loss",
                 other,
-                "must be a balance loss over the terms: tb, db, subtb, fl-db, fl-subtb, mdb or vi",
+                "must be a balance loss over the terms: tb, db, subtb, fl-db, fl-subtb, mdb, led-db, led-subtb or vi",
             ));
         }
     })

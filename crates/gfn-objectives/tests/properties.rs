@@ -270,7 +270,7 @@ proptest! {
                     continue;
                 }
                 let object = gfn_objectives::loss::parse_balance_loss(name, 0.5).unwrap();
-                let inputs = gfn_objectives::loss::LossInputs { env: &c.env, batch: &c.batch, log_z: Some(t.log_z.as_tensor()) };
+                let inputs = gfn_objectives::loss::LossInputs { env: &c.env, batch: &c.batch, log_z: Some(t.log_z.as_tensor()), potentials: None };
                 let terms = BalanceTerms::through(&c.batch, &policy, &observe).unwrap();
                 let v = scalar(&object.loss(terms, &inputs).unwrap());
                 if at_solution {
@@ -459,10 +459,31 @@ mod sampler_and_glue {
         Sampler::new()
             .sample_forward(&env, &est, 48, opts, &mut rng_from_seed(2), &mut batch)
             .unwrap();
-        for name in ["tb", "db", "subtb", "fl-db", "fl-subtb", "mdb", "vi"] {
+        // LED's potentials: any per-node offsets, 0 at s_0 (as led_offsets gives them).
+        let t1 = batch.max_length() + 1;
+        let potentials: Vec<f64> = (0..batch.batch_size * t1)
+            .map(|i| {
+                if i % t1 == 0 {
+                    0.0
+                } else {
+                    ((i * 7) % 11) as f64 * 0.1 - 0.5
+                }
+            })
+            .collect();
+        for name in [
+            "tb",
+            "db",
+            "subtb",
+            "fl-db",
+            "fl-subtb",
+            "mdb",
+            "led-db",
+            "led-subtb",
+            "vi",
+        ] {
             let want = Objective::parse(name, 0.7)
                 .unwrap()
-                .loss(&env, &batch, &mut &est)
+                .loss_with_offsets(&env, &batch, &mut &est, Some(potentials.clone()))
                 .unwrap();
             let loss = parse_balance_loss(name, 0.7).unwrap();
             loss.check(&env, true, true).unwrap();
@@ -471,6 +492,7 @@ mod sampler_and_glue {
                 env: &env,
                 batch: &batch,
                 log_z: Some(est.log_z().as_tensor()),
+                potentials: Some(&potentials),
             };
             let got = loss
                 .loss(BalanceTerms::from_batch(&batch, &out).unwrap(), &inputs)
@@ -493,6 +515,19 @@ mod sampler_and_glue {
         assert!(e.contains("lambda"), "{e}");
         let e = parse_balance_loss("fm", 0.7).unwrap_err().to_string();
         assert!(e.contains("fm") && e.contains("tb, db"), "{e}");
+        let out = (&est).forward_rows(&batch, &[], 0).unwrap();
+        let no_potentials = LossInputs {
+            env: &env,
+            batch: &batch,
+            log_z: None,
+            potentials: None,
+        };
+        let e = parse_balance_loss("led-db", 0.7)
+            .unwrap()
+            .loss(BalanceTerms::from_batch(&batch, &out).unwrap(), &no_potentials)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("led-db") && e.contains("potentials"), "{e}");
     }
 
     /// The batch glue gathers the same log P_F and log P_B as exact evaluation computes.
@@ -972,6 +1007,7 @@ fn every_balance_objective_trains_a_transformer_and_a_gin_through_the_seam() {
                 env,
                 batch: &batch,
                 log_z: Some(log_z.as_tensor()),
+                potentials: None,
             };
             let l = objective.loss(terms, &inputs).unwrap();
             adam.step(&l.backward().unwrap()).unwrap();

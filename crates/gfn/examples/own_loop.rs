@@ -98,6 +98,7 @@ fn main() -> anyhow::Result<()> {
             env: &env,
             batch: &batch,
             log_z: Some(log_z.as_tensor()),
+            potentials: None,
         };
         let value = loss.loss(terms, &inputs)?;
         adam.step(&value.backward()?)?;
