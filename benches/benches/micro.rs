@@ -78,7 +78,7 @@ fn env_benches(c: &mut Criterion) {
 fn sample_benches(c: &mut Criterion) {
     let t = trainer("tb");
     let env = t.env.as_ref();
-    let est: &Estimator = &t.estimator;
+    let est: &Estimator = t.net.mlp().expect("the MLP policy");
     let mut g = c.benchmark_group("sample");
     for n in [16usize, 256] {
         let mut rng = rng_from_seed(0);
@@ -111,7 +111,7 @@ fn loss_benches(c: &mut Criterion) {
     for name in ["tb", "db", "subtb", "fm"] {
         let t = trainer(name);
         let env = t.env.as_ref();
-        let est: &Estimator = &t.estimator;
+        let est: &Estimator = t.net.mlp().expect("the MLP policy");
         let objective = Objective::parse(name, 0.9).expect("known objective");
         let mut rng = rng_from_seed(1);
         let mut batch = TrajectoryBatch::default();
@@ -139,7 +139,7 @@ fn train_step_benches(c: &mut Criterion) {
 
 fn mlp_benches(c: &mut Criterion) {
     let t = trainer("tb");
-    let est = &t.estimator;
+    let est = t.net.mlp().expect("the MLP policy");
     let net = &est.nets()[0];
     let rows = 256;
     let input = net.dims()[0];

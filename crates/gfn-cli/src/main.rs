@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use gfn::config::{ConfigArgs, TrainConfig};
 use gfn::ebm::{EbmRecord, EbmRun};
+use gfn::seam::Net;
 use gfn::train::{EvalRecord, Trainer};
 use gfn_cli::driver::{self, Progress};
 use gfn_cli::run_dir::{RunDir, files};
@@ -284,7 +285,7 @@ fn train_cmd(
         trainer.engine(),
         c.batch_size,
         c.iterations,
-        trainer.estimator.num_params(),
+        trainer.net.num_params(),
         c.seed,
         dir.path.display()
     );
@@ -589,12 +590,8 @@ fn sample_cmd(run: &Path, n: i64, seed: u64, out: &Path) -> Result<()> {
     let mut left = n;
     while left > 0 {
         let k = left.min(4096) as usize;
-        match Inference::new(&t.estimator) {
-            Some(mut fast) => {
-                sampler.sample_forward_with(env, &mut fast, k, SamplingOptions::default(), &mut rng, &mut batch)?
-            }
-            None => sampler.sample_forward(env, &t.estimator, k, SamplingOptions::default(), &mut rng, &mut batch)?,
-        }
+        t.net
+            .sample(env, &mut sampler, k, SamplingOptions::default(), &mut rng, &mut batch)?;
         for b in 0..k {
             for x in batch.terminal_state(b) {
                 text.push_str(&format!("{x},"));
@@ -725,7 +722,11 @@ fn speed_sample_cmd(options: ConfigArgs, rounds: usize, warmup: usize) -> Result
         let mut rng = rng_from_seed(t.config.seed);
         let mut sampler = Sampler::new();
         let mut batch = TrajectoryBatch::default();
-        let mut fast = Inference::new(&t.estimator);
+        // One inference tape for every round (the MLP's fast path), as training keeps one.
+        let mut fast = match &t.net {
+            Net::Mlp(e) => Inference::new(e),
+            Net::Seam(_) => None,
+        };
         let engine = if fast.is_some() { "tape" } else { "graph" };
         let mut wall = 0.0;
         let (mut steps, mut rows) = (0usize, 0usize);
@@ -733,7 +734,7 @@ fn speed_sample_cmd(options: ConfigArgs, rounds: usize, warmup: usize) -> Result
             let start = std::time::Instant::now();
             match &mut fast {
                 Some(f) => sampler.sample_forward_with(env, f, n, opts, &mut rng, &mut batch)?,
-                None => sampler.sample_forward(env, &t.estimator, n, opts, &mut rng, &mut batch)?,
+                None => t.net.sample(env, &mut sampler, n, opts, &mut rng, &mut batch)?,
             }
             if round >= warmup {
                 wall += start.elapsed().as_secs_f64();
@@ -743,13 +744,16 @@ fn speed_sample_cmd(options: ConfigArgs, rounds: usize, warmup: usize) -> Result
         }
         let trajectories = n * rounds;
         // Forward only: 2·in·out per layer and evaluated state.
-        let fwd_flops_per_row: f64 = t
-            .estimator
-            .nets()
-            .iter()
-            .take(1)
-            .map(|net| net.dims().windows(2).map(|w| 2.0 * (w[0] * w[1]) as f64).sum::<f64>())
-            .sum();
+        let fwd_flops_per_row: f64 = match &t.net {
+            Net::Mlp(e) => e
+                .nets()
+                .iter()
+                .take(1)
+                .map(|net| net.dims().windows(2).map(|w| 2.0 * (w[0] * w[1]) as f64).sum::<f64>())
+                .sum(),
+            // A third of the training step's forward-and-backward count.
+            Net::Seam(s) => s.flops_per_row() / 3.0,
+        };
         let out = serde_json::json!({
             "mode": "sample",
             "env": env.name(),
@@ -806,7 +810,7 @@ fn speed_train_cmd(options: ConfigArgs, rounds: usize, warmup: usize, profile: b
                 }
             }
             phases_ms = serde_json::json!({"rollout": acc[0], "loss": acc[1], "backward": acc[2], "update": acc[3]});
-            let dev = t.estimator.device().clone();
+            let dev = t.net.device().clone();
             let x = candle_core::Tensor::zeros((512, 256), candle_core::DType::F32, &dev)?;
             let mut y = x.relu()?;
             dev.synchronize()?;

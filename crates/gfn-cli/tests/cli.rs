@@ -1285,3 +1285,134 @@ fn a_kill_between_timing_and_checkpoint_keeps_the_timing_exact() {
     let _ = std::fs::remove_dir_all(full);
     let _ = std::fs::remove_dir_all(part);
 }
+
+/// `--policy transformer`: a transformer over bitseq's token encoding trains to the exact target
+/// through `gfn train` (TB and SubTB), reports the task's figures, resumes bit for bit, samples,
+/// and is refused where it does not apply, naming the option.
+#[test]
+fn a_transformer_policy_trains_resumes_and_is_refused_where_it_does_not_apply() {
+    let task = [
+        "--env",
+        "bitseq",
+        "--bitseq-length",
+        "8",
+        "--bitseq-word",
+        "2",
+        "--bitseq-modes",
+        "3",
+        "--policy",
+        "transformer",
+        "--hidden",
+        "32",
+        "--heads",
+        "4",
+        "--batch-size",
+        "32",
+        "--eval-every",
+        "100",
+    ];
+    let train = |dir: &Path, loss: &str, iterations: &str| {
+        let mut args = vec![
+            "train",
+            "--out",
+            dir.to_str().unwrap(),
+            "--loss",
+            loss,
+            "--iterations",
+            iterations,
+        ];
+        args.extend(task);
+        let o = gfn(&args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    };
+    let summary = |dir: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
+    };
+    let tb = tmp("tf-tb");
+    train(&tb, "tb", "600");
+    let s = summary(&tb);
+    assert_eq!(s["policy"], "transformer");
+    let tv = s["exact"]["tv"].as_f64().unwrap();
+    assert!(tv <= 0.05, "transformer TB: exact TV {tv} after 600 iterations");
+    assert!(s["log_z"]["error"].as_f64().unwrap() < 0.05, "{s}");
+    let first = read_metrics::<EvalRecord>(&RunDir::new(&tb)).unwrap()[0]
+        .exact
+        .unwrap()
+        .dist
+        .tv;
+    assert!(tv < first / 2.0, "TV did not fall: {first} → {tv}");
+    let o = gfn(&[
+        "sample",
+        "--run",
+        tb.to_str().unwrap(),
+        "--n",
+        "7",
+        "--out",
+        tb.join("x.csv").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(tb.join("x.csv")).unwrap().lines().count(), 8);
+
+    // SubTB: 300 iterations then a resume to 600 give the bits of 600 in one go.
+    let (part, full) = (tmp("tf-part"), tmp("tf-full"));
+    train(&part, "subtb", "300");
+    let o = gfn(&["train", "--resume", part.to_str().unwrap(), "--iterations", "600"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    train(&full, "subtb", "600");
+    for f in ["metrics.jsonl", "checkpoint.safetensors"] {
+        assert_eq!(
+            std::fs::read(part.join(f)).unwrap(),
+            std::fs::read(full.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    let tv = summary(&full)["exact"]["tv"].as_f64().unwrap();
+    assert!(tv <= 0.05, "transformer SubTB: exact TV {tv}");
+    let rho = summary(&full)["task"]["test_spearman"].as_f64().unwrap();
+    assert!(
+        rho > 0.5,
+        "test Spearman {rho}: the trained sampler should rank test sequences by reward"
+    );
+
+    let bad = tmp("tf-bad");
+    let b = bad.to_str().unwrap();
+    assert_usage_error(
+        &["train", "--out", b, "--policy", "transformer"],
+        &["policy", "token encoding"],
+    );
+    assert_usage_error(
+        &[
+            "train",
+            "--out",
+            b,
+            "--env",
+            "bitseq",
+            "--policy",
+            "transformer",
+            "--loss",
+            "fm",
+        ],
+        &["loss", "policy = transformer"],
+    );
+    assert_usage_error(
+        &[
+            "train",
+            "--out",
+            b,
+            "--env",
+            "bitseq",
+            "--policy",
+            "transformer",
+            "--heads",
+            "3",
+        ],
+        &["heads", "divide"],
+    );
+    assert_usage_error(
+        &["train", "--out", b, "--heads", "8"],
+        &["heads", "policy = transformer"],
+    );
+    for d in [tb, part, full] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}

@@ -139,6 +139,33 @@ pub trait Env: Send + Sync {
         None
     }
 
+    /// The token encoding of the states for sequence policies (the transformer): its vocabulary
+    /// and longest sequence, or `None` (the default) where the environment has none.
+    fn token_space(&self) -> Option<crate::obs::TokenSpace> {
+        None
+    }
+    /// A batch of states as token sequences ([`Env::token_space`]).
+    fn observe_tokens(&self, _states: &[i32], _device: &candle_core::Device) -> crate::Result<crate::obs::TokenBatch> {
+        Err(crate::GfnError::invalid(
+            "observations",
+            "tokens",
+            format!("{} has no token encoding of its states", self.name()),
+        ))
+    }
+    /// The graph encoding of the states for graph policies (the GIN): node and edge feature
+    /// widths, or `None` (the default) where the environment has none.
+    fn graph_space(&self) -> Option<crate::obs::GraphSpace> {
+        None
+    }
+    /// A batch of states as graphs, one per state ([`Env::graph_space`]).
+    fn observe_graphs(&self, _states: &[i32], _device: &candle_core::Device) -> crate::Result<crate::obs::GraphBatch> {
+        Err(crate::GfnError::invalid(
+            "observations",
+            "graphs",
+            format!("{} has no graph encoding of its states", self.name()),
+        ))
+    }
+
     /// Forward masks for a batch of states (`states.len() / state_dim` rows).
     fn forward_masks(&self, states: &[i32], masks: &mut [bool]) {
         let (d, a) = (self.state_dim(), self.n_actions());

@@ -305,6 +305,13 @@ pub trait BackwardRolloutPolicy {
     /// values into `out` that hold each row's P_B logits (zeros for a uniform P_B) where the
     /// returned layout says.
     fn pb_logits(&mut self, x: &[f32], rows: usize, out: &mut Vec<f32>) -> Result<LogitLayout>;
+    /// [`BackwardRolloutPolicy::pb_logits`] given the rows' states too (`rows × state_dim`): what
+    /// a policy that reads something other than the dense features implements. By default, the
+    /// features.
+    fn pb_logits_of(&mut self, states: &[i32], x: &[f32], rows: usize, out: &mut Vec<f32>) -> Result<LogitLayout> {
+        let _ = states;
+        self.pb_logits(x, rows, out)
+    }
 }
 
 impl BackwardRolloutPolicy for &Estimator {

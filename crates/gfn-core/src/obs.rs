@@ -10,7 +10,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::{GfnError, Result};
+use crate::{Env, GfnError, Result};
 
 /// A batch of token sequences, padded to the longest: `ids` `[B, L]` u32 and `mask` `[B, L]` f32
 /// (1 for a real token, 0 for padding; real tokens first in each row). Padding ids are ignored.
@@ -201,6 +201,56 @@ impl Observations {
             Self::Graphs(g) => g.num_graphs,
         })
     }
+}
+
+crate::choice! {
+    /// Which encoding of the states a policy reads.
+    pub enum ObservationKind("observations") {
+        /// `[B, F]` features ([`Env::featurize_batch`]).
+        Dense = "dense",
+        /// Token sequences ([`Env::observe_tokens`]).
+        Tokens = "tokens",
+        /// Graphs ([`Env::observe_graphs`]).
+        Graphs = "graphs",
+    }
+}
+
+/// The token encoding of an environment's states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenSpace {
+    /// Token ids are below this.
+    pub vocab: usize,
+    /// The longest sequence.
+    pub max_len: usize,
+}
+
+/// The graph encoding of an environment's states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GraphSpace {
+    /// Node feature width.
+    pub node_features: usize,
+    /// Edge feature width (0: none).
+    pub edge_features: usize,
+}
+
+/// A batch of `env`'s states (row-major, `state_dim` values each) as `kind` observations on
+/// `device`.
+pub fn observe<E: Env + ?Sized>(
+    env: &E,
+    kind: ObservationKind,
+    states: &[i32],
+    device: &Device,
+) -> Result<Observations> {
+    Ok(match kind {
+        ObservationKind::Dense => {
+            let (rows, f) = (states.len() / env.state_dim().max(1), env.feature_dim());
+            let mut x = vec![0f32; rows * f];
+            env.featurize_batch(states, &mut x);
+            Observations::Dense(Tensor::from_vec(x, (rows, f), device)?)
+        }
+        ObservationKind::Tokens => Observations::Tokens(env.observe_tokens(states, device)?),
+        ObservationKind::Graphs => Observations::Graphs(env.observe_graphs(states, device)?),
+    })
 }
 
 #[cfg(test)]

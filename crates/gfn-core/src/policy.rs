@@ -114,6 +114,10 @@ impl TransformerPolicy {
             log_z: scalar_var(0.0, device)?,
         })
     }
+    /// The `log Z` parameter.
+    pub fn log_z_param(&self) -> &Var {
+        &self.log_z
+    }
     /// The encoder.
     pub fn encoder(&self) -> &TransformerEncoder {
         &self.encoder
@@ -379,6 +383,8 @@ pub struct SeamRollout<'a> {
     pub policy: &'a dyn Policy,
     /// Its observations of a batch of states.
     pub observe: &'a Observe<'a>,
+    /// The environment's backward actions (the width of a uniform P_B's zero logits).
+    pub n_backward: usize,
 }
 
 impl crate::estimator::RolloutPolicy for SeamRollout<'_> {
@@ -397,6 +403,47 @@ impl crate::estimator::RolloutPolicy for SeamRollout<'_> {
         }
         *out = logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         Ok(width)
+    }
+}
+
+impl crate::estimator::BackwardRolloutPolicy for SeamRollout<'_> {
+    fn pb_logits(&mut self, _x: &[f32], _rows: usize, _out: &mut Vec<f32>) -> Result<crate::estimator::LogitLayout> {
+        Err(GfnError::Other(
+            "a seam policy observes states: call pb_logits_of (the sampler does)".into(),
+        ))
+    }
+    /// The learned P_B logits, or zeros (uniform over the allowed parents) without a P_B head.
+    fn pb_logits_of(
+        &mut self,
+        states: &[i32],
+        _x: &[f32],
+        rows: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<crate::estimator::LogitLayout> {
+        match self.policy.forward(&(self.observe)(states)?)?.pb_logits {
+            Some(logits) => {
+                let (r, width) = logits.dims2()?;
+                if r != rows {
+                    return Err(GfnError::Other(format!(
+                        "the policy gave {r} rows of backward logits for {rows} states"
+                    )));
+                }
+                *out = logits.detach().to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                Ok(crate::estimator::LogitLayout {
+                    stride: width,
+                    offset: 0,
+                })
+            }
+            None => {
+                let width = self.n_backward;
+                out.clear();
+                out.resize(rows * width, 0.0);
+                Ok(crate::estimator::LogitLayout {
+                    stride: width,
+                    offset: 0,
+                })
+            }
+        }
     }
 }
 

@@ -71,6 +71,7 @@ pub struct Sampler {
     path_log_pb: Vec<f32>,
     depth: Vec<usize>,
     features: Vec<f32>,
+    active_states: Vec<i32>,
     masks: Vec<bool>,
 }
 
@@ -316,13 +317,13 @@ impl Sampler {
             let rows = self.active.len();
             self.features.clear();
             self.features.resize(rows * nf, 0.0);
+            self.active_states.clear();
             for (i, &b) in self.active.iter().enumerate() {
-                env.featurize(
-                    &self.current[b * sd..(b + 1) * sd],
-                    &mut self.features[i * nf..(i + 1) * nf],
-                );
+                let state = &self.current[b * sd..(b + 1) * sd];
+                env.featurize(state, &mut self.features[i * nf..(i + 1) * nf]);
+                self.active_states.extend_from_slice(state);
             }
-            let layout = policy.pb_logits(&self.features, rows, &mut self.logits)?;
+            let layout = policy.pb_logits_of(&self.active_states, &self.features, rows, &mut self.logits)?;
             let logits = &self.logits;
             if logits.len() < rows * layout.stride || layout.offset + nb > layout.stride {
                 return Err(GfnError::Other(format!(

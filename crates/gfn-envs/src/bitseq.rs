@@ -414,6 +414,19 @@ impl Env for BitSeqEnv {
             }
         }
     }
+    fn token_space(&self) -> Option<gfn_core::obs::TokenSpace> {
+        Some(gfn_core::obs::TokenSpace {
+            vocab: self.vocab() + 1,
+            max_len: self.words(),
+        })
+    }
+    fn observe_tokens(
+        &self,
+        states: &[i32],
+        device: &gfn_core::candle_core::Device,
+    ) -> Result<gfn_core::obs::TokenBatch> {
+        self.tokens(states, device)
+    }
     fn is_terminal(&self, state: &[i32]) -> bool {
         state.iter().all(|&v| v >= 0)
     }

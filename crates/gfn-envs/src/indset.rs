@@ -24,6 +24,9 @@ pub struct IndSetEnv {
     temperature: f64,
 }
 
+/// Node features of [`IndSetEnv::graphs`]: in the set, blocked, free.
+pub const NODE_FEATURES: usize = 3;
+
 impl IndSetEnv {
     /// The graph on `n` nodes (1 … [`MAX_NODES`]) with the undirected `edges` (no self-loops,
     /// nodes below `n`), reward `exp(|S| / temperature)`.
@@ -99,7 +102,7 @@ impl IndSetEnv {
                 edge_features: Vec::new(),
             })
             .collect();
-        GraphBatch::from_graphs(&graphs, 3, 0, device)
+        GraphBatch::from_graphs(&graphs, NODE_FEATURES, 0, device)
     }
 }
 
@@ -157,6 +160,15 @@ impl Env for IndSetEnv {
             out[3 * i + 1] = f32::from(u8::from(!inside && blocked));
             out[3 * i + 2] = f32::from(u8::from(!inside && !blocked));
         }
+    }
+    fn graph_space(&self) -> Option<gfn_core::obs::GraphSpace> {
+        Some(gfn_core::obs::GraphSpace {
+            node_features: NODE_FEATURES,
+            edge_features: 0,
+        })
+    }
+    fn observe_graphs(&self, states: &[i32], device: &gfn_core::candle_core::Device) -> Result<GraphBatch> {
+        self.graphs(states, device)
     }
     fn is_initial(&self, state: &[i32]) -> bool {
         state.iter().all(|&x| x == 0)

@@ -37,6 +37,49 @@ pub fn log_terminal_probs<E: Env + ?Sized>(
     m: usize,
     rng: &mut GfnRng,
 ) -> Result<Vec<f64>> {
+    importance_sampled(env, objects, m, rng, |sampler, rows, rng, batch| {
+        sampler.sample_backward(env, estimator, rows, rng, batch)?;
+        trajectory_log_probs(estimator, batch)
+    })
+}
+
+/// [`log_terminal_probs`] through any [`Policy`](gfn_core::policy::Policy) (its learned P_B, or
+/// a uniform one without a P_B head), the states observed by `observe`.
+pub fn log_terminal_probs_through<E: Env + ?Sized>(
+    env: &E,
+    policy: &dyn gfn_core::policy::Policy,
+    observe: &gfn_core::policy::Observe,
+    objects: &[i32],
+    m: usize,
+    rng: &mut GfnRng,
+) -> Result<Vec<f64>> {
+    importance_sampled(env, objects, m, rng, |sampler, rows, rng, batch| {
+        let mut walker = gfn_core::policy::SeamRollout {
+            policy,
+            observe,
+            n_backward: env.n_backward_actions(),
+        };
+        sampler.sample_backward_with(env, &mut walker, rows, rng, batch)?;
+        let terms = BalanceTerms::through(batch, policy, observe)?;
+        let host = |t: &candle_core::Tensor| -> Result<Vec<f64>> {
+            Ok(t.detach().to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?)
+        };
+        Ok((
+            host(&terms.log_pf.sum(D::Minus1)?)?,
+            host(&terms.log_pb.sum(D::Minus1)?)?,
+        ))
+    })
+}
+
+/// The estimate of every object, given `walk`: backward trajectories from the rows (each object
+/// `m` times) into the batch, returning each trajectory's `(Σ log P_F, Σ log P_B)`.
+fn importance_sampled<E: Env + ?Sized>(
+    env: &E,
+    objects: &[i32],
+    m: usize,
+    rng: &mut GfnRng,
+    mut walk: impl FnMut(&mut Sampler, &[i32], &mut GfnRng, &mut TrajectoryBatch) -> Result<(Vec<f64>, Vec<f64>)>,
+) -> Result<Vec<f64>> {
     let sd = env.state_dim();
     let n = objects.len() / sd;
     if n == 0 || objects.len() != n * sd || m == 0 {
@@ -59,8 +102,7 @@ pub fn log_terminal_probs<E: Env + ?Sized>(
                 rows.extend_from_slice(&objects[i * sd..(i + 1) * sd]);
             }
         }
-        sampler.sample_backward(env, estimator, &rows, rng, &mut batch)?;
-        let (lpf, lpb) = trajectory_log_probs(estimator, &batch)?;
+        let (lpf, lpb) = walk(&mut sampler, &rows, rng, &mut batch)?;
         for i in 0..end - start {
             let terms = (0..m).map(|j| lpf[i * m + j] - lpb[i * m + j]);
             out.push(logsumexp(terms) - (m as f64).ln());

@@ -998,7 +998,11 @@ fn every_balance_objective_trains_a_transformer_and_a_gin_through_the_seam() {
             // The network's rate decays tenfold over the last 40% of the iterations.
             let tail = (i as f64 - 0.6 * iterations as f64).max(0.0) / (0.4 * iterations as f64);
             adam.groups[0].lr = 3e-3 * (1.0 - 0.9 * tail);
-            let mut rollout = SeamRollout { policy, observe };
+            let mut rollout = SeamRollout {
+                policy,
+                observe,
+                n_backward: env.n_backward_actions(),
+            };
             sampler
                 .sample_forward_with(env, &mut rollout, 32, opts, &mut rng, &mut batch)
                 .unwrap();

@@ -89,6 +89,7 @@ fn main() -> anyhow::Result<()> {
         let mut rollout = SeamRollout {
             policy: &policy,
             observe: &observe,
+            n_backward: env.n_backward_actions(),
         };
         sampler.sample_forward_with(&env, &mut rollout, 16, explore, &mut rng, &mut batch)?;
         // 2. One forward over every state of the batch, with the graph: the balance terms.

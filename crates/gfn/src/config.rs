@@ -19,6 +19,8 @@ use crate::options::{
     DeviceChoice, EbmMethod, Engine, EnvName, EpsilonFinal, GuideFloor, LocalSearchAccept, Rule, TemperatureFinal,
 };
 use crate::replay::Priority;
+use crate::seam::PolicyKind;
+use gfn_core::nets::transformer::Positions;
 
 /// The most intra-op threads a run may ask for.
 pub const MAX_THREADS: usize = 1024;
@@ -229,10 +231,21 @@ config! {
     lr_logz: f64 = 0.1,
     /// Decoupled weight decay of the networks (AdamW); 0 = Adam [default: 0].
     weight_decay: f64 = 0.0,
-    /// Hidden width of the MLP [default: 256].
+    /// Policy network: `mlp` (every objective; the tape and device engines) or `transformer`
+    /// (a pre-LayerNorm transformer encoder over the environment's token encoding, bitseq: d_model
+    /// = `hidden`, `layers` blocks, `heads`, `d_ff`, `positions`; the balance losses tb, db,
+    /// subtb, fl-db, fl-subtb, mdb and vi on the graph engine) [default: mlp].
+    policy: PolicyKind = PolicyKind::Mlp,
+    /// Hidden width of the MLP, or the transformer's d_model [default: 256].
     hidden: usize = 256,
-    /// Number of hidden layers [default: 2].
+    /// Number of hidden layers of the MLP, or of transformer blocks [default: 2].
     layers: usize = 2,
+    /// Transformer: attention heads (must divide `hidden`) [default: 4].
+    heads: usize = 4,
+    /// Transformer: feed-forward width; 0 = 4 · hidden [default: 0].
+    d_ff: usize = 0,
+    /// Transformer: position encoding, `learned` or `sinusoidal` [default: learned].
+    positions: Positions = Positions::Learned,
     /// Share one trunk between P_F, P_B and log F, or give each its own MLP [default: true;
     /// false with loss = pg-trpo].
     shared_trunk: bool = true,
@@ -354,6 +367,56 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// What `policy = transformer` supports: the balance losses over the terms, on the graph
+    /// engine and the CPU, without replay, local search, the gradient analysis or LED; a width
+    /// the heads divide.
+    fn validate_policy(&self) -> Result<()> {
+        if self.heads == 0 || !self.hidden.is_multiple_of(self.heads) {
+            return Err(GfnError::invalid(
+                "heads",
+                self.heads,
+                format!("must be at least 1 and divide hidden = {}", self.hidden),
+            ));
+        }
+        if self.policy == PolicyKind::Mlp {
+            return Ok(());
+        }
+        let why = |field: &'static str, value: String, allowed: &str| {
+            Err(GfnError::invalid(
+                field,
+                value,
+                format!("{allowed} with policy = {}", self.policy),
+            ))
+        };
+        use ObjectiveName as L;
+        if !matches!(
+            self.loss,
+            L::Tb | L::Db | L::SubTb | L::FlDb | L::FlSubTb | L::ModifiedDb | L::ReverseKl
+        ) {
+            return why(
+                "loss",
+                self.loss.to_string(),
+                "must be tb, db, subtb, fl-db, fl-subtb, mdb or vi",
+            );
+        }
+        for (field, value) in [
+            ("replay_size", self.replay_size),
+            ("local_search", self.local_search),
+            ("grad_cosine_every", self.grad_cosine_every),
+        ] {
+            if value > 0 {
+                return why(field, value.to_string(), "must be 0");
+            }
+        }
+        if self.engine == Engine::Tape {
+            return why("engine", self.engine.to_string(), "must be auto or graph");
+        }
+        if self.device != DeviceChoice::Cpu {
+            return why("device", self.device.to_string(), "must be cpu");
+        }
+        Ok(())
+    }
+
     /// `(ε, temperature)` at the end of their schedules (the start values where constant).
     pub fn schedule_ends(&self) -> (f64, f64) {
         (
@@ -427,6 +490,16 @@ impl TrainConfig {
             crate::memory::check(&[data], crate::memory::machine_memory())?;
         }
         let env = crate::envs::build_env(self)?;
+        if self.policy == PolicyKind::Transformer && env.token_space().is_none() {
+            return Err(GfnError::invalid(
+                "policy",
+                self.policy,
+                format!(
+                    "needs an environment with a token encoding of its states (bitseq); {} has none",
+                    env.name()
+                ),
+            ));
+        }
         crate::memory::check(&self.memory_needs(env.as_ref()), crate::memory::machine_memory())
     }
 
@@ -633,6 +706,10 @@ impl TrainConfig {
                 self.device != DeviceChoice::Cpu,
                 "to the device engine (device = cuda or cpu-kernels)",
             ),
+            "heads" | "d_ff" | "positions" => only(
+                self.policy == PolicyKind::Transformer && !ebm,
+                "to policy = transformer",
+            ),
             "lr_logz" => objective.and_then(|o| {
                 only(
                     o.uses_log_z(),
@@ -751,6 +828,7 @@ impl TrainConfig {
                 ));
             }
         }
+        self.validate_policy()?;
         self.validate_device()?;
         gfn_core::SamplingOptions {
             epsilon: self.epsilon,
@@ -773,16 +851,32 @@ impl TrainConfig {
     }
 
     /// The hash that binds a checkpoint to this configuration: FNV-1a of its TOML with
-    /// `iterations` set to 0 (the one field `--resume` may change).
+    /// `iterations` set to 0 (the one field `--resume` may change). Options added since the
+    /// checkpoint format ([`ADDED_OPTIONS`]) are left out while at their defaults, so a run
+    /// written before they existed still resumes.
     pub fn binding_hash(&self) -> String {
         let mut c = self.clone();
         c.iterations = 0;
+        let defaults = TrainConfig::default().to_toml();
+        let text: String = c
+            .to_toml()
+            .lines()
+            .filter(|line| {
+                let key = line.split(" = ").next().unwrap_or("");
+                !(ADDED_OPTIONS.contains(&key) && defaults.lines().any(|d| d == *line))
+            })
+            .flat_map(|line| [line, "\n"])
+            .collect();
         format!(
             "{:016x}",
-            crate::checkpoint::fnv1a(0xcbf2_9ce4_8422_2325, c.to_toml().as_bytes())
+            crate::checkpoint::fnv1a(0xcbf2_9ce4_8422_2325, text.as_bytes())
         )
     }
 }
+
+/// Options added after checkpoint format 2: [`TrainConfig::binding_hash`] leaves them out at
+/// their defaults.
+pub const ADDED_OPTIONS: &[&str] = &["policy", "heads", "d_ff", "positions"];
 
 #[cfg(test)]
 mod tests {

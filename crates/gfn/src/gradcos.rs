@@ -86,7 +86,7 @@ fn cosine(a: &[f64], b: &[f64]) -> f64 {
 
 /// Gradient of `objective` on `batch` with respect to the policy parameters.
 fn gradient(t: &Trainer, objective: Objective, batch: &TrajectoryBatch) -> Result<Vec<f64>> {
-    let est = &t.estimator;
+    let est = t.net.mlp()?;
     let loss = objective.loss(t.env.as_ref(), batch, &mut &*est)?;
     let grads = loss.backward()?;
     policy_gradient(est, &grads)
@@ -94,7 +94,7 @@ fn gradient(t: &Trainer, objective: Objective, batch: &TrajectoryBatch) -> Resul
 
 /// The analysis at the trainer's current parameters (which it leaves unchanged).
 pub fn grad_cosines(t: &Trainer, large_batch: usize, repeats: usize) -> Result<GradCosine> {
-    let est = &t.estimator;
+    let est = t.net.mlp()?;
     let env = t.env.as_ref();
     let small = t.config.batch_size;
     let seed = t.config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ t.iteration ^ 0x0067_7261_6463_6f73;

@@ -28,6 +28,7 @@ pub mod led;
 pub mod memory;
 pub mod options;
 pub mod replay;
+pub mod seam;
 pub mod task_metrics;
 pub mod train;
 

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use anyhow::{Result, bail};
 
 use gfn_core::exact::ExactEvaluator;
-use gfn_core::{Env, Estimator, GfnRng, TrajectoryBatch, rng_from_seed};
+use gfn_core::{Env, GfnRng, TrajectoryBatch, rng_from_seed};
 use gfn_envs::bayesnet::{self, BayesNetConfig, BayesNetEnv};
 use gfn_envs::bitseq::{BitSeqEnv, BitSeqOrder, DEFAULT_DELTA};
 
@@ -115,7 +115,7 @@ impl TaskMetrics {
         &self,
         evaluator: Option<&ExactEvaluator>,
         log_pf: Option<&[f64]>,
-        estimator: &Estimator,
+        net: &crate::seam::Net,
         rng: &mut GfnRng,
     ) -> Result<Option<BTreeMap<String, f64>>> {
         let mut out = BTreeMap::new();
@@ -146,8 +146,7 @@ impl TaskMetrics {
             } => {
                 out.insert("modes_found".into(), found.iter().filter(|&&f| f).count() as f64);
                 out.insert("modes".into(), found.len() as f64);
-                let log_p =
-                    gfn_objectives::likelihood::log_terminal_probs(env.as_ref(), estimator, test, *backward, rng)?;
+                let log_p = net.log_terminal_probs(env.as_ref(), test, *backward, rng)?;
                 out.insert("test_spearman".into(), spearman(test_log_reward, &log_p));
             }
         }

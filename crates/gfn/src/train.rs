@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor};
 use serde::Serialize;
 
 use gfn_core::exact::{DistributionMetrics, EmpiricalTracker, ExactEvaluator, ExactMetrics};
-use gfn_core::fast::{FastPath, Inference};
+use gfn_core::fast::FastPath;
 use gfn_core::optim::{Adam, AdamParams};
 use gfn_core::{
     BackwardPolicy, Env, Estimator, EstimatorConfig, GfnRng, Sampler, SamplingOptions, TrajectoryBatch, rng_from_seed,
@@ -19,6 +19,7 @@ use gfn_objectives::Objective;
 use crate::checkpoint::Checkpoint;
 use crate::config::TrainConfig;
 use crate::options::{Engine, LocalSearchAccept};
+use crate::seam::{Net, PolicyKind, SeamNet};
 
 /// Salt of the measurement samples' RNG stream (`seed ^ METRIC_STREAM`).
 const METRIC_STREAM: u64 = 0x6d65_6173_7572_6521;
@@ -76,8 +77,8 @@ pub struct Trainer {
     pub env: Box<dyn Env>,
     /// The objective.
     pub objective: Objective,
-    /// The networks.
-    pub estimator: Estimator,
+    /// The network: the MLP, or a network behind the policy seam (`policy`).
+    pub net: Net,
     /// The optimiser.
     pub optimizer: Adam,
     /// The run's RNG.
@@ -202,9 +203,18 @@ impl Trainer {
             None => None,
         };
         let device = engine_device.as_ref().unwrap_or(device);
-        let (estimator, optimizer) = build_model(&config, env.as_ref(), objective, device, &mut rng)?;
+        let (net, optimizer) = match config.policy {
+            PolicyKind::Mlp => {
+                let (estimator, optimizer) = build_model(&config, env.as_ref(), objective, device, &mut rng)?;
+                (Net::Mlp(estimator), optimizer)
+            }
+            PolicyKind::Transformer => {
+                let (seam, optimizer) = SeamNet::new(&config, env.as_ref(), objective, device, &mut rng)?;
+                (Net::Seam(Box::new(seam)), optimizer)
+            }
+        };
         let device_engine = match &engine_device {
-            Some(_) => Some(crate::device::device_trainer(&config, &estimator)?),
+            Some(_) => Some(crate::device::device_trainer(&config, net.mlp()?)?),
             None => None,
         };
         let led = if objective.needs_potentials() {
@@ -255,19 +265,24 @@ impl Trainer {
             None => env.target_summary(config.top_k),
         };
         let metric_rng = rng_from_seed(config.seed ^ METRIC_STREAM);
-        let flops_per_row = useful_flops_per_row(&estimator);
-        let fast = match config.engine {
-            Engine::Graph => None,
-            Engine::Tape if !FastPath::supports(&estimator) => {
-                bail!("invalid engine = tape: it needs f32 parameters on the CPU")
-            }
-            _ => FastPath::supports(&estimator).then(FastPath::default),
+        let (flops_per_row, fast) = match &net {
+            Net::Mlp(estimator) => (
+                useful_flops_per_row(estimator),
+                match config.engine {
+                    Engine::Graph => None,
+                    Engine::Tape if !FastPath::supports(estimator) => {
+                        bail!("invalid engine = tape: it needs f32 parameters on the CPU")
+                    }
+                    _ => FastPath::supports(estimator).then(FastPath::default),
+                },
+            ),
+            Net::Seam(seam) => (seam.flops_per_row(), None),
         };
         Ok(Self {
             config,
             env,
             objective,
-            estimator,
+            net,
             optimizer,
             rng,
             evaluator,
@@ -365,14 +380,7 @@ impl Trainer {
             let env = self.env.as_ref();
             let opts = SamplingOptions::default();
             let (rng, out) = (&mut self.metric_rng, &mut self.metric_samples);
-            match Inference::new(&self.estimator) {
-                Some(mut fast) => self
-                    .metric_sampler
-                    .sample_forward_with(env, &mut fast, n, opts, rng, out)?,
-                None => self
-                    .metric_sampler
-                    .sample_forward(env, &self.estimator, n, opts, rng, out)?,
-            }
+            self.net.sample(env, &mut self.metric_sampler, n, opts, rng, out)?;
             self.metric_seconds += start.elapsed().as_secs_f64();
             &self.metric_samples
         };
@@ -402,7 +410,17 @@ impl Trainer {
         let opts = self.sampling_options();
         let env = self.env.as_ref();
         let n = self.config.batch_size;
-        let est = &self.estimator;
+        let est = match &self.net {
+            Net::Mlp(est) => est,
+            Net::Seam(seam) => {
+                let loss = seam.step(env, &mut self.sampler, n, opts, &mut self.rng, &mut self.batch)?;
+                let value = check_finite(&loss, self.objective, self.iteration)?;
+                self.optimizer.step(&loss.backward()?)?;
+                let rows = self.batch.num_rows();
+                self.finish_step(start, rows, value);
+                return Ok(value);
+            }
+        };
         let (loss, value) = match &mut self.fast {
             // Fast path: the rollout records the outputs, the loss reuses them, one batched backward.
             Some(fast) => {
@@ -543,7 +561,7 @@ impl Trainer {
         let opts = self.sampling_options();
         let env = self.env.as_ref();
         let n = self.config.batch_size;
-        let est = &self.estimator;
+        let est = self.net.mlp()?;
         let backward = self.objective.needs_backward_batch();
         let (value, rows) = match &mut self.fast {
             Some(fast) => {
@@ -650,9 +668,9 @@ impl Trainer {
 
     /// Evaluate now and append to the history.
     pub fn evaluate(&mut self) -> Result<EvalRecord> {
-        let log_z = self.objective.log_z_estimate(self.env.as_ref(), &self.estimator)?;
+        let log_z = self.net.log_z_estimate(&self.objective, self.env.as_ref())?;
         let log_pf = match &self.evaluator {
-            Some(ev) => Some(ev.policy_log_probs(&self.estimator)?),
+            Some(ev) => Some(self.net.exact_log_pf(ev, self.env.as_ref())?),
             None => None,
         };
         let (exact, empirical, modes_found) = match (&self.evaluator, &log_pf) {
@@ -667,12 +685,7 @@ impl Trainer {
         let mut task_rng = crate::task_metrics::rng(self.config.seed ^ self.iteration.rotate_left(32));
         let task = self
             .task
-            .evaluate(
-                self.evaluator.as_ref(),
-                log_pf.as_deref(),
-                &self.estimator,
-                &mut task_rng,
-            )
+            .evaluate(self.evaluator.as_ref(), log_pf.as_deref(), &self.net, &mut task_rng)
             .with_context(|| format!("the task's metrics failed at iteration {}", self.iteration))?;
         let led_loss = (self.led.is_some() && self.loss_count > 0).then(|| self.led_loss_sum / self.loss_count as f64);
         let loss = if self.loss_count > 0 {
@@ -725,10 +738,10 @@ impl Trainer {
             tensors.push((name, t.dims().to_vec(), t.flatten_all()?.to_vec1::<f32>()?));
             Ok(())
         };
-        for (n, v) in self.estimator.named_params() {
+        for (n, v) in self.net.named_params() {
             push(format!("param/{n}"), v.as_tensor())?;
         }
-        push("param/log_z".into(), self.estimator.log_z().as_tensor())?;
+        push("param/log_z".into(), self.net.log_z().as_tensor())?;
         match &self.device_engine {
             Some(dt) => {
                 for (name, mv) in dt.optimizer_state() {
@@ -818,10 +831,10 @@ impl Trainer {
             var.set(&Tensor::from_slice(data, shape.as_slice(), var.device())?)?;
             Ok(())
         };
-        for (n, v) in self.estimator.named_params() {
+        for (n, v) in self.net.named_params() {
             set(&format!("param/{n}"), &v)?;
         }
-        set("param/log_z", self.estimator.log_z())?;
+        set("param/log_z", self.net.log_z())?;
         for s in &mut self.optimizer.slots {
             for (kind, dst) in [("adam_m", &mut s.m), ("adam_v", &mut s.v)] {
                 let (_, _, data) = ck.tensor(&format!("{kind}/{}", s.name))?;
@@ -1047,7 +1060,8 @@ pub fn summary_json(t: &Trainer) -> serde_json::Value {
         "wall_seconds": t.wall_seconds,
         "trajectories_per_second": tps,
         "iterations_per_second": if t.wall_seconds > 0.0 { t.iteration as f64 / t.wall_seconds } else { 0.0 },
-        "num_params": t.estimator.num_params(),
+        "policy": t.config.policy,
+        "num_params": t.net.num_params(),
         "useful_gflop_per_iteration": if t.iteration > 0 { t.useful_flops / t.iteration as f64 / 1e9 } else { 0.0 },
         "useful_gflops_per_second": if t.wall_seconds > 0.0 { t.useful_flops / t.wall_seconds / 1e9 } else { 0.0 },
         "final_loss": last.map(|r| r.loss),

@@ -43,14 +43,15 @@ const LN_EPS: f64 = 1e-5;
 /// Added (negated) to the attention scores of padded keys.
 const MASK_PENALTY: f64 = 1e9;
 
-/// How positions are encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Positions {
-    /// A learned `[max_len + 1, d_model]` table (row 0 for BOS).
-    Learned,
-    /// The fixed table `PE[p, 2i] = sin(p / 10000^(2i/d))`, `PE[p, 2i+1] = cos(p / 10000^(2i/d))`;
-    /// no parameters.
-    Sinusoidal,
+crate::choice! {
+    /// How positions are encoded.
+    pub enum Positions("positions") {
+        /// A learned `[max_len + 1, d_model]` table (row 0 for BOS).
+        Learned = "learned",
+        /// The fixed table `PE[p, 2i] = sin(p / 10000^(2i/d))`, `PE[p, 2i+1] = cos(p / 10000^(2i/d))`;
+        /// no parameters.
+        Sinusoidal = "sinusoidal",
+    }
 }
 
 /// Sizes of a [`TransformerEncoder`].

@@ -1,0 +1,308 @@
+//! The trainer's network: the MLP [`Estimator`] (every objective; the tape and device engines), or
+//! a network behind the policy seam ([`SeamNet`]: `policy = transformer`, over the environment's
+//! token encoding) trained by a balance loss object. Evaluation, likelihoods, sampling and
+//! checkpoints go through [`Net`], whichever it is.
+
+use candle_core::{DType, Device, Tensor, Var};
+
+use gfn_core::exact::ExactEvaluator;
+use gfn_core::nets::transformer::TransformerConfig;
+use gfn_core::obs::{ObservationKind, Observations, observe};
+use gfn_core::optim::{Adam, AdamParams};
+use gfn_core::policy::{Policy, SeamRollout, TransformerPolicy, exact_log_pf};
+use gfn_core::{BackwardPolicy, Env, Estimator, GfnError, GfnRng, Result, Sampler, SamplingOptions, TrajectoryBatch};
+use gfn_objectives::loss::{BalanceLoss, LossInputs, balance_loss};
+use gfn_objectives::{BalanceTerms, Objective};
+
+use crate::config::TrainConfig;
+
+gfn_core::choice! {
+    /// The policy network of a run.
+    pub enum PolicyKind("policy") {
+        /// The MLP over dense features (every objective; the tape and device engines).
+        Mlp = "mlp",
+        /// A pre-LayerNorm transformer encoder over the environment's token encoding (bitseq),
+        /// trained by the balance losses through the policy seam.
+        Transformer = "transformer",
+    }
+}
+
+/// A network behind the policy seam with the balance loss it trains by.
+#[derive(Debug)]
+pub struct SeamNet {
+    policy: TransformerPolicy,
+    kind: ObservationKind,
+    loss: Box<dyn BalanceLoss>,
+    config: TransformerConfig,
+}
+
+/// The network a run trains.
+#[derive(Debug)]
+pub enum Net {
+    /// The MLP estimator.
+    Mlp(Estimator),
+    /// A network behind the policy seam.
+    Seam(Box<SeamNet>),
+}
+
+impl SeamNet {
+    /// The transformer of `config` for `env` (its token encoding), with the balance loss of
+    /// `objective`, parameters drawn from `rng`, and its optimiser (network at `lr` with
+    /// `weight_decay`, log Z at `lr_logz` where the loss learns it).
+    pub fn new(
+        config: &TrainConfig,
+        env: &dyn Env,
+        objective: Objective,
+        device: &Device,
+        rng: &mut GfnRng,
+    ) -> Result<(Self, Adam)> {
+        let space = env.token_space().ok_or_else(|| {
+            GfnError::invalid(
+                "policy",
+                "transformer",
+                format!(
+                    "needs an environment with a token encoding of its states (bitseq); {} has none",
+                    env.name()
+                ),
+            )
+        })?;
+        let loss = balance_loss(config.loss, config.lambda).map_err(|_| {
+            GfnError::invalid(
+                "loss",
+                config.loss,
+                "must be a balance loss over the terms with policy = transformer: tb, db, subtb, fl-db, fl-subtb, mdb or vi",
+            )
+        })?;
+        let needs = loss.needs();
+        if needs.potentials {
+            return Err(GfnError::invalid(
+                "loss",
+                config.loss,
+                "LED's potentials train beside the MLP only; use policy = mlp",
+            ));
+        }
+        loss.check(env, needs.log_flow, true)?;
+        let learned_pb = objective.uses_backward_policy() && config.backward_policy == BackwardPolicy::Learned;
+        let tc = TransformerConfig {
+            vocab: space.vocab,
+            max_len: space.max_len,
+            d_model: config.hidden,
+            heads: config.heads,
+            layers: config.layers,
+            d_ff: if config.d_ff == 0 {
+                4 * config.hidden
+            } else {
+                config.d_ff
+            },
+            positions: config.positions,
+            position_outputs: 0,
+            pooled_outputs: 0,
+        };
+        let policy = TransformerPolicy::new(
+            tc.clone(),
+            env.n_actions(),
+            learned_pb.then(|| env.n_backward_actions()),
+            needs.log_flow,
+            device,
+            rng,
+        )?;
+        let config_used = policy.encoder().config().clone();
+        let mut params: Vec<_> = policy.named_params().into_iter().map(|(n, v)| (n, v, 0)).collect();
+        if objective.uses_log_z() {
+            params.push(("log_z".into(), policy.log_z_param().clone(), 1));
+        }
+        let adam = Adam::new(
+            params,
+            vec![
+                AdamParams {
+                    weight_decay: config.weight_decay,
+                    ..AdamParams::adam(config.lr)
+                },
+                AdamParams::adam(config.lr_logz),
+            ],
+        );
+        let net = Self {
+            policy,
+            kind: ObservationKind::Tokens,
+            loss,
+            config: config_used,
+        };
+        Ok((net, adam))
+    }
+
+    /// The states' observations.
+    pub fn observe(&self, env: &dyn Env, states: &[i32]) -> Result<Observations> {
+        observe(env, self.kind, states, self.policy.device())
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &TransformerPolicy {
+        &self.policy
+    }
+
+    /// One training step: `n` trajectories sampled with `opts`, the balance terms through the
+    /// seam, the loss, its gradient and one optimiser step; returns the loss tensor.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step(
+        &self,
+        env: &dyn Env,
+        sampler: &mut Sampler,
+        n: usize,
+        opts: SamplingOptions,
+        rng: &mut GfnRng,
+        batch: &mut TrajectoryBatch,
+    ) -> Result<Tensor> {
+        let obs = |s: &[i32]| self.observe(env, s);
+        let mut rollout = SeamRollout {
+            policy: &self.policy,
+            observe: &obs,
+            n_backward: env.n_backward_actions(),
+        };
+        sampler.sample_forward_with(env, &mut rollout, n, opts, rng, batch)?;
+        let terms = BalanceTerms::through(batch, &self.policy, &obs)?;
+        let inputs = LossInputs {
+            env,
+            batch,
+            log_z: Some(self.policy.log_z_param().as_tensor()),
+            potentials: None,
+        };
+        self.loss.loss(terms, &inputs)
+    }
+
+    /// Useful FLOPs per evaluated state of a training step: forward and backward (twice the
+    /// forward) over the `L + 1` positions of every layer: the four `d×d` projections, the two
+    /// feed-forward products, and the `(L+1)·d` products of the attention scores and values.
+    pub fn flops_per_row(&self) -> f64 {
+        let c = &self.config;
+        let (t, d, f) = ((c.max_len + 1) as f64, c.d_model as f64, c.d_ff as f64);
+        let macs_per_layer = t * (4.0 * d * d + 2.0 * d * f + 2.0 * t * d);
+        let head = d * (self.policy.encoder().config().pooled_outputs as f64);
+        3.0 * 2.0 * (c.layers as f64 * macs_per_layer + head)
+    }
+}
+
+impl Net {
+    /// The MLP, for what only it supports (the configuration refuses the rest).
+    pub fn mlp(&self) -> Result<&Estimator> {
+        match self {
+            Self::Mlp(e) => Ok(e),
+            Self::Seam(_) => Err(GfnError::invalid(
+                "policy",
+                "transformer",
+                "this part of training takes the MLP only; use policy = mlp",
+            )),
+        }
+    }
+
+    /// The trainable parameters by name (`log Z` apart), in the optimiser's order.
+    pub fn named_params(&self) -> Vec<(String, Var)> {
+        match self {
+            Self::Mlp(e) => e.named_params(),
+            Self::Seam(s) => s.policy.named_params(),
+        }
+    }
+
+    /// `log Z`.
+    pub fn log_z(&self) -> &Var {
+        match self {
+            Self::Mlp(e) => e.log_z(),
+            Self::Seam(s) => s.policy.log_z_param(),
+        }
+    }
+
+    /// Number of scalar parameters (`log Z` apart).
+    pub fn num_params(&self) -> usize {
+        self.named_params().iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
+    /// Where the parameters live.
+    pub fn device(&self) -> &Device {
+        match self {
+            Self::Mlp(e) => e.device(),
+            Self::Seam(s) => s.policy.device(),
+        }
+    }
+
+    /// Sample `n` trajectories on-policy with `opts` into `batch` (the MLP through its fastest
+    /// inference path).
+    pub fn sample(
+        &self,
+        env: &dyn Env,
+        sampler: &mut Sampler,
+        n: usize,
+        opts: SamplingOptions,
+        rng: &mut GfnRng,
+        batch: &mut TrajectoryBatch,
+    ) -> Result<()> {
+        match self {
+            Self::Mlp(e) => match gfn_core::fast::Inference::new(e) {
+                Some(mut fast) => sampler.sample_forward_with(env, &mut fast, n, opts, rng, batch),
+                None => sampler.sample_forward(env, e, n, opts, rng, batch),
+            },
+            Self::Seam(s) => {
+                let obs = |st: &[i32]| s.observe(env, st);
+                let mut rollout = SeamRollout {
+                    policy: &s.policy,
+                    observe: &obs,
+                    n_backward: env.n_backward_actions(),
+                };
+                sampler.sample_forward_with(env, &mut rollout, n, opts, rng, batch)
+            }
+        }
+    }
+
+    /// `log P_F(a|s)` of every state of an enumerable environment.
+    pub fn exact_log_pf(&self, ev: &ExactEvaluator, env: &dyn Env) -> Result<Vec<f64>> {
+        match self {
+            Self::Mlp(e) => ev.policy_log_probs(e),
+            Self::Seam(s) => exact_log_pf(ev, env, &s.policy, &|st: &[i32]| s.observe(env, st)),
+        }
+    }
+
+    /// `log P̂_T(x)` of each object from `m` backward trajectories
+    /// ([`gfn_objectives::likelihood`]).
+    pub fn log_terminal_probs(&self, env: &dyn Env, objects: &[i32], m: usize, rng: &mut GfnRng) -> Result<Vec<f64>> {
+        match self {
+            Self::Mlp(e) => gfn_objectives::likelihood::log_terminal_probs(env, e, objects, m, rng),
+            Self::Seam(s) => gfn_objectives::likelihood::log_terminal_probs_through(
+                env,
+                &s.policy,
+                &|st: &[i32]| s.observe(env, st),
+                objects,
+                m,
+                rng,
+            ),
+        }
+    }
+
+    /// The model's estimate of `log Z`: the learned `log Z` (TB, VI), `log F(s_0)` (the flow
+    /// losses; `log F̃(s_0)` in the forward-looking forms, whose initial offset is 0), or
+    /// `log R(s_0) − log P_F(exit|s_0)` (modified DB).
+    pub fn log_z_estimate(&self, objective: &Objective, env: &dyn Env) -> Result<f64> {
+        let s = match self {
+            Self::Mlp(e) => return objective.log_z_estimate(env, e),
+            Self::Seam(s) => s,
+        };
+        let needs = s.loss.needs();
+        if needs.log_z {
+            return Ok(f64::from(s.policy.log_z_param().as_tensor().to_vec1::<f32>()?[0]));
+        }
+        let mut s0 = vec![0; env.state_dim()];
+        env.initial_state(&mut s0);
+        let out = s.policy.forward(&s.observe(env, &s0)?)?;
+        if needs.log_flow {
+            let f = out
+                .log_flow
+                .ok_or_else(|| GfnError::Other("the policy has no log F head".into()))?;
+            return Ok(f.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?[0]);
+        }
+        let exit = env
+            .exit_action()
+            .ok_or_else(|| GfnError::Other(format!("{} has no exit action", env.name())))?;
+        let logits: Vec<f64> = out.pf_logits.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+        let mut mask = vec![false; env.n_actions()];
+        env.forward_mask(&s0, &mut mask);
+        let allowed = logits.iter().zip(&mask).filter(|(_, m)| **m).map(|(l, _)| *l);
+        Ok(env.log_reward(&s0) - (logits[exit] - gfn_core::exact::logsumexp(allowed)))
+    }
+}
