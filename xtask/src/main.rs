@@ -11,6 +11,7 @@ mod cuda;
 mod curves;
 mod ebm;
 mod led;
+mod networks;
 mod pg;
 mod plot;
 mod report;
@@ -72,7 +73,7 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct BenchArgs {
-    /// Suite to run: hypergrid, throughput, subtb, led, ebm, pg.
+    /// Suite to run: hypergrid, throughput, subtb, led, ebm, pg, networks.
     suite: String,
     /// The reduced suite: seed 0 only and a subset of configurations (a few minutes).
     #[arg(long)]

@@ -704,7 +704,7 @@ fn mean_points(curves: &[Vec<(f64, Option<f64>)>]) -> Vec<(f64, f64)> {
 
 /// One line per row of `group` (run order): the figure at `pointer` of `metrics.jsonl` against
 /// trajectories sampled, mean over the row's successful runs.
-fn jsonl_series(session: &Session, dir: &Path, group: &str, pointer: &str) -> Vec<Series> {
+pub(crate) fn jsonl_series(session: &Session, dir: &Path, group: &str, pointer: &str) -> Vec<Series> {
     let runs: Vec<_> = session.runs.iter().filter(|r| r.ok && r.group == group).collect();
     let mut rows: Vec<&str> = Vec::new();
     for r in &runs {
@@ -742,7 +742,7 @@ fn spans_decades(series: &[Series]) -> bool {
 
 /// Draws one figure against trajectories for `group`; `log_ok`: on a log y axis when it spans
 /// decades (distances; not for correlations and counts).
-fn figure_plot(
+pub(crate) fn figure_plot(
     dir: &Path,
     group: &str,
     (suffix, y_label, log_ok): (&str, &str, bool),

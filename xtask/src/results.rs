@@ -193,6 +193,17 @@ pub fn regenerate() -> Result<()> {
         doc = splice(&doc, &format!("bench-{suite}"), &section(md, suite));
     }
     write(&results_path, &doc)?;
+    // The README's summary covers every suite: it is rewritten only when every suite has a run
+    // here, so regenerating one suite's section keeps the others' headline figures.
+    if latest.len() < SUITES.len() {
+        eprintln!(
+            "updated {} from {} of {} suites; README.md's summary is kept (it is regenerated when every suite has a run)",
+            results_path.display(),
+            latest.len(),
+            SUITES.len()
+        );
+        return Ok(());
+    }
     let readme_path = layout.root.join("README.md");
     let readme = std::fs::read_to_string(&readme_path).context("cannot read README.md")?;
     write(&readme_path, &splice(&readme, "summary", &readme_summary(&latest)))?;

@@ -51,6 +51,10 @@ pub const SUITES: &[SuiteDef] = &[
         name: "pg",
         build: crate::pg::pg,
     },
+    SuiteDef {
+        name: "networks",
+        build: crate::networks::networks,
+    },
 ];
 
 /// Looks a suite up by name.

@@ -13,6 +13,7 @@ use anyhow::Result;
 
 const STEP_GROUP: &str = "training step, hypergrid 4×8, MLP 2×256, by batch size";
 const WIDTH_GROUP: &str = "training step, hypergrid 4×8, batch 64, by hidden width";
+const NET_GROUP: &str = "training step, bit sequences n 120, k 8, batch 16, by policy network";
 const SAMPLE_GROUP: &str = "forward sampling without gradients, untrained MLP 2×256, batch 1024";
 const ROOF_GROUP: &str = "roofline";
 
@@ -47,6 +48,42 @@ pub fn throughput(opts: &SuiteOptions) -> Suite {
                 r.hidden = h;
                 r.eval_every = r.iterations;
                 runs.push(r.run(format!("{loss}-h{h}-seed{seed}"), WIDTH_GROUP, &format!("{loss} h{h}")));
+            }
+        }
+        // The policy networks of `cargo xtask bench networks`; the transformer's step costs ~40×
+        // the MLP's, so it runs fewer iterations.
+        for (net, flags) in crate::networks::NETWORKS {
+            let iterations = match net {
+                "mlp" => iterations_for(16, opts.quick),
+                _ => {
+                    if opts.quick {
+                        10
+                    } else {
+                        40
+                    }
+                }
+            };
+            for loss in ["tb", "subtb"] {
+                let mut gfn_args: Vec<String> = ["train", "--env", "bitseq", "--loss", loss].map(String::from).to_vec();
+                gfn_args.extend(flags.iter().map(|s| s.to_string()));
+                for (flag, value) in [
+                    ("--batch-size", "16".to_string()),
+                    ("--iterations", iterations.to_string()),
+                    ("--eval-every", iterations.to_string()),
+                    ("--seed", seed.to_string()),
+                    ("--threads", opts.threads.to_string()),
+                ] {
+                    gfn_args.extend([flag.to_string(), value]);
+                }
+                runs.push(RunSpec {
+                    name: format!("bitseq-{net}-{loss}-seed{seed}"),
+                    group: NET_GROUP.into(),
+                    row: format!("{net} {loss}"),
+                    seed,
+                    gfn_args,
+                    peer_args: Vec::new(),
+                    output: Output::RunDir,
+                });
             }
         }
         for (ndim, height) in [(2u32, 64u32), (2, 8), (4, 8)] {
@@ -267,8 +304,10 @@ mod tests {
             seeds: None,
             threads: 1,
         });
-        // 2 losses × (2 batches + 2 widths) + 3 sampling runs + 1 GEMM run.
-        assert_eq!(s.runs.len(), 2 * 4 + 3 + 1);
+        // 2 losses × (2 batches + 2 widths + 2 policy networks) + 3 sampling runs + 1 GEMM run.
+        assert_eq!(s.runs.len(), 2 * 6 + 3 + 1);
+        let tf = s.runs.iter().find(|r| r.name == "bitseq-transformer-tb-seed0").unwrap();
+        assert!(tf.gfn_args.windows(2).any(|w| w[0] == "--policy" && w[1] == "transformer"));
         let sample = s.runs.iter().find(|r| r.name == "sample-2x64-seed0").unwrap();
         assert!(sample.peer_args.iter().any(|a| a == "--sample-only"));
         assert_eq!(&sample.gfn_args[..2], ["speed", "sample"]);
