@@ -15,8 +15,9 @@ use crate::suite::{Agg, Metric, Output, RunSpec, Suite, SuiteOptions, num, ours_
 pub const GROUP: &str = "bit sequences n 120, k 8, batch 16";
 /// Iterations of a run (the transformer costs about 160 ms each on one thread).
 const ITERATIONS: u32 = 1000;
-/// Evaluations (each computes the test Spearman over 7,200 sequences).
-const EVALUATIONS: u32 = 5;
+/// Evaluations (each computes the test Spearman over 7,200 sequences: about 37 s with the
+/// transformer).
+const EVALUATIONS: u32 = 4;
 
 /// The networks compared, with their `gfn train` flags: the MLP of the other bitseq runs (4×256,
 /// as `cargo xtask bench pg`) and the transformer of gfnx's bit-sequence configuration (3 layers,

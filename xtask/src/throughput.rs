@@ -307,7 +307,11 @@ mod tests {
         // 2 losses × (2 batches + 2 widths + 2 policy networks) + 3 sampling runs + 1 GEMM run.
         assert_eq!(s.runs.len(), 2 * 6 + 3 + 1);
         let tf = s.runs.iter().find(|r| r.name == "bitseq-transformer-tb-seed0").unwrap();
-        assert!(tf.gfn_args.windows(2).any(|w| w[0] == "--policy" && w[1] == "transformer"));
+        assert!(
+            tf.gfn_args
+                .windows(2)
+                .any(|w| w[0] == "--policy" && w[1] == "transformer")
+        );
         let sample = s.runs.iter().find(|r| r.name == "sample-2x64-seed0").unwrap();
         assert!(sample.peer_args.iter().any(|a| a == "--sample-only"));
         assert_eq!(&sample.gfn_args[..2], ["speed", "sample"]);

@@ -1416,3 +1416,58 @@ fn a_transformer_policy_trains_resumes_and_is_refused_where_it_does_not_apply() 
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// The transformer with replay, with local search and with LED-DB: the seam policy walks back for
+/// the replayed and refined objects, is local search's state policy, and takes LED's learned
+/// potentials as loss inputs; each run trains bitseq 8/2 toward its exact target.
+#[test]
+fn a_transformer_policy_trains_with_replay_local_search_and_led() {
+    use gfn::options::{EnvName, LocalSearchAccept};
+    use gfn::seam::PolicyKind;
+    use gfn_objectives::ObjectiveName;
+    let base = TrainConfig {
+        env: EnvName::Bitseq,
+        bitseq_length: 8,
+        bitseq_word: 2,
+        bitseq_modes: 3,
+        policy: PolicyKind::Transformer,
+        hidden: 32,
+        heads: 4,
+        batch_size: 32,
+        iterations: 600,
+        eval_every: 100,
+        ..TrainConfig::default()
+    };
+    for (name, config) in [
+        (
+            "replay",
+            TrainConfig {
+                replay_size: 500,
+                ..base.clone()
+            },
+        ),
+        (
+            "local-search",
+            TrainConfig {
+                local_search: 2,
+                local_search_accept: LocalSearchAccept::Mh,
+                ..base.clone()
+            },
+        ),
+        (
+            "led-db",
+            TrainConfig {
+                loss: ObjectiveName::LedDb,
+                ..base.clone()
+            },
+        ),
+    ] {
+        let (t, summary) = train_small(&format!("tf-{name}"), config);
+        let tv = summary["exact"]["tv"].as_f64().unwrap();
+        let first = t.history[0].exact.unwrap().dist.tv;
+        assert!(tv <= TF_TV && tv < first / 2.0, "{name}: exact TV {first} → {tv}");
+    }
+}
+
+/// The exact TV the transformer runs of bitseq 8/2 must reach in 600 iterations.
+const TF_TV: f64 = 0.05;

@@ -43,6 +43,11 @@ pub trait Policy {
     fn log_z(&self) -> Option<&Var>;
     /// Where the parameters live.
     fn device(&self) -> &Device;
+    /// Whether [`Policy::forward`] gives P_B logits (else P_B is uniform over the parents, and a
+    /// backward walk needs no forward pass).
+    fn has_backward(&self) -> bool {
+        true
+    }
 }
 
 /// States (row-major, `state_dim` values each) to the observations a policy reads.
@@ -72,6 +77,9 @@ impl Policy for Estimator {
     }
     fn device(&self) -> &Device {
         Estimator::device(self)
+    }
+    fn has_backward(&self) -> bool {
+        self.config().backward == crate::BackwardPolicy::Learned
     }
 }
 
@@ -168,6 +176,9 @@ impl Policy for TransformerPolicy {
     }
     fn device(&self) -> &Device {
         self.log_z.device()
+    }
+    fn has_backward(&self) -> bool {
+        self.n_backward.is_some()
     }
 }
 
@@ -274,6 +285,9 @@ impl<M: candle_core::Module> Policy for ModulePolicy<M> {
     fn device(&self) -> &Device {
         self.log_z.device()
     }
+    fn has_backward(&self) -> bool {
+        self.n_backward.is_some()
+    }
 }
 
 /// A GIN as a policy on graph states over a fixed node set (every graph of a batch has the same
@@ -372,6 +386,9 @@ impl Policy for GinPolicy {
     fn device(&self) -> &Device {
         self.log_z.device()
     }
+    fn has_backward(&self) -> bool {
+        false
+    }
 }
 
 /// A [`Policy`] as the [`Sampler`](crate::Sampler)'s rollout policy: each step's states are
@@ -420,7 +437,12 @@ impl crate::estimator::BackwardRolloutPolicy for SeamRollout<'_> {
         rows: usize,
         out: &mut Vec<f32>,
     ) -> Result<crate::estimator::LogitLayout> {
-        match self.policy.forward(&(self.observe)(states)?)?.pb_logits {
+        let learned = if self.policy.has_backward() {
+            self.policy.forward(&(self.observe)(states)?)?.pb_logits
+        } else {
+            None
+        };
+        match learned {
             Some(logits) => {
                 let (r, width) = logits.dims2()?;
                 if r != rows {
@@ -444,6 +466,29 @@ impl crate::estimator::BackwardRolloutPolicy for SeamRollout<'_> {
                 })
             }
         }
+    }
+}
+
+/// A seam policy as local search's [`StatePolicy`](crate::local_search::StatePolicy): P_F and
+/// P_B logits of states (zeros for a uniform P_B), without a graph.
+impl crate::local_search::StatePolicy for SeamRollout<'_> {
+    fn logits(&mut self, states: &[i32], rows: usize, pf: &mut Vec<f32>, pb: &mut Vec<f32>) -> Result<()> {
+        let out = self.policy.forward(&(self.observe)(states)?)?;
+        let host = |t: &Tensor| -> Result<Vec<f32>> {
+            if t.dim(0)? != rows {
+                return Err(GfnError::Other(format!(
+                    "the policy gave {} rows of logits for {rows} states",
+                    t.dim(0)?
+                )));
+            }
+            Ok(t.detach().to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+        };
+        *pf = host(&out.pf_logits)?;
+        *pb = match &out.pb_logits {
+            Some(l) => host(l)?,
+            None => vec![0.0; rows * self.n_backward],
+        };
+        Ok(())
     }
 }
 

@@ -348,70 +348,28 @@ impl Objective {
         Ok((loss, stats, out.pf_logits))
     }
 
-    /// The loss on `batch`, from the estimator's outputs on every visited state (flow matching
-    /// adds the parents of each), with gradients. `forward` is `&mut &estimator` for candle's
-    /// graph, or the fast path's taped view that reuses the rollout's outputs.
-    pub fn loss<E: Env + ?Sized>(
-        &self,
-        env: &E,
-        batch: &TrajectoryBatch,
-        forward: &mut dyn RowForward,
-    ) -> Result<Tensor> {
+    /// The loss of `batch`, its rows evaluated by `forward` (see [`Objective::as_loss`]).
+    pub fn loss(&self, env: &dyn Env, batch: &TrajectoryBatch, forward: &mut dyn RowForward) -> Result<Tensor> {
         self.loss_with_offsets(env, batch, forward, None)
     }
 
     /// [`Objective::loss`] with the node offsets `[B, T+1]` of learned potentials (LED-DB,
     /// LED-SubTB: `gfn_led::led_offsets` of the re-centred potentials); other objectives ignore
     /// them.
-    pub fn loss_with_offsets<E: Env + ?Sized>(
+    pub fn loss_with_offsets(
         &self,
-        env: &E,
+        env: &dyn Env,
         batch: &TrajectoryBatch,
         forward: &mut dyn RowForward,
         offsets: Option<Vec<f64>>,
     ) -> Result<Tensor> {
-        if let Self::FlowMatching = self {
-            return flow_matching(&FlowMatchingTerms::from_batch(env, batch, forward)?);
-        }
-        if let Self::PolicyGradient(c) = self {
-            if c.variant.trains_backward() {
-                return Err(GfnError::Other(format!(
-                    "{} trains P_B on backward trajectories: call Objective::pg_loss with them",
-                    self.name()
-                )));
-            }
-            return Ok(self.pg_loss(env, batch, batch.batch_size, forward)?.0);
-        }
-        let out = forward.forward_rows(batch, &[], 0)?;
-        if let Self::SoftQ = self {
-            return softq::soft_q_loss(batch, &out);
-        }
-        let terms = BalanceTerms::from_batch(batch, &out)?;
-        match *self {
-            Self::TrajectoryBalance => trajectory_balance(&terms, &forward.log_z()),
-            Self::ReverseKl => Ok(vi::reverse_kl(&terms, &forward.log_z())?.0),
-            Self::DetailedBalance => detailed_balance(&terms),
-            Self::SubTrajectoryBalance { lambda } => subtrajectory_balance(&terms, lambda),
-            Self::ForwardLookingDb => detailed_balance(&terms.with_offsets(fl::intermediate_offsets(env, batch)?)?),
-            Self::ForwardLookingSubTb { lambda } => {
-                subtrajectory_balance(&terms.with_offsets(fl::intermediate_offsets(env, batch)?)?, lambda)
-            }
-            Self::ModifiedDb => mdb::modified_detailed_balance(&terms, mdb::node_log_rewards(env, batch)?),
-            Self::LedDb | Self::LedSubTb { .. } => {
-                let offsets = offsets.ok_or_else(|| {
-                    GfnError::Other(format!(
-                        "{} needs the potentials of a gfn-led PotentialNet",
-                        self.name()
-                    ))
-                })?;
-                let terms = terms.with_offsets(offsets)?;
-                match *self {
-                    Self::LedSubTb { lambda } => subtrajectory_balance(&terms, lambda),
-                    _ => detailed_balance(&terms),
-                }
-            }
-            Self::FlowMatching | Self::PolicyGradient(_) | Self::SoftQ => unreachable!(),
-        }
+        let inputs = loss::LossInputs {
+            env,
+            batch,
+            log_z: None,
+            potentials: offsets.as_deref(),
+        };
+        self.as_loss().row_loss(&inputs, forward)
     }
 
     /// The model's estimate of log Z: the log Z parameter (TB), log F(s_0) (DB, SubTB; log F̃(s_0)

@@ -37,14 +37,16 @@ pub fn log_terminal_probs<E: Env + ?Sized>(
     m: usize,
     rng: &mut GfnRng,
 ) -> Result<Vec<f64>> {
-    importance_sampled(env, objects, m, rng, |sampler, rows, rng, batch| {
+    importance_sampled(env, objects, m, MLP_CHUNK, rng, |sampler, rows, rng, batch| {
         sampler.sample_backward(env, estimator, rows, rng, batch)?;
         trajectory_log_probs(estimator, batch)
     })
 }
 
 /// [`log_terminal_probs`] through any [`Policy`](gfn_core::policy::Policy) (its learned P_B, or
-/// a uniform one without a P_B head), the states observed by `observe`.
+/// a uniform one without a P_B head), the states observed by `observe`, in batches of about
+/// [`SEAM_CHUNK`] trajectories (a sequence or graph network's activations over every state of
+/// 4,096 trajectories would not fit in memory).
 pub fn log_terminal_probs_through<E: Env + ?Sized>(
     env: &E,
     policy: &dyn gfn_core::policy::Policy,
@@ -53,7 +55,7 @@ pub fn log_terminal_probs_through<E: Env + ?Sized>(
     m: usize,
     rng: &mut GfnRng,
 ) -> Result<Vec<f64>> {
-    importance_sampled(env, objects, m, rng, |sampler, rows, rng, batch| {
+    importance_sampled(env, objects, m, SEAM_CHUNK, rng, |sampler, rows, rng, batch| {
         let mut walker = gfn_core::policy::SeamRollout {
             policy,
             observe,
@@ -71,12 +73,19 @@ pub fn log_terminal_probs_through<E: Env + ?Sized>(
     })
 }
 
+/// Backward trajectories per batch of [`log_terminal_probs`] (the MLP's rows are small).
+pub const MLP_CHUNK: usize = 4096;
+/// Backward trajectories per batch of [`log_terminal_probs_through`].
+pub const SEAM_CHUNK: usize = 128;
+
 /// The estimate of every object, given `walk`: backward trajectories from the rows (each object
-/// `m` times) into the batch, returning each trajectory's `(Σ log P_F, Σ log P_B)`.
+/// `m` times, about `chunk` trajectories at a time) into the batch, returning each trajectory's
+/// `(Σ log P_F, Σ log P_B)`.
 fn importance_sampled<E: Env + ?Sized>(
     env: &E,
     objects: &[i32],
     m: usize,
+    chunk: usize,
     rng: &mut GfnRng,
     mut walk: impl FnMut(&mut Sampler, &[i32], &mut GfnRng, &mut TrajectoryBatch) -> Result<(Vec<f64>, Vec<f64>)>,
 ) -> Result<Vec<f64>> {
@@ -92,7 +101,7 @@ fn importance_sampled<E: Env + ?Sized>(
     let mut sampler = Sampler::new();
     let mut batch = TrajectoryBatch::default();
     let mut out = Vec::with_capacity(n);
-    let per_batch = (4096 / m).max(1);
+    let per_batch = (chunk / m).max(1);
     let mut rows = Vec::with_capacity(per_batch * m * sd);
     for start in (0..n).step_by(per_batch) {
         let end = (start + per_batch).min(n);

@@ -13,15 +13,25 @@
 //! | [`ReverseKl`] | reverse-KL variational inference (REINFORCE) | log Z |
 //!
 //! Flow matching, the policy-gradient family and soft Q-learning read more than the terms (edge
-//! flows of parent states, backward batches and value heads, raw Q logits): they stay on
-//! [`Objective`](crate::Objective).
+//! flows of parent states, value heads, raw Q logits). Every objective, these included, is a
+//! [`RowLoss`]: a loss of a batch given a forward over its rows ([`RowForward`]: the MLP's graph or
+//! tape); every [`BalanceLoss`] is one through its terms, and [`Objective::as_loss`] gives the
+//! object of an [`Objective`]:
+//!
+//! | value | loss | needs |
+//! |---|---|---|
+//! | [`FlowMatching`] | `mean_s (log Σ_{s'→s} F(s'→s) − log Σ_{s→s''} F(s→s''))²` over the batch's states | the parents' edge flows |
+//! | [`SoftQ`] | the soft Bellman residual on the P_F logits as Q-values | — |
+//! | [`PolicyGradient`] | RL-U / RL-B / RL-G / RL-T's surrogate with GAE(λ) on the log F head | log F (the value), log Z; RL-B and RL-G a backward batch |
 
 use candle_core::Tensor;
 use gfn_core::batch::TrajectoryBatch;
 use gfn_core::{Env, GfnError, Result};
 
 use crate::terms::BalanceTerms;
+use crate::{Objective, PgConfig};
 use crate::{ObjectiveName, detailed_balance, fl, mdb, subtrajectory_balance, trajectory_balance, vi};
+use gfn_core::estimator::RowForward;
 
 /// What a balance loss needs beyond P_F (and P_B, learned or uniform).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -36,6 +46,12 @@ pub struct Needs {
     pub exit_action: bool,
     /// Learned potentials: per-node offsets in [`LossInputs::potentials`] (LED).
     pub potentials: bool,
+    /// The edge flows into every state of the batch from its parents (flow matching: the
+    /// forward evaluates the parents' rows too).
+    pub parent_flows: bool,
+    /// Backward trajectories from the batch's objects beside the forward ones (RL-B, RL-G:
+    /// [`Objective::pg_loss`](crate::Objective::pg_loss)).
+    pub backward_batch: bool,
 }
 
 /// What a loss may read besides the terms.
@@ -191,7 +207,7 @@ impl BalanceLoss for Tb {
         }
     }
     fn loss(&self, terms: BalanceTerms, inputs: &LossInputs) -> Result<Tensor> {
-        trajectory_balance(&terms, log_z(inputs, self.name())?)
+        trajectory_balance(&terms, log_z(inputs, BalanceLoss::name(self))?)
     }
 }
 
@@ -284,7 +300,7 @@ impl BalanceLoss for ReverseKl {
         }
     }
     fn loss(&self, terms: BalanceTerms, inputs: &LossInputs) -> Result<Tensor> {
-        Ok(vi::reverse_kl(&terms, log_z(inputs, self.name())?)?.0)
+        Ok(vi::reverse_kl(&terms, log_z(inputs, BalanceLoss::name(self))?)?.0)
     }
 }
 
@@ -300,7 +316,7 @@ impl BalanceLoss for LedDb {
         }
     }
     fn loss(&self, terms: BalanceTerms, inputs: &LossInputs) -> Result<Tensor> {
-        detailed_balance(&terms.with_offsets(potentials(inputs, self.name())?)?)
+        detailed_balance(&terms.with_offsets(potentials(inputs, BalanceLoss::name(self))?)?)
     }
 }
 
@@ -316,7 +332,10 @@ impl BalanceLoss for LedSubTb {
         }
     }
     fn loss(&self, terms: BalanceTerms, inputs: &LossInputs) -> Result<Tensor> {
-        subtrajectory_balance(&terms.with_offsets(potentials(inputs, self.name())?)?, self.lambda)
+        subtrajectory_balance(
+            &terms.with_offsets(potentials(inputs, BalanceLoss::name(self))?)?,
+            self.lambda,
+        )
     }
 }
 
@@ -349,4 +368,164 @@ pub fn balance_loss(kind: ObjectiveName, lambda: f64) -> Result<Box<dyn BalanceL
             ));
         }
     })
+}
+
+/// Any objective as a loss of a batch given a forward over its rows.
+pub trait RowLoss: std::fmt::Debug {
+    /// Its name on the command line.
+    fn name(&self) -> &'static str;
+    /// What it needs.
+    fn needs(&self) -> Needs;
+    /// The loss of `inputs.batch`, the rows evaluated by `forward` (its `log Z` where
+    /// `inputs.log_z` is `None`).
+    fn row_loss(&self, inputs: &LossInputs, forward: &mut dyn RowForward) -> Result<Tensor>;
+}
+
+/// A balance loss over a row forward: one forward over every row, the terms, the loss.
+impl<T: BalanceLoss + ?Sized> RowLoss for T {
+    fn name(&self) -> &'static str {
+        BalanceLoss::name(self)
+    }
+    fn needs(&self) -> Needs {
+        BalanceLoss::needs(self)
+    }
+    fn row_loss(&self, inputs: &LossInputs, forward: &mut dyn RowForward) -> Result<Tensor> {
+        let out = forward.forward_rows(inputs.batch, &[], 0)?;
+        let terms = BalanceTerms::from_batch(inputs.batch, &out)?;
+        let log_z = forward.log_z();
+        let inputs = LossInputs {
+            log_z: inputs.log_z.or(Some(&log_z)),
+            ..*inputs
+        };
+        self.loss(terms, &inputs)
+    }
+}
+
+/// Flow matching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FlowMatching;
+
+impl RowLoss for FlowMatching {
+    fn name(&self) -> &'static str {
+        "fm"
+    }
+    fn needs(&self) -> Needs {
+        Needs {
+            parent_flows: true,
+            ..Needs::default()
+        }
+    }
+    fn row_loss(&self, inputs: &LossInputs, forward: &mut dyn RowForward) -> Result<Tensor> {
+        crate::flow_matching(&crate::FlowMatchingTerms::from_batch(
+            inputs.env,
+            inputs.batch,
+            forward,
+        )?)
+    }
+}
+
+/// Soft Q-learning (exact on trees only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SoftQ;
+
+impl RowLoss for SoftQ {
+    fn name(&self) -> &'static str {
+        "soft-q"
+    }
+    fn needs(&self) -> Needs {
+        Needs::default()
+    }
+    fn row_loss(&self, inputs: &LossInputs, forward: &mut dyn RowForward) -> Result<Tensor> {
+        crate::softq::soft_q_loss(inputs.batch, &forward.forward_rows(inputs.batch, &[], 0)?)
+    }
+}
+
+/// The policy-gradient family (RL-U, RL-B, RL-G, RL-T) with its settings. On a batch of forward
+/// trajectories alone its loss is RL-U's (and RL-T's, whose trust-region step is
+/// [`crate::trpo`]); RL-B and RL-G train P_B on backward trajectories too, through
+/// [`Objective::pg_loss`](crate::Objective::pg_loss).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PolicyGradient(pub PgConfig);
+
+impl RowLoss for PolicyGradient {
+    fn name(&self) -> &'static str {
+        Objective::PolicyGradient(self.0).name()
+    }
+    fn needs(&self) -> Needs {
+        Needs {
+            log_flow: true,
+            log_z: true,
+            backward_batch: self.0.variant.trains_backward(),
+            ..Needs::default()
+        }
+    }
+    fn row_loss(&self, inputs: &LossInputs, forward: &mut dyn RowForward) -> Result<Tensor> {
+        let objective = Objective::PolicyGradient(self.0);
+        if self.0.variant.trains_backward() {
+            return Err(GfnError::Other(format!(
+                "{} trains P_B on backward trajectories: call Objective::pg_loss with them",
+                objective.name()
+            )));
+        }
+        Ok(objective
+            .pg_loss(inputs.env, inputs.batch, inputs.batch.batch_size, forward)?
+            .0)
+    }
+}
+
+impl Objective {
+    /// This objective as a loss object.
+    pub fn as_loss(&self) -> Box<dyn RowLoss> {
+        match *self {
+            Self::FlowMatching => Box::new(FlowMatching),
+            Self::SoftQ => Box::new(SoftQ),
+            Self::PolicyGradient(c) => Box::new(PolicyGradient(c)),
+            Self::TrajectoryBalance => Box::new(Tb),
+            Self::DetailedBalance => Box::new(Db),
+            Self::SubTrajectoryBalance { lambda } => Box::new(SubTb { lambda }),
+            Self::ForwardLookingDb => Box::new(FlDb),
+            Self::ForwardLookingSubTb { lambda } => Box::new(FlSubTb { lambda }),
+            Self::ModifiedDb => Box::new(ModifiedDb),
+            Self::LedDb => Box::new(LedDb),
+            Self::LedSubTb { lambda } => Box::new(LedSubTb { lambda }),
+            Self::ReverseKl => Box::new(ReverseKl),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ObjectiveName;
+
+    /// Every objective's loss object says what the objective's own flags say it needs.
+    #[test]
+    fn loss_objects_need_what_their_objectives_need() {
+        for &kind in ObjectiveName::ALL {
+            let objective = Objective::new(kind, 0.9).unwrap();
+            let loss = objective.as_loss();
+            let needs = loss.needs();
+            assert_eq!(RowLoss::name(loss.as_ref()), kind.name());
+            assert_eq!(needs.log_flow, objective.needs_flow_head(), "{kind}: log F");
+            assert_eq!(needs.log_z, objective.uses_log_z(), "{kind}: log Z");
+            // Modified DB reads every state's reward as an object's, through its exit action.
+            assert_eq!(
+                needs.intermediate_energies,
+                objective.needs_intermediate_energies() && kind != ObjectiveName::ModifiedDb,
+                "{kind}: intermediate energies"
+            );
+            assert_eq!(
+                needs.exit_action,
+                kind == ObjectiveName::ModifiedDb,
+                "{kind}: exit action"
+            );
+            assert_eq!(needs.potentials, objective.needs_potentials(), "{kind}: potentials");
+            assert_eq!(
+                needs.backward_batch,
+                objective.needs_backward_batch(),
+                "{kind}: backward batch"
+            );
+            assert_eq!(needs.parent_flows, kind == ObjectiveName::Fm, "{kind}: parent flows");
+        }
+    }
 }

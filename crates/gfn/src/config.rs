@@ -234,7 +234,8 @@ config! {
     /// Policy network: `mlp` (every objective; the tape and device engines) or `transformer`
     /// (a pre-LayerNorm transformer encoder over the environment's token encoding, bitseq: d_model
     /// = `hidden`, `layers` blocks, `heads`, `d_ff`, `positions`; the balance losses tb, db,
-    /// subtb, fl-db, fl-subtb, mdb and vi on the graph engine) [default: mlp].
+    /// subtb, fl-db, fl-subtb, mdb, led-db, led-subtb and vi, with replay and local search, on the
+    /// graph engine) [default: mlp].
     policy: PolicyKind = PolicyKind::Mlp,
     /// Hidden width of the MLP, or the transformer's d_model [default: 256].
     hidden: usize = 256,
@@ -367,9 +368,9 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// What `policy = transformer` supports: the balance losses over the terms, on the graph
-    /// engine and the CPU, without replay, local search, the gradient analysis or LED; a width
-    /// the heads divide.
+    /// What `policy = transformer` supports: the balance losses over the terms (LED's forms
+    /// included), with replay and local search, on the graph engine and the CPU, without the
+    /// gradient analysis; a width the heads divide.
     fn validate_policy(&self) -> Result<()> {
         if self.heads == 0 || !self.hidden.is_multiple_of(self.heads) {
             return Err(GfnError::invalid(
@@ -389,24 +390,15 @@ impl TrainConfig {
             ))
         };
         use ObjectiveName as L;
-        if !matches!(
-            self.loss,
-            L::Tb | L::Db | L::SubTb | L::FlDb | L::FlSubTb | L::ModifiedDb | L::ReverseKl
-        ) {
+        if self.loss.is_policy_gradient() || matches!(self.loss, L::Fm | L::SoftQ) {
             return why(
                 "loss",
                 self.loss.to_string(),
-                "must be tb, db, subtb, fl-db, fl-subtb, mdb or vi",
+                "must be tb, db, subtb, fl-db, fl-subtb, mdb, led-db, led-subtb or vi",
             );
         }
-        for (field, value) in [
-            ("replay_size", self.replay_size),
-            ("local_search", self.local_search),
-            ("grad_cosine_every", self.grad_cosine_every),
-        ] {
-            if value > 0 {
-                return why(field, value.to_string(), "must be 0");
-            }
+        if self.grad_cosine_every > 0 {
+            return why("grad_cosine_every", self.grad_cosine_every.to_string(), "must be 0");
         }
         if self.engine == Engine::Tape {
             return why("engine", self.engine.to_string(), "must be auto or graph");

@@ -9,7 +9,7 @@ use gfn_core::exact::ExactEvaluator;
 use gfn_core::nets::transformer::TransformerConfig;
 use gfn_core::obs::{ObservationKind, Observations, observe};
 use gfn_core::optim::{Adam, AdamParams};
-use gfn_core::policy::{Policy, SeamRollout, TransformerPolicy, exact_log_pf};
+use gfn_core::policy::{Observe, Policy, SeamRollout, TransformerPolicy, exact_log_pf};
 use gfn_core::{BackwardPolicy, Env, Estimator, GfnError, GfnRng, Result, Sampler, SamplingOptions, TrajectoryBatch};
 use gfn_objectives::loss::{BalanceLoss, LossInputs, balance_loss};
 use gfn_objectives::{BalanceTerms, Objective};
@@ -70,17 +70,10 @@ impl SeamNet {
             GfnError::invalid(
                 "loss",
                 config.loss,
-                "must be a balance loss over the terms with policy = transformer: tb, db, subtb, fl-db, fl-subtb, mdb or vi",
+                "must be a balance loss over the terms with policy = transformer: tb, db, subtb, fl-db, fl-subtb, mdb, led-db, led-subtb or vi",
             )
         })?;
         let needs = loss.needs();
-        if needs.potentials {
-            return Err(GfnError::invalid(
-                "loss",
-                config.loss,
-                "LED's potentials train beside the MLP only; use policy = mlp",
-            ));
-        }
         loss.check(env, needs.log_flow, true)?;
         let learned_pb = objective.uses_backward_policy() && config.backward_policy == BackwardPolicy::Learned;
         let tc = TransformerConfig {
@@ -140,31 +133,26 @@ impl SeamNet {
         &self.policy
     }
 
-    /// One training step: `n` trajectories sampled with `opts`, the balance terms through the
-    /// seam, the loss, its gradient and one optimiser step; returns the loss tensor.
-    #[allow(clippy::too_many_arguments)]
-    pub fn step(
-        &self,
-        env: &dyn Env,
-        sampler: &mut Sampler,
-        n: usize,
-        opts: SamplingOptions,
-        rng: &mut GfnRng,
-        batch: &mut TrajectoryBatch,
-    ) -> Result<Tensor> {
-        let obs = |s: &[i32]| self.observe(env, s);
-        let mut rollout = SeamRollout {
+    /// The policy as the sampler's (forward and backward) rollout policy and local search's
+    /// state policy, its states observed by `observe`.
+    pub fn rollout<'a>(&'a self, env: &dyn Env, observe: &'a Observe<'a>) -> SeamRollout<'a> {
+        SeamRollout {
             policy: &self.policy,
-            observe: &obs,
+            observe,
             n_backward: env.n_backward_actions(),
-        };
-        sampler.sample_forward_with(env, &mut rollout, n, opts, rng, batch)?;
+        }
+    }
+
+    /// The loss of `batch`: one forward over its rows with the graph (the balance terms through
+    /// the seam), then the loss object, with LED's `potentials` where it has them.
+    pub fn loss(&self, env: &dyn Env, batch: &TrajectoryBatch, potentials: Option<&[f64]>) -> Result<Tensor> {
+        let obs = |s: &[i32]| self.observe(env, s);
         let terms = BalanceTerms::through(batch, &self.policy, &obs)?;
         let inputs = LossInputs {
             env,
             batch,
             log_z: Some(self.policy.log_z_param().as_tensor()),
-            potentials: None,
+            potentials,
         };
         self.loss.loss(terms, &inputs)
     }
@@ -241,12 +229,7 @@ impl Net {
             },
             Self::Seam(s) => {
                 let obs = |st: &[i32]| s.observe(env, st);
-                let mut rollout = SeamRollout {
-                    policy: &s.policy,
-                    observe: &obs,
-                    n_backward: env.n_backward_actions(),
-                };
-                sampler.sample_forward_with(env, &mut rollout, n, opts, rng, batch)
+                sampler.sample_forward_with(env, &mut s.rollout(env, &obs), n, opts, rng, batch)
             }
         }
     }

@@ -410,20 +410,52 @@ impl Trainer {
         let opts = self.sampling_options();
         let env = self.env.as_ref();
         let n = self.config.batch_size;
-        let est = match &self.net {
-            Net::Mlp(est) => est,
-            Net::Seam(seam) => {
-                let loss = seam.step(env, &mut self.sampler, n, opts, &mut self.rng, &mut self.batch)?;
+        let (loss, value) = match (&self.net, &mut self.fast) {
+            // A network behind the policy seam: the reference path's steps through the seam.
+            (Net::Seam(seam), _) => {
+                let obs = |s: &[i32]| seam.observe(env, s);
+                let mut rollout = seam.rollout(env, &obs);
+                self.sampler
+                    .sample_forward_with(env, &mut rollout, n, opts, &mut self.rng, &mut self.batch)?;
+                let offsets = led_offsets(&mut self.led, &self.batch, &mut self.led_seconds)?;
+                if self.config.local_search > 0 {
+                    self.replay_rows.clear();
+                    local_search(
+                        env,
+                        &mut rollout,
+                        &self.config,
+                        &self.batch,
+                        &mut self.rng,
+                        &mut self.replay_rows,
+                    )?;
+                }
+                let batch = if extra_objects(
+                    &mut self.replay,
+                    self.config.local_search,
+                    self.replay_batch,
+                    &mut self.rng,
+                    &mut self.replay_rows,
+                ) {
+                    join_backward(
+                        &mut self.sampler,
+                        env,
+                        Walker::Seam(&mut rollout),
+                        &self.replay_rows,
+                        &mut self.rng,
+                        &mut self.back,
+                        &self.batch,
+                        &mut self.pg_batch,
+                    )?
+                } else {
+                    &self.batch
+                };
+                let loss = seam.loss(env, batch, offsets.as_deref())?;
                 let value = check_finite(&loss, self.objective, self.iteration)?;
                 self.optimizer.step(&loss.backward()?)?;
-                let rows = self.batch.num_rows();
-                self.finish_step(start, rows, value);
-                return Ok(value);
+                (loss, value)
             }
-        };
-        let (loss, value) = match &mut self.fast {
             // Fast path: the rollout records the outputs, the loss reuses them, one batched backward.
-            Some(fast) => {
+            (Net::Mlp(est), Some(fast)) => {
                 fast.clear();
                 let mut view = fast.view(est);
                 self.sampler
@@ -477,7 +509,7 @@ impl Trainer {
                 (loss, value)
             }
             // Reference path: no-grad rollout, then one batched forward with candle's graph.
-            None => {
+            (Net::Mlp(est), None) => {
                 self.sampler
                     .sample_forward(env, est, n, opts, &mut self.rng, &mut self.batch)?;
                 let offsets = led_offsets(&mut self.led, &self.batch, &mut self.led_seconds)?;
@@ -901,10 +933,12 @@ impl Trainer {
     }
 }
 
-/// What walks back with P_B: the fast path's taped view, or the estimator through candle.
+/// What walks back with P_B: the fast path's taped view, the estimator through candle, or a
+/// network behind the policy seam.
 enum Walker<'v, 'a> {
     Taped(&'v mut gfn_core::fast::Taped<'a>),
     Graph(&'v Estimator),
+    Seam(&'v mut gfn_core::policy::SeamRollout<'a>),
 }
 
 /// Walk back with P_B from `objects` into `back` and join the walks after `batch` in `joined`.
@@ -928,6 +962,7 @@ fn join_backward<'j>(
             view.record(&back.features[walked * back.feature_dim..], back.batch_size)?;
         }
         Walker::Graph(est) => sampler.sample_backward(env, est, objects, rng, back)?,
+        Walker::Seam(rollout) => sampler.sample_backward_with(env, rollout, objects, rng, back)?,
     }
     joined.clone_from(batch);
     joined.append(back)?;
