@@ -273,8 +273,14 @@ fn copy_plots(from: &Path, to: &Path) -> Result<()> {
     if pngs.is_empty() {
         return Ok(());
     }
+    // Old plots go (a renamed figure must not linger); the raw records beside them stay.
     if to.exists() {
-        std::fs::remove_dir_all(to).with_context(|| format!("cannot clear {}", to.display()))?;
+        for e in std::fs::read_dir(to)?.filter_map(|e| e.ok()) {
+            let p = e.path();
+            if p.extension().is_some_and(|e| e == "png") {
+                std::fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
+            }
+        }
     }
     std::fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
     for p in pngs {
