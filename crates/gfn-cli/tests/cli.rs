@@ -1045,10 +1045,25 @@ fn ebm_tasks_train_report_and_resume() {
     let full = tmp("ebm-full");
     run_ok(&ebm(&full, &[&ising[..], &["--iterations", "40"]].concat()));
     let s = summary(&full);
-    assert!(s["ising"]["neg_log_rmse"].as_f64().unwrap().is_finite(), "{s}");
-    for field in ["edge_mean", "edge_sd", "off_rms"] {
-        assert!(s["ising"][field].as_f64().unwrap().is_finite(), "{field}: {s}");
-    }
+    // The couplings move toward the truth (J = 0.1 on the lattice's edges): against a 1-iteration
+    // run of the same seed, −log RMSE rises (2.713 → 2.885 here) and the mean learned edge
+    // coupling grows (0.0009 → 0.018).
+    let one = tmp("ebm-one");
+    run_ok(&ebm(&one, &[&ising[..], &["--iterations", "1"]].concat()));
+    let s1 = summary(&one);
+    let fig = |s: &serde_json::Value, f: &str| s["ising"][f].as_f64().unwrap();
+    assert!(
+        fig(&s, "neg_log_rmse") > fig(&s1, "neg_log_rmse") + 0.1,
+        "−log RMSE {} after 40 iterations against {} after 1",
+        fig(&s, "neg_log_rmse"),
+        fig(&s1, "neg_log_rmse")
+    );
+    assert!(
+        fig(&s, "edge_mean") > fig(&s1, "edge_mean") + 0.01,
+        "edge coupling {} after 40 iterations against {} after 1",
+        fig(&s, "edge_mean"),
+        fig(&s1, "edge_mean")
+    );
     let share = s["ising"]["edge_share"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&share), "{s}");
     // `gfn eval` reads the same couplings back from the checkpoint.
@@ -1100,7 +1115,10 @@ fn ebm_tasks_train_report_and_resume() {
     ));
     let s = summary(&digits);
     assert!(s["bernoulli_baseline"]["nll"].as_f64().unwrap() > 20.0, "{s}");
-    assert!(s["ebm"]["nll_uniform_is"]["value"].as_f64().unwrap().is_finite(), "{s}");
+    // The uniform model's NLL is 64 ln 2 = 44.36 nats (the untrained energy is nearly flat:
+    // 44.37 after one iteration); ten PCD iterations go below it (44.09 here, standard error 0.01).
+    let nll = s["ebm"]["nll_uniform_is"]["value"].as_f64().unwrap();
+    assert!(nll < 64.0 * std::f64::consts::LN_2 - 0.1, "digits NLL {nll}: {s}");
     assert!(s["gfn"].is_null());
     // 2D data with EB-GFN and GFlowNet negatives: NLLs, MMD and the samples plot.
     let two_d = tmp("ebm-2d");
@@ -1222,8 +1240,19 @@ fn device_engine_resumes_bit_identically() {
     };
     let (x, y) = (strip(metrics(&a)), strip(metrics(&b)));
     assert_eq!(x, y, "resumed device-engine run differs");
+    // It trains: 60 iterations lower the exact TV of a 1-iteration run of the same seed by more
+    // than 0.05 (0.530 → 0.446 here; over seeds 0–5 the drop is 0.08–0.13).
     let tv = x.last().unwrap()["exact"]["tv"].as_f64().unwrap();
-    assert!(tv < 0.5, "TV {tv} after 60 iterations");
+    let c = tmp("dev-one");
+    let mut one: Vec<&str> = vec!["train", "--iterations", "1", "--out", c.to_str().unwrap()];
+    one.extend(common);
+    let o = gfn(&one);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let untrained = strip(metrics(&c)).last().unwrap()["exact"]["tv"].as_f64().unwrap();
+    assert!(
+        tv < untrained - 0.05,
+        "exact TV {tv} after 60 iterations against {untrained} after 1"
+    );
 }
 
 /// The bad-input sweep in its quick form (`benches/cli_fuzz.py --quick`: every option of
