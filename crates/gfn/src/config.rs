@@ -234,8 +234,8 @@ config! {
     /// Policy network: `mlp` (every objective; the tape and device engines) or `transformer`
     /// (a pre-LayerNorm transformer encoder over the environment's token encoding, bitseq: d_model
     /// = `hidden`, `layers` blocks, `heads`, `d_ff`, `positions`; the balance losses tb, db,
-    /// subtb, fl-db, fl-subtb, mdb, led-db, led-subtb and vi, with replay and local search, on the
-    /// graph engine) [default: mlp].
+    /// subtb, fl-db, fl-subtb, mdb, led-db, led-subtb and vi, with replay, local search and the
+    /// gradient analysis, on the graph engine) [default: mlp].
     policy: PolicyKind = PolicyKind::Mlp,
     /// Hidden width of the MLP, or the transformer's d_model [default: 256].
     hidden: usize = 256,
@@ -369,8 +369,8 @@ impl TrainConfig {
     }
 
     /// What `policy = transformer` supports: the balance losses over the terms (LED's forms
-    /// included), with replay and local search, on the graph engine and the CPU, without the
-    /// gradient analysis; a width the heads divide.
+    /// included), with replay, local search and the gradient analysis, on the graph engine and
+    /// the CPU; a width the heads divide.
     fn validate_policy(&self) -> Result<()> {
         if self.heads == 0 || !self.hidden.is_multiple_of(self.heads) {
             return Err(GfnError::invalid(
@@ -396,9 +396,6 @@ impl TrainConfig {
                 self.loss.to_string(),
                 "must be tb, db, subtb, fl-db, fl-subtb, mdb, led-db, led-subtb or vi",
             );
-        }
-        if self.grad_cosine_every > 0 {
-            return why("grad_cosine_every", self.grad_cosine_every.to_string(), "must be 0");
         }
         if self.engine == Engine::Tape {
             return why("engine", self.engine.to_string(), "must be auto or graph");

@@ -21,9 +21,11 @@ use anyhow::Result;
 use candle_core::{Tensor, backprop::GradStore};
 use serde::{Deserialize, Serialize};
 
-use gfn_core::{Estimator, Sampler, SamplingOptions, TrajectoryBatch, rng_from_seed};
+use gfn_core::policy::Policy;
+use gfn_core::{Estimator, GfnRng, Sampler, SamplingOptions, TrajectoryBatch, rng_from_seed};
 use gfn_objectives::Objective;
 
+use crate::seam::{Net, SeamNet};
 use crate::train::Trainer;
 
 /// Mean cosine similarities between small-batch gradients and the large-batch TB gradient.
@@ -84,36 +86,79 @@ fn cosine(a: &[f64], b: &[f64]) -> f64 {
     if na == 0.0 || nb == 0.0 { 0.0 } else { dot / (na * nb) }
 }
 
+/// The gradient of a network behind the seam as one f64 vector: every parameter, the pooled
+/// head's log F column left out where the policy has one (its last column).
+fn seam_policy_gradient(seam: &SeamNet, grads: &GradStore) -> Result<Vec<f64>> {
+    let mut out = Vec::new();
+    for (name, var) in seam.policy().named_params() {
+        let t = var.as_tensor();
+        let g: Vec<f32> = match grads.get(t) {
+            Some(g) => g.flatten_all()?.to_vec1()?,
+            None => vec![0.0; t.elem_count()],
+        };
+        let cols = *t.dims().last().unwrap_or(&1);
+        let head = name.ends_with("pooled_head.weight") || name.ends_with("pooled_head.bias");
+        let skip_col = (seam.has_flow() && head).then(|| cols - 1);
+        out.extend(
+            g.iter()
+                .enumerate()
+                .filter(|(i, _)| skip_col != Some(i % cols))
+                .map(|(_, &v)| f64::from(v)),
+        );
+    }
+    Ok(out)
+}
+
 /// Gradient of `objective` on `batch` with respect to the policy parameters.
 fn gradient(t: &Trainer, objective: Objective, batch: &TrajectoryBatch) -> Result<Vec<f64>> {
-    let est = t.net.mlp()?;
-    let loss = objective.loss(t.env.as_ref(), batch, &mut &*est)?;
-    let grads = loss.backward()?;
-    policy_gradient(est, &grads)
+    match &t.net {
+        Net::Mlp(est) => {
+            let loss = objective.loss(t.env.as_ref(), batch, &mut &*est)?;
+            policy_gradient(est, &loss.backward()?)
+        }
+        Net::Seam(seam) => {
+            let loss = gfn_objectives::loss::balance_loss(objective.kind(), t.config.lambda)?;
+            let value = seam.loss_with(loss.as_ref(), t.env.as_ref(), batch, None)?;
+            seam_policy_gradient(seam, &value.backward()?)
+        }
+    }
+}
+
+/// `n` on-policy trajectories of the trainer's network (the MLP through candle's graph path, as
+/// the analysis always sampled).
+fn sample(t: &Trainer, sampler: &mut Sampler, n: usize, rng: &mut GfnRng, batch: &mut TrajectoryBatch) -> Result<()> {
+    let opts = SamplingOptions::default();
+    match &t.net {
+        Net::Mlp(est) => sampler.sample_forward(t.env.as_ref(), est, n, opts, rng, batch)?,
+        Net::Seam(_) => t.net.sample(t.env.as_ref(), sampler, n, opts, rng, batch)?,
+    }
+    Ok(())
 }
 
 /// The analysis at the trainer's current parameters (which it leaves unchanged).
 pub fn grad_cosines(t: &Trainer, large_batch: usize, repeats: usize) -> Result<GradCosine> {
-    let est = t.net.mlp()?;
     let env = t.env.as_ref();
     let small = t.config.batch_size;
     let seed = t.config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ t.iteration ^ 0x0067_7261_6463_6f73;
     let mut rng = rng_from_seed(seed);
     let mut sampler = Sampler::new();
     let mut batch = TrajectoryBatch::default();
-    let opts = SamplingOptions::default();
 
     // TB needs log Z: borrow the model's own estimate when it was not trained with one.
-    let saved_log_z = est.log_z().as_tensor().copy()?;
+    let log_z = t.net.log_z();
+    let saved_log_z = log_z.as_tensor().copy()?;
     if !t.objective.uses_log_z() {
-        let estimate = t.objective.log_z_estimate(env, est)? as f32;
-        est.log_z().set(&Tensor::new(&[estimate], est.device())?)?;
+        let estimate = t.net.log_z_estimate(&t.objective, env)? as f32;
+        log_z.set(&Tensor::new(&[estimate], log_z.device())?)?;
     }
     let result = (|| -> Result<GradCosine> {
         let tb = Objective::parse("tb", t.config.lambda)?;
-        sampler.sample_forward(env, est, large_batch, opts, &mut rng, &mut batch)?;
+        sample(t, &mut sampler, large_batch, &mut rng, &mut batch)?;
         let g_big = gradient(t, tb, &batch)?;
-        let flow = est.config().flow_head;
+        let flow = match &t.net {
+            Net::Mlp(est) => est.config().flow_head,
+            Net::Seam(seam) => seam.has_flow(),
+        };
         let others: Vec<Objective> = if flow {
             vec![
                 Objective::parse("db", t.config.lambda)?,
@@ -124,7 +169,7 @@ pub fn grad_cosines(t: &Trainer, large_batch: usize, repeats: usize) -> Result<G
         };
         let mut sums = [0.0f64; 3];
         for _ in 0..repeats {
-            sampler.sample_forward(env, est, small, opts, &mut rng, &mut batch)?;
+            sample(t, &mut sampler, small, &mut rng, &mut batch)?;
             sums[0] += cosine(&gradient(t, tb, &batch)?, &g_big);
             for (k, &obj) in others.iter().enumerate() {
                 sums[k + 1] += cosine(&gradient(t, obj, &batch)?, &g_big);
@@ -140,7 +185,7 @@ pub fn grad_cosines(t: &Trainer, large_batch: usize, repeats: usize) -> Result<G
             subtb: flow.then(|| sums[2] / r),
         })
     })();
-    est.log_z().set(&saved_log_z)?;
+    log_z.set(&saved_log_z)?;
     result
 }
 

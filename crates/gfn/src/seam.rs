@@ -144,8 +144,19 @@ impl SeamNet {
     }
 
     /// The loss of `batch`: one forward over its rows with the graph (the balance terms through
-    /// the seam), then the loss object, with LED's `potentials` where it has them.
+    /// the seam), then the run's loss object, with LED's `potentials` where it has them.
     pub fn loss(&self, env: &dyn Env, batch: &TrajectoryBatch, potentials: Option<&[f64]>) -> Result<Tensor> {
+        self.loss_with(self.loss.as_ref(), env, batch, potentials)
+    }
+
+    /// [`SeamNet::loss`] with another balance loss (the gradient analysis compares several).
+    pub fn loss_with(
+        &self,
+        loss: &dyn BalanceLoss,
+        env: &dyn Env,
+        batch: &TrajectoryBatch,
+        potentials: Option<&[f64]>,
+    ) -> Result<Tensor> {
         let obs = |s: &[i32]| self.observe(env, s);
         let terms = BalanceTerms::through(batch, &self.policy, &obs)?;
         let inputs = LossInputs {
@@ -154,7 +165,12 @@ impl SeamNet {
             log_z: Some(self.policy.log_z_param().as_tensor()),
             potentials,
         };
-        self.loss.loss(terms, &inputs)
+        loss.loss(terms, &inputs)
+    }
+
+    /// Whether the policy has a log F head (in the last column of the pooled head).
+    pub fn has_flow(&self) -> bool {
+        self.loss.needs().log_flow
     }
 
     /// Useful FLOPs per evaluated state of a training step: forward and backward (twice the
