@@ -419,7 +419,6 @@ impl Trainer {
                     .sample_forward_with(env, &mut rollout, n, opts, &mut self.rng, &mut self.batch)?;
                 let offsets = led_offsets(&mut self.led, &self.batch, &mut self.led_seconds)?;
                 if self.config.local_search > 0 {
-                    self.replay_rows.clear();
                     local_search(
                         env,
                         &mut rollout,
@@ -429,26 +428,21 @@ impl Trainer {
                         &mut self.replay_rows,
                     )?;
                 }
-                let batch = if extra_objects(
-                    &mut self.replay,
-                    self.config.local_search,
-                    self.replay_batch,
+                let batch = training_batch(
+                    &mut self.sampler,
+                    env,
+                    Walker::Seam(&mut rollout),
+                    Extra {
+                        replay: &mut self.replay,
+                        local_search: self.config.local_search,
+                        replay_batch: self.replay_batch,
+                        rows: &mut self.replay_rows,
+                    },
                     &mut self.rng,
-                    &mut self.replay_rows,
-                ) {
-                    join_backward(
-                        &mut self.sampler,
-                        env,
-                        Walker::Seam(&mut rollout),
-                        &self.replay_rows,
-                        &mut self.rng,
-                        &mut self.back,
-                        &self.batch,
-                        &mut self.pg_batch,
-                    )?
-                } else {
-                    &self.batch
-                };
+                    &mut self.back,
+                    &self.batch,
+                    &mut self.pg_batch,
+                )?;
                 let loss = seam.loss(env, batch, offsets.as_deref())?;
                 let value = check_finite(&loss, self.objective, self.iteration)?;
                 self.optimizer.step(&loss.backward()?)?;
@@ -474,26 +468,21 @@ impl Trainer {
                         &mut self.replay_rows,
                     )?;
                 }
-                let batch = if extra_objects(
-                    &mut self.replay,
-                    self.config.local_search,
-                    self.replay_batch,
+                let batch = training_batch(
+                    &mut self.sampler,
+                    env,
+                    Walker::Taped(&mut view),
+                    Extra {
+                        replay: &mut self.replay,
+                        local_search: self.config.local_search,
+                        replay_batch: self.replay_batch,
+                        rows: &mut self.replay_rows,
+                    },
                     &mut self.rng,
-                    &mut self.replay_rows,
-                ) {
-                    join_backward(
-                        &mut self.sampler,
-                        env,
-                        Walker::Taped(&mut view),
-                        &self.replay_rows,
-                        &mut self.rng,
-                        &mut self.back,
-                        &self.batch,
-                        &mut self.pg_batch,
-                    )?
-                } else {
-                    &self.batch
-                };
+                    &mut self.back,
+                    &self.batch,
+                    &mut self.pg_batch,
+                )?;
                 let loss = self.objective.loss_with_offsets(env, batch, &mut view, offsets)?;
                 let value = check_finite(&loss, self.objective, self.iteration)?;
                 let grads = loss.backward()?;
@@ -525,26 +514,21 @@ impl Trainer {
                         &mut self.replay_rows,
                     )?;
                 }
-                let batch = if extra_objects(
-                    &mut self.replay,
-                    self.config.local_search,
-                    self.replay_batch,
+                let batch = training_batch(
+                    &mut self.sampler,
+                    env,
+                    Walker::Graph(est),
+                    Extra {
+                        replay: &mut self.replay,
+                        local_search: self.config.local_search,
+                        replay_batch: self.replay_batch,
+                        rows: &mut self.replay_rows,
+                    },
                     &mut self.rng,
-                    &mut self.replay_rows,
-                ) {
-                    join_backward(
-                        &mut self.sampler,
-                        env,
-                        Walker::Graph(est),
-                        &self.replay_rows,
-                        &mut self.rng,
-                        &mut self.back,
-                        &self.batch,
-                        &mut self.pg_batch,
-                    )?
-                } else {
-                    &self.batch
-                };
+                    &mut self.back,
+                    &self.batch,
+                    &mut self.pg_batch,
+                )?;
                 let loss = self.objective.loss_with_offsets(env, batch, &mut &*est, offsets)?;
                 let value = check_finite(&loss, self.objective, self.iteration)?;
                 let grads = loss.backward()?;
@@ -941,6 +925,37 @@ enum Walker<'v, 'a> {
     Seam(&'v mut gfn_core::policy::SeamRollout<'a>),
 }
 
+/// Where extra objects for a step come from: local search's refined objects (already in `rows`)
+/// or the replay buffer.
+struct Extra<'r> {
+    replay: &'r mut Option<crate::replay::ReplayBuffer>,
+    local_search: usize,
+    replay_batch: usize,
+    rows: &'r mut Vec<i32>,
+}
+
+/// The batch the loss sees: `batch` alone, or with the step's extra objects (local search's, or
+/// `replay_batch` drawn from the replay buffer) walked back with P_B and joined after it
+/// ([`join_backward`]).
+#[allow(clippy::too_many_arguments)]
+fn training_batch<'j>(
+    sampler: &mut Sampler,
+    env: &dyn Env,
+    walker: Walker<'_, '_>,
+    extra: Extra<'_>,
+    rng: &mut GfnRng,
+    back: &mut TrajectoryBatch,
+    batch: &'j TrajectoryBatch,
+    joined: &'j mut TrajectoryBatch,
+) -> Result<&'j TrajectoryBatch> {
+    match extra.replay {
+        _ if extra.local_search > 0 => {}
+        Some(replay) if !replay.is_empty() => replay.draw(extra.replay_batch, rng, extra.rows),
+        _ => return Ok(batch),
+    }
+    join_backward(sampler, env, walker, extra.rows, rng, back, batch, joined)
+}
+
 /// Walk back with P_B from `objects` into `back` and join the walks after `batch` in `joined`.
 /// The taped view then records the walks' initial states, the one row the walk did not evaluate
 /// (they come last), so the loss finds every row on the tape.
@@ -967,25 +982,6 @@ fn join_backward<'j>(
     joined.clone_from(batch);
     joined.append(back)?;
     Ok(joined)
-}
-
-/// Whether this step trains on objects beside the batch, re-sampled backward: local search's
-/// (already in `rows`) or a replay draw (into `rows`).
-fn extra_objects(
-    replay: &mut Option<crate::replay::ReplayBuffer>,
-    local_search: usize,
-    replay_batch: usize,
-    rng: &mut GfnRng,
-    rows: &mut Vec<i32>,
-) -> bool {
-    match replay {
-        _ if local_search > 0 => true,
-        Some(replay) if !replay.is_empty() => {
-            replay.draw(replay_batch, rng, rows);
-            true
-        }
-        _ => false,
-    }
 }
 
 /// RL-T's trust-region step of the P_F network (`est.nets()[0]`) on the first `n_forward`
