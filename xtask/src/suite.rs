@@ -523,6 +523,18 @@ pub fn col_l1_last5() -> Metric {
     }
 }
 
+/// The task's test-set Spearman correlation (bit sequences), mean ± std over seeds.
+pub fn col_test_spearman() -> Metric {
+    Metric {
+        header: "test Spearman",
+        key: "test_spearman",
+        short: "Spearman",
+        value: |r| num(r, "/summary/task/test_spearman"),
+        agg: Agg::MeanStd,
+        digits: 3,
+    }
+}
+
 /// Modes visited by training (mean over seeds).
 pub fn col_modes_found() -> Metric {
     Metric {

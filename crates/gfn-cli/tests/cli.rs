@@ -1451,22 +1451,9 @@ fn a_transformer_policy_trains_resumes_and_is_refused_where_it_does_not_apply() 
 /// potentials as loss inputs; each run trains bitseq 8/2 toward its exact target.
 #[test]
 fn a_transformer_policy_trains_with_replay_local_search_and_led() {
-    use gfn::options::{EnvName, LocalSearchAccept};
-    use gfn::seam::PolicyKind;
+    use gfn::options::LocalSearchAccept;
     use gfn_objectives::ObjectiveName;
-    let base = TrainConfig {
-        env: EnvName::Bitseq,
-        bitseq_length: 8,
-        bitseq_word: 2,
-        bitseq_modes: 3,
-        policy: PolicyKind::Transformer,
-        hidden: 32,
-        heads: 4,
-        batch_size: 32,
-        iterations: 600,
-        eval_every: 100,
-        ..TrainConfig::default()
-    };
+    let base = tf_bitseq();
     for (name, config) in [
         (
             "replay",
@@ -1501,29 +1488,36 @@ fn a_transformer_policy_trains_with_replay_local_search_and_led() {
 /// The exact TV the transformer runs of bitseq 8/2 must reach in 600 iterations.
 const TF_TV: f64 = 0.05;
 
+/// A transformer (d_model 32, 4 heads) on bit sequences of 8 bits written 2 at a time (3 modes),
+/// batch 32, 600 iterations evaluated every 100.
+fn tf_bitseq() -> TrainConfig {
+    TrainConfig {
+        env: gfn::options::EnvName::Bitseq,
+        bitseq_length: 8,
+        bitseq_word: 2,
+        bitseq_modes: 3,
+        policy: gfn::seam::PolicyKind::Transformer,
+        hidden: 32,
+        heads: 4,
+        batch_size: 32,
+        iterations: 600,
+        eval_every: 100,
+        ..TrainConfig::default()
+    }
+}
+
 /// The gradient analysis through the seam: the transformer's small-batch TB gradient points along
 /// the large-batch one (cosine 0.52 and 0.55 at iterations 100 and 200 here; independent
 /// directions in its 26,000 coordinates would give about 0), and DB and SubTB are measured too.
 #[test]
 fn the_gradient_analysis_runs_through_the_seam() {
-    use gfn::options::EnvName;
-    use gfn::seam::PolicyKind;
     let config = TrainConfig {
-        env: EnvName::Bitseq,
-        bitseq_length: 8,
-        bitseq_word: 2,
-        bitseq_modes: 3,
-        policy: PolicyKind::Transformer,
-        hidden: 32,
-        heads: 4,
-        batch_size: 32,
         loss: "subtb".parse().unwrap(),
         iterations: 200,
-        eval_every: 100,
         grad_cosine_every: 100,
         grad_cosine_batch: 256,
         grad_cosine_repeats: 4,
-        ..TrainConfig::default()
+        ..tf_bitseq()
     };
     let (t, _) = train_small("tf-gradcos", config);
     let measured: Vec<_> = t.history.iter().filter_map(|r| r.grad_cosine).collect();
