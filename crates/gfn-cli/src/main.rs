@@ -267,14 +267,34 @@ fn train_cmd(
         let dir = RunDir::new(&out);
         // Refuses a directory another process trains in, one holding a run (→ --resume) and
         // one holding anything that is not ours.
+        let existed = out.exists();
         let lock = usage(dir.create_new())?;
+        // A run refused while building (an option its environment cannot take) leaves no
+        // directory behind where there was none.
+        let discard = |lock: gfn_cli::run_dir::RunLock| {
+            drop(lock);
+            if !existed {
+                let _ = std::fs::remove_dir_all(&out);
+            }
+        };
         set_threads(cfg.threads);
         if cfg.env.is_ebm() {
-            let t = usage(EbmRun::new(cfg, &device))?;
+            let t = match EbmRun::new(cfg, &device) {
+                Ok(t) => t,
+                Err(e) => {
+                    discard(lock);
+                    return usage(Err(e));
+                }
+            };
             return ebm_cmd(t, &dir);
         }
-        let t = usage(Trainer::new(cfg, &device))?;
-        (t, dir, lock)
+        match Trainer::new(cfg, &device) {
+            Ok(t) => (t, dir, lock),
+            Err(e) => {
+                discard(lock);
+                return usage(Err(e));
+            }
+        }
     };
     let c = &trainer.config;
     eprintln!(
@@ -458,7 +478,11 @@ impl Progress<EvalRecord> for Bar {
         }
     }
     fn on_eval(&mut self, r: &EvalRecord) {
-        self.last_tv = r.exact.map(|e| e.dist.tv);
+        // A conditional GFlowNet: the worst condition's TV.
+        self.last_tv = r
+            .exact
+            .map(|e| e.dist.tv)
+            .or_else(|| r.conditions.iter().map(|c| c.exact.dist.tv).reduce(f64::max));
         self.bar.set_position(r.iteration);
     }
 }
@@ -507,6 +531,24 @@ fn print_summary(s: &serde_json::Value, dir: &Path) {
             f("/exact_last5_mean/tv")
         );
         println!("  log Z   learned {}  true {}", f("/log_z/learned"), f("/log_z/true"));
+    } else if let Some(conditions) = s["conditions"].as_array() {
+        for c in conditions {
+            let g = |p: &str| {
+                c.pointer(p)
+                    .and_then(|v| v.as_f64())
+                    .map(|v| format!("{v:.4}"))
+                    .unwrap_or_default()
+            };
+            println!(
+                "  exact at {}: TV {}  L1 {}  JSD {}  log Z learned {} true {}",
+                c["label"].as_str().unwrap_or_default(),
+                g("/tv"),
+                g("/l1_sum"),
+                g("/jsd"),
+                g("/log_z/learned"),
+                g("/log_z/true")
+            );
+        }
     } else {
         println!("  (no exact evaluation: the space is too large to enumerate)");
     }

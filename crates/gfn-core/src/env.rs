@@ -166,6 +166,30 @@ pub trait Env: Send + Sync {
         ))
     }
 
+    /// Conditional GFlowNets: what the environment is conditioned on, or `None` (the default) for
+    /// an unconditional one. A conditional environment keeps its condition `c` in the state (so
+    /// every policy head sees it through the features or observations, and the reward reads it),
+    /// has one initial state `s_0(c)` per condition, and draws `c` with
+    /// [`Env::draw_initial_state`]. Exact evaluation runs per condition on
+    /// [`crate::conditional::Pinned`].
+    fn condition_space(&self) -> Option<crate::conditional::ConditionSpace> {
+        None
+    }
+    /// Draw a condition from the training distribution and write its `s_0(c)`; the default (an
+    /// unconditional environment) writes [`Env::initial_state`] and draws nothing.
+    fn draw_initial_state(&self, _rng: &mut crate::GfnRng, out: &mut [i32]) {
+        self.initial_state(out);
+    }
+    /// Write `s_0(c)` for the condition `c` (values as [`crate::conditional::ConditionSpace`]
+    /// names them); an error names a condition out of range, or an unconditional environment.
+    fn conditioned_initial_state(&self, condition: &[f64], _out: &mut [i32]) -> crate::Result<()> {
+        Err(crate::GfnError::invalid(
+            "condition",
+            format!("{condition:?}"),
+            format!("{} is not a conditional environment", self.name()),
+        ))
+    }
+
     /// Forward masks for a batch of states (`states.len() / state_dim` rows).
     fn forward_masks(&self, states: &[i32], masks: &mut [bool]) {
         let (d, a) = (self.state_dim(), self.n_actions());

@@ -9,6 +9,7 @@
 
 pub mod batch;
 pub mod choice;
+pub mod conditional;
 pub mod dag;
 pub mod env;
 pub mod error;

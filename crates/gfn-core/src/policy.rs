@@ -538,6 +538,13 @@ pub fn tb_loss_on_policy(
     if !(0.0..=1.0).contains(&epsilon) {
         return Err(GfnError::invalid("epsilon", epsilon, "must be in [0, 1]"));
     }
+    if env.condition_space().is_some() {
+        return Err(GfnError::invalid(
+            "env",
+            env.name(),
+            "is conditional: its log Z(c) is a function of the condition (the log F head at s_0(c)), not the scalar this loop trains; use the balance losses through BalanceTerms",
+        ));
+    }
     let log_z = policy
         .log_z()
         .ok_or_else(|| GfnError::invalid("policy", "without log Z", "TB needs a policy with log Z"))?;

@@ -162,8 +162,9 @@ impl Sampler {
         batch.reset(env, n);
         self.current.clear();
         self.current.resize(n * sd, 0);
+        // One condition per trajectory for a conditional environment (no draw otherwise).
         for s in self.current.chunks_exact_mut(sd) {
-            env.initial_state(s);
+            env.draw_initial_state(rng, s);
         }
         self.active.clear();
         self.active.extend(0..n);

@@ -10,20 +10,31 @@
 //!   60 modes (TB paper; appended left to right, a tree, or filled in any order).
 //! * [`BayesNetEnv`]: DAG structures on 5 nodes built edge by edge, reward the BGe score of
 //!   linear-Gaussian data (GFN-PG, DAG-GFlowNet); all 29,281 DAGs enumerable.
+//! * [`GraphBuildingEnv`]: labelled graphs built node by node and edge by edge (torchgfn's
+//!   `GraphBuilding`), typed nodes and edges, directed or not, optionally acyclic, user reward.
+//! * [`mis_graphs`]: RB-model random graphs (the MIS benchmark's generator), the greedy
+//!   minimum-degree heuristic and an exact branch-and-bound maximum independent set.
+//! * [`Tempered`]: any of these conditioned on a reward exponent `β` (`R^β`, a conditional
+//!   GFlowNet over a range of `β`).
 
 pub mod bag;
 pub mod bayesnet;
 pub mod binary;
 pub mod bitseq;
 pub mod data;
+pub mod graph_building;
 pub mod hypergrid;
 pub mod indset;
+pub mod mis_graphs;
 pub mod set;
+pub mod tempered;
 
 pub use bag::BagEnv;
 pub use bayesnet::BayesNetEnv;
 pub use binary::BinaryEnv;
 pub use bitseq::BitSeqEnv;
+pub use graph_building::{GraphBuildingConfig, GraphBuildingEnv};
 pub use hypergrid::{Hypergrid, HypergridReward};
 pub use indset::IndSetEnv;
 pub use set::{SetAnalysis, SetEnv, SetSize};
+pub use tempered::Tempered;

@@ -294,6 +294,16 @@ impl Objective {
                 ),
             ));
         }
+        if env.condition_space().is_some() && matches!(self, Self::PolicyGradient(_)) {
+            return Err(GfnError::invalid(
+                "loss",
+                self.name(),
+                format!(
+                    "is not available on the conditional {}: the policy-gradient losses keep a scalar log Z; use tb, db, subtb, fl-db, fl-subtb, led-db, led-subtb, mdb, fm, soft-q or vi",
+                    env.name()
+                ),
+            ));
+        }
         if self.needs_intermediate_energies() && !fl::has_intermediate_energies(env) {
             return Err(GfnError::invalid(
                 "loss",
@@ -376,7 +386,8 @@ impl Objective {
     /// for FL, whose initial offset is 0), the total log edge flow out of s_0 (FM), or
     /// `log R(s_0) − log P_F(exit | s_0)` (modified DB).
     pub fn log_z_estimate<E: Env + ?Sized>(&self, env: &E, estimator: &Estimator) -> Result<f64> {
-        if self.uses_log_z() {
+        // A conditional environment's log Z(c) is log F(s_0(c)), read below.
+        if self.uses_log_z() && env.condition_space().is_none() {
             return estimator.log_z_value();
         }
         let mut s0 = vec![0; env.state_dim()];

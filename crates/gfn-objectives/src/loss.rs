@@ -81,9 +81,12 @@ pub trait BalanceLoss: std::fmt::Debug {
     /// Refuse an environment or policy that lacks what this loss needs, naming it.
     fn check(&self, env: &dyn Env, has_log_flow: bool, has_log_z: bool) -> Result<()> {
         let needs = self.needs();
+        let conditional = env.condition_space().is_some();
         let missing = if needs.log_flow && !has_log_flow {
             Some("a log F head")
-        } else if needs.log_z && !has_log_z {
+        } else if needs.log_z && conditional && !has_log_flow {
+            Some("a log F head on a conditional environment (log Z(c) = log F(s_0(c)))")
+        } else if needs.log_z && !conditional && !has_log_z {
             Some("a learned log Z")
         } else if needs.intermediate_energies && !fl::has_intermediate_energies(env) {
             Some("an environment with intermediate energies")
@@ -103,6 +106,26 @@ fn log_z<'a>(inputs: &LossInputs<'a>, name: &str) -> Result<&'a Tensor> {
     inputs
         .log_z
         .ok_or_else(|| GfnError::invalid("loss", name, "needs a learned log Z"))
+}
+
+/// The `log Z` a trajectory-level loss compares against: the learned scalar, or for a conditional
+/// environment ([`Env::condition_space`]) `log Z(c) = log F(s_0(c))` per trajectory, `[B]`, the
+/// flow head at each trajectory's initial state.
+fn trajectory_log_z(terms: &BalanceTerms, inputs: &LossInputs, name: &str) -> Result<Tensor> {
+    if inputs.env.condition_space().is_none() {
+        return Ok(log_z(inputs, name)?.clone());
+    }
+    let flow = terms.log_flow.as_ref().ok_or_else(|| {
+        GfnError::invalid(
+            "loss",
+            name,
+            format!(
+                "on the conditional {} needs a log F head: log Z(c) is log F(s_0(c))",
+                inputs.env.name()
+            ),
+        )
+    })?;
+    Ok(flow.narrow(1, 0, 1)?.flatten_all()?)
 }
 
 fn potentials(inputs: &LossInputs, name: &str) -> Result<Vec<f64>> {
@@ -207,7 +230,8 @@ impl BalanceLoss for Tb {
         }
     }
     fn loss(&self, terms: BalanceTerms, inputs: &LossInputs) -> Result<Tensor> {
-        trajectory_balance(&terms, log_z(inputs, BalanceLoss::name(self))?)
+        let log_z = trajectory_log_z(&terms, inputs, BalanceLoss::name(self))?;
+        trajectory_balance(&terms, &log_z)
     }
 }
 
@@ -300,7 +324,8 @@ impl BalanceLoss for ReverseKl {
         }
     }
     fn loss(&self, terms: BalanceTerms, inputs: &LossInputs) -> Result<Tensor> {
-        Ok(vi::reverse_kl(&terms, log_z(inputs, BalanceLoss::name(self))?)?.0)
+        let log_z = trajectory_log_z(&terms, inputs, BalanceLoss::name(self))?;
+        Ok(vi::reverse_kl(&terms, &log_z)?.0)
     }
 }
 

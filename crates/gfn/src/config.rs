@@ -16,7 +16,8 @@ use gfn_envs::data::synthetic::Dataset;
 use gfn_objectives::ObjectiveName;
 
 use crate::options::{
-    DeviceChoice, EbmMethod, Engine, EnvName, EpsilonFinal, GuideFloor, LocalSearchAccept, Rule, TemperatureFinal,
+    Condition, DeviceChoice, EbmMethod, Engine, EnvName, EpsilonFinal, EvalConditions, GuideFloor, LocalSearchAccept,
+    Rule, TemperatureFinal,
 };
 use crate::replay::Priority;
 use crate::seam::PolicyKind;
@@ -95,6 +96,12 @@ config! {
     env: EnvName = EnvName::Hypergrid,
     /// Seed of the task's own random parts (the bag task's modes) [default: 0].
     task_seed: u64 = 0,
+    /// Conditional GFlowNet: `none`, or `beta=LO..HI` (one sampler for every reward exponent β
+    /// in the range, `R^β`; exact evaluation per condition) [default: none].
+    condition: Condition = Condition::None,
+    /// Conditions evaluated: `auto` (for beta=LO..HI: LO, √(LO·HI), HI) or a list such as
+    /// `0.5;1;2` [default: auto].
+    eval_conditions: EvalConditions = EvalConditions::Auto,
     /// Set generation: small (|U| 30, k 20), medium (80, 60) or large (100, 80) [default: small].
     size: SetSize = SetSize::Small,
     /// bitseq: sequence length n in bits (≤ 128, a multiple of 8) [default: 120].
@@ -636,6 +643,11 @@ impl TrainConfig {
         match field {
             "ndim" | "height" | "r0" | "r1" | "r2" => only(env == E::Hypergrid, "to env = hypergrid"),
             "size" => only(env == E::Set, "to env = set"),
+            "condition" => only(!ebm, "to GFlowNet tasks (not the EBM tasks)"),
+            "eval_conditions" => only(
+                self.condition != Condition::None && !ebm,
+                "to a conditional GFlowNet (condition = beta=LO..HI)",
+            ),
             "task_seed" => only(
                 matches!(env, E::Bag | E::Bayesnet | E::Bitseq | E::Ising),
                 "to env = bag, bayesnet, bitseq and ising (the task's random parts)",
@@ -865,7 +877,7 @@ impl TrainConfig {
 
 /// Options added after checkpoint format 2: [`TrainConfig::binding_hash`] leaves them out at
 /// their defaults.
-pub const ADDED_OPTIONS: &[&str] = &["policy", "heads", "d_ff", "positions"];
+pub const ADDED_OPTIONS: &[&str] = &["policy", "heads", "d_ff", "positions", "condition", "eval_conditions"];
 
 #[cfg(test)]
 mod tests {

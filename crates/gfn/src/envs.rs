@@ -5,14 +5,23 @@ use gfn_envs::bayesnet::{BayesNetConfig, BayesNetEnv};
 use gfn_envs::binary::{BinaryEnv, LogDensity};
 use gfn_envs::bitseq::{BitSeqConfig, BitSeqEnv};
 use gfn_envs::data::ising::LatticeIsing;
-use gfn_envs::{BagEnv, Hypergrid, HypergridReward, SetEnv};
+use gfn_envs::{BagEnv, Hypergrid, HypergridReward, SetEnv, Tempered};
 
 use crate::config::TrainConfig;
-use crate::options::EnvName;
+use crate::options::{Condition, EnvName};
 
 /// Build the environment of `config` (a GFlowNet task: the EBM tasks build theirs in
 /// [`crate::ebm`]).
 pub fn build_env(config: &TrainConfig) -> Result<Box<dyn Env>> {
+    let env = unconditional_env(config)?;
+    match config.condition {
+        Condition::None => Ok(env),
+        Condition::Beta { lo, hi } => Ok(Box::new(Tempered::new(env, lo, hi)?)),
+    }
+}
+
+/// The environment of `config` before any conditioning.
+fn unconditional_env(config: &TrainConfig) -> Result<Box<dyn Env>> {
     match config.env {
         EnvName::Hypergrid => Ok(Box::new(Hypergrid::new(
             config.ndim,

@@ -18,6 +18,7 @@
 //! 1.8–3× slower steps). The `gfn` binary (gfn-cli) uses mimalloc.
 
 pub mod checkpoint;
+pub mod conditions;
 pub mod config;
 pub mod device;
 pub mod ebm;

@@ -201,6 +201,106 @@ rule_option! {
     TemperatureFinal("temperature_final", "none")
 }
 
+/// What a GFlowNet is conditioned on (`condition`): `none`, or `beta=LO..HI`, the reward exponent
+/// `β` drawn uniformly from `[LO, HI]` for each training trajectory (`R^β`, a conditional
+/// GFlowNet over the range: [`gfn_envs::Tempered`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Condition {
+    /// Unconditional.
+    None,
+    /// The reward exponent over a range.
+    Beta {
+        /// Lowest β.
+        lo: f64,
+        /// Highest β.
+        hi: f64,
+    },
+}
+
+impl std::fmt::Display for Condition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("none"),
+            Self::Beta { lo, hi } => write!(f, "beta={lo}..{hi}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Condition {
+    type Err = GfnError;
+    fn from_str(s: &str) -> Result<Self> {
+        if s == "none" {
+            return Ok(Self::None);
+        }
+        let bad = || GfnError::invalid("condition", s, "must be none or beta=LO..HI (0 < LO ≤ HI)");
+        let range = s.strip_prefix("beta=").ok_or_else(bad)?;
+        let (lo, hi) = range.split_once("..").ok_or_else(bad)?;
+        let (lo, hi) = (
+            lo.trim().parse::<f64>().map_err(|_| bad())?,
+            hi.trim().parse::<f64>().map_err(|_| bad())?,
+        );
+        if !(lo.is_finite() && hi.is_finite() && lo > 0.0 && lo <= hi) {
+            return Err(bad());
+        }
+        Ok(Self::Beta { lo, hi })
+    }
+}
+
+gfn_core::string_serde!(Condition);
+
+/// The conditions evaluation reports (`eval_conditions`): `auto` (the environment's: for
+/// `beta=LO..HI`, LO, √(LO·HI) and HI) or a `;`-separated list of conditions, each a
+/// `,`-separated list of values (`0.5;1;2`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum EvalConditions {
+    /// The environment's own list.
+    Auto,
+    /// These conditions.
+    List(Vec<Vec<f64>>),
+}
+
+impl std::fmt::Display for EvalConditions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::List(l) => {
+                let parts: Vec<String> = l
+                    .iter()
+                    .map(|c| c.iter().map(f64::to_string).collect::<Vec<_>>().join(","))
+                    .collect();
+                f.write_str(&parts.join(";"))
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for EvalConditions {
+    type Err = GfnError;
+    fn from_str(s: &str) -> Result<Self> {
+        if s == "auto" {
+            return Ok(Self::Auto);
+        }
+        let bad = || {
+            GfnError::invalid(
+                "eval_conditions",
+                s,
+                "must be auto or conditions separated by ';', each values separated by ',' (e.g. 0.5;1;2)",
+            )
+        };
+        let list = s
+            .split(';')
+            .map(|c| {
+                c.split(',')
+                    .map(|v| v.trim().parse::<f64>().ok().filter(|x| x.is_finite()).ok_or_else(bad))
+                    .collect::<Result<Vec<f64>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self::List(list))
+    }
+}
+
+gfn_core::string_serde!(EvalConditions);
+
 #[cfg(test)]
 mod tests {
     use super::*;

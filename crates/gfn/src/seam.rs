@@ -33,6 +33,8 @@ pub struct SeamNet {
     policy: TransformerPolicy,
     kind: ObservationKind,
     loss: Box<dyn BalanceLoss>,
+    /// Whether the policy has a log F head (the loss needs it, or the environment is conditional).
+    flow: bool,
     config: TransformerConfig,
 }
 
@@ -74,7 +76,9 @@ impl SeamNet {
             )
         })?;
         let needs = loss.needs();
-        loss.check(env, needs.log_flow, true)?;
+        // A conditional environment's log Z(c) is the flow head at s_0(c).
+        let flow = needs.log_flow || env.condition_space().is_some();
+        loss.check(env, flow, true)?;
         let learned_pb = objective.uses_backward_policy() && config.backward_policy == BackwardPolicy::Learned;
         let tc = TransformerConfig {
             vocab: space.vocab,
@@ -95,7 +99,7 @@ impl SeamNet {
             tc.clone(),
             env.n_actions(),
             learned_pb.then(|| env.n_backward_actions()),
-            needs.log_flow,
+            flow,
             device,
             rng,
         )?;
@@ -118,6 +122,7 @@ impl SeamNet {
             policy,
             kind: ObservationKind::Tokens,
             loss,
+            flow,
             config: config_used,
         };
         Ok((net, adam))
@@ -170,7 +175,7 @@ impl SeamNet {
 
     /// Whether the policy has a log F head (in the last column of the pooled head).
     pub fn has_flow(&self) -> bool {
-        self.loss.needs().log_flow
+        self.flow
     }
 
     /// Useful FLOPs per evaluated state of a training step: forward and backward (twice the
@@ -283,13 +288,15 @@ impl Net {
             Self::Seam(s) => s,
         };
         let needs = s.loss.needs();
-        if needs.log_z {
+        // A conditional environment's log Z(c) is log F(s_0(c)).
+        let conditional = env.condition_space().is_some();
+        if needs.log_z && !conditional {
             return Ok(f64::from(s.policy.log_z_param().as_tensor().to_vec1::<f32>()?[0]));
         }
         let mut s0 = vec![0; env.state_dim()];
         env.initial_state(&mut s0);
         let out = s.policy.forward(&s.observe(env, &s0)?)?;
-        if needs.log_flow {
+        if needs.log_flow || conditional {
             let f = out
                 .log_flow
                 .ok_or_else(|| GfnError::Other("the policy has no log F head".into()))?;

@@ -58,6 +58,9 @@ pub struct EvalRecord {
     /// The task's own figures ([`crate::task_metrics`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<std::collections::BTreeMap<String, f64>>,
+    /// A conditional GFlowNet: the exact metrics at each evaluated condition.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<crate::conditions::ConditionMetrics>,
 }
 
 /// Training seconds at one evaluation (kept in `timing.json`, beside the bit-reproducible files).
@@ -85,6 +88,8 @@ pub struct Trainer {
     pub rng: GfnRng,
     /// Exact evaluator, when the environment is enumerable.
     pub evaluator: Option<ExactEvaluator>,
+    /// A conditional environment: the exact evaluator at each evaluated condition.
+    pub conditions: Vec<crate::conditions::ConditionEvaluator>,
     /// Empirical tracker of sampled terminal states.
     pub tracker: EmpiricalTracker,
     /// The best distinct measured terminal objects.
@@ -159,7 +164,8 @@ pub fn build_model(
         } else {
             BackwardPolicy::Uniform
         },
-        flow_head: objective.needs_flow_head(),
+        // A conditional environment's log Z(c) is the flow head at s_0(c).
+        flow_head: objective.needs_flow_head() || env.condition_space().is_some(),
     };
     let estimator = Estimator::new(
         est_config,
@@ -213,6 +219,13 @@ impl Trainer {
                 (Net::Seam(Box::new(seam)), optimizer)
             }
         };
+        if engine_device.is_some() && env.condition_space().is_some() {
+            bail!(
+                "invalid device = {}: the device engine has one initial state and a scalar log Z; the conditional {} trains on the cpu engines",
+                config.device,
+                env.name()
+            );
+        }
         let device_engine = match &engine_device {
             Some(_) => Some(crate::device::device_trainer(&config, net.mlp()?)?),
             None => None,
@@ -228,6 +241,7 @@ impl Trainer {
             None
         };
         let evaluator = ExactEvaluator::new(env.as_ref()).ok();
+        let conditions = crate::conditions::condition_evaluators(env.as_ref(), &config.eval_conditions)?;
         let task = crate::task_metrics::TaskMetrics::new(&config, env.as_ref())?;
         if config.local_search > 0 && config.local_search_accept == LocalSearchAccept::Mh && env.exit_action().is_some()
         {
@@ -286,6 +300,7 @@ impl Trainer {
             optimizer,
             rng,
             evaluator,
+            conditions,
             tracker,
             top_k,
             recent,
@@ -726,7 +741,10 @@ impl Trainer {
         } else {
             None
         };
+        let conditions =
+            crate::conditions::evaluate_conditions(&self.net, &self.objective, self.env.as_ref(), &self.conditions)?;
         let rec = EvalRecord {
+            conditions,
             iteration: self.iteration,
             trajectories: self.trajectories,
             loss,
@@ -1121,6 +1139,10 @@ pub fn summary_json(t: &Trainer) -> serde_json::Value {
             "found": t.tracker.modes_found(), "total": ev.num_modes(),
         })),
         "task": last.and_then(|r| r.task.clone()),
+        "conditions": last.map(|r| r.conditions.iter().map(|c| serde_json::json!({
+            "label": c.label, "condition": c.condition, "tv": c.exact.dist.tv, "l1_sum": c.exact.dist.l1_sum,
+            "jsd": c.exact.dist.jsd, "log_z": {"learned": c.exact.log_z_learned, "true": c.exact.log_z_true},
+        })).collect::<Vec<_>>()).filter(|v| !v.is_empty()),
         "trust_region": t.trust_region.as_ref().map(|_| serde_json::json!({
             "steps": t.trpo_counts.0, "rejected": t.trpo_counts.1,
         })),
