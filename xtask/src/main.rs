@@ -7,10 +7,12 @@
 //! `target/bench/<suite>/latest` at it. See `xtask/README.md`.
 
 mod bench;
+mod conditional;
 mod cuda;
 mod curves;
 mod ebm;
 mod led;
+mod mis;
 mod networks;
 mod pg;
 mod plot;
@@ -73,7 +75,7 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct BenchArgs {
-    /// Suite to run: hypergrid, throughput, subtb, led, ebm, pg, networks.
+    /// Suite to run: hypergrid, throughput, subtb, led, ebm, pg, networks, conditional, mis.
     suite: String,
     /// The reduced suite: seed 0 only and a subset of configurations (a few minutes).
     #[arg(long)]

@@ -55,6 +55,14 @@ pub const SUITES: &[SuiteDef] = &[
         name: "networks",
         build: crate::networks::networks,
     },
+    SuiteDef {
+        name: "conditional",
+        build: crate::conditional::conditional,
+    },
+    SuiteDef {
+        name: "mis",
+        build: crate::mis::mis,
+    },
 ];
 
 /// Looks a suite up by name.

@@ -349,6 +349,7 @@ fn default_env_tag(c: &TrainConfig) -> String {
         EnvName::Ebm2d => c.dataset.to_string(),
         EnvName::Ising | EnvName::IsingFixed => format!("{0}x{0}-sigma{1}", c.lattice, c.sigma),
         EnvName::Digits => "8x8".into(),
+        EnvName::Mis => c.mis_graphs.to_string(),
         _ => format!("{}x{}", c.ndim, c.height),
     }
 }

@@ -232,6 +232,9 @@ impl Env for Pinned<'_> {
     fn conditioned_initial_state(&self, condition: &[f64], out: &mut [i32]) -> Result<()> {
         self.env.conditioned_initial_state(condition, out)
     }
+    fn set_training_progress(&self, trajectories: u64) {
+        self.env.set_training_progress(trajectories);
+    }
     fn forward_masks(&self, states: &[i32], masks: &mut [bool]) {
         self.env.forward_masks(states, masks);
     }

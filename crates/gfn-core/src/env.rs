@@ -190,6 +190,13 @@ pub trait Env: Send + Sync {
         ))
     }
 
+    /// Training progress, told by the trainer before each step: the number of trajectories
+    /// sampled so far. An environment whose reward follows a schedule (MIS's annealed reward
+    /// exponent) reads it when it draws the next initial states; it must keep in the state
+    /// whatever its reward depends on, so a trajectory's reward never changes afterwards. The
+    /// default ignores it.
+    fn set_training_progress(&self, _trajectories: u64) {}
+
     /// Forward masks for a batch of states (`states.len() / state_dim` rows).
     fn forward_masks(&self, states: &[i32], masks: &mut [bool]) {
         let (d, a) = (self.state_dim(), self.n_actions());

@@ -290,8 +290,9 @@ impl<M: candle_core::Module> Policy for ModulePolicy<M> {
     }
 }
 
-/// A GIN as a policy on graph states over a fixed node set (every graph of a batch has the same
-/// `nodes` nodes in the same order, as in a maximum-independent-set task): the P_F logits are
+/// A GIN as a policy on graph states whose node-level actions are "act on node i" (a
+/// maximum-independent-set task; graphs of up to `nodes` nodes, node i of a graph is action i):
+/// the P_F logits are
 /// `[one per node (the node head) | exit (graph head column 0), if any]`, `log F` the next graph
 /// head column; a uniform P_B (no P_B head). Node actions stay equivariant: relabelling the nodes
 /// permutes their logits.
@@ -306,7 +307,9 @@ pub struct GinPolicy {
 
 impl GinPolicy {
     /// A GIN of `config` (its head widths are set here: one output per node; a graph head of the
-    /// exit and log F columns as needed) for graphs of `nodes` nodes; `log Z` starts at 0.
+    /// exit and log F columns as needed) for graphs of at most `nodes` nodes (node `i` of a graph
+    /// is forward action `i`; a smaller graph's missing nodes get logit 0, masked by the
+    /// environment); `log Z` starts at 0.
     pub fn new(
         config: GinConfig,
         nodes: usize,
@@ -335,6 +338,48 @@ impl GinPolicy {
     pub fn gin(&self) -> &Gin {
         &self.gin
     }
+    /// The `log Z` parameter.
+    pub fn log_z_param(&self) -> &Var {
+        &self.log_z
+    }
+    /// The largest graph (number of node actions).
+    pub fn nodes(&self) -> usize {
+        self.nodes
+    }
+}
+
+/// Where each node's logit goes in the `[G, nodes]` action matrix, when some graph has fewer
+/// than `nodes` nodes (`None` when every graph has exactly `nodes`). Nodes of a graph are
+/// consecutive in the batch ([`GraphBatch`](crate::obs::GraphBatch)'s layout); a graph with more
+/// than `nodes` nodes is an error naming it.
+fn node_slots(graphs: &crate::obs::GraphBatch, nodes: usize) -> Result<Option<Vec<u32>>> {
+    let (n, _) = graphs.sizes()?;
+    let g = graphs.num_graphs;
+    let owner = graphs.node_graph.to_vec1::<u32>()?;
+    let mut pos = Vec::with_capacity(n);
+    let mut counts = vec![0usize; g];
+    let mut last = 0u32;
+    for &o in &owner {
+        if o < last || o as usize >= g {
+            return Err(GfnError::invalid(
+                "graphs",
+                format!("node of graph {o} after graph {last}"),
+                "must list each graph's nodes together, graphs in order",
+            ));
+        }
+        last = o;
+        let k = counts[o as usize];
+        if k >= nodes {
+            return Err(GfnError::invalid(
+                "graphs",
+                format!("graph {o} with more than {nodes} nodes"),
+                format!("must have at most {nodes} nodes (the policy's node actions)"),
+            ));
+        }
+        counts[o as usize] += 1;
+        pos.push((o as usize * nodes + k) as u32);
+    }
+    Ok((n != g * nodes).then_some(pos))
 }
 
 impl Policy for GinPolicy {
@@ -346,20 +391,25 @@ impl Policy for GinPolicy {
                 "a GIN policy reads graphs",
             ));
         };
-        let (n, _) = graphs.sizes()?;
         let g = graphs.num_graphs;
-        if n != g * self.nodes {
-            return Err(GfnError::invalid(
-                "graphs",
-                format!("{n} nodes in {g} graphs"),
-                format!("must be {} nodes per graph (the policy's fixed node set)", self.nodes),
-            ));
-        }
+        let slots = node_slots(graphs, self.nodes)?;
         let out = self.gin.forward(graphs)?;
         let node_logits = out
             .nodes
-            .ok_or_else(|| GfnError::Other("GIN policy without a node head".into()))?
-            .reshape((g, self.nodes))?;
+            .ok_or_else(|| GfnError::Other("GIN policy without a node head".into()))?;
+        let node_logits = match slots {
+            // Every graph has all `nodes` nodes: the stack is already `[G, nodes]`.
+            None => node_logits.reshape((g, self.nodes))?,
+            // Smaller graphs: each node's logit goes to its own slot; the missing nodes' slots
+            // stay 0 (their actions are masked by the environment).
+            Some(pos) => {
+                let pos = Tensor::from_vec(pos, node_logits.dim(0)?, node_logits.device())?;
+                let flat = node_logits.flatten_all()?;
+                Tensor::zeros(g * self.nodes, flat.dtype(), flat.device())?
+                    .index_add(&pos, &flat, 0)?
+                    .reshape((g, self.nodes))?
+            }
+        };
         let graph_cols = out.graphs;
         let pf_logits = match (&graph_cols, self.exit) {
             (Some(cols), true) => Tensor::cat(&[&node_logits, &cols.narrow(1, 0, 1)?], 1)?,

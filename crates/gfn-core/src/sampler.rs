@@ -153,6 +153,46 @@ impl Sampler {
         rng: &mut GfnRng,
         batch: &mut TrajectoryBatch,
     ) -> Result<()> {
+        self.forward(env, policy, n, None, opts, rng, batch)
+    }
+
+    /// Sample one trajectory forward from each of the given initial states (`starts`, rows of
+    /// `state_dim`: e.g. `s_0(c)` of chosen conditions, written by
+    /// [`Env::conditioned_initial_state`]) instead of drawing them.
+    pub fn sample_forward_from<E: Env + ?Sized, P: RolloutPolicy + ?Sized>(
+        &mut self,
+        env: &E,
+        policy: &mut P,
+        starts: &[i32],
+        opts: SamplingOptions,
+        rng: &mut GfnRng,
+        batch: &mut TrajectoryBatch,
+    ) -> Result<()> {
+        let sd = env.state_dim();
+        if starts.is_empty() || !starts.len().is_multiple_of(sd) {
+            return Err(GfnError::invalid(
+                "starts",
+                starts.len(),
+                format!("must be a positive multiple of state_dim = {sd}"),
+            ));
+        }
+        if let Some(s) = starts.chunks_exact(sd).find(|s| !env.is_initial(s)) {
+            return Err(GfnError::invalid("starts", format!("{s:?}"), "must be initial states"));
+        }
+        self.forward(env, policy, starts.len() / sd, Some(starts), opts, rng, batch)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward<E: Env + ?Sized, P: RolloutPolicy + ?Sized>(
+        &mut self,
+        env: &E,
+        policy: &mut P,
+        n: usize,
+        starts: Option<&[i32]>,
+        opts: SamplingOptions,
+        rng: &mut GfnRng,
+        batch: &mut TrajectoryBatch,
+    ) -> Result<()> {
         opts.validate()?;
         if n == 0 {
             return Err(GfnError::invalid("batch_size", n, "must be at least 1"));
@@ -161,10 +201,15 @@ impl Sampler {
         let exit = env.exit_action();
         batch.reset(env, n);
         self.current.clear();
-        self.current.resize(n * sd, 0);
-        // One condition per trajectory for a conditional environment (no draw otherwise).
-        for s in self.current.chunks_exact_mut(sd) {
-            env.draw_initial_state(rng, s);
+        match starts {
+            Some(s) => self.current.extend_from_slice(s),
+            None => {
+                self.current.resize(n * sd, 0);
+                // One condition per trajectory for a conditional environment (no draw otherwise).
+                for s in self.current.chunks_exact_mut(sd) {
+                    env.draw_initial_state(rng, s);
+                }
+            }
         }
         self.active.clear();
         self.active.extend(0..n);

@@ -14,6 +14,9 @@
 //!   `GraphBuilding`), typed nodes and edges, directed or not, optionally acyclic, user reward.
 //! * [`mis_graphs`]: RB-model random graphs (the MIS benchmark's generator), the greedy
 //!   minimum-degree heuristic and an exact branch-and-bound maximum independent set.
+//! * [`MisEnv`]: maximum independent sets of RB graphs (LED-GFN / GFlowNet-CombOpt), a conditional
+//!   GFlowNet over problem instances (train and held-out test graphs) with an annealed reward
+//!   exponent ([`Anneal`]); graph observations for the GIN.
 //! * [`Tempered`]: any of these conditioned on a reward exponent `β` (`R^β`, a conditional
 //!   GFlowNet over a range of `β`).
 
@@ -25,6 +28,7 @@ pub mod data;
 pub mod graph_building;
 pub mod hypergrid;
 pub mod indset;
+pub mod mis;
 pub mod mis_graphs;
 pub mod set;
 pub mod tempered;
@@ -36,5 +40,6 @@ pub use bitseq::BitSeqEnv;
 pub use graph_building::{GraphBuildingConfig, GraphBuildingEnv};
 pub use hypergrid::{Hypergrid, HypergridReward};
 pub use indset::IndSetEnv;
+pub use mis::{Anneal, MisEnv};
 pub use set::{SetAnalysis, SetEnv, SetSize};
 pub use tempered::Tempered;

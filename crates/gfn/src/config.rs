@@ -17,7 +17,7 @@ use gfn_objectives::ObjectiveName;
 
 use crate::options::{
     Condition, DeviceChoice, EbmMethod, Engine, EnvName, EpsilonFinal, EvalConditions, GuideFloor, LocalSearchAccept,
-    Rule, TemperatureFinal,
+    MisGraphs, Rule, TemperatureFinal,
 };
 use crate::replay::Priority;
 use crate::seam::PolicyKind;
@@ -119,6 +119,23 @@ config! {
     bn_samples: usize = 100,
     /// bayesnet: observation noise standard deviation [default: 0.1].
     bn_noise: f64 = 0.1,
+    /// mis: the RB graphs, `reduced` (20–60 nodes) or `small` (200–300, LED-GFN's) [default:
+    /// reduced].
+    mis_graphs: MisGraphs = MisGraphs::Reduced,
+    /// mis: training graphs (drawn once from `task_seed`) [default: 4000].
+    mis_train: usize = 4000,
+    /// mis: held-out test graphs [default: 500].
+    mis_test: usize = 500,
+    /// mis: samples per test graph in each evaluation (the average set size is over them, then
+    /// over the test graphs) [default: 20].
+    mis_samples: usize = 20,
+    /// mis: the reward exponent β of `log R = β·|I|` at the start of training [default: 1].
+    beta_start: f64 = 1.0,
+    /// mis: β after the anneal [default: 500].
+    beta_end: f64 = 500.0,
+    /// mis: trajectories (training graphs seen) over which β moves linearly from `beta_start` to
+    /// `beta_end`; 0 = `beta_end` throughout [default: 40000].
+    beta_anneal: u64 = 40_000,
     /// ebm-2d: data set: 2spirals, 8gaussians, circles, moons, pinwheel, swissroll, checkerboard
     /// [default: 2spirals].
     dataset: Dataset = Dataset::TwoSpirals,
@@ -238,11 +255,13 @@ config! {
     lr_logz: f64 = 0.1,
     /// Decoupled weight decay of the networks (AdamW); 0 = Adam [default: 0].
     weight_decay: f64 = 0.0,
-    /// Policy network: `mlp` (every objective; the tape and device engines) or `transformer`
+    /// Policy network: `mlp` (every objective; the tape and device engines), `transformer`
     /// (a pre-LayerNorm transformer encoder over the environment's token encoding, bitseq: d_model
-    /// = `hidden`, `layers` blocks, `heads`, `d_ff`, `positions`; the balance losses tb, db,
-    /// subtb, fl-db, fl-subtb, mdb, led-db, led-subtb and vi, with replay, local search and the
-    /// gradient analysis, on the graph engine) [default: mlp].
+    /// = `hidden`, `layers` blocks, `heads`, `d_ff`, `positions`) or `gin` (a graph isomorphism
+    /// network over the environment's graph encoding, mis: `hidden` wide, `layers` GIN layers,
+    /// P_B uniform); the last two train by the balance losses tb, db, subtb, fl-db, fl-subtb, mdb,
+    /// led-db, led-subtb and vi, with replay, local search and the gradient analysis, on the
+    /// graph engine [default: mlp].
     policy: PolicyKind = PolicyKind::Mlp,
     /// Hidden width of the MLP, or the transformer's d_model [default: 256].
     hidden: usize = 256,
@@ -254,6 +273,10 @@ config! {
     d_ff: usize = 0,
     /// Transformer: position encoding, `learned` or `sinusoidal` [default: learned].
     positions: Positions = Positions::Learned,
+    /// Gradient updates on each sampled batch (the loss recomputed after each; LED-GFN's MIS code
+    /// takes 30 steps per rollout); the balance losses, flow matching and soft Q on the cpu
+    /// engines [default: 1].
+    updates_per_batch: usize = 1,
     /// Share one trunk between P_F, P_B and log F, or give each its own MLP [default: true;
     /// false with loss = pg-trpo].
     shared_trunk: bool = true,
@@ -379,15 +402,15 @@ impl TrainConfig {
     /// included), with replay, local search and the gradient analysis, on the graph engine and
     /// the CPU; a width the heads divide.
     fn validate_policy(&self) -> Result<()> {
-        if self.heads == 0 || !self.hidden.is_multiple_of(self.heads) {
+        if self.policy == PolicyKind::Mlp {
+            return Ok(());
+        }
+        if self.policy == PolicyKind::Transformer && (self.heads == 0 || !self.hidden.is_multiple_of(self.heads)) {
             return Err(GfnError::invalid(
                 "heads",
                 self.heads,
                 format!("must be at least 1 and divide hidden = {}", self.hidden),
             ));
-        }
-        if self.policy == PolicyKind::Mlp {
-            return Ok(());
         }
         let why = |field: &'static str, value: String, allowed: &str| {
             Err(GfnError::invalid(
@@ -475,6 +498,17 @@ impl TrainConfig {
                 "must be > 0 for training: with r0 = 0 the objects outside the reward bands have R = 0 (log R = −∞), which no balance loss can fit; use a small positive r0 such as 1e-4",
             ));
         }
+        if self.env == EnvName::Mis {
+            for (field, v) in [
+                ("mis_train", self.mis_train),
+                ("mis_test", self.mis_test),
+                ("mis_samples", self.mis_samples),
+            ] {
+                if v == 0 {
+                    return Err(GfnError::invalid(field, v, "must be at least 1"));
+                }
+            }
+        }
         if self.env == EnvName::Bayesnet {
             // Its data are drawn while the environment is built: check them first.
             let data = crate::memory::Need {
@@ -492,6 +526,16 @@ impl TrainConfig {
                 self.policy,
                 format!(
                     "needs an environment with a token encoding of its states (bitseq); {} has none",
+                    env.name()
+                ),
+            ));
+        }
+        if self.policy == PolicyKind::Gin && env.graph_space().is_none() {
+            return Err(GfnError::invalid(
+                "policy",
+                self.policy,
+                format!(
+                    "needs an environment with a graph encoding of its states (mis); {} has none",
                     env.name()
                 ),
             ));
@@ -649,13 +693,16 @@ impl TrainConfig {
                 "to a conditional GFlowNet (condition = beta=LO..HI)",
             ),
             "task_seed" => only(
-                matches!(env, E::Bag | E::Bayesnet | E::Bitseq | E::Ising),
-                "to env = bag, bayesnet, bitseq and ising (the task's random parts)",
+                matches!(env, E::Bag | E::Bayesnet | E::Bitseq | E::Ising | E::Mis),
+                "to env = bag, bayesnet, bitseq, ising and mis (the task's random parts)",
             ),
             "bitseq_length" | "bitseq_word" | "bitseq_modes" | "bitseq_order" => {
                 only(env == E::Bitseq, "to env = bitseq")
             }
             "bn_nodes" | "bn_samples" | "bn_noise" => only(env == E::Bayesnet, "to env = bayesnet"),
+            "mis_graphs" | "mis_train" | "mis_test" | "mis_samples" | "beta_start" | "beta_end" | "beta_anneal" => {
+                only(env == E::Mis, "to env = mis")
+            }
             "dataset" => only(env == E::Ebm2d, "to env = ebm-2d"),
             "lattice" | "sigma" => only(
                 matches!(env, E::Ising | E::IsingFixed),
@@ -707,6 +754,10 @@ impl TrainConfig {
                 self.device != DeviceChoice::Cpu,
                 "to the device engine (device = cuda or cpu-kernels)",
             ),
+            "updates_per_batch" => only(
+                gflownet_loss(!loss.is_policy_gradient()) && self.device == DeviceChoice::Cpu,
+                "to the balance losses, fm and soft-q on the cpu engines (not the policy-gradient losses or the device engine)",
+            ),
             "heads" | "d_ff" | "positions" => only(
                 self.policy == PolicyKind::Transformer && !ebm,
                 "to policy = transformer",
@@ -718,7 +769,9 @@ impl TrainConfig {
                 )
             }),
             "backward_policy" => objective.and_then(|o| {
-                if !o.uses_backward_policy() {
+                if self.policy == PolicyKind::Gin {
+                    Some("to policy = mlp and transformer; the GIN's P_B is uniform over the parents".into())
+                } else if !o.uses_backward_policy() {
                     Some(format!("to objectives that use P_B; loss = {loss} fixes it"))
                 } else if matches!(loss, L::PgBackward | L::PgGuided) && self.backward_policy != BackwardPolicy::Learned
                 {
@@ -762,6 +815,7 @@ impl TrainConfig {
                 "must be 0 (automatic), 1, 2, 4, 8 or 16",
             ));
         }
+        positive("updates_per_batch", self.updates_per_batch)?;
         positive("grad_cosine_batch", self.grad_cosine_batch)?;
         positive("grad_cosine_repeats", self.grad_cosine_repeats)?;
         // Values are checked whether or not the run uses them.

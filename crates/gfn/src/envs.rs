@@ -5,6 +5,7 @@ use gfn_envs::bayesnet::{BayesNetConfig, BayesNetEnv};
 use gfn_envs::binary::{BinaryEnv, LogDensity};
 use gfn_envs::bitseq::{BitSeqConfig, BitSeqEnv};
 use gfn_envs::data::ising::LatticeIsing;
+use gfn_envs::mis::{Anneal, MisEnv};
 use gfn_envs::{BagEnv, Hypergrid, HypergridReward, SetEnv, Tempered};
 
 use crate::config::TrainConfig;
@@ -43,6 +44,7 @@ fn unconditional_env(config: &TrainConfig) -> Result<Box<dyn Env>> {
             ..BayesNetConfig::default()
         })?)),
         EnvName::IsingFixed => Ok(Box::new(ising_fixed_env(config)?)),
+        EnvName::Mis => Ok(Box::new(mis_env(config)?)),
         other => Err(GfnError::invalid(
             "env",
             other,
@@ -77,4 +79,21 @@ pub fn bitseq_env(config: &TrainConfig) -> Result<BitSeqEnv> {
         seed: config.task_seed,
         ..BitSeqConfig::default()
     })
+}
+
+/// The maximum-independent-set task of `config`: `mis_train` and `mis_test` RB graphs of the
+/// `mis_graphs` setting drawn from `task_seed`, `log R = β·|I|` with β annealed from `beta_start`
+/// to `beta_end` over `beta_anneal` trajectories.
+pub fn mis_env(config: &TrainConfig) -> Result<MisEnv> {
+    MisEnv::rb(
+        &config.mis_graphs.params(),
+        config.mis_train,
+        config.mis_test,
+        config.task_seed,
+        Anneal {
+            start: config.beta_start,
+            end: config.beta_end,
+            over: config.beta_anneal,
+        },
+    )
 }

@@ -97,7 +97,14 @@ fn seam_policy_gradient(seam: &SeamNet, grads: &GradStore) -> Result<Vec<f64>> {
             None => vec![0.0; t.elem_count()],
         };
         let cols = *t.dims().last().unwrap_or(&1);
-        let head = name.ends_with("pooled_head.weight") || name.ends_with("pooled_head.bias");
+        let head = [
+            "pooled_head.weight",
+            "pooled_head.bias",
+            "graph_head.weight",
+            "graph_head.bias",
+        ]
+        .iter()
+        .any(|h| name.ends_with(h));
         let skip_col = (seam.has_flow() && head).then(|| cols - 1);
         out.extend(
             g.iter()

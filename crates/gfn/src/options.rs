@@ -28,6 +28,29 @@ gfn_core::choice! {
         IsingFixed = "ising-fixed",
         /// EB-GFN: binarised digits.
         Digits = "digits",
+        /// Maximum independent sets of random RB graphs (LED-GFN), a GFlowNet conditioned on the
+        /// graph.
+        Mis = "mis",
+    }
+}
+
+gfn_core::choice! {
+    /// The RB graphs of the maximum-independent-set task.
+    pub enum MisGraphs("mis_graphs") {
+        /// 20–60 nodes (4–8 cliques of 3–8 nodes): the setting that trains on a 2-core machine.
+        Reduced = "reduced",
+        /// LED-GFN's "small" setting: 200–300 nodes (20–24 cliques of 5–11 nodes).
+        Small = "small",
+    }
+}
+
+impl MisGraphs {
+    /// The generator's parameters.
+    pub fn params(self) -> gfn_envs::mis_graphs::RbParams {
+        match self {
+            Self::Reduced => gfn_envs::mis_graphs::RbParams::reduced(),
+            Self::Small => gfn_envs::mis_graphs::RbParams::small(),
+        }
     }
 }
 

@@ -6,10 +6,11 @@
 use candle_core::{DType, Device, Tensor, Var};
 
 use gfn_core::exact::ExactEvaluator;
+use gfn_core::nets::gin::GinConfig;
 use gfn_core::nets::transformer::TransformerConfig;
 use gfn_core::obs::{ObservationKind, Observations, observe};
 use gfn_core::optim::{Adam, AdamParams};
-use gfn_core::policy::{Observe, Policy, SeamRollout, TransformerPolicy, exact_log_pf};
+use gfn_core::policy::{GinPolicy, Observe, Policy, PolicyOutput, SeamRollout, TransformerPolicy, exact_log_pf};
 use gfn_core::{BackwardPolicy, Env, Estimator, GfnError, GfnRng, Result, Sampler, SamplingOptions, TrajectoryBatch};
 use gfn_objectives::loss::{BalanceLoss, LossInputs, balance_loss};
 use gfn_objectives::{BalanceTerms, Objective};
@@ -24,18 +25,66 @@ gfn_core::choice! {
         /// A pre-LayerNorm transformer encoder over the environment's token encoding (bitseq),
         /// trained by the balance losses through the policy seam.
         Transformer = "transformer",
+        /// A graph isomorphism network over the environment's graph encoding (mis): one logit per
+        /// node, log F from the graph readout, a uniform P_B; trained by the balance losses
+        /// through the policy seam.
+        Gin = "gin",
+    }
+}
+
+/// The network behind the seam.
+#[derive(Debug)]
+pub enum SeamPolicy {
+    /// A transformer over token sequences.
+    Transformer(TransformerPolicy),
+    /// A GIN over graphs.
+    Gin(GinPolicy),
+}
+
+impl SeamPolicy {
+    /// The `log Z` parameter.
+    pub fn log_z_param(&self) -> &Var {
+        match self {
+            Self::Transformer(p) => p.log_z_param(),
+            Self::Gin(p) => p.log_z_param(),
+        }
+    }
+    fn inner(&self) -> &dyn Policy {
+        match self {
+            Self::Transformer(p) => p,
+            Self::Gin(p) => p,
+        }
+    }
+}
+
+impl Policy for SeamPolicy {
+    fn forward(&self, obs: &Observations) -> Result<PolicyOutput> {
+        self.inner().forward(obs)
+    }
+    fn named_params(&self) -> Vec<(String, Var)> {
+        self.inner().named_params()
+    }
+    fn log_z(&self) -> Option<&Var> {
+        Some(self.log_z_param())
+    }
+    fn device(&self) -> &Device {
+        self.inner().device()
+    }
+    fn has_backward(&self) -> bool {
+        self.inner().has_backward()
     }
 }
 
 /// A network behind the policy seam with the balance loss it trains by.
 #[derive(Debug)]
 pub struct SeamNet {
-    policy: TransformerPolicy,
+    policy: SeamPolicy,
     kind: ObservationKind,
     loss: Box<dyn BalanceLoss>,
     /// Whether the policy has a log F head (the loss needs it, or the environment is conditional).
     flow: bool,
-    config: TransformerConfig,
+    /// Useful FLOPs per evaluated state of a training step.
+    flops_per_row: f64,
 }
 
 /// The network a run trains.
@@ -48,9 +97,10 @@ pub enum Net {
 }
 
 impl SeamNet {
-    /// The transformer of `config` for `env` (its token encoding), with the balance loss of
-    /// `objective`, parameters drawn from `rng`, and its optimiser (network at `lr` with
-    /// `weight_decay`, log Z at `lr_logz` where the loss learns it).
+    /// The network of `config.policy` for `env` (a transformer over its token encoding, a GIN over
+    /// its graph encoding), with the balance loss of `objective`, parameters drawn from `rng`,
+    /// and its optimiser (network at `lr` with `weight_decay`, log Z at `lr_logz` where the loss
+    /// learns it).
     pub fn new(
         config: &TrainConfig,
         env: &dyn Env,
@@ -58,21 +108,14 @@ impl SeamNet {
         device: &Device,
         rng: &mut GfnRng,
     ) -> Result<(Self, Adam)> {
-        let space = env.token_space().ok_or_else(|| {
-            GfnError::invalid(
-                "policy",
-                "transformer",
-                format!(
-                    "needs an environment with a token encoding of its states (bitseq); {} has none",
-                    env.name()
-                ),
-            )
-        })?;
         let loss = balance_loss(config.loss, config.lambda).map_err(|_| {
             GfnError::invalid(
                 "loss",
                 config.loss,
-                "must be a balance loss over the terms with policy = transformer: tb, db, subtb, fl-db, fl-subtb, mdb, led-db, led-subtb or vi",
+                format!(
+                    "must be a balance loss over the terms with policy = {}: tb, db, subtb, fl-db, fl-subtb, mdb, led-db, led-subtb or vi",
+                    config.policy
+                ),
             )
         })?;
         let needs = loss.needs();
@@ -80,30 +123,16 @@ impl SeamNet {
         let flow = needs.log_flow || env.condition_space().is_some();
         loss.check(env, flow, true)?;
         let learned_pb = objective.uses_backward_policy() && config.backward_policy == BackwardPolicy::Learned;
-        let tc = TransformerConfig {
-            vocab: space.vocab,
-            max_len: space.max_len,
-            d_model: config.hidden,
-            heads: config.heads,
-            layers: config.layers,
-            d_ff: if config.d_ff == 0 {
-                4 * config.hidden
-            } else {
-                config.d_ff
-            },
-            positions: config.positions,
-            position_outputs: 0,
-            pooled_outputs: 0,
+        let (policy, kind, flops_per_row) = match config.policy {
+            PolicyKind::Gin => {
+                let (policy, flops) = gin_policy(config, env, flow, device, rng)?;
+                (SeamPolicy::Gin(policy), ObservationKind::Graphs, flops)
+            }
+            _ => {
+                let (policy, flops) = transformer_policy(config, env, learned_pb, flow, device, rng)?;
+                (SeamPolicy::Transformer(policy), ObservationKind::Tokens, flops)
+            }
         };
-        let policy = TransformerPolicy::new(
-            tc.clone(),
-            env.n_actions(),
-            learned_pb.then(|| env.n_backward_actions()),
-            flow,
-            device,
-            rng,
-        )?;
-        let config_used = policy.encoder().config().clone();
         let mut params: Vec<_> = policy.named_params().into_iter().map(|(n, v)| (n, v, 0)).collect();
         if objective.uses_log_z() {
             params.push(("log_z".into(), policy.log_z_param().clone(), 1));
@@ -120,10 +149,10 @@ impl SeamNet {
         );
         let net = Self {
             policy,
-            kind: ObservationKind::Tokens,
+            kind,
             loss,
             flow,
-            config: config_used,
+            flops_per_row,
         };
         Ok((net, adam))
     }
@@ -134,7 +163,7 @@ impl SeamNet {
     }
 
     /// The policy.
-    pub fn policy(&self) -> &TransformerPolicy {
+    pub fn policy(&self) -> &SeamPolicy {
         &self.policy
     }
 
@@ -178,15 +207,10 @@ impl SeamNet {
         self.flow
     }
 
-    /// Useful FLOPs per evaluated state of a training step: forward and backward (twice the
-    /// forward) over the `L + 1` positions of every layer: the four `d×d` projections, the two
-    /// feed-forward products, and the `(L+1)·d` products of the attention scores and values.
+    /// Useful FLOPs per evaluated state of a training step (see [`transformer_policy`] and
+    /// [`gin_policy`]).
     pub fn flops_per_row(&self) -> f64 {
-        let c = &self.config;
-        let (t, d, f) = ((c.max_len + 1) as f64, c.d_model as f64, c.d_ff as f64);
-        let macs_per_layer = t * (4.0 * d * d + 2.0 * d * f + 2.0 * t * d);
-        let head = d * (self.policy.encoder().config().pooled_outputs as f64);
-        3.0 * 2.0 * (c.layers as f64 * macs_per_layer + head)
+        self.flops_per_row
     }
 }
 
@@ -255,6 +279,29 @@ impl Net {
         }
     }
 
+    /// One trajectory on-policy from each of `starts` (initial states, e.g. of chosen conditions)
+    /// with `opts` into `batch`.
+    pub fn sample_from(
+        &self,
+        env: &dyn Env,
+        sampler: &mut Sampler,
+        starts: &[i32],
+        opts: SamplingOptions,
+        rng: &mut GfnRng,
+        batch: &mut TrajectoryBatch,
+    ) -> Result<()> {
+        match self {
+            Self::Mlp(e) => match gfn_core::fast::Inference::new(e) {
+                Some(mut fast) => sampler.sample_forward_from(env, &mut fast, starts, opts, rng, batch),
+                None => sampler.sample_forward_from(env, &mut &*e, starts, opts, rng, batch),
+            },
+            Self::Seam(s) => {
+                let obs = |st: &[i32]| s.observe(env, st);
+                sampler.sample_forward_from(env, &mut s.rollout(env, &obs), starts, opts, rng, batch)
+            }
+        }
+    }
+
     /// `log P_F(a|s)` of every state of an enumerable environment.
     pub fn exact_log_pf(&self, ev: &ExactEvaluator, env: &dyn Env) -> Result<Vec<f64>> {
         match self {
@@ -311,4 +358,100 @@ impl Net {
         let allowed = logits.iter().zip(&mask).filter(|(_, m)| **m).map(|(l, _)| *l);
         Ok(env.log_reward(&s0) - (logits[exit] - gfn_core::exact::logsumexp(allowed)))
     }
+}
+
+/// The transformer of `config` over `env`'s token encoding, and its useful FLOPs per evaluated
+/// state of a training step: forward and backward (twice the forward) over the `L + 1` positions
+/// of every layer: the four `d×d` projections, the two feed-forward products, and the `(L+1)·d`
+/// products of the attention scores and values.
+fn transformer_policy(
+    config: &TrainConfig,
+    env: &dyn Env,
+    learned_pb: bool,
+    flow: bool,
+    device: &Device,
+    rng: &mut GfnRng,
+) -> Result<(TransformerPolicy, f64)> {
+    let space = env.token_space().ok_or_else(|| {
+        GfnError::invalid(
+            "policy",
+            "transformer",
+            format!(
+                "needs an environment with a token encoding of its states (bitseq); {} has none",
+                env.name()
+            ),
+        )
+    })?;
+    let tc = TransformerConfig {
+        vocab: space.vocab,
+        max_len: space.max_len,
+        d_model: config.hidden,
+        heads: config.heads,
+        layers: config.layers,
+        d_ff: if config.d_ff == 0 {
+            4 * config.hidden
+        } else {
+            config.d_ff
+        },
+        positions: config.positions,
+        position_outputs: 0,
+        pooled_outputs: 0,
+    };
+    let policy = TransformerPolicy::new(
+        tc,
+        env.n_actions(),
+        learned_pb.then(|| env.n_backward_actions()),
+        flow,
+        device,
+        rng,
+    )?;
+    let c = policy.encoder().config();
+    let (t, d, f) = ((c.max_len + 1) as f64, c.d_model as f64, c.d_ff as f64);
+    let macs_per_layer = t * (4.0 * d * d + 2.0 * d * f + 2.0 * t * d);
+    let head = d * (c.pooled_outputs as f64);
+    let flops = 3.0 * 2.0 * (c.layers as f64 * macs_per_layer + head);
+    Ok((policy, flops))
+}
+
+/// Linear layers in each GIN layer's MLP (LED-GFN's MIS code: two).
+pub const GIN_MLP_LAYERS: usize = 2;
+
+/// The GIN of `config` (`hidden` wide, `layers` GIN layers, learnable ε, sum aggregation) over
+/// `env`'s graph encoding, one logit per node (node `i` is forward action `i`), the exit and log F
+/// from the graph readout, P_B uniform; and its useful FLOPs per evaluated state of a training
+/// step at the largest graph (an upper bound): forward and backward (twice the forward) through
+/// the input layer, every layer's MLP and the node head, per node.
+fn gin_policy(
+    config: &TrainConfig,
+    env: &dyn Env,
+    flow: bool,
+    device: &Device,
+    rng: &mut GfnRng,
+) -> Result<(GinPolicy, f64)> {
+    let space = env.graph_space().ok_or_else(|| {
+        GfnError::invalid(
+            "policy",
+            "gin",
+            format!(
+                "needs an environment with a graph encoding of its states (mis); {} has none",
+                env.name()
+            ),
+        )
+    })?;
+    let exit = env.exit_action().is_some();
+    let nodes = env.n_actions() - usize::from(exit);
+    let gc = GinConfig {
+        node_features: space.node_features,
+        edge_features: space.edge_features,
+        hidden: config.hidden,
+        layers: config.layers,
+        mlp_layers: GIN_MLP_LAYERS,
+        node_outputs: 1,
+        graph_outputs: 1,
+        learn_eps: true,
+    };
+    let policy = GinPolicy::new(gc, nodes, exit, flow, device, rng)?;
+    let (f, h) = (space.node_features as f64, config.hidden as f64);
+    let macs_per_node = f * h + (config.layers * GIN_MLP_LAYERS) as f64 * h * h + h;
+    Ok((policy, 3.0 * 2.0 * nodes as f64 * macs_per_node))
 }

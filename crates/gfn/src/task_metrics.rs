@@ -11,15 +11,23 @@
 //!   `log R(x)` and the model's `log P̂_T(x)` on the 7,200-sequence test set (each mode with
 //!   c = 0 … 119 bits flipped), `log P̂_T` by importance sampling over backward trajectories (one
 //!   where the DAG is a tree and P_B is deterministic, 10 otherwise).
+//! * `mis` (LED-GFN's): `mis_size`, the size of the sampled independent sets averaged over
+//!   `mis_samples` on-policy samples per held-out test graph, then over the test graphs (the
+//!   official metric); `mis_size_best`, the best of each graph's samples, averaged; beside them
+//!   the references of the same graphs: `greedy_size` (minimum-degree greedy), `optimum_size`
+//!   (exact branch and bound; `optimum_proven` of the graphs proven within the budget, the
+//!   others counted at the best set found), and `gap_percent = 100·(optimum − mis_size)/optimum`.
 
 use std::collections::BTreeMap;
 
 use anyhow::{Result, bail};
 
 use gfn_core::exact::ExactEvaluator;
-use gfn_core::{Env, GfnRng, TrajectoryBatch, rng_from_seed};
+use gfn_core::{Env, GfnRng, Sampler, SamplingOptions, TrajectoryBatch, rng_from_seed};
 use gfn_envs::bayesnet::{self, BayesNetConfig, BayesNetEnv};
 use gfn_envs::bitseq::{BitSeqEnv, BitSeqOrder, DEFAULT_DELTA};
+use gfn_envs::mis::MisEnv;
+use gfn_envs::mis_graphs::{Graph, greedy_min_degree, maximum_independent_set};
 
 use crate::config::TrainConfig;
 use crate::options::EnvName;
@@ -51,6 +59,51 @@ pub enum TaskMetrics {
         /// Backward trajectories per test sequence.
         backward: usize,
     },
+    /// Maximum independent sets.
+    Mis {
+        /// The task (the same graphs as the trainer's).
+        env: Box<MisEnv>,
+        /// Samples per test graph.
+        samples: usize,
+        /// The references over the test graphs: (greedy, optimum, proven optimal).
+        references: MisReferences,
+    },
+}
+
+/// The references of the MIS test graphs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MisReferences {
+    /// Mean size of the greedy minimum-degree sets.
+    pub greedy: f64,
+    /// Mean size of the maximum independent sets (best found where unproven).
+    pub optimum: f64,
+    /// Test graphs whose optimum was proven within [`MIS_SOLVER_BUDGET`].
+    pub proven: usize,
+}
+
+/// Time the exact solver may spend on one test graph.
+pub const MIS_SOLVER_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Test graphs sampled together in one batch of the MIS evaluation.
+const MIS_GRAPHS_PER_BATCH: usize = 32;
+
+impl MisReferences {
+    /// Greedy and exact sets of `graphs`.
+    pub fn of(graphs: &[Graph]) -> Self {
+        let n = graphs.len().max(1) as f64;
+        let (mut greedy, mut optimum, mut proven) = (0.0, 0.0, 0);
+        for g in graphs {
+            greedy += greedy_min_degree(g).len() as f64;
+            let sol = maximum_independent_set(g, Some(MIS_SOLVER_BUDGET));
+            optimum += sol.set.len() as f64;
+            proven += usize::from(sol.optimal);
+        }
+        Self {
+            greedy: greedy / n,
+            optimum: optimum / n,
+            proven,
+        }
+    }
 }
 
 impl TaskMetrics {
@@ -89,6 +142,15 @@ impl TaskMetrics {
                     test,
                     test_log_reward,
                     backward,
+                }
+            }
+            EnvName::Mis if env.name().starts_with("mis") => {
+                let mis = crate::envs::mis_env(config)?;
+                let references = MisReferences::of(mis.test_graphs());
+                Self::Mis {
+                    env: Box::new(mis),
+                    samples: config.mis_samples,
+                    references,
                 }
             }
             _ => Self::None,
@@ -149,6 +211,23 @@ impl TaskMetrics {
                 let log_p = net.log_terminal_probs(env.as_ref(), test, *backward, rng)?;
                 out.insert("test_spearman".into(), spearman(test_log_reward, &log_p));
             }
+            Self::Mis {
+                env,
+                samples,
+                references,
+            } => {
+                let (mean, best) = mis_sizes(env, net, *samples, rng)?;
+                out.insert("mis_size".into(), mean);
+                out.insert("mis_size_best".into(), best);
+                out.insert("greedy_size".into(), references.greedy);
+                out.insert("optimum_size".into(), references.optimum);
+                out.insert("optimum_proven".into(), references.proven as f64);
+                out.insert("test_graphs".into(), env.test_graphs().len() as f64);
+                out.insert(
+                    "gap_percent".into(),
+                    100.0 * (references.optimum - mean) / references.optimum,
+                );
+            }
         }
         Ok(Some(out))
     }
@@ -177,6 +256,30 @@ impl TaskMetrics {
         }
         Ok(())
     }
+}
+
+/// The size of `samples` on-policy independent sets of each test graph (ε 0, temperature 1):
+/// `(mean over graphs of the mean over samples, mean over graphs of the best sample)`.
+pub fn mis_sizes(env: &MisEnv, net: &crate::seam::Net, samples: usize, rng: &mut GfnRng) -> Result<(f64, f64)> {
+    let sd = env.state_dim();
+    let tests: Vec<usize> = (0..env.test_graphs().len()).map(|k| env.num_train() + k).collect();
+    let (mut sampler, mut batch) = (Sampler::new(), TrajectoryBatch::default());
+    let (mut mean, mut best) = (0.0, 0.0);
+    for chunk in tests.chunks(MIS_GRAPHS_PER_BATCH) {
+        let mut starts = vec![0; chunk.len() * samples * sd];
+        for (i, s) in starts.chunks_exact_mut(sd).enumerate() {
+            env.conditioned_initial_state(&[chunk[i / samples] as f64], s)?;
+        }
+        net.sample_from(env, &mut sampler, &starts, SamplingOptions::default(), rng, &mut batch)?;
+        for g in 0..chunk.len() {
+            let sizes = (g * samples..(g + 1) * samples).map(|b| env.set_size(batch.terminal_state(b)) as f64);
+            let (sum, max) = sizes.fold((0.0, 0.0f64), |(s, m), x| (s + x, m.max(x)));
+            mean += sum / samples as f64;
+            best += max;
+        }
+    }
+    let n = tests.len().max(1) as f64;
+    Ok((mean / n, best / n))
 }
 
 /// `(expected SHD, edge AUROC)` of a distribution `p` over the enumerated DAGs of `env`.

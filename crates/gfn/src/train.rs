@@ -214,7 +214,7 @@ impl Trainer {
                 let (estimator, optimizer) = build_model(&config, env.as_ref(), objective, device, &mut rng)?;
                 (Net::Mlp(estimator), optimizer)
             }
-            PolicyKind::Transformer => {
+            PolicyKind::Transformer | PolicyKind::Gin => {
                 let (seam, optimizer) = SeamNet::new(&config, env.as_ref(), objective, device, &mut rng)?;
                 (Net::Seam(Box::new(seam)), optimizer)
             }
@@ -375,6 +375,8 @@ impl Trainer {
     /// the iteration.
     pub fn step(&mut self) -> Result<f64> {
         let it = self.iteration + 1;
+        // A reward on a schedule (MIS's annealed β) follows the trajectories sampled so far.
+        self.env.set_training_progress(self.trajectories);
         let loss = self
             .step_inner()
             .with_context(|| format!("training stopped at iteration {it}"))?;
@@ -461,6 +463,11 @@ impl Trainer {
                 let loss = seam.loss(env, batch, offsets.as_deref())?;
                 let value = check_finite(&loss, self.objective, self.iteration)?;
                 self.optimizer.step(&loss.backward()?)?;
+                for _ in 1..self.config.updates_per_batch {
+                    let again = seam.loss(env, batch, offsets.as_deref())?;
+                    check_finite(&again, self.objective, self.iteration)?;
+                    self.optimizer.step(&again.backward()?)?;
+                }
                 (loss, value)
             }
             // Fast path: the rollout records the outputs, the loss reuses them, one batched backward.
@@ -498,6 +505,7 @@ impl Trainer {
                     &self.batch,
                     &mut self.pg_batch,
                 )?;
+                let repeat_offsets = (self.config.updates_per_batch > 1).then(|| offsets.clone());
                 let loss = self.objective.loss_with_offsets(env, batch, &mut view, offsets)?;
                 let value = check_finite(&loss, self.objective, self.iteration)?;
                 let grads = loss.backward()?;
@@ -510,6 +518,17 @@ impl Trainer {
                     slices.push(Some(&log_z_grad));
                 }
                 self.optimizer.step_slices(&slices)?;
+                // Further updates on the same batch: the tape recorded the rollout's parameters,
+                // so these go through candle's graph.
+                if let Some(offsets) = repeat_offsets {
+                    for _ in 1..self.config.updates_per_batch {
+                        let again = self
+                            .objective
+                            .loss_with_offsets(env, batch, &mut &*est, offsets.clone())?;
+                        check_finite(&again, self.objective, self.iteration)?;
+                        self.optimizer.step(&again.backward()?)?;
+                    }
+                }
                 (loss, value)
             }
             // Reference path: no-grad rollout, then one batched forward with candle's graph.
@@ -544,10 +563,19 @@ impl Trainer {
                     &self.batch,
                     &mut self.pg_batch,
                 )?;
-                let loss = self.objective.loss_with_offsets(env, batch, &mut &*est, offsets)?;
+                let loss = self
+                    .objective
+                    .loss_with_offsets(env, batch, &mut &*est, offsets.clone())?;
                 let value = check_finite(&loss, self.objective, self.iteration)?;
                 let grads = loss.backward()?;
                 self.optimizer.step(&grads)?;
+                for _ in 1..self.config.updates_per_batch {
+                    let again = self
+                        .objective
+                        .loss_with_offsets(env, batch, &mut &*est, offsets.clone())?;
+                    check_finite(&again, self.objective, self.iteration)?;
+                    self.optimizer.step(&again.backward()?)?;
+                }
                 (loss, value)
             }
         };
