@@ -335,6 +335,28 @@ fn resume_reproduces_the_uninterrupted_run() {
     }
 }
 
+/// `updates_per_batch`: four updates on each sampled batch take DB on the 2×6 grid far closer to
+/// the target in 300 iterations than one (exact TV 0.001 against 0.041 at seed 0), and the tape
+/// engine (whose extra updates go through candle's graph) agrees with the graph engine.
+#[test]
+fn several_updates_per_batch_learn_faster() {
+    let tv = |k: usize, engine: &str| {
+        let config = TrainConfig {
+            iterations: 300,
+            updates_per_batch: k,
+            engine: engine.parse().unwrap(),
+            ..grid_2x6("db")
+        };
+        let (_, summary) = train_small(&format!("updates-{k}-{engine}"), config);
+        summary["exact"]["tv"].as_f64().unwrap()
+    };
+    let (one, four) = (tv(1, "tape"), tv(4, "tape"));
+    assert!(one > 0.02 && four < 0.01, "TV with 1 update {one}, with 4 {four}");
+    // The engines round differently (the tape's first update is its own), nothing more.
+    let graph = tv(4, "graph");
+    assert!((four - graph).abs() < 1e-4, "tape {four} vs graph {graph}");
+}
+
 /// A conditional GFlowNet (issue 20): one TB model on the 4×8 hypergrid trained over reward
 /// exponents β ∈ [0.5, 2] reaches exact TV ≤ 0.05 to `R^β / Z(β)` at β = 0.5, 1 and 2, its
 /// `log Z(β) = log F(s_0(β))` within 0.15 of the truth at each; and a resumed conditional run
@@ -423,7 +445,7 @@ fn a_conditional_gflownet_matches_every_temperature() {
 /// A GIN conditioned on the problem instance (issue 20): one policy trained over three small
 /// graphs of the maximum-independent-set task (β = 1, so every maximal independent set keeps
 /// mass) matches each graph's exact target `p(I | G) ∝ e^{|I|}` (TV ≤ 0.05 on every graph, its
-/// `log Z(G) = log F(s_0(G))` within 0.1), with TB and with DB; the untrained GIN does not.
+/// `log Z(G) = log F(s_0(G))` within 0.15), with TB and with DB; the untrained GIN does not.
 #[test]
 fn a_gin_conditioned_on_the_graph_matches_every_instance() {
     use gfn::environments::mis::{Anneal, MisEnv};

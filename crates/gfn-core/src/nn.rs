@@ -104,3 +104,43 @@ impl Mlp {
 pub fn scalar_var(value: f32, device: &Device) -> Result<Var> {
     Ok(Var::from_tensor(&Tensor::new(&[value], device)?.to_dtype(DType::F32)?)?)
 }
+
+/// LayerNorm's variance floor.
+pub const LN_EPS: f64 = 1e-5;
+
+/// LayerNorm over the last axis: `y = (x − μ) / √(σ² + ε) · g + β`, with `μ`, `σ²` the mean and
+/// (biased) variance of the row and `ε = 1e-5`; the gain starts at 1 and the shift at 0 (no
+/// random draw).
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    /// The gain `g`, `[d]`.
+    pub gain: Var,
+    /// The shift `β`, `[d]`.
+    pub bias: Var,
+}
+
+impl LayerNorm {
+    /// Gain 1 and shift 0 over rows of width `d`.
+    pub fn new(d: usize, dtype: candle_core::DType, device: &Device) -> Result<Self> {
+        Ok(Self {
+            gain: Var::ones(d, dtype, device)?,
+            bias: Var::zeros(d, dtype, device)?,
+        })
+    }
+
+    /// Normalise every row of `x`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let xc = x.broadcast_sub(&x.mean_keepdim(candle_core::D::Minus1)?)?;
+        let std = (xc.sqr()?.mean_keepdim(candle_core::D::Minus1)? + LN_EPS)?.sqrt()?;
+        Ok(xc
+            .broadcast_div(&std)?
+            .broadcast_mul(self.gain.as_tensor())?
+            .broadcast_add(self.bias.as_tensor())?)
+    }
+
+    /// `{prefix}.gain`, `{prefix}.bias`.
+    pub fn named_params(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
+        out.push((format!("{prefix}.gain"), self.gain.clone()));
+        out.push((format!("{prefix}.bias"), self.bias.clone()));
+    }
+}

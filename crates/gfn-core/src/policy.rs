@@ -760,6 +760,56 @@ pub fn load_params(policy: &dyn Policy, path: &std::path::Path) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// A GIN policy over graphs of up to 5 nodes: a 3-node graph's node logits are the same
+    /// alone, beside a full 5-node graph, or beside another small one (its missing nodes' slots
+    /// are 0); a graph over 5 nodes is refused by name.
+    #[test]
+    fn gin_node_logits_do_not_depend_on_padding() {
+        use crate::nets::gin::GinConfig;
+        use crate::obs::{GraphBatch, HostGraph};
+        let dev = Device::Cpu;
+        let config = GinConfig {
+            node_features: 2,
+            edge_features: 0,
+            hidden: 8,
+            layers: 2,
+            mlp_layers: 2,
+            node_outputs: 1,
+            graph_outputs: 1,
+            learn_eps: true,
+            graph_norm: true,
+        };
+        let policy = GinPolicy::new(config, 5, false, true, &dev, &mut crate::rng_from_seed(1)).unwrap();
+        let graph = |n: u32, f: f32| HostGraph {
+            node_features: (0..2 * n).map(|i| f + i as f32 * 0.1).collect(),
+            edges: (1..n).flat_map(|i| [(i - 1, i), (i, i - 1)]).collect(),
+            edge_features: Vec::new(),
+        };
+        let (small, full, other) = (graph(3, 0.2), graph(5, -0.4), graph(2, 0.7));
+        let logits = |gs: &[HostGraph]| {
+            let b = GraphBatch::from_graphs(gs, 2, 0, &dev).unwrap();
+            let out = policy.forward(&Observations::Graphs(b)).unwrap();
+            (
+                out.pf_logits.to_vec2::<f32>().unwrap(),
+                out.log_flow.unwrap().to_vec1::<f32>().unwrap(),
+            )
+        };
+        let (alone, flow_alone) = logits(std::slice::from_ref(&small));
+        assert_eq!(alone[0][3..], [0.0, 0.0]);
+        for (batch, at) in [(vec![full.clone(), small.clone()], 1), (vec![small.clone(), other], 0)] {
+            let (l, f) = logits(&batch);
+            for (a, b) in alone[0].iter().zip(&l[at]) {
+                assert!((a - b).abs() < 1e-6, "{:?} vs {:?}", alone[0], l[at]);
+            }
+            assert!((flow_alone[0] - f[at]).abs() < 1e-5);
+        }
+        let (l, _) = logits(std::slice::from_ref(&full));
+        assert!(l[0].iter().all(|&x| x != 0.0), "{l:?}");
+        let too_big = GraphBatch::from_graphs(&[graph(6, 0.1)], 2, 0, &dev).unwrap();
+        let err = policy.forward(&Observations::Graphs(too_big)).unwrap_err().to_string();
+        assert!(err.contains("more than 5 nodes"), "{err}");
+    }
+
     /// A candle-nn module behind the seam: columns split as declared, parameters reached by the
     /// gradient, a wrong output width and non-dense input refused by name.
     #[test]

@@ -762,6 +762,7 @@ fn gpu_sequence_and_graph_policies_match_cpu(gpu: &Device) {
         node_outputs: 0,
         graph_outputs: 0,
         learn_eps: true,
+        graph_norm: false,
     };
     let gc = GinPolicy::new(config, 8, true, true, &Device::Cpu, &mut rng_from_seed(2)).unwrap();
     let gg = GinPolicy::new(config, 8, true, true, gpu, &mut rng_from_seed(2)).unwrap();

@@ -246,6 +246,7 @@ mod tests {
             node_outputs: 0,
             graph_outputs: 0,
             learn_eps: true,
+            graph_norm: false,
         };
         let policy = GinPolicy::new(config, env.nodes(), true, false, &dev, &mut rng).unwrap();
         let observe = |s: &[i32]| Ok(Observations::Graphs(env.graphs(s, &dev)?));

@@ -1063,6 +1063,7 @@ fn every_balance_objective_trains_a_transformer_and_a_gin_through_the_seam() {
             node_outputs: 0,
             graph_outputs: 0,
             learn_eps: true,
+            graph_norm: false,
         };
         let policy = GinPolicy::new(config, indset.nodes(), true, true, &dev, &mut rng_from_seed(4)).unwrap();
         let (before, after) = train(&indset, &policy, &graphs, loss, 1000, 0.1, 4);

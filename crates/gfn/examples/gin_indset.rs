@@ -33,6 +33,7 @@ fn main() -> anyhow::Result<()> {
         node_outputs: 0,  // set by the policy: one logit per node
         graph_outputs: 0, // set by the policy: the exit logit
         learn_eps: true,
+        graph_norm: false,
     };
     let policy = GinPolicy::new(config, env.nodes(), true, false, &device, &mut rng)?;
     let mut params: Vec<_> = policy.named_params().into_iter().map(|(n, v)| (n, v, 0)).collect();

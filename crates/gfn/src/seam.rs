@@ -416,7 +416,9 @@ fn transformer_policy(
 /// Linear layers in each GIN layer's MLP (LED-GFN's MIS code: two).
 pub const GIN_MLP_LAYERS: usize = 2;
 
-/// The GIN of `config` (`hidden` wide, `layers` GIN layers, learnable ε, sum aggregation) over
+/// The GIN of `config` (`hidden` wide, `layers` GIN layers, learnable ε, sum aggregation, a
+/// LayerNorm after each layer: the official code's BatchNorm keeps the dense RB graphs' sums on one
+/// scale, and a LayerNorm does so without making a state's outputs depend on its batch) over
 /// `env`'s graph encoding, one logit per node (node `i` is forward action `i`), the exit and log F
 /// from the graph readout, P_B uniform; and its useful FLOPs per evaluated state of a training
 /// step at the largest graph (an upper bound): forward and backward (twice the forward) through
@@ -449,6 +451,7 @@ fn gin_policy(
         node_outputs: 1,
         graph_outputs: 1,
         learn_eps: true,
+        graph_norm: true,
     };
     let policy = GinPolicy::new(gc, nodes, exit, flow, device, rng)?;
     let (f, h) = (space.node_features as f64, config.hidden as f64);

@@ -30,7 +30,9 @@
 //! h^{k+1}_i = MLP_k((1 + ε_k)·h^k_i + a_i)
 //! ```
 //!
-//! followed by a ReLU for every layer but the last. `MLP_k` has `mlp_layers` linear layers
+//! then, with `graph_norm`, for every layer but the last a GraphNorm (each feature standardised
+//! over the nodes of its graph, then a learned gain and shift), and a ReLU for every layer but the
+//! last. `MLP_k` has `mlp_layers` linear layers
 //! `hidden → hidden` with ReLU between them; `ε_k` is a learnable scalar (initialised to 0) when
 //! `learn_eps`, else the constant 0. The heads are `nodes = h^L·W_n + b_n` and
 //! `graphs = (Σ_{i ∈ g} h^L_i)·W_g + b_g`.
@@ -38,7 +40,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use crate::nn::{Linear, Mlp};
+use crate::nn::{LayerNorm, Linear, Mlp};
 use crate::obs::GraphBatch;
 use crate::{GfnError, GfnRng, Result};
 
@@ -61,6 +63,14 @@ pub struct GinConfig {
     pub graph_outputs: usize,
     /// A learnable `ε_k` per layer (else `ε_k = 0`, not a parameter).
     pub learn_eps: bool,
+    /// GraphNorm (Cai et al. 2021) after every layer's MLP but the last (before its ReLU): each
+    /// feature standardised over the nodes of its own graph, then a learned gain and shift. It
+    /// keeps the states of dense graphs, whose sums grow with the degree at every layer, on one
+    /// scale while keeping what tells the nodes apart (a per-node LayerNorm does not: at `s_0`
+    /// every node's sum is its degree times one vector); per graph, so a graph's outputs do not
+    /// depend on its batch.
+    #[serde(default)]
+    pub graph_norm: bool,
 }
 
 impl GinConfig {
@@ -103,6 +113,43 @@ struct GinLayer {
     mlp: Mlp,
     edge: Option<Linear>,
     eps: Option<Var>,
+    norm: Option<GraphNorm>,
+}
+
+/// GraphNorm's variance floor.
+const GN_EPS: f64 = 1e-5;
+
+/// Per-graph standardisation of every feature: `y = (h − μ_g) / √(σ²_g + ε) · γ + β`, with `μ_g`,
+/// `σ²_g` the mean and (biased) variance of the feature over the nodes of the node's graph.
+#[derive(Debug, Clone)]
+struct GraphNorm {
+    gain: Var,
+    bias: Var,
+}
+
+impl GraphNorm {
+    fn new(d: usize, dtype: DType, device: &Device) -> Result<Self> {
+        let ln = LayerNorm::new(d, dtype, device)?;
+        Ok(Self {
+            gain: ln.gain,
+            bias: ln.bias,
+        })
+    }
+
+    /// `h` `[N, d]`; `owner` `[N]` the graph of each node; `inv_count` `[G, 1]` one over each
+    /// graph's node count (1 for an empty graph).
+    fn forward(&self, h: &Tensor, owner: &Tensor, inv_count: &Tensor, graphs: usize) -> Result<Tensor> {
+        let d = h.dim(1)?;
+        let zeros = Tensor::zeros((graphs, d), h.dtype(), h.device())?;
+        let mean = zeros.index_add(owner, h, 0)?.broadcast_mul(inv_count)?;
+        let centred = (h - mean.index_select(owner, 0)?)?;
+        let var = zeros.index_add(owner, &centred.sqr()?, 0)?.broadcast_mul(inv_count)?;
+        let std = (var + GN_EPS)?.sqrt()?.index_select(owner, 0)?;
+        Ok(centred
+            .broadcast_div(&std)?
+            .broadcast_mul(self.gain.as_tensor())?
+            .broadcast_add(self.bias.as_tensor())?)
+    }
 }
 
 /// A graph isomorphism network; see the [module documentation](self) for the formulas.
@@ -157,7 +204,11 @@ impl Gin {
                 true => Some(Var::from_tensor(&Tensor::zeros(1, dtype, device)?)?),
                 false => None,
             };
-            layers.push(GinLayer { mlp, edge, eps });
+            let last = layers.len() + 1 == config.layers;
+            let norm = (config.graph_norm && !last)
+                .then(|| GraphNorm::new(h, dtype, device))
+                .transpose()?;
+            layers.push(GinLayer { mlp, edge, eps, norm });
         }
         let mut head = |n: usize| (n > 0).then(|| linear(h, n, dtype, device, rng)).transpose();
         let node_head = head(config.node_outputs)?;
@@ -207,6 +258,12 @@ impl Gin {
         for (k, layer) in self.layers.iter().enumerate() {
             if let Some(eps) = &layer.eps {
                 out.push((format!("{prefix}.layers.{k}.eps"), eps.clone()));
+            }
+        }
+        for (k, layer) in self.layers.iter().enumerate() {
+            if let Some(norm) = &layer.norm {
+                out.push((format!("{prefix}.layers.{k}.norm.gain"), norm.gain.clone()));
+                out.push((format!("{prefix}.layers.{k}.norm.bias"), norm.bias.clone()));
             }
         }
     }
@@ -264,6 +321,17 @@ impl Gin {
         let dst = graphs.edge_index.get(1)?.contiguous()?;
         let edge_x = graphs.edge_features.as_ref().map(|t| t.to_dtype(dtype)).transpose()?;
         let mut h = self.input.forward(&graphs.node_features.to_dtype(dtype)?, false)?;
+        let owner = graphs.node_graph.contiguous()?;
+        let inv_count = if self.config.graph_norm {
+            let mut count = vec![0f64; graphs.num_graphs];
+            for g in owner.to_vec1::<u32>()? {
+                count[g as usize] += 1.0;
+            }
+            let inv: Vec<f64> = count.iter().map(|&c| 1.0 / c.max(1.0)).collect();
+            Tensor::from_vec(inv, (graphs.num_graphs, 1), owner.device())?.to_dtype(dtype)?
+        } else {
+            Tensor::zeros((graphs.num_graphs, 1), dtype, owner.device())?
+        };
         for (k, layer) in self.layers.iter().enumerate() {
             let mut msg = h.index_select(&src, 0)?;
             if let (Some(lin), Some(ef)) = (&layer.edge, &edge_x) {
@@ -276,12 +344,14 @@ impl Gin {
             h = layer
                 .mlp
                 .forward(&(own + zeros(n)?.index_add(&dst, &msg, 0)?)?, false)?;
+            if let Some(norm) = &layer.norm {
+                h = norm.forward(&h, &owner, &inv_count, graphs.num_graphs)?;
+            }
             if k + 1 < self.layers.len() {
                 h = h.relu()?;
             }
         }
         let nodes = self.node_head.as_ref().map(|l| l.forward(&h, false)).transpose()?;
-        let owner = graphs.node_graph.contiguous()?;
         let pool = |l: &Linear| l.forward(&zeros(graphs.num_graphs)?.index_add(&owner, &h, 0)?, false);
         let graphs = self.graph_head.as_ref().map(pool).transpose()?;
         Ok(GinOutput {
@@ -316,6 +386,7 @@ mod tests {
             node_outputs,
             graph_outputs,
             learn_eps,
+            graph_norm: false,
         }
     }
 
@@ -437,8 +508,14 @@ mod tests {
 
     #[test]
     fn relabelling_nodes_permutes_node_outputs_and_keeps_graph_outputs() {
-        for fe in [0, 2] {
-            let gin = net(config(fe, true), 1);
+        for (fe, graph_norm) in [(0, false), (2, false), (2, true)] {
+            let gin = net(
+                GinConfig {
+                    graph_norm,
+                    ..config(fe, true)
+                },
+                1,
+            );
             let mut rng = rng_from_seed(2);
             let graphs: Vec<_> = [5, 7, 4].iter().map(|&n| random_graph(&mut rng, n, 0.4, fe)).collect();
             let (mut perms, mut moved) = (Vec::new(), Vec::new());
@@ -466,7 +543,19 @@ mod tests {
 
     #[test]
     fn a_graphs_outputs_do_not_depend_on_its_batch() {
-        let gin = net(config(2, true), 3);
+        for graph_norm in [false, true] {
+            batch_independence(graph_norm);
+        }
+    }
+
+    fn batch_independence(graph_norm: bool) {
+        let gin = net(
+            GinConfig {
+                graph_norm,
+                ..config(2, true)
+            },
+            3,
+        );
         let mut rng = rng_from_seed(4);
         let (a, b) = (random_graph(&mut rng, 5, 0.5, 2), random_graph(&mut rng, 6, 0.5, 2));
         let empty = HostGraph::default();
@@ -509,8 +598,14 @@ mod tests {
 
     #[test]
     fn gradients_match_central_finite_differences() {
+        for graph_norm in [false, true] {
+            finite_differences(graph_norm);
+        }
+    }
+
+    fn finite_differences(graph_norm: bool) {
         let mut cfg = config(2, true);
-        (cfg.hidden, cfg.layers) = (5, 2);
+        (cfg.hidden, cfg.layers, cfg.graph_norm) = (5, 2, graph_norm);
         let gin = net(cfg, 5);
         let mut rng = rng_from_seed(6);
         let graphs = [random_graph(&mut rng, 4, 0.5, 2), random_graph(&mut rng, 5, 0.4, 2)];
@@ -550,6 +645,13 @@ mod tests {
                 assert!(rel <= 1e-5, "{name}[{i}]: autograd {a} vs finite difference {fd}");
                 checked += 1;
             }
+        }
+        if graph_norm {
+            assert!(names.contains(&"g.layers.0.norm.gain"), "{names:?}");
+            assert!(
+                !names.contains(&"g.layers.1.norm.gain"),
+                "the last layer has no norm: {names:?}"
+            );
         }
         assert!(checked >= 3 * 16, "{checked}");
     }

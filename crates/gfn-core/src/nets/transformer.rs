@@ -34,12 +34,11 @@
 use candle_core::{D, DType, Device, Tensor, Var};
 use rand::Rng;
 
+use crate::nn::LayerNorm;
 use crate::nn::Linear;
 use crate::obs::TokenBatch;
 use crate::{GfnError, GfnRng, Result};
 
-/// LayerNorm's variance floor.
-const LN_EPS: f64 = 1e-5;
 /// Added (negated) to the attention scores of padded keys.
 const MASK_PENALTY: f64 = 1e9;
 
@@ -120,37 +119,6 @@ pub struct TransformerOutput {
     pub pooled: Option<Tensor>,
     /// Final (LayerNormed) hidden states `[B, L + 1, d_model]`, BOS first, 0 on padding.
     pub hidden: Tensor,
-}
-
-/// LayerNorm over the last axis: `y = (x − μ) / √(σ² + ε) · g + β`, with `μ`, `σ²` the mean and
-/// (biased) variance of the row and `ε = 1e-5`.
-#[derive(Debug, Clone)]
-struct LayerNorm {
-    gain: Var,
-    bias: Var,
-}
-
-impl LayerNorm {
-    fn new(d: usize, dtype: DType, device: &Device) -> Result<Self> {
-        Ok(Self {
-            gain: Var::ones(d, dtype, device)?,
-            bias: Var::zeros(d, dtype, device)?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let xc = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
-        let std = (xc.sqr()?.mean_keepdim(D::Minus1)? + LN_EPS)?.sqrt()?;
-        Ok(xc
-            .broadcast_div(&std)?
-            .broadcast_mul(self.gain.as_tensor())?
-            .broadcast_add(self.bias.as_tensor())?)
-    }
-
-    fn named_params(&self, prefix: &str, out: &mut Vec<(String, Var)>) {
-        out.push((format!("{prefix}.gain"), self.gain.clone()));
-        out.push((format!("{prefix}.bias"), self.bias.clone()));
-    }
 }
 
 /// One pre-LN encoder layer.
