@@ -14,58 +14,126 @@ use crate::plot::Reference;
 use crate::report::Aggregate;
 use crate::suite::{Agg, Metric, Output, RunSpec, Suite, SuiteOptions, num, ours_ms_per_iteration};
 
-/// The table (one task).
+/// The reduced setting's table.
 pub const GROUP: &str = "MIS, RB graphs of 20–60 nodes";
+/// The small setting's table (LED-GFN's graphs, one run at a budget this machine affords).
+pub const SMALL_GROUP: &str = "MIS, RB graphs of 200–300 nodes";
 /// The objectives compared (LED-GFN's MIS table: DB, FL-DB, LED-DB; and TB).
 pub const LOSSES: [&str; 4] = ["db", "fl-db", "led-db", "tb"];
-/// Training graphs of a run (one trajectory each).
-pub const TRAJECTORIES: u32 = 16_000;
+/// Training graphs of a reduced run (one trajectory each).
+pub const TRAJECTORIES: u32 = 12_000;
 /// Trajectories (graphs) per iteration.
 pub const BATCH: u32 = 16;
 /// Evaluations over a run (each samples 20 sets on every test graph).
-const EVALUATIONS: u32 = 8;
-/// The GIN (LED-GFN: 5 layers of 256; narrower here so that 12 runs fit a 2-core machine).
-pub const GIN: [&str; 6] = ["--policy", "gin", "--hidden", "64", "--layers", "5"];
-/// Training and test graphs (LED-GFN: 4,000 and 500).
+const EVALUATIONS: u32 = 4;
+/// The GIN (LED-GFN: 5 layers of 256; narrower here so that the runs fit a 2-core machine), with
+/// four gradient updates per sampled batch (LED-GFN's code: 30 per rollout of 8 graphs).
+pub const GIN: [&str; 8] = [
+    "--policy",
+    "gin",
+    "--hidden",
+    "64",
+    "--layers",
+    "5",
+    "--updates-per-batch",
+    "4",
+];
+/// Training and test graphs of the reduced setting (LED-GFN: 4,000 and 500).
 pub const GRAPHS: [&str; 4] = ["--mis-train", "4000", "--mis-test", "100"];
-/// The anneal of the reward exponent over the run's first half (LED-GFN: 1 → 500 over 40,000
-/// graphs of 20 epochs × 4,000).
-pub const ANNEAL: [&str; 6] = ["--beta-start", "1", "--beta-end", "500", "--beta-anneal", "8000"];
+/// The reward exponent of the reduced runs: β from 1 to 10 over the first half of the graphs.
+/// LED-GFN anneals to 500 over 40,000 graphs and 300,000 updates; at this budget the flows cannot
+/// follow log R = 500·|I| (the `β 1→500` rows show it).
+pub const ANNEAL: [&str; 6] = ["--beta-start", "1", "--beta-end", "10", "--beta-anneal", "6000"];
+/// The official exponent, for the rows that show what it does at this budget.
+pub const OFFICIAL_ANNEAL: [&str; 6] = ["--beta-start", "1", "--beta-end", "500", "--beta-anneal", "6000"];
+/// The small setting's graphs and exponent: 20 test graphs, β from 1 to 10 over the run's 480
+/// graphs, one update per batch (a step on 16 graphs of ~230 nodes costs seconds here: the GIN
+/// keeps a message per edge, ~3,900 edges per graph).
+pub const SMALL: [&str; 14] = [
+    "--mis-graphs",
+    "small",
+    "--mis-train",
+    "4000",
+    "--mis-test",
+    "20",
+    "--beta-start",
+    "1",
+    "--beta-end",
+    "10",
+    "--beta-anneal",
+    "480",
+    "--updates-per-batch",
+    "1",
+];
+/// Iterations of the small run.
+const SMALL_ITERATIONS: u32 = 30;
 
-/// The suite: every loss × seeds (default 3). `--quick`: seed 0, a tenth of the graphs.
+/// One run of `loss` in `group` (its table row `row`) with the flags of `parts`.
+fn run(group: &str, row: &str, loss: &str, seed: u64, iterations: u32, parts: &[&[&str]], threads: u32) -> RunSpec {
+    let mut gfn_args: Vec<String> = ["train", "--env", "mis", "--loss", loss].map(String::from).to_vec();
+    for part in parts {
+        gfn_args.extend(part.iter().map(|s| s.to_string()));
+    }
+    gfn_args.extend([
+        "--batch-size".into(),
+        BATCH.to_string(),
+        "--iterations".into(),
+        iterations.to_string(),
+        "--eval-every".into(),
+        (iterations / EVALUATIONS).max(1).to_string(),
+        "--seed".into(),
+        seed.to_string(),
+        "--threads".into(),
+        threads.to_string(),
+    ]);
+    let setting = if group == GROUP { "reduced" } else { "small" };
+    RunSpec {
+        name: format!("{setting}-{}-seed{seed}", row.replace([' ', '→'], "-")),
+        group: group.into(),
+        row: row.into(),
+        seed,
+        gfn_args,
+        peer_args: Vec::new(),
+        output: Output::RunDir,
+    }
+}
+
+/// The suite: every loss × seeds (default 3) on the reduced setting, DB and FL-DB with the
+/// official β → 500 (one seed), and one FL-DB run on the small setting. `--quick`: seed 0, a
+/// tenth of the graphs, no small run.
 pub fn mis(opts: &SuiteOptions) -> Suite {
     let seeds = opts.seeds.unwrap_or(if opts.quick { 1 } else { 3 });
     let trajectories = if opts.quick { TRAJECTORIES / 10 } else { TRAJECTORIES };
     let iterations = trajectories / BATCH;
+    let t = opts.threads;
     let mut runs = Vec::new();
     for loss in LOSSES {
         for seed in 0..u64::from(seeds) {
-            let mut gfn_args: Vec<String> = ["train", "--env", "mis", "--loss", loss].map(String::from).to_vec();
-            for part in [&GIN[..], &GRAPHS[..], &ANNEAL[..]] {
-                gfn_args.extend(part.iter().map(|s| s.to_string()));
-            }
-            gfn_args.extend([
-                "--batch-size".into(),
-                BATCH.to_string(),
-                "--iterations".into(),
-                iterations.to_string(),
-                "--eval-every".into(),
-                (iterations / EVALUATIONS).to_string(),
-                "--seed".into(),
-                seed.to_string(),
-                "--threads".into(),
-                opts.threads.to_string(),
-            ]);
-            runs.push(RunSpec {
-                name: format!("{loss}-seed{seed}"),
-                group: GROUP.into(),
-                row: loss.into(),
-                seed,
-                gfn_args,
-                peer_args: Vec::new(),
-                output: Output::RunDir,
-            });
+            runs.push(run(GROUP, loss, loss, seed, iterations, &[&GIN, &GRAPHS, &ANNEAL], t));
         }
+    }
+    for loss in ["db", "fl-db"] {
+        let row = format!("{loss} β 1→500");
+        runs.push(run(
+            GROUP,
+            &row,
+            loss,
+            0,
+            iterations,
+            &[&GIN, &GRAPHS, &OFFICIAL_ANNEAL],
+            t,
+        ));
+    }
+    if !opts.quick {
+        runs.push(run(
+            SMALL_GROUP,
+            "fl-db",
+            "fl-db",
+            0,
+            SMALL_ITERATIONS,
+            &[&GIN, &SMALL],
+            t,
+        ));
     }
     let task =
         |key: &'static str, header: &'static str, short: &'static str, value: fn(&Value) -> Option<f64>| Metric {
@@ -156,13 +224,20 @@ mod tests {
             seeds: None,
             threads: 1,
         });
-        assert_eq!(s.runs.len(), LOSSES.len() * 3);
+        assert_eq!(s.runs.len(), LOSSES.len() * 3 + 2 + 1);
         let arg = |r: &RunSpec, flag: &str| r.gfn_args.windows(2).find(|w| w[0] == flag).map(|w| w[1].clone());
-        for r in &s.runs {
+        for r in s.runs.iter().filter(|r| r.group == GROUP) {
             assert_eq!(arg(r, "--env").as_deref(), Some("mis"));
             assert_eq!(arg(r, "--policy").as_deref(), Some("gin"));
-            assert_eq!(arg(r, "--iterations").as_deref(), Some("1000"));
-            assert_eq!(arg(r, "--loss").as_deref(), Some(r.row.as_str()));
+            assert_eq!(arg(r, "--iterations").as_deref(), Some("750"));
+            assert!(r.row.starts_with(arg(r, "--loss").unwrap().as_str()), "{}", r.row);
+            let beta_end = if r.row.contains("500") { "500" } else { "10" };
+            assert_eq!(arg(r, "--beta-end").as_deref(), Some(beta_end));
         }
+        let names: std::collections::BTreeSet<_> = s.runs.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names.len(), s.runs.len(), "run names must be unique");
+        let small: Vec<_> = s.runs.iter().filter(|r| r.group == SMALL_GROUP).collect();
+        assert_eq!(small.len(), 1);
+        assert_eq!(arg(small[0], "--mis-graphs").as_deref(), Some("small"));
     }
 }

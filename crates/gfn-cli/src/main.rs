@@ -350,6 +350,7 @@ fn default_env_tag(c: &TrainConfig) -> String {
         EnvName::Ising | EnvName::IsingFixed => format!("{0}x{0}-sigma{1}", c.lattice, c.sigma),
         EnvName::Digits => "8x8".into(),
         EnvName::Mis => c.mis_graphs.to_string(),
+        EnvName::GraphBuilding => format!("n{}-t{}", c.graph_nodes, c.graph_node_types),
         _ => format!("{}x{}", c.ndim, c.height),
     }
 }

@@ -119,6 +119,23 @@ config! {
     bn_samples: usize = 100,
     /// bayesnet: observation noise standard deviation [default: 0.1].
     bn_noise: f64 = 0.1,
+    /// graph-building: the largest graph (nodes, ≤ 16; exact evaluation up to 4 or 5) [default: 4].
+    graph_nodes: usize = 4,
+    /// graph-building: node types [default: 2].
+    graph_node_types: usize = 2,
+    /// graph-building: edge types [default: 1].
+    graph_edge_types: usize = 1,
+    /// graph-building: directed edges [default: false].
+    graph_directed: bool = false,
+    /// graph-building: only acyclic graphs (DAGs when directed, forests otherwise) [default: false].
+    graph_acyclic: bool = false,
+    /// graph-building: the reward `log R = graph_per_edge·#edges − graph_size_penalty·|n −
+    /// graph_target_nodes|`; its preferred node count [default: 3].
+    graph_target_nodes: usize = 3,
+    /// graph-building: log-reward per edge [default: 0.5].
+    graph_per_edge: f64 = 0.5,
+    /// graph-building: log-reward lost per node away from `graph_target_nodes` [default: 1].
+    graph_size_penalty: f64 = 1.0,
     /// mis: the RB graphs, `reduced` (20–60 nodes) or `small` (200–300, LED-GFN's) [default:
     /// reduced].
     mis_graphs: MisGraphs = MisGraphs::Reduced,
@@ -700,6 +717,10 @@ impl TrainConfig {
                 only(env == E::Bitseq, "to env = bitseq")
             }
             "bn_nodes" | "bn_samples" | "bn_noise" => only(env == E::Bayesnet, "to env = bayesnet"),
+            "graph_nodes" | "graph_node_types" | "graph_edge_types" | "graph_directed" | "graph_acyclic"
+            | "graph_target_nodes" | "graph_per_edge" | "graph_size_penalty" => {
+                only(env == E::GraphBuilding, "to env = graph-building")
+            }
             "mis_graphs" | "mis_train" | "mis_test" | "mis_samples" | "beta_start" | "beta_end" | "beta_anneal" => {
                 only(env == E::Mis, "to env = mis")
             }

@@ -5,6 +5,7 @@ use gfn_envs::bayesnet::{BayesNetConfig, BayesNetEnv};
 use gfn_envs::binary::{BinaryEnv, LogDensity};
 use gfn_envs::bitseq::{BitSeqConfig, BitSeqEnv};
 use gfn_envs::data::ising::LatticeIsing;
+use gfn_envs::graph_building::{Builtin, GraphBuildingConfig, GraphBuildingEnv};
 use gfn_envs::mis::{Anneal, MisEnv};
 use gfn_envs::{BagEnv, Hypergrid, HypergridReward, SetEnv, Tempered};
 
@@ -45,6 +46,7 @@ fn unconditional_env(config: &TrainConfig) -> Result<Box<dyn Env>> {
         })?)),
         EnvName::IsingFixed => Ok(Box::new(ising_fixed_env(config)?)),
         EnvName::Mis => Ok(Box::new(mis_env(config)?)),
+        EnvName::GraphBuilding => Ok(Box::new(graph_building_env(config)?)),
         other => Err(GfnError::invalid(
             "env",
             other,
@@ -94,6 +96,26 @@ pub fn mis_env(config: &TrainConfig) -> Result<MisEnv> {
             start: config.beta_start,
             end: config.beta_end,
             over: config.beta_anneal,
+        },
+    )
+}
+
+/// The graph-building task of `config`: graphs of up to `graph_nodes` nodes of `graph_node_types`
+/// types and edges of `graph_edge_types` types (`graph_directed`, `graph_acyclic`), reward
+/// `log R = graph_per_edge·#edges − graph_size_penalty·|n − graph_target_nodes|`.
+pub fn graph_building_env(config: &TrainConfig) -> Result<GraphBuildingEnv> {
+    GraphBuildingEnv::with_builtin(
+        GraphBuildingConfig {
+            max_nodes: config.graph_nodes,
+            node_types: config.graph_node_types,
+            edge_types: config.graph_edge_types,
+            directed: config.graph_directed,
+            acyclic: config.graph_acyclic,
+        },
+        Builtin::EdgesAndSize {
+            per_edge: config.graph_per_edge,
+            target_nodes: config.graph_target_nodes,
+            size_penalty: config.graph_size_penalty,
         },
     )
 }

@@ -31,6 +31,8 @@ gfn_core::choice! {
         /// Maximum independent sets of random RB graphs (LED-GFN), a GFlowNet conditioned on the
         /// graph.
         Mis = "mis",
+        /// Typed graphs built node by node and edge by edge (torchgfn's GraphBuilding).
+        GraphBuilding = "graph-building",
     }
 }
 

@@ -84,8 +84,9 @@ pub struct MisReferences {
 /// Time the exact solver may spend on one test graph.
 pub const MIS_SOLVER_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Test graphs sampled together in one batch of the MIS evaluation.
-const MIS_GRAPHS_PER_BATCH: usize = 32;
+/// Most directed edges (over every sampled copy) in one batch of the MIS evaluation: the GIN
+/// holds a message per edge and hidden unit, so this bounds its memory (256 MiB at width 64).
+const MIS_EDGES_PER_BATCH: usize = 1 << 20;
 
 impl MisReferences {
     /// Greedy and exact sets of `graphs`.
@@ -265,7 +266,19 @@ pub fn mis_sizes(env: &MisEnv, net: &crate::seam::Net, samples: usize, rng: &mut
     let tests: Vec<usize> = (0..env.test_graphs().len()).map(|k| env.num_train() + k).collect();
     let (mut sampler, mut batch) = (Sampler::new(), TrajectoryBatch::default());
     let (mut mean, mut best) = (0.0, 0.0);
-    for chunk in tests.chunks(MIS_GRAPHS_PER_BATCH) {
+    let edges = |k: usize| 2 * env.test_graphs()[k - env.num_train()].num_edges() * samples;
+    let mut chunks: Vec<&[usize]> = Vec::new();
+    let mut start = 0;
+    while start < tests.len() {
+        let (mut end, mut total) = (start + 1, edges(tests[start]));
+        while end < tests.len() && total + edges(tests[end]) <= MIS_EDGES_PER_BATCH {
+            total += edges(tests[end]);
+            end += 1;
+        }
+        chunks.push(&tests[start..end]);
+        start = end;
+    }
+    for chunk in chunks {
         let mut starts = vec![0; chunk.len() * samples * sd];
         for (i, s) in starts.chunks_exact_mut(sd).enumerate() {
             env.conditioned_initial_state(&[chunk[i / samples] as f64], s)?;
