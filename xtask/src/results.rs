@@ -171,6 +171,19 @@ fn suite_summary((suite, json, results_md): &(String, Value, String)) -> String 
                     ));
                 }
             }
+            "conditional" | "mis" => {
+                // The tables as the suite wrote them, each under its heading.
+                for line in results_md.lines() {
+                    if let Some(group) = line.strip_prefix("## ").filter(|g| !g.starts_with("Plots")) {
+                        md.push_str(&format!("*{group}*\n\n"));
+                    } else if line.starts_with('|') {
+                        md.push_str(line);
+                        md.push('\n');
+                    } else if line.is_empty() && md.ends_with("|\n") {
+                        md.push('\n');
+                    }
+                }
+            }
             _ => {
                 for line in results_md.lines().filter(|l| l.starts_with("- *")) {
                     md.push_str(line);
