@@ -225,12 +225,41 @@ pub struct TokenSpace {
 }
 
 /// The graph encoding of an environment's states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GraphSpace {
     /// Node feature width.
     pub node_features: usize,
     /// Edge feature width (0: none).
     pub edge_features: usize,
+    /// What the forward actions act on.
+    pub actions: GraphActions,
+}
+
+/// The forward actions of a graph environment, in its action order, as a graph policy's heads
+/// produce them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum GraphActions {
+    /// One action per node (node `i` of a graph is action `i`), then the exit action where the
+    /// environment has one: a node head (and a graph head for the exit).
+    #[default]
+    PerNode,
+    /// Graph building: `node_types` "add a node of this type" actions, then for each node pair
+    /// of `pairs` (in order; `(i, j)` is `i → j` when directed) `edge_types` "add an edge of this
+    /// type" actions, then one "stop" action: a graph head, a pair head, a graph head.
+    Build {
+        /// Node types.
+        node_types: usize,
+        /// Edge types.
+        edge_types: usize,
+        /// The node pair of each slot.
+        pairs: Vec<(u32, u32)>,
+        /// Whether `(i, j)` and `(j, i)` are different slots.
+        directed: bool,
+        /// Whether node 0 of every observed graph is a virtual node joined to every real node
+        /// (real node `i` is then node `i + 1`): it gives the empty graph a node to compute with
+        /// and every graph a global state.
+        virtual_node: bool,
+    },
 }
 
 /// A batch of `env`'s states (row-major, `state_dim` values each) as `kind` observations on

@@ -441,6 +441,177 @@ impl Policy for GinPolicy {
     }
 }
 
+/// A GIN as a graph-building policy ([`GraphActions::Build`](crate::obs::GraphActions::Build):
+/// add a node of a type, add a typed edge between two existing nodes, stop), as torchgfn's
+/// graph-action GNN: the GIN's node states `h` of a graph give
+///
+/// * "add a node of type t" and "stop": columns of the graph head (sum readout);
+/// * "add an edge of type k on the pair (i, j)": the pair head `W·φ(h_i, h_j) + b`, with
+///   `φ = [h_i + h_j, h_i ⊙ h_j]` for undirected pairs (symmetric) and `[h_i, h_j]` for directed ones;
+///   a pair whose nodes the graph does not have yet gets logit 0 (masked by the environment);
+/// * `log F`: one more graph-head column; P_B uniform.
+#[derive(Debug, Clone)]
+pub struct GraphBuildPolicy {
+    gin: Gin,
+    pair: crate::nn::Linear,
+    node_types: usize,
+    edge_types: usize,
+    pairs: Vec<(u32, u32)>,
+    directed: bool,
+    virtual_node: bool,
+    flow: bool,
+    log_z: Var,
+}
+
+impl GraphBuildPolicy {
+    /// A GIN of `config` (its heads set here: no node head; a graph head of `node_types` + stop
+    /// (+ log F) columns) with a pair head of `edge_types` outputs over the slots `pairs`, for
+    /// graphs whose node 0 is virtual where `virtual_node` (the real nodes follow it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: GinConfig,
+        node_types: usize,
+        edge_types: usize,
+        pairs: Vec<(u32, u32)>,
+        directed: bool,
+        virtual_node: bool,
+        flow: bool,
+        device: &Device,
+        rng: &mut GfnRng,
+    ) -> Result<Self> {
+        if node_types == 0 || edge_types == 0 {
+            return Err(GfnError::invalid(
+                "node_types",
+                format!("{node_types} node and {edge_types} edge types"),
+                "must both be at least 1",
+            ));
+        }
+        let config = GinConfig {
+            node_outputs: 0,
+            graph_outputs: node_types + 1 + usize::from(flow),
+            ..config
+        };
+        let gin = Gin::new(config, DType::F32, device, rng)?;
+        let pair = crate::nn::Linear::new(2 * config.hidden, edge_types, device, rng)?;
+        Ok(Self {
+            gin,
+            pair,
+            node_types,
+            edge_types,
+            pairs,
+            directed,
+            virtual_node,
+            flow,
+            log_z: scalar_var(0.0, device)?,
+        })
+    }
+
+    /// The GIN.
+    pub fn gin(&self) -> &Gin {
+        &self.gin
+    }
+
+    /// The `log Z` parameter.
+    pub fn log_z_param(&self) -> &Var {
+        &self.log_z
+    }
+
+    /// Number of forward actions.
+    pub fn n_actions(&self) -> usize {
+        self.node_types + self.pairs.len() * self.edge_types + 1
+    }
+
+    /// `[G, P·K]` edge logits from the node states `h` (`owner`: each node's graph).
+    fn pair_logits(&self, h: &Tensor, owner: &[u32], graphs: usize) -> Result<Tensor> {
+        let (p, k) = (self.pairs.len(), self.edge_types);
+        let mut offset = vec![0u32; graphs + 1];
+        for &o in owner {
+            offset[o as usize + 1] += 1;
+        }
+        let count: Vec<u32> = offset[1..].to_vec();
+        for g in 0..graphs {
+            offset[g + 1] += offset[g];
+        }
+        // Real node `i` of a graph with a virtual node is its node `i + 1`.
+        let skip = u32::from(self.virtual_node);
+        let count: Vec<u32> = count.iter().map(|&c| c.saturating_sub(skip)).collect();
+        let offset: Vec<u32> = offset.iter().map(|&o| o + skip).collect();
+        let (mut src, mut dst, mut slot) = (Vec::new(), Vec::new(), Vec::new());
+        for g in 0..graphs {
+            for (q, &(i, j)) in self.pairs.iter().enumerate() {
+                if i < count[g] && j < count[g] {
+                    src.push(offset[g] + i);
+                    dst.push(offset[g] + j);
+                    slot.push((g * p + q) as u32);
+                }
+            }
+        }
+        let zeros = Tensor::zeros((graphs * p, k), h.dtype(), h.device())?;
+        if slot.is_empty() {
+            return Ok(zeros.reshape((graphs, p * k))?);
+        }
+        let n = slot.len();
+        let index = |v: Vec<u32>| Tensor::from_vec(v, n, h.device());
+        let (hi, hj) = (h.index_select(&index(src)?, 0)?, h.index_select(&index(dst)?, 0)?);
+        let features = if self.directed {
+            Tensor::cat(&[&hi, &hj], 1)?
+        } else {
+            Tensor::cat(&[&(&hi + &hj)?, &(&hi * &hj)?], 1)?
+        };
+        let logits = self.pair.forward(&features, false)?;
+        Ok(zeros.index_add(&index(slot)?, &logits, 0)?.reshape((graphs, p * k))?)
+    }
+}
+
+impl Policy for GraphBuildPolicy {
+    fn forward(&self, obs: &Observations) -> Result<PolicyOutput> {
+        let Observations::Graphs(graphs) = obs else {
+            return Err(GfnError::invalid(
+                "observations",
+                "dense or tokens",
+                "a graph-building GIN policy reads graphs",
+            ));
+        };
+        let g = graphs.num_graphs;
+        let owner = graphs.node_graph.to_vec1::<u32>()?;
+        let out = self.gin.forward(graphs)?;
+        let cols = out
+            .graphs
+            .ok_or_else(|| GfnError::Other("graph-building policy without a graph head".into()))?;
+        let t = self.node_types;
+        let pf_logits = Tensor::cat(
+            &[
+                &cols.narrow(1, 0, t)?,
+                &self.pair_logits(&out.hidden, &owner, g)?,
+                &cols.narrow(1, t, 1)?,
+            ],
+            1,
+        )?;
+        let log_flow = self.flow.then(|| cols.narrow(1, t + 1, 1)?.squeeze(1)).transpose()?;
+        Ok(PolicyOutput {
+            pf_logits,
+            pb_logits: None,
+            log_flow,
+        })
+    }
+    fn named_params(&self) -> Vec<(String, Var)> {
+        let mut out = Vec::new();
+        self.gin.named_params("gin", &mut out);
+        out.push(("pair.weight".into(), self.pair.weight.clone()));
+        out.push(("pair.bias".into(), self.pair.bias.clone()));
+        out
+    }
+    fn log_z(&self) -> Option<&Var> {
+        Some(&self.log_z)
+    }
+    fn device(&self) -> &Device {
+        self.log_z.device()
+    }
+    fn has_backward(&self) -> bool {
+        false
+    }
+}
+
 /// A [`Policy`] as the [`Sampler`](crate::Sampler)'s rollout policy: each step's states are
 /// observed and evaluated without a graph. `Sampler::sample_forward_with(env, &mut rollout, …)`
 /// then fills a [`TrajectoryBatch`](crate::TrajectoryBatch) for any objective

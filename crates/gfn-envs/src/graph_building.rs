@@ -893,34 +893,55 @@ impl Env for GraphBuildingEnv {
         let range = 1..self.flag_at();
         a[range.clone()].iter().zip(&b[range]).filter(|(x, y)| x != y).count() as f64
     }
-    /// Node features: one-hot node type and the terminal flag (`T + 1`); edge features: one-hot
-    /// edge type (`K`).
+    /// Node 0 of every observed graph is a virtual node joined both ways to every real node (real
+    /// node `i` is node `i + 1`): the empty graph has a node to compute with. Node features:
+    /// one-hot node type, the terminal flag, the one-hot node index (states are labelled graphs,
+    /// and their flows are not invariant under relabelling — only the last node may be removed —
+    /// so a graph network must see the labels) and the virtual flag (`T + 2 + max_nodes`); edge
+    /// features: one-hot edge type (`K`; zeros on the virtual node's edges).
     fn graph_space(&self) -> Option<GraphSpace> {
         Some(GraphSpace {
-            node_features: self.config.node_types + 1,
+            node_features: self.config.node_types + 2 + self.config.max_nodes,
             edge_features: self.config.edge_types,
+            actions: gfn_core::obs::GraphActions::Build {
+                node_types: self.config.node_types,
+                edge_types: self.config.edge_types,
+                pairs: self.pairs.iter().map(|&(i, j)| (i as u32, j as u32)).collect(),
+                directed: self.config.directed,
+                virtual_node: true,
+            },
         })
     }
     fn observe_graphs(&self, states: &[i32], device: &Device) -> Result<GraphBatch> {
-        let (t, k) = (self.config.node_types, self.config.edge_types);
+        let (t, k, m) = (self.config.node_types, self.config.edge_types, self.config.max_nodes);
         let graphs: Vec<HostGraph> = states
             .chunks_exact(self.state_dim())
             .map(|s| {
                 let g = self.view(s);
                 let flag = f32::from(u8::from(g.is_terminal()));
-                let mut node_features = vec![0.0; g.num_nodes() * (t + 1)];
+                let width = t + 2 + m;
+                let mut node_features = vec![0.0; (g.num_nodes() + 1) * width];
+                node_features[t] = flag;
+                node_features[width - 1] = 1.0;
                 for (i, ty) in g.node_types().enumerate() {
-                    node_features[i * (t + 1) + ty] = 1.0;
-                    node_features[i * (t + 1) + t] = flag;
+                    let row = (i + 1) * width;
+                    node_features[row + ty] = 1.0;
+                    node_features[row + t] = flag;
+                    node_features[row + t + 1 + i] = 1.0;
                 }
                 let mut edges = Vec::new();
                 let mut edge_features = Vec::new();
                 let one_hot = |e: usize| (0..k).map(move |x| f32::from(u8::from(x == e)));
+                for i in 1..=g.num_nodes() as u32 {
+                    edges.extend([(0, i), (i, 0)]);
+                    edge_features.extend(std::iter::repeat_n(0.0, 2 * k));
+                }
                 for (i, j, e) in g.edges() {
-                    edges.push((i as u32, j as u32));
+                    let (i, j) = (i as u32 + 1, j as u32 + 1);
+                    edges.push((i, j));
                     edge_features.extend(one_hot(e));
                     if !g.is_directed() {
-                        edges.push((j as u32, i as u32));
+                        edges.push((j, i));
                         edge_features.extend(one_hot(e));
                     }
                 }
@@ -931,7 +952,7 @@ impl Env for GraphBuildingEnv {
                 }
             })
             .collect();
-        GraphBatch::from_graphs(&graphs, t + 1, k, device)
+        GraphBatch::from_graphs(&graphs, t + 2 + m, k, device)
     }
     /// `2U − 1` for `U` unflagged graphs (every graph but the empty one has a flagged twin);
     /// infinite where it overflows f64.
@@ -1444,39 +1465,64 @@ mod tests {
         let dev = Device::Cpu;
         let c = config(4, 2, 2, false, false);
         let e = env(c);
+        let space = e.graph_space().unwrap();
+        assert_eq!((space.node_features, space.edge_features), (2 + 2 + 4, 2));
+        let gfn_core::obs::GraphActions::Build {
+            node_types,
+            edge_types,
+            pairs,
+            directed,
+            virtual_node,
+        } = space.actions
+        else {
+            panic!("graph building acts on pairs: {:?}", space.actions);
+        };
         assert_eq!(
-            e.graph_space(),
-            Some(GraphSpace {
-                node_features: 3,
-                edge_features: 2
-            })
+            (node_types, edge_types, pairs.len(), directed, virtual_node),
+            (2, 2, 6, false, true)
         );
+        assert_eq!(pairs[..3], [(0, 1), (0, 2), (1, 2)]);
         let s = e.state_from_graph(&[0, 1, 1], &[(0, 1, 1), (1, 2, 0)], true).unwrap();
         let mut s0 = vec![0; e.state_dim()];
         e.initial_state(&mut s0);
         let both: Vec<i32> = s0.iter().chain(&s).copied().collect();
         let g = e.observe_graphs(&both, &dev).unwrap();
         g.check().unwrap();
-        assert_eq!((g.num_graphs, g.sizes().unwrap()), (2, (3, 4)));
-        assert_eq!(g.node_graph.to_vec1::<u32>().unwrap(), [1, 1, 1]);
+        // Node 0 of each graph is the virtual node: s_0 has only it; s has it and 3 nodes.
+        assert_eq!((g.num_graphs, g.sizes().unwrap()), (2, (5, 10)));
+        assert_eq!(g.node_graph.to_vec1::<u32>().unwrap(), [0, 1, 1, 1, 1]);
         assert_eq!(
             g.node_features.to_vec2::<f32>().unwrap(),
-            [[1.0, 0.0, 1.0], [0.0, 1.0, 1.0], [0.0, 1.0, 1.0]]
+            [
+                [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
+                [0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0],
+                [1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0],
+                [0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0],
+                [0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+            ]
         );
-        assert_eq!(g.edge_index.to_vec2::<u32>().unwrap(), [[0, 1, 1, 2], [1, 0, 2, 1]]);
+        assert_eq!(
+            g.edge_index.to_vec2::<u32>().unwrap(),
+            [[1, 2, 1, 3, 1, 4, 2, 3, 3, 4], [2, 1, 3, 1, 4, 1, 3, 2, 4, 3]]
+        );
         let ef = g.edge_features.unwrap().to_vec2::<f32>().unwrap();
-        assert_eq!(ef, [[0.0, 1.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0]]);
-        // The empty graph alone, and a directed graph (one edge per edge).
+        assert_eq!(ef[..6], vec![vec![0.0, 0.0]; 6]);
+        assert_eq!(ef[6..], [[0.0, 1.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0]]);
+        // The empty graph alone (its virtual node), and a directed graph (one edge per edge).
         let empty = e.observe_graphs(&s0, &dev).unwrap();
-        assert_eq!((empty.num_graphs, empty.sizes().unwrap()), (1, (0, 0)));
+        assert_eq!((empty.num_graphs, empty.sizes().unwrap()), (1, (1, 0)));
         let d = env(config(4, 2, 2, true, false));
         let s = d.state_from_graph(&[0, 1, 1], &[(1, 0, 1), (1, 2, 0)], false).unwrap();
         let g = d.observe_graphs(&s, &dev).unwrap();
-        assert_eq!(g.sizes().unwrap(), (3, 2));
-        assert_eq!(g.edge_index.to_vec2::<u32>().unwrap(), [[1, 1], [0, 2]]);
+        assert_eq!(g.sizes().unwrap(), (4, 8));
+        let edges = g.edge_index.to_vec2::<u32>().unwrap();
         assert_eq!(
-            g.node_features.to_vec2::<f32>().unwrap()[0],
-            [1.0, 0.0, 0.0],
+            (edges[0][6..].to_vec(), edges[1][6..].to_vec()),
+            (vec![2, 2], vec![1, 3])
+        );
+        assert_eq!(
+            g.node_features.to_vec2::<f32>().unwrap()[1],
+            [1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0],
             "unflagged"
         );
         // Distances: a retyped node and a removed edge.

@@ -165,6 +165,7 @@ impl Env for IndSetEnv {
         Some(gfn_core::obs::GraphSpace {
             node_features: NODE_FEATURES,
             edge_features: 0,
+            actions: gfn_core::obs::GraphActions::PerNode,
         })
     }
     fn observe_graphs(&self, states: &[i32], device: &gfn_core::candle_core::Device) -> Result<GraphBatch> {

@@ -457,6 +457,7 @@ impl Env for MisEnv {
         Some(GraphSpace {
             node_features: NODE_FEATURES,
             edge_features: 0,
+            actions: gfn_core::obs::GraphActions::PerNode,
         })
     }
     /// The flat arrays are built in one pass each, sized up front.
@@ -788,7 +789,8 @@ mod tests {
             env.graph_space(),
             Some(GraphSpace {
                 node_features: 3,
-                edge_features: 0
+                edge_features: 0,
+                actions: gfn_core::obs::GraphActions::PerNode,
             })
         );
         // Path 0-1-2-3-4 with node 1 selected: 0 and 2 excluded, 3 and 4 undecided.

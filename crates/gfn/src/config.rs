@@ -16,8 +16,8 @@ use gfn_envs::data::synthetic::Dataset;
 use gfn_objectives::ObjectiveName;
 
 use crate::options::{
-    Condition, DeviceChoice, EbmMethod, Engine, EnvName, EpsilonFinal, EvalConditions, GuideFloor, LocalSearchAccept,
-    MisGraphs, Rule, TemperatureFinal,
+    Condition, DeviceChoice, EbmMethod, Engine, EnvName, EpsilonFinal, EvalConditions, GinNorm, GuideFloor,
+    LocalSearchAccept, MisGraphs, Rule, TemperatureFinal,
 };
 use crate::replay::Priority;
 use crate::seam::PolicyKind;
@@ -288,6 +288,9 @@ config! {
     heads: usize = 4,
     /// Transformer: feed-forward width; 0 = 4 · hidden [default: 0].
     d_ff: usize = 0,
+    /// GIN: normalisation, `auto` (GraphNorm on mis, none elsewhere), `graph` or `none` [default:
+    /// auto].
+    gin_norm: GinNorm = GinNorm::Auto,
     /// Transformer: position encoding, `learned` or `sinusoidal` [default: learned].
     positions: Positions = Positions::Learned,
     /// Gradient updates on each sampled batch (the loss recomputed after each; LED-GFN's MIS code
@@ -779,6 +782,7 @@ impl TrainConfig {
                 gflownet_loss(!loss.is_policy_gradient()) && self.device == DeviceChoice::Cpu,
                 "to the balance losses, fm and soft-q on the cpu engines (not the policy-gradient losses or the device engine)",
             ),
+            "gin_norm" => only(self.policy == PolicyKind::Gin && !ebm, "to policy = gin"),
             "heads" | "d_ff" | "positions" => only(
                 self.policy == PolicyKind::Transformer && !ebm,
                 "to policy = transformer",

@@ -37,6 +37,20 @@ gfn_core::choice! {
 }
 
 gfn_core::choice! {
+    /// Normalisation in the GIN (`gin_norm`).
+    pub enum GinNorm("gin_norm") {
+        /// GraphNorm on mis (dense graphs of 20–300 nodes, whose sums grow with the degree at
+        /// every layer), none elsewhere (on graphs of a few nodes GraphNorm erases what tells
+        /// them apart: a one-node graph's standardised features are all 0).
+        Auto = "auto",
+        /// GraphNorm after every layer but the last.
+        Graph = "graph",
+        /// None.
+        None = "none",
+    }
+}
+
+gfn_core::choice! {
     /// The RB graphs of the maximum-independent-set task.
     pub enum MisGraphs("mis_graphs") {
         /// 20–60 nodes (4–8 cliques of 3–8 nodes): the setting that trains on a 2-core machine.

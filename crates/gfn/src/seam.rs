@@ -8,14 +8,18 @@ use candle_core::{DType, Device, Tensor, Var};
 use gfn_core::exact::ExactEvaluator;
 use gfn_core::nets::gin::GinConfig;
 use gfn_core::nets::transformer::TransformerConfig;
+use gfn_core::obs::GraphActions;
 use gfn_core::obs::{ObservationKind, Observations, observe};
 use gfn_core::optim::{Adam, AdamParams};
-use gfn_core::policy::{GinPolicy, Observe, Policy, PolicyOutput, SeamRollout, TransformerPolicy, exact_log_pf};
+use gfn_core::policy::{
+    GinPolicy, GraphBuildPolicy, Observe, Policy, PolicyOutput, SeamRollout, TransformerPolicy, exact_log_pf,
+};
 use gfn_core::{BackwardPolicy, Env, Estimator, GfnError, GfnRng, Result, Sampler, SamplingOptions, TrajectoryBatch};
 use gfn_objectives::loss::{BalanceLoss, LossInputs, balance_loss};
 use gfn_objectives::{BalanceTerms, Objective};
 
 use crate::config::TrainConfig;
+use crate::options::{EnvName, GinNorm};
 
 gfn_core::choice! {
     /// The policy network of a run.
@@ -37,8 +41,10 @@ gfn_core::choice! {
 pub enum SeamPolicy {
     /// A transformer over token sequences.
     Transformer(TransformerPolicy),
-    /// A GIN over graphs.
+    /// A GIN over graphs, one action per node.
     Gin(GinPolicy),
+    /// A GIN over graphs with graph-building actions (node types, typed edges on pairs, stop).
+    GraphBuild(GraphBuildPolicy),
 }
 
 impl SeamPolicy {
@@ -47,12 +53,14 @@ impl SeamPolicy {
         match self {
             Self::Transformer(p) => p.log_z_param(),
             Self::Gin(p) => p.log_z_param(),
+            Self::GraphBuild(p) => p.log_z_param(),
         }
     }
     fn inner(&self) -> &dyn Policy {
         match self {
             Self::Transformer(p) => p,
             Self::Gin(p) => p,
+            Self::GraphBuild(p) => p,
         }
     }
 }
@@ -126,7 +134,7 @@ impl SeamNet {
         let (policy, kind, flops_per_row) = match config.policy {
             PolicyKind::Gin => {
                 let (policy, flops) = gin_policy(config, env, flow, device, rng)?;
-                (SeamPolicy::Gin(policy), ObservationKind::Graphs, flops)
+                (policy, ObservationKind::Graphs, flops)
             }
             _ => {
                 let (policy, flops) = transformer_policy(config, env, learned_pb, flow, device, rng)?;
@@ -416,32 +424,31 @@ fn transformer_policy(
 /// Linear layers in each GIN layer's MLP (LED-GFN's MIS code: two).
 pub const GIN_MLP_LAYERS: usize = 2;
 
-/// The GIN of `config` (`hidden` wide, `layers` GIN layers, learnable ε, sum aggregation, a
-/// LayerNorm after each layer: the official code's BatchNorm keeps the dense RB graphs' sums on one
-/// scale, and a LayerNorm does so without making a state's outputs depend on its batch) over
-/// `env`'s graph encoding, one logit per node (node `i` is forward action `i`), the exit and log F
-/// from the graph readout, P_B uniform; and its useful FLOPs per evaluated state of a training
+/// The GIN of `config` (`hidden` wide, `layers` GIN layers, learnable ε, sum aggregation,
+/// GraphNorm after every layer but the last with `gin_norm` (on mis by default: the official
+/// code's BatchNorm keeps the dense RB graphs' sums on one scale, and GraphNorm does so without
+/// making a state's outputs depend on its batch)) over `env`'s graph encoding, with the heads of its actions: one logit per node (node
+/// `i` is forward action `i`; [`GinPolicy`]) or the graph-building actions ([`GraphBuildPolicy`]);
+/// log F from the graph readout, P_B uniform. Its useful FLOPs per evaluated state of a training
 /// step at the largest graph (an upper bound): forward and backward (twice the forward) through
-/// the input layer, every layer's MLP and the node head, per node.
+/// the input layer, every layer's MLP and the heads, per node (and per pair for the pair head).
 fn gin_policy(
     config: &TrainConfig,
     env: &dyn Env,
     flow: bool,
     device: &Device,
     rng: &mut GfnRng,
-) -> Result<(GinPolicy, f64)> {
+) -> Result<(SeamPolicy, f64)> {
     let space = env.graph_space().ok_or_else(|| {
         GfnError::invalid(
             "policy",
             "gin",
             format!(
-                "needs an environment with a graph encoding of its states (mis); {} has none",
+                "needs an environment with a graph encoding of its states (mis, graph-building); {} has none",
                 env.name()
             ),
         )
     })?;
-    let exit = env.exit_action().is_some();
-    let nodes = env.n_actions() - usize::from(exit);
     let gc = GinConfig {
         node_features: space.node_features,
         edge_features: space.edge_features,
@@ -451,10 +458,56 @@ fn gin_policy(
         node_outputs: 1,
         graph_outputs: 1,
         learn_eps: true,
-        graph_norm: true,
+        graph_norm: match config.gin_norm {
+            GinNorm::Graph => true,
+            GinNorm::None => false,
+            GinNorm::Auto => config.env == EnvName::Mis,
+        },
     };
-    let policy = GinPolicy::new(gc, nodes, exit, flow, device, rng)?;
     let (f, h) = (space.node_features as f64, config.hidden as f64);
     let macs_per_node = f * h + (config.layers * GIN_MLP_LAYERS) as f64 * h * h + h;
-    Ok((policy, 3.0 * 2.0 * nodes as f64 * macs_per_node))
+    match space.actions {
+        GraphActions::PerNode => {
+            let exit = env.exit_action().is_some();
+            let nodes = env.n_actions() - usize::from(exit);
+            let policy = GinPolicy::new(gc, nodes, exit, flow, device, rng)?;
+            Ok((SeamPolicy::Gin(policy), 3.0 * 2.0 * nodes as f64 * macs_per_node))
+        }
+        GraphActions::Build {
+            node_types,
+            edge_types,
+            pairs,
+            directed,
+            virtual_node,
+        } => {
+            let nodes =
+                pairs.iter().map(|&(i, j)| i.max(j) as usize + 1).max().unwrap_or(1) + usize::from(virtual_node);
+            let pair_macs = pairs.len() as f64 * 2.0 * h * edge_types as f64;
+            let policy = GraphBuildPolicy::new(
+                gc,
+                node_types,
+                edge_types,
+                pairs,
+                directed,
+                virtual_node,
+                flow,
+                device,
+                rng,
+            )?;
+            if policy.n_actions() != env.n_actions() {
+                return Err(GfnError::invalid(
+                    "policy",
+                    "gin",
+                    format!(
+                        "gives {} graph-building actions, {} has {}",
+                        policy.n_actions(),
+                        env.name(),
+                        env.n_actions()
+                    ),
+                ));
+            }
+            let flops = 3.0 * 2.0 * (nodes as f64 * macs_per_node + pair_macs);
+            Ok((SeamPolicy::GraphBuild(policy), flops))
+        }
+    }
 }
