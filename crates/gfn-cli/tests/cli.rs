@@ -1717,7 +1717,7 @@ fn a_transformer_policy_trains_resumes_and_is_refused_where_it_does_not_apply() 
             "--policy",
             "transformer",
             "--loss",
-            "fm",
+            "pg-u",
         ],
         &["loss", "policy = transformer"],
     );
@@ -1748,7 +1748,7 @@ fn a_transformer_policy_trains_resumes_and_is_refused_where_it_does_not_apply() 
 /// the replayed and refined objects, is local search's state policy, and takes LED's learned
 /// potentials as loss inputs; each run trains bitseq 8/2 toward its exact target.
 #[test]
-fn a_transformer_policy_trains_with_replay_local_search_and_led() {
+fn a_transformer_policy_trains_with_replay_local_search_led_fm_and_soft_q() {
     use gfn::options::LocalSearchAccept;
     use gfn_objectives::ObjectiveName;
     let base = tf_bitseq();
@@ -1772,6 +1772,22 @@ fn a_transformer_policy_trains_with_replay_local_search_and_led() {
             "led-db",
             TrainConfig {
                 loss: ObjectiveName::LedDb,
+                ..base.clone()
+            },
+        ),
+        // The row losses through the seam: flow matching (the parents' rows observed by their
+        // states) and soft Q (exact here: the append order makes the DAG a tree).
+        (
+            "fm",
+            TrainConfig {
+                loss: ObjectiveName::Fm,
+                ..base.clone()
+            },
+        ),
+        (
+            "soft-q",
+            TrainConfig {
+                loss: ObjectiveName::SoftQ,
                 ..base.clone()
             },
         ),

@@ -342,6 +342,17 @@ pub trait RowForward {
     ) -> Result<EstimatorOutput>;
     /// The `log Z` parameter, shape `[1]`.
     fn log_z(&self) -> Tensor;
+    /// [`RowForward::forward_rows`] with the extra rows' states beside their features (a policy
+    /// behind the seam observes states); the default reads the features only.
+    fn forward_rows_with_states(
+        &mut self,
+        batch: &crate::TrajectoryBatch,
+        extra: &[f32],
+        _extra_states: &[i32],
+        extra_rows: usize,
+    ) -> Result<EstimatorOutput> {
+        self.forward_rows(batch, extra, extra_rows)
+    }
 }
 
 /// The reference path: one candle forward pass with an autograd graph over all rows.

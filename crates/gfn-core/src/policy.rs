@@ -612,6 +612,61 @@ impl Policy for GraphBuildPolicy {
     }
 }
 
+/// A [`Policy`] as the losses' [`RowForward`](crate::RowForward): one forward with the graph over
+/// the batch's rows (and the extra rows flow matching evaluates, by their states), so every
+/// row-level loss (flow matching, soft Q) runs through the seam as the balance losses do.
+pub struct SeamForward<'a> {
+    /// The policy.
+    pub policy: &'a dyn Policy,
+    /// Its observations of a batch of states.
+    pub observe: &'a Observe<'a>,
+}
+
+impl crate::RowForward for SeamForward<'_> {
+    fn forward_rows(
+        &mut self,
+        batch: &crate::TrajectoryBatch,
+        extra: &[f32],
+        extra_rows: usize,
+    ) -> Result<crate::EstimatorOutput> {
+        if extra_rows > 0 {
+            return Err(GfnError::Other(format!(
+                "a seam policy observes states: {} extra rows came as features only (call forward_rows_with_states)",
+                extra.len()
+            )));
+        }
+        self.forward_rows_with_states(batch, &[], &[], 0)
+    }
+    fn log_z(&self) -> Tensor {
+        match self.policy.log_z() {
+            Some(z) => z.as_tensor().clone(),
+            None => Tensor::zeros(1, DType::F32, self.policy.device()).expect("a [1] zero tensor"),
+        }
+    }
+    fn forward_rows_with_states(
+        &mut self,
+        batch: &crate::TrajectoryBatch,
+        _extra: &[f32],
+        extra_states: &[i32],
+        _extra_rows: usize,
+    ) -> Result<crate::EstimatorOutput> {
+        let obs = if extra_states.is_empty() {
+            (self.observe)(&batch.states)?
+        } else {
+            let mut all = Vec::with_capacity(batch.states.len() + extra_states.len());
+            all.extend_from_slice(&batch.states);
+            all.extend_from_slice(extra_states);
+            (self.observe)(&all)?
+        };
+        let out = self.policy.forward(&obs)?;
+        Ok(crate::EstimatorOutput {
+            pf_logits: out.pf_logits,
+            pb_logits: out.pb_logits,
+            log_flow: out.log_flow,
+        })
+    }
+}
+
 /// A [`Policy`] as the [`Sampler`](crate::Sampler)'s rollout policy: each step's states are
 /// observed and evaluated without a graph. `Sampler::sample_forward_with(env, &mut rollout, …)`
 /// then fills a [`TrajectoryBatch`](crate::TrajectoryBatch) for any objective

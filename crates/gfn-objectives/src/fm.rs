@@ -171,7 +171,8 @@ impl FlowMatchingTerms {
     /// edge flows.
     pub fn from_batch<E: Env + ?Sized>(env: &E, batch: &TrajectoryBatch, forward: &mut dyn RowForward) -> Result<Self> {
         let layout = FlowMatchingLayout::new(env, batch)?;
-        let out = forward.forward_rows(batch, &layout.parent_features, layout.parent_rows)?;
+        let parents = &layout.states[batch.num_rows() * env.state_dim()..];
+        let out = forward.forward_rows_with_states(batch, &layout.parent_features, parents, layout.parent_rows)?;
         layout.gather(&out.pf_logits)
     }
 }

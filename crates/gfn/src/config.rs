@@ -277,8 +277,8 @@ config! {
     /// = `hidden`, `layers` blocks, `heads`, `d_ff`, `positions`) or `gin` (a graph isomorphism
     /// network over the environment's graph encoding, mis: `hidden` wide, `layers` GIN layers,
     /// P_B uniform); the last two train by the balance losses tb, db, subtb, fl-db, fl-subtb, mdb,
-    /// led-db, led-subtb and vi, with replay, local search and the gradient analysis, on the
-    /// graph engine [default: mlp].
+    /// led-db, led-subtb and vi, flow matching and soft Q, with replay, local search and the
+    /// gradient analysis, on the graph engine [default: mlp].
     policy: PolicyKind = PolicyKind::Mlp,
     /// Hidden width of the MLP, or the transformer's d_model [default: 256].
     hidden: usize = 256,
@@ -439,12 +439,11 @@ impl TrainConfig {
                 format!("{allowed} with policy = {}", self.policy),
             ))
         };
-        use ObjectiveName as L;
-        if self.loss.is_policy_gradient() || matches!(self.loss, L::Fm | L::SoftQ) {
+        if self.loss.is_policy_gradient() {
             return why(
                 "loss",
                 self.loss.to_string(),
-                "must be tb, db, subtb, fl-db, fl-subtb, mdb, led-db, led-subtb or vi",
+                "must be tb, db, subtb, fl-db, fl-subtb, mdb, led-db, led-subtb, vi, fm or soft-q",
             );
         }
         if self.engine == Engine::Tape {

@@ -12,10 +12,11 @@ use gfn_core::obs::GraphActions;
 use gfn_core::obs::{ObservationKind, Observations, observe};
 use gfn_core::optim::{Adam, AdamParams};
 use gfn_core::policy::{
-    GinPolicy, GraphBuildPolicy, Observe, Policy, PolicyOutput, SeamRollout, TransformerPolicy, exact_log_pf,
+    GinPolicy, GraphBuildPolicy, Observe, Policy, PolicyOutput, SeamForward, SeamRollout, TransformerPolicy,
+    exact_log_pf,
 };
 use gfn_core::{BackwardPolicy, Env, Estimator, GfnError, GfnRng, Result, Sampler, SamplingOptions, TrajectoryBatch};
-use gfn_objectives::loss::{BalanceLoss, LossInputs, balance_loss};
+use gfn_objectives::loss::{BalanceLoss, LossInputs, Needs, RowLoss, balance_loss};
 use gfn_objectives::{BalanceTerms, Objective};
 
 use crate::config::TrainConfig;
@@ -83,12 +84,29 @@ impl Policy for SeamPolicy {
     }
 }
 
-/// A network behind the policy seam with the balance loss it trains by.
+/// The loss a network behind the seam trains by: a balance loss over the terms, or a row loss over
+/// the policy's outputs on every row (flow matching, with the parents' rows; soft Q).
+#[derive(Debug)]
+enum SeamLoss {
+    Balance(Box<dyn BalanceLoss>),
+    Row(Box<dyn RowLoss>),
+}
+
+impl SeamLoss {
+    fn needs(&self) -> Needs {
+        match self {
+            Self::Balance(b) => b.needs(),
+            Self::Row(r) => r.needs(),
+        }
+    }
+}
+
+/// A network behind the policy seam with the loss it trains by.
 #[derive(Debug)]
 pub struct SeamNet {
     policy: SeamPolicy,
     kind: ObservationKind,
-    loss: Box<dyn BalanceLoss>,
+    loss: SeamLoss,
     /// Whether the policy has a log F head (the loss needs it, or the environment is conditional).
     flow: bool,
     /// Useful FLOPs per evaluated state of a training step.
@@ -116,20 +134,26 @@ impl SeamNet {
         device: &Device,
         rng: &mut GfnRng,
     ) -> Result<(Self, Adam)> {
-        let loss = balance_loss(config.loss, config.lambda).map_err(|_| {
-            GfnError::invalid(
-                "loss",
-                config.loss,
-                format!(
-                    "must be a balance loss over the terms with policy = {}: tb, db, subtb, fl-db, fl-subtb, mdb, led-db, led-subtb or vi",
-                    config.policy
-                ),
-            )
-        })?;
+        let loss = match (balance_loss(config.loss, config.lambda), objective) {
+            (Ok(b), _) => SeamLoss::Balance(b),
+            (Err(_), Objective::FlowMatching | Objective::SoftQ) => SeamLoss::Row(objective.as_loss()),
+            (Err(_), _) => {
+                return Err(GfnError::invalid(
+                    "loss",
+                    config.loss,
+                    format!(
+                        "must be one the seam trains with policy = {}: tb, db, subtb, fl-db, fl-subtb, mdb, led-db, led-subtb, vi, fm or soft-q",
+                        config.policy
+                    ),
+                ));
+            }
+        };
         let needs = loss.needs();
         // A conditional environment's log Z(c) is the flow head at s_0(c).
         let flow = needs.log_flow || env.condition_space().is_some();
-        loss.check(env, flow, true)?;
+        if let SeamLoss::Balance(b) = &loss {
+            b.check(env, flow, true)?;
+        }
         let learned_pb = objective.uses_backward_policy() && config.backward_policy == BackwardPolicy::Learned;
         let (policy, kind, flops_per_row) = match config.policy {
             PolicyKind::Gin => {
@@ -188,7 +212,25 @@ impl SeamNet {
     /// The loss of `batch`: one forward over its rows with the graph (the balance terms through
     /// the seam), then the run's loss object, with LED's `potentials` where it has them.
     pub fn loss(&self, env: &dyn Env, batch: &TrajectoryBatch, potentials: Option<&[f64]>) -> Result<Tensor> {
-        self.loss_with(self.loss.as_ref(), env, batch, potentials)
+        match &self.loss {
+            SeamLoss::Balance(b) => self.loss_with(b.as_ref(), env, batch, potentials),
+            SeamLoss::Row(r) => {
+                let obs = |s: &[i32]| self.observe(env, s);
+                let inputs = LossInputs {
+                    env,
+                    batch,
+                    log_z: Some(self.policy.log_z_param().as_tensor()),
+                    potentials,
+                };
+                r.row_loss(
+                    &inputs,
+                    &mut SeamForward {
+                        policy: &self.policy,
+                        observe: &obs,
+                    },
+                )
+            }
+        }
     }
 
     /// [`SeamNet::loss`] with another balance loss (the gradient analysis compares several).
@@ -351,6 +393,15 @@ impl Net {
         let mut s0 = vec![0; env.state_dim()];
         env.initial_state(&mut s0);
         let out = s.policy.forward(&s.observe(env, &s0)?)?;
+        let mut mask = vec![false; env.n_actions()];
+        env.forward_mask(&s0, &mut mask);
+        let logits: Vec<f64> = out.pf_logits.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+        let allowed = || logits.iter().zip(&mask).filter(|(_, m)| **m).map(|(l, _)| *l);
+        if let SeamLoss::Row(_) = &s.loss {
+            // Flow matching's logits are log edge flows: log Z is their total out of s_0 (soft Q:
+            // the soft value V(s_0), log Z on a tree).
+            return Ok(gfn_core::exact::logsumexp(allowed()));
+        }
         if needs.log_flow || conditional {
             let f = out
                 .log_flow
@@ -360,11 +411,7 @@ impl Net {
         let exit = env
             .exit_action()
             .ok_or_else(|| GfnError::Other(format!("{} has no exit action", env.name())))?;
-        let logits: Vec<f64> = out.pf_logits.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
-        let mut mask = vec![false; env.n_actions()];
-        env.forward_mask(&s0, &mut mask);
-        let allowed = logits.iter().zip(&mask).filter(|(_, m)| **m).map(|(l, _)| *l);
-        Ok(env.log_reward(&s0) - (logits[exit] - gfn_core::exact::logsumexp(allowed)))
+        Ok(env.log_reward(&s0) - (logits[exit] - gfn_core::exact::logsumexp(allowed())))
     }
 }
 
