@@ -1748,7 +1748,7 @@ fn a_transformer_policy_trains_resumes_and_is_refused_where_it_does_not_apply() 
 /// the replayed and refined objects, is local search's state policy, and takes LED's learned
 /// potentials as loss inputs; each run trains bitseq 8/2 toward its exact target.
 #[test]
-fn a_transformer_policy_trains_with_replay_local_search_led_fm_and_soft_q() {
+fn a_transformer_policy_trains_with_replay_local_search_led_and_fm() {
     use gfn::options::LocalSearchAccept;
     use gfn_objectives::ObjectiveName;
     let base = tf_bitseq();
@@ -1775,19 +1775,13 @@ fn a_transformer_policy_trains_with_replay_local_search_led_fm_and_soft_q() {
                 ..base.clone()
             },
         ),
-        // The row losses through the seam: flow matching (the parents' rows observed by their
-        // states) and soft Q (exact here: the append order makes the DAG a tree).
+        // A row loss through the seam: flow matching, the parents' rows observed by their states
+        // (soft Q's seam path is checked against the MLP's in gfn-objectives' property tests).
         (
             "fm",
             TrainConfig {
                 loss: ObjectiveName::Fm,
-                ..base.clone()
-            },
-        ),
-        (
-            "soft-q",
-            TrainConfig {
-                loss: ObjectiveName::SoftQ,
+                iterations: 1000,
                 ..base.clone()
             },
         ),

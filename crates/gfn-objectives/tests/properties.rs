@@ -10,6 +10,7 @@ use gfn_core::dag::DagEnv;
 use gfn_core::exact::{ExactEvaluator, ExactSolution};
 use gfn_core::{Env, EstimatorOutput, GfnRng, rng_from_seed};
 use gfn_objectives::fm::FlowMatchingLayout;
+use gfn_objectives::loss::RowLoss;
 use gfn_objectives::tb::trajectory_balance_residuals;
 use gfn_objectives::*;
 use proptest::prelude::*;
@@ -263,6 +264,23 @@ proptest! {
             let x: Vec<f64> = s.iter().map(|&i| f64::from(i)).collect();
             Ok(gfn_core::obs::Observations::Dense(Tensor::from_vec(x, (s.len(), 1), &DEV)?))
         };
+        // The row losses through `SeamForward`: flow matching on the edge-flow tables, soft Q.
+        let (_, edges) = exact_tables(&mut c);
+        let random_edges = Tables::random(&c.ev, &c.env, &mut c.rng);
+        for (t, at_solution) in [(&edges, true), (&random_edges, false)] {
+            let policy = TablePolicy(t);
+            let inputs = gfn_objectives::loss::LossInputs { env: &c.env, batch: &c.batch, log_z: None, potentials: None };
+            let mut forward = gfn_core::policy::SeamForward { policy: &policy, observe: &observe };
+            let fm = scalar(&gfn_objectives::loss::FlowMatching.row_loss(&inputs, &mut forward).unwrap());
+            if at_solution {
+                prop_assert!(fm.abs() < 1e-12, "fm: loss {fm} at the exact solution through the seam");
+            } else {
+                prop_assert_eq!(fm, scalar(&loss(Loss::Fm, &c, t)), "fm: the seam changed the loss");
+                let direct = gfn_objectives::softq::soft_q_loss(&c.batch, &t.output(&batch_nodes(&c.batch))).unwrap();
+                let seam = gfn_objectives::loss::SoftQ.row_loss(&inputs, &mut forward).unwrap();
+                prop_assert_eq!(scalar(&seam), scalar(&direct), "soft-q: the seam changed the loss");
+            }
+        }
         for (t, at_solution) in [(&exact, true), (&random, false)] {
             let policy = TablePolicy(t);
             for (l, name) in [(Loss::Tb, "tb"), (Loss::Db, "db"), (Loss::SubTb(0.5), "subtb"), (Loss::Mdb, "mdb")] {
@@ -1155,4 +1173,9 @@ fn graph_building_losses_vanish_exactly_at_the_flows() {
             assert!(off > 1e-3, "config {k} {name}: {off} off the solution");
         }
     }
+}
+
+/// The DAG node of every row of `batch` (its state's one value).
+fn batch_nodes(batch: &TrajectoryBatch) -> Vec<i32> {
+    batch.states.clone()
 }
