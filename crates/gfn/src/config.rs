@@ -26,6 +26,15 @@ use gfn_core::nets::transformer::Positions;
 /// The most intra-op threads a run may ask for.
 pub const MAX_THREADS: usize = 1024;
 
+/// The most gradient updates a run may take on one batch (LED-GFN's MIS code takes 30).
+pub const MAX_UPDATES_PER_BATCH: usize = 1000;
+
+/// The most training or test graphs of the MIS task (LED-GFN: 4,000 and 500).
+pub const MAX_MIS_GRAPHS: usize = 100_000;
+
+/// The most samples per MIS test graph in an evaluation (LED-GFN: 20).
+pub const MAX_MIS_SAMPLES: usize = 10_000;
+
 macro_rules! config {
     ($( $(#[$doc:meta])* $field:ident : $ty:ty = $default:expr ),* $(,)?) => {
         /// A fully resolved training configuration (what `config.toml` in a run directory holds).
@@ -518,13 +527,13 @@ impl TrainConfig {
             ));
         }
         if self.env == EnvName::Mis {
-            for (field, v) in [
-                ("mis_train", self.mis_train),
-                ("mis_test", self.mis_test),
-                ("mis_samples", self.mis_samples),
+            for (field, v, most) in [
+                ("mis_train", self.mis_train, MAX_MIS_GRAPHS),
+                ("mis_test", self.mis_test, MAX_MIS_GRAPHS),
+                ("mis_samples", self.mis_samples, MAX_MIS_SAMPLES),
             ] {
-                if v == 0 {
-                    return Err(GfnError::invalid(field, v, "must be at least 1"));
+                if v == 0 || v > most {
+                    return Err(GfnError::invalid(field, v, format!("must be in 1 ..= {most}")));
                 }
             }
         }
@@ -840,6 +849,13 @@ impl TrainConfig {
             ));
         }
         positive("updates_per_batch", self.updates_per_batch)?;
+        if self.updates_per_batch > MAX_UPDATES_PER_BATCH {
+            return Err(GfnError::invalid(
+                "updates_per_batch",
+                self.updates_per_batch,
+                format!("must be at most {MAX_UPDATES_PER_BATCH}"),
+            ));
+        }
         positive("grad_cosine_batch", self.grad_cosine_batch)?;
         positive("grad_cosine_repeats", self.grad_cosine_repeats)?;
         // Values are checked whether or not the run uses them.
