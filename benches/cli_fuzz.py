@@ -50,7 +50,8 @@ ENVS = {
 VALUES = ["0", "-1", "nan", "inf", "4294967297", "100000000"]
 QUICK_VALUES = ["0", "-1", "nan", "inf", "4294967297"]
 # Options whose negative values mean something (a rule, a sign), so -1 may be accepted.
-NEGATIVE_OK = {"--led-drop-rate", "--guide-floor", "--sigma", "--epsilon-final", "--temperature-final"}
+NEGATIVE_OK = {"--led-drop-rate", "--guide-floor", "--sigma", "--epsilon-final", "--temperature-final",
+               "--graph-per-edge", "--graph-size-penalty"}
 # Options the sweep sets itself, or whose values are not numbers to stress.
 SKIP = {"--help", "--config", "--out", "--resume", "--env", "--device", "--iterations", "--eval-every"}
 
