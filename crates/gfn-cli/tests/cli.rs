@@ -66,6 +66,18 @@ fn small(dir: &Path, extra: &[&str]) -> Vec<String> {
     v
 }
 
+/// Two runs' bit-reproducible files (`metrics.jsonl`, the checkpoint, `config.toml`) are the
+/// same bytes; `what` names the case in the failure.
+fn assert_same_run(what: &str, a: &Path, b: &Path) {
+    for f in ["metrics.jsonl", "checkpoint.safetensors", "config.toml"] {
+        assert_eq!(
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+            "{what}: {f} differs"
+        );
+    }
+}
+
 fn run_ok(args: &[String]) -> Output {
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     let o = gfn(&a);
@@ -217,13 +229,7 @@ fn mis_runs_report_their_references_and_resume() {
     run_ok(&args(&part, "20"));
     let o = gfn(&["train", "--resume", part.to_str().unwrap(), "--iterations", "30"]);
     assert!(o.status.success(), "resume failed: {}", stderr(&o));
-    for f in ["metrics.jsonl", "checkpoint.safetensors", "config.toml"] {
-        assert_eq!(
-            std::fs::read(full.join(f)).unwrap(),
-            std::fs::read(part.join(f)).unwrap(),
-            "mis: {f} differs after resume"
-        );
-    }
+    assert_same_run("mis", &full, &part);
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(full.join("summary.json")).unwrap()).unwrap();
     let task = |k: &str| {
@@ -279,13 +285,7 @@ fn runs_are_bit_reproducible() {
     let (a, b) = (tmp("repro-a"), tmp("repro-b"));
     run_ok(&small(&a, &["--iterations", "120", "--loss", "subtb"]));
     run_ok(&small(&b, &["--iterations", "120", "--loss", "subtb"]));
-    for f in ["metrics.jsonl", "checkpoint.safetensors", "config.toml"] {
-        assert_eq!(
-            std::fs::read(a.join(f)).unwrap(),
-            std::fs::read(b.join(f)).unwrap(),
-            "{f} differs"
-        );
-    }
+    assert_same_run("runs", &a, &b);
     let c = tmp("repro-c");
     run_ok(&small(&c, &["--iterations", "120", "--loss", "subtb", "--seed", "1"]));
     assert_ne!(
@@ -438,13 +438,7 @@ fn resume_reproduces_the_uninterrupted_run() {
         run_ok(&small(&part, &args("130")));
         let o = gfn(&["train", "--resume", part.to_str().unwrap(), "--iterations", "200"]);
         assert!(o.status.success(), "resume failed: {}", stderr(&o));
-        for f in ["metrics.jsonl", "checkpoint.safetensors", "config.toml"] {
-            assert_eq!(
-                std::fs::read(full.join(f)).unwrap(),
-                std::fs::read(part.join(f)).unwrap(),
-                "{loss}: {f} differs after resume"
-            );
-        }
+        assert_same_run(loss, &full, &part);
         assert_eq!(summary_without_timing(&full), summary_without_timing(&part));
         let summary: serde_json::Value =
             serde_json::from_slice(&std::fs::read(part.join("summary.json")).unwrap()).unwrap();
@@ -551,13 +545,7 @@ fn a_conditional_gflownet_matches_every_temperature() {
     run_ok(&resume_args(&part, "130"));
     let o = gfn(&["train", "--resume", part.to_str().unwrap(), "--iterations", "200"]);
     assert!(o.status.success(), "resume failed: {}", stderr(&o));
-    for f in ["metrics.jsonl", "checkpoint.safetensors", "config.toml"] {
-        assert_eq!(
-            std::fs::read(full.join(f)).unwrap(),
-            std::fs::read(part.join(f)).unwrap(),
-            "conditional: {f} differs after resume"
-        );
-    }
+    assert_same_run("conditional", &full, &part);
     let metrics = std::fs::read_to_string(full.join("metrics.jsonl")).unwrap();
     assert!(metrics.contains("\"label\":\"beta=2\""), "{metrics}");
     let _ = std::fs::remove_dir_all(full);
