@@ -659,10 +659,11 @@ impl crate::RowForward for SeamForward<'_> {
             (self.observe)(&all)?
         };
         let out = self.policy.forward(&obs)?;
+        // Heads are often column views of one output: the losses' gathers want contiguous tensors.
         Ok(crate::EstimatorOutput {
-            pf_logits: out.pf_logits,
-            pb_logits: out.pb_logits,
-            log_flow: out.log_flow,
+            pf_logits: out.pf_logits.contiguous()?,
+            pb_logits: out.pb_logits.map(|t| t.contiguous()).transpose()?,
+            log_flow: out.log_flow.map(|t| t.contiguous()).transpose()?,
         })
     }
 }

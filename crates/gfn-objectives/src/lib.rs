@@ -345,6 +345,19 @@ impl Objective {
         n_forward: usize,
         forward: &mut dyn RowForward,
     ) -> Result<(Tensor, PgStats, Tensor)> {
+        let (parts, stats, pf_logits) = self.pg_parts(env, batch, n_forward, forward)?;
+        Ok((parts.total()?, stats, pf_logits))
+    }
+
+    /// [`Objective::pg_loss`] with the loss in its parts (RL-T's trust-region step takes the
+    /// forward surrogate's gradient apart from the rest).
+    pub fn pg_parts<E: Env + ?Sized>(
+        &self,
+        env: &E,
+        batch: &TrajectoryBatch,
+        n_forward: usize,
+        forward: &mut dyn RowForward,
+    ) -> Result<(pg::PgParts, PgStats, Tensor)> {
         let Self::PolicyGradient(config) = self else {
             return Err(GfnError::Other(format!(
                 "{} is not a policy-gradient objective",
@@ -354,8 +367,8 @@ impl Objective {
         let out = forward.forward_rows(batch, &[], 0)?;
         let terms = BalanceTerms::from_batch(batch, &out)?;
         let low = (config.variant == PgVariant::Guided).then(|| pg::low_reward_nodes(env, batch, config.guide_floor));
-        let (loss, stats) = policy_gradient(&terms, n_forward, &forward.log_z(), config, low.as_deref())?;
-        Ok((loss, stats, out.pf_logits))
+        let (parts, stats) = pg::policy_gradient_parts(&terms, n_forward, &forward.log_z(), config, low.as_deref())?;
+        Ok((parts, stats, out.pf_logits))
     }
 
     /// The loss of `batch`, its rows evaluated by `forward` (see [`Objective::as_loss`]).

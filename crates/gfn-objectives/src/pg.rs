@@ -231,6 +231,54 @@ pub fn policy_gradient(
     config: &PgConfig,
     low: Option<&[bool]>,
 ) -> Result<(Tensor, PgStats)> {
+    let (parts, stats) = policy_gradient_parts(terms, n_forward, log_z, config, low)?;
+    Ok((parts.total()?, stats))
+}
+
+/// The policy-gradient loss in its parts, whose sum is [`policy_gradient`]'s: a trust-region
+/// step (RL-T) takes the gradient of the forward surrogate apart from the rest, which the
+/// optimiser applies.
+#[derive(Debug, Clone)]
+pub struct PgParts {
+    /// `mean_τ Σ_t log P_F(s_{t+1}|s_t) · A_t`: the forward policy's surrogate.
+    pub forward_surrogate: Tensor,
+    /// The value function's mean squared error against the returns-to-go.
+    pub value: Tensor,
+    /// `log Z · mean_τ Σ_t c_t`: log Z's term.
+    pub log_z: Tensor,
+    /// RL-B, RL-G: the backward policy's surrogate.
+    pub backward_surrogate: Option<Tensor>,
+}
+
+impl PgParts {
+    /// Everything but the forward surrogate: what the optimiser applies beside a trust-region
+    /// step of P_F.
+    pub fn rest(&self) -> Result<Tensor> {
+        let mut rest = (&self.value + &self.log_z)?;
+        if let Some(b) = &self.backward_surrogate {
+            rest = (rest + b)?;
+        }
+        Ok(rest)
+    }
+
+    /// The whole loss.
+    pub fn total(&self) -> Result<Tensor> {
+        let mut loss = ((&self.forward_surrogate + &self.value)? + &self.log_z)?;
+        if let Some(b) = &self.backward_surrogate {
+            loss = (loss + b)?;
+        }
+        Ok(loss)
+    }
+}
+
+/// [`policy_gradient`] with the loss in its parts ([`PgParts`]).
+pub fn policy_gradient_parts(
+    terms: &BalanceTerms,
+    n_forward: usize,
+    log_z: &Tensor,
+    config: &PgConfig,
+    low: Option<&[bool]>,
+) -> Result<(PgParts, PgStats)> {
     terms.validate()?;
     let bsz = terms.batch_size();
     let t_max = terms.max_len();
@@ -290,10 +338,9 @@ pub fn policy_gradient(
     let v_err = ((flow.narrow(0, 0, n_forward)? - constant(returns, n_forward)?)? * constant(mask, n_forward)?)?;
     let value = (v_err.sqr()?.sum_all()? / steps.max(1) as f64)?;
     let z = (log_z.flatten_all()?.sum_all()? * mean_cost)?;
-    let mut loss = ((policy + value)? + z)?;
 
     // Backward part (RL-B, RL-G).
-    let mut backward_cost = None;
+    let (mut backward_cost, mut backward_surrogate) = (None, None);
     if config.variant.trains_backward() {
         let lens_b = &lengths[n_forward..];
         let (lf_b, lb_b) = (&lpf[fwd..], &lpb[fwd..]);
@@ -334,11 +381,15 @@ pub fn policy_gradient(
         centre(&mut adv, t_max, lens_b, decision);
         backward_cost = Some(total / n_back as f64);
         let log_pb_b = terms.log_pb.narrow(0, n_forward, n_back)?;
-        let surrogate = ((log_pb_b * constant(adv, n_back)?)?.sum_all()? / n_back as f64)?;
-        loss = (loss + surrogate)?;
+        backward_surrogate = Some(((log_pb_b * constant(adv, n_back)?)?.sum_all()? / n_back as f64)?);
     }
     Ok((
-        loss,
+        PgParts {
+            forward_surrogate: policy,
+            value,
+            log_z: z,
+            backward_surrogate,
+        },
         PgStats {
             tb_loss: tb,
             mean_cost,

@@ -427,9 +427,10 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// What `policy = transformer` supports: the balance losses over the terms (LED's forms
-    /// included), with replay, local search and the gradient analysis, on the graph engine and
-    /// the CPU; a width the heads divide.
+    /// What the networks behind the seam (transformer, GIN) support: the balance losses over
+    /// the terms (LED's forms included), fm, soft-q and the policy-gradient family (on the GIN
+    /// only those with a uniform P_B), with replay, local search and the gradient analysis, on
+    /// the graph engine and the CPU; a width the heads divide.
     fn validate_policy(&self) -> Result<()> {
         if self.policy == PolicyKind::Mlp {
             return Ok(());
@@ -448,11 +449,11 @@ impl TrainConfig {
                 format!("{allowed} with policy = {}", self.policy),
             ))
         };
-        if self.loss.is_policy_gradient() {
+        if self.policy == PolicyKind::Gin && matches!(self.loss, ObjectiveName::PgBackward | ObjectiveName::PgGuided) {
             return why(
                 "loss",
                 self.loss.to_string(),
-                "must be tb, db, subtb, fl-db, fl-subtb, mdb, led-db, led-subtb, vi, fm or soft-q",
+                "must not train P_B (the GIN's P_B is uniform over the parents): use pg-u or pg-trpo",
             );
         }
         if self.engine == Engine::Tape {
@@ -791,6 +792,10 @@ impl TrainConfig {
                 "to the balance losses, fm and soft-q on the cpu engines (not the policy-gradient losses or the device engine)",
             ),
             "gin_norm" => only(self.policy == PolicyKind::Gin && !ebm, "to policy = gin"),
+            "shared_trunk" => only(
+                self.policy == PolicyKind::Mlp,
+                "to policy = mlp (a transformer or GIN shares its encoder between every head)",
+            ),
             "heads" | "d_ff" | "positions" => only(
                 self.policy == PolicyKind::Transformer && !ebm,
                 "to policy = transformer",
@@ -897,7 +902,7 @@ impl TrainConfig {
                 ),
             ));
         }
-        if self.loss == ObjectiveName::PgTrustRegion && self.shared_trunk {
+        if self.loss == ObjectiveName::PgTrustRegion && self.shared_trunk && self.policy == PolicyKind::Mlp {
             return Err(GfnError::invalid(
                 "shared_trunk",
                 self.shared_trunk,

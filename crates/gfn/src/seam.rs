@@ -86,10 +86,13 @@ impl Policy for SeamPolicy {
 
 /// The loss a network behind the seam trains by: a balance loss over the terms, or a row loss over
 /// the policy's outputs on every row (flow matching, with the parents' rows; soft Q).
+/// The policy-gradient family trains through the trainer's own step (value head as log F, RL-T's
+/// trust region through [`gfn_objectives::trpo::FiniteDifferenceJvp`]).
 #[derive(Debug)]
 enum SeamLoss {
     Balance(Box<dyn BalanceLoss>),
     Row(Box<dyn RowLoss>),
+    PolicyGradient(Needs),
 }
 
 impl SeamLoss {
@@ -97,6 +100,7 @@ impl SeamLoss {
         match self {
             Self::Balance(b) => b.needs(),
             Self::Row(r) => r.needs(),
+            Self::PolicyGradient(n) => *n,
         }
     }
 }
@@ -137,12 +141,18 @@ impl SeamNet {
         let loss = match (balance_loss(config.loss, config.lambda), objective) {
             (Ok(b), _) => SeamLoss::Balance(b),
             (Err(_), Objective::FlowMatching | Objective::SoftQ) => SeamLoss::Row(objective.as_loss()),
+            (Err(_), Objective::PolicyGradient(c)) => SeamLoss::PolicyGradient(Needs {
+                log_flow: true,
+                log_z: true,
+                backward_batch: c.variant.trains_backward(),
+                ..Needs::default()
+            }),
             (Err(_), _) => {
                 return Err(GfnError::invalid(
                     "loss",
                     config.loss,
                     format!(
-                        "must be one the seam trains with policy = {}: tb, db, subtb, fl-db, fl-subtb, mdb, led-db, led-subtb, vi, fm or soft-q",
+                        "must be one the seam trains with policy = {}: tb, db, subtb, fl-db, fl-subtb, mdb, led-db, led-subtb, vi, fm, soft-q or a policy-gradient loss",
                         config.policy
                     ),
                 ));
@@ -214,6 +224,10 @@ impl SeamNet {
     pub fn loss(&self, env: &dyn Env, batch: &TrajectoryBatch, potentials: Option<&[f64]>) -> Result<Tensor> {
         match &self.loss {
             SeamLoss::Balance(b) => self.loss_with(b.as_ref(), env, batch, potentials),
+            SeamLoss::PolicyGradient(_) => Err(GfnError::Other(
+                "the policy-gradient losses train through the trainer's policy-gradient step (Objective::pg_parts)"
+                    .into(),
+            )),
             SeamLoss::Row(r) => {
                 let obs = |s: &[i32]| self.observe(env, s);
                 let inputs = LossInputs {

@@ -11,6 +11,7 @@ use serde::Serialize;
 use gfn_core::exact::{DistributionMetrics, EmpiricalTracker, ExactEvaluator, ExactMetrics};
 use gfn_core::fast::FastPath;
 use gfn_core::optim::{Adam, AdamParams};
+use gfn_core::policy::{Policy, SeamForward};
 use gfn_core::{
     BackwardPolicy, Env, Estimator, EstimatorConfig, GfnRng, Sampler, SamplingOptions, TrajectoryBatch, rng_from_seed,
 };
@@ -617,12 +618,92 @@ impl Trainer {
     /// the forward batch's TB loss `mean (Σ_t c_t)²`.
     fn pg_step(&mut self) -> Result<f64> {
         let start = Instant::now();
+        let (value, rows) = match &self.net {
+            Net::Seam(_) => self.pg_seam()?,
+            Net::Mlp(_) => self.pg_mlp()?,
+        };
+        if !value.is_finite() {
+            bail!(
+                "the {} loss is {value} at iteration {}",
+                self.objective.name(),
+                self.iteration + 1
+            );
+        }
+        self.finish_step(start, rows, value);
+        Ok(value)
+    }
+
+    /// [`Trainer::pg_step`] of a network behind the seam: its value head is log F; RL-T's trust
+    /// region moves all of its parameters (finite-difference `J·v`,
+    /// [`gfn_objectives::trpo::FiniteDifferenceJvp`]), then the optimiser applies the value and
+    /// log Z terms' gradients (taken at the same old parameters). Returns the TB loss and the
+    /// rows evaluated.
+    fn pg_seam(&mut self) -> Result<(f64, usize)> {
         let opts = self.sampling_options();
         let env = self.env.as_ref();
         let n = self.config.batch_size;
-        let est = self.net.mlp()?;
         let backward = self.objective.needs_backward_batch();
-        let (value, rows) = match &mut self.fast {
+        let Net::Seam(seam) = &self.net else {
+            bail!("pg_seam needs a network behind the seam");
+        };
+        let obs = |s: &[i32]| seam.observe(env, s);
+        let mut rollout = seam.rollout(env, &obs);
+        self.sampler
+            .sample_forward_with(env, &mut rollout, n, opts, &mut self.rng, &mut self.batch)?;
+        let batch = if backward {
+            join_backward(
+                &mut self.sampler,
+                env,
+                Walker::Seam(&mut rollout),
+                &self.batch.terminal_states,
+                &mut self.rng,
+                &mut self.back,
+                &self.batch,
+                &mut self.pg_batch,
+            )?
+        } else {
+            &self.batch
+        };
+        let mut forward = SeamForward {
+            policy: seam.policy(),
+            observe: &obs,
+        };
+        let (parts, stats, pf_logits) = self.objective.pg_parts(env, batch, n, &mut forward)?;
+        let total = parts.total()?;
+        check_finite(&total, self.objective, self.iteration)?;
+        match &mut self.trust_region {
+            None => self.optimizer.step(&total.backward()?)?,
+            Some(tr) => {
+                let mut policy = gfn_objectives::trpo::FiniteDifferenceJvp::new(seam.policy(), &obs);
+                let surrogate = parts.forward_surrogate.backward()?;
+                let mut g = Vec::new();
+                for (_, var) in seam.policy().named_params() {
+                    match surrogate.get(var.as_tensor()) {
+                        Some(t) => g.extend(t.flatten_all()?.to_vec1::<f32>()?),
+                        None => g.extend(std::iter::repeat_n(0.0, var.elem_count())),
+                    }
+                }
+                let rest = parts.rest()?.backward()?;
+                let logits = pf_logits.detach().flatten_all()?.to_vec1::<f32>()?;
+                let steps = gfn_objectives::trpo::PolicySteps::from_batch(batch, n, &logits, &stats.advantages)?;
+                let outcome = tr
+                    .step_with(&mut policy, &steps, &g)
+                    .context("the trust-region step failed")?;
+                count_trpo(&mut self.trpo_counts, outcome);
+                self.optimizer.step(&rest)?;
+            }
+        }
+        Ok((stats.tb_loss, batch.num_rows()))
+    }
+
+    /// [`Trainer::pg_step`] of the MLP, on the tape or candle's graph.
+    fn pg_mlp(&mut self) -> Result<(f64, usize)> {
+        let opts = self.sampling_options();
+        let env = self.env.as_ref();
+        let n = self.config.batch_size;
+        let backward = self.objective.needs_backward_batch();
+        let est = self.net.mlp()?;
+        let out = match &mut self.fast {
             Some(fast) => {
                 fast.clear();
                 let mut view = fast.view(est);
@@ -714,15 +795,7 @@ impl Trainer {
                 (stats.tb_loss, batch.num_rows())
             }
         };
-        if !value.is_finite() {
-            bail!(
-                "the {} loss is {value} at iteration {}",
-                self.objective.name(),
-                self.iteration + 1
-            );
-        }
-        self.finish_step(start, rows, value);
-        Ok(value)
+        Ok(out)
     }
 
     /// Evaluate now and append to the history.
