@@ -163,12 +163,23 @@ impl TrajectoryBatch {
         self.log_pb[i] = log_pb;
     }
 
-    /// Mark trajectory `b` finished after `length` actions at terminal object `x`.
+    /// Mark trajectory `b` finished after `length` actions at terminal object `x`, and score it.
     pub fn finish<E: crate::Env + ?Sized>(&mut self, env: &E, b: usize, length: usize, x: &[i32]) {
+        self.finish_unscored(b, length, x);
+        self.log_reward[b] = env.log_reward(x);
+    }
+
+    /// [`TrajectoryBatch::finish`] without the reward: [`TrajectoryBatch::score`] scores every
+    /// trajectory at once after the last one finishes.
+    pub fn finish_unscored(&mut self, b: usize, length: usize, x: &[i32]) {
         self.lengths[b] = length as u32;
         self.done[b] = true;
-        self.log_reward[b] = env.log_reward(x);
         self.terminal_states[b * self.state_dim..(b + 1) * self.state_dim].copy_from_slice(x);
+    }
+
+    /// `log R` of every terminal object, by one [`Env::log_rewards`](crate::Env::log_rewards) call.
+    pub fn score<E: crate::Env + ?Sized>(&mut self, env: &E) -> crate::Result<()> {
+        env.log_rewards(&self.terminal_states, &mut self.log_reward)
     }
 }
 

@@ -188,6 +188,9 @@ impl Env for Pinned<'_> {
     fn log_reward(&self, state: &[i32]) -> f64 {
         self.env.log_reward(state)
     }
+    fn log_rewards(&self, states: &[i32], out: &mut [f64]) -> crate::Result<()> {
+        self.env.log_rewards(states, out)
+    }
     fn featurize(&self, state: &[i32], out: &mut [f32]) {
         self.env.featurize(state, out);
     }

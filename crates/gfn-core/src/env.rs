@@ -85,6 +85,17 @@ pub trait Env: Send + Sync {
     fn backward_step(&self, state: &mut [i32], action: usize) -> usize;
     /// `log R(x)` of a terminal object.
     fn log_reward(&self, state: &[i32]) -> f64;
+    /// `log R(x)` of a batch of terminal objects (`states` row-major, `out` one value per row).
+    /// The sampler scores each batch it draws with one call, so an environment whose reward is
+    /// cheaper per batch (a reward model, a callback into Python) overrides this; an error stops
+    /// the training step with that error. The default calls [`Env::log_reward`] per row.
+    fn log_rewards(&self, states: &[i32], out: &mut [f64]) -> crate::Result<()> {
+        let sd = self.state_dim().max(1);
+        for (x, r) in states.chunks_exact(sd).zip(out.iter_mut()) {
+            *r = self.log_reward(x);
+        }
+        Ok(())
+    }
     /// Write the network input for `state` into `out` (`feature_dim` values).
     fn featurize(&self, state: &[i32], out: &mut [f32]);
 

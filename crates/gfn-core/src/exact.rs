@@ -176,18 +176,22 @@ impl ExactEvaluator {
         };
         let mut terminal = Vec::new();
         let mut terminal_of_state = vec![NONE; n];
-        let mut log_reward = Vec::new();
         let mut modes = Vec::new();
+        let mut objects = Vec::new();
         for (i, s) in states.chunks_exact(sd).enumerate() {
             if is_terminal(i, s) {
                 terminal_of_state[i] = terminal.len() as u32;
                 terminal.push(i as u32);
-                let lr = env.log_reward(s);
-                if lr.is_nan() || lr == f64::INFINITY {
-                    return Err(GfnError::Other(format!("{}: log_reward({s:?}) = {lr}", env.name())));
-                }
-                log_reward.push(lr);
+                objects.extend_from_slice(s);
                 modes.push(env.is_mode(s));
+            }
+        }
+        // Every object scored by one batch call (a reward model or a Python callback).
+        let mut log_reward = vec![0.0; terminal.len()];
+        env.log_rewards(&objects, &mut log_reward)?;
+        for (s, &lr) in objects.chunks_exact(sd).zip(&log_reward) {
+            if lr.is_nan() || lr == f64::INFINITY {
+                return Err(GfnError::Other(format!("{}: log_reward({s:?}) = {lr}", env.name())));
             }
         }
         let log_z = logsumexp(log_reward.iter().copied());

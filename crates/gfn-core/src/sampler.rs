@@ -238,7 +238,7 @@ impl Sampler {
             for (i, &b) in self.active.iter().enumerate() {
                 let state = &mut self.current[b * sd..(b + 1) * sd];
                 if exit.is_none() && env.is_terminal(state) {
-                    batch.finish(env, b, t, state);
+                    batch.finish_unscored(b, t, state);
                     continue;
                 }
                 let row = first_row + i;
@@ -252,7 +252,7 @@ impl Sampler {
                 )?;
                 if Some(a) == exit {
                     batch.set_step(b, t, a as u32, NONE, log_p as f32, 0.0);
-                    batch.finish(env, b, t + 1, state);
+                    batch.finish_unscored(b, t + 1, state);
                 } else {
                     let back = env.step(state, a);
                     batch.set_step(b, t, a as u32, back as u32, log_p as f32, 0.0);
@@ -262,7 +262,7 @@ impl Sampler {
             std::mem::swap(&mut self.active, &mut self.next_active);
             t += 1;
         }
-        Ok(())
+        batch.score(env)
     }
 
     /// Sample one backward trajectory with P_B from each terminal object in `terminals`
@@ -437,11 +437,11 @@ impl Sampler {
             match exit {
                 Some(e) => {
                     batch.set_step(b, m - 1, e as u32, NONE, 0.0, 0.0);
-                    batch.finish(env, b, m, x);
+                    batch.finish_unscored(b, m, x);
                 }
-                None => batch.finish(env, b, m - 1, x),
+                None => batch.finish_unscored(b, m - 1, x),
             }
         }
-        Ok(())
+        batch.score(env)
     }
 }

@@ -30,6 +30,7 @@ pub mod hypergrid;
 pub mod indset;
 pub mod mis;
 pub mod mis_graphs;
+pub mod sequence;
 pub mod set;
 pub mod tempered;
 
@@ -41,5 +42,6 @@ pub use graph_building::{GraphBuildingConfig, GraphBuildingEnv};
 pub use hypergrid::{Hypergrid, HypergridReward};
 pub use indset::IndSetEnv;
 pub use mis::{Anneal, MisEnv};
+pub use sequence::{SequenceEnv, SequenceOrder, SequenceReward};
 pub use set::{SetAnalysis, SetEnv, SetSize};
 pub use tempered::Tempered;
