@@ -393,7 +393,11 @@ mod tests {
     /// sequences.
     #[test]
     fn every_order_is_a_consistent_dag() {
-        for order in [SequenceOrder::Append, SequenceOrder::PrependAppend, SequenceOrder::AnySlot] {
+        for order in [
+            SequenceOrder::Append,
+            SequenceOrder::PrependAppend,
+            SequenceOrder::AnySlot,
+        ] {
             let e = env(3, 3, order);
             gfn_core::dag::check_env(&e).unwrap_or_else(|err| panic!("{order}: {err}"));
             let ev = ExactEvaluator::new(&e).unwrap();
@@ -411,7 +415,7 @@ mod tests {
     #[test]
     fn path_counts_follow_the_order() {
         let paths = |e: &SequenceEnv, s: &[i32]| -> usize {
-            fn count(e: &SequenceEnv, s: &mut Vec<i32>) -> usize {
+            fn count(e: &SequenceEnv, s: &[i32]) -> usize {
                 if e.is_initial(s) {
                     return 1;
                 }
@@ -420,14 +424,14 @@ mod tests {
                 let mut total = 0;
                 for (b, &m) in mask.iter().enumerate() {
                     if m {
-                        let mut p = s.clone();
+                        let mut p = s.to_vec();
                         e.backward_step(&mut p, b);
-                        total += count(e, &mut p);
+                        total += count(e, &p);
                     }
                 }
                 total
             }
-            count(e, &mut s.to_vec())
+            count(e, s)
         };
         let x = [2, 0, 1, 1];
         assert_eq!(paths(&env(3, 4, SequenceOrder::Append), &x), 1);
@@ -447,12 +451,22 @@ mod tests {
         let e = SequenceEnv::new("seq", 2, 2, SequenceOrder::Append, nan).unwrap();
         let mut out = [0.0; 3];
         let err = e.log_rewards(&[0, 0, 1, 0, 1, 1], &mut out).unwrap_err().to_string();
-        assert!(err.contains("[1, 0]") && err.contains("row 1") && err.contains("NaN"), "{err}");
+        assert!(
+            err.contains("[1, 0]") && err.contains("row 1") && err.contains("NaN"),
+            "{err}"
+        );
         let failing: Arc<SequenceReward> = Arc::new(|_: &[i32], _: &mut [f64]| Err(GfnError::Other("boom".into())));
         let e = SequenceEnv::new("seq", 2, 2, SequenceOrder::Append, failing).unwrap();
-        assert!(e.log_rewards(&[0, 0], &mut [0.0]).unwrap_err().to_string().contains("boom"));
+        assert!(
+            e.log_rewards(&[0, 0], &mut [0.0])
+                .unwrap_err()
+                .to_string()
+                .contains("boom")
+        );
         let ok: Arc<SequenceReward> = Arc::new(|_: &[i32], _: &mut [f64]| Ok(()));
-        let e = SequenceEnv::new("seq", 1, 2, SequenceOrder::Append, ok).unwrap_err().to_string();
+        let e = SequenceEnv::new("seq", 1, 2, SequenceOrder::Append, ok)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("alphabet") && e.contains("1"), "{e}");
     }
 }

@@ -70,7 +70,7 @@ pub struct LossInputs<'a> {
 }
 
 /// A balance objective over [`BalanceTerms`].
-pub trait BalanceLoss: std::fmt::Debug {
+pub trait BalanceLoss: std::fmt::Debug + Send + Sync {
     /// Its name on the command line (`tb`, `subtb`, …).
     fn name(&self) -> &'static str;
     /// What it needs.
@@ -396,7 +396,7 @@ pub fn balance_loss(kind: ObjectiveName, lambda: f64) -> Result<Box<dyn BalanceL
 }
 
 /// Any objective as a loss of a batch given a forward over its rows.
-pub trait RowLoss: std::fmt::Debug {
+pub trait RowLoss: std::fmt::Debug + Send + Sync {
     /// Its name on the command line.
     fn name(&self) -> &'static str;
     /// What it needs.

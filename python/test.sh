@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The Python package's tests: build and install gfnrs into a virtual environment
+# (target/pyenv), then run pytest against the `gfn` command of the same checkout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x target/pyenv/bin/python ]; then
+  python3 -m venv target/pyenv
+fi
+target/pyenv/bin/pip install -q --upgrade pip >/dev/null
+target/pyenv/bin/pip install -q "maturin>=1.7,<2" "numpy>=1.21" "pytest>=7"
+target/pyenv/bin/pip install -q ./python
+# The CLI the tests compare against: the one `cargo test` built, else a release build.
+if [ -z "${GFN_BIN:-}" ]; then
+  if [ -x target/debug/gfn ]; then
+    GFN_BIN="$PWD/target/debug/gfn"
+  else
+    cargo build --release -p gfn-cli
+    GFN_BIN="$PWD/target/release/gfn"
+  fi
+fi
+export GFN_BIN RAYON_NUM_THREADS=1
+cd python && ../target/pyenv/bin/python -m pytest -q tests
