@@ -314,12 +314,7 @@ impl Trainer {
     /// `n` objects from the current policy, from their own RNG stream `seed` (training's is
     /// untouched): `(states int32 [n, state_dim], log_rewards float64 [n])`.
     #[pyo3(signature = (n, seed = 0))]
-    fn sample<'py>(
-        &self,
-        py: Python<'py>,
-        n: usize,
-        seed: u64,
-    ) -> PyResult<Samples<'py>> {
+    fn sample<'py>(&self, py: Python<'py>, n: usize, seed: u64) -> PyResult<Samples<'py>> {
         if n == 0 {
             return Err(PyValueError::new_err("invalid n = 0: must be at least 1"));
         }
