@@ -19,4 +19,5 @@ if [ -z "${GFN_BIN:-}" ]; then
   fi
 fi
 export GFN_BIN RAYON_NUM_THREADS=1
-cd python && ../target/pyenv/bin/python -m pytest -q tests
+# From the root: python/gfnrs (the sources) must not shadow the installed package.
+target/pyenv/bin/python -m pytest -q -p no:cacheprovider python/tests

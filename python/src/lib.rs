@@ -33,6 +33,9 @@ type ErrorSlot = Arc<Mutex<Option<PyErr>>>;
 struct Sequence {
     env: SequenceEnv,
     errors: ErrorSlot,
+    /// Reward calls and the seconds they took, from entering the callback's Rust side to
+    /// returning (the interpreter attached, the array built, the call, the conversion back).
+    cost: Arc<Mutex<(u64, f64)>>,
 }
 
 #[pymethods]
@@ -44,17 +47,23 @@ impl Sequence {
             .parse()
             .map_err(|e: GfnError| PyValueError::new_err(e.to_string()))?;
         let errors: ErrorSlot = Arc::default();
-        let slot = errors.clone();
+        let cost: Arc<Mutex<(u64, f64)>> = Arc::default();
+        let (slot, counter) = (errors.clone(), cost.clone());
         let reward: Arc<SequenceReward> = Arc::new(move |states: &[i32], out: &mut [f64]| {
-            Python::attach(|py| call_reward(py, &log_reward, states, length, out)).map_err(|e| {
+            let start = std::time::Instant::now();
+            let result = Python::attach(|py| call_reward(py, &log_reward, states, length, out)).map_err(|e| {
                 let text = e.to_string();
                 *slot.lock().expect("the error slot") = Some(e);
                 GfnError::Other(format!("the log_reward callback failed: {text}"))
-            })
+            });
+            let mut c = counter.lock().expect("the cost counter");
+            c.0 += 1;
+            c.1 += start.elapsed().as_secs_f64();
+            result
         });
         let name = name.unwrap_or_else(|| format!("sequence-{alphabet}x{length}-{order}"));
         let env = SequenceEnv::new(name, alphabet, length, order, reward).map_err(value_error)?;
-        Ok(Self { env, errors })
+        Ok(Self { env, errors, cost })
     }
 
     /// The alphabet's size.
@@ -67,6 +76,19 @@ impl Sequence {
     #[getter]
     fn length(&self) -> usize {
         self.env.length()
+    }
+
+    /// Calls of `log_reward` so far (one per scored batch).
+    #[getter]
+    fn reward_calls(&self) -> u64 {
+        self.cost.lock().expect("the cost counter").0
+    }
+
+    /// Seconds spent in those calls, measured on the Rust side: attaching to the interpreter,
+    /// building the array, the call itself and the conversion of its result.
+    #[getter]
+    fn reward_seconds(&self) -> f64 {
+        self.cost.lock().expect("the cost counter").1
     }
 }
 
@@ -161,7 +183,7 @@ type Samples<'py> = (Bound<'py, PyArray2<i32>>, Bound<'py, PyArray1<f64>>);
 /// `Trainer(env="hypergrid", ndim=4, height=8, loss="tb", seed=0)` takes the `gfn train` options
 /// by their configuration names (`gfn train --help`, or a run's `config.toml`); `env` may also be a
 /// [`Sequence`] with a Python reward.
-#[pyclass(module = "gfnrs", unsendable)]
+#[pyclass(module = "gfnrs", unsendable, subclass)]
 struct Trainer {
     inner: RustTrainer,
     /// The custom environment's error slot (a Python reward's exception).
@@ -378,9 +400,9 @@ impl Trainer {
     }
 }
 
-/// gfn for Python: GFlowNets in Rust.
+/// gfn for Python: GFlowNets in Rust (the native part; `gfnrs/__init__.py` wraps it).
 #[pymodule]
-fn gfnrs(m: &Bound<'_, PyModule>) -> PyResult<()> {
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Trainer>()?;
     m.add_class::<Sequence>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -147,3 +147,35 @@ def test_bad_configuration_is_a_value_error_naming_the_key():
         gfnrs.Sequence(1, 3, sum_reward)
     t = gfnrs.Trainer(gfnrs.Sequence(3, 3, sum_reward), loss="subtb", lambda_=0.9)
     assert 'loss = "subtb"' in t.config
+
+
+def test_environment_loss_and_policy_objects_are_their_configuration_keys(tmp_path):
+    from gfnrs import envs, losses, policies
+
+    a = gfnrs.Trainer(envs.Hypergrid(ndim=2, height=6), losses.SubTB(lamda=0.9),
+                      policies.MLP(hidden=64), seed=3, iterations=50, eval_every=50)
+    b = gfnrs.Trainer(env="hypergrid", ndim=2, height=6, loss="subtb", lambda_=0.9, hidden=64,
+                      seed=3, iterations=50, eval_every=50)
+    assert a.config == b.config
+    a.run(tmp_path / "a")
+    b.run(tmp_path / "b")
+    same_run(tmp_path / "a", tmp_path / "b")
+    assert isinstance(a, gfnrs.Trainer)
+    with pytest.raises(ValueError, match="ndim"):
+        gfnrs.Trainer(envs.Hypergrid(ndim=2), losses.TB(), ndim=3)
+    with pytest.raises(ValueError, match="variant"):
+        losses.PolicyGradient("x")
+    t = gfnrs.Trainer(envs.BitSequence(length=8, word=2, modes=3), losses.PolicyGradient("u"),
+                      policies.Transformer(hidden=32, heads=4), iterations=5)
+    assert t.env_name.startswith("bitseq") and np.isfinite(t.step())
+
+
+def test_the_reward_cost_is_counted_once_per_batch():
+    env = gfnrs.Sequence(4, 5, lambda x: np.zeros(len(x)))
+    t = gfnrs.Trainer(env, loss="tb", batch_size=8)
+    # Building the trainer scored the 4^5 sequences of exact evaluation in one call.
+    assert env.reward_calls == 1
+    for _ in range(10):
+        t.step()
+    assert env.reward_calls == 11
+    assert 0 < env.reward_seconds < 10
