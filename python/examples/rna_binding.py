@@ -34,13 +34,15 @@ def rna_landscape(problem="L14_RNA1"):
     """flexs's `RNABinding` landscape. flexs's package __init__ imports TensorFlow and tf-agents
     for its baselines; the landscape needs only numpy and ViennaRNA, so its two modules are loaded
     directly from the installed package."""
-    root = pathlib.Path(importlib.util.find_spec("flexs").submodule_search_locations[0])
-    flexs = types.ModuleType("flexs")
-    flexs.__path__ = [str(root)]
-    sys.modules["flexs"] = flexs
-    flexs.types = flexs_module("flexs.types", root / "types.py")
-    flexs.Landscape = flexs_module("flexs.landscape", root / "landscape.py").Landscape
-    rna = flexs_module("flexs.landscapes.rna", root / "landscapes" / "rna.py")
+    rna = sys.modules.get("flexs.landscapes.rna")
+    if rna is None:
+        root = pathlib.Path(importlib.util.find_spec("flexs").submodule_search_locations[0])
+        flexs = types.ModuleType("flexs")
+        flexs.__path__ = [str(root)]
+        sys.modules["flexs"] = flexs
+        flexs.types = flexs_module("flexs.types", root / "types.py")
+        flexs.Landscape = flexs_module("flexs.landscape", root / "landscape.py").Landscape
+        rna = flexs_module("flexs.landscapes.rna", root / "landscapes" / "rna.py")
     return rna.RNABinding(**rna.registry()[problem]["params"])
 
 
