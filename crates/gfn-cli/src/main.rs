@@ -41,9 +41,21 @@ enum Command {
         /// Run directory (default: runs/<env>-<loss>-seed<seed>).
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
-        /// Continue the run in DIR (only --iterations may be given with it).
+        /// Continue the run in DIR (only --iterations and the rank layout may be given with it).
         #[arg(long, value_name = "DIR")]
         resume: Option<PathBuf>,
+        /// Ranks: data-parallel training over N ranks in this one process, one after another,
+        /// each sampling --batch-size trajectories per step (reproduces an N-rank MPI run bit for bit).
+        #[arg(long, value_name = "N")]
+        virtual_ranks: Option<usize>,
+        /// Ranks: data-parallel training, one rank per MPI process (`mpirun -n N gfn train …
+        /// --distributed`, a build with the `mpi` feature); rank 0 writes the run directory.
+        #[arg(long, conflicts_with = "virtual_ranks")]
+        distributed: bool,
+        /// Ranks: after every step, check that every rank holds bit-identical parameters (a
+        /// hash exchanged between the ranks); the summary counts the steps checked.
+        #[arg(long)]
+        verify_ranks: bool,
     },
     /// Check a training configuration (the options of `train`, or --config) without training:
     /// the same validation `train` makes, including options that have no effect; prints `ok`.
@@ -169,7 +181,13 @@ fn dispatch(cmd: Command) -> Result<(), Fatal> {
             config,
             out,
             resume,
-        } => train_cmd(*options, config, out, resume),
+            virtual_ranks,
+            distributed,
+            verify_ranks,
+        } => {
+            let ranks = usage(launch_ranks(virtual_ranks, distributed, verify_ranks))?;
+            train_cmd(*options, config, out, resume, ranks.as_ref())
+        }
         Command::Check { options, config } => {
             new_config(*options, config.as_ref())?;
             println!("ok");
@@ -204,11 +222,127 @@ fn set_threads(n: usize) {
     unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
 }
 
+/// How this process takes part in a data-parallel run.
+struct Launch {
+    ranks: Ranks,
+    verify: bool,
+}
+
+enum Ranks {
+    Virtual(usize),
+    #[cfg(feature = "mpi")]
+    Mpi(std::rc::Rc<gfn::distributed::MpiRanks>),
+}
+
+impl Launch {
+    /// Make `t` train as this process's ranks.
+    fn distribute(&self, t: &mut Trainer) -> Result<()> {
+        let comm: Box<dyn gfn::distributed::Collective> = match &self.ranks {
+            Ranks::Virtual(n) => Box::new(gfn::distributed::VirtualRanks::new(*n)?),
+            #[cfg(feature = "mpi")]
+            Ranks::Mpi(m) => Box::new(m.clone()),
+        };
+        t.distribute(comm)?;
+        if let Some(r) = t.ranks_mut() {
+            r.set_verify(self.verify);
+        }
+        Ok(())
+    }
+
+    fn rank(&self) -> usize {
+        match &self.ranks {
+            Ranks::Virtual(_) => 0,
+            #[cfg(feature = "mpi")]
+            Ranks::Mpi(m) => m.rank(),
+        }
+    }
+
+    /// After a failure: stop every rank where the others cannot know of it (a failure outside
+    /// the ranks' exchange would leave them waiting in it).
+    fn stop(&self, fatal: Fatal) -> Fatal {
+        #[cfg(feature = "mpi")]
+        if let Ranks::Mpi(m) = &self.ranks {
+            use gfn::distributed::Collective;
+            let from_other = fatal.error.downcast_ref::<gfn::distributed::RankFailure>().is_some();
+            if !from_other || m.rank() == 0 {
+                eprintln!("error: {}", format!("{:#}", fatal.error).replace('\n', " "));
+            }
+            if !from_other && m.size() > 1 {
+                m.abort(i32::from(fatal.code));
+            }
+            std::process::exit(i32::from(fatal.code));
+        }
+        fatal
+    }
+}
+
+fn launch_ranks(virtual_ranks: Option<usize>, distributed: bool, verify: bool) -> Result<Option<Launch>> {
+    if distributed {
+        #[cfg(feature = "mpi")]
+        return Ok(Some(Launch {
+            ranks: Ranks::Mpi(std::rc::Rc::new(gfn::distributed::MpiRanks::init()?)),
+            verify,
+        }));
+        #[cfg(not(feature = "mpi"))]
+        bail!(
+            "invalid --distributed: this gfn was built without MPI; build it with `cargo build --release -p gfn-cli --features mpi` (OpenMPI: apt install libopenmpi-dev openmpi-bin libclang-dev) and launch it with mpirun"
+        );
+    }
+    match virtual_ranks {
+        Some(0) => bail!("invalid --virtual-ranks 0: a run has at least one rank"),
+        Some(n) => Ok(Some(Launch {
+            ranks: Ranks::Virtual(n),
+            verify,
+        })),
+        None if verify => bail!("invalid --verify-ranks: it checks the ranks of --virtual-ranks or --distributed"),
+        None => Ok(None),
+    }
+}
+
 fn train_cmd(
     options: ConfigArgs,
     config: Option<PathBuf>,
     out: Option<PathBuf>,
     resume: Option<PathBuf>,
+    ranks: Option<&Launch>,
+) -> Result<(), Fatal> {
+    match ranks {
+        Some(l) if l.rank() > 0 => follow(options, config, resume, l).map_err(|f| l.stop(f)),
+        Some(l) => lead(options, config, out, resume, Some(l)).map_err(|f| l.stop(f)),
+        None => lead(options, config, out, resume, None),
+    }
+}
+
+/// A rank other than 0: the same trainer from the same flags, file or run directory (read only),
+/// stepping in lockstep with the others; rank 0 evaluates and writes.
+fn follow(options: ConfigArgs, config: Option<PathBuf>, resume: Option<PathBuf>, launch: &Launch) -> Result<(), Fatal> {
+    let device = Device::Cpu;
+    let mut t = match resume {
+        Some(dir) => {
+            let dir = RunDir::new(&dir);
+            let cfg = usage(dir.read_config())?;
+            set_threads(cfg.threads);
+            usage(driver::resume::<Trainer>(&dir, options.iterations, &device))?
+        }
+        None => {
+            let cfg = new_config(options, config.as_ref())?;
+            set_threads(cfg.threads);
+            usage(Trainer::new(cfg, &device))?
+        }
+    };
+    usage(launch.distribute(&mut t))?;
+    while t.iteration < t.config.iterations as u64 {
+        failure(t.step())?;
+    }
+    Ok(())
+}
+
+fn lead(
+    options: ConfigArgs,
+    config: Option<PathBuf>,
+    out: Option<PathBuf>,
+    resume: Option<PathBuf>,
+    ranks: Option<&Launch>,
 ) -> Result<(), Fatal> {
     let device = Device::Cpu;
     // The lock is held until this function returns (or the process exits).
@@ -223,7 +357,7 @@ fn train_cmd(
                 names.push("--out".into());
             }
             return usage(Err(anyhow::anyhow!(
-                "--resume continues a run with its own configuration; only --iterations may be given with it, not {}",
+                "--resume continues a run with its own configuration; only --iterations, --virtual-ranks and --distributed may be given with it, not {}",
                 names.join(", ")
             )));
         }
@@ -232,6 +366,12 @@ fn train_cmd(
         let cfg = usage(dir.read_config())?;
         set_threads(cfg.threads);
         if cfg.env.is_ebm() {
+            if ranks.is_some() {
+                return usage(Err(anyhow::anyhow!(
+                    "invalid env = {}: data-parallel training (--virtual-ranks, --distributed) trains GFlowNet tasks, not the EBM tasks",
+                    cfg.env
+                )));
+            }
             let t = usage(driver::resume::<EbmRun>(&dir, options.iterations, &device))?;
             eprintln!(
                 "resuming {} at iteration {} of {}",
@@ -241,7 +381,10 @@ fn train_cmd(
             );
             return ebm_cmd(t, &dir);
         }
-        let t = usage(driver::resume::<Trainer>(&dir, options.iterations, &device))?;
+        let mut t = usage(driver::resume::<Trainer>(&dir, options.iterations, &device))?;
+        if let Some(l) = ranks {
+            usage(l.distribute(&mut t))?;
+        }
         eprintln!(
             "resuming {} at iteration {} of {}",
             dir.path.display(),
@@ -279,6 +422,13 @@ fn train_cmd(
         };
         set_threads(cfg.threads);
         if cfg.env.is_ebm() {
+            if ranks.is_some() {
+                discard(lock);
+                return usage(Err(anyhow::anyhow!(
+                    "invalid env = {}: data-parallel training (--virtual-ranks, --distributed) trains GFlowNet tasks, not the EBM tasks",
+                    cfg.env
+                )));
+            }
             let t = match EbmRun::new(cfg, &device) {
                 Ok(t) => t,
                 Err(e) => {
@@ -288,7 +438,13 @@ fn train_cmd(
             };
             return ebm_cmd(t, &dir);
         }
-        match Trainer::new(cfg, &device) {
+        let built = Trainer::new(cfg, &device).and_then(|mut t| {
+            if let Some(l) = ranks {
+                l.distribute(&mut t)?;
+            }
+            Ok(t)
+        });
+        match built {
             Ok(t) => (t, dir, lock),
             Err(e) => {
                 discard(lock);
@@ -297,13 +453,17 @@ fn train_cmd(
         }
     };
     let c = &trainer.config;
+    let batch = match trainer.ranks() {
+        Some(r) => format!("{} per rank × {} ranks ({})", c.batch_size, r.size(), r.kind()),
+        None => c.batch_size.to_string(),
+    };
     eprintln!(
         "training {} with {} on {} ({} engine) | batch {} | {} iterations | {} parameters | seed {} | out {}",
         trainer.env.name(),
         trainer.objective.name(),
         trainer.device_name(),
         trainer.engine(),
-        c.batch_size,
+        batch,
         c.iterations,
         trainer.net.num_params(),
         c.seed,
@@ -880,6 +1040,8 @@ fn speed_train_cmd(options: ConfigArgs, rounds: usize, warmup: usize, profile: b
             "batch_size": t.config.batch_size,
             "hidden": t.config.hidden,
             "layers": t.config.layers,
+            "policy": t.config.policy,
+            "num_params": t.net.num_params(),
             "backward_policy": t.config.backward_policy,
             "rounds": rounds,
             "warmup": warmup,

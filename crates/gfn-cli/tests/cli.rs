@@ -1916,3 +1916,126 @@ fn the_gradient_analysis_runs_through_the_seam() {
         assert!(g.db.is_some() && g.subtb.is_some(), "{g:?}");
     }
 }
+
+/// Data-parallel training over virtual ranks (`--virtual-ranks`, the oracle of an MPI run): one
+/// rank is the plain run bit for bit (tape and graph engines); two ranks with a shared replay
+/// buffer resume bit-exactly, and a run resumes with another number of ranks; what has no
+/// data-parallel form is refused by name.
+#[test]
+fn virtual_ranks_reproduce_resume_and_refuse() {
+    for engine in ["tape", "graph"] {
+        let (plain, one) = (
+            tmp(&format!("ranks-plain-{engine}")),
+            tmp(&format!("ranks-one-{engine}")),
+        );
+        let args = ["--iterations", "120", "--loss", "tb", "--engine", engine];
+        run_ok(&small(&plain, &args));
+        run_ok(&small(
+            &one,
+            &[&args[..], &["--virtual-ranks", "1", "--verify-ranks"]].concat(),
+        ));
+        assert_same_run(&format!("one virtual rank, {engine}"), &plain, &one);
+        let mut s = summary_without_timing(&one);
+        let ranks = s.as_object_mut().unwrap().remove("ranks").unwrap();
+        assert_eq!(
+            (ranks["size"].as_u64(), ranks["verified_steps"].as_u64()),
+            (Some(1), Some(120))
+        );
+        let mut p = summary_without_timing(&plain);
+        p.as_object_mut().unwrap().remove("ranks");
+        assert_eq!(s, p, "one virtual rank, {engine}: summaries differ");
+        let _ = std::fs::remove_dir_all(plain);
+        let _ = std::fs::remove_dir_all(one);
+    }
+    // Two ranks, shared replay: interrupted and resumed equals uninterrupted.
+    let two = [
+        "--virtual-ranks",
+        "2",
+        "--loss",
+        "subtb",
+        "--replay-size",
+        "64",
+        "--replay-shared",
+        "true",
+    ];
+    let (full, part) = (tmp("ranks-full"), tmp("ranks-part"));
+    run_ok(&small(&full, &[&two[..], &["--iterations", "200"]].concat()));
+    run_ok(&small(&part, &[&two[..], &["--iterations", "130"]].concat()));
+    let p = part.to_str().unwrap();
+    let o = gfn(&["train", "--resume", p, "--iterations", "200", "--virtual-ranks", "2"]);
+    assert!(o.status.success(), "resume failed: {}", stderr(&o));
+    assert_same_run("two virtual ranks", &full, &part);
+    let s = summary_without_timing(&full);
+    assert_eq!(s["trajectories"], 200 * 2 * 16);
+    assert_eq!(s["ranks"]["size"], 2);
+    // The two ranks sample different batches: not the one-rank run.
+    let one = tmp("ranks-one-rank");
+    run_ok(&small(
+        &one,
+        &["--loss", "subtb", "--replay-size", "64", "--iterations", "200"],
+    ));
+    assert_ne!(
+        std::fs::read(one.join("metrics.jsonl")).unwrap(),
+        std::fs::read(full.join("metrics.jsonl")).unwrap()
+    );
+    // Another rank count on resume: the run completes with three ranks from iteration 130.
+    let other = tmp("ranks-other");
+    run_ok(&small(&other, &[&two[..], &["--iterations", "130"]].concat()));
+    let o = gfn(&[
+        "train",
+        "--resume",
+        other.to_str().unwrap(),
+        "--iterations",
+        "200",
+        "--virtual-ranks",
+        "3",
+    ]);
+    assert!(o.status.success(), "resume with 3 ranks failed: {}", stderr(&o));
+    let s = summary_without_timing(&other);
+    assert_eq!(
+        (s["iterations"].as_u64(), s["ranks"]["size"].as_u64()),
+        (Some(200), Some(3))
+    );
+    assert_eq!(s["trajectories"], 130 * 2 * 16 + 70 * 3 * 16);
+    for d in [full, part, one, other] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    let dir = tmp("ranks-bad");
+    let d = dir.to_str().unwrap();
+    for (args, needles) in [
+        (vec!["--loss", "pg-u"], vec!["pg-u", "policy-gradient", "2 ranks"]),
+        (vec!["--loss", "led-db"], vec!["led-db", "LED"]),
+        (vec!["--local-search", "2"], vec!["local_search = 2"]),
+        (vec!["--updates-per-batch", "2"], vec!["updates_per_batch = 2"]),
+        (
+            vec!["--replay-size", "8"],
+            vec!["replay_size = 8", "replay_shared = true"],
+        ),
+    ] {
+        let a = [
+            &[
+                "train",
+                "--ndim",
+                "2",
+                "--height",
+                "5",
+                "--out",
+                d,
+                "--virtual-ranks",
+                "2",
+            ][..],
+            &args[..],
+        ]
+        .concat();
+        assert_usage_error(&a, &needles);
+        assert!(!dir.exists(), "{args:?}: a refused run left {d} behind");
+    }
+    assert_usage_error(&["train", "--out", d, "--virtual-ranks", "0"], &["--virtual-ranks 0"]);
+    assert_usage_error(&["train", "--out", d, "--verify-ranks"], &["--verify-ranks"]);
+    assert_usage_error(
+        &["train", "--env", "ising", "--out", d, "--virtual-ranks", "2"],
+        &["env = ising", "EBM"],
+    );
+    #[cfg(not(feature = "mpi"))]
+    assert_usage_error(&["train", "--out", d, "--distributed"], &["--distributed", "mpi"]);
+}

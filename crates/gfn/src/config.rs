@@ -233,6 +233,9 @@ config! {
     replay_batch: usize = 0,
     /// Replay: `uniform` or `reward` (in proportion to R(x)) [default: uniform].
     replay_priority: Priority = Priority::Uniform,
+    /// Replay in a data-parallel run: every rank's new objects enter every rank's buffer (one
+    /// shared buffer; required for replay with more than one rank) [default: false].
+    replay_shared: bool = false,
     /// Local search (LS-GFN): each object of the batch is refined by K steps back with P_B and K
     /// forward with P_F, kept or rejected (`local_search_accept`), and the results are re-sampled
     /// backward and trained on beside the batch; 0 = off. With an exit action (hypergrid,
@@ -762,7 +765,9 @@ impl TrainConfig {
                 gflownet_loss(loss.has_lambda()),
                 "to loss = subtb, fl-subtb and led-subtb",
             ),
-            "replay_batch" | "replay_priority" => only(self.replay_size > 0, "with replay (replay_size > 0)"),
+            "replay_batch" | "replay_priority" | "replay_shared" => {
+                only(self.replay_size > 0, "with replay (replay_size > 0)")
+            }
             "local_search_accept" => only(self.local_search > 0, "with local search (local_search > 0)"),
             "gae_lambda" => only(
                 gflownet_loss(loss.is_policy_gradient()),
@@ -976,7 +981,15 @@ impl TrainConfig {
 
 /// Options added after checkpoint format 2: [`TrainConfig::binding_hash`] leaves them out at
 /// their defaults.
-pub const ADDED_OPTIONS: &[&str] = &["policy", "heads", "d_ff", "positions", "condition", "eval_conditions"];
+pub const ADDED_OPTIONS: &[&str] = &[
+    "policy",
+    "heads",
+    "d_ff",
+    "positions",
+    "condition",
+    "eval_conditions",
+    "replay_shared",
+];
 
 #[cfg(test)]
 mod tests {

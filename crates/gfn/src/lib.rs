@@ -21,6 +21,7 @@ pub mod checkpoint;
 pub mod conditions;
 pub mod config;
 pub mod device;
+pub mod distributed;
 pub mod ebm;
 pub mod envs;
 pub mod gradcos;

@@ -59,18 +59,22 @@ impl ReplayBuffer {
 
     /// Add the terminal objects of `batch`, overwriting the oldest once full.
     pub fn add(&mut self, batch: &TrajectoryBatch) {
-        let sd = self.state_dim;
         for b in 0..batch.batch_size {
-            let x = batch.terminal_state(b);
-            if self.len() < self.capacity {
-                self.states.extend_from_slice(x);
-                self.log_reward.push(batch.log_reward[b]);
-            } else {
-                self.states[self.next * sd..(self.next + 1) * sd].copy_from_slice(x);
-                self.log_reward[self.next] = batch.log_reward[b];
-            }
-            self.next = (self.next + 1) % self.capacity;
+            self.add_one(batch.terminal_state(b), batch.log_reward[b]);
         }
+    }
+
+    /// Add one terminal object `x` with its log-reward.
+    pub fn add_one(&mut self, x: &[i32], log_reward: f64) {
+        let sd = self.state_dim;
+        if self.len() < self.capacity {
+            self.states.extend_from_slice(x);
+            self.log_reward.push(log_reward);
+        } else {
+            self.states[self.next * sd..(self.next + 1) * sd].copy_from_slice(x);
+            self.log_reward[self.next] = log_reward;
+        }
+        self.next = (self.next + 1) % self.capacity;
     }
 
     /// Draw `n` objects (with replacement) into `out` (rows of `state_dim`).

@@ -160,13 +160,18 @@ impl TaskMetrics {
 
     /// Record a training batch's objects (bit sequences: the modes they reach).
     pub fn record(&mut self, batch: &TrajectoryBatch) {
+        for b in 0..batch.batch_size {
+            self.record_object(batch.terminal_state(b));
+        }
+    }
+
+    /// Record one sampled terminal object.
+    pub fn record_object(&mut self, x: &[i32]) {
         if let Self::BitSeq { env, found, .. } = self {
-            for b in 0..batch.batch_size {
-                let bits = env.bits_of(batch.terminal_state(b));
-                for (m, &mode) in env.modes().iter().enumerate() {
-                    if (bits ^ mode).count_ones() <= DEFAULT_DELTA {
-                        found[m] = true;
-                    }
+            let bits = env.bits_of(x);
+            for (m, &mode) in env.modes().iter().enumerate() {
+                if (bits ^ mode).count_ones() <= DEFAULT_DELTA {
+                    found[m] = true;
                 }
             }
         }

@@ -22,6 +22,10 @@ use crate::config::TrainConfig;
 use crate::options::{Engine, LocalSearchAccept};
 use crate::seam::{Net, PolicyKind, SeamNet};
 
+mod ranks;
+use ranks::GradSink;
+pub use ranks::Ranks;
+
 /// Salt of the measurement samples' RNG stream (`seed ^ METRIC_STREAM`).
 const METRIC_STREAM: u64 = 0x6d65_6173_7572_6521;
 
@@ -146,6 +150,10 @@ pub struct Trainer {
     loss_sum: f64,
     loss_count: u64,
     led_loss_sum: f64,
+    /// A data-parallel run's ranks ([`Trainer::distribute`]).
+    ranks: Option<Ranks>,
+    /// The ranks' generator states a restored checkpoint saved (eight words each).
+    saved_streams: Vec<u32>,
 }
 
 /// Build the estimator and optimiser of `config` for `env`, parameters drawn from `rng`.
@@ -335,6 +343,8 @@ impl Trainer {
             loss_sum: 0.0,
             loss_count: 0,
             led_loss_sum: 0.0,
+            ranks: None,
+            saved_streams: Vec::new(),
         })
     }
 
@@ -391,6 +401,10 @@ impl Trainer {
     /// RNG stream (so the training run is the same whether or not it is measured).
     fn measure(&mut self) -> Result<()> {
         let n = self.config.metric_batch;
+        // A data-parallel step records every rank's objects itself; only rank 0 measures.
+        if self.ranks.is_some() && (n == 0 || !self.is_rank0()) {
+            return Ok(());
+        }
         let batch = if n == 0 {
             &self.batch
         } else {
@@ -424,7 +438,27 @@ impl Trainer {
         if let Objective::PolicyGradient(_) = self.objective {
             return self.pg_step();
         }
+        if self.ranks.is_some() {
+            return self.distributed_step();
+        }
         let start = Instant::now();
+        let value = self.local_step(GradSink::Apply)?;
+        if let Some(replay) = &mut self.replay {
+            replay.add(&self.batch);
+        }
+        if let Some(led) = &mut self.led {
+            let t = Instant::now();
+            self.led_loss_sum += led.update(&mut self.rng).context("the LED potential update failed")?;
+            self.led_seconds += t.elapsed().as_secs_f64();
+        }
+        let rows = self.batch.num_rows();
+        self.finish_step(start, rows, value);
+        Ok(value)
+    }
+
+    /// Sample a batch with `self.rng`, compute the loss and its gradients, and hand them to
+    /// `sink` (the optimiser, or a distributed step's buffer); returns the loss.
+    fn local_step(&mut self, mut sink: GradSink<'_>) -> Result<f64> {
         let opts = self.sampling_options();
         let env = self.env.as_ref();
         let n = self.config.batch_size;
@@ -463,7 +497,7 @@ impl Trainer {
                 )?;
                 let loss = seam.loss(env, batch, offsets.as_deref())?;
                 let value = check_finite(&loss, self.objective, self.iteration)?;
-                self.optimizer.step(&loss.backward()?)?;
+                sink.store(&mut self.optimizer, &loss.backward()?)?;
                 for _ in 1..self.config.updates_per_batch {
                     let again = seam.loss(env, batch, offsets.as_deref())?;
                     check_finite(&again, self.objective, self.iteration)?;
@@ -518,7 +552,7 @@ impl Trainer {
                 if self.objective.uses_log_z() {
                     slices.push(Some(&log_z_grad));
                 }
-                self.optimizer.step_slices(&slices)?;
+                sink.slices(&mut self.optimizer, &slices)?;
                 // Further updates on the same batch: the tape recorded the rollout's parameters,
                 // so these go through candle's graph.
                 if let Some(offsets) = repeat_offsets {
@@ -569,7 +603,7 @@ impl Trainer {
                     .loss_with_offsets(env, batch, &mut &*est, offsets.clone())?;
                 let value = check_finite(&loss, self.objective, self.iteration)?;
                 let grads = loss.backward()?;
-                self.optimizer.step(&grads)?;
+                sink.store(&mut self.optimizer, &grads)?;
                 for _ in 1..self.config.updates_per_batch {
                     let again = self
                         .objective
@@ -581,27 +615,12 @@ impl Trainer {
             }
         };
         drop(loss);
-        if let Some(replay) = &mut self.replay {
-            replay.add(&self.batch);
-        }
-        if let Some(led) = &mut self.led {
-            let t = Instant::now();
-            self.led_loss_sum += led.update(&mut self.rng).context("the LED potential update failed")?;
-            self.led_seconds += t.elapsed().as_secs_f64();
-        }
-        let rows = self.batch.num_rows();
-        self.finish_step(start, rows, value);
         Ok(value)
     }
 
     /// Bookkeeping after a training step of `rows` evaluated rows.
     fn finish_step(&mut self, start: Instant, rows: usize, value: f64) {
-        self.wall_seconds += start.elapsed().as_secs_f64();
-        self.useful_flops += self.flops_per_row * rows as f64;
-        self.iteration += 1;
-        self.trajectories += self.config.batch_size as u64;
-        self.loss_sum += value;
-        self.loss_count += 1;
+        self.count_step(start, rows, value, self.config.batch_size as u64);
         self.task.record(&self.batch);
         if let Some(ev) = &self.evaluator {
             for b in 0..self.batch.batch_size {
@@ -610,6 +629,31 @@ impl Trainer {
                     self.tracker.record(t, ev.modes()[t]);
                 }
             }
+        }
+    }
+
+    /// The counters of a finished step of `rows` evaluated rows and `trajectories` sampled.
+    fn count_step(&mut self, start: Instant, rows: usize, value: f64, trajectories: u64) {
+        self.wall_seconds += start.elapsed().as_secs_f64();
+        self.useful_flops += self.flops_per_row * rows as f64;
+        self.iteration += 1;
+        self.trajectories += trajectories;
+        self.loss_sum += value;
+        self.loss_count += 1;
+    }
+
+    /// One sampled object of a data-parallel step into the task's metrics, the empirical
+    /// tracker and (measuring the training samples) the top-k and recent rewards.
+    fn record_object(&mut self, x: &[i32], log_reward: f64) {
+        self.task.record_object(x);
+        if let Some(ev) = &self.evaluator
+            && let Some(t) = ev.terminal_index(x)
+        {
+            self.tracker.record(t, ev.modes()[t]);
+        }
+        if self.config.metric_batch == 0 {
+            self.top_k.record(x, log_reward);
+            self.recent.record(log_reward);
         }
     }
 
@@ -928,6 +972,13 @@ impl Trainer {
                 crate::checkpoint::AuxData::F64(vec![steps as f64, rejected as f64]),
             ));
         }
+        if let Some(words) = self.rank_streams() {
+            aux.push((
+                "ranks/rng".into(),
+                vec![words.len() / 8, 8],
+                crate::checkpoint::AuxData::U32(words.to_vec()),
+            ));
+        }
         if let Some(led) = &self.led {
             led.save(&mut tensors, &mut aux)?;
             aux.push((
@@ -1032,6 +1083,10 @@ impl Trainer {
         self.recent = ck.recent.clone();
         self.metric_rng = ck.metric_rng.clone();
         (self.loss_sum, self.loss_count) = ck.loss_window;
+        self.saved_streams = ranks::saved_streams(ck)?;
+        if let Some(r) = self.ranks.take() {
+            self.distribute(r.into_comm())?;
+        }
         Ok(())
     }
 }
@@ -1246,6 +1301,10 @@ pub fn summary_json(t: &Trainer) -> serde_json::Value {
         })).collect::<Vec<_>>()).filter(|v| !v.is_empty()),
         "trust_region": t.trust_region.as_ref().map(|_| serde_json::json!({
             "steps": t.trpo_counts.0, "rejected": t.trpo_counts.1,
+        })),
+        "ranks": t.ranks.as_ref().map(|r| serde_json::json!({
+            "size": r.size(), "kind": r.kind(), "batch_per_rank": t.config.batch_size,
+            "exchange_seconds": r.exchange_seconds, "verified_steps": r.verified_steps,
         })),
     })
 }
