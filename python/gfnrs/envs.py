@@ -86,3 +86,20 @@ class GraphBuilding(Env):
                  target_nodes=None):
         super().__init__(nodes=nodes, node_types=node_types, edge_types=edge_types, directed=directed,
                          acyclic=acyclic, target_nodes=target_nodes)
+
+
+class MIS(Env):
+    """Maximum independent sets of RB graphs (LED-GFN's task; train it with ``policies.GIN``):
+    ``graphs`` "reduced" (20–60 nodes) or "small" (200–300), ``train`` and ``test`` graph counts,
+    ``samples`` per test graph, the reward exponent annealed from ``beta_start`` to ``beta_end``
+    over ``beta_anneal`` trajectories, ``task_seed`` draws the graphs."""
+
+    name = "mis"
+    keys = {"graphs": "mis_graphs", "train": "mis_train", "test": "mis_test", "samples": "mis_samples",
+            "beta_start": "beta_start", "beta_end": "beta_end", "beta_anneal": "beta_anneal",
+            "task_seed": "task_seed"}
+
+    def __init__(self, graphs=None, train=None, test=None, samples=None, beta_start=None, beta_end=None,
+                 beta_anneal=None, task_seed=None):
+        super().__init__(graphs=graphs, train=train, test=test, samples=samples, beta_start=beta_start,
+                         beta_end=beta_end, beta_anneal=beta_anneal, task_seed=task_seed)

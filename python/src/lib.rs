@@ -341,12 +341,14 @@ impl Trainer {
             return Err(PyValueError::new_err("invalid n = 0: must be at least 1"));
         }
         let t = &self.inner;
+        // The network and the environment only: a trainer is Send, not Sync.
+        let (net, env) = (&t.net, t.env.as_ref());
         let mut batch = TrajectoryBatch::default();
         py.detach(|| {
             let mut rng = rng_from_seed(seed);
             let mut sampler = Sampler::default();
-            t.net.sample(
-                t.env.as_ref(),
+            net.sample(
+                env,
                 &mut sampler,
                 n,
                 SamplingOptions::default(),

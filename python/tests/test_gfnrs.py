@@ -168,6 +168,11 @@ def test_environment_loss_and_policy_objects_are_their_configuration_keys(tmp_pa
     t = gfnrs.Trainer(envs.BitSequence(length=8, word=2, modes=3), losses.PolicyGradient("u"),
                       policies.Transformer(hidden=32, heads=4), iterations=5)
     assert t.env_name.startswith("bitseq") and np.isfinite(t.step())
+    m = gfnrs.Trainer(envs.MIS(train=8, test=2, samples=2), losses.DB(), policies.GIN(hidden=16, layers=2),
+                      batch_size=4, iterations=2, eval_every=2)
+    assert "mis_train = 8" in m.config and 'policy = "gin"' in m.config and m.env_name.startswith("mis")
+    m.train(2)
+    assert m.iteration == 2
 
 
 def test_the_reward_cost_is_counted_once_per_batch():

@@ -12,12 +12,13 @@
 //! standing for an expensive reward model), TB and the same MLP. `--batch` is per rank.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use gfn::config::{ConfigArgs, TrainConfig};
-use gfn::distributed::{Collective, MpiRanks};
+use gfn::distributed::MpiEnvironment;
 use gfn::environments::sequence::{SequenceEnv, SequenceOrder};
 use gfn::train::Trainer;
 
@@ -41,8 +42,8 @@ fn main() -> Result<()> {
     let iterations: usize = flag("--iterations", "1000").parse().context("--iterations")?;
     let batch: usize = flag("--batch", "16").parse().context("--batch")?;
     let warmup: usize = flag("--warmup", "20").parse().context("--warmup")?;
-    let comm = std::rc::Rc::new(MpiRanks::init()?);
-    let (size, rank) = (comm.size(), comm.rank());
+    let mpi = MpiEnvironment::init()?;
+    let (size, rank) = (mpi.size(), mpi.rank());
     let common = format!(
         "loss = \"tb\"\nbatch_size = {batch}\niterations = {}\n",
         iterations + warmup
@@ -53,11 +54,15 @@ fn main() -> Result<()> {
             &Device::Cpu,
         )?,
         "slow-reward" => {
-            let reward = Arc::new(|x: &[i32], out: &mut [f64]| -> gfn::core::Result<()> {
+            // Cheap while the trainer enumerates the 4^8 sequences for exact evaluation, 1 ms
+            // per object once training starts.
+            let slow = Arc::new(AtomicBool::new(false));
+            let on = slow.clone();
+            let reward = Arc::new(move |x: &[i32], out: &mut [f64]| -> gfn::core::Result<()> {
                 let len = x.len() / out.len();
                 for (row, o) in x.chunks(len).zip(out.iter_mut()) {
                     let start = Instant::now();
-                    while start.elapsed() < Duration::from_millis(1) {
+                    while on.load(Ordering::Relaxed) && start.elapsed() < Duration::from_millis(1) {
                         std::hint::spin_loop();
                     }
                     *o = row.iter().filter(|&&c| c == 0).count() as f64;
@@ -65,11 +70,13 @@ fn main() -> Result<()> {
                 Ok(())
             });
             let env = SequenceEnv::new("slow-reward", 4, 8, SequenceOrder::Append, reward)?;
-            Trainer::with_env(config(&common)?, Box::new(env), &Device::Cpu)?
+            let t = Trainer::with_env(config(&common)?, Box::new(env), &Device::Cpu)?;
+            slow.store(true, Ordering::Relaxed);
+            t
         }
         other => bail!("invalid --task {other}: grid or slow-reward"),
     };
-    t.distribute(Box::new(comm.clone()))?;
+    t.distribute(Box::new(mpi.ranks()))?;
     for _ in 0..warmup {
         t.step()?;
     }

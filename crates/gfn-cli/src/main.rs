@@ -148,6 +148,18 @@ enum SpeedCmd {
     },
 }
 
+/// A failure already printed (by the rank that reports it).
+#[derive(Debug)]
+struct Reported;
+
+impl std::fmt::Display for Reported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("reported above")
+    }
+}
+
+impl std::error::Error for Reported {}
+
 /// An error in what the user asked for (exit code 2), as opposed to a failure while running (1).
 struct Fatal {
     code: u8,
@@ -166,6 +178,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(Fatal { code, error }) if error.downcast_ref::<Reported>().is_some() => ExitCode::from(code),
         Err(Fatal { code, error }) => {
             let msg = format!("{error:#}").replace('\n', " ");
             eprintln!("error: {msg}");
@@ -231,7 +244,7 @@ struct Launch {
 enum Ranks {
     Virtual(usize),
     #[cfg(feature = "mpi")]
-    Mpi(std::rc::Rc<gfn::distributed::MpiRanks>),
+    Mpi(gfn::distributed::MpiEnvironment),
 }
 
 impl Launch {
@@ -240,7 +253,7 @@ impl Launch {
         let comm: Box<dyn gfn::distributed::Collective> = match &self.ranks {
             Ranks::Virtual(n) => Box::new(gfn::distributed::VirtualRanks::new(*n)?),
             #[cfg(feature = "mpi")]
-            Ranks::Mpi(m) => Box::new(m.clone()),
+            Ranks::Mpi(m) => Box::new(m.ranks()),
         };
         t.distribute(comm)?;
         if let Some(r) = t.ranks_mut() {
@@ -262,7 +275,6 @@ impl Launch {
     fn stop(&self, fatal: Fatal) -> Fatal {
         #[cfg(feature = "mpi")]
         if let Ranks::Mpi(m) = &self.ranks {
-            use gfn::distributed::Collective;
             let from_other = fatal.error.downcast_ref::<gfn::distributed::RankFailure>().is_some();
             if !from_other || m.rank() == 0 {
                 eprintln!("error: {}", format!("{:#}", fatal.error).replace('\n', " "));
@@ -270,7 +282,11 @@ impl Launch {
             if !from_other && m.size() > 1 {
                 m.abort(i32::from(fatal.code));
             }
-            std::process::exit(i32::from(fatal.code));
+            // Every rank knows of the failure: return, so MPI finalises on every rank.
+            return Fatal {
+                code: fatal.code,
+                error: Reported.into(),
+            };
         }
         fatal
     }
@@ -280,7 +296,7 @@ fn launch_ranks(virtual_ranks: Option<usize>, distributed: bool, verify: bool) -
     if distributed {
         #[cfg(feature = "mpi")]
         return Ok(Some(Launch {
-            ranks: Ranks::Mpi(std::rc::Rc::new(gfn::distributed::MpiRanks::init()?)),
+            ranks: Ranks::Mpi(gfn::distributed::MpiEnvironment::init()?),
             verify,
         }));
         #[cfg(not(feature = "mpi"))]

@@ -21,8 +21,9 @@ use std::ops::Range;
 use anyhow::{Result, bail};
 use gfn_core::rng::GfnRng;
 
-/// The ranks of a data-parallel run, as one process sees them.
-pub trait Collective {
+/// The ranks of a data-parallel run, as one process sees them. `Send`, so a trainer holding them
+/// can move between threads (Python releases the GIL around a step); it is never shared.
+pub trait Collective: Send {
     /// The number of ranks N.
     fn size(&self) -> usize;
     /// The ranks this process computes (all of them for virtual ranks, its own under MPI).
@@ -39,31 +40,6 @@ pub trait Collective {
     fn all_gather_bytes(&self, local: &[Vec<u8>]) -> Result<Vec<Vec<u8>>>;
     /// A short name for summaries: `virtual` or `mpi`.
     fn kind(&self) -> &'static str;
-}
-
-/// A shared handle (the `gfn` command keeps one to abort the job on a failure).
-impl<T: Collective + ?Sized> Collective for std::rc::Rc<T> {
-    fn size(&self) -> usize {
-        (**self).size()
-    }
-    fn local_ranks(&self) -> Range<usize> {
-        (**self).local_ranks()
-    }
-    fn all_gather_f32(&self, local: &[f32], out: &mut Vec<f32>) -> Result<()> {
-        (**self).all_gather_f32(local, out)
-    }
-    fn all_gather_f64(&self, local: &[f64], out: &mut Vec<f64>) -> Result<()> {
-        (**self).all_gather_f64(local, out)
-    }
-    fn all_gather_i32(&self, local: &[i32], out: &mut Vec<i32>) -> Result<()> {
-        (**self).all_gather_i32(local, out)
-    }
-    fn all_gather_bytes(&self, local: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
-        (**self).all_gather_bytes(local)
-    }
-    fn kind(&self) -> &'static str {
-        (**self).kind()
-    }
 }
 
 /// All N ranks in this process: every collective is a copy.
@@ -176,44 +152,76 @@ pub fn ordered_mean(gathered: &[f32], p: usize, out: &mut Vec<f32>) {
 }
 
 #[cfg(feature = "mpi")]
-pub use mpi_ranks::MpiRanks;
+pub use mpi_ranks::{MpiEnvironment, MpiRanks};
 
 #[cfg(feature = "mpi")]
 mod mpi_ranks {
     use super::*;
     use mpi::Count;
     use mpi::datatype::PartitionMut;
+    use mpi::environment::Threading;
     use mpi::topology::{Communicator, SimpleCommunicator};
     use mpi::traits::*;
+
+    /// MPI in this process, from `MPI_Init_thread` (serialized calls: a trainer may step on
+    /// another thread than the one that initialised MPI, never two at once) to `MPI_Finalize`
+    /// when it is dropped. Keep it alive until every trainer using its ranks is gone.
+    pub struct MpiEnvironment {
+        universe: mpi::environment::Universe,
+    }
+
+    impl MpiEnvironment {
+        /// Initialise MPI (once per process).
+        pub fn init() -> Result<Self> {
+            let Some((universe, level)) = mpi::initialize_with_threading(Threading::Serialized) else {
+                bail!("MPI is already initialised in this process");
+            };
+            if level < Threading::Serialized {
+                bail!("this MPI library provides thread level {level:?}; gfn needs serialized calls from any thread");
+            }
+            Ok(Self { universe })
+        }
+
+        /// This process's rank in `MPI_COMM_WORLD`.
+        pub fn rank(&self) -> usize {
+            self.universe.world().rank() as usize
+        }
+
+        /// The number of processes.
+        pub fn size(&self) -> usize {
+            self.universe.world().size() as usize
+        }
+
+        /// The ranks, to give a trainer ([`crate::train::Trainer::distribute`]).
+        pub fn ranks(&self) -> MpiRanks {
+            MpiRanks {
+                world: self.universe.world(),
+            }
+        }
+
+        /// Stop every rank of the job (`MPI_Abort`) with `code`: for a failure only this rank
+        /// knows of, which would leave the others waiting in an exchange.
+        pub fn abort(&self, code: i32) -> ! {
+            self.universe.world().abort(code)
+        }
+    }
 
     /// One rank per MPI process (`mpirun -n N`): collectives over `MPI_COMM_WORLD`.
     pub struct MpiRanks {
         world: SimpleCommunicator,
-        _universe: mpi::environment::Universe,
     }
 
-    impl MpiRanks {
-        /// Initialise MPI (once per process).
-        pub fn init() -> Result<Self> {
-            let Some(universe) = mpi::initialize() else {
-                bail!("MPI is already initialised in this process");
-            };
-            let world = universe.world();
-            Ok(Self {
-                world,
-                _universe: universe,
-            })
-        }
+    // SAFETY: the communicator is a handle of `MPI_COMM_WORLD`, which outlives it (the
+    // environment finalises MPI only when dropped); MPI was initialised for serialized calls
+    // from any thread, and `MpiRanks` is `Send` but not `Sync`, so one thread at a time calls
+    // through it.
+    #[allow(unsafe_code)]
+    unsafe impl Send for MpiRanks {}
 
+    impl MpiRanks {
         /// This process's rank.
         pub fn rank(&self) -> usize {
             self.world.rank() as usize
-        }
-
-        /// Stop every rank of the job (`MPI_Abort`) with `code`: for a failure only this rank
-        /// knows of, which would leave the others waiting in a collective.
-        pub fn abort(&self, code: i32) -> ! {
-            self.world.abort(code)
         }
 
         fn gather<T: Equivalence + Copy + Default>(&self, local: &[T], out: &mut Vec<T>) -> Result<()> {

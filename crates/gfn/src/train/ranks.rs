@@ -363,3 +363,96 @@ pub(super) fn saved_streams(ck: &crate::checkpoint::Checkpoint) -> Result<Vec<u3
         Some(_) => bail!("checkpoint tensor ranks/rng should be U32 words, eight per rank"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ops::Range;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use candle_core::Device;
+    use gfn_envs::{SequenceEnv, SequenceOrder};
+
+    use super::*;
+    use crate::config::TrainConfig;
+    use crate::distributed::VirtualRanks;
+
+    /// A trainer on 4-letter sequences of length 3, and its reward's call counter: the reward
+    /// fails on the call whose number is then stored in the second counter (0: never).
+    fn trainer() -> (Trainer, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let fail_at = Arc::new(AtomicUsize::new(0));
+        let (c, f) = (calls.clone(), fail_at.clone());
+        let reward = Arc::new(move |x: &[i32], out: &mut [f64]| -> gfn_core::Result<()> {
+            if c.fetch_add(1, Ordering::SeqCst) + 1 == f.load(Ordering::SeqCst) {
+                return Err(gfn_core::GfnError::Other("the reward model is down".into()));
+            }
+            let len = x.len() / out.len();
+            for (o, row) in out.iter_mut().zip(x.chunks(len)) {
+                *o = row.iter().map(|&c| c as f64).sum::<f64>() * 0.1;
+            }
+            Ok(())
+        });
+        let env = SequenceEnv::new("seq", 4, 3, SequenceOrder::Append, reward).unwrap();
+        let config = TrainConfig {
+            hidden: 16,
+            batch_size: 4,
+            ..TrainConfig::default()
+        };
+        let t = Trainer::with_env(config, Box::new(env), &Device::Cpu).unwrap();
+        (t, calls, fail_at)
+    }
+
+    #[test]
+    fn a_failing_rank_is_named_with_its_cause() {
+        // Virtual ranks: rank 1's batch is the second reward call of the first step.
+        let (mut t, calls, fail_at) = trainer();
+        fail_at.store(calls.load(Ordering::SeqCst) + 2, Ordering::SeqCst);
+        t.distribute(Box::new(VirtualRanks::new(2).unwrap())).unwrap();
+        let e = format!("{:#}", t.step().unwrap_err());
+        assert!(e.contains("rank 1") && e.contains("the reward model is down"), "{e}");
+        assert_eq!(t.iteration, 0);
+    }
+
+    /// Rank 0 of two processes, whose peer (rank 1) reports a failure in the step's exchange.
+    struct PeerFails;
+
+    impl Collective for PeerFails {
+        fn size(&self) -> usize {
+            2
+        }
+        fn local_ranks(&self) -> Range<usize> {
+            0..1
+        }
+        fn all_gather_f32(&self, local: &[f32], out: &mut Vec<f32>) -> Result<()> {
+            *out = [local, local].concat();
+            Ok(())
+        }
+        fn all_gather_f64(&self, local: &[f64], out: &mut Vec<f64>) -> Result<()> {
+            let mut peer = local.to_vec();
+            peer[0] = 1.0;
+            *out = [local, &peer[..]].concat();
+            Ok(())
+        }
+        fn all_gather_i32(&self, local: &[i32], out: &mut Vec<i32>) -> Result<()> {
+            *out = [local, local].concat();
+            Ok(())
+        }
+        fn all_gather_bytes(&self, local: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
+            Ok(vec![local[0].clone(), b"rank 1: out of memory".to_vec()])
+        }
+        fn kind(&self) -> &'static str {
+            "test"
+        }
+    }
+
+    #[test]
+    fn a_peer_failure_stops_this_rank_naming_the_peer() {
+        let (mut t, _, _) = trainer();
+        t.distribute(Box::new(PeerFails)).unwrap();
+        let e = t.step().unwrap_err();
+        let f = e.root_cause().downcast_ref::<RankFailure>().expect("a RankFailure");
+        assert_eq!((f.rank, f.message.as_str()), (1, "rank 1: out of memory"));
+        assert_eq!(t.iteration, 0, "no update after a failed exchange");
+    }
+}
