@@ -347,14 +347,7 @@ impl Trainer {
         py.detach(|| {
             let mut rng = rng_from_seed(seed);
             let mut sampler = Sampler::default();
-            net.sample(
-                env,
-                &mut sampler,
-                n,
-                SamplingOptions::default(),
-                &mut rng,
-                &mut batch,
-            )
+            net.sample(env, &mut sampler, n, SamplingOptions::default(), &mut rng, &mut batch)
         })
         .map_err(|e| raise(&self.errors, e.into()))?;
         let sd = t.env.state_dim();
