@@ -13,8 +13,8 @@ use serde_json::Value;
 
 use crate::bench::{CurvePoint, EbmPoint, Session};
 use crate::curves::{self, plot_line};
-use crate::plot::{Chart, Reference, Series};
-use crate::report::{Aggregate, Stats, fmt_num, pooled_std};
+use crate::plot::{Chart, Reference, Series, spans_decades};
+use crate::report::{Aggregate, Stats, fmt_num, pooled_std, records, row_stats};
 use crate::suite::{Agg, Extract, Metric, Output, RunSpec, Suite, SuiteOptions, f, num, ours_ms_per_iteration};
 
 // Hyper-parameters, in one place: papers.md §2.3 (2D synthetic: the README command of the official
@@ -517,22 +517,6 @@ fn acceptance(r: &Value) -> Option<f64> {
             .pointer("/ebm/acceptance")
             .and_then(Value::as_f64)
     })
-}
-
-/// The successful runs of one table row, as the JSON records the metrics read.
-fn records(session: &Session, group: &str, row: &str) -> Vec<Value> {
-    session
-        .runs
-        .iter()
-        .filter(|r| r.ok && r.group == group && r.row == row)
-        .filter_map(|r| serde_json::to_value(r).ok())
-        .collect()
-}
-
-/// Statistics over seeds of `value` in one row.
-fn row_stats(session: &Session, group: &str, row: &str, value: Extract) -> Option<Stats> {
-    let v: Vec<f64> = records(session, group, row).iter().filter_map(value).collect();
-    Stats::of(&v)
 }
 
 /// `mean ± std (n seeds)` with `digits` decimals (`value (1 seed)` for one).
@@ -1110,14 +1094,6 @@ fn chart<'a>(title: &'a str, y_label: &'a str, log_y: bool) -> Chart<'a> {
         log_x: false,
         log_y,
     }
-}
-
-/// Whether positive values spanning more than a factor of 10 are better read on a log axis.
-fn spans_decades(series: &[Series]) -> bool {
-    let ys = || series.iter().flat_map(|s| s.points.iter().map(|p| p.1));
-    let lo = ys().fold(f64::INFINITY, f64::min);
-    let hi = ys().fold(f64::NEG_INFINITY, f64::max);
-    lo > 0.0 && hi.is_finite() && hi / lo > 10.0
 }
 
 fn ebm_nll_uniform_of(p: &EbmPoint) -> Option<f64> {

@@ -12,8 +12,8 @@ use serde_json::Value;
 
 use crate::bench::{CurvePoint, Session};
 use crate::curves::{self, plot_line};
-use crate::plot::{self, Chart, Reference, Series};
-use crate::report::{Aggregate, Figure, Stats, Verdict, overall, pooled_std, seeds_cell, verdict};
+use crate::plot::{self, Chart, Reference, spans_decades};
+use crate::report::{Aggregate, Figure, Stats, Verdict, overall, pooled_std, row_stats, seeds_cell, verdict};
 use crate::suite::{Agg, Extract, Metric, Output, RunSpec, Suite, SuiteOptions, f, num, ours_ms_per_iteration};
 
 // Hyper-parameters, in one place: papers.md §1.2 (bag) and §1.3 (set), official code (FL-GFN
@@ -479,32 +479,6 @@ fn bag_figures() -> Vec<Figure> {
             digits: Some(4),
         },
     ]
-}
-
-/// The successful runs of one table row, as the JSON records the metrics read.
-fn records(session: &Session, group: &str, row: &str) -> Vec<Value> {
-    session
-        .runs
-        .iter()
-        .filter(|r| r.ok && r.group == group && r.row == row)
-        .filter_map(|r| serde_json::to_value(r).ok())
-        .collect()
-}
-
-/// Statistics over seeds of `value` in one table row.
-fn row_stats(session: &Session, group: &str, row: &str, value: Extract) -> Option<Stats> {
-    let v: Vec<f64> = records(session, group, row).iter().filter_map(value).collect();
-    Stats::of(&v)
-}
-
-/// Whether positive values spanning more than a factor of 10 are better read on a log axis.
-fn spans_decades(series: &[Series]) -> bool {
-    let ys = || series.iter().flat_map(|s| s.points.iter().map(|p| p.1));
-    let (lo, hi) = (
-        ys().fold(f64::INFINITY, f64::min),
-        ys().fold(f64::NEG_INFINITY, f64::max),
-    );
-    lo > 0.0 && hi.is_finite() && hi / lo > 10.0
 }
 
 /// The exact ceiling of a table's top-k metric as a reference line (mean over its runs; every run

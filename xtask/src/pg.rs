@@ -17,9 +17,9 @@ use serde_json::Value;
 
 use crate::bench::Session;
 use crate::curves::{self, plot_line};
-use crate::plot::{Chart, Reference, Series};
-use crate::report::{Aggregate, Figure, Stats, Verdict, fmt_num, overall, seeds_cell, verdict};
-use crate::suite::{Agg, Extract, Metric, Output, RunSpec, Suite, SuiteOptions, f, num, ours_ms_per_iteration};
+use crate::plot::{Chart, Reference, Series, spans_decades};
+use crate::report::{Aggregate, Figure, Stats, Verdict, fmt_num, overall, records, row_stats, seeds_cell, verdict};
+use crate::suite::{Agg, Metric, Output, RunSpec, Suite, SuiteOptions, f, num, ours_ms_per_iteration};
 
 // Hyper-parameters, in one place: papers.md §4.1 (the official code's common settings) and §4.2
 // (tasks). Where ours differ, the constant says why.
@@ -519,22 +519,6 @@ fn bitseq_figures() -> Vec<Figure> {
     ]
 }
 
-/// The successful runs of one table row, as the JSON records the metrics read.
-fn records(session: &Session, group: &str, row: &str) -> Vec<Value> {
-    session
-        .runs
-        .iter()
-        .filter(|r| r.ok && r.group == group && r.row == row)
-        .filter_map(|r| serde_json::to_value(r).ok())
-        .collect()
-}
-
-/// Statistics over seeds of `value` in one table row.
-fn row_stats(session: &Session, group: &str, row: &str, value: Extract) -> Option<Stats> {
-    let v: Vec<f64> = records(session, group, row).iter().filter_map(value).collect();
-    Stats::of(&v)
-}
-
 /// The best of `rows` by a figure: `(row, its statistics)`; `None` when no row has the figure.
 fn best<'a>(session: &Session, group: &str, rows: &[&'a str], fig: &Figure) -> Option<(&'a str, Stats)> {
     rows.iter()
@@ -721,16 +705,6 @@ pub(crate) fn jsonl_series(session: &Session, dir: &Path, group: &str, pointer: 
             })
         })
         .collect()
-}
-
-/// Whether positive values spanning more than a factor of 10 are better read on a log axis.
-fn spans_decades(series: &[Series]) -> bool {
-    let ys = || series.iter().flat_map(|s| s.points.iter().map(|p| p.1));
-    let (lo, hi) = (
-        ys().fold(f64::INFINITY, f64::min),
-        ys().fold(f64::NEG_INFINITY, f64::max),
-    );
-    lo > 0.0 && hi.is_finite() && hi / lo > 10.0
 }
 
 /// Draws one figure against trajectories for `group`; `log_ok`: on a log y axis when it spans

@@ -273,6 +273,16 @@ pub fn line_chart_with(path: &Path, chart: &Chart, series: &[Series], references
     Ok(())
 }
 
+/// Whether positive values spanning more than a factor of 10 are better read on a log axis.
+pub fn spans_decades(series: &[Series]) -> bool {
+    let ys = || series.iter().flat_map(|s| s.points.iter().map(|p| p.1));
+    let (lo, hi) = (
+        ys().fold(f64::INFINITY, f64::min),
+        ys().fold(f64::NEG_INFINITY, f64::max),
+    );
+    lo > 0.0 && hi.is_finite() && hi / lo > 10.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -515,6 +515,22 @@ pub fn markdown(suite: &Suite, session: &Session, aggs: &[Aggregate], complete: 
     md
 }
 
+/// The successful runs of one table row, as the JSON records the metrics read.
+pub fn records(session: &Session, group: &str, row: &str) -> Vec<Value> {
+    session
+        .runs
+        .iter()
+        .filter(|r| r.ok && r.group == group && r.row == row)
+        .filter_map(|r| serde_json::to_value(r).ok())
+        .collect()
+}
+
+/// Statistics over seeds of `value` in one table row.
+pub fn row_stats(session: &Session, group: &str, row: &str, value: crate::suite::Extract) -> Option<Stats> {
+    let v: Vec<f64> = records(session, group, row).iter().filter_map(value).collect();
+    Stats::of(&v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -636,43 +636,71 @@ fn task_metrics_are_reported_and_resume() {
         serde_json::from_slice(&std::fs::read(full.join("summary.json")).unwrap()).unwrap();
     let task = &summary["task"];
     assert_eq!(task["modes"], 60.0);
-    let found = task["modes_found"].as_f64().unwrap();
-    assert!((0.0..=60.0).contains(&found), "{task}");
-    let rho = task["test_spearman"].as_f64().unwrap();
-    assert!((-1.0..=1.0).contains(&rho), "{task}");
+    // 24-bit sequences all lie within δ = 30 of every mode: every mode counts as found.
+    assert_eq!(task["modes_found"], 60.0, "{task}");
+    let read = |d: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(d.join("summary.json")).unwrap()).unwrap()
+    };
+    // The test-set Spearman of a trained policy against the untrained one (same seed): measured
+    // −0.16 after 1 iteration and 0.91 after 400 (TB).
+    let spearman = |n: &'static str| -> f64 {
+        let d = tmp(&format!("task-rho-{n}"));
+        run_ok(&small(
+            &d,
+            &[&bits[..], &["--iterations", n, "--loss", "tb"][..]].concat(),
+        ));
+        let rho = read(&d)["task"]["test_spearman"].as_f64().unwrap();
+        let _ = std::fs::remove_dir_all(d);
+        rho
+    };
+    let (untrained, trained) = (spearman("1"), spearman("400"));
+    assert!(
+        trained > 0.8 && trained > untrained + 0.5,
+        "test Spearman {untrained} → {trained}"
+    );
 
-    let bn = tmp("task-bn");
-    run_ok(&small(
-        &bn,
-        &[
-            "--env",
-            "bayesnet",
-            "--bn-nodes",
-            "3",
-            "--iterations",
-            "30",
-            "--loss",
-            "tb",
-        ],
-    ));
-    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(bn.join("summary.json")).unwrap()).unwrap();
-    let task = &summary["task"];
-    for k in ["expected_shd", "posterior_expected_shd"] {
-        let v = task[k].as_f64().unwrap();
-        assert!(
-            (0.0..=3.0).contains(&v),
-            "{k} = {v}: at most 3 edges to get wrong on 3 nodes"
+    // Bayesian network on 3 nodes (25 DAGs, exact): the posterior's figures are the same for an
+    // untrained and a trained policy; the policy's expected SHD moves to the posterior's
+    // (measured: 1.953 after 1 iteration, 1.619 after 300, posterior 1.621) and its TV drops
+    // (0.384 → 0.148).
+    let bn_run = |n: &'static str| -> serde_json::Value {
+        let d = tmp(&format!("task-bn-{n}"));
+        run_ok(&small(
+            &d,
+            &[
+                "--env",
+                "bayesnet",
+                "--bn-nodes",
+                "3",
+                "--iterations",
+                n,
+                "--loss",
+                "tb",
+            ],
+        ));
+        let s = read(&d);
+        let _ = std::fs::remove_dir_all(d);
+        s
+    };
+    let (before, after) = (bn_run("1"), bn_run("300"));
+    for k in ["posterior_expected_shd", "posterior_edge_auroc"] {
+        assert_eq!(
+            before["task"][k], after["task"][k],
+            "{k} is a property of the posterior"
         );
     }
-    for k in ["edge_auroc", "posterior_edge_auroc"] {
-        let v = task[k].as_f64().unwrap();
-        assert!(v.is_nan() || (0.0..=1.0).contains(&v), "{k} = {v}");
-    }
+    let gap = |s: &serde_json::Value| {
+        (s["task"]["expected_shd"].as_f64().unwrap() - s["task"]["posterior_expected_shd"].as_f64().unwrap()).abs()
+    };
     assert!(
-        summary["exact"]["tv"].as_f64().is_some(),
-        "the 25 DAGs on 3 nodes are evaluated exactly"
+        gap(&after) < gap(&before) / 4.0,
+        "SHD gap {} → {}",
+        gap(&before),
+        gap(&after)
     );
-    for d in [full, part, bn] {
+    let tv = |s: &serde_json::Value| s["exact"]["tv"].as_f64().unwrap();
+    assert!(tv(&after) < tv(&before) / 2.0, "TV {} → {}", tv(&before), tv(&after));
+    for d in [full, part] {
         let _ = std::fs::remove_dir_all(d);
     }
 }
@@ -1406,27 +1434,37 @@ fn ebm_tasks_train_report_and_resume() {
     let nll = s["ebm"]["nll_uniform_is"]["value"].as_f64().unwrap();
     assert!(nll < 64.0 * std::f64::consts::LN_2 - 0.1, "digits NLL {nll}: {s}");
     assert!(s["gfn"].is_null());
-    // 2D data with EB-GFN and GFlowNet negatives: NLLs, MMD and the samples plot.
-    let two_d = tmp("ebm-2d");
-    run_ok(&ebm(
-        &two_d,
-        &[
-            "--env",
-            "ebm-2d",
-            "--dataset",
-            "moons",
-            "--negatives",
-            "gfn",
-            "--iterations",
-            "10",
-            "--eval-every",
-            "10",
-        ],
-    ));
-    let s = summary(&two_d);
-    for p in ["/ebm/nll/value", "/gfn/nll/value", "/mmd_e4"] {
-        assert!(s.pointer(p).and_then(|v| v.as_f64()).unwrap().is_finite(), "{p}: {s}");
-    }
+    // 2D data with EB-GFN and GFlowNet negatives: NLLs, MMD and the samples plot, after 60
+    // iterations and (the untrained sampler of the same seed) after 1.
+    let moons = |name: &str, n: &str| -> (PathBuf, serde_json::Value) {
+        let dir = tmp(name);
+        let args = ["--env", "ebm-2d", "--dataset", "moons", "--negatives", "gfn"];
+        run_ok(&ebm(
+            &dir,
+            &[&args[..], &["--iterations", n, "--eval-every", n]].concat(),
+        ));
+        let s = summary(&dir);
+        (dir, s)
+    };
+    let (two_d, s) = moons("ebm-2d", "60");
+    assert!(s["ebm"]["nll"]["value"].as_f64().is_some(), "{s}");
+    // The GFlowNet's samples move toward the data (measured with these options: MMD·10⁴
+    // 325 → 196).
+    let (untrained, u) = moons("ebm-2d-untrained", "1");
+    let f = |s: &serde_json::Value, p: &str| s.pointer(p).and_then(|v| v.as_f64()).unwrap();
+    assert!(
+        f(&s, "/mmd_e4") < 0.75 * f(&u, "/mmd_e4"),
+        "MMD {} → {}",
+        f(&u, "/mmd_e4"),
+        f(&s, "/mmd_e4")
+    );
+    assert!(
+        f(&s, "/gfn/nll/value") < f(&u, "/gfn/nll/value"),
+        "GFlowNet NLL {} → {}",
+        f(&u, "/gfn/nll/value"),
+        f(&s, "/gfn/nll/value")
+    );
+    let _ = std::fs::remove_dir_all(untrained);
     assert!(std::fs::metadata(two_d.join("samples.png")).unwrap().len() > 1000);
     // Bad input names the field and what is allowed.
     assert_usage_error(
@@ -1452,30 +1490,43 @@ fn ebm_tasks_train_report_and_resume() {
 /// device engine on the CPU (gfn-cuda's references) is tested in gfn-cuda.
 #[test]
 fn ising_fixed_trains_on_the_cpu() {
-    let dir = tmp("ising-fixed");
-    let o = gfn(&[
-        "train",
-        "--env",
-        "ising-fixed",
-        "--lattice",
-        "3",
-        "--sigma",
-        "0.2",
-        "--batch-size",
-        "8",
-        "--iterations",
-        "20",
-        "--eval-every",
-        "20",
-        "--hidden",
-        "16",
-        "--out",
-        dir.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
-    assert!(summary["final_loss"].as_f64().is_some_and(f64::is_finite), "{summary}");
+    // The 2^9 states of the 3×3 lattice are evaluated exactly: the learned log Z approaches the
+    // true one (measured: error 8.36 after 1 iteration, 2.56 after 100).
+    let run = |n: &str| -> serde_json::Value {
+        let dir = tmp(&format!("ising-fixed-{n}"));
+        let o = gfn(&[
+            "train",
+            "--env",
+            "ising-fixed",
+            "--lattice",
+            "3",
+            "--sigma",
+            "0.2",
+            "--batch-size",
+            "8",
+            "--iterations",
+            n,
+            "--eval-every",
+            n,
+            "--hidden",
+            "16",
+            "--out",
+            dir.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let s = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+        s
+    };
+    let (before, after) = (run("1"), run("100"));
+    let err = |s: &serde_json::Value| s["log_z"]["error"].as_f64().unwrap().abs();
+    assert_eq!(before["log_z"]["true"], after["log_z"]["true"]);
+    assert!(
+        err(&after) < err(&before) / 2.0,
+        "log Z error {} → {}",
+        err(&before),
+        err(&after)
+    );
 }
 
 /// The device engine (run here on its CPU reference ops, `--device cpu-kernels`) checkpoints and
@@ -2031,6 +2082,14 @@ fn virtual_ranks_reproduce_resume_and_refuse() {
         assert!(!dir.exists(), "{args:?}: a refused run left {d} behind");
     }
     assert_usage_error(&["train", "--out", d, "--virtual-ranks", "0"], &["--virtual-ranks 0"]);
+    assert_usage_error(
+        &["train", "--out", d, "--virtual-ranks", "4294967297"],
+        &["ranks", "4294967297"],
+    );
+    assert_usage_error(
+        &["train", "--out", d, "--virtual-ranks", "1000000"],
+        &["ranks = 1000000", "memory"],
+    );
     assert_usage_error(&["train", "--out", d, "--verify-ranks"], &["--verify-ranks"]);
     assert_usage_error(
         &["train", "--env", "ising", "--out", d, "--virtual-ranks", "2"],

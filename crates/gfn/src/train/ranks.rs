@@ -72,6 +72,9 @@ impl GradSink<'_> {
 /// generator's eight state words.
 const HEADER: usize = 3 + 8;
 
+/// The most ranks a run may have.
+pub const MAX_RANKS: usize = 1 << 20;
+
 /// A data-parallel run's ranks as this process holds them, and the step's buffers.
 pub struct Ranks {
     comm: Box<dyn Collective>,
@@ -130,6 +133,22 @@ impl Trainer {
     /// update per batch, and replay unless `replay_shared`.
     pub fn distribute(&mut self, comm: Box<dyn Collective>) -> Result<()> {
         let n = comm.size();
+        if n > MAX_RANKS {
+            bail!("invalid number of ranks {n}: at most {MAX_RANKS}");
+        }
+        // The exchange's buffers grow with the ranks: every rank's gradients and objects.
+        let per_rank = 4.0 * 2.0 * self.optimizer.num_params() as f64
+            + 2.0 * self.config.batch_size as f64 * (4.0 * self.env.state_dim() as f64 + 8.0)
+            + 8.0 * (HEADER as f64 + 8.0);
+        crate::memory::check(
+            &[crate::memory::Need {
+                field: "ranks",
+                value: n.to_string(),
+                what: "the ranks' gradients and objects exchanged each step".into(),
+                bytes: per_rank * n as f64,
+            }],
+            crate::memory::machine_memory(),
+        )?;
         let refuse = |what: &str| -> Result<()> { bail!("data-parallel training ({n} ranks) does not support {what}") };
         if self.device_engine.is_some() {
             refuse(&format!("device = {} (train on the cpu)", self.config.device))?;
