@@ -1085,7 +1085,11 @@ impl Trainer {
         (self.loss_sum, self.loss_count) = ck.loss_window;
         self.saved_streams = ranks::saved_streams(ck)?;
         if let Some(r) = self.ranks.take() {
+            let verify = r.verify();
             self.distribute(r.into_comm())?;
+            if let Some(r) = &mut self.ranks {
+                r.set_verify(verify);
+            }
         }
         Ok(())
     }

@@ -122,6 +122,10 @@ impl Ranks {
     pub fn set_verify(&mut self, on: bool) {
         self.verify = on;
     }
+    /// Whether every step checks the ranks' parameters ([`Ranks::set_verify`]).
+    pub fn verify(&self) -> bool {
+        self.verify
+    }
 }
 
 impl Trainer {
@@ -431,6 +435,31 @@ mod tests {
         let e = format!("{:#}", t.step().unwrap_err());
         assert!(e.contains("rank 1") && e.contains("the reward model is down"), "{e}");
         assert_eq!(t.iteration, 0);
+    }
+
+    /// A checkpoint of a two-rank run restored into a trainer with two ranks continues it bit for
+    /// bit (every rank's stream restored), and keeps the ranks' checks.
+    #[test]
+    fn restoring_keeps_the_ranks_and_their_streams() {
+        let two = || -> Trainer {
+            let (mut t, _, _) = trainer();
+            t.distribute(Box::new(VirtualRanks::new(2).unwrap())).unwrap();
+            t.ranks_mut().unwrap().set_verify(true);
+            t
+        };
+        let mut a = two();
+        for _ in 0..3 {
+            a.step().unwrap();
+        }
+        let mut b = two();
+        b.restore(&a.checkpoint().unwrap()).unwrap();
+        assert!(b.ranks().unwrap().verify());
+        for _ in 0..3 {
+            a.step().unwrap();
+            b.step().unwrap();
+        }
+        assert_eq!(a.checkpoint().unwrap().tensors, b.checkpoint().unwrap().tensors);
+        assert_eq!(b.ranks().unwrap().verified_steps, 3);
     }
 
     /// Rank 0 of two processes, whose peer (rank 1) reports a failure in the step's exchange.
