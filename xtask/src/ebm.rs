@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::bench::{CurvePoint, EbmPoint, Session};
 use crate::curves::{self, plot_line};
 use crate::plot::{Chart, Reference, Series, spans_decades};
-use crate::report::{Aggregate, Stats, fmt_num, pooled_std, records, row_stats};
+use crate::report::{Aggregate, Stats, fmt_num, records, row_stats};
 use crate::suite::{Agg, Extract, Metric, Output, RunSpec, Suite, SuiteOptions, f, num, ours_ms_per_iteration};
 
 // Hyper-parameters, in one place: papers.md §2.3 (2D synthetic: the README command of the official
@@ -844,11 +844,11 @@ fn targets_digits(session: &Session) -> Vec<Target> {
 /// Which method wins a comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Winner {
-    /// EB-GFN, by more than one pooled standard deviation.
+    /// EB-GFN, p < 0.05.
     EbGfn,
-    /// PCD, by more than one pooled standard deviation.
+    /// PCD, p < 0.05.
     Pcd,
-    /// Within one pooled standard deviation.
+    /// Not told apart: p ≥ 0.05.
     Neither,
     /// One seed each: no spread to judge by.
     Undecided,
@@ -859,30 +859,32 @@ impl Winner {
         match self {
             Winner::EbGfn => "**EB-GFN**",
             Winner::Pcd => "**PCD**",
-            Winner::Neither => "neither (within one pooled std)",
+            Winner::Neither => "neither (p ≥ 0.05)",
             Winner::Undecided => "undecided (one seed each)",
         }
     }
 }
 
-/// The winner of EB-GFN (`eb`) against PCD (`pcd`) on a figure, by the means over seeds against
-/// one pooled standard deviation.
-fn winner(eb: &Stats, pcd: &Stats, higher_is_better: bool) -> Winner {
-    let Some(pooled) = pooled_std(eb, pcd) else {
-        return Winner::Undecided;
+/// The winner of EB-GFN (`eb`) against PCD (`pcd`) on a figure, by the one judge
+/// ([`crate::judge`]: Welch's test at level 0.05), with its test figures.
+fn winner(eb: &Stats, pcd: &Stats, higher_is_better: bool) -> (Winner, crate::judge::Judgement) {
+    use crate::judge::{Better, Verdict, judge};
+    let j = judge(
+        eb,
+        pcd,
+        if higher_is_better {
+            Better::Higher
+        } else {
+            Better::Lower
+        },
+    );
+    let w = match (j.p, j.verdict) {
+        (None, _) => Winner::Undecided,
+        (_, Verdict::Reproduced) => Winner::EbGfn,
+        (_, Verdict::NotReproduced) => Winner::Pcd,
+        (_, Verdict::Undecided) => Winner::Neither,
     };
-    let gain = if higher_is_better {
-        eb.mean - pcd.mean
-    } else {
-        pcd.mean - eb.mean
-    };
-    if gain.abs() <= pooled {
-        Winner::Neither
-    } else if gain > 0.0 {
-        Winner::EbGfn
-    } else {
-        Winner::Pcd
-    }
+    (w, j)
 }
 
 /// A figure of the EB-GFN–PCD comparison.
@@ -933,7 +935,7 @@ fn comparisons(session: &Session, md: &mut String) -> Vec<Winner> {
             ) else {
                 continue;
             };
-            let w = winner(&a, &b, fig.higher_is_better);
+            let (w, j) = winner(&a, &b, fig.higher_is_better);
             out.push(w);
             md.push_str(&format!(
                 "| {label} | {} ({} is better) | {} | {} | {} | {} | {} |\n",
@@ -942,7 +944,7 @@ fn comparisons(session: &Session, md: &mut String) -> Vec<Winner> {
                 cell(&a, 3),
                 cell(&b, 3),
                 fmt_num(a.mean - b.mean, 3),
-                pooled_std(&a, &b).map_or_else(|| "—".into(), |p| fmt_num(p, 3)),
+                j.detail(),
                 w.word()
             ));
         }
@@ -1037,13 +1039,14 @@ fn targets(session: &Session) -> String {
 
     md.push_str(
         "\n### EB-GFN against PCD\n\nThe same data, batch, EBM, learning rate and iterations; PCD makes one Gibbs \
-         sweep (D single-site updates) of its persistent chains per iteration. A method wins a figure when its \
-         mean over seeds is better by more than one pooled standard deviation. NLLs are on the uniform-IS \
+         sweep (D single-site updates) of its persistent chains per iteration. A method wins a figure by the one \
+         judge of every suite: Welch's two-sided t-test on the per-seed figures, p < 0.05 (g: Hedges' effect \
+         size, positive in EB-GFN's favour). NLLs are on the uniform-IS \
          protocol, the one figure both methods have (PCD trains no GFlowNet to importance-sample with); on the \
          64-bit digits it is biased low for both.\n\n",
     );
     md.push_str(
-        "| task | figure | EB-GFN | PCD | difference | pooled std | winner |\n|---|---|---|---|---:|---:|---|\n",
+        "| task | figure | EB-GFN | PCD | difference | Welch test | winner |\n|---|---|---|---|---:|---|---|\n",
     );
     let w = comparisons(session, &mut md);
     let count = |x: Winner| w.iter().filter(|&&y| y == x).count();
@@ -1513,12 +1516,14 @@ mod tests {
         assert!((by - 0.5).abs() < 1e-12);
 
         let (good, bad) = (stats(&[20.0, 20.1, 20.2]), stats(&[21.0, 21.1, 21.2]));
-        assert_eq!(winner(&good, &bad, false), Winner::EbGfn);
-        assert_eq!(winner(&bad, &good, false), Winner::Pcd);
-        assert_eq!(winner(&good, &bad, true), Winner::Pcd);
-        assert_eq!(winner(&good, &stats(&[20.05, 20.15, 20.25]), false), Winner::Neither);
-        assert_eq!(winner(&good, &stats(&[20.15, 20.25, 20.35]), false), Winner::EbGfn);
-        assert_eq!(winner(&stats(&[1.0]), &stats(&[5.0]), false), Winner::Undecided);
+        assert_eq!(winner(&good, &bad, false).0, Winner::EbGfn);
+        assert_eq!(winner(&bad, &good, false).0, Winner::Pcd);
+        assert_eq!(winner(&good, &bad, true).0, Winner::Pcd);
+        assert_eq!(winner(&good, &stats(&[20.05, 20.15, 20.25]), false).0, Winner::Neither);
+        // 1.8 standard deviations apart with three seeds each: not told apart by the test.
+        assert_eq!(winner(&good, &stats(&[20.18, 20.28, 20.38]), false).0, Winner::Neither);
+        assert_eq!(winner(&good, &stats(&[20.5, 20.6, 20.7]), false).0, Winner::EbGfn);
+        assert_eq!(winner(&stats(&[1.0]), &stats(&[5.0]), false).0, Winner::Undecided);
     }
 
     /// A summary and curve of one run (figures for its kind of task).
@@ -1730,7 +1735,10 @@ mod tests {
         // EB-GFN against PCD: better NLL and MMD on 2spirals; level NLL on checkerboard; no
         // comparison on pinwheel (no PCD run); Ising 10×10 level within a pooled std, 9×9 EB-GFN.
         assert!(line("| 2spirals | EBM NLL, uniform IS (lower is better)").ends_with("| **EB-GFN** |"));
-        assert!(line("| checkerboard | EBM NLL, uniform IS").contains("neither (within one pooled std)"));
+        assert!(
+            line("| checkerboard | EBM NLL, uniform IS").contains("neither (p ≥ 0.05)"),
+            "{md}"
+        );
         assert!(!md.contains("| pinwheel |"));
         assert!(line("| 10×10 σ 0.1 | −log RMSE(J) (higher is better)").contains("neither"));
         assert!(line("| 9×9 σ -0.1 | −log RMSE(J)").ends_with("| **EB-GFN** |"));

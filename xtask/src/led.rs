@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::bench::{CurvePoint, Session};
 use crate::curves::{self, plot_line};
 use crate::plot::{self, Chart, Reference, spans_decades};
-use crate::report::{Aggregate, Figure, Stats, Verdict, overall, pooled_std, row_stats, seeds_cell, verdict};
+use crate::report::{Aggregate, Stats, row_stats, seeds_cell};
 use crate::suite::{Agg, Extract, Metric, Output, RunSpec, Suite, SuiteOptions, f, num, ours_ms_per_iteration};
 
 // Hyper-parameters, in one place: papers.md §1.2 (bag) and §1.3 (set), official code (FL-GFN
@@ -434,53 +434,6 @@ fn reached_ceiling(r: &Value) -> Option<f64> {
     Some(if trajectories_to_ceiling(r).is_some() { 1.0 } else { 0.0 })
 }
 
-/// [`trajectories_to_ceiling`], a run that never got there counting its whole length (a lower
-/// bound of its true figure): for comparisons between methods.
-fn trajectories_to_ceiling_bounded(r: &Value) -> Option<f64> {
-    reached_ceiling(r)?;
-    trajectories_to_ceiling(r).or_else(|| num(r, "/summary/trajectories"))
-}
-
-/// Figures of the set tasks.
-fn set_figures() -> Vec<Figure> {
-    vec![
-        Figure {
-            name: "final top-100 mean reward",
-            value: |r| num(r, "/summary/top_k/mean_reward"),
-            higher_is_better: true,
-            reached: None,
-            digits: None,
-        },
-        Figure {
-            name: "trajectories to within 1% of the ceiling",
-            value: trajectories_to_ceiling_bounded,
-            higher_is_better: false,
-            reached: Some(reached_ceiling),
-            digits: Some(0),
-        },
-    ]
-}
-
-/// Figures of the bag task.
-fn bag_figures() -> Vec<Figure> {
-    vec![
-        Figure {
-            name: "modes found",
-            value: |r| num(r, "/summary/modes/found"),
-            higher_is_better: true,
-            reached: None,
-            digits: Some(1),
-        },
-        Figure {
-            name: "final \\|relative error\\|",
-            value: |r| num(r, "/summary/recent/relative_error").map(f64::abs),
-            higher_is_better: false,
-            reached: None,
-            digits: Some(4),
-        },
-    ]
-}
-
 /// The exact ceiling of a table's top-k metric as a reference line (mean over its runs; every run
 /// of a task has the same).
 fn ceiling_reference(session: &Session, group: &str) -> Vec<Reference> {
@@ -565,42 +518,6 @@ fn task_plots(session: &Session, dir: &Path, group: &str) -> Result<String> {
     Ok(md)
 }
 
-/// The claims' comparisons of one task: LED-DB and LED-SubTB against DB and FL-DB.
-fn compare_task(session: &Session, label: &str, group: &str, figures: &[Figure], md: &mut String) -> Vec<Verdict> {
-    let mut verdicts = Vec::new();
-    for fig in figures {
-        for led in ["led-db", "led-subtb"] {
-            for base in ["db", "fl-db"] {
-                let (Some(a), Some(b)) = (
-                    row_stats(session, group, led, fig.value),
-                    row_stats(session, group, base, fig.value),
-                ) else {
-                    continue;
-                };
-                let v = verdict(&a, &b, fig.higher_is_better);
-                verdicts.push(v);
-                let side = |row: &str, s: &Stats| {
-                    let reached = fig
-                        .reached
-                        .and_then(|x| row_stats(session, group, row, x))
-                        .map(|r| format!(", got there in {:.0} of {}", r.mean * r.n as f64, r.n))
-                        .unwrap_or_default();
-                    format!("{row} {}{reached}", seeds_cell(s, fig.digits))
-                };
-                md.push_str(&format!(
-                    "| {label} | {} ({} is better) | {} | {} | **{}** |\n",
-                    fig.name,
-                    if fig.higher_is_better { "higher" } else { "lower" },
-                    side(led, &a),
-                    side(base, &b),
-                    v.word()
-                ));
-            }
-        }
-    }
-    verdicts
-}
-
 /// The γ ablation's claim line: the best γ by final top-100 mean reward.
 fn gamma_claim(session: &Session) -> String {
     let top_k: Extract = |r| num(r, "/summary/top_k/mean_reward");
@@ -618,15 +535,15 @@ fn gamma_claim(session: &Session) -> String {
         .collect();
     let (best, s) = &rows[0];
     let margin = match rows.get(1) {
-        Some((g2, s2)) => format!(
-            "; the runner-up γ = {} is {}",
-            f(*g2),
-            match (pooled_std(s, s2), verdict(s, s2, true)) {
-                (None, _) => "not told apart with one seed each",
-                (_, Verdict::Agrees) => "more than one pooled std behind",
-                _ => "within one pooled std",
-            }
-        ),
+        Some((g2, s2)) => {
+            let j = crate::judge::judge(s, s2, crate::judge::Better::Higher);
+            format!(
+                "; against the runner-up γ = {}: {} ({})",
+                f(*g2),
+                j.verdict.word(),
+                j.detail()
+            )
+        }
         None => String::new(),
     };
     format!(
@@ -673,39 +590,7 @@ fn extra(session: &Session, _aggs: &[Aggregate], dir: &Path) -> Result<String> {
     }
     md.push_str(&top_k_plot(session, dir, GAMMA)?);
 
-    md.push_str("\n## The paper's claims\n\n");
-    md.push_str(
-        "LED-GFN (led-db, led-subtb) against DB and FL-DB, mean ± sample std over seeds. A comparison \
-         **agrees** with the paper when LED is better by more than one pooled standard deviation, **disagrees** \
-         when it is worse by more, and is **inconclusive** otherwise (always with one seed per method: no spread \
-         to judge by). Trajectories to within 1% of the ceiling: a seed that never got there counts as its whole \
-         run (a lower bound).\n\n",
-    );
-    md.push_str("| task | figure | LED-GFN | baseline | verdict |\n|---|---|---|---|---|\n");
-    let mut lines = String::new();
-    for (label, group, figures) in [
-        ("set small", SET_SMALL, set_figures()),
-        ("set medium", SET_MEDIUM, set_figures()),
-        ("bag", BAG, bag_figures()),
-    ] {
-        let v = compare_task(session, label, group, &figures, &mut md);
-        if v.is_empty() {
-            continue;
-        }
-        let count = |x: Verdict| v.iter().filter(|&&y| y == x).count();
-        let names: Vec<&str> = figures.iter().map(|f| f.name).collect();
-        lines.push_str(&format!(
-            "- *LED-GFN beats DB and FL-DB on {label}* ({}): **{}** (agrees in {} of {} comparisons, inconclusive in {}, disagrees in {}).\n",
-            names.join(", "),
-            overall(&v),
-            count(Verdict::Agrees),
-            v.len(),
-            count(Verdict::Inconclusive),
-            count(Verdict::Disagrees)
-        ));
-    }
-    md.push('\n');
-    md.push_str(&lines);
+    md.push_str("\n## Further claims\n\n");
     md.push_str(&gamma_claim(session));
     md.push_str(&led_cost_claim(session));
     Ok(md)
@@ -798,31 +683,6 @@ mod tests {
         assert_eq!(led(&opts(true, Some(2))).runs.len(), 2 * (3 * 6 + 4));
     }
 
-    fn stats(v: &[f64]) -> Stats {
-        Stats::of(v).unwrap()
-    }
-
-    #[test]
-    fn verdicts() {
-        let high = stats(&[10.0, 11.0, 12.0]);
-        let low = stats(&[5.0, 6.0, 7.0]);
-        let near = stats(&[10.5, 11.5, 9.5]);
-        assert_eq!(verdict(&high, &low, true), Verdict::Agrees);
-        assert_eq!(verdict(&low, &high, true), Verdict::Disagrees);
-        assert_eq!(verdict(&low, &high, false), Verdict::Agrees);
-        assert_eq!(verdict(&high, &low, false), Verdict::Disagrees);
-        assert_eq!(verdict(&high, &near, true), Verdict::Inconclusive);
-        assert_eq!(verdict(&near, &high, false), Verdict::Inconclusive);
-        // One seed per side: no spread, however large the difference.
-        assert_eq!(verdict(&stats(&[100.0]), &stats(&[1.0]), true), Verdict::Inconclusive);
-        // Exactly one pooled std apart is not enough; one and a half is.
-        let (a, b) = (stats(&[1.0, 2.0, 3.0]), stats(&[2.0, 3.0, 4.0]));
-        assert_eq!(pooled_std(&a, &b), Some(1.0));
-        assert_eq!(verdict(&a, &b, false), Verdict::Inconclusive);
-        assert_eq!(verdict(&a, &stats(&[2.5, 3.5, 4.5]), false), Verdict::Agrees);
-        assert!((pooled_std(&stats(&[1.0, 3.0]), &stats(&[3.0, 5.0])).unwrap() - 2f64.sqrt()).abs() < 1e-12);
-        assert!((pooled_std(&stats(&[2.0]), &stats(&[1.0, 3.0])).unwrap() - 2f64.sqrt()).abs() < 1e-12);
-    }
 
     /// A run record whose top-k mean follows `means` (one evaluation per 100 trajectories, `k`
     /// objects held from the `full_from`-th evaluation on), with ceiling `ceiling`.
@@ -851,18 +711,15 @@ mod tests {
         let r = record(&[1.2, 0.5, 0.98, 0.991, 0.995], 1, Some(1.0));
         assert_eq!(trajectories_to_ceiling(&r), Some(400.0));
         assert_eq!(reached_ceiling(&r), Some(1.0));
-        assert_eq!(trajectories_to_ceiling_bounded(&r), Some(400.0));
         assert!((fraction_of_ceiling(&r).unwrap() - 0.995).abs() < 1e-12);
 
         let never = record(&[0.5, 0.9, 0.985], 0, Some(1.0));
         assert_eq!(trajectories_to_ceiling(&never), None);
         assert_eq!(reached_ceiling(&never), Some(0.0));
-        assert_eq!(trajectories_to_ceiling_bounded(&never), Some(300.0));
 
         let unknown = record(&[0.5, 1.0], 0, None);
         assert_eq!(trajectories_to_ceiling(&unknown), None);
         assert_eq!(reached_ceiling(&unknown), None);
-        assert_eq!(trajectories_to_ceiling_bounded(&unknown), None);
         assert_eq!(fraction_of_ceiling(&unknown), None);
     }
 
@@ -967,15 +824,23 @@ mod tests {
             !dir.join(format!("{}-top100-mean.png", curves::slug(SET_MEDIUM)))
                 .exists()
         );
-        assert!(!md.contains("| set medium |"));
-        assert!(md.contains("| bag | modes found (higher is better) | led-subtb 40.5 ± 0.7 (2 seeds) | db 50.5 ± 0.7 (2 seeds) | **disagrees** |"));
-        assert!(md.contains("on bag* (modes found, final \\|relative error\\|): **mixed** (agrees in 4 of 8 comparisons, inconclusive in 2, disagrees in 2)"));
+        let claims = crate::claims::of_suite("led").unwrap().unwrap();
+        let cm = crate::claims::section(&claims, &led(&opts(false, Some(2))), &session, &dir);
+        assert!(!cm.contains("| set medium"));
+        // Method against method, each judged by Welch's test.
+        assert!(cm.contains("| bag: 7 letters, size 13, batch 32 | modes found (higher is better) | led-subtb 40.5 ± 0.7 (n 2) | db 50.5 ± 0.7 (n 2) | 0.80 | **not reproduced** (p = 0.005, g = -8.08) |"), "{cm}");
+        assert!(cm.contains(
+            "*LED-GFN beats DB and FL-DB on bag*: **mixed** (reproduced in 4 of 8, not reproduced in 2, undecided in 2)"
+        ));
         // led-db beats both baselines on both figures; led-subtb is level on the top-100 mean
         // and, never reaching the ceiling like them, level on trajectories too.
-        assert!(md.contains("| set small | final top-100 mean reward (higher is better) | led-db"));
-        assert!(md.contains("on set small* (final top-100 mean reward, trajectories to within 1% of the ceiling): **partly reproduced** (agrees in 4 of 8 comparisons, inconclusive in 4, disagrees in 0)"));
-        assert!(md.contains("got there in 2 of 2"));
-        assert!(md.contains("**γ = 0.5**; the runner-up γ = 0.2 is more than one pooled std behind"));
+        assert!(cm.contains("| set small: \\|U\\| 30, k 20, batch 16 | trajectories to within 1% of the ceiling (lower is better) | led-db 200 ± 0 (n 2), reached in 2 of 2 | db 300 ± 0 (n 2), not reached (≥ 300) | 0.67 | **reproduced** (p < 0.001) |"), "{cm}");
+        assert!(cm.contains("*LED-GFN beats DB and FL-DB on set small*: **partly reproduced** (reproduced in 4 of 8, not reproduced in 0, undecided in 4)"));
+        assert!(cm.contains("*LED-GFN beats DB and FL-DB on set medium*: no finished runs on both sides."));
+        assert!(
+            md.contains("**γ = 0.5**; against the runner-up γ = 0.2: reproduced (p < 0.001, g = 24.24)"),
+            "{md}"
+        );
         assert!(md.contains("**met** (largest share 10.1%, in set-small-led-db-seed1"));
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -7,10 +7,12 @@
 //! `target/bench/<suite>/latest` at it. See `xtask/README.md`.
 
 mod bench;
+mod claims;
 mod conditional;
 mod cuda;
 mod curves;
 mod ebm;
+mod judge;
 mod led;
 mod mis;
 mod networks;
@@ -40,9 +42,19 @@ struct Cli {
 enum Command {
     /// Run a benchmark suite and write target/bench/<suite>/<timestamp>/results.{json,md}.
     Bench(BenchArgs),
-    /// Regenerate the generated sections of docs/RESULTS.md and README.md (and copy the plots to
-    /// docs/results/) from the latest run of every suite.
-    Results,
+    /// Regenerate the generated sections of docs/RESULTS.md and README.md, and every suite's
+    /// tables and plots, from the raw records committed under docs/results/<suite>/.
+    Results {
+        /// Write nothing; fail when the committed documents differ from what would be generated.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Copy a suite run's raw records (results.json, each run's config, metrics and summary, the
+    /// peers' outputs) into docs/results/<suite>/, for `cargo xtask results` and for committing.
+    Publish {
+        /// Results directory, e.g. target/bench/subtb/latest.
+        dir: std::path::PathBuf,
+    },
     /// Build with `--features cuda` on a machine without a GPU or a system CUDA (nvcc from PATH,
     /// $CUDA_HOME, or PyPI wheels installed into target/cuda-toolchain), run gfn-cuda's tests
     /// (the GPU ones skip without a GPU), and optionally bundle the binaries for a GPU machine.
@@ -169,7 +181,17 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Results => match results::regenerate() {
+        Command::Publish { dir } => match results::publish(&dir) {
+            Ok(to) => {
+                eprintln!("copied the records of {} to {}", dir.display(), to.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Results { check } => match results::regenerate(check) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");

@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::bench::Session;
 use crate::curves::{self, plot_line};
 use crate::plot::{Chart, Reference, Series, spans_decades};
-use crate::report::{Aggregate, Figure, Stats, Verdict, fmt_num, overall, records, row_stats, seeds_cell, verdict};
+use crate::report::{Aggregate, Stats, fmt_num, records, seeds_cell};
 use crate::suite::{Agg, Metric, Output, RunSpec, Suite, SuiteOptions, f, num, ours_ms_per_iteration};
 
 // Hyper-parameters, in one place: papers.md §4.1 (the official code's common settings) and §4.2
@@ -463,13 +463,6 @@ fn reached_tv(r: &Value) -> Option<f64> {
     Some(if trajectories_to_tv(r).is_some() { 1.0 } else { 0.0 })
 }
 
-/// [`trajectories_to_tv`], a run that never got there counting its whole length (a lower bound
-/// of its true figure): for comparisons between methods.
-fn trajectories_to_tv_bounded(r: &Value) -> Option<f64> {
-    reached_tv(r)?;
-    trajectories_to_tv(r).or_else(|| num(r, "/summary/trajectories"))
-}
-
 /// Iteration of the first evaluation with exact TV ≤ 0.1; `None` if never.
 fn iteration_to_tv(r: &Value) -> Option<f64> {
     r["curve"]
@@ -477,110 +470,6 @@ fn iteration_to_tv(r: &Value) -> Option<f64> {
         .iter()
         .find(|p| tv_reached(p))
         .and_then(|p| p["iteration"].as_f64())
-}
-
-/// Figures of the exact tasks: final exact TV and trajectories to TV ≤ 0.1.
-fn exact_figures() -> Vec<Figure> {
-    vec![
-        Figure {
-            name: "final exact TV",
-            value: |r| num(r, "/summary/exact/tv"),
-            higher_is_better: false,
-            reached: None,
-            digits: Some(4),
-        },
-        Figure {
-            name: "trajectories to TV ≤ 0.1",
-            value: trajectories_to_tv_bounded,
-            higher_is_better: false,
-            reached: Some(reached_tv),
-            digits: Some(0),
-        },
-    ]
-}
-
-/// Figures of the bit sequences: modes found and the test-set Spearman correlation.
-fn bitseq_figures() -> Vec<Figure> {
-    vec![
-        Figure {
-            name: "modes found",
-            value: |r| num(r, "/summary/task/modes_found"),
-            higher_is_better: true,
-            reached: None,
-            digits: Some(1),
-        },
-        Figure {
-            name: "test Spearman",
-            value: |r| num(r, "/summary/task/test_spearman"),
-            higher_is_better: true,
-            reached: None,
-            digits: Some(3),
-        },
-    ]
-}
-
-/// The best of `rows` by a figure: `(row, its statistics)`; `None` when no row has the figure.
-fn best<'a>(session: &Session, group: &str, rows: &[&'a str], fig: &Figure) -> Option<(&'a str, Stats)> {
-    rows.iter()
-        .filter_map(|&row| Some((row, row_stats(session, group, row, fig.value)?)))
-        .reduce(|a, b| {
-            let better = if fig.higher_is_better {
-                b.1.mean > a.1.mean
-            } else {
-                b.1.mean < a.1.mean
-            };
-            if better { b } else { a }
-        })
-}
-
-/// One side of a comparison: `row mean ± std (n seeds)`, and for a time-to-target figure how many
-/// seeds got there (`not reached`: every seed counts its whole run, a lower bound).
-fn side(session: &Session, group: &str, row: &str, s: &Stats, fig: &Figure) -> String {
-    let reached = fig
-        .reached
-        .and_then(|x| row_stats(session, group, row, x))
-        .map(|r| {
-            let k = (r.mean * r.n as f64).round() as usize;
-            if k == 0 {
-                format!(", not reached (≥ {} trajectories)", fmt_num(s.min, 0))
-            } else {
-                format!(", reached in {k} of {}", r.n)
-            }
-        })
-        .unwrap_or_default();
-    format!("{row} {}{reached}", seeds_cell(s, fig.digits))
-}
-
-/// The claim's comparisons on one task: the best PG variant against the best of TB/DB/SubTB on
-/// every figure, as claims-table rows appended to `md`.
-fn compare_task(
-    session: &Session,
-    label: &str,
-    group: &str,
-    baselines: &[&str],
-    figures: &[Figure],
-    md: &mut String,
-) -> Vec<Verdict> {
-    let mut verdicts = Vec::new();
-    for fig in figures {
-        let (Some((pg, a)), Some((base, b))) = (
-            best(session, group, &PG_METHODS, fig),
-            best(session, group, baselines, fig),
-        ) else {
-            continue;
-        };
-        let v = verdict(&a, &b, fig.higher_is_better);
-        verdicts.push(v);
-        md.push_str(&format!(
-            "| {label} | {} ({} is better) | {} | {} | **{}** |\n",
-            fig.name,
-            if fig.higher_is_better { "higher" } else { "lower" },
-            side(session, group, pg, &a, fig),
-            side(session, group, base, &b, fig),
-            v.word()
-        ));
-    }
-    verdicts
 }
 
 /// The bar's line: per PG variant, whether every seed reached exact TV ≤ 0.1 within 1,500
@@ -822,53 +711,7 @@ fn extra(session: &Session, _aggs: &[Aggregate], dir: &Path) -> Result<String> {
         md.push_str(&task_plots(session, dir, group)?);
     }
 
-    md.push_str("\n## The paper's claims\n\n");
-    md.push_str(
-        "The paper: the policy-gradient variants (RL-G and RL-T especially) converge faster and more stably than \
-         TB, DB and SubTB on hypergrid and Bayesian-network structure. Per task, the best PG variant (pg-u, pg-b, \
-         pg-g, pg-trpo) against the best of TB, DB and SubTB(0.99), each chosen by the figure compared, mean ± sample std \
-         over seeds. A comparison **agrees** when the PG variant is better by more than one pooled standard \
-         deviation, **disagrees** when it is worse by more, and is **inconclusive** otherwise (always with one \
-         seed per method: no spread to judge by). Trajectories to TV ≤ 0.1: a seed that never got there counts as \
-         its whole run (a lower bound). A task **agrees** when every comparison does (**disagrees** when every one \
-         disagrees), is **inconclusive** when none is told apart, **not reproduced** when none agrees and some \
-         disagree, **partly reproduced** when some agree and none disagrees, and **mixed** when some agree and \
-         some disagree. Bit sequences are outside the claim (no exact TV) and are shown for \
-         information.\n\n",
-    );
-    let mut table = String::new();
-    let mut lines = String::new();
-    for (label, group, baselines, figures, in_claim) in [
-        ("hypergrid 2×64", GRID64, &BASELINES[..], exact_figures(), true),
-        ("hypergrid 4×8", GRID48, &BASELINES[..], exact_figures(), true),
-        ("Bayesian network", BN, &BASELINES[..], exact_figures(), true),
-        ("bit sequences", BITSEQ, &["tb", "subtb"][..], bitseq_figures(), false),
-    ] {
-        let v = compare_task(session, label, group, baselines, &figures, &mut table);
-        if v.is_empty() {
-            continue;
-        }
-        let count = |x: Verdict| v.iter().filter(|&&y| y == x).count();
-        let names: Vec<&str> = figures.iter().map(|f| f.name).collect();
-        lines.push_str(&format!(
-            "- *{}PG variants converge faster than TB/DB/SubTB on {label}* ({}): **{}** (agrees in {} of {} comparisons, inconclusive in {}, disagrees in {}).\n",
-            if in_claim { "" } else { "For information, not the paper's claim: " },
-            names.join(", "),
-            overall(&v),
-            count(Verdict::Agrees),
-            v.len(),
-            count(Verdict::Inconclusive),
-            count(Verdict::Disagrees)
-        ));
-    }
-    if table.is_empty() {
-        md.push_str("No task has both a PG variant's and a baseline's finished runs: nothing to compare.\n");
-    } else {
-        md.push_str("| task | figure | best PG variant | best of TB/DB/SubTB | verdict |\n|---|---|---|---|---|\n");
-        md.push_str(&table);
-    }
-    md.push('\n');
-    md.push_str(&lines);
+    md.push_str("\n## Further claims\n\n");
     md.push_str(&bar_claim(session));
     Ok(md)
 }
@@ -976,20 +819,6 @@ mod tests {
         assert_eq!(s.runs.iter().filter(|r| r.name.contains("2x8")).count(), 4);
     }
 
-    fn stats(v: &[f64]) -> Stats {
-        Stats::of(v).unwrap()
-    }
-
-    #[test]
-    fn verdicts() {
-        let low = stats(&[0.05, 0.06, 0.07]);
-        let high = stats(&[0.5, 0.6, 0.7]);
-        assert_eq!(verdict(&low, &high, false), Verdict::Agrees);
-        assert_eq!(verdict(&high, &low, false), Verdict::Disagrees);
-        assert_eq!(verdict(&high, &low, true), Verdict::Agrees);
-        assert_eq!(verdict(&low, &stats(&[0.06, 0.05, 0.07]), false), Verdict::Inconclusive);
-        assert_eq!(verdict(&stats(&[0.01]), &stats(&[0.9]), false), Verdict::Inconclusive);
-    }
 
     /// A run record whose exact TV follows `tvs` (one evaluation per 10 iterations of 128
     /// trajectories), with final figures to match.
@@ -1038,7 +867,6 @@ mod tests {
         let never = serde_json::to_value(record("y", GRID64, "tb", 0, &[0.5, 0.3], json!(null))).unwrap();
         assert_eq!(trajectories_to_tv(&never), None);
         assert_eq!(reached_tv(&never), Some(0.0));
-        assert_eq!(trajectories_to_tv_bounded(&never), Some(2560.0));
         let bits = serde_json::to_value(record(
             "z",
             BITSEQ,
@@ -1119,22 +947,20 @@ mod tests {
         assert!(dir.join(format!("{}-tv.png", curves::slug(BN))).exists());
         assert!(!dir.join(format!("{}-jsd.png", curves::slug(BN))).exists());
         assert!(!md.contains("| bit sequences |"));
-        assert!(md.contains(
-            "| hypergrid 2×64 | final exact TV (lower is better) | pg-g 0.0505 ± 0.0007 (2 seeds) | subtb 0.2005 ± 0.0007 (2 seeds) | **agrees** |"
-        ));
-        assert!(md.contains("pg-g 2560 ± 0 (2 seeds), reached in 2 of 2"));
-        assert!(md.contains("not reached (≥ 3840 trajectories)"));
-        assert!(md.contains("on hypergrid 2×64* (final exact TV, trajectories to TV ≤ 0.1): **agrees**"));
-        assert!(md.contains("on Bayesian network* (final exact TV, trajectories to TV ≤ 0.1): **inconclusive**"));
+        let claims = crate::claims::of_suite("pg").unwrap().unwrap();
+        let cm = crate::claims::section(&claims, &pg(&opts(false, Some(2))), &session, &dir);
+        // Each variant against each baseline (method against method), judged by Welch's test.
+        assert!(cm.contains("| hypergrid 2×64, R0 0.01 | final exact TV (lower is better) | pg-g 0.0505 ± 0.0007 (n 2) | subtb 0.2005 ± 0.0007 (n 2) | 0.25 | **reproduced** (p < 0.001, g = 121.22) |"), "{cm}");
+        assert!(cm.contains("| pg-g 2560 ± 0 (n 2), reached in 2 of 2 | tb 3840 ± 0 (n 2), not reached (≥ 3840) | 0.67 | **reproduced** (p < 0.001) |"));
+        assert!(cm.contains("| Bayesian network structure, 5 nodes | final exact TV (lower is better) | pg-trpo 0.2995 ± 0.0007 (n 2) | db 0.2995 ± 0.0007 (n 2) | 1.00 | **undecided** (p = 1.000, g = 0.00) |"));
+        assert!(cm.contains("*RL-G (pg-g) and RL-T (pg-trpo) converge faster than TB, DB and SubTB*: **partly reproduced** (reproduced in 6 of 18, not reproduced in 0, undecided in 12)."));
+        assert!(cm.contains("For information, not the paper's claim: *PG (pg-u) does better than TB and SubTB on bit sequences*: no finished runs on both sides."));
         assert!(md.contains("within 1,500 iterations* (R0 0.1, batch 16, MLP 2×64): **not met**"));
         assert!(md.contains("pg-u **met** (2 of 2 seeds, first at iteration 20 (median)"));
         assert!(md.contains("pg-b **not met** (0 of 2 seeds"));
-        assert!(md.contains("| task | figure | best PG variant |"));
         // Only the bar's runs: no comparison table, the bar still judged.
         session.runs.retain(|r| r.group == BAR);
         let md = extra(&session, &[], &dir).unwrap();
-        assert!(md.contains("nothing to compare"));
-        assert!(!md.contains("| task | figure |"));
         assert!(md.contains("pg-g **met** (2 of 2 seeds"));
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -70,93 +70,6 @@ impl Stats {
     }
 }
 
-/// Pooled sample standard deviation of two samples; `None` without a degree of freedom (one
-/// value on each side).
-pub fn pooled_std(a: &Stats, b: &Stats) -> Option<f64> {
-    let dof = (a.n + b.n).checked_sub(2).filter(|d| *d > 0)?;
-    let ss = (a.n - 1) as f64 * a.std.powi(2) + (b.n - 1) as f64 * b.std.powi(2);
-    Some((ss / dof as f64).sqrt())
-}
-
-/// How a suite's run compares with a paper's claim on one figure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Better by more than one pooled standard deviation.
-    Agrees,
-    /// Within one pooled standard deviation, or too few seeds to tell.
-    Inconclusive,
-    /// Worse by more than one pooled standard deviation.
-    Disagrees,
-}
-
-impl Verdict {
-    /// The word in the claims tables.
-    pub fn word(self) -> &'static str {
-        match self {
-            Verdict::Agrees => "agrees",
-            Verdict::Inconclusive => "inconclusive",
-            Verdict::Disagrees => "disagrees",
-        }
-    }
-}
-
-/// Whether `claimed` beats `other` (lower or higher is better) by more than one pooled standard
-/// deviation of the seeds.
-pub fn verdict(claimed: &Stats, other: &Stats, higher_is_better: bool) -> Verdict {
-    let Some(pooled) = pooled_std(claimed, other) else {
-        return Verdict::Inconclusive;
-    };
-    let gain = if higher_is_better {
-        claimed.mean - other.mean
-    } else {
-        other.mean - claimed.mean
-    };
-    if gain.abs() <= pooled {
-        Verdict::Inconclusive
-    } else if gain > 0.0 {
-        Verdict::Agrees
-    } else {
-        Verdict::Disagrees
-    }
-}
-
-/// One headline word for a set of verdicts: "agrees" (all agree), "disagrees" (all disagree),
-/// "inconclusive" (none is told apart), "not reproduced" (none agrees, some disagree), "partly
-/// reproduced" (some agree, none disagrees), "mixed" (some agree, some disagree).
-pub fn overall(verdicts: &[Verdict]) -> &'static str {
-    let count = |v: Verdict| verdicts.iter().filter(|&&x| x == v).count();
-    let n = verdicts.len();
-    if n == 0 {
-        "no data"
-    } else if count(Verdict::Agrees) == n {
-        "agrees"
-    } else if count(Verdict::Disagrees) == n {
-        "disagrees"
-    } else if count(Verdict::Inconclusive) == n {
-        "inconclusive"
-    } else if count(Verdict::Agrees) == 0 {
-        "not reproduced"
-    } else if count(Verdict::Disagrees) == 0 {
-        "partly reproduced"
-    } else {
-        "mixed"
-    }
-}
-
-/// A figure a paper's claim is judged by.
-pub struct Figure {
-    /// Its name in the claims table.
-    pub name: &'static str,
-    /// Per-run value.
-    pub value: crate::suite::Extract,
-    /// Whether higher is better.
-    pub higher_is_better: bool,
-    /// Per run 1 if it got there, 0 if not (for a time-to-target figure).
-    pub reached: Option<crate::suite::Extract>,
-    /// Decimal places; `None`: about four significant digits.
-    pub digits: Option<usize>,
-}
-
 /// Decimal places that show `x` with about four significant digits (none from 1,000 up).
 pub fn digits_for(x: f64) -> usize {
     match x.abs() {
@@ -337,6 +250,9 @@ pub fn write(dir: &Path, suite: &Suite, session: &Session, complete: bool) -> Re
             Ok(text) => md.push_str(&text),
             Err(e) => md.push_str(&format!("\nPlots failed: {e:#}\n")),
         }
+    }
+    if complete && let Some(claims) = crate::claims::of_suite(suite.name) {
+        md.push_str(&crate::claims::section(&claims?, suite, session, dir));
     }
     write_atomic(&dir.join("results.md"), &md)?;
     Ok(())
@@ -534,18 +450,6 @@ pub fn row_stats(session: &Session, group: &str, row: &str, value: crate::suite:
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn overall_words() {
-        use Verdict::*;
-        assert_eq!(overall(&[Agrees, Agrees]), "agrees");
-        assert_eq!(overall(&[Agrees, Inconclusive]), "partly reproduced");
-        assert_eq!(overall(&[Disagrees, Inconclusive]), "not reproduced");
-        assert_eq!(overall(&[Agrees, Disagrees, Inconclusive]), "mixed");
-        assert_eq!(overall(&[Inconclusive]), "inconclusive");
-        assert_eq!(overall(&[Disagrees]), "disagrees");
-        assert_eq!(overall(&[]), "no data");
-    }
 
     #[test]
     fn stats() {

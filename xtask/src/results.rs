@@ -1,10 +1,10 @@
 //! `cargo xtask results`: regenerates the generated sections of `docs/RESULTS.md` and
-//! `README.md` from the latest run of every suite (`target/bench/<suite>/latest`), and copies
-//! their plots to `docs/results/<suite>/`.
+//! `README.md`, and every suite's tables and plots, from the raw records committed under
+//! `docs/results/<suite>/` (`cargo xtask publish` puts a suite run's records there).
 //!
 //! A generated section sits between `<!-- generated:<name>:begin -->` and
-//! `<!-- generated:<name>:end -->`; text outside the markers is left as it is. A suite that has
-//! never run keeps its old section.
+//! `<!-- generated:<name>:end -->`; text outside the markers is left as it is. A suite without
+//! committed records keeps its old section.
 
 use std::path::Path;
 
@@ -227,78 +227,177 @@ fn roofline_line(aggs: &[Value]) -> String {
     )
 }
 
-/// Regenerates `docs/RESULTS.md`, `README.md` and `docs/results/<suite>/*.png`.
-pub fn regenerate() -> Result<()> {
+/// Regenerates `docs/RESULTS.md`, `README.md` and every suite's `results.md`, `results.json` and
+/// plots under `docs/results/<suite>/` from that suite's committed raw records alone
+/// (`results.json` and `runs/`); a suite without committed records keeps its sections.
+///
+/// With `check`, writes nothing: renders into a scratch folder and fails, naming the files,
+/// when the committed documents differ from what it generates.
+pub fn regenerate(check: bool) -> Result<()> {
     let layout = Layout::detect();
-    let mut latest = Vec::new();
-    for def in SUITES {
-        let dir = layout.target.join("bench").join(def.name).join("latest");
-        let (Ok(md), Ok(json)) = (
-            std::fs::read_to_string(dir.join("results.md")),
-            std::fs::read_to_string(dir.join("results.json")),
-        ) else {
-            eprintln!("{}: no run in {}; its section is kept", def.name, dir.display());
+    let scratch = std::env::temp_dir().join(format!("xtask-results-check-{}", std::process::id()));
+    let outcome = generate(&layout.root, check.then_some(scratch.as_path()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let (documents, sources) = outcome?;
+    let mut stale = Vec::new();
+    for (path, text) in &documents {
+        let old = std::fs::read_to_string(path).unwrap_or_default();
+        if &old == text {
             continue;
-        };
-        let json: Value = serde_json::from_str(&json).with_context(|| format!("{}/results.json", dir.display()))?;
-        if json["complete"].as_bool() != Some(true) {
-            eprintln!("{}: the latest run is incomplete; using it anyway", def.name);
         }
-        let plots = layout.root.join("docs").join("results").join(def.name);
-        copy_plots(&dir, &plots)?;
+        if check {
+            stale.push(path.strip_prefix(&layout.root).unwrap_or(path).display().to_string());
+        } else {
+            write(path, text)?;
+        }
+    }
+    if check {
+        if !stale.is_empty() {
+            bail!(
+                "the committed documents differ from what `cargo xtask results` generates from docs/results/: {} (run `cargo xtask results` and commit)",
+                stale.join(", ")
+            );
+        }
+        eprintln!("documents match the records of {} suite(s)", sources.len());
+    } else {
+        eprintln!(
+            "updated docs/RESULTS.md and README.md from the records of {} suite(s): {}",
+            sources.len(),
+            sources.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Generated documents: (path, text).
+type Documents = Vec<(std::path::PathBuf, String)>;
+
+/// Every generated document (path, text) and the suites they come from. Rerenders each suite's
+/// records in place, or in `scratch` (which then holds copies) when given.
+fn generate(root: &Path, scratch: Option<&Path>) -> Result<(Documents, Vec<String>)> {
+    let mut latest = Vec::new();
+    let mut documents = Vec::new();
+    for def in SUITES {
+        let records = root.join("docs").join("results").join(def.name);
+        if !records.join("results.json").is_file() {
+            eprintln!(
+                "{}: no records in {}; its sections are kept",
+                def.name,
+                records.display()
+            );
+            continue;
+        }
+        let dir = match scratch {
+            Some(s) => {
+                let d = s.join(def.name);
+                std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+                std::fs::copy(records.join("results.json"), d.join("results.json"))?;
+                if records.join("runs").is_dir() && !d.join("runs").exists() {
+                    copy_tree(&records.join("runs"), &d.join("runs"))?;
+                }
+                d
+            }
+            None => {
+                remove_plots(&records)?;
+                records.clone()
+            }
+        };
+        let before = std::fs::read_to_string(dir.join("results.json"))?;
+        crate::bench::rerender(&dir).with_context(|| format!("cannot render the records of {}", def.name))?;
+        let md = std::fs::read_to_string(dir.join("results.md"))?;
+        let json_text = std::fs::read_to_string(dir.join("results.json"))?;
+        if scratch.is_some() {
+            // The committed files must be what rendering writes.
+            documents.push((records.join("results.md"), md.clone()));
+            documents.push((records.join("results.json"), json_text.clone()));
+        } else if json_text != before {
+            eprintln!("{}: results.json rewritten (aggregates recomputed)", def.name);
+        }
+        let json: Value =
+            serde_json::from_str(&json_text).with_context(|| format!("{}/results.json", dir.display()))?;
         latest.push((def.name.to_string(), json, md));
     }
     if latest.is_empty() {
-        bail!(
-            "no benchmark results under {}/bench: run `cargo xtask bench <suite>` first",
-            layout.target.display()
-        );
+        bail!("no suite has records under docs/results/<suite>/results.json");
     }
-    let results_path = layout.root.join("docs").join("RESULTS.md");
-    let mut doc = std::fs::read_to_string(&results_path).unwrap_or_else(|_| "# Results\n".into());
+    let results_path = root.join("docs").join("RESULTS.md");
+    let mut doc = std::fs::read_to_string(&results_path).context("cannot read docs/RESULTS.md")?;
     for (suite, _, md) in &latest {
         doc = splice(&doc, &format!("bench-{suite}"), &section(md, suite));
     }
-    write(&results_path, &doc)?;
-    let readme_path = layout.root.join("README.md");
+    documents.push((results_path, doc));
+    let readme_path = root.join("README.md");
     let readme = std::fs::read_to_string(&readme_path).context("cannot read README.md")?;
     let old = readme
         .split("<!-- generated:summary:begin -->")
         .nth(1)
         .and_then(|r| r.split("<!-- generated:summary:end -->").next())
         .unwrap_or("");
-    write(&readme_path, &splice(&readme, "summary", &readme_summary(&latest, old)))?;
-    eprintln!(
-        "updated {} and {} from {} suite(s)",
-        results_path.display(),
-        readme_path.display(),
-        latest.len()
-    );
-    Ok(())
+    let summary = readme_summary(&latest, old);
+    documents.push((readme_path, splice(&readme, "summary", &summary)));
+    Ok((documents, latest.into_iter().map(|l| l.0).collect()))
 }
 
-fn copy_plots(from: &Path, to: &Path) -> Result<()> {
-    let pngs: Vec<_> = std::fs::read_dir(from)?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "png"))
-        .collect();
-    if pngs.is_empty() {
-        return Ok(());
+/// Copies a suite run's records into `docs/results/<suite>/`: `results.json` and, per run,
+/// `config.toml`, `metrics.jsonl`, `summary.json` and the peers' outputs (`runs/` replaced).
+pub fn publish(from: &Path) -> Result<std::path::PathBuf> {
+    let text = std::fs::read_to_string(from.join("results.json"))
+        .with_context(|| format!("cannot read {}/results.json", from.display()))?;
+    let json: Value = serde_json::from_str(&text).with_context(|| format!("{}/results.json", from.display()))?;
+    let suite = json
+        .pointer("/request/suite")
+        .and_then(Value::as_str)
+        .with_context(|| format!("{}/results.json names no suite", from.display()))?;
+    if crate::suite::find(suite).is_none() {
+        bail!("{}/results.json is of an unknown suite {suite}", from.display());
     }
-    // Old plots go (a renamed figure must not linger); the raw records beside them stay.
-    if to.exists() {
-        for e in std::fs::read_dir(to)?.filter_map(|e| e.ok()) {
+    let to = Layout::detect().root.join("docs").join("results").join(suite);
+    std::fs::create_dir_all(&to)?;
+    if to.join("runs").exists() {
+        std::fs::remove_dir_all(to.join("runs"))?;
+    }
+    std::fs::copy(from.join("results.json"), to.join("results.json"))?;
+    let runs = from.join("runs");
+    if runs.is_dir() {
+        for e in std::fs::read_dir(&runs)?.filter_map(|e| e.ok()) {
             let p = e.path();
-            if p.extension().is_some_and(|e| e == "png") {
-                std::fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
+            let dest = to.join("runs").join(e.file_name());
+            if p.is_dir() {
+                std::fs::create_dir_all(&dest)?;
+                for f in ["config.toml", "metrics.jsonl", "summary.json"] {
+                    if p.join(f).is_file() {
+                        std::fs::copy(p.join(f), dest.join(f))?;
+                    }
+                }
+            } else if p.extension().is_some_and(|x| x == "json") {
+                std::fs::create_dir_all(to.join("runs"))?;
+                std::fs::copy(&p, &dest)?;
             }
         }
     }
-    std::fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
-    for p in pngs {
-        let dest = to.join(p.file_name().unwrap_or_default());
-        std::fs::copy(&p, &dest).with_context(|| format!("cannot copy {} to {}", p.display(), dest.display()))?;
+    Ok(to)
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)?.filter_map(|e| e.ok()) {
+        let p = e.path();
+        if p.is_dir() {
+            copy_tree(&p, &to.join(e.file_name()))?;
+        } else {
+            std::fs::copy(&p, to.join(e.file_name())).with_context(|| format!("cannot copy {}", p.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes a folder's plots (a renamed figure must not linger); the raw records stay.
+fn remove_plots(dir: &Path) -> Result<()> {
+    for e in std::fs::read_dir(dir)?.filter_map(|e| e.ok()) {
+        let p = e.path();
+        if p.extension().is_some_and(|e| e == "png") {
+            std::fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
+        }
     }
     Ok(())
 }
@@ -344,5 +443,15 @@ mod tests {
     fn sections_demote_headings_and_relink_plots() {
         let s = section("# Benchmark: x\n## g\n![t](a.png)\ntext\n", "x");
         assert_eq!(s, "### Benchmark: x\n#### g\n![t](results/x/a.png)\ntext\n");
+    }
+}
+
+#[cfg(test)]
+mod committed {
+    /// The committed docs/RESULTS.md, README.md and every suite's results.md and results.json
+    /// are what `cargo xtask results` generates from the committed records.
+    #[test]
+    fn committed_documents_equal_what_results_generates() {
+        super::regenerate(true).unwrap();
     }
 }

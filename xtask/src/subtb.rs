@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::bench::Session;
 use crate::curves;
 use crate::plot::{self, Chart, Series};
-use crate::report::{Aggregate, fmt_num};
+use crate::report::Aggregate;
 use crate::suite::{Agg, Metric, Recipe, Suite, SuiteOptions, f, ours_ms_per_iteration};
 
 /// One setting of the paper's grid.
@@ -134,85 +134,8 @@ fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
-fn extra(session: &Session, aggs: &[Aggregate], dir: &Path) -> Result<String> {
+fn extra(session: &Session, _aggs: &[Aggregate], dir: &Path) -> Result<String> {
     let mut md = curves::quality_plots(session, dir)?;
-
-    // Claims 1 and 2: convergence speed, by the mean L1 over training.
-    let stats = |group: &str, row: &str| {
-        aggs.iter()
-            .find(|a| a.group == group && a.row == row)
-            .and_then(|a| a.ours.get("mean_l1"))
-            .copied()
-    };
-    md.push_str("\n## The paper's claims\n\n");
-    md.push_str(
-        "Convergence speed is measured by the mean exact L1 over all evaluations of a run (the area under its \
-         L1-against-trajectories curve), mean ± std over seeds; lower is faster. A ratio above 1 means SubTB \
-         converged faster.\n\n",
-    );
-    md.push_str("| setting | TB | DB | SubTB(0.9) | TB ÷ SubTB | DB ÷ SubTB |\n|---|---:|---:|---:|---:|---:|\n");
-    let cell = |s: &crate::report::Stats| format!("{} ± {}", fmt_num(s.mean, 4), fmt_num(s.std, 4));
-    // (ndim, r0, TB ÷ SubTB, DB ÷ SubTB, DB and SubTB within one std of each other)
-    let mut rows: Vec<(u32, f64, f64, f64, bool)> = Vec::new();
-    for ndim in [2u32, 4] {
-        for r0 in [1e-3, 1e-4] {
-            let g = group_name(ndim, r0);
-            let (Some(tb), Some(db), Some(st)) = (stats(&g, "tb"), stats(&g, "db"), stats(&g, "subtb")) else {
-                continue;
-            };
-            let tie = (db.mean - st.mean).abs() <= db.std.max(st.std);
-            rows.push((ndim, r0, tb.mean / st.mean, db.mean / st.mean, tie));
-            md.push_str(&format!(
-                "| {g} | {} | {} | {} | {:.2} | {:.2} |\n",
-                cell(&tb),
-                cell(&db),
-                cell(&st),
-                tb.mean / st.mean,
-                db.mean / st.mean
-            ));
-        }
-    }
-    let n = rows.len();
-    let faster_tb = rows.iter().filter(|r| r.2 > 1.0).count();
-    let faster_db = rows.iter().filter(|r| r.3 > 1.0).count();
-    let ties_db = rows.iter().filter(|r| r.4).count();
-    let verdict = |k: usize| {
-        if n > 0 && k == n {
-            "reproduced"
-        } else if k > 0 {
-            "partly reproduced"
-        } else {
-            "not reproduced"
-        }
-    };
-    md.push_str(&format!(
-        "\n- *SubTB converges faster than TB*: **{}** (in {faster_tb} of {n} settings).\n",
-        verdict(faster_tb)
-    ));
-    md.push_str(&format!(
-        "- *SubTB converges faster than DB*: **{}** (in {faster_db} of {n} settings; in {ties_db} of {n} the two are within one standard deviation of each other).\n",
-        verdict(faster_db)
-    ));
-    let widening = |col: fn(&(u32, f64, f64, f64, bool)) -> f64| -> (usize, usize) {
-        let v: Vec<bool> = [2u32, 4]
-            .iter()
-            .filter_map(|&d| {
-                let at = |r0: f64| rows.iter().find(|r| r.0 == d && r.1 == r0).map(col);
-                Some(at(1e-4)? > at(1e-3)?)
-            })
-            .collect();
-        (v.iter().filter(|&&b| b).count(), v.len())
-    };
-    for (name, col) in [
-        ("TB", (|r: &(u32, f64, f64, f64, bool)| r.2) as fn(&_) -> f64),
-        ("DB", |r| r.3),
-    ] {
-        let (k, m) = widening(col);
-        md.push_str(&format!(
-            "- *The advantage over {name} grows as R0 falls* ({name} ÷ SubTB larger at R0 10⁻⁴ than at 10⁻³): **{}** ({k} of {m} grid sizes).\n",
-            if m > 0 && k == m { "reproduced" } else if k > 0 { "partly reproduced" } else { "not reproduced" }
-        ));
-    }
 
     // Gradient analysis: cosines recorded in the DB and SubTB runs.
     let mut by_iteration: std::collections::BTreeMap<(String, u64), Vec<Cosines>> = Default::default();
@@ -262,27 +185,6 @@ fn extra(session: &Session, aggs: &[Aggregate], dir: &Path) -> Result<String> {
         mean(&tb),
         mean(&db),
         mean(&st)
-    ));
-    md.push_str(&format!(
-        "- *Small-batch SubTB tracks the large-batch TB gradient better than small-batch TB*: **{}** \
-         (mean cosine {:.3} against {:.3}, over {} analyses).\n",
-        if mean(&st) > mean(&tb) {
-            "reproduced"
-        } else {
-            "not reproduced"
-        },
-        mean(&st),
-        mean(&tb),
-        all.len()
-    ));
-    let (t, s_, d) = (mean(&tb), mean(&st), mean(&db));
-    md.push_str(&format!(
-        "- *SubTB interpolates between TB and DB*: **{}** (mean cosine TB {t:.3}, SubTB {s_:.3}, DB {d:.3}).\n\n",
-        if (t <= s_ && s_ <= d) || (d <= s_ && s_ <= t) {
-            "reproduced"
-        } else {
-            "not reproduced"
-        },
     ));
     for g in &groups {
         let mut series: Vec<Series> = ["TB", "DB", "SubTB(0.9)"]
