@@ -6,9 +6,9 @@ docs/results/python-<task>/runs.jsonl, and a table rendered from those lines alo
     python python/bench/tasks.py run --task molecules
     python python/bench/tasks.py render                  # tables -> results.md, docs/RESULTS.md
 
-Judge (the MIS suite's rule): LED-GFN's claim "higher average top-100 score" holds against a
-baseline when LED-DB's mean over seeds exceeds the baseline's by more than two standard errors of
-the difference, fails when it is lower by that margin, and is undecided otherwise.
+Judge: the one rule of every suite (judge.py, as xtask/src/judge.rs): LED-GFN's claim "higher
+average top-100 score" is judged against each baseline by Welch's two-sided t-test on the per-seed
+figures at level 0.05: reproduced, not reproduced or undecided, with Hedges' g.
 """
 
 import argparse
@@ -22,6 +22,9 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "python" / "examples"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+from judge import detail, judge  # noqa: E402
 
 TASKS = {
     # task: its example module, the claim's metric, the best-object figure, budget, reward exponent
@@ -79,18 +82,6 @@ def run_one(task_name, loss, seed):
     }
 
 
-def judge(led, base):
-    if len(led) < 2 or len(base) < 2:
-        return "undecided", float("nan")
-    diff = statistics.mean(led) - statistics.mean(base)
-    se = (statistics.variance(led) / len(led) + statistics.variance(base) / len(base)) ** 0.5
-    if diff > 2 * se:
-        return "holds", diff / se if se > 0 else float("inf")
-    if diff < -2 * se:
-        return "fails", diff / se if se > 0 else float("-inf")
-    return "undecided", diff / se if se > 0 else 0.0
-
-
 def mean_sd(xs):
     return f"{statistics.mean(xs):.4f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:.4f}"
 
@@ -124,9 +115,9 @@ def render_task(task_name, runs):
     led = [r["final"][metric] for r in by_loss.get("led-db", [])]
     for base in ["tb", "subtb"]:
         b = [r["final"][metric] for r in by_loss.get(base, [])]
-        verdict, z = judge(led, b)
-        lines.append(f"- LED-DB against {base} on the top-100 mean: **{verdict}** "
-                     f"(difference / its standard error = {z:.2f}; two standard errors decide).")
+        verdict, p, g = judge(led, b)
+        lines.append(f"- LED-DB against {base} on the top-100 mean: **{verdict}** ({detail(p, g)}; "
+                     f"Welch's two-sided t-test at level 0.05).")
     return "\n".join(lines) + "\n"
 
 

@@ -111,6 +111,7 @@ pub fn of_suite(suite: &str) -> Option<Result<Claims>> {
         "subtb" => include_str!("../suites/subtb.toml"),
         "led" => include_str!("../suites/led.toml"),
         "pg" => include_str!("../suites/pg.toml"),
+        "mis" => include_str!("../suites/mis.toml"),
         _ => return None,
     };
     Some(parse(text).with_context(|| format!("xtask/suites/{suite}.toml")))
@@ -353,7 +354,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(files, 3, "subtb, led and pg have claims files");
+        assert_eq!(files, 4, "subtb, led, pg and mis have claims files");
     }
 
     #[test]

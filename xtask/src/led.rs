@@ -683,7 +683,6 @@ mod tests {
         assert_eq!(led(&opts(true, Some(2))).runs.len(), 2 * (3 * 6 + 4));
     }
 
-
     /// A run record whose top-k mean follows `means` (one evaluation per 100 trajectories, `k`
     /// objects held from the `full_from`-th evaluation on), with ceiling `ceiling`.
     fn record(means: &[f64], full_from: usize, ceiling: Option<f64>) -> Value {

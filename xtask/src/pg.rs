@@ -819,7 +819,6 @@ mod tests {
         assert_eq!(s.runs.iter().filter(|r| r.name.contains("2x8")).count(), 4);
     }
 
-
     /// A run record whose exact TV follows `tvs` (one evaluation per 10 iterations of 128
     /// trajectories), with final figures to match.
     fn record(name: &str, group: &str, row: &str, seed: u64, tvs: &[f64], task: Value) -> RunRecord {
