@@ -20,4 +20,5 @@ if [ -z "${GFN_BIN:-}" ]; then
 fi
 export GFN_BIN RAYON_NUM_THREADS=1
 # From the root: python/gfnrs (the sources) must not shadow the installed package.
+target/pyenv/bin/python python/bench/judge.py
 target/pyenv/bin/python -m pytest -q -p no:cacheprovider python/tests
