@@ -428,7 +428,7 @@ pub fn ebm(opts: &SuiteOptions) -> Suite {
                 header: "EBM NLL (GFlowNet IS or exact)",
                 key: "ebm_nll",
                 short: "NLL",
-                value: ebm_nll,
+                value: &ebm_nll,
                 agg: Agg::MeanStd,
                 digits: 3,
             },
@@ -436,7 +436,7 @@ pub fn ebm(opts: &SuiteOptions) -> Suite {
                 header: "EBM NLL (uniform IS)",
                 key: "ebm_nll_uniform_is",
                 short: "NLL(unif)",
-                value: ebm_nll_uniform,
+                value: &ebm_nll_uniform,
                 agg: Agg::MeanStd,
                 digits: 3,
             },
@@ -444,7 +444,7 @@ pub fn ebm(opts: &SuiteOptions) -> Suite {
                 header: "GFlowNet NLL",
                 key: "gfn_nll",
                 short: "GFN NLL",
-                value: gfn_nll,
+                value: &gfn_nll,
                 agg: Agg::MeanStd,
                 digits: 3,
             },
@@ -452,7 +452,7 @@ pub fn ebm(opts: &SuiteOptions) -> Suite {
                 header: "MMD ×10⁻⁴",
                 key: "mmd_e4",
                 short: "MMD",
-                value: mmd,
+                value: &mmd,
                 agg: Agg::MeanStd,
                 digits: 3,
             },
@@ -460,7 +460,7 @@ pub fn ebm(opts: &SuiteOptions) -> Suite {
                 header: "−log RMSE(J)",
                 key: "neg_log_rmse",
                 short: "-logRMSE",
-                value: neg_log_rmse,
+                value: &neg_log_rmse,
                 agg: Agg::MeanStd,
                 digits: 3,
             },
@@ -468,13 +468,13 @@ pub fn ebm(opts: &SuiteOptions) -> Suite {
                 header: "acceptance (last window)",
                 key: "acceptance",
                 short: "accept",
-                value: acceptance,
+                value: &acceptance,
                 agg: Agg::MeanStd,
                 digits: 3,
             },
             crate::suite::col_peak_rss(),
         ],
-        ms_per_iteration: ours_ms_per_iteration,
+        ms_per_iteration: &ours_ms_per_iteration,
         peers: Vec::new(),
         extra: Some(extra),
         quality_note: Some(QUALITY_NOTE),
@@ -650,7 +650,7 @@ fn targets_2d(session: &Session) -> Vec<Target> {
     let mut out = Vec::new();
     for ds in DATASETS {
         let row = row_name(ds, "ebgfn");
-        let gfn_is = row_stats(session, GROUP_2D, &row, ebm_nll)
+        let gfn_is = row_stats(session, GROUP_2D, &row, &ebm_nll)
             .map(|s| format!("; GFlowNet IS {}", cell(&s, 3)))
             .unwrap_or_default();
         let verified = PAPER_NLL.iter().find(|p| p.0 == ds).map(|p| p.1);
@@ -668,7 +668,7 @@ fn targets_2d(session: &Session) -> Vec<Target> {
             GROUP_2D,
             &row,
             (format!("2D {ds}: EB-GFN EBM NLL, uniform IS (nats)"), ds.to_string()),
-            ebm_nll_uniform,
+            &ebm_nll_uniform,
             bound,
             false,
             target,
@@ -699,7 +699,7 @@ fn targets_2d(session: &Session) -> Vec<Target> {
             GROUP_2D,
             &row,
             (format!("2D {ds}: EB-GFN MMD ×10⁻⁴"), ds.to_string()),
-            mmd,
+            &mmd,
             bound,
             false,
             target,
@@ -724,7 +724,7 @@ fn targets_ising(session: &Session) -> Vec<Target> {
                 GROUP_ISING,
                 &row_name(&label, "ebgfn"),
                 (format!("Ising {label}: EB-GFN −log RMSE(J)"), label.clone()),
-                neg_log_rmse,
+                &neg_log_rmse,
                 bound,
                 true,
                 target,
@@ -902,7 +902,7 @@ struct Figure {
 fn comparisons(session: &Session, md: &mut String) -> Vec<Winner> {
     let nll = Figure {
         name: "EBM NLL, uniform IS",
-        value: ebm_nll_uniform,
+        value: &ebm_nll_uniform,
         higher_is_better: false,
     };
     let mut tasks: Vec<(&str, String, Vec<Figure>)> = Vec::new();
@@ -911,7 +911,7 @@ fn comparisons(session: &Session, md: &mut String) -> Vec<Winner> {
             nll,
             Figure {
                 name: "MMD ×10⁻⁴",
-                value: mmd,
+                value: &mmd,
                 higher_is_better: false,
             },
         ];
@@ -920,7 +920,7 @@ fn comparisons(session: &Session, md: &mut String) -> Vec<Winner> {
     for (l, sigma) in ISING_LATTICES {
         let figures = vec![Figure {
             name: "−log RMSE(J)",
-            value: neg_log_rmse,
+            value: &neg_log_rmse,
             higher_is_better: true,
         }];
         tasks.push((GROUP_ISING, ising_label(l, sigma), figures));

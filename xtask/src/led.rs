@@ -325,7 +325,7 @@ pub fn led(opts: &SuiteOptions) -> Suite {
                 header: "final top-100 mean reward",
                 key: "top_k_mean_reward",
                 short: "top100",
-                value: |r| num(r, "/summary/top_k/mean_reward"),
+                value: &|r| num(r, "/summary/top_k/mean_reward"),
                 agg: Agg::MeanStd,
                 digits: 4,
             },
@@ -333,7 +333,7 @@ pub fn led(opts: &SuiteOptions) -> Suite {
                 header: "top-100 mean ÷ exact ceiling",
                 key: "top_k_fraction_of_ceiling",
                 short: "÷ceiling",
-                value: fraction_of_ceiling,
+                value: &fraction_of_ceiling,
                 agg: Agg::MeanStd,
                 digits: 4,
             },
@@ -341,7 +341,7 @@ pub fn led(opts: &SuiteOptions) -> Suite {
                 header: "trajectories to within 1% of the ceiling (median of the seeds that got there)",
                 key: "trajectories_to_ceiling",
                 short: "traj→1%",
-                value: trajectories_to_ceiling,
+                value: &trajectories_to_ceiling,
                 agg: Agg::Median,
                 digits: 0,
             },
@@ -349,7 +349,7 @@ pub fn led(opts: &SuiteOptions) -> Suite {
                 header: "seeds within 1% of the ceiling",
                 key: "seeds_within_ceiling",
                 short: "seeds→1%",
-                value: reached_ceiling,
+                value: &reached_ceiling,
                 agg: Agg::Sum,
                 digits: 0,
             },
@@ -357,7 +357,7 @@ pub fn led(opts: &SuiteOptions) -> Suite {
                 header: "final relative error of the recent mean reward",
                 key: "relative_error",
                 short: "rel.err",
-                value: |r| num(r, "/summary/recent/relative_error"),
+                value: &|r| num(r, "/summary/recent/relative_error"),
                 agg: Agg::MeanStd,
                 digits: 4,
             },
@@ -365,7 +365,7 @@ pub fn led(opts: &SuiteOptions) -> Suite {
                 header: "final top-100 diversity",
                 key: "top_k_diversity",
                 short: "div",
-                value: |r| num(r, "/summary/top_k/diversity"),
+                value: &|r| num(r, "/summary/top_k/diversity"),
                 agg: Agg::MeanStd,
                 digits: 2,
             },
@@ -374,7 +374,7 @@ pub fn led(opts: &SuiteOptions) -> Suite {
                 header: "exact TV (last 5 evals)",
                 key: "exact_tv_last5",
                 short: "TV(last5)",
-                value: |r| num(r, "/summary/exact_last5_mean/tv"),
+                value: &|r| num(r, "/summary/exact_last5_mean/tv"),
                 agg: Agg::MeanStd,
                 digits: 4,
             },
@@ -382,12 +382,12 @@ pub fn led(opts: &SuiteOptions) -> Suite {
                 header: "LED share of training time (max)",
                 key: "led_fraction_of_training",
                 short: "LED share",
-                value: |r| num(r, "/summary/led/fraction_of_training"),
+                value: &|r| num(r, "/summary/led/fraction_of_training"),
                 agg: Agg::Max,
                 digits: 3,
             },
         ],
-        ms_per_iteration: ours_ms_per_iteration,
+        ms_per_iteration: &ours_ms_per_iteration,
         peers: Vec::new(),
         extra: Some(extra),
         quality_note: None,
@@ -520,7 +520,7 @@ fn task_plots(session: &Session, dir: &Path, group: &str) -> Result<String> {
 
 /// The γ ablation's claim line: the best γ by final top-100 mean reward.
 fn gamma_claim(session: &Session) -> String {
-    let top_k: Extract = |r| num(r, "/summary/top_k/mean_reward");
+    let top_k: Extract = &|r| num(r, "/summary/top_k/mean_reward");
     let mut rows: Vec<(f64, Stats)> = GAMMAS
         .iter()
         .filter_map(|&g| Some((g, row_stats(session, GAMMA, &gamma_row(g), top_k)?)))

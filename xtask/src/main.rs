@@ -8,14 +8,13 @@
 
 mod bench;
 mod claims;
-mod conditional;
 mod cuda;
 mod curves;
+mod data_suite;
 mod ebm;
 mod judge;
 mod led;
 mod mis;
-mod networks;
 mod pg;
 mod plot;
 mod report;

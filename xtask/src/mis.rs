@@ -7,7 +7,6 @@
 use std::path::Path;
 
 use anyhow::Result;
-use serde_json::Value;
 
 use crate::bench::Session;
 use crate::plot::Reference;
@@ -119,15 +118,14 @@ pub fn mis(opts: &SuiteOptions) -> Suite {
             t,
         ));
     }
-    let task =
-        |key: &'static str, header: &'static str, short: &'static str, value: fn(&Value) -> Option<f64>| Metric {
-            header,
-            key,
-            short,
-            value,
-            agg: Agg::MeanStd,
-            digits: 2,
-        };
+    let task = |key: &'static str, header: &'static str, short: &'static str, value: crate::suite::Extract| Metric {
+        header,
+        key,
+        short,
+        value,
+        agg: Agg::MeanStd,
+        digits: 2,
+    };
     Suite {
         name: "mis",
         row_header: "loss",
@@ -139,27 +137,27 @@ pub fn mis(opts: &SuiteOptions) -> Suite {
                 header: "graphs/s (median)",
                 key: "graphs_per_second",
                 short: "graphs/s",
-                value: |r| num(r, "/summary/trajectories_per_second"),
+                value: &|r| num(r, "/summary/trajectories_per_second"),
                 agg: Agg::Median,
                 digits: 0,
             },
-            task("mis_size", "average set size", "size", |r| {
+            task("mis_size", "average set size", "size", &|r| {
                 num(r, "/summary/task/mis_size")
             }),
-            task("gap_percent", "gap to the optimum (%)", "gap%", |r| {
+            task("gap_percent", "gap to the optimum (%)", "gap%", &|r| {
                 num(r, "/summary/task/gap_percent")
             }),
-            task("mis_size_best", "best of 20, averaged", "best", |r| {
+            task("mis_size_best", "best of 20, averaged", "best", &|r| {
                 num(r, "/summary/task/mis_size_best")
             }),
-            task("greedy_size", "greedy", "greedy", |r| {
+            task("greedy_size", "greedy", "greedy", &|r| {
                 num(r, "/summary/task/greedy_size")
             }),
-            task("optimum_size", "optimum", "opt", |r| {
+            task("optimum_size", "optimum", "opt", &|r| {
                 num(r, "/summary/task/optimum_size")
             }),
         ],
-        ms_per_iteration: ours_ms_per_iteration,
+        ms_per_iteration: &ours_ms_per_iteration,
         peers: Vec::new(),
         extra: Some(extra),
         quality_note: Some(

@@ -136,7 +136,7 @@ pub struct PeerAggregate {
     pub speed_ratio: Option<f64>,
 }
 
-fn stats_of(metric_value: fn(&Value) -> Option<f64>, records: &[Value]) -> Option<Stats> {
+fn stats_of(metric_value: crate::suite::Extract, records: &[Value]) -> Option<Stats> {
     let v: Vec<f64> = records.iter().filter_map(metric_value).collect();
     Stats::of(&v)
 }

@@ -53,11 +53,11 @@ pub const SUITES: &[SuiteDef] = &[
     },
     SuiteDef {
         name: "networks",
-        build: crate::networks::networks,
+        build: |o| crate::data_suite::build("networks", o),
     },
     SuiteDef {
         name: "conditional",
-        build: crate::conditional::conditional,
+        build: |o| crate::data_suite::build("conditional", o),
     },
     SuiteDef {
         name: "mis",
@@ -171,7 +171,7 @@ pub type Extra = fn(&crate::bench::Session, &[crate::report::Aggregate], &std::p
 
 /// Reads one figure out of a run record (`{"summary": ..., "peak_rss_mb": ...}` for ours,
 /// `{"output": ..., "peak_rss_mb": ...}` for a peer).
-pub type Extract = fn(&Value) -> Option<f64>;
+pub type Extract = &'static (dyn Fn(&Value) -> Option<f64> + Sync);
 
 /// How a figure is summarised over seeds in the tables.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -368,7 +368,7 @@ pub fn hypergrid_peers(metrics: fn() -> Vec<Metric>) -> Vec<PeerSpec> {
             check: "import gfn, torch",
             extra_args: Vec::new(),
             supports: |_| true,
-            ms_per_iteration: peer_ms_per_iteration,
+            ms_per_iteration: &peer_ms_per_iteration,
             metrics: metrics(),
         },
         PeerSpec {
@@ -380,7 +380,7 @@ pub fn hypergrid_peers(metrics: fn() -> Vec<Metric>) -> Vec<PeerSpec> {
             extra_args: Vec::new(),
             // gfnx 0.0.1 ships TB, DB and SubTB examples, no flow matching.
             supports: |r| !r.peer_args.windows(2).any(|w| w[0] == "--loss" && w[1] == "fm"),
-            ms_per_iteration: peer_ms_per_iteration,
+            ms_per_iteration: &peer_ms_per_iteration,
             metrics: metrics(),
         },
     ]
@@ -402,7 +402,7 @@ fn hypergrid_peer_metrics() -> Vec<Metric> {
             header: "L1 (last 5 evals)",
             key: "exact_l1_last5",
             short: "L1(last5)",
-            value: |r| num(r, "/output/quality_l1_sum_last5"),
+            value: &|r| num(r, "/output/quality_l1_sum_last5"),
             agg: Agg::MeanStd,
             digits: 4,
         },
@@ -410,7 +410,7 @@ fn hypergrid_peer_metrics() -> Vec<Metric> {
             header: "s to L1 ≤ 0.1 (median)",
             key: "seconds_to_l1_0.1",
             short: "s→0.1",
-            value: |r| crate::curves::seconds_to_l1(r, 0.1),
+            value: &|r| crate::curves::seconds_to_l1(r, 0.1),
             agg: Agg::Median,
             digits: 1,
         },
@@ -418,7 +418,7 @@ fn hypergrid_peer_metrics() -> Vec<Metric> {
             header: "compile s",
             key: "compile_seconds",
             short: "compile s",
-            value: |r| num(r, "/output/compile_seconds"),
+            value: &|r| num(r, "/output/compile_seconds"),
             agg: Agg::Median,
             digits: 1,
         },
@@ -456,7 +456,7 @@ pub fn hypergrid(opts: &SuiteOptions) -> Suite {
                 header: "trajectories/s (median)",
                 key: "trajectories_per_second",
                 short: "traj/s",
-                value: |r| num(r, "/summary/trajectories_per_second"),
+                value: &|r| num(r, "/summary/trajectories_per_second"),
                 agg: Agg::Median,
                 digits: 0,
             },
@@ -465,7 +465,7 @@ pub fn hypergrid(opts: &SuiteOptions) -> Suite {
                 header: "exact TV (last 5 evals)",
                 key: "exact_tv_last5",
                 short: "TV(last5)",
-                value: |r| num(r, "/summary/exact_last5_mean/tv"),
+                value: &|r| num(r, "/summary/exact_last5_mean/tv"),
                 agg: Agg::MeanStd,
                 digits: 4,
             },
@@ -473,7 +473,7 @@ pub fn hypergrid(opts: &SuiteOptions) -> Suite {
                 header: "s to L1 ≤ 0.1 (median)",
                 key: "seconds_to_l1_0.1",
                 short: "s→0.1",
-                value: |r| crate::curves::seconds_to_l1(r, 0.1),
+                value: &|r| crate::curves::seconds_to_l1(r, 0.1),
                 agg: Agg::Median,
                 digits: 1,
             },
@@ -481,14 +481,14 @@ pub fn hypergrid(opts: &SuiteOptions) -> Suite {
                 header: "\\|log Ẑ − log Z\\|",
                 key: "log_z_abs_error",
                 short: "|ΔlogZ|",
-                value: |r| Some((num(r, "/summary/log_z/learned")? - num(r, "/summary/log_z/true")?).abs()),
+                value: &|r| Some((num(r, "/summary/log_z/learned")? - num(r, "/summary/log_z/true")?).abs()),
                 agg: Agg::MeanStd,
                 digits: 4,
             },
             col_modes_found(),
             col_peak_rss(),
         ],
-        ms_per_iteration: ours_ms_per_iteration,
+        ms_per_iteration: &ours_ms_per_iteration,
         peers: hypergrid_peers(hypergrid_peer_metrics),
         extra: Some(|session, _, dir| crate::curves::quality_plots(session, dir)),
         quality_note: None,
@@ -501,7 +501,7 @@ pub fn col_iterations() -> Metric {
         header: "iterations",
         key: "iterations",
         short: "it",
-        value: |r| num(r, "/summary/iterations"),
+        value: &|r| num(r, "/summary/iterations"),
         agg: Agg::Median,
         digits: 0,
     }
@@ -513,7 +513,7 @@ pub fn col_ms_per_iteration() -> Metric {
         header: "ms/iteration (median)",
         key: "ms_per_iteration",
         short: "ms/it",
-        value: ours_ms_per_iteration,
+        value: &ours_ms_per_iteration,
         agg: Agg::Median,
         digits: 2,
     }
@@ -525,7 +525,7 @@ pub fn col_l1_last5() -> Metric {
         header: "exact L1 (last 5 evals)",
         key: "exact_l1_last5",
         short: "L1(last5)",
-        value: |r| num(r, "/summary/exact_last5_mean/l1_sum"),
+        value: &|r| num(r, "/summary/exact_last5_mean/l1_sum"),
         agg: Agg::MeanStd,
         digits: 4,
     }
@@ -537,7 +537,7 @@ pub fn col_test_spearman() -> Metric {
         header: "test Spearman",
         key: "test_spearman",
         short: "Spearman",
-        value: |r| num(r, "/summary/task/test_spearman"),
+        value: &|r| num(r, "/summary/task/test_spearman"),
         agg: Agg::MeanStd,
         digits: 3,
     }
@@ -549,7 +549,7 @@ pub fn col_modes_found() -> Metric {
         header: "modes found (mean)",
         key: "modes_found",
         short: "modes",
-        value: |r| num(r, "/summary/modes/found"),
+        value: &|r| num(r, "/summary/modes/found"),
         agg: Agg::Mean,
         digits: 1,
     }
@@ -561,7 +561,7 @@ pub fn col_peak_rss() -> Metric {
         header: "peak RSS MB",
         key: "peak_rss_mb",
         short: "RSS MB",
-        value: |r| num(r, "/peak_rss_mb"),
+        value: &|r| num(r, "/peak_rss_mb"),
         agg: Agg::Max,
         digits: 0,
     }
@@ -573,7 +573,7 @@ pub fn col_peer_peak_rss() -> Metric {
         header: "peak RSS MB",
         key: "peak_rss_mb",
         short: "RSS MB",
-        value: |r| num(r, "/peak_rss_mb").or_else(|| num(r, "/output/peak_rss_mb")),
+        value: &|r| num(r, "/peak_rss_mb").or_else(|| num(r, "/output/peak_rss_mb")),
         agg: Agg::Max,
         digits: 0,
     }

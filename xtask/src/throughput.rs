@@ -52,8 +52,8 @@ pub fn throughput(opts: &SuiteOptions) -> Suite {
         }
         // The policy networks of `cargo xtask bench networks`; the transformer's step costs ~40×
         // the MLP's, so it runs fewer iterations.
-        for (net, flags) in crate::networks::NETWORKS {
-            let iterations = match net {
+        for (net, flags) in crate::data_suite::axis_values("networks", 0) {
+            let iterations = match net.as_str() {
                 "mlp" => iterations_for(16, opts.quick),
                 _ => {
                     if opts.quick {
@@ -129,7 +129,7 @@ pub fn throughput(opts: &SuiteOptions) -> Suite {
                 header: "iterations/s",
                 key: "iterations_per_second",
                 short: "it/s",
-                value: |r| num(r, "/summary/iterations_per_second"),
+                value: &|r| num(r, "/summary/iterations_per_second"),
                 agg: Agg::Median,
                 digits: 1,
             },
@@ -137,7 +137,7 @@ pub fn throughput(opts: &SuiteOptions) -> Suite {
                 header: "trajectories/s",
                 key: "trajectories_per_second",
                 short: "traj/s",
-                value: |r| num(r, "/summary/trajectories_per_second"),
+                value: &|r| num(r, "/summary/trajectories_per_second"),
                 agg: Agg::Median,
                 digits: 0,
             },
@@ -145,7 +145,7 @@ pub fn throughput(opts: &SuiteOptions) -> Suite {
                 header: "useful GFLOP/s",
                 key: "useful_gflops_per_second",
                 short: "GFLOP/s",
-                value: |r| {
+                value: &|r| {
                     num(r, "/summary/useful_gflops_per_second")
                         .or_else(|| num(r, "/summary/forward_gflops_per_second"))
                         .or_else(|| num(r, "/summary/best_gflops"))
@@ -157,20 +157,20 @@ pub fn throughput(opts: &SuiteOptions) -> Suite {
                 header: "mean trajectory length",
                 key: "mean_length",
                 short: "len",
-                value: |r| num(r, "/summary/mean_length"),
+                value: &|r| num(r, "/summary/mean_length"),
                 agg: Agg::Median,
                 digits: 2,
             },
             crate::suite::col_peak_rss(),
         ],
-        ms_per_iteration: ours_ms_per_iteration,
+        ms_per_iteration: &ours_ms_per_iteration,
         peers: hypergrid_peers(|| {
             vec![
                 Metric {
                     header: "trajectories/s",
                     key: "trajectories_per_second",
                     short: "traj/s",
-                    value: |r| num(r, "/output/trajectories_per_second"),
+                    value: &|r| num(r, "/output/trajectories_per_second"),
                     agg: Agg::Median,
                     digits: 0,
                 },
