@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use gfn_record::{EbmRecord, RecentMetrics, Timing, TopKMetrics};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -92,112 +93,13 @@ pub struct CurvePoint {
     pub modes_found: Option<f64>,
     /// The best distinct measured objects so far (`metrics.jsonl`'s `top_k`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub top_k: Option<TopK>,
+    pub top_k: Option<TopKMetrics>,
     /// The mean reward of the most recent measured samples (`metrics.jsonl`'s `recent`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub recent: Option<Recent>,
+    pub recent: Option<RecentMetrics>,
     /// Figures of an energy-based model run (`gfn train --env ebm-2d|ising|digits`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ebm: Option<EbmPoint>,
-}
-
-/// One evaluation of an energy-based model run: a line of its `metrics.jsonl` (an `EbmRecord`
-/// of `crates/gfn/src/ebm.rs`). Every figure is optional: which exist depends on the task and
-/// the method.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct EbmPoint {
-    /// Mean EBM loss since the previous evaluation.
-    pub ebm_loss: Option<f64>,
-    /// Mean GFlowNet TB loss since the previous evaluation (EB-GFN).
-    pub gfn_loss: Option<f64>,
-    /// Mean acceptance of the back-and-forth proposals since the previous evaluation (EB-GFN).
-    pub acceptance: Option<f64>,
-    /// Back-and-forth depth `K` (EB-GFN).
-    pub k: Option<f64>,
-    /// The EBM's `log Z`: exact (D ≤ 20) or importance-sampled with the GFlowNet.
-    pub log_z: Option<Estimate>,
-    /// The EBM's test NLL with that `log Z`.
-    pub ebm_nll: Option<Estimate>,
-    /// `log Z` by uniform importance sampling.
-    pub log_z_uniform: Option<Estimate>,
-    /// The EBM's test NLL with the uniform-IS `log Z`.
-    pub ebm_nll_uniform: Option<Estimate>,
-    /// The GFlowNet's test NLL (backward importance sampling).
-    pub gfn_nll: Option<Estimate>,
-    /// MMD² between model samples and data, ×10⁻⁴.
-    pub mmd_e4: Option<f64>,
-    /// Ising: −log RMSE between the learned and the true couplings.
-    pub neg_log_rmse: Option<f64>,
-}
-
-/// An estimate with its standard error (`{value, std_err, n}` in `metrics.jsonl`).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Estimate {
-    /// The estimate.
-    pub value: f64,
-    /// Its standard error (0 for an exact value).
-    pub std_err: Option<f64>,
-    /// Samples behind it.
-    pub n: Option<f64>,
-}
-
-impl Estimate {
-    /// `{value, std_err, n}` with a finite value; `None` otherwise (`null`, missing).
-    fn read(v: &Value) -> Option<Self> {
-        let value = v["value"].as_f64().filter(|x| x.is_finite())?;
-        Some(Estimate {
-            value,
-            std_err: v["std_err"].as_f64().filter(|x| x.is_finite()),
-            n: v["n"].as_f64(),
-        })
-    }
-}
-
-impl EbmPoint {
-    /// The EBM figures of a `metrics.jsonl` line; `None` for a line of another kind of run
-    /// (one without `ebm_loss`).
-    pub fn read(v: &Value) -> Option<Self> {
-        v.get("ebm_loss")?;
-        let x = |k: &str| v[k].as_f64().filter(|x| x.is_finite());
-        let e = |k: &str| Estimate::read(&v[k]);
-        Some(EbmPoint {
-            ebm_loss: x("ebm_loss"),
-            gfn_loss: x("gfn_loss"),
-            acceptance: x("acceptance"),
-            k: x("k"),
-            log_z: e("log_z"),
-            ebm_nll: e("ebm_nll"),
-            log_z_uniform: e("log_z_uniform"),
-            ebm_nll_uniform: e("ebm_nll_uniform"),
-            gfn_nll: e("gfn_nll"),
-            mmd_e4: x("mmd_e4"),
-            neg_log_rmse: x("neg_log_rmse"),
-        })
-    }
-}
-
-/// Top-k figures at one evaluation: the best `k` distinct objects sampled so far.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct TopK {
-    /// `k`.
-    pub k: f64,
-    /// Distinct objects held (`≤ k`).
-    pub found: f64,
-    /// Their mean reward.
-    pub mean_reward: f64,
-    /// Their mean pairwise distance.
-    pub diversity: f64,
-}
-
-/// Recent-reward figures at one evaluation.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct Recent {
-    /// Samples in the window.
-    pub samples: f64,
-    /// Their mean reward.
-    pub mean_reward: f64,
-    /// `(mean reward − E_{p*}[R]) / E_{p*}[R]`, where `E_{p*}[R]` is known.
-    pub relative_error: Option<f64>,
+    pub ebm: Option<EbmRecord>,
 }
 
 /// A peer library's run.
@@ -823,17 +725,12 @@ fn last_json_line(path: &Path) -> Option<Value> {
 /// without `trajectories` (an EBM run's) counts `iteration × batch_size` (from `summary.json`)
 /// trajectories; without either it is left out.
 fn our_curve(run: &Path, batch_size: Option<f64>) -> Vec<CurvePoint> {
-    let timing: Value = std::fs::read_to_string(run.join("timing.json"))
+    // Both kinds of run's timing.json have `evals`; the GFlowNet run's `Timing` reads either.
+    let timing: Timing = std::fs::read_to_string(run.join("timing.json"))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or(Value::Null);
-    let seconds_at = |it: u64| {
-        timing["evals"].as_array().and_then(|a| {
-            a.iter()
-                .find(|e| e["iteration"].as_u64() == Some(it))
-                .and_then(|e| e["wall_seconds"].as_f64())
-        })
-    };
+        .unwrap_or_default();
+    let seconds_at = |it: u64| timing.evals.iter().find(|e| e.iteration == it).map(|e| e.wall_seconds);
     let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
     text.lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -850,7 +747,7 @@ fn our_curve(run: &Path, batch_size: Option<f64>) -> Vec<CurvePoint> {
                 modes_found: v["modes_found"].as_f64(),
                 top_k: serde_json::from_value(v["top_k"].clone()).ok(),
                 recent: serde_json::from_value(v["recent"].clone()).ok(),
-                ebm: EbmPoint::read(&v),
+                ebm: serde_json::from_value(v.clone()).ok(),
             })
         })
         .collect()
@@ -979,21 +876,22 @@ mod tests {
         let e = curve[0].ebm.unwrap();
         assert_eq!(
             (e.ebm_loss, e.acceptance, e.k, e.mmd_e4),
-            (Some(-0.5), Some(0.25), Some(1.0), Some(3.5))
+            (-0.5, Some(0.25), Some(1), Some(3.5))
         );
         assert_eq!(
             e.ebm_nll_uniform,
-            Some(Estimate {
+            Some(gfn_record::Estimate {
                 value: 20.7,
-                std_err: Some(0.06),
-                n: Some(4000.0)
+                std_err: 0.06,
+                n: 4000
             })
         );
         assert_eq!(e.gfn_nll.map(|g| g.value), Some(21.0));
         assert_eq!(e.neg_log_rmse, None);
         let e = curve[1].ebm.unwrap();
         assert_eq!(e.neg_log_rmse, Some(4.2));
-        assert_eq!((e.ebm_loss, e.ebm_nll, e.gfn_nll), (None, None, None));
+        assert!(e.ebm_loss.is_nan());
+        assert_eq!((e.ebm_nll, e.gfn_nll), (None, None));
         // Round trip through results.json.
         let back: Vec<CurvePoint> = serde_json::from_value(serde_json::to_value(&curve).unwrap()).unwrap();
         assert_eq!(back[0].ebm, curve[0].ebm);

@@ -11,11 +11,12 @@ use std::path::Path;
 use anyhow::Result;
 use serde_json::Value;
 
-use crate::bench::{CurvePoint, EbmPoint, Session};
+use crate::bench::{CurvePoint, Session};
 use crate::curves::{self, plot_line};
 use crate::plot::{Chart, Reference, Series, spans_decades};
 use crate::report::{Aggregate, Stats, fmt_num, records, row_stats};
 use crate::suite::{Agg, Extract, Metric, Output, RunSpec, Suite, SuiteOptions, f, num, ours_ms_per_iteration};
+use gfn_record::EbmRecord;
 
 // Hyper-parameters, in one place: papers.md §2.3 (2D synthetic: the README command of the official
 // code), §2.4 (Ising: the GWG protocol; gfnx's `tb_ising.yaml`), §2.5 (MNIST settings, used for
@@ -1069,7 +1070,7 @@ fn targets(session: &Session) -> String {
 }
 
 /// A figure of an evaluation.
-type Pick = fn(&EbmPoint) -> Option<f64>;
+type Pick = fn(&EbmRecord) -> Option<f64>;
 
 /// Mean over the row's seeds of `pick` against iterations.
 fn row_curve(session: &Session, group: &str, row: &str, pick: Pick) -> Vec<(f64, f64)> {
@@ -1099,16 +1100,16 @@ fn chart<'a>(title: &'a str, y_label: &'a str, log_y: bool) -> Chart<'a> {
     }
 }
 
-fn ebm_nll_uniform_of(p: &EbmPoint) -> Option<f64> {
-    p.ebm_nll_uniform.map(|e| e.value)
+fn ebm_nll_uniform_of(p: &EbmRecord) -> Option<f64> {
+    p.ebm_nll_uniform.map(|e| e.value).filter(|x| x.is_finite())
 }
 
-fn ebm_nll_of(p: &EbmPoint) -> Option<f64> {
-    p.ebm_nll.map(|e| e.value)
+fn ebm_nll_of(p: &EbmRecord) -> Option<f64> {
+    p.ebm_nll.map(|e| e.value).filter(|x| x.is_finite())
 }
 
-fn gfn_nll_of(p: &EbmPoint) -> Option<f64> {
-    p.gfn_nll.map(|e| e.value)
+fn gfn_nll_of(p: &EbmRecord) -> Option<f64> {
+    p.gfn_nll.map(|e| e.value).filter(|x| x.is_finite())
 }
 
 /// The NLL lines of one task: both methods' EBM NLL (uniform IS), EB-GFN's EBM NLL (GFlowNet IS)
@@ -1544,7 +1545,17 @@ mod tests {
             process_wall_seconds: Some(1.0),
             peak_rss_mb: None,
             summary: Some(summary),
-            curve: curve.into_iter().map(|p| serde_json::from_value(p).unwrap()).collect(),
+            curve: curve
+                .into_iter()
+                .map(|mut p| {
+                    // A whole metrics.jsonl record, as gfn writes it.
+                    if let Some(e) = p.get_mut("ebm").and_then(Value::as_object_mut) {
+                        e.entry("iteration").or_insert(json!(1));
+                        e.entry("ebm_loss").or_insert(json!(0.0));
+                    }
+                    serde_json::from_value(p).unwrap()
+                })
+                .collect(),
             peers: Vec::new(),
         }
     }

@@ -15,7 +15,8 @@ use gfn::checkpoint::Checkpoint;
 use gfn::config::TrainConfig;
 use gfn::ebm::{EbmRecord, EbmRun};
 use gfn::io::write_atomic;
-use gfn::train::{EvalRecord, EvalTiming, Trainer};
+use gfn::train::{EvalRecord, Trainer};
+use gfn_record::{EbmTiming, Timing};
 
 use crate::run_dir::{RunDir, files};
 
@@ -216,24 +217,6 @@ pub fn read_metrics<T: DeserializeOwned>(dir: &RunDir) -> Result<Vec<T>> {
         .collect()
 }
 
-/// What `timing.json` keeps of a GFlowNet run.
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct Timing {
-    /// Iterations completed at the last checkpoint.
-    pub iteration: u64,
-    /// Training-loop seconds (evaluations and I/O excluded).
-    pub wall_seconds: f64,
-    /// Useful floating-point operations so far (see [`Trainer::useful_flops`]).
-    pub useful_flops: f64,
-    /// Training seconds at every evaluation.
-    pub evals: Vec<EvalTiming>,
-    /// Seconds of LED's potential updates (inside `wall_seconds`).
-    pub led_seconds: f64,
-    /// Seconds of the measurement samples (outside `wall_seconds`).
-    pub metric_seconds: f64,
-}
-
 impl Run for Trainer {
     type Record = EvalRecord;
     type Timing = Timing;
@@ -294,18 +277,6 @@ impl Run for Trainer {
     fn summary(&self) -> serde_json::Value {
         gfn::train::summary_json(self)
     }
-}
-
-/// What `timing.json` keeps of an EBM run.
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct EbmTiming {
-    /// Iterations completed at the last checkpoint.
-    pub iteration: u64,
-    /// Training-loop seconds.
-    pub wall_seconds: f64,
-    /// Training seconds at every evaluation.
-    pub evals: Vec<EvalTiming>,
 }
 
 impl Run for EbmRun {

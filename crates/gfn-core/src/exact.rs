@@ -24,10 +24,7 @@ pub fn logsumexp(xs: impl IntoIterator<Item = f64> + Clone) -> f64 {
     max + xs.into_iter().map(|x| (x - max).exp()).sum::<f64>().ln()
 }
 
-/// Deserialise an f64 that may have been written as `null` (JSON has no NaN or infinity).
-pub fn f64_or_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
-    Ok(<Option<f64> as serde::Deserialize>::deserialize(d)?.unwrap_or(f64::NAN))
-}
+pub use gfn_record::f64_or_nan;
 
 /// Divergences between a model distribution `p` and the target `q` over the same support.
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]

@@ -10,25 +10,14 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use gfn_record::{RecentMetrics, TopKMetrics};
+
 /// Top-k tracker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TopKTracker {
     k: usize,
     /// `(log R, state)`, best first.
     best: Vec<(f64, Vec<i32>)>,
-}
-
-/// Top-k metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct TopKMetrics {
-    /// `k`.
-    pub k: usize,
-    /// Distinct objects held (`≤ k`).
-    pub found: usize,
-    /// Mean reward `R = exp(log R)` of the held objects.
-    pub mean_reward: f64,
-    /// Mean pairwise distance between the held objects (the task's object distance).
-    pub diversity: f64,
 }
 
 impl TopKTracker {
@@ -90,17 +79,6 @@ pub struct RecentRewards {
     capacity: usize,
     next: usize,
     rewards: Vec<f64>,
-}
-
-/// Metrics of the recent samples.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct RecentMetrics {
-    /// Samples in the window (`≤` its capacity).
-    pub samples: usize,
-    /// Their mean reward.
-    pub mean_reward: f64,
-    /// `(mean reward − E_{p*}[R]) / E_{p*}[R]`, where `E_{p*}[R]` is known.
-    pub relative_error: Option<f64>,
 }
 
 impl RecentRewards {

@@ -11,7 +11,6 @@
 //! Every estimate comes with its standard error.
 
 use candle_core::Device;
-use serde::{Deserialize, Serialize};
 
 use gfn_core::exact::logsumexp;
 use gfn_core::{Estimator, GfnError, GfnRng, Result, Sampler, SamplingOptions, TrajectoryBatch};
@@ -21,35 +20,6 @@ use crate::energy::{EnergyModel, log_density_values};
 
 /// Largest `D` whose `2^D` states [`exact_log_z`] enumerates.
 pub const MAX_EXACT_DIM: usize = 20;
-
-/// A mean with its standard error.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Estimate {
-    /// The estimate.
-    pub value: f64,
-    /// Its standard error (0 for exact values).
-    pub std_err: f64,
-    /// Samples behind it.
-    pub n: usize,
-}
-
-impl Estimate {
-    /// Mean and standard error (sample standard deviation / √n) of `xs`.
-    pub fn of(xs: &[f64]) -> Self {
-        let n = xs.len();
-        let mean = xs.iter().sum::<f64>() / n.max(1) as f64;
-        let var = if n > 1 {
-            xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64
-        } else {
-            0.0
-        };
-        Self {
-            value: mean,
-            std_err: (var / n.max(1) as f64).sqrt(),
-            n,
-        }
-    }
-}
 
 /// `log Z = log Σ_{x ∈ {0,1}^D} exp f(x)` by enumeration (`D ≤ 20`), in chunks.
 pub fn exact_log_z(model: &dyn EnergyModel, device: &Device) -> Result<f64> {
@@ -77,6 +47,7 @@ pub fn exact_log_z(model: &dyn EnergyModel, device: &Device) -> Result<f64> {
 }
 
 pub use gfn_objectives::likelihood::trajectory_log_probs;
+pub use gfn_record::Estimate;
 
 /// `log Z` by importance sampling over `n` GFlowNet trajectories (in batches of `chunk`):
 /// `log Ẑ = logsumexp_i [f(x_i) + log P_B(τ_i|x_i) − log P_F(τ_i)] − log n`. The standard error is

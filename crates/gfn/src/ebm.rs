@@ -140,46 +140,7 @@ impl Method {
     }
 }
 
-/// One evaluation, a line of `metrics.jsonl`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EbmRecord {
-    /// Iterations completed.
-    pub iteration: u64,
-    /// Mean EBM loss `mean f(x⁻) − mean f(x)` since the previous evaluation.
-    pub ebm_loss: f64,
-    /// Mean GFlowNet TB loss since the previous evaluation (EB-GFN).
-    pub gfn_loss: Option<f64>,
-    /// Mean acceptance of the back-and-forth proposals since the previous evaluation.
-    pub acceptance: Option<f64>,
-    /// `K` of the last iteration.
-    pub k: Option<usize>,
-    /// `log Z` of the EBM: exact (D ≤ 20) or importance-sampled with the GFlowNet.
-    pub log_z: Option<Estimate>,
-    /// The EBM's test NLL with that `log Z`.
-    pub ebm_nll: Option<Estimate>,
-    /// `log Z` by uniform importance sampling (the ALOE protocol of the paper's table).
-    pub log_z_uniform: Option<Estimate>,
-    /// The EBM's test NLL with the uniform-IS `log Z`.
-    pub ebm_nll_uniform: Option<Estimate>,
-    /// The GFlowNet's test NLL (backward importance sampling).
-    pub gfn_nll: Option<Estimate>,
-    /// MMD² (exp-Hamming kernel) between model samples and data, ×10⁻⁴ as in the paper.
-    pub mmd_e4: Option<f64>,
-    /// Ising: −log RMSE between learned and true couplings.
-    pub neg_log_rmse: Option<f64>,
-    /// Ising: mean learned value of the true lattice couplings (the truth is σ).
-    #[serde(default)]
-    pub edge_mean: Option<f64>,
-    /// Ising: standard deviation of the learned lattice couplings.
-    #[serde(default)]
-    pub edge_sd: Option<f64>,
-    /// Ising: root mean square of the learned couplings that should be zero (diagonal excluded).
-    #[serde(default)]
-    pub off_rms: Option<f64>,
-    /// Ising: share of the squared error on the lattice couplings.
-    #[serde(default)]
-    pub edge_share: Option<f64>,
-}
+pub use gfn_record::EbmRecord;
 
 /// Training window of the losses between evaluations.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]

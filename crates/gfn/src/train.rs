@@ -68,14 +68,7 @@ pub struct EvalRecord {
     pub conditions: Vec<crate::conditions::ConditionMetrics>,
 }
 
-/// Training seconds at one evaluation (kept in `timing.json`, beside the bit-reproducible files).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
-pub struct EvalTiming {
-    /// Iterations completed.
-    pub iteration: u64,
-    /// Training-loop seconds so far.
-    pub wall_seconds: f64,
-}
+pub use gfn_record::EvalTiming;
 
 /// A training run in memory.
 pub struct Trainer {
