@@ -168,15 +168,19 @@ def render():
                 bs = f"{b_star:.0f}" + (" (extrapolated)" if b_star > max(xs) else "")
             lines.append(f"| {policy} | {p} | {t16:.2f} | {n} | {x:.2f} | {t16 / (t16 + x):.1%} | {bs} |")
     text = "\n".join(lines) + "\n"
-    (OUT / "results.md").write_text(text)
+    sys.path.insert(0, str(ROOT / "python" / "bench"))
+    import docs
+
+    docs.write(OUT / "results.md", text)
     doc = ROOT / "docs" / "RESULTS.md"
     body = doc.read_text()
     begin, end = "<!-- generated:distributed:begin -->", "<!-- generated:distributed:end -->"
     if begin in body:
         head, rest = body.split(begin, 1)
         body = head + begin + "\n" + text + end + rest.split(end, 1)[1]
-        doc.write_text(body)
-    print(text)
+        docs.write(doc, body)
+    if not docs.CHECK:
+        print(text)
 
 
 if __name__ == "__main__":

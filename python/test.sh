@@ -21,4 +21,8 @@ fi
 export GFN_BIN RAYON_NUM_THREADS=1
 # From the root: python/gfnrs (the sources) must not shadow the installed package.
 target/pyenv/bin/python python/bench/judge.py
+# The Python benchmarks' documents are what their committed records render.
+for render in python/bench/tasks.py python/bench/speed.py benches/distributed.py; do
+  GFN_DOCS_CHECK=1 target/pyenv/bin/python "$render" render
+done
 target/pyenv/bin/python -m pytest -q -p no:cacheprovider python/tests

@@ -140,12 +140,13 @@ def render():
             lines.append(f"| {batch} | {m('rust_side_seconds_per_call') * 1e6:.1f} µs | {m('body_seconds_per_call') * 1e6:.1f} µs | "
                          f"{m('overhead_seconds_per_call') * 1e6:.1f} µs | {m('step_seconds') * 1e3:.2f} ms |")
     body = "\n".join(lines) + "\n"
-    (OUT / "results.md").write_text(body)
     sys.path.insert(0, str(ROOT / "python" / "bench"))
+    import docs
     from tasks import splice
 
+    docs.write(OUT / "results.md", body)
     results = ROOT / "docs" / "RESULTS.md"
-    results.write_text(splice(results.read_text(), "python-speed", body))
+    docs.write(results, splice(results.read_text(), "python-speed", body))
 
 
 def main():

@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT / "python" / "examples"))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from judge import detail, judge  # noqa: E402
+import docs  # noqa: E402
 
 TASKS = {
     # task: its example module, the claim's metric, the best-object figure, budget, reward exponent
@@ -139,9 +140,9 @@ def render():
             continue
         runs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         body = render_task(task_name, runs)
-        (path.parent / "results.md").write_text(body)
+        docs.write(path.parent / "results.md", body)
         doc = splice(doc, f"python-{task_name}", body)
-    results.write_text(doc)
+    docs.write(results, doc)
 
 
 def main():
