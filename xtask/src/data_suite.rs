@@ -44,6 +44,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::bench::Session;
+use crate::plot::Reference;
 use crate::report::Aggregate;
 use crate::suite::{Agg, Metric, Output, RunSpec, Suite, SuiteOptions, ours_ms_per_iteration};
 
@@ -63,6 +64,17 @@ pub struct Grid {
     groups: Vec<Group>,
     #[serde(default, rename = "plot")]
     plots: Vec<PlotDef>,
+    /// The sentence under the plots heading.
+    #[serde(default = "default_plots_intro")]
+    plots_intro: String,
+}
+
+fn default_plots_intro() -> String {
+    "Mean over seeds against the trajectories sampled in training.".into()
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A table column read from `summary.json`.
@@ -100,6 +112,12 @@ struct Group {
     args: Vec<String>,
     iterations: u32,
     evaluations: u32,
+    /// Seeds of this table whatever `--seeds` says (a single costly run).
+    #[serde(default)]
+    seeds: Option<u32>,
+    /// Whether `--quick` makes this table's runs.
+    #[serde(default = "yes")]
+    quick: bool,
     #[serde(rename = "axis")]
     axes: Vec<Axis>,
 }
@@ -122,6 +140,19 @@ struct AxisValue {
 struct PlotDef {
     pointer: String,
     file: String,
+    label: String,
+    /// Tables drawn; empty: every table.
+    #[serde(default)]
+    groups: Vec<String>,
+    /// Reference lines: a column's mean over the table's runs, labelled.
+    #[serde(default)]
+    references: Vec<ReferenceDef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReferenceDef {
+    column: String,
     label: String,
 }
 
@@ -233,7 +264,8 @@ pub fn build(name: &'static str, opts: &SuiteOptions) -> Suite {
     ));
     let seeds = opts.seeds.unwrap_or(if opts.quick { 1 } else { grid.seeds });
     let mut runs = Vec::new();
-    for g in &grid.groups {
+    for g in grid.groups.iter().filter(|g| g.quick || !opts.quick) {
+        let seeds = g.seeds.unwrap_or(seeds);
         let iterations = if opts.quick {
             g.iterations / grid.quick_divide
         } else {
@@ -262,7 +294,7 @@ pub fn build(name: &'static str, opts: &SuiteOptions) -> Suite {
                     "--iterations".into(),
                     iterations.to_string(),
                     "--eval-every".into(),
-                    (iterations / g.evaluations).to_string(),
+                    (iterations / g.evaluations).max(1).to_string(),
                     "--seed".into(),
                     seed.to_string(),
                     "--threads".into(),
@@ -315,19 +347,34 @@ pub fn axis_values(suite: &str, axis: usize) -> Vec<(String, Vec<String>)> {
 }
 
 /// The `[[suite.plot]]` figures: each against trajectories, mean over seeds per row, per table.
-fn plots(session: &Session, _aggs: &[Aggregate], dir: &Path) -> Result<String> {
+fn plots(session: &Session, aggs: &[Aggregate], dir: &Path) -> Result<String> {
     let text = file(&session.request.suite).context("suite without a file")?;
     let grid = parse(text)?;
-    let mut md = String::from("\n## Plots\n\nMean over seeds against the trajectories sampled in training.\n\n");
+    let mut md = format!("\n## Plots\n\n{}\n\n", grid.plots_intro);
     for g in &grid.groups {
-        for p in &grid.plots {
+        for p in grid
+            .plots
+            .iter()
+            .filter(|p| p.groups.is_empty() || p.groups.contains(&g.name))
+        {
+            let references: Vec<Reference> = p
+                .references
+                .iter()
+                .filter_map(|r| {
+                    let a = aggs.iter().find(|a| a.group == g.name)?;
+                    Some(Reference {
+                        label: r.label.clone(),
+                        y: a.ours.get(r.column.as_str())?.mean,
+                    })
+                })
+                .collect();
             let series = crate::pg::jsonl_series(session, dir, &g.name, &p.pointer);
             md.push_str(&crate::pg::figure_plot(
                 dir,
                 &g.name,
                 (&p.file, &p.label, false),
                 &series,
-                &[],
+                &references,
             )?);
         }
     }
@@ -343,7 +390,7 @@ mod tests {
     #[test]
     fn data_suites_plan_the_committed_runs() {
         let root = crate::runner::Layout::detect().root;
-        for name in ["networks", "conditional"] {
+        for name in ["networks", "conditional", "mis"] {
             let text = std::fs::read_to_string(root.join("docs/results").join(name).join("results.json")).unwrap();
             let session: Session = serde_json::from_str(&text).unwrap();
             let def = crate::suite::find(name).unwrap();
@@ -366,6 +413,28 @@ mod tests {
                 assert_eq!(flags(&new.gfn_args), flags(&old.gfn_args), "{name}: {}", new.name);
             }
         }
+        // Every flag once in every run of every data suite: gfn refuses a repeated one.
+        for def in crate::suite::SUITES
+            .iter()
+            .filter(|d| file(d.name).is_some_and(|f| parse(f).is_ok()))
+        {
+            for quick in [false, true] {
+                for r in (def.build)(&crate::suite::test_util::opts(quick, None)).runs {
+                    let flags: Vec<&String> = r.gfn_args.iter().filter(|a| a.starts_with("--")).collect();
+                    let unique: std::collections::BTreeSet<_> = flags.iter().collect();
+                    assert_eq!(unique.len(), flags.len(), "{}: {flags:?}", r.name);
+                }
+            }
+        }
+        // --quick: seed 0, a tenth of the iterations, and no table marked `quick = false`.
+        let quick = crate::data_suite::build("mis", &crate::suite::test_util::opts(true, None));
+        assert_eq!(quick.runs.len(), 4);
+        assert!(
+            quick
+                .runs
+                .iter()
+                .all(|r| r.gfn_args.windows(2).any(|w| w[0] == "--iterations" && w[1] == "75"))
+        );
         assert_eq!(
             axis_values("networks", 0)
                 .iter()

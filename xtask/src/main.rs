@@ -14,7 +14,6 @@ mod data_suite;
 mod ebm;
 mod judge;
 mod led;
-mod mis;
 mod pg;
 mod plot;
 mod report;

@@ -61,7 +61,7 @@ pub const SUITES: &[SuiteDef] = &[
     },
     SuiteDef {
         name: "mis",
-        build: crate::mis::mis,
+        build: |o| crate::data_suite::build("mis", o),
     },
 ];
 
