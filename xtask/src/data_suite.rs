@@ -24,7 +24,8 @@
 //! prefix = "4x8"                  # run names: <prefix>-<axis values>-seed<N>
 //! args = ["train", "--env", "hypergrid"]
 //! iterations = 20000
-//! evaluations = 4                 # --eval-every iterations / evaluations
+//! evaluations = 4                 # --eval-every iterations / evaluations (or eval_every = N)
+//! vars = { grad_every = 1000 }    # `{grad_every}` in axis arguments; divided by --quick too
 //! [[suite.group.axis]]            # the grid: every combination of the axes' values; a row per
 //! values = [{ name = "tb", args = ["--loss", "tb"] }]   # combination, named by its values
 //!
@@ -67,6 +68,9 @@ pub struct Grid {
     /// The sentence under the plots heading.
     #[serde(default = "default_plots_intro")]
     plots_intro: String,
+    /// A suite's own plots and tables, written in Rust (see [`extra`]), instead of `plot`s.
+    #[serde(default)]
+    extra: Option<String>,
 }
 
 fn default_plots_intro() -> String {
@@ -111,7 +115,15 @@ struct Group {
     prefix: Option<String>,
     args: Vec<String>,
     iterations: u32,
-    evaluations: u32,
+    /// Evaluations per run: `--eval-every iterations / evaluations` …
+    #[serde(default)]
+    evaluations: Option<u32>,
+    /// … or this interval, the same with `--quick`.
+    #[serde(default)]
+    eval_every: Option<u32>,
+    /// Numbers that axis arguments name as `{name}`, divided like the iterations by `--quick`.
+    #[serde(default)]
+    vars: std::collections::BTreeMap<String, u32>,
     /// Seeds of this table whatever `--seeds` says (a single costly run).
     #[serde(default)]
     seeds: Option<u32>,
@@ -178,12 +190,17 @@ pub fn parse(text: &str) -> Result<Grid> {
         bail!("[suite] quick_divide is 0 (give a divisor of at least 1)");
     }
     for g in &grid.groups {
-        if g.evaluations == 0 || g.axes.iter().any(|a| a.values.is_empty()) {
-            bail!(
-                "group '{}': evaluations must be at least 1 and every axis needs a value",
-                g.name
-            );
+        if g.evaluations.is_some() == g.eval_every.is_some() || g.evaluations == Some(0) || g.eval_every == Some(0) {
+            bail!("group '{}': give one of evaluations and eval_every, at least 1", g.name);
         }
+        if g.axes.iter().any(|a| a.values.is_empty()) {
+            bail!("group '{}': every axis needs a value", g.name);
+        }
+    }
+    if let Some(e) = &grid.extra
+        && extra(e).is_none()
+    {
+        bail!("[suite] extra '{e}' is not a suite's Rust extra (known: subtb)");
     }
     for c in &grid.columns {
         if builtin(c).is_none() && !grid.column_defs.iter().any(|d| &d.key == c) {
@@ -203,6 +220,22 @@ fn builtin(name: &str) -> Option<Metric> {
         "test_spearman" => crate::suite::col_test_spearman(),
         "modes_found" => crate::suite::col_modes_found(),
         "peak_rss_mb" => crate::suite::col_peak_rss(),
+        "mean_l1" => Metric {
+            header: "mean L1 over training (area under the curve)",
+            key: "mean_l1",
+            short: "meanL1",
+            value: &crate::curves::mean_l1,
+            agg: Agg::MeanStd,
+            digits: 4,
+        },
+        "trajectories_to_l1_0.5" => Metric {
+            header: "trajectories to L1 ≤ 0.5 (median)",
+            key: "trajectories_to_l1_0.5",
+            short: "traj→0.5",
+            value: &|r| crate::curves::trajectories_to_l1(r, 0.5),
+            agg: Agg::Median,
+            digits: 0,
+        },
         _ => return None,
     })
 }
@@ -289,12 +322,20 @@ pub fn build(name: &'static str, opts: &SuiteOptions) -> Suite {
             let names: Vec<&str> = combo.iter().map(|v| v.name.as_str()).collect();
             for seed in 0..u64::from(seeds) {
                 let mut gfn_args = g.args.clone();
-                gfn_args.extend(combo.iter().flat_map(|v| v.args.iter().cloned()));
+                let var = |a: &String| {
+                    g.vars.iter().fold(a.clone(), |a, (k, v)| {
+                        let v = if opts.quick { v / grid.quick_divide } else { *v };
+                        a.replace(&format!("{{{k}}}"), &v.to_string())
+                    })
+                };
+                gfn_args.extend(combo.iter().flat_map(|v| v.args.iter().map(var)));
                 gfn_args.extend([
                     "--iterations".into(),
                     iterations.to_string(),
                     "--eval-every".into(),
-                    (iterations / g.evaluations).max(1).to_string(),
+                    g.eval_every
+                        .unwrap_or_else(|| (iterations / g.evaluations.unwrap_or(1)).max(1))
+                        .to_string(),
                     "--seed".into(),
                     seed.to_string(),
                     "--threads".into(),
@@ -331,8 +372,19 @@ pub fn build(name: &'static str, opts: &SuiteOptions) -> Suite {
         metrics,
         ms_per_iteration: &ours_ms_per_iteration,
         peers: Vec::new(),
-        extra: (!grid.plots.is_empty()).then_some(plots as crate::suite::Extra),
+        extra: match &grid.extra {
+            Some(e) => extra(e),
+            None => (!grid.plots.is_empty()).then_some(plots as crate::suite::Extra),
+        },
         quality_note: grid.quality_note.as_deref(),
+    }
+}
+
+/// A suite's own plots and tables, by the name its file gives in `extra`.
+fn extra(name: &str) -> Option<crate::suite::Extra> {
+    match name {
+        "subtb" => Some(crate::subtb::extra),
+        _ => None,
     }
 }
 
@@ -390,7 +442,7 @@ mod tests {
     #[test]
     fn data_suites_plan_the_committed_runs() {
         let root = crate::runner::Layout::detect().root;
-        for name in ["networks", "conditional", "mis"] {
+        for name in ["networks", "conditional", "mis", "subtb"] {
             let text = std::fs::read_to_string(root.join("docs/results").join(name).join("results.json")).unwrap();
             let session: Session = serde_json::from_str(&text).unwrap();
             let def = crate::suite::find(name).unwrap();

@@ -1,6 +1,6 @@
-//! Suite `subtb`: the SubTB(λ) paper's hypergrid experiments (Madan et al., 2023): ndim 2 and 4,
-//! height 12, R0 10⁻³ and 10⁻⁴, TB / DB / SubTB(0.9), and its gradient analysis (how well each
-//! objective's small-batch gradient estimates the large-batch TB gradient).
+//! Suite `subtb`'s plots and gradient analysis (how well each objective's small-batch gradient
+//! estimates the large-batch TB gradient); the suite itself — the SubTB(λ) paper's hypergrid
+//! grid and claims — is `suites/subtb.toml`.
 
 use std::path::Path;
 
@@ -11,104 +11,6 @@ use crate::bench::Session;
 use crate::curves;
 use crate::plot::{self, Chart, Series};
 use crate::report::Aggregate;
-use crate::suite::{Agg, Metric, Recipe, Suite, SuiteOptions, f, ours_ms_per_iteration};
-
-/// One setting of the paper's grid.
-struct Setting {
-    ndim: u32,
-    r0: f64,
-    iterations: u32,
-    eval_every: u32,
-    grad_every: u32,
-}
-
-fn group_name(ndim: u32, r0: f64) -> String {
-    format!("hypergrid {ndim}×12, R0 {}", f(r0))
-}
-
-/// The suite: every setting × TB, DB, SubTB(0.9) × seeds (default 3). DB and SubTB runs also
-/// record the gradient analysis (`--grad-cosine-every`). `--quick`: seed 0, shorter runs.
-pub fn subtb(opts: &SuiteOptions) -> Suite {
-    let seeds = opts.seeds.unwrap_or(if opts.quick { 1 } else { 3 });
-    let scale = |n: u32| if opts.quick { n / 4 } else { n };
-    let settings: Vec<Setting> = [1e-3, 1e-4]
-        .into_iter()
-        .flat_map(|r0| {
-            [
-                Setting {
-                    ndim: 2,
-                    r0,
-                    iterations: scale(4000),
-                    eval_every: 50,
-                    grad_every: scale(1000),
-                },
-                Setting {
-                    ndim: 4,
-                    r0,
-                    iterations: scale(10000),
-                    eval_every: scale(200),
-                    grad_every: scale(2000),
-                },
-            ]
-        })
-        .collect();
-    let mut runs = Vec::new();
-    for s in &settings {
-        let group = group_name(s.ndim, s.r0);
-        for loss in ["tb", "db", "subtb"] {
-            for seed in 0..u64::from(seeds) {
-                let mut r = Recipe::new(s.ndim, 12, loss, s.iterations, seed, opts.threads);
-                r.rewards.0 = s.r0;
-                r.eval_every = s.eval_every;
-                let name = format!("{}x12-r0-{:e}-{loss}-seed{seed}", s.ndim, s.r0);
-                let mut spec = r.run(name, &group, loss);
-                spec.peer_args.clear();
-                if loss != "tb" {
-                    spec.gfn_args.extend([
-                        "--grad-cosine-every".into(),
-                        s.grad_every.to_string(),
-                        "--grad-cosine-batch".into(),
-                        "1024".into(),
-                        "--grad-cosine-repeats".into(),
-                        "8".into(),
-                    ]);
-                }
-                runs.push(spec);
-            }
-        }
-    }
-    Suite {
-        name: "subtb",
-        row_header: "loss",
-        runs,
-        metrics: vec![
-            crate::suite::col_iterations(),
-            crate::suite::col_ms_per_iteration(),
-            Metric {
-                header: "mean L1 over training (area under the curve)",
-                key: "mean_l1",
-                short: "meanL1",
-                value: &curves::mean_l1,
-                agg: Agg::MeanStd,
-                digits: 4,
-            },
-            Metric {
-                header: "trajectories to L1 ≤ 0.5 (median)",
-                key: "trajectories_to_l1_0.5",
-                short: "traj→0.5",
-                value: &|r| curves::trajectories_to_l1(r, 0.5),
-                agg: Agg::Median,
-                digits: 0,
-            },
-            crate::suite::col_l1_last5(),
-            crate::suite::col_modes_found(),
-        ],
-        ms_per_iteration: &ours_ms_per_iteration,
-        peers: Vec::new(),
-        extra: Some(extra),
-        quality_note: None,
-    }
-}
 
 /// Gradient-analysis records of one run: `(iteration, cos TB, cos DB, cos SubTB)`.
 fn grad_records(run_dir: &Path) -> Vec<(f64, f64, f64, f64)> {
@@ -134,7 +36,8 @@ fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
-fn extra(session: &Session, _aggs: &[Aggregate], dir: &Path) -> Result<String> {
+/// The suite's plots and its gradient analysis (`extra = "subtb"` in `suites/subtb.toml`).
+pub fn extra(session: &Session, _aggs: &[Aggregate], dir: &Path) -> Result<String> {
     let mut md = curves::quality_plots(session, dir)?;
 
     // Gradient analysis: cosines recorded in the DB and SubTB runs.

@@ -37,7 +37,7 @@ pub const SUITES: &[SuiteDef] = &[
     },
     SuiteDef {
         name: "subtb",
-        build: crate::subtb::subtb,
+        build: |o| crate::data_suite::build("subtb", o),
     },
     SuiteDef {
         name: "led",
