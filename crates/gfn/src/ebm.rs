@@ -507,7 +507,7 @@ impl EbmRun {
                 ..Window::default()
             };
         }
-        self.history.push(rec.clone());
+        self.history.push(rec);
         self.eval_timing.push(EvalTiming {
             iteration: self.iteration,
             wall_seconds: self.wall_seconds,
