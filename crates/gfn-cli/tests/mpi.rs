@@ -157,21 +157,19 @@ fn two_ranks_at_batch_8_train_the_grid_as_one_rank_at_batch_16() {
     .concat());
     let l1 = |d: &Path| summary(d)["exact"]["l1_sum"].as_f64().unwrap();
     let untrained = tmp("untrained");
+    // The same grid and network, one iteration: the untrained policy's L1.
     gfn(&[
-        "train",
-        "--ndim",
-        "4",
-        "--height",
-        "8",
-        "--hidden",
-        "64",
-        "--iterations",
-        "1",
-        "--eval-every",
-        "1",
-        "--out",
-        untrained.to_str().unwrap(),
-    ]);
+        &grid[..grid.len() - 2],
+        &[
+            "--iterations",
+            "1",
+            "--eval-every",
+            "1",
+            "--out",
+            untrained.to_str().unwrap(),
+        ],
+    ]
+    .concat());
     let (a, b, u) = (l1(&two), l1(&one), l1(&untrained));
     eprintln!("exact L1: two ranks × 8 {a:.4}, one rank × 16 {b:.4}, untrained {u:.4}");
     assert!(a < u / 4.0 && b < u / 4.0, "both train: {a}, {b} against untrained {u}");
