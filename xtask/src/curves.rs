@@ -7,7 +7,7 @@ use anyhow::Result;
 use serde_json::Value;
 
 use crate::bench::{CurvePoint, Session};
-use crate::plot::{self, Chart, Reference, Series};
+use crate::plot::{self, Chart, Reference, Series, spans_decades};
 
 /// The evaluations of a run record (ours or a peer's) as serialised in `results.json`.
 fn points(record: &Value) -> &[Value] {
@@ -43,11 +43,6 @@ fn l1_at_most(point: &Value, target: f64) -> bool {
 /// L1 ≤ `target`; `None` if never.
 pub fn seconds_to_l1(record: &Value, target: f64) -> Option<f64> {
     first_reaching(record, |p| l1_at_most(p, target)).map(|(_, s)| s)
-}
-
-/// Trajectories until the first evaluation with exact L1 ≤ `target`; `None` if never.
-pub fn trajectories_to_l1(record: &Value, target: f64) -> Option<f64> {
-    first_reaching(record, |p| l1_at_most(p, target)).map(|(t, _)| t)
 }
 
 /// Mean exact L1 over all evaluations: the area under the L1-against-trajectories curve divided
@@ -220,6 +215,95 @@ pub fn quality_plots(session: &Session, dir: &Path) -> Result<String> {
     Ok(md)
 }
 
+/// The per-evaluation figure at `pointer` (`/exact/jsd`, `/task/edge_auroc`) of a run, from its
+/// `runs/<name>/metrics.jsonl`: `(trajectories, value)` where present.
+fn jsonl_curve(dir: &Path, run: &str, pointer: &str) -> Vec<(f64, Option<f64>)> {
+    let text = std::fs::read_to_string(dir.join("runs").join(run).join("metrics.jsonl")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| {
+            let t = v["trajectories"].as_f64()?;
+            Some((t, v.pointer(pointer).and_then(Value::as_f64).filter(|x| x.is_finite())))
+        })
+        .collect()
+}
+
+/// Point-wise mean over seeds of curves with the same evaluation schedule (truncated to the
+/// shortest; an evaluation where a seed lacks the figure is left out).
+fn mean_points(curves: &[Vec<(f64, Option<f64>)>]) -> Vec<(f64, f64)> {
+    let n = curves.iter().map(Vec::len).min().unwrap_or(0);
+    (0..n)
+        .filter_map(|i| {
+            let ys: Vec<f64> = curves.iter().filter_map(|c| c[i].1).collect();
+            (ys.len() == curves.len()).then(|| {
+                let k = curves.len() as f64;
+                (
+                    curves.iter().map(|c| c[i].0).sum::<f64>() / k,
+                    ys.iter().sum::<f64>() / k,
+                )
+            })
+        })
+        .collect()
+}
+
+/// One line per row of `group` (run order): the figure at `pointer` of `metrics.jsonl` against
+/// trajectories sampled, mean over the row's successful runs.
+pub fn jsonl_series(session: &Session, dir: &Path, group: &str, pointer: &str) -> Vec<Series> {
+    let runs: Vec<_> = session.runs.iter().filter(|r| r.ok && r.group == group).collect();
+    let mut rows: Vec<&str> = Vec::new();
+    for r in &runs {
+        if !rows.contains(&r.row.as_str()) {
+            rows.push(&r.row);
+        }
+    }
+    rows.into_iter()
+        .filter_map(|row| {
+            let curves: Vec<_> = runs
+                .iter()
+                .filter(|r| r.row == row)
+                .map(|r| jsonl_curve(dir, &r.name, pointer))
+                .filter(|c| !c.is_empty())
+                .collect();
+            let points = mean_points(&curves);
+            (!points.is_empty()).then(|| Series {
+                label: row.to_string(),
+                points,
+                dashed: false,
+            })
+        })
+        .collect()
+}
+
+/// Draws one figure against trajectories for `group`; `log_ok`: on a log y axis when it spans
+/// decades (distances; not for correlations and counts).
+pub fn figure_plot(
+    dir: &Path,
+    group: &str,
+    (suffix, y_label, log_ok): (&str, &str, bool),
+    series: &[Series],
+    references: &[Reference],
+) -> Result<String> {
+    let log_y = log_ok && spans_decades(series);
+    let y_label = if log_y {
+        format!("{y_label} (log scale)")
+    } else {
+        y_label.to_string()
+    };
+    plot_line(
+        dir,
+        &format!("{}-{suffix}.png", slug(group)),
+        &Chart {
+            title: group,
+            x_label: "trajectories sampled in training",
+            y_label: &y_label,
+            log_x: false,
+            log_y,
+        },
+        series,
+        references,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,7 +325,7 @@ mod tests {
             {"trajectories": 48.0, "seconds": 3.0, "l1_sum": 0.2},
         ]});
         assert_eq!(seconds_to_l1(&rec, 0.1), Some(2.0));
-        assert_eq!(trajectories_to_l1(&rec, 0.1), Some(32.0));
+        assert_eq!(first_reaching(&rec, |p| l1_at_most(p, 0.1)), Some((32.0, 2.0)));
         assert_eq!(seconds_to_l1(&rec, 0.01), None);
         assert!((mean_l1(&rec).unwrap() - 0.79 / 3.0).abs() < 1e-12);
     }

@@ -1,6 +1,7 @@
 //! Suites written as data: `xtask/suites/<suite>.toml` with a `[suite]` table names the task
-//! grid, the methods, seeds and budgets, the table's columns and the plots; this module builds
-//! the [`Suite`] from it. Adding a suite of this shape means writing a file, not a module.
+//! grid, the methods, seeds and budgets, the table's columns, the plots and the targets; this
+//! module builds the [`Suite`] from it. Adding a suite of this shape means writing a file, not a
+//! module.
 //!
 //! ```toml
 //! [suite]
@@ -19,25 +20,53 @@
 //! agg = "max"                     # median, mean_std, mean, max or sum over seeds
 //! digits = 4
 //!
+//! [[suite.column]]                # a time to target instead of `summary`: the trajectories at
+//! key = "trajectories_to_tv_0.1"  # the first evaluation whose curve field is at most `value`
+//! first_at_most = { curve = "tv", value = 0.1 }   # (`reached = true`: 1 if it got there, else 0)
+//! header = "trajectories to TV ≤ 0.1"
+//! short = "traj→0.1"
+//! agg = "median"
+//! digits = 0
+//!
+//! [suite.axes]                    # axes that tables share by name
+//! losses = [{ name = "tb", args = ["--loss", "tb", "--lr-logz", "{lr_logz}"] }]
+//!
 //! [[suite.group]]                 # one table
 //! name = "hypergrid 4×8, β ∈ [0.5, 2], batch 16"
 //! prefix = "4x8"                  # run names: <prefix>-<axis values>-seed<N>
 //! args = ["train", "--env", "hypergrid"]
 //! iterations = 20000
 //! evaluations = 4                 # --eval-every iterations / evaluations (or eval_every = N)
-//! vars = { grad_every = 1000 }    # `{grad_every}` in axis arguments; divided by --quick too
+//! quick_divide = 1                # optional: this table's own --quick divisor
+//! vars = { grad_every = 1000, lr_logz = "0.1", extra = ["--r0", "0.1"] }
+//! # `{name}` in axis arguments: an integer (divided by --quick too), a string, or a list of
+//! # arguments spliced in place of an argument that is exactly `{name}`
 //! [[suite.group.axis]]            # the grid: every combination of the axes' values; a row per
 //! values = [{ name = "tb", args = ["--loss", "tb"] }]   # combination, named by its values
+//! [[suite.group.axis]]
+//! use = "losses"                  # a shared axis (`only = ["tb"]`: some of its values)
 //!
 //! [[suite.plot]]                  # a figure of metrics.jsonl against trajectories, per row
 //! pointer = "/task/modes_found"
 //! file = "modes-found"
 //! label = "modes found"
+//! log = false                     # a log y axis when the curves span decades
+//! references = [{ value = 0.1, label = "TV 0.1" }]   # or { column, label }: a column's mean;
+//! # or { summary = "/pointer", label }: the mean of a summary figure, its value after the label
+//!
+//! [[suite.target]]                # a bar every seed of each row must meet ("Further claims")
+//! text = "Every PG variant reaches exact TV ≤ 0.1 within 1,500 iterations"
+//! group = "hypergrid 2×8"
+//! rows = ["pg-u", "pg-b"]
+//! first_at_most = { curve = "tv", value = 0.1 }
+//! within = 1500                   # iterations
+//! show = { summary = "/exact_last5_mean/tv", label = "TV over the last 5 evaluations", digits = 4 }
 //! ```
 //!
 //! Every run gets `--iterations`, `--eval-every`, `--seed` and `--threads` after its group's and
 //! axes' arguments.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -46,7 +75,7 @@ use serde_json::Value;
 
 use crate::bench::Session;
 use crate::plot::Reference;
-use crate::report::Aggregate;
+use crate::report::{Aggregate, Stats, fmt_num, records, seeds_cell};
 use crate::suite::{Agg, Metric, Output, RunSpec, Suite, SuiteOptions, ours_ms_per_iteration};
 
 /// The `[suite]` table of a suite file.
@@ -68,9 +97,15 @@ pub struct Grid {
     /// The sentence under the plots heading.
     #[serde(default = "default_plots_intro")]
     plots_intro: String,
-    /// A suite's own plots and tables, written in Rust (see [`extra`]), instead of `plot`s.
+    /// A suite's own plots and tables, written in Rust (see [`extra`]), after the `plot`s.
     #[serde(default)]
     extra: Option<String>,
+    /// Axes that tables share by name.
+    #[serde(default)]
+    axes: BTreeMap<String, Vec<AxisValue>>,
+    /// Bars every seed of some rows must meet, reported under "Further claims".
+    #[serde(default, rename = "target")]
+    targets: Vec<TargetDef>,
 }
 
 fn default_plots_intro() -> String {
@@ -88,13 +123,35 @@ struct ColumnDef {
     key: String,
     header: String,
     short: String,
-    summary: String,
+    #[serde(default)]
+    summary: Option<String>,
     #[serde(default)]
     minus: Option<String>,
+    /// Instead of `summary`: the trajectories at the run's first evaluation that meets this.
+    #[serde(default)]
+    first_at_most: Option<CurveTarget>,
+    /// With `first_at_most`: 1 if the run got there, 0 if not.
+    #[serde(default)]
+    reached: bool,
     #[serde(default)]
     abs: bool,
     agg: AggName,
     digits: usize,
+}
+
+/// An evaluation whose figure `curve` (a field of the run's curve points: `tv`, `l1_sum`) is at
+/// most `value`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CurveTarget {
+    curve: String,
+    value: f64,
+}
+
+impl CurveTarget {
+    fn met(&self, point: &Value) -> bool {
+        point[self.curve.as_str()].as_f64().is_some_and(|v| v <= self.value)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -121,9 +178,13 @@ struct Group {
     /// … or this interval, the same with `--quick`.
     #[serde(default)]
     eval_every: Option<u32>,
-    /// Numbers that axis arguments name as `{name}`, divided like the iterations by `--quick`.
+    /// This table's `--quick` divisor, instead of the suite's.
     #[serde(default)]
-    vars: std::collections::BTreeMap<String, u32>,
+    quick_divide: Option<u32>,
+    /// Values that axis arguments name as `{name}`: an integer (divided like the iterations by
+    /// `--quick`), a string, or a list of arguments that replaces an argument `{name}`.
+    #[serde(default)]
+    vars: BTreeMap<String, toml::Value>,
     /// Seeds of this table whatever `--seeds` says (a single costly run).
     #[serde(default)]
     seeds: Option<u32>,
@@ -137,7 +198,14 @@ struct Group {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Axis {
+    #[serde(default)]
     values: Vec<AxisValue>,
+    /// A shared axis of `[suite.axes]` instead of `values` …
+    #[serde(default, rename = "use")]
+    shared: Option<String>,
+    /// … or some of its values (in its order).
+    #[serde(default)]
+    only: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,16 +224,48 @@ struct PlotDef {
     /// Tables drawn; empty: every table.
     #[serde(default)]
     groups: Vec<String>,
-    /// Reference lines: a column's mean over the table's runs, labelled.
+    /// Reference lines.
     #[serde(default)]
     references: Vec<ReferenceDef>,
+    /// A log y axis when the curves span decades (distances; not correlations or counts).
+    #[serde(default)]
+    log: bool,
+}
+
+/// A reference line: one of `column` (that column's mean over the table's runs), `summary` (the
+/// mean of that summary figure over the table's runs, its value after the label) and `value`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReferenceDef {
+    label: String,
+    #[serde(default)]
+    column: Option<String>,
+    #[serde(default)]
+    summary: Option<String>,
+    #[serde(default)]
+    value: Option<f64>,
+}
+
+/// A bar: every seed of each row of `group` reaches `first_at_most` within `within` iterations.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetDef {
+    text: String,
+    group: String,
+    rows: Vec<String>,
+    first_at_most: CurveTarget,
+    within: f64,
+    /// A figure shown with each row's verdict (mean ± sd over seeds).
+    #[serde(default)]
+    show: Option<ShowDef>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ReferenceDef {
-    column: String,
+struct ShowDef {
+    summary: String,
     label: String,
+    digits: usize,
 }
 
 /// The text of `xtask/suites/<suite>.toml`, or `None` for a suite without one.
@@ -193,8 +293,41 @@ pub fn parse(text: &str) -> Result<Grid> {
         if g.evaluations.is_some() == g.eval_every.is_some() || g.evaluations == Some(0) || g.eval_every == Some(0) {
             bail!("group '{}': give one of evaluations and eval_every, at least 1", g.name);
         }
-        if g.axes.iter().any(|a| a.values.is_empty()) {
-            bail!("group '{}': every axis needs a value", g.name);
+        if g.quick_divide == Some(0) {
+            bail!("group '{}': quick_divide is 0 (give a divisor of at least 1)", g.name);
+        }
+        for axis in &g.axes {
+            if axis.values.is_empty() == axis.shared.is_none() {
+                bail!("group '{}': an axis gives one of values and use", g.name);
+            }
+            if let Some(name) = &axis.shared {
+                let shared = grid
+                    .axes
+                    .get(name)
+                    .with_context(|| format!("group '{}': no shared axis '{name}' in [suite.axes]", g.name))?;
+                if let Some(v) = axis.only.iter().find(|v| !shared.iter().any(|s| &s.name == *v)) {
+                    bail!("group '{}': axis '{name}' has no value '{v}'", g.name);
+                }
+            }
+            for value in grid.values(axis) {
+                for arg in value.args.iter().flat_map(|a| g.expand(a, 1)) {
+                    if arg.contains('{') {
+                        bail!("group '{}': '{arg}' names a var the group does not give", g.name);
+                    }
+                }
+            }
+            if grid.values(axis).is_empty() {
+                bail!("group '{}': every axis needs a value", g.name);
+            }
+        }
+        for (k, v) in &g.vars {
+            let ok = v.is_integer() || v.is_str() || v.as_array().is_some_and(|a| a.iter().all(toml::Value::is_str));
+            if !ok {
+                bail!(
+                    "group '{}': var '{k}' is {v}, not an integer, a string or a list of strings",
+                    g.name
+                );
+            }
         }
     }
     if let Some(e) = &grid.extra
@@ -205,11 +338,78 @@ pub fn parse(text: &str) -> Result<Grid> {
     for c in &grid.columns {
         if builtin(c).is_none() && !grid.column_defs.iter().any(|d| &d.key == c) {
             bail!(
-                "column '{c}' is neither built in (iterations, ms_per_iteration, exact_l1_last5, test_spearman, modes_found, peak_rss_mb) nor a [[suite.column]] key"
+                "column '{c}' is neither built in (iterations, ms_per_iteration, exact_l1_last5, test_spearman, modes_found, task_modes_found, peak_rss_mb, mean_l1) nor a [[suite.column]] key"
             );
         }
     }
+    for d in &grid.column_defs {
+        if d.summary.is_some() == d.first_at_most.is_some() || (d.reached && d.first_at_most.is_none()) {
+            bail!(
+                "column '{}': give one of summary and first_at_most (reached only with first_at_most)",
+                d.key
+            );
+        }
+    }
+    for p in &grid.plots {
+        for r in &p.references {
+            if [r.column.is_some(), r.summary.is_some(), r.value.is_some()]
+                .iter()
+                .filter(|&&b| b)
+                .count()
+                != 1
+            {
+                bail!(
+                    "plot '{}': reference '{}' gives one of column, summary and value",
+                    p.file,
+                    r.label
+                );
+            }
+        }
+    }
+    for t in &grid.targets {
+        if !grid.groups.iter().any(|g| g.name == t.group) {
+            bail!("target '{}': no group '{}'", t.text, t.group);
+        }
+    }
     Ok(grid)
+}
+
+impl Grid {
+    /// The values of an axis of a table, its own or (some of) a shared one's.
+    fn values<'a>(&'a self, axis: &'a Axis) -> Vec<&'a AxisValue> {
+        match &axis.shared {
+            None => axis.values.iter().collect(),
+            Some(name) => self.axes.get(name).map_or_else(Vec::new, |values| {
+                values
+                    .iter()
+                    .filter(|v| axis.only.is_empty() || axis.only.contains(&v.name))
+                    .collect()
+            }),
+        }
+    }
+}
+
+impl Group {
+    /// An axis argument with the table's vars in place; integers divided by `divide`.
+    fn expand(&self, arg: &str, divide: u32) -> Vec<String> {
+        if let Some(list) = arg
+            .strip_prefix('{')
+            .and_then(|a| a.strip_suffix('}'))
+            .and_then(|k| self.vars.get(k))
+            .and_then(toml::Value::as_array)
+        {
+            return list.iter().filter_map(|v| v.as_str().map(String::from)).collect();
+        }
+        let text = self.vars.iter().fold(arg.to_string(), |a, (k, v)| {
+            let value = match v {
+                toml::Value::Integer(n) => (n / i64::from(divide)).to_string(),
+                toml::Value::String(s) => s.clone(),
+                _ => return a,
+            };
+            a.replace(&format!("{{{k}}}"), &value)
+        });
+        vec![text]
+    }
 }
 
 fn builtin(name: &str) -> Option<Metric> {
@@ -219,6 +419,22 @@ fn builtin(name: &str) -> Option<Metric> {
         "exact_l1_last5" => crate::suite::col_l1_last5(),
         "test_spearman" => crate::suite::col_test_spearman(),
         "modes_found" => crate::suite::col_modes_found(),
+        // The task's own count (bit sequences: modes within the task's distance), else the mode
+        // states visited where the task has modes.
+        "task_modes_found" => Metric {
+            header: "modes found",
+            key: "modes_found",
+            short: "modes",
+            value: &|r| {
+                crate::suite::num(r, "/summary/task/modes_found").or_else(|| {
+                    (crate::suite::num(r, "/summary/modes/total")? > 0.0)
+                        .then(|| crate::suite::num(r, "/summary/modes/found"))
+                        .flatten()
+                })
+            },
+            agg: Agg::MeanStd,
+            digits: 1,
+        },
         "peak_rss_mb" => crate::suite::col_peak_rss(),
         "mean_l1" => Metric {
             header: "mean L1 over training (area under the curve)",
@@ -227,14 +443,6 @@ fn builtin(name: &str) -> Option<Metric> {
             value: &crate::curves::mean_l1,
             agg: Agg::MeanStd,
             digits: 4,
-        },
-        "trajectories_to_l1_0.5" => Metric {
-            header: "trajectories to L1 ≤ 0.5 (median)",
-            key: "trajectories_to_l1_0.5",
-            short: "traj→0.5",
-            value: &|r| crate::curves::trajectories_to_l1(r, 0.5),
-            agg: Agg::Median,
-            digits: 0,
         },
         _ => return None,
     })
@@ -256,8 +464,16 @@ fn read_all(v: &Value, pointer: &str) -> Option<Vec<f64>> {
 impl ColumnDef {
     /// The figure of a run record (`{"summary": ...}`): the largest over `*` elements.
     fn eval(&self, record: &Value) -> Option<f64> {
+        if let Some(target) = &self.first_at_most {
+            let first = crate::curves::first_reaching(record, |p| target.met(p)).map(|(t, _)| t);
+            if !self.reached {
+                return first;
+            }
+            let has_curve = !crate::curves::values(record, &format!("/{}", target.curve)).is_empty();
+            return has_curve.then_some(if first.is_some() { 1.0 } else { 0.0 });
+        }
         let summary = record.get("summary")?;
-        let mut v = read_all(summary, &self.summary)?;
+        let mut v = read_all(summary, self.summary.as_deref()?)?;
         if let Some(minus) = &self.minus {
             let m = read_all(summary, minus)?;
             if m.len() != v.len() {
@@ -299,18 +515,20 @@ pub fn build(name: &'static str, opts: &SuiteOptions) -> Suite {
     let mut runs = Vec::new();
     for g in grid.groups.iter().filter(|g| g.quick || !opts.quick) {
         let seeds = g.seeds.unwrap_or(seeds);
-        let iterations = if opts.quick {
-            g.iterations / grid.quick_divide
+        let divide = if opts.quick {
+            g.quick_divide.unwrap_or(grid.quick_divide)
         } else {
-            g.iterations
+            1
         };
+        let iterations = g.iterations / divide;
         // Every combination of the axes' values, the first axis varying slowest.
         let mut combos: Vec<Vec<&AxisValue>> = vec![Vec::new()];
         for axis in &g.axes {
+            let values = grid.values(axis);
             combos = combos
                 .into_iter()
                 .flat_map(|c| {
-                    axis.values.iter().map(move |v| {
+                    values.iter().map(move |&v| {
                         let mut c = c.clone();
                         c.push(v);
                         c
@@ -322,13 +540,11 @@ pub fn build(name: &'static str, opts: &SuiteOptions) -> Suite {
             let names: Vec<&str> = combo.iter().map(|v| v.name.as_str()).collect();
             for seed in 0..u64::from(seeds) {
                 let mut gfn_args = g.args.clone();
-                let var = |a: &String| {
-                    g.vars.iter().fold(a.clone(), |a, (k, v)| {
-                        let v = if opts.quick { v / grid.quick_divide } else { *v };
-                        a.replace(&format!("{{{k}}}"), &v.to_string())
-                    })
-                };
-                gfn_args.extend(combo.iter().flat_map(|v| v.args.iter().map(var)));
+                gfn_args.extend(
+                    combo
+                        .iter()
+                        .flat_map(|v| v.args.iter().flat_map(|a| g.expand(a, divide))),
+                );
                 gfn_args.extend([
                     "--iterations".into(),
                     iterations.to_string(),
@@ -372,10 +588,8 @@ pub fn build(name: &'static str, opts: &SuiteOptions) -> Suite {
         metrics,
         ms_per_iteration: &ours_ms_per_iteration,
         peers: Vec::new(),
-        extra: match &grid.extra {
-            Some(e) => extra(e),
-            None => (!grid.plots.is_empty()).then_some(plots as crate::suite::Extra),
-        },
+        extra: (grid.extra.is_some() || !grid.plots.is_empty() || !grid.targets.is_empty())
+            .then_some(write_extra as crate::suite::Extra),
         quality_note: grid.quality_note.as_deref(),
     }
 }
@@ -398,10 +612,29 @@ pub fn axis_values(suite: &str, axis: usize) -> Vec<(String, Vec<String>)> {
         .unwrap_or_default()
 }
 
-/// The `[[suite.plot]]` figures: each against trajectories, mean over seeds per row, per table.
-fn plots(session: &Session, aggs: &[Aggregate], dir: &Path) -> Result<String> {
+/// What a data suite writes after its tables: its plots, its targets ("Further claims"), then
+/// its Rust extra.
+fn write_extra(session: &Session, aggs: &[Aggregate], dir: &Path) -> Result<String> {
     let text = file(&session.request.suite).context("suite without a file")?;
     let grid = parse(text)?;
+    let mut md = String::new();
+    if !grid.plots.is_empty() {
+        md.push_str(&plots(&grid, session, aggs, dir)?);
+    }
+    if !grid.targets.is_empty() {
+        md.push_str("\n## Further claims\n\n");
+        for t in &grid.targets {
+            md.push_str(&target_line(t, session));
+        }
+    }
+    if let Some(e) = &grid.extra {
+        md.push_str(&extra(e).context("parse checked the extra")?(session, aggs, dir)?);
+    }
+    Ok(md)
+}
+
+/// The `[[suite.plot]]` figures: each against trajectories, mean over seeds per row, per table.
+fn plots(grid: &Grid, session: &Session, aggs: &[Aggregate], dir: &Path) -> Result<String> {
     let mut md = format!("\n## Plots\n\n{}\n\n", grid.plots_intro);
     for g in &grid.groups {
         for p in grid
@@ -412,25 +645,94 @@ fn plots(session: &Session, aggs: &[Aggregate], dir: &Path) -> Result<String> {
             let references: Vec<Reference> = p
                 .references
                 .iter()
-                .filter_map(|r| {
-                    let a = aggs.iter().find(|a| a.group == g.name)?;
-                    Some(Reference {
-                        label: r.label.clone(),
-                        y: a.ours.get(r.column.as_str())?.mean,
-                    })
-                })
+                .filter_map(|r| reference(r, &g.name, session, aggs))
                 .collect();
-            let series = crate::pg::jsonl_series(session, dir, &g.name, &p.pointer);
-            md.push_str(&crate::pg::figure_plot(
+            let series = crate::curves::jsonl_series(session, dir, &g.name, &p.pointer);
+            md.push_str(&crate::curves::figure_plot(
                 dir,
                 &g.name,
-                (&p.file, &p.label, false),
+                (&p.file, &p.label, p.log),
                 &series,
                 &references,
             )?);
         }
     }
     Ok(md)
+}
+
+/// A reference line of table `group`; none where its figure is missing.
+fn reference(r: &ReferenceDef, group: &str, session: &Session, aggs: &[Aggregate]) -> Option<Reference> {
+    let label = r.label.clone();
+    if let Some(y) = r.value {
+        return Some(Reference { label, y });
+    }
+    if let Some(column) = &r.column {
+        let a = aggs.iter().find(|a| a.group == group)?;
+        return Some(Reference {
+            label,
+            y: a.ours.get(column.as_str())?.mean,
+        });
+    }
+    let pointer = r.summary.as_deref()?;
+    let v: Vec<f64> = session
+        .runs
+        .iter()
+        .filter(|run| run.ok && run.group == group)
+        .filter_map(|run| run.summary.as_ref()?.pointer(pointer)?.as_f64())
+        .collect();
+    let s = Stats::of(&v)?;
+    Some(Reference {
+        label: format!("{label} {}", crate::plot::tick(s.mean)),
+        y: s.mean,
+    })
+}
+
+/// A target's line: per row, whether every seed got there within the budget.
+fn target_line(t: &TargetDef, session: &Session) -> String {
+    let mut parts = Vec::new();
+    let mut met_all = true;
+    for row in &t.rows {
+        let recs = records(session, &t.group, row);
+        if recs.is_empty() {
+            parts.push(format!("{row}: no run finished"));
+            met_all = false;
+            continue;
+        }
+        let reached: Vec<f64> = recs
+            .iter()
+            .filter_map(|r| r["curve"].as_array()?.iter().find(|p| t.first_at_most.met(p))?["iteration"].as_f64())
+            .filter(|&it| it <= t.within)
+            .collect();
+        let met = reached.len() == recs.len();
+        met_all &= met;
+        let first = Stats::of(&reached)
+            .map(|s| format!(", first at iteration {} (median)", fmt_num(s.median, 0)))
+            .unwrap_or_default();
+        let shown = t
+            .show
+            .as_ref()
+            .and_then(|show| {
+                let v: Vec<f64> = recs
+                    .iter()
+                    .filter_map(|r| r.get("summary")?.pointer(&show.summary)?.as_f64())
+                    .collect();
+                Stats::of(&v).map(|s| format!("; {} {}", show.label, seeds_cell(&s, Some(show.digits))))
+            })
+            .unwrap_or_default();
+        parts.push(format!(
+            "{row} **{}** ({} of {} seed{}{first}{shown})",
+            if met { "met" } else { "not met" },
+            reached.len(),
+            recs.len(),
+            if recs.len() == 1 { "" } else { "s" }
+        ));
+    }
+    format!(
+        "- {}: **{}**: {}.\n",
+        t.text,
+        if met_all { "met" } else { "not met" },
+        parts.join("; ")
+    )
 }
 
 #[cfg(test)]
@@ -523,5 +825,132 @@ mod tests {
         assert!((col("log_z_error_worst").eval(&record).unwrap() - 0.2).abs() < 1e-12);
         assert_eq!(col("tv_beta_1").eval(&record), Some(0.04));
         assert_eq!(col("tv_worst").eval(&serde_json::json!({"summary": {}})), None);
+    }
+
+    #[test]
+    fn pg_quick_divides_the_iterations_but_keeps_the_bar() {
+        use crate::suite::test_util::{arg, opts};
+        let s = build("pg", &opts(true, None));
+        assert_eq!(s.runs.len(), 3 * 7 + 3 + 4);
+        assert!(s.runs.iter().all(|r| r.seed == 0 && arg(r, "--seed") == Some("0")));
+        let r = |name: &str| s.runs.iter().find(|r| r.name == name).unwrap();
+        assert_eq!(arg(r("2x64-tb-seed0"), "--iterations"), Some("50"));
+        assert_eq!(arg(r("2x64-tb-seed0"), "--eval-every"), Some("2"));
+        assert_eq!(arg(r("bn-pg-g-seed0"), "--guide-floor"), Some("80"));
+        assert_eq!(arg(r("bn-pg-u-seed0"), "--lr-logz"), Some("1"));
+        assert_eq!(arg(r("bn-db-seed0"), "--lr-logz"), None);
+        assert_eq!(arg(r("4x8-pg-g-seed0"), "--guide-floor"), None);
+        assert_eq!(arg(r("2x8-pg-u-seed0"), "--iterations"), Some("1500"));
+        assert_eq!(arg(r("2x8-pg-u-seed0"), "--eval-every"), Some("75"));
+        // Bit sequences: one seed whatever --seeds says, three methods in the shared axis' order.
+        let two = build("pg", &opts(true, Some(2)));
+        assert_eq!(two.runs.len(), 2 * (3 * 7 + 4) + 3);
+        let bitseq: Vec<&str> = two
+            .runs
+            .iter()
+            .filter(|r| r.name.starts_with("bitseq"))
+            .map(|r| r.row.as_str())
+            .collect();
+        assert_eq!(bitseq, ["tb", "subtb", "pg-u"]);
+    }
+
+    #[test]
+    fn vars_and_shared_axes_are_checked() {
+        let base = "[suite]\nrow_header = 'x'\nseeds = 1\nquick_divide = 1\ncolumns = ['iterations']\n";
+        let group = "[[suite.group]]\nname = 'g'\nargs = []\niterations = 1\nevaluations = 1\n";
+        let e = parse(&format!("{base}{group}axis = [{{ use = 'nope' }}]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no shared axis 'nope'"), "{e}");
+        let e = parse(&format!(
+            "{base}[suite.axes]\nm = [{{ name = 'a', args = ['--x', '{{v}}'] }}]\n{group}axis = [{{ use = 'm', only = ['b'] }}]\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("axis 'm' has no value 'b'"), "{e}");
+        let e = parse(&format!(
+            "{base}[suite.axes]\nm = [{{ name = 'a', args = ['--x', '{{v}}'] }}]\n{group}axis = [{{ use = 'm' }}]\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("'{v}' names a var the group does not give"), "{e}");
+        let g = Group {
+            name: "g".into(),
+            prefix: None,
+            args: Vec::new(),
+            iterations: 1,
+            evaluations: Some(1),
+            eval_every: None,
+            quick_divide: None,
+            vars: toml::from_str("n = 1000\ns = '0.1'\nl = ['--a', 'b']\nnone = []").unwrap(),
+            seeds: None,
+            quick: true,
+            axes: Vec::new(),
+        };
+        assert_eq!(g.expand("{n}", 4), ["250"]);
+        assert_eq!(g.expand("x{s}", 1), ["x0.1"]);
+        assert_eq!(g.expand("{l}", 1), ["--a", "b"]);
+        assert!(g.expand("{none}", 1).is_empty());
+    }
+
+    /// A finished run of `group`/`row` whose exact TV follows `tvs`, one evaluation every 10
+    /// iterations of 128 trajectories.
+    fn tv_run(group: &str, row: &str, seed: u64, tvs: &[f64]) -> crate::bench::RunRecord {
+        let curve: Vec<Value> = tvs
+            .iter()
+            .enumerate()
+            .map(|(i, tv)| {
+                serde_json::json!({"iteration": 10 * (i + 1), "trajectories": 1280.0 * (i + 1) as f64,
+                    "seconds": i as f64, "l1_sum": 2.0 * tv, "tv": tv})
+            })
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "name": format!("{row}-seed{seed}"), "group": group, "row": row, "seed": seed, "command": [],
+            "ok": true, "error": null, "process_wall_seconds": 1.0, "peak_rss_mb": null,
+            "summary": {"exact_last5_mean": {"tv": tvs.last()}}, "curve": curve, "peers": []
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn time_to_target_columns_and_targets_read_the_curves() {
+        let grid: &'static Grid = Box::leak(Box::new(parse(file("pg").unwrap()).unwrap()));
+        let col = |k: &str| grid.column_defs.iter().find(|d| d.key == k).unwrap();
+        let bar = "hypergrid 2×8, R0 0.1, batch 16, MLP 2×64: the 1,500-iteration bar";
+        let got = serde_json::to_value(tv_run(bar, "pg-u", 0, &[0.5, 0.09, 0.2, 0.08])).unwrap();
+        assert_eq!(col("trajectories_to_tv_0.1").eval(&got), Some(2560.0));
+        assert_eq!(col("seeds_reaching_tv_0.1").eval(&got), Some(1.0));
+        let never = serde_json::to_value(tv_run(bar, "pg-u", 0, &[0.5, 0.3])).unwrap();
+        assert_eq!(col("trajectories_to_tv_0.1").eval(&never), None);
+        assert_eq!(col("seeds_reaching_tv_0.1").eval(&never), Some(0.0));
+        let no_curve = serde_json::json!({"summary": {}, "curve": []});
+        assert_eq!(col("seeds_reaching_tv_0.1").eval(&no_curve), None);
+
+        let mut session: Session = serde_json::from_value(serde_json::json!({
+            "request": {"suite": "pg", "options": {"quick": false, "seeds": 2, "threads": 1}, "vs": [], "command": "test"},
+            "started": "now", "finished": "now", "plan": [], "versions": {"peers": {}}, "machine": {}, "git": {},
+            "rss_method": "none", "peers": [], "runs": []
+        }))
+        .unwrap();
+        for seed in 0..2 {
+            session.runs.push(tv_run(bar, "pg-u", seed, &[0.3, 0.05]));
+            session.runs.push(tv_run(bar, "pg-b", seed, &[0.3, 0.2]));
+            session.runs.push(tv_run(bar, "pg-g", seed, &[0.09, 0.04]));
+        }
+        let line = target_line(&grid.targets[0], &session);
+        assert!(line.starts_with("- *Every PG variant reaches exact TV ≤ 0.1 on hypergrid 2×8 within 1,500 iterations* (R0 0.1, batch 16, MLP 2×64): **not met**: "), "{line}");
+        assert!(line.contains("pg-u **met** (2 of 2 seeds, first at iteration 20 (median); TV over the last 5 evaluations 0.0500 ± 0.0000 (2 seeds))"), "{line}");
+        assert!(line.contains("pg-b **not met** (0 of 2 seeds; TV over"), "{line}");
+        assert!(
+            line.contains("pg-g **met** (2 of 2 seeds, first at iteration 10 (median)"),
+            "{line}"
+        );
+        assert!(line.ends_with("pg-trpo: no run finished.\n"), "{line}");
+        // Within the budget only: a first crossing after `within` iterations is not met.
+        let late = TargetDef {
+            within: 15.0,
+            ..parse(file("pg").unwrap()).unwrap().targets.remove(0)
+        };
+        assert!(target_line(&late, &session).contains("pg-u **not met** (0 of 2 seeds"));
     }
 }

@@ -14,7 +14,6 @@ mod data_suite;
 mod ebm;
 mod judge;
 mod led;
-mod pg;
 mod plot;
 mod report;
 mod results;

@@ -1,7 +1,7 @@
 //! Suite definitions: which runs a benchmark makes and which figures its tables show.
 //!
-//! A new suite (`ebm`, `led`, `pg`, ...) is one more function returning a [`Suite`] and one
-//! more entry in [`SUITES`]; the runner and the writers are generic.
+//! A new suite is a file `xtask/suites/<name>.toml` (see [`crate::data_suite`]) and one more
+//! entry in [`SUITES`]; the runner and the writers are generic.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -49,7 +49,7 @@ pub const SUITES: &[SuiteDef] = &[
     },
     SuiteDef {
         name: "pg",
-        build: crate::pg::pg,
+        build: |o| crate::data_suite::build("pg", o),
     },
     SuiteDef {
         name: "networks",
