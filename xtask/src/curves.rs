@@ -72,33 +72,6 @@ pub fn mean_curve(
         .collect()
 }
 
-/// One line per row of `group`, in run order: `y` against trajectories sampled, mean over the
-/// row's successful runs (ours). Rows without a point are left out.
-pub fn row_series(session: &Session, group: &str, y: fn(&CurvePoint) -> Option<f64>) -> Vec<Series> {
-    let runs: Vec<_> = session.runs.iter().filter(|r| r.group == group && r.ok).collect();
-    let mut rows: Vec<&str> = Vec::new();
-    for r in &runs {
-        if !rows.contains(&r.row.as_str()) {
-            rows.push(&r.row);
-        }
-    }
-    rows.into_iter()
-        .filter_map(|row| {
-            let curves: Vec<&[CurvePoint]> = runs
-                .iter()
-                .filter(|r| r.row == row && !r.curve.is_empty())
-                .map(|r| r.curve.as_slice())
-                .collect();
-            let points = mean_curve(&curves, |p| p.trajectories, y);
-            (!points.is_empty()).then(|| Series {
-                label: row.to_string(),
-                points,
-                dashed: false,
-            })
-        })
-        .collect()
-}
-
 /// Draws `series` (with `references`) into `dir/file` and returns the markdown line that shows
 /// it; nothing when no series has a point.
 pub fn plot_line(dir: &Path, file: &str, chart: &Chart, series: &[Series], references: &[Reference]) -> Result<String> {

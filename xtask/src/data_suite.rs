@@ -43,6 +43,7 @@
 //! # arguments spliced in place of an argument that is exactly `{name}`
 //! [[suite.group.axis]]            # the grid: every combination of the axes' values; a row per
 //! values = [{ name = "tb", args = ["--loss", "tb"] }]   # combination, named by its values
+//! # (a value's `row = "label"`: its part of the row label, if not its name)
 //! [[suite.group.axis]]
 //! use = "losses"                  # a shared axis (`only = ["tb"]`: some of its values)
 //!
@@ -213,6 +214,9 @@ struct Axis {
 struct AxisValue {
     name: String,
     args: Vec<String>,
+    /// Its part of the row label, if not `name`.
+    #[serde(default)]
+    row: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -333,12 +337,12 @@ pub fn parse(text: &str) -> Result<Grid> {
     if let Some(e) = &grid.extra
         && extra(e).is_none()
     {
-        bail!("[suite] extra '{e}' is not a suite's Rust extra (known: subtb)");
+        bail!("[suite] extra '{e}' is not a suite's Rust extra (known: subtb, led)");
     }
     for c in &grid.columns {
         if builtin(c).is_none() && !grid.column_defs.iter().any(|d| &d.key == c) {
             bail!(
-                "column '{c}' is neither built in (iterations, ms_per_iteration, exact_l1_last5, test_spearman, modes_found, task_modes_found, peak_rss_mb, mean_l1) nor a [[suite.column]] key"
+                "column '{c}' is neither built in (iterations, ms_per_iteration, exact_l1_last5, test_spearman, modes_found, task_modes_found, peak_rss_mb, mean_l1, top_k_fraction_of_ceiling, trajectories_to_ceiling, seeds_within_ceiling) nor a [[suite.column]] key"
             );
         }
     }
@@ -436,6 +440,30 @@ fn builtin(name: &str) -> Option<Metric> {
             digits: 1,
         },
         "peak_rss_mb" => crate::suite::col_peak_rss(),
+        "top_k_fraction_of_ceiling" => Metric {
+            header: "top-100 mean ÷ exact ceiling",
+            key: "top_k_fraction_of_ceiling",
+            short: "÷ceiling",
+            value: &crate::led::fraction_of_ceiling,
+            agg: Agg::MeanStd,
+            digits: 4,
+        },
+        "trajectories_to_ceiling" => Metric {
+            header: "trajectories to within 1% of the ceiling (median of the seeds that got there)",
+            key: "trajectories_to_ceiling",
+            short: "traj→1%",
+            value: &crate::led::trajectories_to_ceiling,
+            agg: Agg::Median,
+            digits: 0,
+        },
+        "seeds_within_ceiling" => Metric {
+            header: "seeds within 1% of the ceiling",
+            key: "seeds_within_ceiling",
+            short: "seeds→1%",
+            value: &crate::led::reached_ceiling,
+            agg: Agg::Sum,
+            digits: 0,
+        },
         "mean_l1" => Metric {
             header: "mean L1 over training (area under the curve)",
             key: "mean_l1",
@@ -538,6 +566,7 @@ pub fn build(name: &'static str, opts: &SuiteOptions) -> Suite {
         }
         for combo in combos {
             let names: Vec<&str> = combo.iter().map(|v| v.name.as_str()).collect();
+            let row: Vec<&str> = combo.iter().map(|v| v.row.as_deref().unwrap_or(&v.name)).collect();
             for seed in 0..u64::from(seeds) {
                 let mut gfn_args = g.args.clone();
                 gfn_args.extend(
@@ -564,7 +593,7 @@ pub fn build(name: &'static str, opts: &SuiteOptions) -> Suite {
                 runs.push(RunSpec {
                     name: format!("{stem}-seed{seed}"),
                     group: g.name.clone(),
-                    row: names.join(" "),
+                    row: row.join(" "),
                     seed,
                     gfn_args,
                     peer_args: Vec::new(),
@@ -598,6 +627,7 @@ pub fn build(name: &'static str, opts: &SuiteOptions) -> Suite {
 fn extra(name: &str) -> Option<crate::suite::Extra> {
     match name {
         "subtb" => Some(crate::subtb::extra),
+        "led" => Some(crate::led::extra),
         _ => None,
     }
 }
@@ -744,7 +774,7 @@ mod tests {
     #[test]
     fn data_suites_plan_the_committed_runs() {
         let root = crate::runner::Layout::detect().root;
-        for name in ["networks", "conditional", "mis", "subtb"] {
+        for name in ["networks", "conditional", "mis", "subtb", "led"] {
             let text = std::fs::read_to_string(root.join("docs/results").join(name).join("results.json")).unwrap();
             let session: Session = serde_json::from_str(&text).unwrap();
             let def = crate::suite::find(name).unwrap();

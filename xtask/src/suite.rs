@@ -41,7 +41,7 @@ pub const SUITES: &[SuiteDef] = &[
     },
     SuiteDef {
         name: "led",
-        build: crate::led::led,
+        build: |o| crate::data_suite::build("led", o),
     },
     SuiteDef {
         name: "ebm",
@@ -70,11 +70,6 @@ pub const SUITES: &[SuiteDef] = &[
 /// losses and vi, as gfn's `Objective::uses_log_z`. gfn refuses an option that has no effect.
 pub fn trains_log_z(loss: &str) -> bool {
     matches!(loss, "tb" | "pg-u" | "pg-b" | "pg-g" | "pg-trpo" | "vi")
-}
-
-/// Whether `loss` is a SubTB(λ) form (so `--lambda` has an effect).
-pub fn uses_lambda(loss: &str) -> bool {
-    matches!(loss, "subtb" | "fl-subtb" | "led-subtb")
 }
 
 /// Whether the device engine (`--device cuda`) can make a run with these gfn arguments: a `train`
