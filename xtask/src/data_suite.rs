@@ -176,9 +176,9 @@ struct Group {
     /// Evaluations per run: `--eval-every iterations / evaluations` …
     #[serde(default)]
     evaluations: Option<u32>,
-    /// … or this interval, the same with `--quick`.
+    /// … or this interval: the same with `--quick`, or `{ full = N, quick = M }`.
     #[serde(default)]
-    eval_every: Option<u32>,
+    eval_every: Option<EvalEvery>,
     /// This table's `--quick` divisor, instead of the suite's.
     #[serde(default)]
     quick_divide: Option<u32>,
@@ -281,6 +281,7 @@ pub fn file(suite: &str) -> Option<&'static str> {
         "mis" => include_str!("../suites/mis.toml"),
         "networks" => include_str!("../suites/networks.toml"),
         "conditional" => include_str!("../suites/conditional.toml"),
+        "ebm" => include_str!("../suites/ebm.toml"),
         _ => return None,
     })
 }
@@ -294,7 +295,10 @@ pub fn parse(text: &str) -> Result<Grid> {
         bail!("[suite] quick_divide is 0 (give a divisor of at least 1)");
     }
     for g in &grid.groups {
-        if g.evaluations.is_some() == g.eval_every.is_some() || g.evaluations == Some(0) || g.eval_every == Some(0) {
+        let zero_interval = g
+            .eval_every
+            .is_some_and(|e| e.value(Quick::OFF) == 0 || e.value(Quick { on: true, divide: 1 }) == 0);
+        if g.evaluations.is_some() == g.eval_every.is_some() || g.evaluations == Some(0) || zero_interval {
             bail!("group '{}': give one of evaluations and eval_every, at least 1", g.name);
         }
         if g.quick_divide == Some(0) {
@@ -314,7 +318,12 @@ pub fn parse(text: &str) -> Result<Grid> {
                 }
             }
             for value in grid.values(axis) {
-                for arg in value.args.iter().flat_map(|a| g.expand(a, 1)) {
+                for arg in value
+                    .args
+                    .iter()
+                    .chain(&g.args)
+                    .flat_map(|a| g.expand(a, Quick::OFF, 1))
+                {
                     if arg.contains('{') {
                         bail!("group '{}': '{arg}' names a var the group does not give", g.name);
                     }
@@ -325,10 +334,19 @@ pub fn parse(text: &str) -> Result<Grid> {
             }
         }
         for (k, v) in &g.vars {
-            let ok = v.is_integer() || v.is_str() || v.as_array().is_some_and(|a| a.iter().all(toml::Value::is_str));
+            let given = v.as_table().is_some_and(|t| {
+                t.len() == 2
+                    && ["full", "quick"]
+                        .iter()
+                        .all(|k| t.get(*k).is_some_and(toml::Value::is_integer))
+            });
+            let ok = v.is_integer()
+                || v.is_str()
+                || given
+                || v.as_array().is_some_and(|a| a.iter().all(toml::Value::is_str));
             if !ok {
                 bail!(
-                    "group '{}': var '{k}' is {v}, not an integer, a string or a list of strings",
+                    "group '{}': var '{k}' is {v}, not an integer, a string, {{ full = N, quick = M }} or a list of strings",
                     g.name
                 );
             }
@@ -337,12 +355,12 @@ pub fn parse(text: &str) -> Result<Grid> {
     if let Some(e) = &grid.extra
         && extra(e).is_none()
     {
-        bail!("[suite] extra '{e}' is not a suite's Rust extra (known: subtb, led)");
+        bail!("[suite] extra '{e}' is not a suite's Rust extra (known: subtb, led, ebm)");
     }
     for c in &grid.columns {
         if builtin(c).is_none() && !grid.column_defs.iter().any(|d| &d.key == c) {
             bail!(
-                "column '{c}' is neither built in (iterations, ms_per_iteration, exact_l1_last5, test_spearman, modes_found, task_modes_found, peak_rss_mb, mean_l1, top_k_fraction_of_ceiling, trajectories_to_ceiling, seeds_within_ceiling) nor a [[suite.column]] key"
+                "column '{c}' is neither built in (iterations, ms_per_iteration, exact_l1_last5, test_spearman, modes_found, task_modes_found, peak_rss_mb, mean_l1, top_k_fraction_of_ceiling, trajectories_to_ceiling, seeds_within_ceiling, acceptance) nor a [[suite.column]] key"
             );
         }
     }
@@ -393,26 +411,83 @@ impl Grid {
     }
 }
 
+/// Whether `--quick` is on, and a table's divisor.
+#[derive(Debug, Clone, Copy)]
+struct Quick {
+    on: bool,
+    divide: u32,
+}
+
+impl Quick {
+    const OFF: Quick = Quick { on: false, divide: 1 };
+
+    /// `n` divided when `--quick` is on.
+    fn scale(self, n: u32) -> u32 {
+        if self.on { n / self.divide } else { n }
+    }
+}
+
+/// `--eval-every`: the same with `--quick`, or `{ full = N, quick = M }`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+enum EvalEvery {
+    Fixed(u32),
+    Given { full: u32, quick: u32 },
+}
+
+impl EvalEvery {
+    fn value(self, quick: Quick) -> u32 {
+        match self {
+            EvalEvery::Fixed(n) => n,
+            EvalEvery::Given { full, quick: q } => {
+                if quick.on {
+                    q
+                } else {
+                    full
+                }
+            }
+        }
+    }
+}
+
+/// The text of a var: an integer (divided by `--quick`), a string, or `{ full, quick }` (picked);
+/// `None` for a list (spliced, see [`Group::expand`]).
+fn var_text(v: &toml::Value, quick: Quick) -> Option<String> {
+    match v {
+        toml::Value::Integer(n) => Some(if quick.on { n / i64::from(quick.divide) } else { *n }.to_string()),
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Table(t) => t
+            .get(if quick.on { "quick" } else { "full" })?
+            .as_integer()
+            .map(|n| n.to_string()),
+        _ => None,
+    }
+}
+
 impl Group {
-    /// An axis argument with the table's vars in place; integers divided by `divide`.
-    fn expand(&self, arg: &str, divide: u32) -> Vec<String> {
+    /// A table or axis argument with the table's vars and `{iterations}` in place; an argument
+    /// that is exactly `{name}` of a list var becomes the list's arguments (each expanded).
+    fn expand(&self, arg: &str, quick: Quick, iterations: u32) -> Vec<String> {
         if let Some(list) = arg
             .strip_prefix('{')
             .and_then(|a| a.strip_suffix('}'))
             .and_then(|k| self.vars.get(k))
             .and_then(toml::Value::as_array)
         {
-            return list.iter().filter_map(|v| v.as_str().map(String::from)).collect();
+            return list
+                .iter()
+                .filter_map(toml::Value::as_str)
+                .flat_map(|a| self.expand(a, quick, iterations))
+                .collect();
         }
-        let text = self.vars.iter().fold(arg.to_string(), |a, (k, v)| {
-            let value = match v {
-                toml::Value::Integer(n) => (n / i64::from(divide)).to_string(),
-                toml::Value::String(s) => s.clone(),
-                _ => return a,
-            };
-            a.replace(&format!("{{{k}}}"), &value)
-        });
-        vec![text]
+        let text = self
+            .vars
+            .iter()
+            .fold(arg.to_string(), |a, (k, v)| match var_text(v, quick) {
+                Some(value) => a.replace(&format!("{{{k}}}"), &value),
+                None => a,
+            });
+        vec![text.replace("{iterations}", &iterations.to_string())]
     }
 }
 
@@ -455,6 +530,15 @@ fn builtin(name: &str) -> Option<Metric> {
             value: &crate::led::trajectories_to_ceiling,
             agg: Agg::Median,
             digits: 0,
+        },
+        // EB-GFN's acceptance of its back-and-forth proposals over the last evaluation window.
+        "acceptance" => Metric {
+            header: "acceptance (last window)",
+            key: "acceptance",
+            short: "accept",
+            value: &crate::ebm::acceptance,
+            agg: Agg::MeanStd,
+            digits: 3,
         },
         "seeds_within_ceiling" => Metric {
             header: "seeds within 1% of the ceiling",
@@ -543,12 +627,11 @@ pub fn build(name: &'static str, opts: &SuiteOptions) -> Suite {
     let mut runs = Vec::new();
     for g in grid.groups.iter().filter(|g| g.quick || !opts.quick) {
         let seeds = g.seeds.unwrap_or(seeds);
-        let divide = if opts.quick {
-            g.quick_divide.unwrap_or(grid.quick_divide)
-        } else {
-            1
+        let quick = Quick {
+            on: opts.quick,
+            divide: g.quick_divide.unwrap_or(grid.quick_divide),
         };
-        let iterations = g.iterations / divide;
+        let iterations = quick.scale(g.iterations).max(1);
         // Every combination of the axes' values, the first axis varying slowest.
         let mut combos: Vec<Vec<&AxisValue>> = vec![Vec::new()];
         for axis in &g.axes {
@@ -568,19 +651,18 @@ pub fn build(name: &'static str, opts: &SuiteOptions) -> Suite {
             let names: Vec<&str> = combo.iter().map(|v| v.name.as_str()).collect();
             let row: Vec<&str> = combo.iter().map(|v| v.row.as_deref().unwrap_or(&v.name)).collect();
             for seed in 0..u64::from(seeds) {
-                let mut gfn_args = g.args.clone();
-                gfn_args.extend(
-                    combo
-                        .iter()
-                        .flat_map(|v| v.args.iter().flat_map(|a| g.expand(a, divide))),
-                );
+                let expand = |a: &String| g.expand(a, quick, iterations);
+                let mut gfn_args: Vec<String> = g.args.iter().flat_map(expand).collect();
+                gfn_args.extend(combo.iter().flat_map(|v| v.args.iter().flat_map(expand)));
+                let eval_every = match g.eval_every {
+                    Some(e) => e.value(quick),
+                    None => (iterations / g.evaluations.unwrap_or(1)).max(1),
+                };
                 gfn_args.extend([
                     "--iterations".into(),
                     iterations.to_string(),
                     "--eval-every".into(),
-                    g.eval_every
-                        .unwrap_or_else(|| (iterations / g.evaluations.unwrap_or(1)).max(1))
-                        .to_string(),
+                    eval_every.to_string(),
                     "--seed".into(),
                     seed.to_string(),
                     "--threads".into(),
@@ -628,6 +710,7 @@ fn extra(name: &str) -> Option<crate::suite::Extra> {
     match name {
         "subtb" => Some(crate::subtb::extra),
         "led" => Some(crate::led::extra),
+        "ebm" => Some(crate::ebm::extra),
         _ => None,
     }
 }
@@ -912,15 +995,23 @@ mod tests {
             evaluations: Some(1),
             eval_every: None,
             quick_divide: None,
-            vars: toml::from_str("n = 1000\ns = '0.1'\nl = ['--a', 'b']\nnone = []").unwrap(),
+            vars: toml::from_str(
+                "n = 1000\ns = '0.1'\nl = ['--a', '{n}']\nnone = []\ngiven = { full = 20, quick = 5 }",
+            )
+            .unwrap(),
             seeds: None,
             quick: true,
             axes: Vec::new(),
         };
-        assert_eq!(g.expand("{n}", 4), ["250"]);
-        assert_eq!(g.expand("x{s}", 1), ["x0.1"]);
-        assert_eq!(g.expand("{l}", 1), ["--a", "b"]);
-        assert!(g.expand("{none}", 1).is_empty());
+        let quick = Quick { on: true, divide: 4 };
+        assert_eq!(g.expand("{n}", quick, 9), ["250"]);
+        assert_eq!(g.expand("{n}", Quick::OFF, 9), ["1000"]);
+        assert_eq!(g.expand("x{s}", quick, 9), ["x0.1"]);
+        assert_eq!(g.expand("{l}", quick, 9), ["--a", "250"]);
+        assert!(g.expand("{none}", quick, 9).is_empty());
+        assert_eq!(g.expand("{given}", quick, 9), ["5"]);
+        assert_eq!(g.expand("{given}", Quick::OFF, 9), ["20"]);
+        assert_eq!(g.expand("{iterations}", quick, 9), ["9"]);
     }
 
     /// A finished run of `group`/`row` whose exact TV follows `tvs`, one evaluation every 10

@@ -15,31 +15,14 @@ use crate::bench::{CurvePoint, Session};
 use crate::curves::{self, plot_line};
 use crate::plot::{Chart, Reference, Series, spans_decades};
 use crate::report::{Aggregate, Stats, fmt_num, records, row_stats};
-use crate::suite::{Agg, Extract, Metric, Output, RunSpec, Suite, SuiteOptions, f, num, ours_ms_per_iteration};
+use crate::suite::{Extract, f, num};
 use gfn_record::EbmRecord;
 
-// Hyper-parameters, in one place: papers.md §2.3 (2D synthetic: the README command of the official
-// code), §2.4 (Ising: the GWG protocol; gfnx's `tb_ising.yaml`), §2.5 (MNIST settings, used for
-// the digits).
+// The tables and rows this module reads, as `suites/ebm.toml` makes them (a test checks), and the
+// paper's headline numbers it judges them against.
 
-/// Methods, in table order: EB-GFN and PCD (`--ebm-method`).
+/// Methods (`--ebm-method`), in row order: EB-GFN and PCD.
 const METHODS: [&str; 2] = ["ebgfn", "pcd"];
-/// Seeds per configuration (seeds 0..N) without `--seeds`.
-const SEEDS: u32 = 3;
-/// `--quick` divides the iterations and the evaluation interval by this (the same number of
-/// evaluations, a fortieth of the training).
-const QUICK_DIVISOR: u32 = 40;
-
-/// EB-GFN: weight α of the TB loss on backward trajectories from data (`back_ratio`).
-const BACK_RATIO: f64 = 0.5;
-/// EB-GFN negatives: the back-and-forth proposal with an accept step (`with_mh 1`).
-const NEGATIVES: &str = "mh";
-/// EB-GFN accept rule: Metropolis–Hastings, as the paper describes it (its proposition: acceptance
-/// → 1 with a perfect GFlowNet). The official code uses Barker's rule (`barker`, papers.md §2.2).
-const ACCEPT: &str = "mh";
-/// PCD: Gibbs updates per iteration; 0 = one sweep of D single-site updates.
-const GIBBS_STEPS: u32 = 0;
-
 /// The 2D data sets, in the paper's order.
 const DATASETS: [&str; 7] = [
     "2spirals",
@@ -50,101 +33,8 @@ const DATASETS: [&str; 7] = [
     "swissroll",
     "checkerboard",
 ];
-/// 2D synthetic: training iterations. The paper runs 100,000 (with warmup_k 1e5); at about
-/// 140 ms per EB-GFN iteration on one CPU thread, 5,000 is about 12 minutes per run, so that all
-/// 14 runs of a seed fit in about an hour on two cores (2spirals passed its NLL target from
-/// iteration 5,000 on in a 20,000-iteration run).
-const ITERATIONS_2D: u32 = 5_000;
-/// 2D: evaluate every this many iterations (the paper: every 2,000).
-const EVAL_EVERY_2D: u32 = 500;
-/// 2D: data points per iteration.
-const BATCH_2D: u32 = 128;
-/// 2D: GFlowNet MLP 32 → 256×3 → 96 (LeakyReLU).
-const HIDDEN_2D: u32 = 256;
-/// 2D: GFlowNet hidden layers.
-const LAYERS_2D: u32 = 3;
-/// 2D: GFlowNet Adam learning rate (`glr`).
-const LR_2D: f64 = 1e-3;
-/// 2D: log Z learning rate (`zlr`).
-const LR_LOGZ_2D: f64 = 1.0;
-/// 2D: EBM MLP 32 → 256×3 → 1 (ELU).
-const EBM_HIDDEN_2D: u32 = 256;
-/// 2D: EBM hidden layers.
-const EBM_LAYERS_2D: u32 = 3;
-/// 2D: EBM Adam learning rate.
-const EBM_LR_2D: f64 = 1e-3;
-/// 2D: importance samples of log Z at the final evaluation (a tenth, at least 1,000, at the
-/// others).
-const EVAL_LOG_Z_SAMPLES_2D: u32 = 100_000;
-/// 2D: fresh test points per evaluation (the MMD also uses 4,000 data samples).
-const EVAL_TEST_2D: u32 = 4_000;
-
 /// Ising: (L, σ) of the lattices, D = L² (papers.md §2.4's two headline cells).
 const ISING_LATTICES: [(u32, f64); 2] = [(10, 0.1), (9, -0.1)];
-/// Ising: training iterations (gfnx's `tb_ising` config: 20,000 steps). EB-GFN takes about
-/// 0.5 s per iteration at D = 100 on one CPU thread (a 100-step trajectory per row, K up to
-/// 100): 4,000 iterations is about 35 minutes. PCD's estimate of J settles within 500.
-const ITERATIONS_ISING: u32 = 4_000;
-/// Ising: evaluate every this many iterations.
-const EVAL_EVERY_ISING: u32 = 250;
-/// Ising: training examples per iteration. gfnx's `tb_ising` config uses batch 256, GFlowNet lr
-/// 1e-2 and EBM lr 1e-4; we keep the paper's 2D recipe instead: batch 128, lr 1e-3, EBM lr 1e-3.
-const BATCH_ISING: u32 = 128;
-/// Ising: GFlowNet MLP width (gfnx: 256×4; the paper's 2D recipe: 256×3).
-const HIDDEN_ISING: u32 = 256;
-/// Ising: GFlowNet hidden layers.
-const LAYERS_ISING: u32 = 3;
-/// Ising: GFlowNet Adam learning rate.
-const LR_ISING: f64 = 1e-3;
-/// Ising: log Z learning rate (the official code's `zlr` 1).
-const LR_LOGZ_ISING: f64 = 1.0;
-/// Ising: learning rate of the couplings (the quadratic energy model; `--ebm-hidden` and
-/// `--ebm-layers` do not apply).
-const EBM_LR_ISING: f64 = 1e-3;
-/// Ising: weight of the L1 penalty `l1 · Σ|J_ij|` on the learned couplings (the GWG
-/// Ising-learning scripts' `--l1 0.01`). With 2,000 samples the unpenalised estimate of each of
-/// the 9,600 zero couplings carries sampling noise of about 1/√(4·2000) ≈ 0.011, which alone
-/// caps −log RMSE near 4.5; the penalty shrinks those entries.
-const ISING_L1: f64 = 0.01;
-/// Ising: Gibbs-sampled training examples (the GWG protocol: 2,000).
-const ISING_SAMPLES: u32 = 2_000;
-/// Ising: single-site Gibbs updates of every chain that make the data (1,000,000).
-const ISING_UPDATES: u32 = 1_000_000;
-/// Ising: seed of the data (`--task-seed`): every run learns from the same samples.
-const ISING_TASK_SEED: u64 = 0;
-/// Ising: importance samples of log Z at the final evaluation. There is no test NLL on Ising
-/// (the figure is −log RMSE of J), so log Z is only recorded, and a 100-step trajectory each is
-/// not cheap: 10,000 (1,000 at the intermediate evaluations).
-const ISING_EVAL_LOG_Z_SAMPLES: u32 = 10_000;
-
-/// Digits 8×8: training iterations (MNIST in the paper: 50,000 with warmup_k 5e4); about 25
-/// minutes of EB-GFN on one thread.
-const ITERATIONS_DIGITS: u32 = 5_000;
-/// Digits: evaluate every this many iterations.
-const EVAL_EVERY_DIGITS: u32 = 500;
-/// Digits: images per iteration (MNIST: 100).
-const BATCH_DIGITS: u32 = 100;
-/// Digits: GFlowNet MLP width (MNIST: 256×3).
-const HIDDEN_DIGITS: u32 = 256;
-/// Digits: GFlowNet hidden layers.
-const LAYERS_DIGITS: u32 = 3;
-/// Digits: GFlowNet Adam learning rate (MNIST `glr` 1e-3).
-const LR_DIGITS: f64 = 1e-3;
-/// Digits: log Z learning rate (MNIST `zlr` 1).
-const LR_LOGZ_DIGITS: f64 = 1.0;
-/// Digits: EBM MLP width (MNIST `mlp-256`: 784 → 256×3 → 1).
-const EBM_HIDDEN_DIGITS: u32 = 256;
-/// Digits: EBM hidden layers.
-const EBM_LAYERS_DIGITS: u32 = 3;
-/// Digits: EBM Adam learning rate (MNIST: 1e-4).
-const EBM_LR_DIGITS: f64 = 1e-4;
-/// Digits: test examples (the whole test split, 297 images).
-const EVAL_TEST_DIGITS: u32 = 297;
-/// Digits: backward trajectories per test image in the GFlowNet likelihood.
-const EVAL_BACKWARD_DIGITS: u32 = 20;
-/// Digits: importance samples of log Z at the final evaluation.
-const EVAL_LOG_Z_SAMPLES_DIGITS: u32 = 100_000;
-
 /// Table of the 2D data sets.
 const GROUP_2D: &str = "2D synthetic (32-bit Gray code), batch 128";
 /// Table of the Ising models.
@@ -184,14 +74,17 @@ const PAPER_ISING: [(u32, f64, f64, Option<f64>); 2] = [(10, 0.1, 6.1, Some(5.5)
 /// this many standard errors (the two combined in quadrature).
 const DIGITS_STD_ERRS: f64 = 3.0;
 
-/// The note under the tables: how the quality figures are computed.
-const QUALITY_NOTE: &str = "Quality: each run's final evaluation (`summary.json`), then mean ± sample standard \
-     deviation over seeds (NLLs in nats on test data: fresh samples for 2D, the test split for digits). EBM NLL: \
-     log Z exact for D ≤ 20, else importance-sampled with the GFlowNet (EB-GFN only, so none for PCD); uniform \
-     IS: log Z by importance sampling from the uniform distribution (the paper's protocol, biased low on 64 \
-     bits). GFlowNet NLL: backward importance sampling. MMD: squared MMD, exp-Hamming kernel, ×10⁻⁴. \
-     −log RMSE: of the learned against the true couplings. Acceptance: of EB-GFN's back-and-forth proposals \
-     over the last evaluation window.";
+/// Every task as (table, label), in table order.
+fn tasks() -> Vec<(&'static str, String)> {
+    let mut out: Vec<(&str, String)> = DATASETS.iter().map(|ds| (GROUP_2D, ds.to_string())).collect();
+    out.extend(
+        ISING_LATTICES
+            .iter()
+            .map(|&(l, sigma)| (GROUP_ISING, ising_label(l, sigma))),
+    );
+    out.push((GROUP_DIGITS, "digits".into()));
+    out
+}
 
 /// NLL of the uniform model on 32 bits: 32 ln 2 = 22.181 nats.
 fn uniform_nll_2d() -> f64 {
@@ -216,272 +109,6 @@ fn ising_label(l: u32, sigma: f64) -> String {
     format!("{l}×{l} σ {}", f(sigma))
 }
 
-/// One task's settings: everything but the method and the seed.
-#[derive(Debug, Clone)]
-struct Task {
-    /// Run-name prefix: `2d-2spirals`, `ising-10x10-s0.1`, `digits`.
-    key: String,
-    /// Task label in the rows: `2spirals`, `10×10 σ 0.1`, `digits`.
-    label: String,
-    /// Its table.
-    group: &'static str,
-    /// `--env` and the task's own flags.
-    env: Vec<String>,
-    /// Examples per iteration.
-    batch: u32,
-    /// GFlowNet width and hidden layers.
-    gfn_net: (u32, u32),
-    /// GFlowNet Adam learning rates (networks, log Z).
-    gfn_lr: (f64, f64),
-    /// EBM MLP width and hidden layers; `None`: the task's own energy (Ising).
-    ebm_net: Option<(u32, u32)>,
-    /// EBM Adam learning rate.
-    ebm_lr: f64,
-    /// Iterations.
-    iterations: u32,
-    /// Evaluate every this many iterations.
-    eval_every: u32,
-    /// Importance samples of log Z at the final evaluation.
-    eval_log_z_samples: u32,
-    /// Test examples per evaluation (`None`: the task has none).
-    eval_test: Option<u32>,
-    /// Backward trajectories per test example in the GFlowNet likelihood (`None`: gfn's default).
-    eval_backward: Option<u32>,
-}
-
-impl Task {
-    /// Every task, in table order; `quick`: a fortieth of the iterations, fewer evaluation samples.
-    fn all(quick: bool) -> Vec<Task> {
-        let iters = |n: u32| if quick { (n / QUICK_DIVISOR).max(1) } else { n };
-        // Quick: a tenth of the importance samples (at least 1,000), a quarter of the 2D test
-        // points and of the backward trajectories.
-        let samples = |n: u32| if quick { (n / 10).max(1_000) } else { n };
-        let fewer = |n: u32| if quick { (n / 4).max(1) } else { n };
-        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        let mut out = Vec::new();
-        for ds in DATASETS {
-            out.push(Task {
-                key: format!("2d-{ds}"),
-                label: ds.into(),
-                group: GROUP_2D,
-                env: s(&["--env", "ebm-2d", "--dataset", ds]),
-                batch: BATCH_2D,
-                gfn_net: (HIDDEN_2D, LAYERS_2D),
-                gfn_lr: (LR_2D, LR_LOGZ_2D),
-                ebm_net: Some((EBM_HIDDEN_2D, EBM_LAYERS_2D)),
-                ebm_lr: EBM_LR_2D,
-                iterations: iters(ITERATIONS_2D),
-                eval_every: iters(EVAL_EVERY_2D),
-                eval_log_z_samples: samples(EVAL_LOG_Z_SAMPLES_2D),
-                eval_test: Some(fewer(EVAL_TEST_2D)),
-                eval_backward: None,
-            });
-        }
-        for (l, sigma) in ISING_LATTICES {
-            out.push(Task {
-                key: format!("ising-{l}x{l}-s{}", f(sigma)),
-                label: ising_label(l, sigma),
-                group: GROUP_ISING,
-                env: vec![
-                    "--env".into(),
-                    "ising".into(),
-                    "--lattice".into(),
-                    l.to_string(),
-                    "--sigma".into(),
-                    f(sigma),
-                    "--ising-samples".into(),
-                    ISING_SAMPLES.to_string(),
-                    "--ising-updates".into(),
-                    ISING_UPDATES.to_string(),
-                    "--task-seed".into(),
-                    ISING_TASK_SEED.to_string(),
-                    "--ebm-l1".into(),
-                    f(ISING_L1),
-                ],
-                batch: BATCH_ISING,
-                gfn_net: (HIDDEN_ISING, LAYERS_ISING),
-                gfn_lr: (LR_ISING, LR_LOGZ_ISING),
-                ebm_net: None,
-                ebm_lr: EBM_LR_ISING,
-                iterations: iters(ITERATIONS_ISING),
-                eval_every: iters(EVAL_EVERY_ISING),
-                eval_log_z_samples: samples(ISING_EVAL_LOG_Z_SAMPLES),
-                eval_test: None,
-                eval_backward: None,
-            });
-        }
-        out.push(Task {
-            key: "digits".into(),
-            label: "digits".into(),
-            group: GROUP_DIGITS,
-            env: s(&["--env", "digits"]),
-            batch: BATCH_DIGITS,
-            gfn_net: (HIDDEN_DIGITS, LAYERS_DIGITS),
-            gfn_lr: (LR_DIGITS, LR_LOGZ_DIGITS),
-            ebm_net: Some((EBM_HIDDEN_DIGITS, EBM_LAYERS_DIGITS)),
-            ebm_lr: EBM_LR_DIGITS,
-            iterations: iters(ITERATIONS_DIGITS),
-            eval_every: iters(EVAL_EVERY_DIGITS),
-            eval_log_z_samples: samples(EVAL_LOG_Z_SAMPLES_DIGITS),
-            // The whole test split in either mode.
-            eval_test: Some(EVAL_TEST_DIGITS),
-            eval_backward: Some(fewer(EVAL_BACKWARD_DIGITS)),
-        });
-        out
-    }
-
-    /// Arguments of `gfn train` (without `--out`). PCD takes the same data, batch, EBM, learning
-    /// rate, budget and evaluation as EB-GFN, and no GFlowNet.
-    fn args(&self, method: &str, seed: u64, threads: u32) -> Vec<String> {
-        let mut a: Vec<String> = vec!["train".into()];
-        a.extend(self.env.iter().cloned());
-        a.extend([
-            "--ebm-method".into(),
-            method.into(),
-            "--batch-size".into(),
-            self.batch.to_string(),
-            "--iterations".into(),
-            self.iterations.to_string(),
-            "--eval-every".into(),
-            self.eval_every.to_string(),
-            "--seed".into(),
-            seed.to_string(),
-            "--threads".into(),
-            threads.to_string(),
-        ]);
-        if let Some((hidden, layers)) = self.ebm_net {
-            a.extend([
-                "--ebm-hidden".into(),
-                hidden.to_string(),
-                "--ebm-layers".into(),
-                layers.to_string(),
-            ]);
-        }
-        a.extend(["--ebm-lr".into(), f(self.ebm_lr)]);
-        if method == "ebgfn" {
-            a.extend([
-                "--hidden".into(),
-                self.gfn_net.0.to_string(),
-                "--layers".into(),
-                self.gfn_net.1.to_string(),
-                "--lr".into(),
-                f(self.gfn_lr.0),
-                "--lr-logz".into(),
-                f(self.gfn_lr.1),
-                "--back-ratio".into(),
-                f(BACK_RATIO),
-                // K grows to D over the whole run, as in the paper (warmup_k = n_iters).
-                "--warmup-k".into(),
-                self.iterations.to_string(),
-                "--negatives".into(),
-                NEGATIVES.into(),
-                "--accept".into(),
-                ACCEPT.into(),
-            ]);
-        } else {
-            a.extend(["--gibbs-steps".into(), GIBBS_STEPS.to_string()]);
-        }
-        a.extend(["--eval-log-z-samples".into(), self.eval_log_z_samples.to_string()]);
-        if let Some(n) = self.eval_test {
-            a.extend(["--eval-test".into(), n.to_string()]);
-        }
-        // The GFlowNet likelihood of the evaluation: EB-GFN only (PCD has no sampler to score).
-        if let Some(n) = self.eval_backward.filter(|_| method == "ebgfn") {
-            a.extend(["--eval-backward".into(), n.to_string()]);
-        }
-        a
-    }
-
-    /// The run of `method` with `seed` (no peer counterpart).
-    fn run(&self, method: &str, seed: u64, threads: u32) -> RunSpec {
-        RunSpec {
-            name: format!("{}-{method}-seed{seed}", self.key),
-            group: self.group.into(),
-            row: row_name(&self.label, method),
-            seed,
-            gfn_args: self.args(method, seed, threads),
-            peer_args: Vec::new(),
-            output: Output::RunDir,
-        }
-    }
-}
-
-/// The suite: 2D synthetic (seven data sets), Ising (10×10 σ 0.1, 9×9 σ −0.1) and digits, each
-/// with EB-GFN and PCD, seeds 0..3. `--quick`: seed 0, a fortieth of the iterations.
-pub fn ebm(opts: &SuiteOptions) -> Suite {
-    let seeds = opts.seeds.unwrap_or(if opts.quick { 1 } else { SEEDS });
-    let mut runs = Vec::new();
-    for task in Task::all(opts.quick) {
-        for method in METHODS {
-            for seed in 0..u64::from(seeds) {
-                runs.push(task.run(method, seed, opts.threads));
-            }
-        }
-    }
-    Suite {
-        name: "ebm",
-        row_header: "task, method",
-        runs,
-        metrics: vec![
-            crate::suite::col_iterations(),
-            crate::suite::col_ms_per_iteration(),
-            Metric {
-                header: "EBM NLL (GFlowNet IS or exact)",
-                key: "ebm_nll",
-                short: "NLL",
-                value: &ebm_nll,
-                agg: Agg::MeanStd,
-                digits: 3,
-            },
-            Metric {
-                header: "EBM NLL (uniform IS)",
-                key: "ebm_nll_uniform_is",
-                short: "NLL(unif)",
-                value: &ebm_nll_uniform,
-                agg: Agg::MeanStd,
-                digits: 3,
-            },
-            Metric {
-                header: "GFlowNet NLL",
-                key: "gfn_nll",
-                short: "GFN NLL",
-                value: &gfn_nll,
-                agg: Agg::MeanStd,
-                digits: 3,
-            },
-            Metric {
-                header: "MMD ×10⁻⁴",
-                key: "mmd_e4",
-                short: "MMD",
-                value: &mmd,
-                agg: Agg::MeanStd,
-                digits: 3,
-            },
-            Metric {
-                header: "−log RMSE(J)",
-                key: "neg_log_rmse",
-                short: "-logRMSE",
-                value: &neg_log_rmse,
-                agg: Agg::MeanStd,
-                digits: 3,
-            },
-            Metric {
-                header: "acceptance (last window)",
-                key: "acceptance",
-                short: "accept",
-                value: &acceptance,
-                agg: Agg::MeanStd,
-                digits: 3,
-            },
-            crate::suite::col_peak_rss(),
-        ],
-        ms_per_iteration: &ours_ms_per_iteration,
-        peers: Vec::new(),
-        extra: Some(extra),
-        quality_note: Some(QUALITY_NOTE),
-    }
-}
-
 /// The EBM's final test NLL, log Z exact (D ≤ 20) or importance-sampled with the GFlowNet (null
 /// for PCD when D > 20 and on Ising).
 fn ebm_nll(r: &Value) -> Option<f64> {
@@ -491,11 +118,6 @@ fn ebm_nll(r: &Value) -> Option<f64> {
 /// The EBM's final test NLL with log Z by uniform importance sampling (the paper's protocol).
 fn ebm_nll_uniform(r: &Value) -> Option<f64> {
     num(r, "/summary/ebm/nll_uniform_is/value")
-}
-
-/// The GFlowNet's final test NLL (EB-GFN).
-fn gfn_nll(r: &Value) -> Option<f64> {
-    num(r, "/summary/gfn/nll/value")
 }
 
 /// Final MMD² ×10⁻⁴ (2D).
@@ -510,7 +132,7 @@ fn neg_log_rmse(r: &Value) -> Option<f64> {
 
 /// Acceptance of the back-and-forth proposals over the last evaluation window (EB-GFN): from
 /// `summary.json`, else (Ising, where the summary has no `gfn` object) from the last evaluation.
-fn acceptance(r: &Value) -> Option<f64> {
+pub fn acceptance(r: &Value) -> Option<f64> {
     num(r, "/summary/gfn/acceptance").or_else(|| {
         r["curve"]
             .as_array()?
@@ -1254,16 +876,9 @@ fn plots(session: &Session, dir: &Path) -> Result<String> {
     )?);
 
     let mut accept = Vec::new();
-    for task in Task::all(false) {
-        let row = row_name(&task.label, "ebgfn");
-        accept.extend(line(
-            session,
-            task.group,
-            &row,
-            task.label.clone(),
-            |p| p.acceptance,
-            false,
-        ));
+    for (group, label) in tasks() {
+        let row = row_name(&label, "ebgfn");
+        accept.extend(line(session, group, &row, label.clone(), |p| p.acceptance, false));
     }
     md.push_str(&plot_line(
         dir,
@@ -1319,7 +934,7 @@ fn samples(session: &Session, dir: &Path) -> Result<String> {
     ))
 }
 
-fn extra(session: &Session, _aggs: &[Aggregate], dir: &Path) -> Result<String> {
+pub fn extra(session: &Session, _aggs: &[Aggregate], dir: &Path) -> Result<String> {
     let mut md = targets(session);
     md.push_str(&plots(session, dir)?);
     md.push_str(&samples(session, dir)?);
@@ -1333,11 +948,29 @@ mod tests {
     use serde_json::json;
 
     use crate::suite::test_util::{arg, opts};
+    use crate::suite::{Output, ours_ms_per_iteration};
+
+    /// The tables and rows this module reads are the ones `suites/ebm.toml` makes.
+    #[test]
+    fn the_extra_reads_the_rows_the_suite_makes() {
+        let suite = crate::data_suite::build("ebm", &opts(false, None));
+        let mut planned: Vec<(String, String)> = Vec::new();
+        for r in &suite.runs {
+            if !planned.contains(&(r.group.clone(), r.row.clone())) {
+                planned.push((r.group.clone(), r.row.clone()));
+            }
+        }
+        let read: Vec<(String, String)> = tasks()
+            .into_iter()
+            .flat_map(|(group, label)| METHODS.map(|m| (group.to_string(), row_name(&label, m))))
+            .collect();
+        assert_eq!(read, planned);
+    }
 
     #[test]
     fn full_suite_runs() {
         assert!(crate::suite::find("ebm").is_some());
-        let s = ebm(&opts(false, None));
+        let s = crate::data_suite::build("ebm", &opts(false, None));
         assert_eq!(s.runs.len(), (7 + 2 + 1) * 2 * 3);
         let names: std::collections::HashSet<_> = s.runs.iter().map(|r| &r.name).collect();
         assert_eq!(names.len(), s.runs.len());
@@ -1457,7 +1090,7 @@ mod tests {
 
     #[test]
     fn quick_suite_is_one_seed_and_a_fortieth_of_the_iterations() {
-        let s = ebm(&opts(true, None));
+        let s = crate::data_suite::build("ebm", &opts(true, None));
         assert_eq!(s.runs.len(), 20);
         assert!(s.runs.iter().all(|r| r.seed == 0 && arg(r, "--seed") == Some("0")));
         for r in &s.runs {
@@ -1481,8 +1114,8 @@ mod tests {
         let digits = find("digits-ebgfn-seed0");
         assert_eq!(arg(digits, "--eval-test"), Some("297"));
         assert_eq!(arg(digits, "--eval-backward"), Some("5"));
-        assert_eq!(ebm(&opts(true, Some(2))).runs.len(), 40);
-        assert_eq!(ebm(&opts(false, Some(1))).runs.len(), 20);
+        assert_eq!(crate::data_suite::build("ebm", &opts(true, Some(2))).runs.len(), 40);
+        assert_eq!(crate::data_suite::build("ebm", &opts(false, Some(1))).runs.len(), 20);
     }
 
     fn stats(v: &[f64]) -> Stats {
@@ -1528,12 +1161,14 @@ mod tests {
     }
 
     /// A summary and curve of one run (figures for its kind of task).
-    fn run_record(task: &Task, method: &str, seed: u64, summary: Value, curve: Vec<Value>) -> RunRecord {
-        let spec = task.run(method, seed, 1);
+    fn run_record(key: &str, method: &str, seed: u64, summary: Value, curve: Vec<Value>) -> RunRecord {
+        let suite = crate::data_suite::build("ebm", &opts(false, None));
+        let name = format!("{key}-{method}-seed{seed}");
+        let spec = suite.runs.into_iter().find(|r| r.name == name).unwrap();
         let mut summary = summary;
         summary["iterations"] = json!(1000);
         summary["wall_seconds"] = json!(100.0);
-        summary["batch_size"] = json!(task.batch);
+        summary["batch_size"] = json!(arg(&spec, "--batch-size").unwrap().parse::<u32>().unwrap());
         RunRecord {
             name: spec.name,
             group: spec.group,
@@ -1573,8 +1208,6 @@ mod tests {
             "rss_method": "none", "peers": [], "runs": []
         }))
         .unwrap();
-        let tasks = Task::all(false);
-        let task = |key: &str| tasks.iter().find(|t| t.key == key).unwrap();
         for seed in 0..2u64 {
             let w = 0.01 * seed as f64;
             // 2D: EB-GFN NLL (uniform IS) per data set: met on 2spirals and 8gaussians, missed on
@@ -1586,7 +1219,7 @@ mod tests {
                 ("pinwheel", 19.954, 21.5, 1.0),
                 ("checkerboard", 20.0, 20.0, 3.0),
             ] {
-                let t = task(&format!("2d-{ds}"));
+                let t = &format!("2d-{ds}");
                 let curve = |v: f64, eb: bool| {
                     (1..=3)
                         .map(|i| {
@@ -1610,7 +1243,7 @@ mod tests {
             }
             // Ising: 10×10 misses 5.5 by 0.3; 9×9 reported. PCD level on 10×10.
             for (key, eb, pcd) in [("ising-10x10-s0.1", 5.2, 5.2), ("ising-9x9-s-0.1", 5.0, 4.0)] {
-                let t = task(key);
+                let t = key;
                 let curve = |v: f64| {
                     vec![
                         json!({"iteration": 1000, "trajectories": 128000, "seconds": 1.0, "l1_sum": null, "tv": null,
@@ -1634,7 +1267,7 @@ mod tests {
             }
             // Digits: baseline 24.585 ± 0.237. EBM NLL 22.0 ± 0.3: bound 24.585 − 3·√(0.09 + 0.0562) =
             // 23.438: met. GFlowNet NLL 24.0: missed.
-            let t = task("digits");
+            let t = "digits";
             let b = json!({"nll": 24.585, "std_err": 0.237});
             let curve = vec![
                 json!({"iteration": 1000, "trajectories": 100000, "seconds": 1.0, "l1_sum": null, "tv": null,
@@ -1666,10 +1299,13 @@ mod tests {
         let eb = rec("2d-2spirals-ebgfn-seed1");
         assert!((ebm_nll_uniform(&eb).unwrap() - 20.11).abs() < 1e-12);
         assert!((ebm_nll(&eb).unwrap() - 20.06).abs() < 1e-12);
-        assert_eq!(gfn_nll(&eb), Some(20.6));
+        assert_eq!(num(&eb, "/summary/gfn/nll/value"), Some(20.6));
         assert_eq!(acceptance(&eb), Some(0.9));
         let pcd = rec("2d-2spirals-pcd-seed0");
-        assert_eq!((ebm_nll(&pcd), gfn_nll(&pcd), acceptance(&pcd)), (None, None, None));
+        assert_eq!(
+            (ebm_nll(&pcd), num(&pcd, "/summary/gfn/nll/value"), acceptance(&pcd)),
+            (None, None, None)
+        );
         // Ising EB-GFN: no `gfn` object, acceptance from the last evaluation.
         let ising = rec("ising-10x10-s0.1-ebgfn-seed0");
         assert_eq!((neg_log_rmse(&ising), acceptance(&ising)), (Some(5.2), Some(0.7)));

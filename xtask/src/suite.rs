@@ -45,7 +45,7 @@ pub const SUITES: &[SuiteDef] = &[
     },
     SuiteDef {
         name: "ebm",
-        build: crate::ebm::ebm,
+        build: |o| crate::data_suite::build("ebm", o),
     },
     SuiteDef {
         name: "pg",
