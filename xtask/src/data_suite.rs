@@ -715,6 +715,25 @@ fn extra(name: &str) -> Option<crate::suite::Extra> {
     }
 }
 
+/// Every table of suite `suite`: its name and the row labels of its first axis, in order.
+pub fn tables(suite: &str) -> Vec<(String, Vec<String>)> {
+    let Some(grid) = file(suite).map(parse).and_then(Result::ok) else {
+        return Vec::new();
+    };
+    grid.groups
+        .iter()
+        .map(|g| {
+            let labels = g.axes.first().map_or_else(Vec::new, |axis| {
+                grid.values(axis)
+                    .iter()
+                    .map(|v| v.row.clone().unwrap_or_else(|| v.name.clone()))
+                    .collect()
+            });
+            (g.name.clone(), labels)
+        })
+        .collect()
+}
+
 /// The values of axis `axis` of the first table of suite `suite`: (name, arguments) each (the
 /// throughput suite times the networks of the networks suite).
 pub fn axis_values(suite: &str, axis: usize) -> Vec<(String, Vec<String>)> {

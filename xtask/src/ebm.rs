@@ -6,16 +6,19 @@
 //! Quality is read from each run's final evaluation (`summary.json`) and its evaluations along
 //! the way (`metrics.jsonl`); the targets section checks the paper's headline numbers.
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use anyhow::Result;
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::bench::{CurvePoint, Session};
 use crate::curves::{self, plot_line};
 use crate::plot::{Chart, Reference, Series, spans_decades};
 use crate::report::{Aggregate, Stats, fmt_num, records, row_stats};
-use crate::suite::{Extract, f, num};
+use crate::suite::{Extract, num};
 use gfn_record::EbmRecord;
 
 // The tables and rows this module reads, as `suites/ebm.toml` makes them (a test checks), and the
@@ -23,18 +26,6 @@ use gfn_record::EbmRecord;
 
 /// Methods (`--ebm-method`), in row order: EB-GFN and PCD.
 const METHODS: [&str; 2] = ["ebgfn", "pcd"];
-/// The 2D data sets, in the paper's order.
-const DATASETS: [&str; 7] = [
-    "2spirals",
-    "8gaussians",
-    "circles",
-    "moons",
-    "pinwheel",
-    "swissroll",
-    "checkerboard",
-];
-/// Ising: (L, σ) of the lattices, D = L² (papers.md §2.4's two headline cells).
-const ISING_LATTICES: [(u32, f64); 2] = [(10, 0.1), (9, -0.1)];
 /// Table of the 2D data sets.
 const GROUP_2D: &str = "2D synthetic (32-bit Gray code), batch 128";
 /// Table of the Ising models.
@@ -42,48 +33,66 @@ const GROUP_ISING: &str = "Ising (learn J), batch 128";
 /// Table of the digits.
 const GROUP_DIGITS: &str = "digits 8×8, batch 100";
 
-/// The paper's EB-GFN NLL (nats, uniform importance sampling of log Z) on 2D data, papers.md §2.3
-/// (Table "synthetic", verified cells).
-const PAPER_NLL: [(&str, f64); 4] = [
-    ("2spirals", 20.050),
-    ("8gaussians", 19.982),
-    ("circles", 20.546),
-    ("pinwheel", 19.554),
-];
-/// The paper's EB-GFN NLL on the other data sets, recalled but not verified (papers.md §2.3):
-/// reported beside ours, not judged.
-const PAPER_NLL_UNVERIFIED: [(&str, f64); 3] = [("moons", 19.59), ("swissroll", 20.17), ("checkerboard", 20.09)];
-/// Target: our 2D EBM NLL at most the paper's plus this many nats.
-const NLL_TOLERANCE: f64 = 0.3;
-/// The paper's EB-GFN MMD ×10⁻⁴ on checkerboard (verified).
-const PAPER_MMD_CHECKERBOARD: f64 = 1.206;
-/// Target: checkerboard MMD at most this many times the paper's.
-const MMD_FACTOR: f64 = 2.0;
-/// The paper's EB-GFN MMD ×10⁻⁴ on the other data sets, recalled but not verified.
-const PAPER_MMD_UNVERIFIED: [(&str, f64); 6] = [
-    ("2spirals", 0.583),
-    ("8gaussians", 0.531),
-    ("circles", 0.305),
-    ("moons", 0.121),
-    ("pinwheel", 0.492),
-    ("swissroll", 0.274),
-];
-/// The paper's EB-GFN −log RMSE on Ising: (L, σ, paper, our target: `None` = reported only).
-const PAPER_ISING: [(u32, f64, f64, Option<f64>); 2] = [(10, 0.1, 6.1, Some(5.5)), (9, -0.1, 5.7, None)];
-/// Target on digits: the EBM's and the GFlowNet's NLL below the Bernoulli baseline's by more than
-/// this many standard errors (the two combined in quadrature).
-const DIGITS_STD_ERRS: f64 = 3.0;
+/// The paper's headline numbers and our targets: `[paper]` of `suites/ebm.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Paper {
+    /// EB-GFN's EBM NLL (nats, uniform IS of log Z) per 2D data set, verified: judged.
+    nll_2d: BTreeMap<String, f64>,
+    /// The same, recalled but not verified: reported beside ours.
+    nll_2d_unverified: BTreeMap<String, f64>,
+    /// Target: our NLL at most the paper's plus this many nats.
+    nll_tolerance: f64,
+    /// EB-GFN's MMD ×10⁻⁴ per 2D data set, verified: judged.
+    mmd_2d: BTreeMap<String, f64>,
+    /// Target: our MMD at most this many times the paper's.
+    mmd_factor: f64,
+    /// The same, recalled but not verified.
+    mmd_2d_unverified: BTreeMap<String, f64>,
+    /// EB-GFN's −log RMSE(J) per Ising row.
+    ising: Vec<IsingPaper>,
+    /// Target on digits: the NLLs below the Bernoulli baseline's by more than this many
+    /// standard errors (the two combined in quadrature).
+    digits_std_errs: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IsingPaper {
+    /// The task's row label: `10×10 σ 0.1`.
+    row: String,
+    paper: f64,
+    /// Ours at least this; `None`: reported only.
+    #[serde(default)]
+    target: Option<f64>,
+}
+
+/// The `[paper]` table of `suites/ebm.toml` (a test checks that it parses).
+fn paper() -> &'static Paper {
+    static PAPER: OnceLock<Paper> = OnceLock::new();
+    PAPER.get_or_init(|| {
+        let text = crate::data_suite::file("ebm").expect("suites/ebm.toml");
+        let mut table: toml::Table = toml::from_str(text).expect("suites/ebm.toml parses");
+        let paper = table.remove("paper").expect("suites/ebm.toml has a [paper] table");
+        paper.try_into().expect("suites/ebm.toml: [paper]")
+    })
+}
+
+/// The task labels of a table, in row order (`2spirals`, `10×10 σ 0.1`).
+fn labels(group: &str) -> Vec<String> {
+    crate::data_suite::tables("ebm")
+        .into_iter()
+        .find(|(name, _)| name == group)
+        .map(|(_, labels)| labels)
+        .unwrap_or_default()
+}
 
 /// Every task as (table, label), in table order.
 fn tasks() -> Vec<(&'static str, String)> {
-    let mut out: Vec<(&str, String)> = DATASETS.iter().map(|ds| (GROUP_2D, ds.to_string())).collect();
-    out.extend(
-        ISING_LATTICES
-            .iter()
-            .map(|&(l, sigma)| (GROUP_ISING, ising_label(l, sigma))),
-    );
-    out.push((GROUP_DIGITS, "digits".into()));
-    out
+    [GROUP_2D, GROUP_ISING, GROUP_DIGITS]
+        .into_iter()
+        .flat_map(|group| labels(group).into_iter().map(move |label| (group, label)))
+        .collect()
 }
 
 /// NLL of the uniform model on 32 bits: 32 ln 2 = 22.181 nats.
@@ -102,11 +111,6 @@ fn method_label(method: &str) -> &'static str {
 /// A table row: task label and method, `2spirals EB-GFN`.
 fn row_name(label: &str, method: &str) -> String {
     format!("{label} {}", method_label(method))
-}
-
-/// Task label of an Ising lattice: `10×10 σ 0.1`.
-fn ising_label(l: u32, sigma: f64) -> String {
-    format!("{l}×{l} σ {}", f(sigma))
 }
 
 /// The EBM's final test NLL, log Z exact (D ≤ 20) or importance-sampled with the GFlowNet (null
@@ -270,18 +274,19 @@ fn mean_target(
 /// The 2D targets: the EBM NLL (uniform IS) against the paper's, checkerboard's MMD, and the
 /// other data sets' figures beside the paper's unverified ones.
 fn targets_2d(session: &Session) -> Vec<Target> {
+    let paper = paper();
+    let datasets = labels(GROUP_2D);
     let mut out = Vec::new();
-    for ds in DATASETS {
+    for ds in &datasets {
         let row = row_name(ds, "ebgfn");
         let gfn_is = row_stats(session, GROUP_2D, &row, &ebm_nll)
             .map(|s| format!("; GFlowNet IS {}", cell(&s, 3)))
             .unwrap_or_default();
-        let verified = PAPER_NLL.iter().find(|p| p.0 == ds).map(|p| p.1);
-        let unverified = PAPER_NLL_UNVERIFIED.iter().find(|p| p.0 == ds).map(|p| p.1);
-        let (bound, target) = match (verified, unverified) {
+        let tolerance = paper.nll_tolerance;
+        let (bound, target) = match (paper.nll_2d.get(ds), paper.nll_2d_unverified.get(ds)) {
             (Some(p), _) => (
-                Some(p + NLL_TOLERANCE),
-                format!("≤ {:.3} (paper {p:.3} + {NLL_TOLERANCE})", p + NLL_TOLERANCE),
+                Some(p + tolerance),
+                format!("≤ {:.3} (paper {p:.3} + {tolerance})", p + tolerance),
             ),
             (None, Some(p)) => (None, format!("— (paper ≈ {p:.2}, unverified)")),
             (None, None) => (None, "—".into()),
@@ -302,16 +307,14 @@ fn targets_2d(session: &Session) -> Vec<Target> {
         }
         out.push(t);
     }
-    for ds in DATASETS {
+    for ds in &datasets {
         let row = row_name(ds, "ebgfn");
-        let (bound, target) = if ds == "checkerboard" {
-            let b = MMD_FACTOR * PAPER_MMD_CHECKERBOARD;
-            (
-                Some(b),
-                format!("≤ {b:.3} ({MMD_FACTOR} × paper {PAPER_MMD_CHECKERBOARD})"),
-            )
+        let factor = paper.mmd_factor;
+        let (bound, target) = if let Some(p) = paper.mmd_2d.get(ds) {
+            let b = factor * p;
+            (Some(b), format!("≤ {b:.3} ({factor} × paper {p})"))
         } else {
-            let p = PAPER_MMD_UNVERIFIED.iter().find(|p| p.0 == ds).map(|p| p.1);
+            let p = paper.mmd_2d_unverified.get(ds);
             (
                 None,
                 p.map_or_else(|| "—".into(), |p| format!("— (paper ≈ {p}, unverified)")),
@@ -334,10 +337,11 @@ fn targets_2d(session: &Session) -> Vec<Target> {
 
 /// The Ising targets: −log RMSE of the learned couplings.
 fn targets_ising(session: &Session) -> Vec<Target> {
-    PAPER_ISING
+    paper()
+        .ising
         .iter()
-        .map(|&(l, sigma, paper, bound)| {
-            let label = ising_label(l, sigma);
+        .map(|i| {
+            let (label, paper, bound) = (&i.row, i.paper, i.target);
             let target = match bound {
                 Some(b) => format!("≥ {b} (paper {paper})"),
                 None => format!("— (paper {paper})"),
@@ -345,7 +349,7 @@ fn targets_ising(session: &Session) -> Vec<Target> {
             mean_target(
                 session,
                 GROUP_ISING,
-                &row_name(&label, "ebgfn"),
+                &row_name(label, "ebgfn"),
                 (format!("Ising {label}: EB-GFN −log RMSE(J)"), label.clone()),
                 &neg_log_rmse,
                 bound,
@@ -382,7 +386,7 @@ fn nll_with_std_err(session: &Session, group: &str, row: &str, pointer: &str) ->
 }
 
 /// A digits target: a row's NLL below the Bernoulli baseline by more than
-/// [`DIGITS_STD_ERRS`] combined standard errors. Judged on the mean over seeds with the runs'
+/// `digits_std_errs` (`[paper]`) combined standard errors. Judged on the mean over seeds with the runs'
 /// root-mean-square standard error (every seed is evaluated on the same test images, so seeds do
 /// not shrink it), and seed by seed.
 fn digits_target(session: &Session, (name, short): (&str, &str), row: &str, pointer: &str, judged: bool) -> Target {
@@ -403,10 +407,11 @@ fn digits_target(session: &Session, (name, short): (&str, &str), row: &str, poin
     let mean = runs.iter().map(|r| r.0).sum::<f64>() / n;
     let se = (runs.iter().map(|r| r.1 * r.1).sum::<f64>() / n).sqrt();
     let values: Vec<f64> = runs.iter().map(|r| r.0).collect();
-    let (bound, status) = beats_by_std_errs(mean, se, b, b_se, DIGITS_STD_ERRS);
+    let k = paper().digits_std_errs;
+    let (bound, status) = beats_by_std_errs(mean, se, b, b_se, k);
     let seeds_met = runs
         .iter()
-        .filter(|(v, s)| beats_by_std_errs(*v, *s, b, b_se, DIGITS_STD_ERRS).1 == Status::Met)
+        .filter(|(v, s)| beats_by_std_errs(*v, *s, b, b_se, k).1 == Status::Met)
         .count();
     Target {
         name,
@@ -416,7 +421,7 @@ fn digits_target(session: &Session, (name, short): (&str, &str), row: &str, poin
             cell(&Stats::of(&values).expect("finite values"), 3).trim_end_matches(')'),
             runs.len()
         ),
-        target: format!("< {bound:.3} (Bernoulli {b:.3} ± {b_se:.3} − {DIGITS_STD_ERRS} × √(se² + se_b²))"),
+        target: format!("< {bound:.3} (Bernoulli {b:.3} ± {b_se:.3} − {k} × √(se² + se_b²))"),
         status: if judged { status } else { Status::Reported },
         digits: 3,
     }
@@ -529,7 +534,7 @@ fn comparisons(session: &Session, md: &mut String) -> Vec<Winner> {
         higher_is_better: false,
     };
     let mut tasks: Vec<(&str, String, Vec<Figure>)> = Vec::new();
-    for ds in DATASETS {
+    for ds in labels(GROUP_2D) {
         let figures = vec![
             nll,
             Figure {
@@ -538,15 +543,15 @@ fn comparisons(session: &Session, md: &mut String) -> Vec<Winner> {
                 higher_is_better: false,
             },
         ];
-        tasks.push((GROUP_2D, ds.to_string(), figures));
+        tasks.push((GROUP_2D, ds, figures));
     }
-    for (l, sigma) in ISING_LATTICES {
+    for label in labels(GROUP_ISING) {
         let figures = vec![Figure {
             name: "−log RMSE(J)",
             value: &neg_log_rmse,
             higher_is_better: true,
         }];
-        tasks.push((GROUP_ISING, ising_label(l, sigma), figures));
+        tasks.push((GROUP_ISING, label, figures));
     }
     tasks.push((GROUP_DIGITS, "digits".into(), vec![nll]));
     let mut out = Vec::new();
@@ -641,22 +646,58 @@ fn targets(session: &Session) -> String {
         md.push_str(&t.row());
     }
     md.push('\n');
+    let paper = paper();
+    // The judged data sets of a `[paper]` map, in table order, with the paper's figure.
+    let in_order = |map: &BTreeMap<String, f64>| -> Vec<(String, f64)> {
+        labels(GROUP_2D)
+            .into_iter()
+            .filter_map(|ds| map.get(&ds).map(|&v| (ds, v)))
+            .collect()
+    };
     let (nll2d, mmd2d): (Vec<Target>, Vec<Target>) = t2d.into_iter().partition(|t| t.name.contains("NLL"));
+    let nll_names: Vec<String> = in_order(&paper.nll_2d).into_iter().map(|(ds, _)| ds).collect();
     md.push_str(&format!(
-        "- *2D EBM NLL (uniform IS) within {NLL_TOLERANCE} nats of the paper's EB-GFN (2spirals, 8gaussians, circles, pinwheel)*: {}.\n",
+        "- *2D EBM NLL (uniform IS) within {} nats of the paper's EB-GFN ({})*: {}.\n",
+        paper.nll_tolerance,
+        nll_names.join(", "),
         tally(&nll2d)
     ));
+    let mmd_papers: Vec<String> = in_order(&paper.mmd_2d)
+        .into_iter()
+        .map(|(ds, v)| format!("{ds} {v}"))
+        .collect();
     md.push_str(&format!(
-        "- *checkerboard MMD ×10⁻⁴ at most {MMD_FACTOR} × the paper's {PAPER_MMD_CHECKERBOARD}*: {}.\n",
+        "- *MMD ×10⁻⁴ at most {} × the paper's ({})*: {}.\n",
+        paper.mmd_factor,
+        mmd_papers.join(", "),
         tally(&mmd2d)
     ));
+    type Judged<'a> = Vec<(&'a IsingPaper, Target)>;
+    let (judged, reported): (Judged, Judged) = paper.ising.iter().zip(tising).partition(|(i, _)| i.target.is_some());
+    let claim: Vec<String> = judged
+        .iter()
+        .map(|(i, _)| {
+            format!(
+                "{}: −log RMSE(J) at least {} (paper {})",
+                i.row,
+                i.target.unwrap_or(f64::NAN),
+                i.paper
+            )
+        })
+        .collect();
+    let judged: Vec<Target> = judged.into_iter().map(|(_, t)| t).collect();
+    let reported: String = reported
+        .iter()
+        .map(|(i, t)| format!("; {} (paper {}): {}", i.row, i.paper, t.measured))
+        .collect();
     md.push_str(&format!(
-        "- *Ising 10×10 σ 0.1: −log RMSE(J) at least 5.5 (paper 6.1)*: {}; 9×9 σ -0.1 (paper 5.7): {}.\n",
-        tally(&tising[..1]),
-        tising[1].measured
+        "- *Ising {}*: {}{reported}.\n",
+        claim.join("; "),
+        tally(&judged)
     ));
     md.push_str(&format!(
-        "- *digits: EB-GFN's EBM and GFlowNet NLL below the Bernoulli baseline by more than {DIGITS_STD_ERRS} standard errors*: {}.\n",
+        "- *digits: EB-GFN's EBM and GFlowNet NLL below the Bernoulli baseline by more than {} standard errors*: {}.\n",
+        paper.digits_std_errs,
         tally(&tdigits[..2])
     ));
 
@@ -778,13 +819,13 @@ fn plots(session: &Session, dir: &Path) -> Result<String> {
          use a tenth of the final evaluation's importance samples, at least 1,000, and at most 500 test examples \
          for the GFlowNet NLL). Dashed grey lines: the paper's figures and the references.\n\n",
     );
-    for ds in DATASETS {
+    for ds in &labels(GROUP_2D) {
         let series = nll_series(session, GROUP_2D, ds);
         let mut refs = vec![Reference {
             label: format!("uniform model {:.3}", uniform_nll_2d()),
             y: uniform_nll_2d(),
         }];
-        if let Some((_, p)) = PAPER_NLL.iter().find(|p| p.0 == ds) {
+        if let Some(p) = paper().nll_2d.get(ds) {
             refs.push(Reference {
                 label: format!("paper EB-GFN {p:.3}"),
                 y: *p,
@@ -800,7 +841,7 @@ fn plots(session: &Session, dir: &Path) -> Result<String> {
         )?);
     }
     for method in METHODS {
-        let series: Vec<Series> = DATASETS
+        let series: Vec<Series> = labels(GROUP_2D)
             .iter()
             .filter_map(|ds| {
                 line(
@@ -834,10 +875,10 @@ fn plots(session: &Session, dir: &Path) -> Result<String> {
 
     let mut ising = Vec::new();
     let mut refs = Vec::new();
-    for &(l, sigma, paper, bound) in &PAPER_ISING {
-        let label = ising_label(l, sigma);
+    for i in &paper().ising {
+        let (label, paper, bound) = (&i.row, i.paper, i.target);
         for method in METHODS {
-            let row = row_name(&label, method);
+            let row = row_name(label, method);
             ising.extend(line(session, GROUP_ISING, &row, row.clone(), |p| p.neg_log_rmse, false));
         }
         refs.push(Reference {
@@ -901,9 +942,9 @@ fn plots(session: &Session, dir: &Path) -> Result<String> {
 /// results directory as `samples-<data set>-<method>.png`, and shows them.
 fn samples(session: &Session, dir: &Path) -> Result<String> {
     let mut md = String::new();
-    for ds in DATASETS {
+    for ds in labels(GROUP_2D) {
         for method in METHODS {
-            let row = row_name(ds, method);
+            let row = row_name(&ds, method);
             let Some(run) = session
                 .runs
                 .iter()
@@ -1375,9 +1416,13 @@ mod tests {
         assert!(md.contains(
             "(2spirals, 8gaussians, circles, pinwheel)*: **met 2 of 4** (short of the target: circles by 0.159; pinwheel by 0.105)."
         ));
-        assert!(md.contains("the paper's 1.206*: **missed** (short of the target: checkerboard by 0.593)."));
+        assert!(md.contains(
+            "- *MMD ×10⁻⁴ at most 2 × the paper's (checkerboard 1.206)*: **missed** (short of the target: checkerboard by 0.593)."
+        ));
+        assert!(md.contains("- *2D EBM NLL (uniform IS) within 0.3 nats of the paper's EB-GFN (2spirals"));
         assert!(md.contains("standard errors*: **met 1 of 2** (short of the target: GFlowNet NLL by 0.567)."));
-        assert!(md.contains("(paper 6.1)*: **missed** (short of the target: 10×10 σ 0.1 by 0.295); 9×9 σ -0.1 (paper 5.7): 5.005 ± 0.007 (2 seeds)."));
+        assert!(md.contains("- *Ising 10×10 σ 0.1: −log RMSE(J) at least 5.5 (paper 6.1)*: **missed** (short of the target: 10×10 σ 0.1 by 0.295); 9×9 σ -0.1 (paper 5.7): 5.005 ± 0.007 (2 seeds)."));
+        assert!(md.contains("by more than 3 standard errors*"));
         assert!(md.contains("Our runs trained for 1000 iterations"));
         // EB-GFN against PCD: better NLL and MMD on 2spirals; level NLL on checkerboard; no
         // comparison on pinwheel (no PCD run); Ising 10×10 level within a pooled std, 9×9 EB-GFN.
