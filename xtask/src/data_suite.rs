@@ -107,6 +107,9 @@ pub struct Grid {
     /// Bars every seed of some rows must meet, reported under "Further claims".
     #[serde(default, rename = "target")]
     targets: Vec<TargetDef>,
+    /// The peer libraries that make the same runs side by side with `--vs` (see [`peers`]).
+    #[serde(default)]
+    peers: Option<String>,
 }
 
 fn default_plots_intro() -> String {
@@ -134,6 +137,9 @@ struct ColumnDef {
     /// With `first_at_most`: 1 if the run got there, 0 if not.
     #[serde(default)]
     reached: bool,
+    /// With `first_at_most`: the training seconds to get there, not the trajectories.
+    #[serde(default)]
+    seconds: bool,
     #[serde(default)]
     abs: bool,
     agg: AggName,
@@ -194,6 +200,10 @@ struct Group {
     quick: bool,
     #[serde(rename = "axis")]
     axes: Vec<Axis>,
+    /// The peers' arguments of every run of this table (before the axes' `peer_args`; the peers
+    /// get `--iterations`, `--eval-every`, `--seed` and `--threads` too).
+    #[serde(default)]
+    peer_args: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -217,6 +227,9 @@ struct AxisValue {
     /// Its part of the row label, if not `name`.
     #[serde(default)]
     row: Option<String>,
+    /// Its arguments to the peers (suites with `peers`).
+    #[serde(default)]
+    peer_args: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -282,6 +295,7 @@ pub fn file(suite: &str) -> Option<&'static str> {
         "networks" => include_str!("../suites/networks.toml"),
         "conditional" => include_str!("../suites/conditional.toml"),
         "ebm" => include_str!("../suites/ebm.toml"),
+        "hypergrid" => include_str!("../suites/hypergrid.toml"),
         _ => return None,
     })
 }
@@ -352,10 +366,15 @@ pub fn parse(text: &str) -> Result<Grid> {
             }
         }
     }
+    if let Some(p) = &grid.peers
+        && peers(p).is_none()
+    {
+        bail!("[suite] peers '{p}' is not a set of peer drivers (known: hypergrid)");
+    }
     if let Some(e) = &grid.extra
         && extra(e).is_none()
     {
-        bail!("[suite] extra '{e}' is not a suite's Rust extra (known: subtb, led, ebm)");
+        bail!("[suite] extra '{e}' is not a suite's Rust extra (known: subtb, led, ebm, quality_plots)");
     }
     for c in &grid.columns {
         if builtin(c).is_none() && !grid.column_defs.iter().any(|d| &d.key == c) {
@@ -365,9 +384,9 @@ pub fn parse(text: &str) -> Result<Grid> {
         }
     }
     for d in &grid.column_defs {
-        if d.summary.is_some() == d.first_at_most.is_some() || (d.reached && d.first_at_most.is_none()) {
+        if d.summary.is_some() == d.first_at_most.is_some() || ((d.reached || d.seconds) && d.first_at_most.is_none()) {
             bail!(
-                "column '{}': give one of summary and first_at_most (reached only with first_at_most)",
+                "column '{}': give one of summary and first_at_most (reached and seconds only with first_at_most)",
                 d.key
             );
         }
@@ -577,7 +596,8 @@ impl ColumnDef {
     /// The figure of a run record (`{"summary": ...}`): the largest over `*` elements.
     fn eval(&self, record: &Value) -> Option<f64> {
         if let Some(target) = &self.first_at_most {
-            let first = crate::curves::first_reaching(record, |p| target.met(p)).map(|(t, _)| t);
+            let first =
+                crate::curves::first_reaching(record, |p| target.met(p)).map(|(t, s)| if self.seconds { s } else { t });
             if !self.reached {
                 return first;
             }
@@ -658,7 +678,7 @@ pub fn build(name: &'static str, opts: &SuiteOptions) -> Suite {
                     Some(e) => e.value(quick),
                     None => (iterations / g.evaluations.unwrap_or(1)).max(1),
                 };
-                gfn_args.extend([
+                let tail: [String; 8] = [
                     "--iterations".into(),
                     iterations.to_string(),
                     "--eval-every".into(),
@@ -667,7 +687,16 @@ pub fn build(name: &'static str, opts: &SuiteOptions) -> Suite {
                     seed.to_string(),
                     "--threads".into(),
                     opts.threads.to_string(),
-                ]);
+                ];
+                gfn_args.extend(tail.clone());
+                let peer_args: Vec<String> = if grid.peers.is_some() {
+                    let mut a: Vec<String> = g.peer_args.iter().flat_map(expand).collect();
+                    a.extend(combo.iter().flat_map(|v| v.peer_args.iter().flat_map(expand)));
+                    a.extend(tail);
+                    a
+                } else {
+                    Vec::new()
+                };
                 let stem = match &g.prefix {
                     Some(p) => format!("{p}-{}", names.join("-")),
                     None => names.join("-"),
@@ -678,7 +707,7 @@ pub fn build(name: &'static str, opts: &SuiteOptions) -> Suite {
                     row: row.join(" "),
                     seed,
                     gfn_args,
-                    peer_args: Vec::new(),
+                    peer_args,
                     output: Output::RunDir,
                 });
             }
@@ -698,10 +727,18 @@ pub fn build(name: &'static str, opts: &SuiteOptions) -> Suite {
         runs,
         metrics,
         ms_per_iteration: &ours_ms_per_iteration,
-        peers: Vec::new(),
+        peers: grid.peers.as_deref().and_then(peers).unwrap_or_default(),
         extra: (grid.extra.is_some() || !grid.plots.is_empty() || !grid.targets.is_empty())
             .then_some(write_extra as crate::suite::Extra),
         quality_note: grid.quality_note.as_deref(),
+    }
+}
+
+/// The peer drivers of a suite, by the name its file gives in `peers`.
+fn peers(name: &str) -> Option<Vec<crate::suite::PeerSpec>> {
+    match name {
+        "hypergrid" => Some(crate::suite::hypergrid_peers(crate::suite::hypergrid_peer_metrics)),
+        _ => None,
     }
 }
 
@@ -711,6 +748,7 @@ fn extra(name: &str) -> Option<crate::suite::Extra> {
         "subtb" => Some(crate::subtb::extra),
         "led" => Some(crate::led::extra),
         "ebm" => Some(crate::ebm::extra),
+        "quality_plots" => Some(|session, _, dir| crate::curves::quality_plots(session, dir)),
         _ => None,
     }
 }
@@ -876,11 +914,16 @@ mod tests {
     #[test]
     fn data_suites_plan_the_committed_runs() {
         let root = crate::runner::Layout::detect().root;
-        for name in ["networks", "conditional", "mis", "subtb", "led"] {
+        for name in ["networks", "conditional", "mis", "subtb", "led", "hypergrid"] {
             let text = std::fs::read_to_string(root.join("docs/results").join(name).join("results.json")).unwrap();
             let session: Session = serde_json::from_str(&text).unwrap();
             let def = crate::suite::find(name).unwrap();
-            let suite = (def.build)(&session.request.options);
+            let mut suite = (def.build)(&session.request.options);
+            if let Some(filter) = &session.request.filter {
+                suite
+                    .runs
+                    .retain(|r| filter.split(',').any(|f| r.name.contains(f.trim())));
+            }
             assert_eq!(suite.runs.len(), session.plan.len(), "{name}");
             let flags = |args: &[String]| {
                 let mut pairs: Vec<(String, String)> = args[1..]
@@ -897,6 +940,12 @@ mod tests {
                     "{name}"
                 );
                 assert_eq!(flags(&new.gfn_args), flags(&old.gfn_args), "{name}: {}", new.name);
+                let peer = |args: &[String]| {
+                    let mut a = vec![String::new()];
+                    a.extend(args.iter().cloned());
+                    flags(&a).1
+                };
+                assert_eq!(peer(&new.peer_args), peer(&old.peer_args), "{name}: {}", new.name);
             }
         }
         // Every flag once in every run of every data suite: gfn refuses a repeated one.
@@ -1021,6 +1070,7 @@ mod tests {
             seeds: None,
             quick: true,
             axes: Vec::new(),
+            peer_args: Vec::new(),
         };
         let quick = Quick { on: true, divide: 4 };
         assert_eq!(g.expand("{n}", quick, 9), ["250"]);

@@ -365,7 +365,7 @@ fn prepare_peer_with(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::suite::{SuiteOptions, hypergrid};
+    use crate::suite::SuiteOptions;
 
     fn scratch(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("xtask-test-{}-{name}", std::process::id()));
@@ -376,11 +376,14 @@ mod tests {
 
     #[test]
     fn missing_python_is_reported_in_one_line() {
-        let suite = hypergrid(&SuiteOptions {
-            quick: true,
-            seeds: None,
-            threads: 1,
-        });
+        let suite = crate::data_suite::build(
+            "hypergrid",
+            &SuiteOptions {
+                quick: true,
+                seeds: None,
+                threads: 1,
+            },
+        );
         let target = scratch("nopython");
         let layout = Layout {
             root: Layout::detect().root,
@@ -394,11 +397,14 @@ mod tests {
 
     #[test]
     fn missing_driver_is_reported() {
-        let suite = hypergrid(&SuiteOptions {
-            quick: true,
-            seeds: None,
-            threads: 1,
-        });
+        let suite = crate::data_suite::build(
+            "hypergrid",
+            &SuiteOptions {
+                quick: true,
+                seeds: None,
+                threads: 1,
+            },
+        );
         let root = scratch("nodriver");
         let layout = Layout {
             root: root.clone(),

@@ -29,7 +29,7 @@ pub struct SuiteDef {
 pub const SUITES: &[SuiteDef] = &[
     SuiteDef {
         name: "hypergrid",
-        build: hypergrid,
+        build: |o| crate::data_suite::build("hypergrid", o),
     },
     SuiteDef {
         name: "throughput",
@@ -391,7 +391,7 @@ pub fn peer_ms_per_iteration(r: &Value) -> Option<f64> {
 }
 
 /// Peer figures of the hypergrid suite.
-fn hypergrid_peer_metrics() -> Vec<Metric> {
+pub fn hypergrid_peer_metrics() -> Vec<Metric> {
     vec![
         Metric {
             header: "L1 (last 5 evals)",
@@ -419,75 +419,6 @@ fn hypergrid_peer_metrics() -> Vec<Metric> {
         },
         col_peer_peak_rss(),
     ]
-}
-
-/// The hypergrid suite: TB / DB / SubTB(0.9) / FM on 2×8 (4,000 iterations) and 4×8
-/// (10,000 iterations), batch 16, the trajectory-balance paper's reward (R0 0.1, R1 0.5,
-/// R2 2.0), MLP 2×256, Adam 1e-3 (log Z 0.1). `--quick`: the same runs with seed 0 only
-/// (about 2 minutes for our side).
-pub fn hypergrid(opts: &SuiteOptions) -> Suite {
-    const HEIGHT: u32 = 8;
-    let losses = ["tb", "db", "subtb", "fm"];
-    let seeds = opts.seeds.unwrap_or(if opts.quick { 1 } else { 3 });
-    let mut runs = Vec::new();
-    for (ndim, iterations) in [(2, 4000), (4, 10000)] {
-        let group = format!("hypergrid {ndim}×{HEIGHT}, batch 16, {iterations} iterations");
-        for loss in losses {
-            for seed in 0..u64::from(seeds) {
-                let recipe = Recipe::new(ndim, HEIGHT, loss, iterations, seed, opts.threads);
-                runs.push(recipe.run(format!("{ndim}x{HEIGHT}-{loss}-seed{seed}"), &group, loss));
-            }
-        }
-    }
-
-    Suite {
-        name: "hypergrid",
-        row_header: "loss",
-        runs,
-        metrics: vec![
-            col_iterations(),
-            col_ms_per_iteration(),
-            Metric {
-                header: "trajectories/s (median)",
-                key: "trajectories_per_second",
-                short: "traj/s",
-                value: &|r| num(r, "/summary/trajectories_per_second"),
-                agg: Agg::Median,
-                digits: 0,
-            },
-            col_l1_last5(),
-            Metric {
-                header: "exact TV (last 5 evals)",
-                key: "exact_tv_last5",
-                short: "TV(last5)",
-                value: &|r| num(r, "/summary/exact_last5_mean/tv"),
-                agg: Agg::MeanStd,
-                digits: 4,
-            },
-            Metric {
-                header: "s to L1 ≤ 0.1 (median)",
-                key: "seconds_to_l1_0.1",
-                short: "s→0.1",
-                value: &|r| crate::curves::seconds_to_l1(r, 0.1),
-                agg: Agg::Median,
-                digits: 1,
-            },
-            Metric {
-                header: "\\|log Ẑ − log Z\\|",
-                key: "log_z_abs_error",
-                short: "|ΔlogZ|",
-                value: &|r| Some((num(r, "/summary/log_z/learned")? - num(r, "/summary/log_z/true")?).abs()),
-                agg: Agg::MeanStd,
-                digits: 4,
-            },
-            col_modes_found(),
-            col_peak_rss(),
-        ],
-        ms_per_iteration: &ours_ms_per_iteration,
-        peers: hypergrid_peers(hypergrid_peer_metrics),
-        extra: Some(|session, _, dir| crate::curves::quality_plots(session, dir)),
-        quality_note: None,
-    }
 }
 
 /// Iterations of a training run (median over seeds).
@@ -611,11 +542,14 @@ mod tests {
         assert!(device_engine_covers(&a(&["speed", "sample"])).is_err());
         assert!(device_engine_covers(&a(&["train", "--engine", "tape"])).is_err());
         // Every quick hypergrid run with tb or subtb is covered, and only those.
-        let s = hypergrid(&SuiteOptions {
-            quick: true,
-            seeds: None,
-            threads: 1,
-        });
+        let s = crate::data_suite::build(
+            "hypergrid",
+            &SuiteOptions {
+                quick: true,
+                seeds: None,
+                threads: 1,
+            },
+        );
         let covered: Vec<_> = s
             .runs
             .iter()
@@ -630,11 +564,14 @@ mod tests {
 
     #[test]
     fn quick_hypergrid_has_eight_runs() {
-        let s = hypergrid(&SuiteOptions {
-            quick: true,
-            seeds: None,
-            threads: 1,
-        });
+        let s = crate::data_suite::build(
+            "hypergrid",
+            &SuiteOptions {
+                quick: true,
+                seeds: None,
+                threads: 1,
+            },
+        );
         let names: Vec<_> = s.runs.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(
             names,
@@ -655,11 +592,14 @@ mod tests {
 
     #[test]
     fn full_hypergrid_has_24_runs() {
-        let s = hypergrid(&SuiteOptions {
-            quick: false,
-            seeds: None,
-            threads: 1,
-        });
+        let s = crate::data_suite::build(
+            "hypergrid",
+            &SuiteOptions {
+                quick: false,
+                seeds: None,
+                threads: 1,
+            },
+        );
         assert_eq!(s.runs.len(), 2 * 4 * 3);
         let names: std::collections::HashSet<_> = s.runs.iter().map(|r| &r.name).collect();
         assert_eq!(names.len(), s.runs.len());
