@@ -499,7 +499,7 @@ fn run_concurrently(
 }
 
 /// The indices of the planned runs that have no successful record yet.
-fn missing_runs(session: &Session) -> Vec<usize> {
+pub fn missing_runs(session: &Session) -> Vec<usize> {
     session
         .plan
         .iter()

@@ -287,6 +287,21 @@ fn generate(root: &Path, scratch: Option<&Path>) -> Result<(Documents, Vec<Strin
             );
             continue;
         }
+        // A suite run in progress (a long suite is run over several sessions, its partial records
+        // committed and resumed): its documents wait until every planned run has a record.
+        let text = std::fs::read_to_string(records.join("results.json"))?;
+        let session: crate::bench::Session =
+            serde_json::from_str(&text).with_context(|| format!("{}/results.json", records.display()))?;
+        let missing = crate::bench::missing_runs(&session).len();
+        if missing > 0 {
+            eprintln!(
+                "{}: {missing} of {} planned runs have no record yet in {}; its sections are kept",
+                def.name,
+                session.plan.len(),
+                records.display()
+            );
+            continue;
+        }
         let dir = match scratch {
             Some(s) => {
                 let d = s.join(def.name);
@@ -364,7 +379,8 @@ pub fn publish(from: &Path) -> Result<std::path::PathBuf> {
             let dest = to.join("runs").join(e.file_name());
             if p.is_dir() {
                 std::fs::create_dir_all(&dest)?;
-                for f in ["config.toml", "metrics.jsonl", "summary.json"] {
+                // The raw records, and the samples picture the ebm suite shows.
+                for f in ["config.toml", "metrics.jsonl", "summary.json", "samples.png"] {
                     if p.join(f).is_file() {
                         std::fs::copy(p.join(f), dest.join(f))?;
                     }
@@ -453,5 +469,31 @@ mod committed {
     #[test]
     fn committed_documents_equal_what_results_generates() {
         super::regenerate(true).unwrap();
+    }
+
+    /// A suite whose records lack some planned run (a long suite committed in pieces) keeps its
+    /// documents; a complete one is rendered.
+    #[test]
+    fn a_suite_with_runs_left_keeps_its_documents() {
+        let real = crate::runner::Layout::detect().root;
+        let root = std::env::temp_dir().join(format!("xtask-partial-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("docs/results/pg")).unwrap();
+        for f in ["README.md", "docs/RESULTS.md"] {
+            std::fs::copy(real.join(f), root.join(f)).unwrap();
+        }
+        super::copy_tree(
+            &real.join("docs/results/conditional"),
+            &root.join("docs/results/conditional"),
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(real.join("docs/results/pg/results.json")).unwrap();
+        let mut pg: serde_json::Value = serde_json::from_str(&text).unwrap();
+        pg["runs"].as_array_mut().unwrap().pop();
+        std::fs::write(root.join("docs/results/pg/results.json"), pg.to_string()).unwrap();
+        let scratch = root.join("scratch");
+        let (_, sources) = super::generate(&root, Some(&scratch)).unwrap();
+        assert_eq!(sources, ["conditional"]);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }
