@@ -365,7 +365,6 @@ fn prepare_peer_with(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::suite::SuiteOptions;
 
     fn scratch(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("xtask-test-{}-{name}", std::process::id()));
@@ -376,14 +375,7 @@ mod tests {
 
     #[test]
     fn missing_python_is_reported_in_one_line() {
-        let suite = crate::data_suite::build(
-            "hypergrid",
-            &SuiteOptions {
-                quick: true,
-                seeds: None,
-                threads: 1,
-            },
-        );
+        let suite = crate::data_suite::build("hypergrid", &crate::suite::test_util::opts(true, None));
         let target = scratch("nopython");
         let layout = Layout {
             root: Layout::detect().root,
@@ -397,14 +389,7 @@ mod tests {
 
     #[test]
     fn missing_driver_is_reported() {
-        let suite = crate::data_suite::build(
-            "hypergrid",
-            &SuiteOptions {
-                quick: true,
-                seeds: None,
-                threads: 1,
-            },
-        );
+        let suite = crate::data_suite::build("hypergrid", &crate::suite::test_util::opts(true, None));
         let root = scratch("nodriver");
         let layout = Layout {
             root: root.clone(),

@@ -542,14 +542,7 @@ mod tests {
         assert!(device_engine_covers(&a(&["speed", "sample"])).is_err());
         assert!(device_engine_covers(&a(&["train", "--engine", "tape"])).is_err());
         // Every quick hypergrid run with tb or subtb is covered, and only those.
-        let s = crate::data_suite::build(
-            "hypergrid",
-            &SuiteOptions {
-                quick: true,
-                seeds: None,
-                threads: 1,
-            },
-        );
+        let s = crate::data_suite::build("hypergrid", &crate::suite::test_util::opts(true, None));
         let covered: Vec<_> = s
             .runs
             .iter()
@@ -564,14 +557,7 @@ mod tests {
 
     #[test]
     fn quick_hypergrid_has_eight_runs() {
-        let s = crate::data_suite::build(
-            "hypergrid",
-            &SuiteOptions {
-                quick: true,
-                seeds: None,
-                threads: 1,
-            },
-        );
+        let s = crate::data_suite::build("hypergrid", &crate::suite::test_util::opts(true, None));
         let names: Vec<_> = s.runs.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(
             names,
@@ -592,14 +578,7 @@ mod tests {
 
     #[test]
     fn full_hypergrid_has_24_runs() {
-        let s = crate::data_suite::build(
-            "hypergrid",
-            &SuiteOptions {
-                quick: false,
-                seeds: None,
-                threads: 1,
-            },
-        );
+        let s = crate::data_suite::build("hypergrid", &crate::suite::test_util::opts(false, None));
         assert_eq!(s.runs.len(), 2 * 4 * 3);
         let names: std::collections::HashSet<_> = s.runs.iter().map(|r| &r.name).collect();
         assert_eq!(names.len(), s.runs.len());

@@ -299,11 +299,7 @@ mod tests {
 
     #[test]
     fn quick_suite_is_small() {
-        let s = throughput(&SuiteOptions {
-            quick: true,
-            seeds: None,
-            threads: 1,
-        });
+        let s = throughput(&crate::suite::test_util::opts(true, None));
         // 2 losses × (2 batches + 2 widths + 2 policy networks) + 3 sampling runs + 1 GEMM run.
         assert_eq!(s.runs.len(), 2 * 6 + 3 + 1);
         let tf = s.runs.iter().find(|r| r.name == "bitseq-transformer-tb-seed0").unwrap();
