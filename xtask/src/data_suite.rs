@@ -914,7 +914,7 @@ mod tests {
     #[test]
     fn data_suites_plan_the_committed_runs() {
         let root = crate::runner::Layout::detect().root;
-        for name in ["networks", "conditional", "mis", "subtb", "led", "hypergrid", "pg"] {
+        for name in ["networks", "conditional", "mis", "subtb", "led", "hypergrid", "pg", "throughput", "ebm"] {
             let text = std::fs::read_to_string(root.join("docs/results").join(name).join("results.json")).unwrap();
             let session: Session = serde_json::from_str(&text).unwrap();
             let def = crate::suite::find(name).unwrap();
