@@ -76,7 +76,7 @@ pub struct RunRecord {
 }
 
 /// One evaluation of a training run.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct CurvePoint {
     /// Iterations completed.
     pub iteration: u64,
@@ -261,129 +261,145 @@ fn binary_facts(built: &Path) -> Option<Value> {
     })
 }
 
+/// What every run of a suite shares: the `gfn` it runs (a private copy of `shown`, the path
+/// its records show), where runs write, their environment and the memory probe.
+struct Runs<'a> {
+    gfn: PathBuf,
+    shown: &'a Path,
+    layout: &'a Layout,
+    runs_dir: PathBuf,
+    env: Vec<(String, String)>,
+    probe: RssProbe,
+}
+
+impl<'a> Runs<'a> {
+    /// Copies `built` into `dir` (a concurrent `cargo build` must not swap the binary mid-suite).
+    fn new(layout: &'a Layout, built: &'a Path, dir: &Path, threads: u32) -> Result<Self> {
+        let runs_dir = dir.join("runs");
+        std::fs::create_dir_all(&runs_dir)?;
+        let gfn = dir.join("gfn");
+        std::fs::copy(built, &gfn).with_context(|| format!("cannot copy {} to {}", built.display(), gfn.display()))?;
+        Ok(Runs {
+            gfn,
+            shown: built,
+            layout,
+            probe: RssProbe::detect(&runs_dir),
+            runs_dir,
+            env: thread_env(threads),
+        })
+    }
+
+    /// Marks `session` finished, writes its report and removes the private `gfn`.
+    fn finish(&self, dir: &Path, suite: &Suite, session: &mut Session) -> Result<()> {
+        session.finished = Some(Utc::now().rfc3339());
+        report::write(dir, suite, session, true)?;
+        let _ = std::fs::remove_file(&self.gfn);
+        Ok(())
+    }
+}
+
+/// The progress line of one of our finished runs.
+fn progress(tag: &str, record: &RunRecord, metrics: &[Metric]) {
+    if record.ok {
+        let json = serde_json::to_value(record).unwrap_or(Value::Null);
+        eprintln!(
+            "{tag} gfn: {} s, {}",
+            report::fmt_num(record.process_wall_seconds.unwrap_or(f64::NAN), 1),
+            progress_figures(metrics, &json)
+        );
+    } else {
+        eprintln!("{tag} gfn FAILED: {}", record.error.as_deref().unwrap_or("?"));
+    }
+}
+
 /// Runs `suite`; returns the results directory and whether every run succeeded.
 pub fn run(request: BenchRequest, suite: Suite) -> Result<(PathBuf, bool)> {
     let layout = Layout::detect();
     let built = runner::gfn_for(&layout, &request.device, request.gfn_binary.as_deref())?;
     let now = Utc::now();
     let dir = results_dir(&layout, suite.name, &now)?;
-    let runs_dir = dir.join("runs");
-    std::fs::create_dir_all(&runs_dir)?;
-    // A private copy: a concurrent `cargo build` must not swap the binary mid-suite.
-    let gfn = dir.join("gfn");
-    std::fs::copy(&built, &gfn).with_context(|| format!("cannot copy {} to {}", built.display(), gfn.display()))?;
-    let gfn_binary = binary_facts(&built);
-    let probe = RssProbe::detect(&runs_dir);
+    let ctx = Runs::new(&layout, &built, &dir, request.options.threads)?;
 
     let mut peer_envs: Vec<(&PeerSpec, PeerEnv)> = Vec::new();
     let mut peer_statuses = Vec::new();
-    for name in &request.vs {
-        let Some(spec) = suite.peers.iter().find(|p| p.name == name) else {
-            continue;
-        };
-        match runner::prepare_peer(&layout, spec) {
+    for spec in request
+        .vs
+        .iter()
+        .filter_map(|name| suite.peers.iter().find(|p| p.name == name))
+    {
+        let prepared = runner::prepare_peer(&layout, spec);
+        peer_statuses.push(PeerStatus {
+            name: spec.name.into(),
+            available: prepared.is_ok(),
+            reason: prepared.as_ref().err().cloned(),
+            python: prepared.as_ref().ok().map(|env| env.python.display().to_string()),
+        });
+        match prepared {
             Ok(env) => {
                 eprintln!("peer {}: {}", spec.name, env.python.display());
-                peer_statuses.push(PeerStatus {
-                    name: spec.name.into(),
-                    available: true,
-                    reason: None,
-                    python: Some(env.python.display().to_string()),
-                });
                 peer_envs.push((spec, env));
             }
-            Err(reason) => {
-                eprintln!("peer {} unavailable ({reason}): running without it", spec.name);
-                peer_statuses.push(PeerStatus {
-                    name: spec.name.into(),
-                    available: false,
-                    reason: Some(reason),
-                    python: None,
-                });
-            }
+            Err(reason) => eprintln!("peer {} unavailable ({reason}): running without it", spec.name),
         }
     }
 
-    let gfn_str = gfn.display().to_string();
+    let gfn_str = ctx.gfn.display().to_string();
     let mut session = Session {
         started: now.rfc3339(),
         finished: None,
         plan: suite.runs.clone(),
         versions: Versions {
             gfn: sysinfo::command_line(&layout.root, &gfn_str, &["--version"]),
-            gfn_binary,
+            gfn_binary: binary_facts(&built),
             rustc: sysinfo::command_line(&layout.root, "rustc", &["--version"]),
             cargo: sysinfo::command_line(&layout.root, "cargo", &["--version"]),
             peers: Default::default(),
         },
         machine: Machine::detect(),
         git: Git::detect(&layout.root),
-        rss_method: probe.describe().into(),
+        rss_method: ctx.probe.describe().into(),
         peers: peer_statuses,
         runs: Vec::new(),
         resumed: Vec::new(),
         request,
     };
-    let env = thread_env(session.request.options.threads);
     let total = suite.runs.len();
+    let names: Vec<&str> = peer_envs.iter().map(|(p, _)| p.name).collect();
     eprintln!(
         "bench {}: {total} runs{}, results in {}",
         suite.name,
-        if peer_envs.is_empty() {
+        if names.is_empty() {
             String::new()
         } else {
-            let names: Vec<&str> = peer_envs.iter().map(|(p, _)| p.name).collect();
             format!(", each followed by {}", names.join(", "))
         },
         dir.display()
     );
 
-    if session.request.jobs > 1 && peer_envs.is_empty() {
+    let all_ok = if peer_envs.is_empty() {
         let todo: Vec<usize> = (0..total).collect();
         let jobs = session.request.jobs;
-        let all_ok = run_concurrently(
-            &Binaries {
-                gfn: &gfn,
-                shown: &built,
-            },
-            &layout,
-            &dir,
-            &suite,
-            &mut session,
-            &todo,
-            jobs,
-            &env,
-            &probe,
-        )?;
-        session.finished = Some(Utc::now().rfc3339());
-        report::write(&dir, &suite, &session, true)?;
-        let _ = std::fs::remove_file(&gfn);
-        point_latest(&dir)?;
-        return Ok((dir, all_ok));
-    }
-    let mut all_ok = true;
-    for (i, spec) in suite.runs.iter().enumerate() {
-        let tag = format!("[{}/{total}] {}", i + 1, spec.name);
-        let record = run_ours(&gfn, &built, &layout, &runs_dir, spec, &env, &probe);
-        let record_json = serde_json::to_value(&record)?;
-        if record.ok {
-            eprintln!(
-                "{tag} gfn: {} s, {}",
-                report::fmt_num(record.process_wall_seconds.unwrap_or(f64::NAN), 1),
-                progress_figures(&suite.metrics, &record_json)
-            );
-        } else {
-            all_ok = false;
-            eprintln!("{tag} gfn FAILED: {}", record.error.as_deref().unwrap_or("?"));
-        }
-        let mut record = record;
-        for (pspec, penv) in &peer_envs {
-            if spec.peer_args.is_empty() || !(pspec.supports)(spec) {
-                continue;
-            }
-            let prec = run_peer(penv, pspec, &layout, &runs_dir, spec, &env, &probe);
-            let prec_json = serde_json::to_value(&prec)?;
-            if prec.ok {
+        run_concurrently(&ctx, &dir, &suite, &mut session, &todo, jobs)?
+    } else {
+        let mut all_ok = true;
+        for (i, spec) in suite.runs.iter().enumerate() {
+            let tag = format!("[{}/{total}] {}", i + 1, spec.name);
+            let mut record = run_ours(&ctx, spec);
+            progress(&tag, &record, &suite.metrics);
+            all_ok &= record.ok;
+            let record_json = serde_json::to_value(&record)?;
+            for (pspec, penv) in &peer_envs {
+                if spec.peer_args.is_empty() || !(pspec.supports)(spec) {
+                    continue;
+                }
+                let prec = run_peer(&ctx, penv, pspec, spec);
+                all_ok &= prec.ok;
+                if !prec.ok {
+                    eprintln!("{tag} {} FAILED: {}", pspec.name, prec.error.as_deref().unwrap_or("?"));
+                    record.peers.push(prec);
+                    continue;
+                }
+                let prec_json = serde_json::to_value(&prec)?;
                 if let Some(v) = prec.output.as_ref().and_then(|o| o.get("versions")) {
                     session
                         .versions
@@ -392,8 +408,8 @@ pub fn run(request: BenchRequest, suite: Suite) -> Result<(PathBuf, bool)> {
                         .or_insert_with(|| v.clone());
                 }
                 let ratio = match (
-                    (pspec.ms_per_iteration)(&prec_json),
-                    (suite.ms_per_iteration)(&record_json),
+                    crate::suite::peer_ms_per_iteration(&prec_json),
+                    crate::suite::ours_ms_per_iteration(&record_json),
                 ) {
                     (Some(theirs), Some(ours)) if ours > 0.0 => {
                         format!(
@@ -411,48 +427,33 @@ pub fn run(request: BenchRequest, suite: Suite) -> Result<(PathBuf, bool)> {
                     report::fmt_num(prec.process_wall_seconds.unwrap_or(f64::NAN), 1),
                     progress_figures(&pspec.metrics, &prec_json)
                 );
-            } else {
-                all_ok = false;
-                eprintln!("{tag} {} FAILED: {}", pspec.name, prec.error.as_deref().unwrap_or("?"));
+                record.peers.push(prec);
             }
-            record.peers.push(prec);
+            session.runs.push(record);
+            // Rewritten after every run: an interrupted suite still leaves its figures.
+            report::write(&dir, &suite, &session, false)?;
         }
-        session.runs.push(record);
-        // Rewritten after every run: an interrupted suite still leaves its figures.
-        report::write(&dir, &suite, &session, false)?;
-    }
-    session.finished = Some(Utc::now().rfc3339());
-    report::write(&dir, &suite, &session, true)?;
-    let _ = std::fs::remove_file(&gfn);
+        all_ok
+    };
+    ctx.finish(&dir, &suite, &mut session)?;
     point_latest(&dir)?;
     Ok((dir, all_ok))
 }
 
-/// The `gfn` a suite runs (a private copy) and the path its records show.
-struct Binaries<'a> {
-    gfn: &'a Path,
-    shown: &'a Path,
-}
-
-/// `--jobs N` without peers: the planned runs at the indices `todo`, up to N at once, in plan
-/// order; the report is rewritten after each finishes, with every finished run (those already in
+/// Without peers: the planned runs at the indices `todo`, up to `jobs` at once, in plan order;
+/// the report is rewritten after each finishes, with every finished run (those already in
 /// `session` included) in plan order. Returns whether every planned run has succeeded.
-#[allow(clippy::too_many_arguments)]
 fn run_concurrently(
-    bin: &Binaries<'_>,
-    layout: &Layout,
+    ctx: &Runs<'_>,
     dir: &Path,
     suite: &Suite,
     session: &mut Session,
     todo: &[usize],
     jobs: u32,
-    env: &[(String, String)],
-    probe: &RssProbe,
 ) -> Result<bool> {
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
     let total = suite.runs.len();
-    let runs_dir = dir.join("runs");
     let mut slots: Vec<Option<RunRecord>> = vec![None; total];
     for record in session.runs.drain(..) {
         if let Some(i) = suite.runs.iter().position(|r| r.name == record.name) {
@@ -469,18 +470,8 @@ fn run_concurrently(
             scope.spawn(|| {
                 while let Some(&i) = todo.get(next.fetch_add(1, Ordering::SeqCst)) {
                     let spec = &suite.runs[i];
-                    let record = run_ours(bin.gfn, bin.shown, layout, &runs_dir, spec, env, probe);
-                    let tag = format!("[{}/{total}] {}", i + 1, spec.name);
-                    if record.ok {
-                        let json = serde_json::to_value(&record).unwrap_or(Value::Null);
-                        eprintln!(
-                            "{tag} gfn: {} s, {}",
-                            report::fmt_num(record.process_wall_seconds.unwrap_or(f64::NAN), 1),
-                            progress_figures(&suite.metrics, &json)
-                        );
-                    } else {
-                        eprintln!("{tag} gfn FAILED: {}", record.error.as_deref().unwrap_or("?"));
-                    }
+                    let record = run_ours(ctx, spec);
+                    progress(&format!("[{}/{total}] {}", i + 1, spec.name), &record, &suite.metrics);
                     let mut done = done.lock().unwrap_or_else(|e| e.into_inner());
                     done[i] = Some(record);
                     let mut guard = shared.lock().unwrap_or_else(|e| e.into_inner());
@@ -509,19 +500,24 @@ pub fn missing_runs(session: &Session) -> Vec<usize> {
         .collect()
 }
 
+/// The session of a suite run in `dir` (its `results.json`) and its suite, planned as recorded.
+fn load(dir: &Path) -> Result<(Session, Suite)> {
+    let path = dir.join("results.json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let session: Session =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a suite's results.json", path.display()))?;
+    let mut suite = crate::suite::build(&session.request.suite, &session.request.options)
+        .with_context(|| format!("unknown suite {} in {}", session.request.suite, path.display()))?;
+    suite.runs = session.plan.clone();
+    Ok((session, suite))
+}
+
 /// `cargo xtask resume DIR`: makes the planned runs of the suite run in DIR that have no
 /// successful record (an interrupted or failed run starts again from scratch, its partial
 /// directory removed), adds them to `results.json` in plan order, records the call under
 /// `resumed`, and marks the run finished. Returns whether every planned run has now succeeded.
 pub fn resume(dir: &Path, jobs: u32, command: String) -> Result<bool> {
-    let path = dir.join("results.json");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut session: Session =
-        serde_json::from_str(&text).with_context(|| format!("{} is not a suite's results.json", path.display()))?;
-    let def = crate::suite::find(&session.request.suite)
-        .with_context(|| format!("unknown suite {} in {}", session.request.suite, path.display()))?;
-    let mut suite = (def.build)(&session.request.options);
-    suite.runs = session.plan.clone();
+    let (mut session, suite) = load(dir)?;
     let todo = missing_runs(&session);
     if todo.is_empty() {
         eprintln!(
@@ -533,16 +529,13 @@ pub fn resume(dir: &Path, jobs: u32, command: String) -> Result<bool> {
     }
     let layout = Layout::detect();
     let built = runner::gfn_for(&layout, &session.request.device, session.request.gfn_binary.as_deref())?;
-    let runs_dir = dir.join("runs");
-    std::fs::create_dir_all(&runs_dir)?;
+    let ctx = Runs::new(&layout, &built, dir, session.request.options.threads)?;
     for &i in &todo {
-        let partial = runs_dir.join(&session.plan[i].name);
+        let partial = ctx.runs_dir.join(&session.plan[i].name);
         if partial.exists() {
             std::fs::remove_dir_all(&partial).with_context(|| format!("cannot remove {}", partial.display()))?;
         }
     }
-    let gfn = dir.join("gfn");
-    std::fs::copy(&built, &gfn).with_context(|| format!("cannot copy {} to {}", built.display(), gfn.display()))?;
     let names: Vec<String> = todo.iter().map(|&i| session.plan[i].name.clone()).collect();
     eprintln!(
         "resume {}: {} of {} runs left ({}), results in {}",
@@ -560,158 +553,106 @@ pub fn resume(dir: &Path, jobs: u32, command: String) -> Result<bool> {
         runs: names,
     });
     session.finished = None;
-    let env = thread_env(session.request.options.threads);
-    let probe = RssProbe::detect(&runs_dir);
-    let all_ok = run_concurrently(
-        &Binaries {
-            gfn: &gfn,
-            shown: &built,
-        },
-        &layout,
-        dir,
-        &suite,
-        &mut session,
-        &todo,
-        jobs,
-        &env,
-        &probe,
-    )?;
-    session.finished = Some(Utc::now().rfc3339());
-    report::write(dir, &suite, &session, true)?;
-    let _ = std::fs::remove_file(&gfn);
+    let all_ok = run_concurrently(&ctx, dir, &suite, &mut session, &todo, jobs)?;
+    ctx.finish(dir, &suite, &mut session)?;
     Ok(all_ok)
 }
 
-/// Makes one of our runs with `gfn` (a copy of `shown`, the path recorded in its command).
-fn run_ours(
-    gfn: &Path,
-    shown: &Path,
-    layout: &Layout,
-    runs_dir: &Path,
-    spec: &RunSpec,
-    env: &[(String, String)],
-    probe: &RssProbe,
-) -> RunRecord {
-    let out = runs_dir.join(&spec.name);
-    let log = runs_dir.join(format!("{}.log", spec.name));
+/// Runs `job`: its wall seconds and peak memory, and whether it succeeded (else why not, with
+/// the tail of `log`).
+fn execute(job: &Job, probe: &RssProbe, log: &Path) -> (Option<f64>, Option<f64>, Result<(), String>) {
+    match runner::run_job(job, probe) {
+        Err(e) => (None, None, Err(format!("{e:#}"))),
+        Ok(done) => {
+            let status = if done.status.success() {
+                Ok(())
+            } else {
+                Err(format!("{}: {}", done.status, runner::log_tail(log, 3)))
+            };
+            (Some(done.wall_seconds), done.peak_rss_mb, status)
+        }
+    }
+}
+
+/// Makes one of our runs.
+fn run_ours(ctx: &Runs<'_>, spec: &RunSpec) -> RunRecord {
+    let out = ctx.runs_dir.join(&spec.name);
+    let log = ctx.runs_dir.join(format!("{}.log", spec.name));
     let mut args = spec.gfn_args.clone();
-    if matches!(spec.output, Output::RunDir) {
+    let run_dir = matches!(spec.output, Output::RunDir);
+    if run_dir {
         args.extend(["--out".to_string(), out.display().to_string()]);
     }
-    let mut command = vec![shown.display().to_string()];
+    let mut command = vec![ctx.shown.display().to_string()];
     command.extend(args.iter().cloned());
-    let mut record = RunRecord {
+    let job = Job {
+        program: &ctx.gfn,
+        args: &args,
+        env: &ctx.env,
+        cwd: &ctx.layout.root,
+        stdout: &log,
+        stderr: None,
+    };
+    let (process_wall_seconds, peak_rss_mb, status) = execute(&job, &ctx.probe, &log);
+    let summary = status.and_then(|()| {
+        if !run_dir {
+            return last_json_line(&log).ok_or_else(|| format!("no JSON line on stdout ({})", log.display()));
+        }
+        let path = out.join("summary.json");
+        std::fs::read_to_string(&path)
+            .map_err(anyhow::Error::from)
+            .and_then(|s| serde_json::from_str::<Value>(&s).map_err(anyhow::Error::from))
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))
+    });
+    RunRecord {
         name: spec.name.clone(),
         group: spec.group.clone(),
         row: spec.row.clone(),
         seed: spec.seed,
         command,
-        ok: false,
-        error: None,
-        process_wall_seconds: None,
-        peak_rss_mb: None,
-        summary: None,
-        curve: Vec::new(),
+        ok: summary.is_ok(),
+        curve: match &summary {
+            Ok(v) if run_dir => our_curve(&out, v["batch_size"].as_f64()),
+            _ => Vec::new(),
+        },
+        error: summary.as_ref().err().cloned(),
+        process_wall_seconds,
+        peak_rss_mb,
+        summary: summary.ok(),
         peers: Vec::new(),
-    };
-    let job = Job {
-        program: gfn,
-        args: &args,
-        env,
-        cwd: &layout.root,
-        stdout: &log,
-        stderr: None,
-    };
-    match runner::run_job(&job, probe) {
-        Err(e) => record.error = Some(format!("{e:#}")),
-        Ok(done) => {
-            record.process_wall_seconds = Some(done.wall_seconds);
-            record.peak_rss_mb = done.peak_rss_mb;
-            if !done.status.success() {
-                record.error = Some(format!("{}: {}", done.status, runner::log_tail(&log, 3)));
-            } else if matches!(spec.output, Output::Stdout) {
-                match last_json_line(&log) {
-                    Some(v) => {
-                        record.summary = Some(v);
-                        record.ok = true;
-                    }
-                    None => record.error = Some(format!("no JSON line on stdout ({})", log.display())),
-                }
-            } else {
-                let path = out.join("summary.json");
-                match std::fs::read_to_string(&path)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|s| serde_json::from_str::<Value>(&s).map_err(anyhow::Error::from))
-                {
-                    Ok(v) => {
-                        record.curve = our_curve(&out, v["batch_size"].as_f64());
-                        record.summary = Some(v);
-                        record.ok = true;
-                    }
-                    Err(e) => record.error = Some(format!("cannot read {}: {e}", path.display())),
-                }
-            }
-        }
     }
-    record
 }
 
 /// Makes the peer's counterpart of one run.
-fn run_peer(
-    penv: &PeerEnv,
-    pspec: &PeerSpec,
-    layout: &Layout,
-    runs_dir: &Path,
-    spec: &RunSpec,
-    env: &[(String, String)],
-    probe: &RssProbe,
-) -> PeerRecord {
+fn run_peer(ctx: &Runs<'_>, penv: &PeerEnv, pspec: &PeerSpec, spec: &RunSpec) -> PeerRecord {
     let name = pspec.name;
-    let stdout = runs_dir.join(format!("{}.{name}.json", spec.name));
-    let stderr = runs_dir.join(format!("{}.{name}.log", spec.name));
+    let stdout = ctx.runs_dir.join(format!("{}.{name}.json", spec.name));
+    let stderr = ctx.runs_dir.join(format!("{}.{name}.log", spec.name));
     let mut args = vec![penv.driver.display().to_string()];
     args.extend(spec.peer_args.iter().cloned());
-    args.extend(pspec.extra_args.iter().map(|a| a.to_string()));
     let mut command = vec![penv.python.display().to_string()];
     command.extend(args.iter().cloned());
-    let mut record = PeerRecord {
-        name: name.into(),
-        command,
-        ok: false,
-        error: None,
-        process_wall_seconds: None,
-        peak_rss_mb: None,
-        output: None,
-        curve: Vec::new(),
-    };
     let job = Job {
         program: &penv.python,
         args: &args,
-        env,
-        cwd: &layout.root,
+        env: &ctx.env,
+        cwd: &ctx.layout.root,
         stdout: &stdout,
         stderr: Some(&stderr),
     };
-    match runner::run_job(&job, probe) {
-        Err(e) => record.error = Some(format!("{e:#}")),
-        Ok(done) => {
-            record.process_wall_seconds = Some(done.wall_seconds);
-            record.peak_rss_mb = done.peak_rss_mb;
-            if !done.status.success() {
-                record.error = Some(format!("{}: {}", done.status, runner::log_tail(&stderr, 3)));
-            } else {
-                match last_json_line(&stdout) {
-                    Some(v) => {
-                        record.curve = peer_curve(&v);
-                        record.output = Some(v);
-                        record.ok = true;
-                    }
-                    None => record.error = Some(format!("no JSON line on stdout ({})", stdout.display())),
-                }
-            }
-        }
+    let (process_wall_seconds, peak_rss_mb, status) = execute(&job, &ctx.probe, &stderr);
+    let output = status
+        .and_then(|()| last_json_line(&stdout).ok_or_else(|| format!("no JSON line on stdout ({})", stdout.display())));
+    PeerRecord {
+        name: name.into(),
+        command,
+        ok: output.is_ok(),
+        error: output.as_ref().err().cloned(),
+        process_wall_seconds,
+        peak_rss_mb,
+        curve: output.as_ref().map(peer_curve).unwrap_or_default(),
+        output: output.ok(),
     }
-    record
 }
 
 /// The last non-empty line of a file, parsed as a JSON object.
@@ -773,10 +714,7 @@ fn peer_curve(output: &Value) -> Vec<CurvePoint> {
                         seconds: e["wall_seconds"].as_f64().map_or(f64::NAN, |w| w + compile),
                         l1_sum: e["l1_sum"].as_f64(),
                         tv: e["tv"].as_f64(),
-                        modes_found: None,
-                        top_k: None,
-                        recent: None,
-                        ebm: None,
+                        ..Default::default()
                     })
                 })
                 .collect()
@@ -787,14 +725,7 @@ fn peer_curve(output: &Value) -> Vec<CurvePoint> {
 /// `cargo xtask rerender DIR`: rewrites `results.md`, `results.json` and the plots of an
 /// earlier suite run from its `results.json`, with the current tables and plots.
 pub fn rerender(dir: &Path) -> Result<()> {
-    let path = dir.join("results.json");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let session: Session =
-        serde_json::from_str(&text).with_context(|| format!("{} is not a results file", path.display()))?;
-    let def = crate::suite::find(&session.request.suite)
-        .with_context(|| format!("unknown suite {} in {}", session.request.suite, path.display()))?;
-    let mut suite = (def.build)(&session.request.options);
-    suite.runs = session.plan.clone();
+    let (session, suite) = load(dir)?;
     report::write(dir, &suite, &session, session.finished.is_some())
 }
 
@@ -841,8 +772,7 @@ mod tests {
             gfn_binary: None,
             runs: vec!["b".into(), "c".into()],
         });
-        let def = crate::suite::find("hypergrid").unwrap();
-        let suite = (def.build)(&session.request.options);
+        let suite = crate::suite::build("hypergrid", &session.request.options).unwrap();
         let md = report::markdown(&suite, &session, &[], true);
         assert!(
             md.contains("Completed by `cargo xtask resume DIR` at now (gfn at commit 0123456789): b, c."),

@@ -97,12 +97,8 @@ pub struct Claim {
     #[serde(default)]
     pub groups: Vec<String>,
     /// `false`: shown for information, outside the paper's claim.
-    #[serde(default = "yes")]
+    #[serde(default = "crate::data_suite::yes")]
     pub paper: bool,
-}
-
-fn yes() -> bool {
-    true
 }
 
 /// The claims of `suite`, or `None` when its file (if any) states none.
@@ -117,6 +113,7 @@ pub fn of_suite(suite: &str) -> Option<Result<Claims>> {
 pub fn parse(text: &str) -> Result<Claims> {
     let mut table: toml::Table = toml::from_str(text)?;
     table.remove("suite");
+    table.remove("paper"); // a suite's own figures (ebm's headline numbers: src/ebm.rs)
     let claims: Claims = table.try_into()?;
     for f in &claims.figures {
         if f.summary.is_some() && f.run_mean.is_some() {
@@ -203,17 +200,13 @@ fn values(suite: &Suite, session: &Session, dir: &Path, group: &str, row: &str, 
 
 /// The claims section of `results.md`: one table row per comparison, one line per claim.
 pub fn section(claims: &Claims, suite: &Suite, session: &Session, dir: &Path) -> String {
-    let mut groups: Vec<&str> = Vec::new();
-    for g in session
-        .plan
-        .iter()
-        .map(|r| r.group.as_str())
-        .chain(session.runs.iter().map(|r| r.group.as_str()))
-    {
-        if !groups.contains(&g) {
-            groups.push(g);
-        }
-    }
+    let groups = crate::report::distinct(
+        session
+            .plan
+            .iter()
+            .map(|r| r.group.as_str())
+            .chain(session.runs.iter().map(|r| r.group.as_str())),
+    );
     let mut md = format!(
         "\n## The paper's claims\n\n{}\n\n{}\n\n",
         claims.intro.trim(),
@@ -331,28 +324,28 @@ mod tests {
     #[test]
     fn every_claims_file_matches_its_suite() {
         let mut files = 0;
-        for def in crate::suite::SUITES {
-            let Some(c) = of_suite(def.name) else { continue };
+        for &name in crate::suite::SUITES {
+            let Some(c) = of_suite(name) else { continue };
             files += 1;
             let c = c.unwrap();
-            assert!(!c.claims.is_empty(), "{}: no claims", def.name);
-            let suite = (def.build)(&crate::suite::test_util::opts(false, None));
+            assert!(!c.claims.is_empty(), "{}: no claims", name);
+            let suite = crate::suite::build(name, &crate::suite::test_util::opts(false, None)).unwrap();
             for claim in &c.claims {
                 for g in &claim.groups {
-                    assert!(suite.runs.iter().any(|r| &r.group == g), "{}: no table '{g}'", def.name);
+                    assert!(suite.runs.iter().any(|r| &r.group == g), "{}: no table '{g}'", name);
                 }
             }
             let has_column = |k: &str| suite.metrics.iter().any(|m| m.key == k);
             for f in &c.figures {
                 if f.summary.is_none() && f.run_mean.is_none() {
-                    assert!(has_column(&f.id), "{}: figure {} is no column", def.name, f.id);
+                    assert!(has_column(&f.id), "{}: figure {} is no column", name, f.id);
                 }
                 if let Some(k) = &f.reached {
-                    assert!(has_column(k), "{}: reached column {k} missing", def.name);
+                    assert!(has_column(k), "{}: reached column {k} missing", name);
                 }
             }
         }
-        assert_eq!(files, 4, "subtb, led, pg and mis have claims files");
+        assert_eq!(files, 5, "subtb, led, pg, mis and ebm have claims files");
     }
 
     #[test]

@@ -172,16 +172,10 @@ fn link_stubs(layout: &Layout, root: &Path) -> Result<PathBuf> {
     }
     let cudart = lib.join("libcudart.so");
     if !cudart.exists() {
-        let real = ["lib", "lib64"]
+        let real = ["libcudart.so.13", "libcudart.so"]
             .iter()
-            .map(|d| root.join(d).join("libcudart.so.13"))
+            .flat_map(|name| ["lib", "lib64"].map(|d| root.join(d).join(name)))
             .find(|p| p.is_file())
-            .or_else(|| {
-                ["lib", "lib64"]
-                    .iter()
-                    .map(|d| root.join(d).join("libcudart.so"))
-                    .find(|p| p.is_file())
-            })
             .with_context(|| format!("no libcudart.so.13 under {}", root.display()))?;
         std::os::unix::fs::symlink(real, &cudart)?;
     }
@@ -253,11 +247,8 @@ pub fn check_cuda(opts: &CheckCuda) -> Result<()> {
         Ok(())
     };
     run(&["build", "--release", "-p", "gfn-cli", "--features", "cuda"])?;
-    let driver = Command::new("sh")
-        .args(["-c", "ldconfig -p 2>/dev/null | grep -q 'libcuda.so.1 '"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
+    let driver =
+        crate::runner::succeeds(Command::new("sh").args(["-c", "ldconfig -p 2>/dev/null | grep -q 'libcuda.so.1 '"]));
     if !driver && !opts.no_test {
         eprintln!(
             "no libcuda.so.1 (NVIDIA driver) here: building the kernel tests without running them; \
@@ -299,21 +290,12 @@ pub fn check_cuda(opts: &CheckCuda) -> Result<()> {
             // on machines without the xz tool): the bundle travels.
             let plain = dir.join(name);
             std::fs::copy(&src, &plain)?;
-            let stripped = Command::new("strip")
-                .arg(&plain)
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
+            let stripped = crate::runner::succeeds(Command::new("strip").arg(&plain));
             if !stripped {
                 eprintln!("warning: strip failed on {}; bundling it unstripped", plain.display());
             }
             let dst = dir.join(format!("{name}.xz"));
-            let ok = Command::new("xz")
-                .args(["-q", "-f", "-9", "-T0"])
-                .arg(&plain)
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
+            let ok = crate::runner::succeeds(Command::new("xz").args(["-q", "-f", "-9", "-T0"]).arg(&plain));
             if !ok {
                 bail!("xz could not compress {} (install xz-utils)", plain.display());
             }

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use crate::bench::{CurvePoint, Session};
 use crate::plot::{self, Chart, Reference, Series, spans_decades};
+use crate::report::distinct;
 
 /// The evaluations of a run record (ours or a peer's) as serialised in `results.json`.
 fn points(record: &Value) -> &[Value] {
@@ -54,11 +55,7 @@ pub fn mean_l1(record: &Value) -> Option<f64> {
 
 /// Point-wise mean over seeds of curves with the same evaluation schedule (truncated to the
 /// shortest): `(mean x, mean y)`.
-pub fn mean_curve(
-    curves: &[&[CurvePoint]],
-    x: impl Fn(&CurvePoint) -> f64,
-    y: impl Fn(&CurvePoint) -> Option<f64>,
-) -> Vec<(f64, f64)> {
+pub fn mean_curve<T>(curves: &[&[T]], x: impl Fn(&T) -> f64, y: impl Fn(&T) -> Option<f64>) -> Vec<(f64, f64)> {
     let n = curves.iter().map(|c| c.len()).min().unwrap_or(0);
     (0..n)
         .filter_map(|i| {
@@ -99,35 +96,19 @@ pub fn slug(text: &str) -> String {
 /// For every group of the session: exact L1 against trajectories and against training seconds,
 /// one line per (row, library), mean over seeds. Returns the markdown that shows the plots.
 pub fn quality_plots(session: &Session, dir: &Path) -> Result<String> {
-    let mut groups: Vec<&str> = Vec::new();
-    for r in &session.runs {
-        if !groups.contains(&r.group.as_str()) {
-            groups.push(&r.group);
-        }
-    }
+    let groups = distinct(session.runs.iter().map(|r| r.group.as_str()));
     let mut md = String::from(
         "\n## Plots\n\nExact L1 = Σ|P_T − p*| at every evaluation, mean over seeds; solid: gfn, dashed: peers (their compile time counts as training time).\n\n",
     );
     for group in groups {
         let runs: Vec<_> = session.runs.iter().filter(|r| r.group == group).collect();
-        let mut rows: Vec<&str> = Vec::new();
-        for r in &runs {
-            if !rows.contains(&r.row.as_str()) {
-                rows.push(&r.row);
-            }
-        }
-        let mut libraries: Vec<String> = vec!["gfn".into()];
-        for r in &runs {
-            for p in &r.peers {
-                if !libraries.contains(&p.name) {
-                    libraries.push(p.name.clone());
-                }
-            }
-        }
+        let rows = distinct(runs.iter().map(|r| r.row.as_str()));
+        let libraries =
+            distinct(std::iter::once("gfn").chain(runs.iter().flat_map(|r| r.peers.iter().map(|p| p.name.as_str()))));
         let mut by_traj = Vec::new();
         let mut by_secs = Vec::new();
         for row in &rows {
-            for lib in &libraries {
+            for &lib in &libraries {
                 let curves: Vec<&[CurvePoint]> = runs
                     .iter()
                     .filter(|r| r.row == *row)
@@ -137,7 +118,7 @@ pub fn quality_plots(session: &Session, dir: &Path) -> Result<String> {
                         } else {
                             r.peers
                                 .iter()
-                                .find(|p| &p.name == lib && p.ok)
+                                .find(|p| p.name == lib && p.ok)
                                 .map(|p| p.curve.as_slice())
                         }
                     })
@@ -201,35 +182,12 @@ fn jsonl_curve(dir: &Path, run: &str, pointer: &str) -> Vec<(f64, Option<f64>)> 
         .collect()
 }
 
-/// Point-wise mean over seeds of curves with the same evaluation schedule (truncated to the
-/// shortest; an evaluation where a seed lacks the figure is left out).
-fn mean_points(curves: &[Vec<(f64, Option<f64>)>]) -> Vec<(f64, f64)> {
-    let n = curves.iter().map(Vec::len).min().unwrap_or(0);
-    (0..n)
-        .filter_map(|i| {
-            let ys: Vec<f64> = curves.iter().filter_map(|c| c[i].1).collect();
-            (ys.len() == curves.len()).then(|| {
-                let k = curves.len() as f64;
-                (
-                    curves.iter().map(|c| c[i].0).sum::<f64>() / k,
-                    ys.iter().sum::<f64>() / k,
-                )
-            })
-        })
-        .collect()
-}
-
 /// One line per row of `group` (run order): the figure at `pointer` of `metrics.jsonl` against
 /// trajectories sampled, mean over the row's successful runs.
 pub fn jsonl_series(session: &Session, dir: &Path, group: &str, pointer: &str) -> Vec<Series> {
     let runs: Vec<_> = session.runs.iter().filter(|r| r.ok && r.group == group).collect();
-    let mut rows: Vec<&str> = Vec::new();
-    for r in &runs {
-        if !rows.contains(&r.row.as_str()) {
-            rows.push(&r.row);
-        }
-    }
-    rows.into_iter()
+    distinct(runs.iter().map(|r| r.row.as_str()))
+        .into_iter()
         .filter_map(|row| {
             let curves: Vec<_> = runs
                 .iter()
@@ -237,7 +195,8 @@ pub fn jsonl_series(session: &Session, dir: &Path, group: &str, pointer: &str) -
                 .map(|r| jsonl_curve(dir, &r.name, pointer))
                 .filter(|c| !c.is_empty())
                 .collect();
-            let points = mean_points(&curves);
+            let slices: Vec<&[(f64, Option<f64>)]> = curves.iter().map(Vec::as_slice).collect();
+            let points = mean_curve(&slices, |p| p.0, |p| p.1);
             (!points.is_empty()).then(|| Series {
                 label: row.to_string(),
                 points,

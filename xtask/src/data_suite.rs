@@ -77,7 +77,7 @@ use serde_json::Value;
 use crate::bench::Session;
 use crate::plot::Reference;
 use crate::report::{Aggregate, Stats, fmt_num, records, seeds_cell};
-use crate::suite::{Agg, Metric, Output, RunSpec, Suite, SuiteOptions, ours_ms_per_iteration};
+use crate::suite::{Agg, MS_PER_ITERATION, Metric, Output, PEAK_RSS, PEER_PEAK_RSS, RunSpec, Suite, SuiteOptions, num};
 
 /// The `[suite]` table of a suite file.
 #[derive(Debug, Deserialize)]
@@ -116,7 +116,8 @@ fn default_plots_intro() -> String {
     "Mean over seeds against the trajectories sampled in training.".into()
 }
 
-fn yes() -> bool {
+/// `true`, a serde default.
+pub fn yes() -> bool {
     true
 }
 
@@ -142,7 +143,7 @@ struct ColumnDef {
     seconds: bool,
     #[serde(default)]
     abs: bool,
-    agg: AggName,
+    agg: Agg,
     digits: usize,
 }
 
@@ -159,16 +160,6 @@ impl CurveTarget {
     fn met(&self, point: &Value) -> bool {
         point[self.curve.as_str()].as_f64().is_some_and(|v| v <= self.value)
     }
-}
-
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum AggName {
-    Median,
-    MeanStd,
-    Mean,
-    Max,
-    Sum,
 }
 
 #[derive(Debug, Deserialize)]
@@ -188,10 +179,9 @@ struct Group {
     /// This table's `--quick` divisor, instead of the suite's.
     #[serde(default)]
     quick_divide: Option<u32>,
-    /// Values that axis arguments name as `{name}`: an integer (divided like the iterations by
-    /// `--quick`), a string, or a list of arguments that replaces an argument `{name}`.
+    /// Values that axis arguments name as `{name}`.
     #[serde(default)]
-    vars: BTreeMap<String, toml::Value>,
+    vars: BTreeMap<String, Var>,
     /// Seeds of this table whatever `--seeds` says (a single costly run).
     #[serde(default)]
     seeds: Option<u32>,
@@ -252,15 +242,15 @@ struct PlotDef {
 /// A reference line: one of `column` (that column's mean over the table's runs), `summary` (the
 /// mean of that summary figure over the table's runs, its value after the label) and `value`.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReferenceDef {
-    label: String,
-    #[serde(default)]
-    column: Option<String>,
-    #[serde(default)]
-    summary: Option<String>,
-    #[serde(default)]
-    value: Option<f64>,
+#[serde(
+    untagged,
+    deny_unknown_fields,
+    expecting = "a reference line: a label and one of column, summary and value"
+)]
+enum ReferenceDef {
+    Column { label: String, column: String },
+    Summary { label: String, summary: String },
+    Value { label: String, value: f64 },
 }
 
 /// A bar: every seed of each row of `group` reaches `first_at_most` within `within` iterations.
@@ -302,9 +292,12 @@ pub fn file(suite: &str) -> Option<&'static str> {
 
 /// The `[suite]` table of a suite file.
 pub fn parse(text: &str) -> Result<Grid> {
-    let mut table: toml::Table = toml::from_str(text)?;
-    let suite = table.remove("suite").context("no [suite] table")?;
-    let grid: Grid = suite.try_into()?;
+    /// A suite file: its `[suite]` table (the other tables are its claims and a suite's own).
+    #[derive(Deserialize)]
+    struct File {
+        suite: Option<Grid>,
+    }
+    let grid = toml::from_str::<File>(text)?.suite.context("no [suite] table")?;
     if grid.quick_divide == 0 {
         bail!("[suite] quick_divide is 0 (give a divisor of at least 1)");
     }
@@ -347,24 +340,6 @@ pub fn parse(text: &str) -> Result<Grid> {
                 bail!("group '{}': every axis needs a value", g.name);
             }
         }
-        for (k, v) in &g.vars {
-            let given = v.as_table().is_some_and(|t| {
-                t.len() == 2
-                    && ["full", "quick"]
-                        .iter()
-                        .all(|k| t.get(*k).is_some_and(toml::Value::is_integer))
-            });
-            let ok = v.is_integer()
-                || v.is_str()
-                || given
-                || v.as_array().is_some_and(|a| a.iter().all(toml::Value::is_str));
-            if !ok {
-                bail!(
-                    "group '{}': var '{k}' is {v}, not an integer, a string, {{ full = N, quick = M }} or a list of strings",
-                    g.name
-                );
-            }
-        }
     }
     if let Some(p) = &grid.peers
         && peers(p).is_none()
@@ -389,22 +364,6 @@ pub fn parse(text: &str) -> Result<Grid> {
                 "column '{}': give one of summary and first_at_most (reached and seconds only with first_at_most)",
                 d.key
             );
-        }
-    }
-    for p in &grid.plots {
-        for r in &p.references {
-            if [r.column.is_some(), r.summary.is_some(), r.value.is_some()]
-                .iter()
-                .filter(|&&b| b)
-                .count()
-                != 1
-            {
-                bail!(
-                    "plot '{}': reference '{}' gives one of column, summary and value",
-                    p.file,
-                    r.label
-                );
-            }
         }
     }
     for t in &grid.targets {
@@ -469,17 +428,31 @@ impl EvalEvery {
     }
 }
 
-/// The text of a var: an integer (divided by `--quick`), a string, or `{ full, quick }` (picked);
-/// `None` for a list (spliced, see [`Group::expand`]).
-fn var_text(v: &toml::Value, quick: Quick) -> Option<String> {
-    match v {
-        toml::Value::Integer(n) => Some(if quick.on { n / i64::from(quick.divide) } else { *n }.to_string()),
-        toml::Value::String(s) => Some(s.clone()),
-        toml::Value::Table(t) => t
-            .get(if quick.on { "quick" } else { "full" })?
-            .as_integer()
-            .map(|n| n.to_string()),
-        _ => None,
+/// A var of a table: an integer (divided like the iterations by `--quick`), a string,
+/// `{ full = N, quick = M }` (picked by `--quick`), or a list of arguments that replaces an
+/// argument `{name}` (see [`Group::expand`]).
+#[derive(Debug, Deserialize)]
+#[serde(
+    untagged,
+    deny_unknown_fields,
+    expecting = "a var: an integer, a string, { full = N, quick = M } or a list of strings"
+)]
+enum Var {
+    Int(i64),
+    Str(String),
+    Given { full: i64, quick: i64 },
+    List(Vec<String>),
+}
+
+impl Var {
+    /// The text of a var; `None` for a list (spliced).
+    fn text(&self, quick: Quick) -> Option<String> {
+        match self {
+            Var::Int(n) => Some(if quick.on { n / i64::from(quick.divide) } else { *n }.to_string()),
+            Var::Str(s) => Some(s.clone()),
+            Var::Given { full, quick: q } => Some(if quick.on { q } else { full }.to_string()),
+            Var::List(_) => None,
+        }
     }
 }
 
@@ -487,94 +460,57 @@ impl Group {
     /// A table or axis argument with the table's vars and `{iterations}` in place; an argument
     /// that is exactly `{name}` of a list var becomes the list's arguments (each expanded).
     fn expand(&self, arg: &str, quick: Quick, iterations: u32) -> Vec<String> {
-        if let Some(list) = arg
+        if let Some(Var::List(list)) = arg
             .strip_prefix('{')
             .and_then(|a| a.strip_suffix('}'))
             .and_then(|k| self.vars.get(k))
-            .and_then(toml::Value::as_array)
         {
-            return list
-                .iter()
-                .filter_map(toml::Value::as_str)
-                .flat_map(|a| self.expand(a, quick, iterations))
-                .collect();
+            return list.iter().flat_map(|a| self.expand(a, quick, iterations)).collect();
         }
-        let text = self
-            .vars
-            .iter()
-            .fold(arg.to_string(), |a, (k, v)| match var_text(v, quick) {
-                Some(value) => a.replace(&format!("{{{k}}}"), &value),
-                None => a,
-            });
+        let text = self.vars.iter().fold(arg.to_string(), |a, (k, v)| match v.text(quick) {
+            Some(value) => a.replace(&format!("{{{k}}}"), &value),
+            None => a,
+        });
         vec![text.replace("{iterations}", &iterations.to_string())]
     }
 }
 
+/// The built-in column `name` of a suite file's `columns`.
+#[rustfmt::skip]
 fn builtin(name: &str) -> Option<Metric> {
+    use crate::{curves, ebm, led};
     Some(match name {
-        "iterations" => crate::suite::col_iterations(),
-        "ms_per_iteration" => crate::suite::col_ms_per_iteration(),
-        "exact_l1_last5" => crate::suite::col_l1_last5(),
-        "test_spearman" => crate::suite::col_test_spearman(),
-        "modes_found" => crate::suite::col_modes_found(),
+        "iterations" => Metric::new("iterations", "iterations", "it", Agg::Median, 0,
+            &|r| num(r, "/summary/iterations")),
+        "ms_per_iteration" => MS_PER_ITERATION,
+        // Exact L1 over the last 5 evaluations.
+        "exact_l1_last5" => Metric::new("exact L1 (last 5 evals)", "exact_l1_last5", "L1(last5)", Agg::MeanStd, 4,
+            &|r| num(r, "/summary/exact_last5_mean/l1_sum")),
+        // The task's test-set Spearman correlation (bit sequences).
+        "test_spearman" => Metric::new("test Spearman", "test_spearman", "Spearman", Agg::MeanStd, 3,
+            &|r| num(r, "/summary/task/test_spearman")),
+        // Modes visited by training.
+        "modes_found" => Metric::new("modes found (mean)", "modes_found", "modes", Agg::Mean, 1,
+            &|r| num(r, "/summary/modes/found")),
         // The task's own count (bit sequences: modes within the task's distance), else the mode
         // states visited where the task has modes.
-        "task_modes_found" => Metric {
-            header: "modes found",
-            key: "modes_found",
-            short: "modes",
-            value: &|r| {
-                crate::suite::num(r, "/summary/task/modes_found").or_else(|| {
-                    (crate::suite::num(r, "/summary/modes/total")? > 0.0)
-                        .then(|| crate::suite::num(r, "/summary/modes/found"))
-                        .flatten()
-                })
-            },
-            agg: Agg::MeanStd,
-            digits: 1,
-        },
-        "peak_rss_mb" => crate::suite::col_peak_rss(),
-        "top_k_fraction_of_ceiling" => Metric {
-            header: "top-100 mean ÷ exact ceiling",
-            key: "top_k_fraction_of_ceiling",
-            short: "÷ceiling",
-            value: &crate::led::fraction_of_ceiling,
-            agg: Agg::MeanStd,
-            digits: 4,
-        },
-        "trajectories_to_ceiling" => Metric {
-            header: "trajectories to within 1% of the ceiling (median of the seeds that got there)",
-            key: "trajectories_to_ceiling",
-            short: "traj→1%",
-            value: &crate::led::trajectories_to_ceiling,
-            agg: Agg::Median,
-            digits: 0,
-        },
+        "task_modes_found" => Metric::new("modes found", "modes_found", "modes", Agg::MeanStd, 1, &|r| {
+            num(r, "/summary/task/modes_found")
+                .or_else(|| (num(r, "/summary/modes/total")? > 0.0).then(|| num(r, "/summary/modes/found")).flatten())
+        }),
+        "peak_rss_mb" => PEAK_RSS,
+        "top_k_fraction_of_ceiling" => Metric::new("top-100 mean ÷ exact ceiling", "top_k_fraction_of_ceiling",
+            "÷ceiling", Agg::MeanStd, 4, &led::fraction_of_ceiling),
+        "trajectories_to_ceiling" => Metric::new(
+            "trajectories to within 1% of the ceiling (median of the seeds that got there)",
+            "trajectories_to_ceiling", "traj→1%", Agg::Median, 0, &led::trajectories_to_ceiling),
         // EB-GFN's acceptance of its back-and-forth proposals over the last evaluation window.
-        "acceptance" => Metric {
-            header: "acceptance (last window)",
-            key: "acceptance",
-            short: "accept",
-            value: &crate::ebm::acceptance,
-            agg: Agg::MeanStd,
-            digits: 3,
-        },
-        "seeds_within_ceiling" => Metric {
-            header: "seeds within 1% of the ceiling",
-            key: "seeds_within_ceiling",
-            short: "seeds→1%",
-            value: &crate::led::reached_ceiling,
-            agg: Agg::Sum,
-            digits: 0,
-        },
-        "mean_l1" => Metric {
-            header: "mean L1 over training (area under the curve)",
-            key: "mean_l1",
-            short: "meanL1",
-            value: &crate::curves::mean_l1,
-            agg: Agg::MeanStd,
-            digits: 4,
-        },
+        "acceptance" => Metric::new("acceptance (last window)", "acceptance", "accept", Agg::MeanStd, 3,
+            &ebm::acceptance),
+        "seeds_within_ceiling" => Metric::new("seeds within 1% of the ceiling", "seeds_within_ceiling", "seeds→1%",
+            Agg::Sum, 0, &led::reached_ceiling),
+        "mean_l1" => Metric::new("mean L1 over training (area under the curve)", "mean_l1", "meanL1", Agg::MeanStd, 4,
+            &curves::mean_l1),
         _ => return None,
     })
 }
@@ -620,20 +556,8 @@ impl ColumnDef {
     }
 
     fn metric(&'static self) -> Metric {
-        Metric {
-            header: &self.header,
-            key: &self.key,
-            short: &self.short,
-            value: Box::leak(Box::new(move |r: &Value| self.eval(r))),
-            agg: match self.agg {
-                AggName::Median => Agg::Median,
-                AggName::MeanStd => Agg::MeanStd,
-                AggName::Mean => Agg::Mean,
-                AggName::Max => Agg::Max,
-                AggName::Sum => Agg::Sum,
-            },
-            digits: self.digits,
-        }
+        let value = Box::leak(Box::new(move |r: &Value| self.eval(r)));
+        Metric::new(&self.header, &self.key, &self.short, self.agg, self.digits, value)
     }
 }
 
@@ -726,7 +650,6 @@ pub fn build(name: &'static str, opts: &SuiteOptions) -> Suite {
         row_header: &grid.row_header,
         runs,
         metrics,
-        ms_per_iteration: &ours_ms_per_iteration,
         peers: grid.peers.as_deref().and_then(peers).unwrap_or_default(),
         extra: (grid.extra.is_some() || !grid.plots.is_empty() || !grid.targets.is_empty())
             .then_some(write_extra as crate::suite::Extra),
@@ -734,12 +657,19 @@ pub fn build(name: &'static str, opts: &SuiteOptions) -> Suite {
     }
 }
 
-/// The peer drivers of a suite, by the name its file gives in `peers`.
+/// The peer drivers of a suite, by the name its file gives in `peers`; the hypergrid suites'
+/// peers show the exact L1, the time to L1 0.1, compilation and memory.
+#[rustfmt::skip]
 fn peers(name: &str) -> Option<Vec<crate::suite::PeerSpec>> {
-    match name {
-        "hypergrid" => Some(crate::suite::hypergrid_peers(crate::suite::hypergrid_peer_metrics)),
-        _ => None,
-    }
+    (name == "hypergrid").then(|| crate::suite::hypergrid_peers(&[
+        Metric::new("L1 (last 5 evals)", "exact_l1_last5", "L1(last5)", Agg::MeanStd, 4,
+            &|r| num(r, "/output/quality_l1_sum_last5")),
+        Metric::new("s to L1 ≤ 0.1 (median)", "seconds_to_l1_0.1", "s→0.1", Agg::Median, 1,
+            &|r| crate::curves::seconds_to_l1(r, 0.1)),
+        Metric::new("compile s", "compile_seconds", "compile s", Agg::Median, 1,
+            &|r| num(r, "/output/compile_seconds")),
+        PEER_PEAK_RSS,
+    ]))
 }
 
 /// A suite's own plots and tables, by the name its file gives in `extra`.
@@ -832,29 +762,24 @@ fn plots(grid: &Grid, session: &Session, aggs: &[Aggregate], dir: &Path) -> Resu
 
 /// A reference line of table `group`; none where its figure is missing.
 fn reference(r: &ReferenceDef, group: &str, session: &Session, aggs: &[Aggregate]) -> Option<Reference> {
-    let label = r.label.clone();
-    if let Some(y) = r.value {
-        return Some(Reference { label, y });
-    }
-    if let Some(column) = &r.column {
-        let a = aggs.iter().find(|a| a.group == group)?;
-        return Some(Reference {
-            label,
-            y: a.ours.get(column.as_str())?.mean,
-        });
-    }
-    let pointer = r.summary.as_deref()?;
-    let v: Vec<f64> = session
-        .runs
-        .iter()
-        .filter(|run| run.ok && run.group == group)
-        .filter_map(|run| run.summary.as_ref()?.pointer(pointer)?.as_f64())
-        .collect();
-    let s = Stats::of(&v)?;
-    Some(Reference {
-        label: format!("{label} {}", crate::plot::tick(s.mean)),
-        y: s.mean,
-    })
+    let (label, y) = match r {
+        ReferenceDef::Value { label, value } => (label.clone(), *value),
+        ReferenceDef::Column { label, column } => {
+            let a = aggs.iter().find(|a| a.group == group)?;
+            (label.clone(), a.ours.get(column.as_str())?.mean)
+        }
+        ReferenceDef::Summary { label, summary } => {
+            let v: Vec<f64> = session
+                .runs
+                .iter()
+                .filter(|run| run.ok && run.group == group)
+                .filter_map(|run| run.summary.as_ref()?.pointer(summary)?.as_f64())
+                .collect();
+            let s = Stats::of(&v)?;
+            (format!("{label} {}", crate::plot::tick(s.mean)), s.mean)
+        }
+    };
+    Some(Reference { label, y })
 }
 
 /// A target's line: per row, whether every seed got there within the budget.
@@ -914,11 +839,20 @@ mod tests {
     #[test]
     fn data_suites_plan_the_committed_runs() {
         let root = crate::runner::Layout::detect().root;
-        for name in ["networks", "conditional", "mis", "subtb", "led", "hypergrid", "pg", "throughput", "ebm"] {
+        for name in [
+            "networks",
+            "conditional",
+            "mis",
+            "subtb",
+            "led",
+            "hypergrid",
+            "pg",
+            "throughput",
+            "ebm",
+        ] {
             let text = std::fs::read_to_string(root.join("docs/results").join(name).join("results.json")).unwrap();
             let session: Session = serde_json::from_str(&text).unwrap();
-            let def = crate::suite::find(name).unwrap();
-            let mut suite = (def.build)(&session.request.options);
+            let mut suite = crate::suite::build(name, &session.request.options).unwrap();
             if let Some(filter) = &session.request.filter {
                 suite
                     .runs
@@ -949,12 +883,15 @@ mod tests {
             }
         }
         // Every flag once in every run of every data suite: gfn refuses a repeated one.
-        for def in crate::suite::SUITES
+        for name in crate::suite::SUITES
             .iter()
-            .filter(|d| file(d.name).is_some_and(|f| parse(f).is_ok()))
+            .filter(|d| file(d).is_some_and(|f| parse(f).is_ok()))
         {
             for quick in [false, true] {
-                for r in (def.build)(&crate::suite::test_util::opts(quick, None)).runs {
+                for r in crate::suite::build(name, &crate::suite::test_util::opts(quick, None))
+                    .unwrap()
+                    .runs
+                {
                     let flags: Vec<&String> = r.gfn_args.iter().filter(|a| a.starts_with("--")).collect();
                     let unique: std::collections::BTreeSet<_> = flags.iter().collect();
                     assert_eq!(unique.len(), flags.len(), "{}: {flags:?}", r.name);
@@ -1055,6 +992,26 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("'{v}' names a var the group does not give"), "{e}");
+        // Vars and reference lines of the wrong shape: the error shows the line.
+        let e = parse(&format!(
+            "{base}{group}vars = {{ v = 1.5 }}\naxis = [{{ values = [{{ name = 'a', args = [] }}] }}]\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("vars = { v = 1.5 }") && e.contains("a var: an integer"),
+            "{e}"
+        );
+        let plot = "[[suite.plot]]\npointer = '/x'\nfile = 'f'\nlabel = 'l'\nreferences = [{ label = 'a', value = 1, column = 'c' }]\n";
+        let e = parse(&format!(
+            "{base}{group}axis = [{{ values = [{{ name = 'a', args = [] }}] }}]\n{plot}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("column = 'c'") && e.contains("one of column, summary and value"),
+            "{e}"
+        );
         let g = Group {
             name: "g".into(),
             prefix: None,

@@ -64,12 +64,7 @@ pub fn reached_ceiling(r: &Value) -> Option<f64> {
 fn gamma_claim(session: &Session) -> String {
     let top_k: Extract = &|r| num(r, "/summary/top_k/mean_reward");
     // The table's rows in run order: γ ascending.
-    let mut labels: Vec<&str> = Vec::new();
-    for r in session.runs.iter().filter(|r| r.group == GAMMA) {
-        if !labels.contains(&r.row.as_str()) {
-            labels.push(&r.row);
-        }
-    }
+    let labels = crate::report::distinct(session.runs.iter().filter(|r| r.group == GAMMA).map(|r| r.row.as_str()));
     let mut rows: Vec<(&str, Stats)> = labels
         .iter()
         .filter_map(|row| {

@@ -160,55 +160,42 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Bench(args) => bench_cmd(args),
-        Command::Rerender { dir } => match bench::rerender(&dir) {
-            Ok(()) => {
-                eprintln!("rewrote {}", dir.join("results.md").display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Rerender { dir } => done(bench::rerender(&dir), |()| {
+            eprintln!("rewrote {}", dir.join("results.md").display())
+        }),
         Command::Resume { dir, jobs } => suite_outcome(bench::resume(&dir, jobs, command_line()).map(|ok| (dir, ok))),
-        Command::CheckCuda { bundle, no_test } => match cuda::check_cuda(&cuda::CheckCuda { bundle, no_test }) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::Publish { dir } => match results::publish(&dir) {
-            Ok(to) => {
-                eprintln!("copied the records of {} to {}", dir.display(), to.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::Results { check } => match results::regenerate(check) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::CheckCuda { bundle, no_test } => done(cuda::check_cuda(&cuda::CheckCuda { bundle, no_test }), |()| {}),
+        Command::Publish { dir } => done(results::publish(&dir).map(|to| (dir, to)), |(dir, to)| {
+            eprintln!("copied the records of {} to {}", dir.display(), to.display())
+        }),
+        Command::Results { check } => done(results::regenerate(check), |()| {}),
+    }
+}
+
+/// Exit code of a command's outcome: `on_ok` its value, or the error printed.
+fn done<T>(outcome: anyhow::Result<T>, on_ok: impl FnOnce(T)) -> ExitCode {
+    match outcome {
+        Ok(v) => {
+            on_ok(v);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
 fn bench_cmd(args: BenchArgs) -> ExitCode {
-    let Some(def) = suite::find(&args.suite) else {
-        let known: Vec<&str> = suite::SUITES.iter().map(|s| s.name).collect();
-        return usage_error(&format!("unknown suite '{}' (known: {})", args.suite, known.join(", ")));
-    };
     let options = suite::SuiteOptions {
         quick: args.quick,
         seeds: args.seeds,
         threads: args.threads,
     };
-    let mut suite = (def.build)(&options);
+    let Some(mut suite) = suite::build(&args.suite, &options) else {
+        let known = suite::SUITES.join(", ");
+        return usage_error(&format!("unknown suite '{}' (known: {known})", args.suite));
+    };
     if let Some(text) = &args.filter {
         let any: Vec<&str> = text.split(',').map(str::trim).filter(|t| !t.is_empty()).collect();
         suite.runs.retain(|r| any.iter().any(|t| r.name.contains(t)));

@@ -151,16 +151,21 @@ pub fn available_peers<'a>(suite: &'a Suite, session: &Session) -> Vec<&'a PeerS
         .collect()
 }
 
+/// The distinct items of `items`, in first-seen order.
+pub fn distinct<T: PartialEq>(items: impl IntoIterator<Item = T>) -> Vec<T> {
+    let mut out = Vec::new();
+    for item in items {
+        if !out.contains(&item) {
+            out.push(item);
+        }
+    }
+    out
+}
+
 /// Groups the finished runs by (group, row), in plan order, and summarises them.
 pub fn aggregates(suite: &Suite, session: &Session) -> Vec<Aggregate> {
     let peer_specs = available_peers(suite, session);
-    let mut keys: Vec<(String, String)> = Vec::new();
-    for r in &suite.runs {
-        let k = (r.group.clone(), r.row.clone());
-        if !keys.contains(&k) {
-            keys.push(k);
-        }
-    }
+    let keys = distinct(suite.runs.iter().map(|r| (r.group.clone(), r.row.clone())));
     let mut out = Vec::new();
     for (group, row) in keys {
         let records: Vec<&RunRecord> = session
@@ -190,7 +195,7 @@ pub fn aggregates(suite: &Suite, session: &Session) -> Vec<Aggregate> {
                 agg.ours.insert(m.key, s);
             }
         }
-        let our_ms = stats_of(suite.ms_per_iteration, &ours);
+        let our_ms = stats_of(&crate::suite::ours_ms_per_iteration, &ours);
         agg.ours_iterations_per_second = our_ms.map(|s| 1000.0 / s.median);
         for ps in &peer_specs {
             let runs: Vec<Value> = records
@@ -203,7 +208,7 @@ pub fn aggregates(suite: &Suite, session: &Session) -> Vec<Aggregate> {
                 name: ps.name.to_string(),
                 ok: runs.len(),
                 figures: BTreeMap::new(),
-                ms_per_iteration: stats_of(ps.ms_per_iteration, &runs),
+                ms_per_iteration: stats_of(&crate::suite::peer_ms_per_iteration, &runs),
                 iterations_per_second: None,
                 speed_ratio: None,
             };
@@ -258,7 +263,8 @@ pub fn write(dir: &Path, suite: &Suite, session: &Session, complete: bool) -> Re
     Ok(())
 }
 
-fn write_atomic(path: &Path, text: &str) -> Result<()> {
+/// Writes `text` to `path` through a temporary file and a rename.
+pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
@@ -333,13 +339,7 @@ pub fn markdown(suite: &Suite, session: &Session, aggs: &[Aggregate], complete: 
         ));
     }
 
-    let mut groups: Vec<&str> = Vec::new();
-    for a in aggs {
-        if !groups.contains(&a.group.as_str()) {
-            groups.push(&a.group);
-        }
-    }
-    for group in groups {
+    for group in distinct(aggs.iter().map(|a| a.group.as_str())) {
         md.push_str(&format!("## {group}\n\n"));
         let mut header = vec![suite.row_header.to_string(), "seeds".into()];
         header.extend(suite.metrics.iter().map(|m| m.header.to_string()));

@@ -54,10 +54,10 @@ const SUMMARY_FOOTER: &str = "Full tables, plots and the commands that produced 
 /// without a run here keeps its paragraph of `old` (the summary as it stands).
 fn readme_summary(latest: &[(String, Value, String)], old: &str) -> String {
     let mut md = String::new();
-    for def in SUITES {
-        match latest.iter().find(|(s, _, _)| s == def.name) {
+    for &name in SUITES {
+        match latest.iter().find(|(s, _, _)| s == name) {
             Some(item) => md.push_str(&suite_summary(item)),
-            None => md.push_str(old_paragraph(old, def.name).unwrap_or("")),
+            None => md.push_str(old_paragraph(old, name).unwrap_or("")),
         }
     }
     md.push_str(SUMMARY_FOOTER);
@@ -72,7 +72,7 @@ fn old_paragraph<'a>(old: &'a str, suite: &str) -> Option<&'a str> {
     let rest = &old[start + 1..];
     let end = SUITES
         .iter()
-        .filter_map(|d| rest.find(&head(d.name)))
+        .filter_map(|d| rest.find(&head(d)))
         .chain(rest.find("Full tables, plots"))
         .min()
         .map_or(old.len(), |e| start + 1 + e);
@@ -82,117 +82,115 @@ fn old_paragraph<'a>(old: &'a str, suite: &str) -> Option<&'a str> {
 /// One suite's paragraph of the README's summary.
 fn suite_summary((suite, json, results_md): &(String, Value, String)) -> String {
     let mut md = String::new();
-    {
-        let command = json.pointer("/request/command").and_then(Value::as_str).unwrap_or("?");
-        let date = json["started"].as_str().unwrap_or("?");
-        md.push_str(&format!("**{suite}** (`{command}`, {date}):\n\n"));
-        let aggs = json["aggregates"].as_array().cloned().unwrap_or_default();
-        match suite.as_str() {
-            "hypergrid" | "throughput" => {
-                let peers: Vec<String> = json["peers"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter(|p| p["available"].as_bool() == Some(true))
-                            .filter_map(|p| p["name"].as_str().map(String::from))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let mut header = vec!["configuration".to_string(), "gfn ms/it".into()];
+    let command = json.pointer("/request/command").and_then(Value::as_str).unwrap_or("?");
+    let date = json["started"].as_str().unwrap_or("?");
+    md.push_str(&format!("**{suite}** (`{command}`, {date}):\n\n"));
+    let aggs = json["aggregates"].as_array().cloned().unwrap_or_default();
+    match suite.as_str() {
+        "hypergrid" | "throughput" => {
+            let peers: Vec<String> = json["peers"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter(|p| p["available"].as_bool() == Some(true))
+                        .filter_map(|p| p["name"].as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut header = vec!["configuration".to_string(), "gfn ms/it".into()];
+            for p in &peers {
+                header.push(format!("× vs {p}"));
+            }
+            if suite == "hypergrid" {
+                header.push("gfn L1 (last 5)".into());
                 for p in &peers {
-                    header.push(format!("× vs {p}"));
+                    header.push(format!("{p} L1"));
+                }
+            } else {
+                header.push("gfn traj/s".into());
+            }
+            md.push_str(&format!(
+                "| {} |\n|{}\n",
+                header.join(" | "),
+                "---|".repeat(header.len())
+            ));
+            for a in aggs.iter().filter(|a| a["group"].as_str() != Some("roofline")) {
+                let med = |v: &Value, k: &str| v.pointer(&format!("/{k}/median")).and_then(Value::as_f64);
+                let mean = |v: &Value, k: &str| v.pointer(&format!("/{k}/mean")).and_then(Value::as_f64);
+                let fmt = |x: Option<f64>, d: usize| x.map_or("—".to_string(), |x| format!("{x:.d$}"));
+                let group = a["group"].as_str().unwrap_or("");
+                let short_group = group.split(',').next().unwrap_or(group);
+                let mut cells = vec![
+                    format!("{short_group}, {}", a["row"].as_str().unwrap_or("")),
+                    fmt(med(&a["ours"], "ms_per_iteration"), 2),
+                ];
+                let peer_aggs = a["peers"].as_array().cloned().unwrap_or_default();
+                let find = |p: &str| peer_aggs.iter().find(|x| x["name"].as_str() == Some(p)).cloned();
+                for p in &peers {
+                    cells.push(
+                        find(p)
+                            .and_then(|x| x["speed_ratio"].as_f64())
+                            .map_or("—".into(), |r| format!("{r:.1}×")),
+                    );
                 }
                 if suite == "hypergrid" {
-                    header.push("gfn L1 (last 5)".into());
+                    cells.push(fmt(mean(&a["ours"], "exact_l1_last5"), 4));
                     for p in &peers {
-                        header.push(format!("{p} L1"));
+                        cells.push(fmt(find(p).and_then(|x| mean(&x["figures"], "exact_l1_last5")), 4));
                     }
                 } else {
-                    header.push("gfn traj/s".into());
+                    cells.push(fmt(med(&a["ours"], "trajectories_per_second"), 0));
                 }
+                md.push_str(&format!("| {} |\n", cells.join(" | ")));
+            }
+            if suite == "throughput" {
+                md.push_str(&roofline_line(&aggs));
+            }
+        }
+        "networks" => {
+            md.push_str("| network and loss | ms/it | modes found | test Spearman |\n|---|---|---|---|\n");
+            for a in &aggs {
+                let ours = &a["ours"];
+                let stat = |k: &str, d: usize| {
+                    let mean = ours.pointer(&format!("/{k}/mean")).and_then(Value::as_f64);
+                    let std = ours.pointer(&format!("/{k}/std")).and_then(Value::as_f64);
+                    match (mean, std) {
+                        (Some(m), Some(s)) => format!("{m:.d$} ± {s:.d$}"),
+                        (Some(m), None) => format!("{m:.d$}"),
+                        _ => "—".into(),
+                    }
+                };
+                let ms = ours.pointer("/ms_per_iteration/median").and_then(Value::as_f64);
                 md.push_str(&format!(
-                    "| {} |\n|{}\n",
-                    header.join(" | "),
-                    "---|".repeat(header.len())
+                    "| {} | {} | {} | {} |\n",
+                    a["row"].as_str().unwrap_or(""),
+                    ms.map_or("—".into(), |m| format!("{m:.2}")),
+                    stat("modes_found", 1),
+                    stat("test_spearman", 3)
                 ));
-                for a in aggs.iter().filter(|a| a["group"].as_str() != Some("roofline")) {
-                    let med = |v: &Value, k: &str| v.pointer(&format!("/{k}/median")).and_then(Value::as_f64);
-                    let mean = |v: &Value, k: &str| v.pointer(&format!("/{k}/mean")).and_then(Value::as_f64);
-                    let fmt = |x: Option<f64>, d: usize| x.map_or("—".to_string(), |x| format!("{x:.d$}"));
-                    let group = a["group"].as_str().unwrap_or("");
-                    let short_group = group.split(',').next().unwrap_or(group);
-                    let mut cells = vec![
-                        format!("{short_group}, {}", a["row"].as_str().unwrap_or("")),
-                        fmt(med(&a["ours"], "ms_per_iteration"), 2),
-                    ];
-                    let peer_aggs = a["peers"].as_array().cloned().unwrap_or_default();
-                    let find = |p: &str| peer_aggs.iter().find(|x| x["name"].as_str() == Some(p)).cloned();
-                    for p in &peers {
-                        cells.push(
-                            find(p)
-                                .and_then(|x| x["speed_ratio"].as_f64())
-                                .map_or("—".into(), |r| format!("{r:.1}×")),
-                        );
-                    }
-                    if suite == "hypergrid" {
-                        cells.push(fmt(mean(&a["ours"], "exact_l1_last5"), 4));
-                        for p in &peers {
-                            cells.push(fmt(find(p).and_then(|x| mean(&x["figures"], "exact_l1_last5")), 4));
-                        }
-                    } else {
-                        cells.push(fmt(med(&a["ours"], "trajectories_per_second"), 0));
-                    }
-                    md.push_str(&format!("| {} |\n", cells.join(" | ")));
-                }
-                if suite == "throughput" {
-                    md.push_str(&roofline_line(&aggs));
-                }
             }
-            "networks" => {
-                md.push_str("| network and loss | ms/it | modes found | test Spearman |\n|---|---|---|---|\n");
-                for a in &aggs {
-                    let ours = &a["ours"];
-                    let stat = |k: &str, d: usize| {
-                        let mean = ours.pointer(&format!("/{k}/mean")).and_then(Value::as_f64);
-                        let std = ours.pointer(&format!("/{k}/std")).and_then(Value::as_f64);
-                        match (mean, std) {
-                            (Some(m), Some(s)) => format!("{m:.d$} ± {s:.d$}"),
-                            (Some(m), None) => format!("{m:.d$}"),
-                            _ => "—".into(),
-                        }
-                    };
-                    let ms = ours.pointer("/ms_per_iteration/median").and_then(Value::as_f64);
-                    md.push_str(&format!(
-                        "| {} | {} | {} | {} |\n",
-                        a["row"].as_str().unwrap_or(""),
-                        ms.map_or("—".into(), |m| format!("{m:.2}")),
-                        stat("modes_found", 1),
-                        stat("test_spearman", 3)
-                    ));
-                }
-            }
-            "conditional" | "mis" => {
-                // The tables as the suite wrote them, each under its heading.
-                for line in results_md.lines() {
-                    if let Some(group) = line.strip_prefix("## ").filter(|g| !g.starts_with("Plots")) {
-                        md.push_str(&format!("*{group}*\n\n"));
-                    } else if line.starts_with('|') {
-                        md.push_str(line);
-                        md.push('\n');
-                    } else if line.is_empty() && md.ends_with("|\n") {
-                        md.push('\n');
-                    }
-                }
-            }
-            _ => {
-                for line in results_md.lines().filter(|l| l.starts_with("- *")) {
+        }
+        "conditional" | "mis" => {
+            // The tables as the suite wrote them, each under its heading.
+            for line in results_md.lines() {
+                if let Some(group) = line.strip_prefix("## ").filter(|g| !g.starts_with("Plots")) {
+                    md.push_str(&format!("*{group}*\n\n"));
+                } else if line.starts_with('|') {
                     md.push_str(line);
+                    md.push('\n');
+                } else if line.is_empty() && md.ends_with("|\n") {
                     md.push('\n');
                 }
             }
         }
-        md.push('\n');
+        _ => {
+            for line in results_md.lines().filter(|l| l.starts_with("- *")) {
+                md.push_str(line);
+                md.push('\n');
+            }
+        }
     }
+    md.push('\n');
     md
 }
 
@@ -248,7 +246,7 @@ pub fn regenerate(check: bool) -> Result<()> {
         if check {
             stale.push(path.strip_prefix(&layout.root).unwrap_or(path).display().to_string());
         } else {
-            write(path, text)?;
+            crate::report::write_atomic(path, text)?;
         }
     }
     if check {
@@ -277,14 +275,10 @@ type Documents = Vec<(std::path::PathBuf, String)>;
 fn generate(root: &Path, scratch: Option<&Path>) -> Result<(Documents, Vec<String>)> {
     let mut latest = Vec::new();
     let mut documents = Vec::new();
-    for def in SUITES {
-        let records = root.join("docs").join("results").join(def.name);
+    for &name in SUITES {
+        let records = root.join("docs").join("results").join(name);
         if !records.join("results.json").is_file() {
-            eprintln!(
-                "{}: no records in {}; its sections are kept",
-                def.name,
-                records.display()
-            );
+            eprintln!("{}: no records in {}; its sections are kept", name, records.display());
             continue;
         }
         // A suite run in progress (a long suite is run over several sessions, its partial records
@@ -296,7 +290,7 @@ fn generate(root: &Path, scratch: Option<&Path>) -> Result<(Documents, Vec<Strin
         if missing > 0 {
             eprintln!(
                 "{}: {missing} of {} planned runs have no record yet in {}; its sections are kept",
-                def.name,
+                name,
                 session.plan.len(),
                 records.display()
             );
@@ -304,7 +298,7 @@ fn generate(root: &Path, scratch: Option<&Path>) -> Result<(Documents, Vec<Strin
         }
         let dir = match scratch {
             Some(s) => {
-                let d = s.join(def.name);
+                let d = s.join(name);
                 std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
                 std::fs::copy(records.join("results.json"), d.join("results.json"))?;
                 if records.join("runs").is_dir() && !d.join("runs").exists() {
@@ -318,7 +312,7 @@ fn generate(root: &Path, scratch: Option<&Path>) -> Result<(Documents, Vec<Strin
             }
         };
         let before = std::fs::read_to_string(dir.join("results.json"))?;
-        crate::bench::rerender(&dir).with_context(|| format!("cannot render the records of {}", def.name))?;
+        crate::bench::rerender(&dir).with_context(|| format!("cannot render the records of {}", name))?;
         let md = std::fs::read_to_string(dir.join("results.md"))?;
         let json_text = std::fs::read_to_string(dir.join("results.json"))?;
         if scratch.is_some() {
@@ -326,11 +320,11 @@ fn generate(root: &Path, scratch: Option<&Path>) -> Result<(Documents, Vec<Strin
             documents.push((records.join("results.md"), md.clone()));
             documents.push((records.join("results.json"), json_text.clone()));
         } else if json_text != before {
-            eprintln!("{}: results.json rewritten (aggregates recomputed)", def.name);
+            eprintln!("{}: results.json rewritten (aggregates recomputed)", name);
         }
         let json: Value =
             serde_json::from_str(&json_text).with_context(|| format!("{}/results.json", dir.display()))?;
-        latest.push((def.name.to_string(), json, md));
+        latest.push((name.to_string(), json, md));
     }
     if latest.is_empty() {
         bail!("no suite has records under docs/results/<suite>/results.json");
@@ -363,7 +357,7 @@ pub fn publish(from: &Path) -> Result<std::path::PathBuf> {
         .pointer("/request/suite")
         .and_then(Value::as_str)
         .with_context(|| format!("{}/results.json names no suite", from.display()))?;
-    if crate::suite::find(suite).is_none() {
+    if !crate::suite::SUITES.contains(&suite) {
         bail!("{}/results.json is of an unknown suite {suite}", from.display());
     }
     let to = Layout::detect().root.join("docs").join("results").join(suite);
@@ -416,12 +410,6 @@ fn remove_plots(dir: &Path) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn write(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
 #[cfg(test)]

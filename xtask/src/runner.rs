@@ -35,11 +35,6 @@ impl Layout {
         };
         Layout { root, target }
     }
-
-    /// `target/release/gfn`.
-    pub fn gfn_binary(&self) -> PathBuf {
-        self.target.join("release").join("gfn")
-    }
 }
 
 /// A standard stream of this process, duplicated for a child.
@@ -50,47 +45,31 @@ fn our_stderr() -> Stdio {
     }
 }
 
-/// The gfn binary for `device`: `prebuilt` if given (checked to exist), else built
-/// ([`build_gfn`] or, for a GPU, [`build_gfn_cuda`]).
+/// The gfn binary for `device`: `prebuilt` if given (checked to exist), else built by
+/// `cargo build --release -p gfn-cli`, for a GPU with `--features cuda` into `target/cuda` (nvcc
+/// on PATH or in `$CUDA_HOME`; see docs/CUDA.md).
 pub fn gfn_for(layout: &Layout, device: &str, prebuilt: Option<&Path>) -> Result<PathBuf> {
     match prebuilt {
-        Some(p) if p.is_file() => Ok(p.to_path_buf()),
+        Some(p) if p.is_file() => return Ok(p.to_path_buf()),
         Some(p) => bail!("--gfn-binary {}: no such file", p.display()),
-        None if device == "cpu" => build_gfn(layout),
-        None => build_gfn_cuda(layout),
+        None => {}
     }
-}
-
-/// `cargo build --release -p gfn-cli`; returns the binary.
-pub fn build_gfn(layout: &Layout) -> Result<PathBuf> {
+    let cuda = device != "cpu";
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("building gfn: cargo build --release -p gfn-cli");
+    let (target, features, how) = if cuda {
+        (
+            layout.target.join("cuda"),
+            &["--features", "cuda"][..],
+            " --features cuda",
+        )
+    } else {
+        (layout.target.clone(), &[][..], "")
+    };
+    let shown = format!("cargo build --release -p gfn-cli{how}");
+    eprintln!("building gfn: {shown}{}", if cuda { " (target/cuda)" } else { "" });
     let status = Command::new(&cargo)
         .args(["build", "--release", "-p", "gfn-cli"])
-        .current_dir(&layout.root)
-        .stdin(Stdio::null())
-        .stdout(our_stderr())
-        .stderr(Stdio::inherit())
-        .status()
-        .context("cannot run cargo")?;
-    if !status.success() {
-        bail!("cargo build --release -p gfn-cli failed ({status})");
-    }
-    let bin = layout.gfn_binary();
-    if !bin.is_file() {
-        bail!("cargo built gfn but {} does not exist", bin.display());
-    }
-    Ok(bin)
-}
-
-/// `cargo build --release -p gfn-cli --features cuda` into `target/cuda` (nvcc on PATH or in
-/// `$CUDA_HOME`; see docs/CUDA.md); returns the binary.
-pub fn build_gfn_cuda(layout: &Layout) -> Result<PathBuf> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let target = layout.target.join("cuda");
-    eprintln!("building gfn with CUDA: cargo build --release -p gfn-cli --features cuda (target/cuda)");
-    let status = Command::new(&cargo)
-        .args(["build", "--release", "-p", "gfn-cli", "--features", "cuda"])
+        .args(features)
         .env("CARGO_TARGET_DIR", &target)
         .current_dir(&layout.root)
         .stdin(Stdio::null())
@@ -99,13 +78,21 @@ pub fn build_gfn_cuda(layout: &Layout) -> Result<PathBuf> {
         .status()
         .context("cannot run cargo")?;
     if !status.success() {
-        bail!("cargo build --release -p gfn-cli --features cuda failed ({status}); see docs/CUDA.md");
+        bail!(
+            "{shown} failed ({status}){}",
+            if cuda { "; see docs/CUDA.md" } else { "" }
+        );
     }
     let bin = target.join("release").join("gfn");
     if !bin.is_file() {
         bail!("cargo built gfn but {} does not exist", bin.display());
     }
     Ok(bin)
+}
+
+/// Whether `cmd`, run with no input or output, exits successfully.
+pub fn succeeds(cmd: &mut Command) -> bool {
+    cmd.stdin(Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
 /// How the peak resident memory of a child is measured.
@@ -299,14 +286,12 @@ fn prepare_peer_with(
     let venv = layout.target.join(spec.venv);
     let python = venv.join("bin").join("python");
     let works = |python: &Path| {
-        Command::new(python)
-            .args(["-c", spec.check])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
+        succeeds(
+            Command::new(python)
+                .args(["-c", spec.check])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
     };
     if python.is_file() && works(&python) {
         return Ok(PeerEnv { python, driver });
@@ -315,27 +300,22 @@ fn prepare_peer_with(
     if !requirements.is_file() {
         return Err(format!("requirements {} not found", spec.requirements));
     }
-    let python3_ok = Command::new(python3)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !python3_ok {
+    if !succeeds(
+        Command::new(python3)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    ) {
         return Err(format!("{python3} not found"));
     }
     if !python.is_file() {
         eprintln!("creating {} ({python3} -m venv)", venv.display());
-        let ok = Command::new(python3)
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .stdin(Stdio::null())
-            .stdout(our_stderr())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
+        let ok = succeeds(
+            Command::new(python3)
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .stdout(our_stderr()),
+        );
         if !ok || !python.is_file() {
             return Err(format!("{python3} -m venv {} failed", venv.display()));
         }
@@ -345,15 +325,9 @@ fn prepare_peer_with(
         spec.requirements,
         venv.display()
     );
-    let ok = Command::new(venv.join("bin").join("pip"))
-        .args(["install", "--disable-pip-version-check", "-r"])
-        .arg(&requirements)
-        .stdin(Stdio::null())
-        .stdout(our_stderr())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
+    let pip = venv.join("bin").join("pip");
+    let install = ["install", "--disable-pip-version-check", "-r"];
+    if !succeeds(Command::new(pip).args(install).arg(&requirements).stdout(our_stderr())) {
         return Err(format!("pip install -r {} failed", spec.requirements));
     }
     if !works(&python) {

@@ -12,28 +12,27 @@ use crate::curves;
 use crate::plot::{self, Chart, Series};
 use crate::report::Aggregate;
 
-/// Gradient-analysis records of one run: `(iteration, cos TB, cos DB, cos SubTB)`.
-fn grad_records(run_dir: &Path) -> Vec<(f64, f64, f64, f64)> {
+/// Gradient-analysis records of one run: iteration and the cosines of small-batch TB, DB and
+/// SubTB gradients with the large-batch TB gradient.
+fn grad_records(run_dir: &Path) -> Vec<(f64, Cosines)> {
     let text = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap_or_default();
     text.lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter_map(|v| {
             let g = v.get("grad_cosine")?;
-            Some((
-                v["iteration"].as_f64()?,
-                g["tb"].as_f64()?,
-                g["db"].as_f64()?,
-                g["subtb"].as_f64()?,
-            ))
+            let it = v["iteration"].as_f64()?;
+            Some((it, [g["tb"].as_f64()?, g["db"].as_f64()?, g["subtb"].as_f64()?]))
         })
         .collect()
 }
 
 /// Cosines of small-batch TB, DB and SubTB gradients with the large-batch TB gradient.
-type Cosines = (f64, f64, f64);
+type Cosines = [f64; 3];
 
-fn mean(v: &[f64]) -> f64 {
-    v.iter().sum::<f64>() / v.len().max(1) as f64
+/// Mean of each cosine over `v`.
+fn means<'a>(v: impl Iterator<Item = &'a Cosines> + Clone) -> Cosines {
+    let n = v.clone().count().max(1) as f64;
+    [0, 1, 2].map(|i| v.clone().map(|x| x[i]).sum::<f64>() / n)
 }
 
 /// The suite's plots and its gradient analysis (`extra = "subtb"` in `suites/subtb.toml`).
@@ -42,14 +41,11 @@ pub fn extra(session: &Session, _aggs: &[Aggregate], dir: &Path) -> Result<Strin
 
     // Gradient analysis: cosines recorded in the DB and SubTB runs.
     let mut by_iteration: std::collections::BTreeMap<(String, u64), Vec<Cosines>> = Default::default();
-    let mut all: Vec<(f64, f64, f64)> = Vec::new();
+    let mut all: Vec<Cosines> = Vec::new();
     for r in session.runs.iter().filter(|r| r.ok && r.row == "subtb") {
-        for (it, tb, db, st) in grad_records(&dir.join("runs").join(&r.name)) {
-            by_iteration
-                .entry((r.group.clone(), it as u64))
-                .or_default()
-                .push((tb, db, st));
-            all.push((tb, db, st));
+        for (it, c) in grad_records(&dir.join("runs").join(&r.name)) {
+            by_iteration.entry((r.group.clone(), it as u64)).or_default().push(c);
+            all.push(c);
         }
     }
     md.push_str("\n## Gradient analysis\n\n");
@@ -57,11 +53,6 @@ pub fn extra(session: &Session, _aggs: &[Aggregate], dir: &Path) -> Result<Strin
         md.push_str("No gradient analysis was recorded.\n");
         return Ok(md);
     }
-    let (tb, db, st): (Vec<f64>, Vec<f64>, Vec<f64>) = (
-        all.iter().map(|x| x.0).collect(),
-        all.iter().map(|x| x.1).collect(),
-        all.iter().map(|x| x.2).collect(),
-    );
     md.push_str(
         "During SubTB(0.9) training, at regular iterations: the cosine similarity between the gradient of each \
          objective on a small batch (16 trajectories, mean over 8 batches) and the TB gradient on a large batch \
@@ -70,25 +61,16 @@ pub fn extra(session: &Session, _aggs: &[Aggregate], dir: &Path) -> Result<Strin
     md.push_str("| setting | cos(TB small, TB large) | cos(DB small, TB large) | cos(SubTB small, TB large) |\n|---|---:|---:|---:|\n");
     let mut groups: Vec<String> = by_iteration.keys().map(|k| k.0.clone()).collect();
     groups.dedup();
+    let row = |name: &str, [tb, db, st]: Cosines| format!("| {name} | {tb:.3} | {db:.3} | {st:.3} |\n");
     for g in &groups {
-        let v: Vec<&(f64, f64, f64)> = by_iteration
+        let of_group = by_iteration
             .iter()
             .filter(|(k, _)| &k.0 == g)
-            .flat_map(|(_, v)| v.iter())
-            .collect();
-        md.push_str(&format!(
-            "| {g} | {:.3} | {:.3} | {:.3} |\n",
-            mean(&v.iter().map(|x| x.0).collect::<Vec<_>>()),
-            mean(&v.iter().map(|x| x.1).collect::<Vec<_>>()),
-            mean(&v.iter().map(|x| x.2).collect::<Vec<_>>()),
-        ));
+            .flat_map(|(_, v)| v.iter());
+        md.push_str(&row(g, means(of_group)));
     }
-    md.push_str(&format!(
-        "| all | {:.3} | {:.3} | {:.3} |\n\n",
-        mean(&tb),
-        mean(&db),
-        mean(&st)
-    ));
+    md.push_str(&row("all", means(all.iter())));
+    md.push('\n');
     for g in &groups {
         let mut series: Vec<Series> = ["TB", "DB", "SubTB(0.9)"]
             .iter()
@@ -99,16 +81,9 @@ pub fn extra(session: &Session, _aggs: &[Aggregate], dir: &Path) -> Result<Strin
             })
             .collect();
         for ((_, it), v) in by_iteration.iter().filter(|(k, _)| &k.0 == g) {
-            let x = *it as f64;
-            series[0]
-                .points
-                .push((x, mean(&v.iter().map(|x| x.0).collect::<Vec<_>>())));
-            series[1]
-                .points
-                .push((x, mean(&v.iter().map(|x| x.1).collect::<Vec<_>>())));
-            series[2]
-                .points
-                .push((x, mean(&v.iter().map(|x| x.2).collect::<Vec<_>>())));
+            for (s, m) in series.iter_mut().zip(means(v.iter())) {
+                s.points.push((*it as f64, m));
+            }
         }
         let file = format!("{}-grad-cosine.png", curves::slug(g));
         let title = format!("{g}: cosine to the large-batch TB gradient");

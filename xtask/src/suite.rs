@@ -1,7 +1,7 @@
 //! Suite definitions: which runs a benchmark makes and which figures its tables show.
 //!
 //! A new suite is a file `xtask/suites/<name>.toml` (see [`crate::data_suite`]) and one more
-//! entry in [`SUITES`]; the runner and the writers are generic.
+//! entry in [`SUITES`] and in [`crate::data_suite::file`]; the runner and the writers are generic.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -17,59 +17,26 @@ pub struct SuiteOptions {
     pub threads: u32,
 }
 
-/// A named suite, built from the options.
-pub struct SuiteDef {
-    /// Name on the command line: `cargo xtask bench <name>`.
-    pub name: &'static str,
-    /// Builds the suite's runs.
-    pub build: fn(&SuiteOptions) -> Suite,
-}
-
-/// Every suite `cargo xtask bench` knows.
-pub const SUITES: &[SuiteDef] = &[
-    SuiteDef {
-        name: "hypergrid",
-        build: |o| crate::data_suite::build("hypergrid", o),
-    },
-    SuiteDef {
-        name: "throughput",
-        build: crate::throughput::throughput,
-    },
-    SuiteDef {
-        name: "subtb",
-        build: |o| crate::data_suite::build("subtb", o),
-    },
-    SuiteDef {
-        name: "led",
-        build: |o| crate::data_suite::build("led", o),
-    },
-    SuiteDef {
-        name: "ebm",
-        build: |o| crate::data_suite::build("ebm", o),
-    },
-    SuiteDef {
-        name: "pg",
-        build: |o| crate::data_suite::build("pg", o),
-    },
-    SuiteDef {
-        name: "networks",
-        build: |o| crate::data_suite::build("networks", o),
-    },
-    SuiteDef {
-        name: "conditional",
-        build: |o| crate::data_suite::build("conditional", o),
-    },
-    SuiteDef {
-        name: "mis",
-        build: |o| crate::data_suite::build("mis", o),
-    },
+/// Every suite `cargo xtask bench` knows, in the order of the README's summary.
+pub const SUITES: &[&str] = &[
+    "hypergrid",
+    "throughput",
+    "subtb",
+    "led",
+    "ebm",
+    "pg",
+    "networks",
+    "conditional",
+    "mis",
 ];
 
-/// Looks a suite up by name.
-/// Whether `loss` trains a scalar log Z (so `--lr-logz` has an effect): tb, the policy-gradient
-/// losses and vi, as gfn's `Objective::uses_log_z`. gfn refuses an option that has no effect.
-pub fn trains_log_z(loss: &str) -> bool {
-    matches!(loss, "tb" | "pg-u" | "pg-b" | "pg-g" | "pg-trpo" | "vi")
+/// Builds suite `name` (see [`SUITES`]); `None` for a name that is none of them.
+pub fn build(name: &str, opts: &SuiteOptions) -> Option<Suite> {
+    let name = *SUITES.iter().find(|s| **s == name)?;
+    Some(match name {
+        "throughput" => crate::throughput::throughput(opts),
+        _ => crate::data_suite::build(name, opts),
+    })
 }
 
 /// Whether the device engine (`--device cuda`) can make a run with these gfn arguments: a `train`
@@ -107,10 +74,6 @@ pub fn device_engine_covers(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-pub fn find(name: &str) -> Option<&'static SuiteDef> {
-    SUITES.iter().find(|s| s.name == name)
-}
-
 /// A benchmark suite: a list of runs of `gfn` and the figures to tabulate.
 pub struct Suite {
     /// Suite name (directory `target/bench/<name>/`).
@@ -121,8 +84,6 @@ pub struct Suite {
     pub runs: Vec<RunSpec>,
     /// Figures of our runs shown in the tables, in column order.
     pub metrics: Vec<Metric>,
-    /// Our milliseconds per iteration (for the speed ratio against a peer).
-    pub ms_per_iteration: Extract,
     /// Peers this suite can be compared with (`--vs <name>`).
     pub peers: Vec<PeerSpec>,
     /// Plots and extra tables.
@@ -169,7 +130,8 @@ pub type Extra = fn(&crate::bench::Session, &[crate::report::Aggregate], &std::p
 pub type Extract = &'static (dyn Fn(&Value) -> Option<f64> + Sync);
 
 /// How a figure is summarised over seeds in the tables.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Agg {
     /// Median over seeds (speeds).
     Median,
@@ -184,6 +146,7 @@ pub enum Agg {
 }
 
 /// A column of a results table.
+#[derive(Clone, Copy)]
 pub struct Metric {
     /// Column header in `results.md`.
     pub header: &'static str,
@@ -199,6 +162,27 @@ pub struct Metric {
     pub digits: usize,
 }
 
+impl Metric {
+    /// A column: header, key, progress label, summary over seeds, decimal places, figure.
+    pub const fn new(
+        header: &'static str,
+        key: &'static str,
+        short: &'static str,
+        agg: Agg,
+        digits: usize,
+        value: Extract,
+    ) -> Self {
+        Metric {
+            header,
+            key,
+            short,
+            value,
+            agg,
+            digits,
+        }
+    }
+}
+
 /// A peer library that a suite can be run side by side with.
 pub struct PeerSpec {
     /// Name on the command line: `--vs <name>`.
@@ -211,12 +195,8 @@ pub struct PeerSpec {
     pub venv: &'static str,
     /// Python statement that must succeed in a usable environment.
     pub check: &'static str,
-    /// Arguments appended to every run of the driver.
-    pub extra_args: Vec<&'static str>,
     /// Whether the peer can make this run (gfnx has no flow matching); others are skipped.
     pub supports: fn(&RunSpec) -> bool,
-    /// The peer's milliseconds per iteration.
-    pub ms_per_iteration: Extract,
     /// Figures of the peer's runs shown in the tables (after the speed ratio).
     pub metrics: Vec<Metric>,
 }
@@ -226,158 +206,25 @@ pub fn num(v: &Value, pointer: &str) -> Option<f64> {
     v.pointer(pointer).and_then(Value::as_f64)
 }
 
-/// Decimal string of a float (`0.1` → `0.1`, `0.0001` → `0.0001`).
-pub fn f(x: f64) -> String {
-    format!("{x}")
-}
-
-/// A hypergrid training configuration, shared by both sides of a comparison so the two recipes
-/// cannot drift apart. Defaults: the trajectory-balance paper's recipe (`reference/baselines.md`).
-#[derive(Debug, Clone)]
-pub struct Recipe {
-    /// d.
-    pub ndim: u32,
-    /// H.
-    pub height: u32,
-    /// R0, R1, R2.
-    pub rewards: (f64, f64, f64),
-    /// fm, db, tb, subtb.
-    pub loss: &'static str,
-    /// SubTB λ.
-    pub lambda: f64,
-    /// Trajectories per iteration.
-    pub batch: u32,
-    /// Iterations.
-    pub iterations: u32,
-    /// Seed.
-    pub seed: u64,
-    /// Adam learning rates (networks, log Z).
-    pub lr: (f64, f64),
-    /// Hidden width and number of hidden layers.
-    pub hidden: u32,
-    /// Number of hidden layers.
-    pub layers: u32,
-    /// Evaluate every this many iterations.
-    pub eval_every: u32,
-    /// Intra-op threads.
-    pub threads: u32,
-}
-
-impl Recipe {
-    /// The recipe with the given grid, loss and length, everything else the paper's.
-    pub fn new(ndim: u32, height: u32, loss: &'static str, iterations: u32, seed: u64, threads: u32) -> Self {
-        Recipe {
-            ndim,
-            height,
-            rewards: (0.1, 0.5, 2.0),
-            loss,
-            lambda: 0.9,
-            batch: 16,
-            iterations,
-            seed,
-            lr: (1e-3, 0.1),
-            hidden: 256,
-            layers: 2,
-            eval_every: 100,
-            threads,
-        }
-    }
-
-    /// Flags understood by `gfn train` and by the peer drivers alike.
-    pub fn args(&self) -> Vec<String> {
-        let mut a: Vec<String> = vec![
-            "--ndim".into(),
-            self.ndim.to_string(),
-            "--height".into(),
-            self.height.to_string(),
-            "--r0".into(),
-            f(self.rewards.0),
-            "--r1".into(),
-            f(self.rewards.1),
-            "--r2".into(),
-            f(self.rewards.2),
-            "--loss".into(),
-            self.loss.into(),
-        ];
-        if self.loss == "subtb" {
-            a.extend(["--lambda".into(), f(self.lambda)]);
-        }
-        a.extend([
-            "--batch-size".into(),
-            self.batch.to_string(),
-            "--iterations".into(),
-            self.iterations.to_string(),
-            "--seed".into(),
-            self.seed.to_string(),
-            "--lr".into(),
-            f(self.lr.0),
-            "--lr-logz".into(),
-            f(self.lr.1),
-            "--hidden".into(),
-            self.hidden.to_string(),
-            "--layers".into(),
-            self.layers.to_string(),
-            "--eval-every".into(),
-            self.eval_every.to_string(),
-            "--threads".into(),
-            self.threads.to_string(),
-        ]);
-        a
-    }
-
-    /// A `gfn train` run of this recipe (and the same for every peer).
-    pub fn run(&self, name: String, group: &str, row: &str) -> RunSpec {
-        let common = self.args();
-        let mut gfn_args: Vec<String> = vec!["train".into(), "--env".into(), "hypergrid".into()];
-        // gfn refuses an option that has no effect: log Z's rate goes only with a loss that
-        // trains log Z (the peers' drivers take the common flags as they are).
-        let keep_lr_logz = trains_log_z(self.loss);
-        let mut it = common.iter();
-        while let Some(flag) = it.next() {
-            if flag == "--lr-logz" && !keep_lr_logz {
-                it.next();
-                continue;
-            }
-            gfn_args.push(flag.clone());
-        }
-        RunSpec {
-            name,
-            group: group.into(),
-            row: row.into(),
-            seed: self.seed,
-            gfn_args,
-            peer_args: common,
-            output: Output::RunDir,
-        }
-    }
-}
-
-/// The peers of the hypergrid suites: torchgfn 2.4.1 and gfnx 0.0.1 drivers in `benches/peers/`.
-pub fn hypergrid_peers(metrics: fn() -> Vec<Metric>) -> Vec<PeerSpec> {
+/// The peers of the hypergrid suites, with these figures: torchgfn 2.4.1 and gfnx 0.0.1, each
+/// driven by `benches/peers/<peer>_hypergrid.py` in a virtual environment `peers/<peer>-venv`
+/// pinned by `benches/peers/requirements-<peer>.txt`.
+pub fn hypergrid_peers(metrics: &[Metric]) -> Vec<PeerSpec> {
+    let peer = |name: &'static str, check, supports: fn(&RunSpec) -> bool| PeerSpec {
+        name,
+        driver: format!("benches/peers/{name}_hypergrid.py").leak(),
+        requirements: format!("benches/peers/requirements-{name}.txt").leak(),
+        venv: format!("peers/{name}-venv").leak(),
+        check,
+        supports,
+        metrics: metrics.to_vec(),
+    };
     vec![
-        PeerSpec {
-            name: "torchgfn",
-            driver: "benches/peers/torchgfn_hypergrid.py",
-            requirements: "benches/peers/requirements-torchgfn.txt",
-            venv: "peers/torchgfn-venv",
-            check: "import gfn, torch",
-            extra_args: Vec::new(),
-            supports: |_| true,
-            ms_per_iteration: &peer_ms_per_iteration,
-            metrics: metrics(),
-        },
-        PeerSpec {
-            name: "gfnx",
-            driver: "benches/peers/gfnx_hypergrid.py",
-            requirements: "benches/peers/requirements-gfnx.txt",
-            venv: "peers/gfnx-venv",
-            check: "import gfnx, jax",
-            extra_args: Vec::new(),
-            // gfnx 0.0.1 ships TB, DB and SubTB examples, no flow matching.
-            supports: |r| !r.peer_args.windows(2).any(|w| w[0] == "--loss" && w[1] == "fm"),
-            ms_per_iteration: &peer_ms_per_iteration,
-            metrics: metrics(),
-        },
+        peer("torchgfn", "import gfn, torch", |_| true),
+        // gfnx 0.0.1 ships TB, DB and SubTB examples, no flow matching.
+        peer("gfnx", "import gfnx, jax", |r| {
+            !r.peer_args.windows(2).any(|w| w[0] == "--loss" && w[1] == "fm")
+        }),
     ]
 }
 
@@ -390,120 +237,20 @@ pub fn peer_ms_per_iteration(r: &Value) -> Option<f64> {
     })
 }
 
-/// Peer figures of the hypergrid suite.
-pub fn hypergrid_peer_metrics() -> Vec<Metric> {
-    vec![
-        Metric {
-            header: "L1 (last 5 evals)",
-            key: "exact_l1_last5",
-            short: "L1(last5)",
-            value: &|r| num(r, "/output/quality_l1_sum_last5"),
-            agg: Agg::MeanStd,
-            digits: 4,
-        },
-        Metric {
-            header: "s to L1 ≤ 0.1 (median)",
-            key: "seconds_to_l1_0.1",
-            short: "s→0.1",
-            value: &|r| crate::curves::seconds_to_l1(r, 0.1),
-            agg: Agg::Median,
-            digits: 1,
-        },
-        Metric {
-            header: "compile s",
-            key: "compile_seconds",
-            short: "compile s",
-            value: &|r| num(r, "/output/compile_seconds"),
-            agg: Agg::Median,
-            digits: 1,
-        },
-        col_peer_peak_rss(),
-    ]
-}
-
-/// Iterations of a training run (median over seeds).
-pub fn col_iterations() -> Metric {
-    Metric {
-        header: "iterations",
-        key: "iterations",
-        short: "it",
-        value: &|r| num(r, "/summary/iterations"),
-        agg: Agg::Median,
-        digits: 0,
-    }
-}
-
 /// Our milliseconds per iteration (median over seeds).
-pub fn col_ms_per_iteration() -> Metric {
-    Metric {
-        header: "ms/iteration (median)",
-        key: "ms_per_iteration",
-        short: "ms/it",
-        value: &ours_ms_per_iteration,
-        agg: Agg::Median,
-        digits: 2,
-    }
-}
-
-/// Exact L1 over the last 5 evaluations (mean ± std over seeds).
-pub fn col_l1_last5() -> Metric {
-    Metric {
-        header: "exact L1 (last 5 evals)",
-        key: "exact_l1_last5",
-        short: "L1(last5)",
-        value: &|r| num(r, "/summary/exact_last5_mean/l1_sum"),
-        agg: Agg::MeanStd,
-        digits: 4,
-    }
-}
-
-/// The task's test-set Spearman correlation (bit sequences), mean ± std over seeds.
-pub fn col_test_spearman() -> Metric {
-    Metric {
-        header: "test Spearman",
-        key: "test_spearman",
-        short: "Spearman",
-        value: &|r| num(r, "/summary/task/test_spearman"),
-        agg: Agg::MeanStd,
-        digits: 3,
-    }
-}
-
-/// Modes visited by training (mean over seeds).
-pub fn col_modes_found() -> Metric {
-    Metric {
-        header: "modes found (mean)",
-        key: "modes_found",
-        short: "modes",
-        value: &|r| num(r, "/summary/modes/found"),
-        agg: Agg::Mean,
-        digits: 1,
-    }
-}
+#[rustfmt::skip]
+pub const MS_PER_ITERATION: Metric =
+    Metric::new("ms/iteration (median)", "ms_per_iteration", "ms/it", Agg::Median, 2, &ours_ms_per_iteration);
 
 /// Peak resident memory of our process (largest over seeds).
-pub fn col_peak_rss() -> Metric {
-    Metric {
-        header: "peak RSS MB",
-        key: "peak_rss_mb",
-        short: "RSS MB",
-        value: &|r| num(r, "/peak_rss_mb"),
-        agg: Agg::Max,
-        digits: 0,
-    }
-}
+pub const PEAK_RSS: Metric = Metric::new("peak RSS MB", "peak_rss_mb", "RSS MB", Agg::Max, 0, &|r| {
+    num(r, "/peak_rss_mb")
+});
 
 /// A peer's peak resident memory, measured like ours (the driver's own figure otherwise).
-pub fn col_peer_peak_rss() -> Metric {
-    Metric {
-        header: "peak RSS MB",
-        key: "peak_rss_mb",
-        short: "RSS MB",
-        value: &|r| num(r, "/peak_rss_mb").or_else(|| num(r, "/output/peak_rss_mb")),
-        agg: Agg::Max,
-        digits: 0,
-    }
-}
+pub const PEER_PEAK_RSS: Metric = Metric::new("peak RSS MB", "peak_rss_mb", "RSS MB", Agg::Max, 0, &|r| {
+    num(r, "/peak_rss_mb").or_else(|| num(r, "/output/peak_rss_mb"))
+});
 
 /// Our milliseconds per iteration, from `summary.json` (training time only); for a sampling
 /// run (`gfn speed sample`), per round.

@@ -180,10 +180,7 @@ impl Utc {
 
     /// `20261122T181500Z` (a directory name).
     pub fn compact(&self) -> String {
-        format!(
-            "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
-            self.year, self.month, self.day, self.hour, self.minute, self.second
-        )
+        self.rfc3339().replace(['-', ':'], "")
     }
 
     /// `2026-11-22T18:15:00Z` (RFC 3339).

@@ -7,7 +7,7 @@ use crate::bench::Session;
 use crate::plot::{self, Chart, Series};
 use crate::report::{Aggregate, fmt_num};
 use crate::suite::{
-    Agg, Metric, Output, Recipe, RunSpec, Suite, SuiteOptions, hypergrid_peers, num, ours_ms_per_iteration,
+    Agg, MS_PER_ITERATION, Metric, Output, PEAK_RSS, PEER_PEAK_RSS, RunSpec, Suite, SuiteOptions, hypergrid_peers, num,
 };
 use anyhow::Result;
 
@@ -23,6 +23,36 @@ fn iterations_for(batch: u32, quick: bool) -> u32 {
     if quick { (n / 3).max(10) } else { n }
 }
 
+/// The columns of our runs.
+#[rustfmt::skip]
+const COLUMNS: [Metric; 6] = [
+    MS_PER_ITERATION,
+    Metric::new("iterations/s", "iterations_per_second", "it/s", Agg::Median, 1,
+        &|r| num(r, "/summary/iterations_per_second")),
+    Metric::new("trajectories/s", "trajectories_per_second", "traj/s", Agg::Median, 0,
+        &|r| num(r, "/summary/trajectories_per_second")),
+    Metric::new("useful GFLOP/s", "useful_gflops_per_second", "GFLOP/s", Agg::Median, 1, &|r| {
+        num(r, "/summary/useful_gflops_per_second")
+            .or_else(|| num(r, "/summary/forward_gflops_per_second"))
+            .or_else(|| num(r, "/summary/best_gflops"))
+    }),
+    Metric::new("mean trajectory length", "mean_length", "len", Agg::Median, 2, &|r| num(r, "/summary/mean_length")),
+    PEAK_RSS,
+];
+
+/// The columns of the peers' runs.
+#[rustfmt::skip]
+const PEER_COLUMNS: [Metric; 2] = [
+    Metric::new("trajectories/s", "trajectories_per_second", "traj/s", Agg::Median, 0,
+        &|r| num(r, "/output/trajectories_per_second")),
+    PEER_PEAK_RSS,
+];
+
+/// Arguments from a format string: split at spaces.
+fn split(text: &str) -> Vec<String> {
+    text.split(' ').map(String::from).collect()
+}
+
 /// The throughput suite. Training rows are named `<loss> b<batch>` or `<loss> h<hidden>`; each
 /// run evaluates only once, at its end (evaluations are not timed anyway).
 pub fn throughput(opts: &SuiteOptions) -> Suite {
@@ -33,48 +63,60 @@ pub fn throughput(opts: &SuiteOptions) -> Suite {
     } else {
         &[64, 128, 256, 512, 1024]
     };
+    let threads = opts.threads;
     let mut runs = Vec::new();
     for seed in 0..u64::from(seeds) {
+        // The trajectory-balance paper's hypergrid recipe (`reference/baselines.md`) on a d×H
+        // grid: flags understood by `gfn train` and by the peer drivers alike.
+        let recipe = |(d, h): (u32, u32), loss: &str, batch: u32, hidden: u32, iterations: u32, eval_every: u32| {
+            let lambda = if loss == "subtb" { " --lambda 0.9" } else { "" };
+            format!(
+                "--ndim {d} --height {h} --r0 0.1 --r1 0.5 --r2 2 --loss {loss}{lambda} --batch-size {batch} \
+                 --iterations {iterations} --seed {seed} --lr 0.001 --lr-logz 0.1 --hidden {hidden} --layers 2 \
+                 --eval-every {eval_every} --threads {threads}"
+            )
+        };
         for loss in ["tb", "subtb"] {
-            for &b in batches {
-                let mut r = Recipe::new(4, 8, loss, iterations_for(b, opts.quick), seed, opts.threads);
-                r.batch = b;
-                r.eval_every = r.iterations;
-                runs.push(r.run(format!("{loss}-b{b}-seed{seed}"), STEP_GROUP, &format!("{loss} b{b}")));
-            }
-            for &h in widths {
-                let mut r = Recipe::new(4, 8, loss, iterations_for(64, opts.quick), seed, opts.threads);
-                r.batch = 64;
-                r.hidden = h;
-                r.eval_every = r.iterations;
-                runs.push(r.run(format!("{loss}-h{h}-seed{seed}"), WIDTH_GROUP, &format!("{loss} h{h}")));
+            let by_batch = batches.iter().map(|&b| (STEP_GROUP, format!("b{b}"), b, 256));
+            for (group, param, batch, hidden) in
+                by_batch.chain(widths.iter().map(|&h| (WIDTH_GROUP, format!("h{h}"), 64, h)))
+            {
+                let iterations = iterations_for(batch, opts.quick);
+                let common = recipe((4, 8), loss, batch, hidden, iterations, iterations);
+                // gfn refuses an option that has no effect: log Z's rate goes only with a loss
+                // that trains log Z, tb here (the peers' drivers take the common flags as they are).
+                let gfn = format!("train --env hypergrid {common}");
+                let gfn = if loss == "tb" {
+                    gfn
+                } else {
+                    gfn.replace(" --lr-logz 0.1", "")
+                };
+                runs.push(RunSpec {
+                    name: format!("{loss}-{param}-seed{seed}"),
+                    group: group.into(),
+                    row: format!("{loss} {param}"),
+                    seed,
+                    gfn_args: split(&gfn),
+                    peer_args: split(&common),
+                    output: Output::RunDir,
+                });
             }
         }
         // The policy networks of `cargo xtask bench networks`; the transformer's step costs ~40×
         // the MLP's, so it runs fewer iterations.
         for (net, flags) in crate::data_suite::axis_values("networks", 0) {
-            let iterations = match net.as_str() {
-                "mlp" => iterations_for(16, opts.quick),
-                _ => {
-                    if opts.quick {
-                        10
-                    } else {
-                        40
-                    }
-                }
+            let iterations = match (net.as_str(), opts.quick) {
+                ("mlp", quick) => iterations_for(16, quick),
+                (_, true) => 10,
+                _ => 40,
             };
             for loss in ["tb", "subtb"] {
-                let mut gfn_args: Vec<String> = ["train", "--env", "bitseq", "--loss", loss].map(String::from).to_vec();
-                gfn_args.extend(flags.iter().map(|s| s.to_string()));
-                for (flag, value) in [
-                    ("--batch-size", "16".to_string()),
-                    ("--iterations", iterations.to_string()),
-                    ("--eval-every", iterations.to_string()),
-                    ("--seed", seed.to_string()),
-                    ("--threads", opts.threads.to_string()),
-                ] {
-                    gfn_args.extend([flag.to_string(), value]);
-                }
+                let mut gfn_args = split(&format!("train --env bitseq --loss {loss}"));
+                gfn_args.extend(flags.iter().cloned());
+                gfn_args.extend(split(&format!(
+                    "--batch-size 16 --iterations {iterations} --eval-every {iterations} --seed {seed} \
+                     --threads {threads}"
+                )));
                 runs.push(RunSpec {
                     name: format!("bitseq-{net}-{loss}-seed{seed}"),
                     group: NET_GROUP.into(),
@@ -87,22 +129,15 @@ pub fn throughput(opts: &SuiteOptions) -> Suite {
             }
         }
         for (ndim, height) in [(2u32, 64u32), (2, 8), (4, 8)] {
-            let mut r = Recipe::new(ndim, height, "tb", 1, seed, opts.threads);
-            r.batch = 1024;
-            let rounds = if opts.quick { "10" } else { "30" };
-            let common = r.args();
-            let mut gfn_args: Vec<String> = vec!["speed".into(), "sample".into(), "--env".into(), "hypergrid".into()];
-            gfn_args.extend(common.iter().cloned());
-            gfn_args.extend(["--rounds".into(), rounds.into()]);
-            let mut peer_args = common;
-            peer_args.extend(["--sample-only".into(), "--rounds".into(), rounds.into()]);
+            let common = recipe((ndim, height), "tb", 1024, 256, 1, 100);
+            let rounds = if opts.quick { 10 } else { 30 };
             runs.push(RunSpec {
                 name: format!("sample-{ndim}x{height}-seed{seed}"),
                 group: SAMPLE_GROUP.into(),
                 row: format!("{ndim}×{height}"),
                 seed,
-                gfn_args,
-                peer_args,
+                gfn_args: split(&format!("speed sample --env hypergrid {common} --rounds {rounds}")),
+                peer_args: split(&format!("{common} --sample-only --rounds {rounds}")),
                 output: Output::Stdout,
             });
         }
@@ -112,9 +147,7 @@ pub fn throughput(opts: &SuiteOptions) -> Suite {
         group: ROOF_GROUP.into(),
         row: "f32 GEMM 256³, one thread".into(),
         seed: 0,
-        gfn_args: ["speed", "gemm", "--size", "256", "--repeats", "500"]
-            .map(String::from)
-            .to_vec(),
+        gfn_args: split("speed gemm --size 256 --repeats 500"),
         peer_args: Vec::new(),
         output: Output::Stdout,
     });
@@ -123,60 +156,8 @@ pub fn throughput(opts: &SuiteOptions) -> Suite {
         name: "throughput",
         row_header: "configuration",
         runs,
-        metrics: vec![
-            crate::suite::col_ms_per_iteration(),
-            Metric {
-                header: "iterations/s",
-                key: "iterations_per_second",
-                short: "it/s",
-                value: &|r| num(r, "/summary/iterations_per_second"),
-                agg: Agg::Median,
-                digits: 1,
-            },
-            Metric {
-                header: "trajectories/s",
-                key: "trajectories_per_second",
-                short: "traj/s",
-                value: &|r| num(r, "/summary/trajectories_per_second"),
-                agg: Agg::Median,
-                digits: 0,
-            },
-            Metric {
-                header: "useful GFLOP/s",
-                key: "useful_gflops_per_second",
-                short: "GFLOP/s",
-                value: &|r| {
-                    num(r, "/summary/useful_gflops_per_second")
-                        .or_else(|| num(r, "/summary/forward_gflops_per_second"))
-                        .or_else(|| num(r, "/summary/best_gflops"))
-                },
-                agg: Agg::Median,
-                digits: 1,
-            },
-            Metric {
-                header: "mean trajectory length",
-                key: "mean_length",
-                short: "len",
-                value: &|r| num(r, "/summary/mean_length"),
-                agg: Agg::Median,
-                digits: 2,
-            },
-            crate::suite::col_peak_rss(),
-        ],
-        ms_per_iteration: &ours_ms_per_iteration,
-        peers: hypergrid_peers(|| {
-            vec![
-                Metric {
-                    header: "trajectories/s",
-                    key: "trajectories_per_second",
-                    short: "traj/s",
-                    value: &|r| num(r, "/output/trajectories_per_second"),
-                    agg: Agg::Median,
-                    digits: 0,
-                },
-                crate::suite::col_peer_peak_rss(),
-            ]
-        }),
+        metrics: COLUMNS.to_vec(),
+        peers: hypergrid_peers(&PEER_COLUMNS),
         extra: Some(extra),
         quality_note: None,
     }
