@@ -319,6 +319,7 @@ pub fn run(request: BenchRequest, suite: Suite) -> Result<(PathBuf, bool)> {
     let now = Utc::now();
     let dir = results_dir(&layout, suite.name, &now)?;
     let ctx = Runs::new(&layout, &built, &dir, request.options.threads)?;
+    let gfn_binary = binary_facts(&built);
 
     let mut peer_envs: Vec<(&PeerSpec, PeerEnv)> = Vec::new();
     let mut peer_statuses = Vec::new();
@@ -350,7 +351,7 @@ pub fn run(request: BenchRequest, suite: Suite) -> Result<(PathBuf, bool)> {
         plan: suite.runs.clone(),
         versions: Versions {
             gfn: sysinfo::command_line(&layout.root, &gfn_str, &["--version"]),
-            gfn_binary: binary_facts(&built),
+            gfn_binary,
             rustc: sysinfo::command_line(&layout.root, "rustc", &["--version"]),
             cargo: sysinfo::command_line(&layout.root, "cargo", &["--version"]),
             peers: Default::default(),
@@ -452,7 +453,7 @@ fn run_concurrently(
     jobs: u32,
 ) -> Result<bool> {
     use std::sync::Mutex;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let total = suite.runs.len();
     let mut slots: Vec<Option<RunRecord>> = vec![None; total];
     for record in session.runs.drain(..) {
@@ -462,13 +463,17 @@ fn run_concurrently(
     }
     session.runs = slots.iter().flatten().cloned().collect();
     let next = AtomicUsize::new(0);
+    // A report that cannot be written stops the suite: no run is started after it.
+    let failed = AtomicBool::new(false);
     let done = Mutex::new(slots);
     let jobs = (jobs.max(1) as usize).min(todo.len().max(1));
     let shared = Mutex::new((&mut *session, Ok::<(), anyhow::Error>(())));
     std::thread::scope(|scope| {
         for _ in 0..jobs {
             scope.spawn(|| {
-                while let Some(&i) = todo.get(next.fetch_add(1, Ordering::SeqCst)) {
+                while !failed.load(Ordering::SeqCst)
+                    && let Some(&i) = todo.get(next.fetch_add(1, Ordering::SeqCst))
+                {
                     let spec = &suite.runs[i];
                     let record = run_ours(ctx, spec);
                     progress(&format!("[{}/{total}] {}", i + 1, spec.name), &record, &suite.metrics);
@@ -478,6 +483,7 @@ fn run_concurrently(
                     let (session, status) = &mut *guard;
                     session.runs = done.iter().flatten().cloned().collect();
                     if let Err(e) = report::write(dir, suite, session, false) {
+                        failed.store(true, Ordering::SeqCst);
                         *status = Err(e);
                     }
                 }
@@ -529,13 +535,13 @@ pub fn resume(dir: &Path, jobs: u32, command: String) -> Result<bool> {
     }
     let layout = Layout::detect();
     let built = runner::gfn_for(&layout, &session.request.device, session.request.gfn_binary.as_deref())?;
-    let ctx = Runs::new(&layout, &built, dir, session.request.options.threads)?;
     for &i in &todo {
-        let partial = ctx.runs_dir.join(&session.plan[i].name);
+        let partial = dir.join("runs").join(&session.plan[i].name);
         if partial.exists() {
             std::fs::remove_dir_all(&partial).with_context(|| format!("cannot remove {}", partial.display()))?;
         }
     }
+    let ctx = Runs::new(&layout, &built, dir, session.request.options.threads)?;
     let names: Vec<String> = todo.iter().map(|&i| session.plan[i].name.clone()).collect();
     eprintln!(
         "resume {}: {} of {} runs left ({}), results in {}",

@@ -440,8 +440,27 @@ impl EvalEvery {
 enum Var {
     Int(i64),
     Str(String),
-    Given { full: i64, quick: i64 },
+    Given(FullQuick),
     List(Vec<String>),
+}
+
+/// `{ full = N, quick = M }`: a table with exactly these two keys (not a list).
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "BTreeMap<String, i64>")]
+struct FullQuick {
+    full: i64,
+    quick: i64,
+}
+
+impl TryFrom<BTreeMap<String, i64>> for FullQuick {
+    type Error = String;
+
+    fn try_from(mut map: BTreeMap<String, i64>) -> Result<Self, String> {
+        match (map.remove("full"), map.remove("quick")) {
+            (Some(full), Some(quick)) if map.is_empty() => Ok(FullQuick { full, quick }),
+            _ => Err("expected { full = N, quick = M }".into()),
+        }
+    }
 }
 
 impl Var {
@@ -450,7 +469,7 @@ impl Var {
         match self {
             Var::Int(n) => Some(if quick.on { n / i64::from(quick.divide) } else { *n }.to_string()),
             Var::Str(s) => Some(s.clone()),
-            Var::Given { full, quick: q } => Some(if quick.on { q } else { full }.to_string()),
+            Var::Given(FullQuick { full, quick: q }) => Some(if quick.on { q } else { full }.to_string()),
             Var::List(_) => None,
         }
     }
@@ -1038,6 +1057,14 @@ mod tests {
         assert_eq!(g.expand("{given}", quick, 9), ["5"]);
         assert_eq!(g.expand("{given}", Quick::OFF, 9), ["20"]);
         assert_eq!(g.expand("{iterations}", quick, 9), ["9"]);
+        // `{ full, quick }` is a table of exactly those keys: neither a list of numbers nor another key.
+        for bad in [
+            "x = [100, 10]",
+            "x = { full = 1 }",
+            "x = { full = 1, quick = 2, slow = 3 }",
+        ] {
+            assert!(toml::from_str::<BTreeMap<String, Var>>(bad).is_err(), "{bad}");
+        }
     }
 
     /// A finished run of `group`/`row` whose exact TV follows `tvs`, one evaluation every 10
