@@ -16,6 +16,7 @@
 //! header = "worst TV over β (largest over seeds)"
 //! short = "TVmax"                 # label in the progress lines
 //! summary = "/conditions/*/tv"    # pointer into summary.json; `*`: the largest over the array
+//! or = ["/tv"]                    # optional: pointers tried in turn where summary's is missing
 //! minus = "/conditions/*/log_z/true"   # optional: subtract this figure (then `abs` if set)
 //! agg = "max"                     # median, mean_std, mean, max or sum over seeds
 //! digits = 4
@@ -38,12 +39,16 @@
 //! iterations = 20000
 //! evaluations = 4                 # --eval-every iterations / evaluations (or eval_every = N)
 //! quick_divide = 1                # optional: this table's own --quick divisor
+//! stdout = false                  # true: runs print a JSON line (`gfn speed`), no run directory
+//! once = false                    # true: one run, seed 0, with no iterations (and none of the
+//!                                 # flags below), named without its seed (`gfn speed gemm`)
 //! vars = { grad_every = 1000, lr_logz = "0.1", extra = ["--r0", "0.1"] }
 //! # `{name}` in axis arguments: an integer (divided by --quick too), a string, or a list of
 //! # arguments spliced in place of an argument that is exactly `{name}`
 //! [[suite.group.axis]]            # the grid: every combination of the axes' values; a row per
 //! values = [{ name = "tb", args = ["--loss", "tb"] }]   # combination, named by its values
-//! # (a value's `row = "label"`: its part of the row label, if not its name)
+//! # (a value's `row = "label"`: its part of the row label, if not its name; `iterations =
+//! # { full = N, quick = M }`: its own budget; `quick = false`: left out with --quick)
 //! [[suite.group.axis]]
 //! use = "losses"                  # a shared axis (`only = ["tb"]`: some of its values)
 //!
@@ -64,8 +69,9 @@
 //! show = { summary = "/exact_last5_mean/tv", label = "TV over the last 5 evaluations", digits = 4 }
 //! ```
 //!
-//! Every run gets `--iterations`, `--eval-every`, `--seed` and `--threads` after its group's and
-//! axes' arguments.
+//! Every run (but a `once` table's) gets `--iterations`, `--eval-every`, `--seed` and
+//! `--threads` after its group's and axes' arguments. With `peers`, the runs whose table or axis
+//! values give `peer_args` are also made by each peer driver.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -130,6 +136,9 @@ struct ColumnDef {
     short: String,
     #[serde(default)]
     summary: Option<String>,
+    /// Pointers tried in turn where `summary`'s figure is missing (runs of another kind).
+    #[serde(default)]
+    or: Vec<String>,
     #[serde(default)]
     minus: Option<String>,
     /// Instead of `summary`: the trajectories at the run's first evaluation that meets this.
@@ -169,7 +178,15 @@ struct Group {
     #[serde(default)]
     prefix: Option<String>,
     args: Vec<String>,
+    #[serde(default)]
     iterations: u32,
+    /// The runs print their figures as a JSON line (`gfn speed`), not into a run directory.
+    #[serde(default)]
+    stdout: bool,
+    /// A single run (seed 0, named without it) with only the table's and axes' arguments: no
+    /// `--iterations`, `--eval-every`, `--seed` or `--threads` (`gfn speed gemm`).
+    #[serde(default)]
+    once: bool,
     /// Evaluations per run: `--eval-every iterations / evaluations` …
     #[serde(default)]
     evaluations: Option<u32>,
@@ -220,6 +237,13 @@ struct AxisValue {
     /// Its arguments to the peers (suites with `peers`).
     #[serde(default)]
     peer_args: Vec<String>,
+    /// Its own iterations, `{ full = N, quick = M }`, instead of the table's (`{iterations}` and
+    /// the evaluation interval follow them).
+    #[serde(default)]
+    iterations: Option<FullQuick>,
+    /// Whether `--quick` makes its runs.
+    #[serde(default = "yes")]
+    quick: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -286,6 +310,7 @@ pub fn file(suite: &str) -> Option<&'static str> {
         "conditional" => include_str!("../suites/conditional.toml"),
         "ebm" => include_str!("../suites/ebm.toml"),
         "hypergrid" => include_str!("../suites/hypergrid.toml"),
+        "throughput" => include_str!("../suites/throughput.toml"),
         _ => return None,
     })
 }
@@ -305,8 +330,14 @@ pub fn parse(text: &str) -> Result<Grid> {
         let zero_interval = g
             .eval_every
             .is_some_and(|e| e.value(Quick::OFF) == 0 || e.value(Quick { on: true, divide: 1 }) == 0);
-        if g.evaluations.is_some() == g.eval_every.is_some() || g.evaluations == Some(0) || zero_interval {
-            bail!("group '{}': give one of evaluations and eval_every, at least 1", g.name);
+        if g.once != (g.iterations == 0)
+            || (!g.once
+                && (g.evaluations.is_some() == g.eval_every.is_some() || g.evaluations == Some(0) || zero_interval))
+        {
+            bail!(
+                "group '{}': give iterations and one of evaluations and eval_every, at least 1 (none with once)",
+                g.name
+            );
         }
         if g.quick_divide == Some(0) {
             bail!("group '{}': quick_divide is 0 (give a divisor of at least 1)", g.name);
@@ -325,6 +356,9 @@ pub fn parse(text: &str) -> Result<Grid> {
                 }
             }
             for value in grid.values(axis) {
+                if value.iterations.as_ref().is_some_and(|i| i.full < 1 || i.quick < 1) {
+                    bail!("group '{}': value '{}' has fewer than 1 iteration", g.name, value.name);
+                }
                 for arg in value
                     .args
                     .iter()
@@ -344,12 +378,12 @@ pub fn parse(text: &str) -> Result<Grid> {
     if let Some(p) = &grid.peers
         && peers(p).is_none()
     {
-        bail!("[suite] peers '{p}' is not a set of peer drivers (known: hypergrid)");
+        bail!("[suite] peers '{p}' is not a set of peer drivers (known: hypergrid, throughput)");
     }
     if let Some(e) = &grid.extra
         && extra(e).is_none()
     {
-        bail!("[suite] extra '{e}' is not a suite's Rust extra (known: subtb, led, ebm, quality_plots)");
+        bail!("[suite] extra '{e}' is not a suite's Rust extra (known: subtb, led, ebm, throughput, quality_plots)");
     }
     for c in &grid.columns {
         if builtin(c).is_none() && !grid.column_defs.iter().any(|d| &d.key == c) {
@@ -560,7 +594,9 @@ impl ColumnDef {
             return has_curve.then_some(if first.is_some() { 1.0 } else { 0.0 });
         }
         let summary = record.get("summary")?;
-        let mut v = read_all(summary, self.summary.as_deref()?)?;
+        let mut v = std::iter::once(self.summary.as_deref()?)
+            .chain(self.or.iter().map(String::as_str))
+            .find_map(|p| read_all(summary, p))?;
         if let Some(minus) = &self.minus {
             let m = read_all(summary, minus)?;
             if m.len() != v.len() {
@@ -602,7 +638,7 @@ pub fn build(name: &'static str, opts: &SuiteOptions) -> Suite {
             combos = combos
                 .into_iter()
                 .flat_map(|c| {
-                    values.iter().map(move |&v| {
+                    values.iter().filter(|v| v.quick || !opts.quick).map(move |&v| {
                         let mut c = c.clone();
                         c.push(v);
                         c
@@ -613,7 +649,11 @@ pub fn build(name: &'static str, opts: &SuiteOptions) -> Suite {
         for combo in combos {
             let names: Vec<&str> = combo.iter().map(|v| v.name.as_str()).collect();
             let row: Vec<&str> = combo.iter().map(|v| v.row.as_deref().unwrap_or(&v.name)).collect();
-            for seed in 0..u64::from(seeds) {
+            let iterations = match combo.iter().rev().find_map(|v| v.iterations.as_ref()) {
+                Some(own) => u32::try_from(if quick.on { own.quick } else { own.full }).unwrap_or(u32::MAX),
+                None => iterations,
+            };
+            for seed in 0..if g.once { 1 } else { u64::from(seeds) } {
                 let expand = |a: &String| g.expand(a, quick, iterations);
                 let mut gfn_args: Vec<String> = g.args.iter().flat_map(expand).collect();
                 gfn_args.extend(combo.iter().flat_map(|v| v.args.iter().flat_map(expand)));
@@ -631,27 +671,28 @@ pub fn build(name: &'static str, opts: &SuiteOptions) -> Suite {
                     "--threads".into(),
                     opts.threads.to_string(),
                 ];
+                let tail = if g.once { Vec::new() } else { tail.to_vec() };
                 gfn_args.extend(tail.clone());
-                let peer_args: Vec<String> = if grid.peers.is_some() {
-                    let mut a: Vec<String> = g.peer_args.iter().flat_map(expand).collect();
-                    a.extend(combo.iter().flat_map(|v| v.peer_args.iter().flat_map(expand)));
-                    a.extend(tail);
-                    a
+                // The peers make the runs whose table or axis values give them arguments.
+                let mut peer_args: Vec<String> = g.peer_args.iter().flat_map(expand).collect();
+                peer_args.extend(combo.iter().flat_map(|v| v.peer_args.iter().flat_map(expand)));
+                if grid.peers.is_some() && !peer_args.is_empty() {
+                    peer_args.extend(tail);
                 } else {
-                    Vec::new()
-                };
+                    peer_args.clear();
+                }
                 let stem = match &g.prefix {
                     Some(p) => format!("{p}-{}", names.join("-")),
                     None => names.join("-"),
                 };
                 runs.push(RunSpec {
-                    name: format!("{stem}-seed{seed}"),
+                    name: if g.once { stem } else { format!("{stem}-seed{seed}") },
                     group: g.name.clone(),
                     row: row.join(" "),
                     seed,
                     gfn_args,
                     peer_args,
-                    output: Output::RunDir,
+                    output: if g.stdout { Output::Stdout } else { Output::RunDir },
                 });
             }
         }
@@ -676,19 +717,28 @@ pub fn build(name: &'static str, opts: &SuiteOptions) -> Suite {
     }
 }
 
-/// The peer drivers of a suite, by the name its file gives in `peers`; the hypergrid suites'
-/// peers show the exact L1, the time to L1 0.1, compilation and memory.
+/// The peer drivers of a suite, by the name its file gives in `peers`: the hypergrid drivers,
+/// showing the exact L1, the time to L1 0.1, compilation and memory (`hypergrid`), or speed and
+/// memory (`throughput`).
 #[rustfmt::skip]
 fn peers(name: &str) -> Option<Vec<crate::suite::PeerSpec>> {
-    (name == "hypergrid").then(|| crate::suite::hypergrid_peers(&[
-        Metric::new("L1 (last 5 evals)", "exact_l1_last5", "L1(last5)", Agg::MeanStd, 4,
-            &|r| num(r, "/output/quality_l1_sum_last5")),
-        Metric::new("s to L1 ≤ 0.1 (median)", "seconds_to_l1_0.1", "s→0.1", Agg::Median, 1,
-            &|r| crate::curves::seconds_to_l1(r, 0.1)),
-        Metric::new("compile s", "compile_seconds", "compile s", Agg::Median, 1,
-            &|r| num(r, "/output/compile_seconds")),
-        PEER_PEAK_RSS,
-    ]))
+    match name {
+        "hypergrid" => Some(crate::suite::hypergrid_peers(&[
+            Metric::new("L1 (last 5 evals)", "exact_l1_last5", "L1(last5)", Agg::MeanStd, 4,
+                &|r| num(r, "/output/quality_l1_sum_last5")),
+            Metric::new("s to L1 ≤ 0.1 (median)", "seconds_to_l1_0.1", "s→0.1", Agg::Median, 1,
+                &|r| crate::curves::seconds_to_l1(r, 0.1)),
+            Metric::new("compile s", "compile_seconds", "compile s", Agg::Median, 1,
+                &|r| num(r, "/output/compile_seconds")),
+            PEER_PEAK_RSS,
+        ])),
+        "throughput" => Some(crate::suite::hypergrid_peers(&[
+            Metric::new("trajectories/s", "trajectories_per_second", "traj/s", Agg::Median, 0,
+                &|r| num(r, "/output/trajectories_per_second")),
+            PEER_PEAK_RSS,
+        ])),
+        _ => None,
+    }
 }
 
 /// A suite's own plots and tables, by the name its file gives in `extra`.
@@ -697,6 +747,7 @@ fn extra(name: &str) -> Option<crate::suite::Extra> {
         "subtb" => Some(crate::subtb::extra),
         "led" => Some(crate::led::extra),
         "ebm" => Some(crate::ebm::extra),
+        "throughput" => Some(crate::throughput::extra),
         "quality_plots" => Some(|session, _, dir| crate::curves::quality_plots(session, dir)),
         _ => None,
     }
@@ -719,16 +770,6 @@ pub fn tables(suite: &str) -> Vec<(String, Vec<String>)> {
             (g.name.clone(), labels)
         })
         .collect()
-}
-
-/// The values of axis `axis` of the first table of suite `suite`: (name, arguments) each (the
-/// throughput suite times the networks of the networks suite).
-pub fn axis_values(suite: &str, axis: usize) -> Vec<(String, Vec<String>)> {
-    let grid = file(suite).map(parse).and_then(Result::ok);
-    grid.and_then(|g| g.groups.into_iter().next())
-        .and_then(|g| g.axes.into_iter().nth(axis))
-        .map(|a| a.values.into_iter().map(|v| (v.name, v.args)).collect())
-        .unwrap_or_default()
 }
 
 /// What a data suite writes after its tables: its plots, its targets ("Further claims"), then
@@ -878,27 +919,38 @@ mod tests {
                     .retain(|r| filter.split(',').any(|f| r.name.contains(f.trim())));
             }
             assert_eq!(suite.runs.len(), session.plan.len(), "{name}");
+            // The same tables, each with the same rows in the same order (the order the runs are
+            // made in may differ: a table's rows follow their first run).
+            fn tables(runs: &[RunSpec]) -> Vec<(&str, Vec<&str>)> {
+                let groups = crate::report::distinct(runs.iter().map(|r| r.group.as_str()));
+                let rows =
+                    |g: &str| crate::report::distinct(runs.iter().filter(|r| r.group == g).map(|r| r.row.as_str()));
+                groups.into_iter().map(|g| (g, rows(g))).collect()
+            }
+            assert_eq!(tables(&suite.runs), tables(&session.plan), "{name}");
+            // The subcommand, then each flag with its value (if any), in any order.
             let flags = |args: &[String]| {
-                let mut pairs: Vec<(String, String)> = args[1..]
-                    .chunks(2)
-                    .map(|c| (c[0].clone(), c.get(1).cloned().unwrap_or_default()))
-                    .collect();
+                let at = args.iter().position(|a| a.starts_with("--")).unwrap_or(args.len());
+                let mut pairs: Vec<(String, String)> = Vec::new();
+                for (i, a) in args.iter().enumerate().skip(at).filter(|(_, a)| a.starts_with("--")) {
+                    let value = args.get(i + 1).filter(|v| !v.starts_with("--")).cloned();
+                    pairs.push((a.clone(), value.unwrap_or_default()));
+                }
                 pairs.sort();
-                (args[0].clone(), pairs)
+                (args[..at].to_vec(), pairs)
             };
-            for (new, old) in suite.runs.iter().zip(&session.plan) {
+            let mut planned: Vec<&RunSpec> = suite.runs.iter().collect();
+            let mut committed: Vec<&RunSpec> = session.plan.iter().collect();
+            planned.sort_by_key(|r| &r.name);
+            committed.sort_by_key(|r| &r.name);
+            for (new, old) in planned.into_iter().zip(committed) {
                 assert_eq!(
-                    (&new.name, &new.group, &new.row),
-                    (&old.name, &old.group, &old.row),
+                    (&new.name, &new.group, &new.row, new.seed, format!("{:?}", new.output)),
+                    (&old.name, &old.group, &old.row, old.seed, format!("{:?}", old.output)),
                     "{name}"
                 );
                 assert_eq!(flags(&new.gfn_args), flags(&old.gfn_args), "{name}: {}", new.name);
-                let peer = |args: &[String]| {
-                    let mut a = vec![String::new()];
-                    a.extend(args.iter().cloned());
-                    flags(&a).1
-                };
-                assert_eq!(peer(&new.peer_args), peer(&old.peer_args), "{name}: {}", new.name);
+                assert_eq!(flags(&new.peer_args), flags(&old.peer_args), "{name}: {}", new.name);
             }
         }
         // Every flag once in every run of every data suite: gfn refuses a repeated one.
@@ -925,13 +977,6 @@ mod tests {
                 .runs
                 .iter()
                 .all(|r| r.gfn_args.windows(2).any(|w| w[0] == "--iterations" && w[1] == "75"))
-        );
-        assert_eq!(
-            axis_values("networks", 0)
-                .iter()
-                .map(|v| v.0.as_str())
-                .collect::<Vec<_>>(),
-            ["mlp", "transformer"]
         );
     }
 
@@ -1036,6 +1081,8 @@ mod tests {
             prefix: None,
             args: Vec::new(),
             iterations: 1,
+            stdout: false,
+            once: false,
             evaluations: Some(1),
             eval_every: None,
             quick_divide: None,

@@ -33,10 +33,7 @@ pub const SUITES: &[&str] = &[
 /// Builds suite `name` (see [`SUITES`]); `None` for a name that is none of them.
 pub fn build(name: &str, opts: &SuiteOptions) -> Option<Suite> {
     let name = *SUITES.iter().find(|s| **s == name)?;
-    Some(match name {
-        "throughput" => crate::throughput::throughput(opts),
-        _ => crate::data_suite::build(name, opts),
-    })
+    Some(crate::data_suite::build(name, opts))
 }
 
 /// Whether the device engine (`--device cuda`) can make a run with these gfn arguments: a `train`
