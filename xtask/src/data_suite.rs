@@ -373,6 +373,12 @@ pub fn parse(text: &str) -> Result<Grid> {
             if grid.values(axis).is_empty() {
                 bail!("group '{}': every axis needs a value", g.name);
             }
+            if g.quick && grid.values(axis).iter().all(|v| !v.quick) {
+                bail!(
+                    "group '{}': every value of an axis has quick = false (mark the group instead)",
+                    g.name
+                );
+            }
         }
     }
     if let Some(p) = &grid.peers
@@ -393,9 +399,12 @@ pub fn parse(text: &str) -> Result<Grid> {
         }
     }
     for d in &grid.column_defs {
-        if d.summary.is_some() == d.first_at_most.is_some() || ((d.reached || d.seconds) && d.first_at_most.is_none()) {
+        if d.summary.is_some() == d.first_at_most.is_some()
+            || ((d.reached || d.seconds) && d.first_at_most.is_none())
+            || (!d.or.is_empty() && d.summary.is_none())
+        {
             bail!(
-                "column '{}': give one of summary and first_at_most (reached and seconds only with first_at_most)",
+                "column '{}': give one of summary and first_at_most (reached and seconds only with first_at_most, or only with summary)",
                 d.key
             );
         }
@@ -986,6 +995,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("column 'nope'"), "{e}");
+        let group = |extra: &str, value: &str| {
+            let text = format!(
+                "[suite]\nrow_header = 'x'\nseeds = 1\nquick_divide = 1\ncolumns = []\n[[suite.group]]\nname = 'g'\nargs = []\n{extra}\n[[suite.group.axis]]\nvalues = [{{ name = 'a', args = [] {value} }}]\n"
+            );
+            parse(&text).map(|_| ()).map_err(|e| e.to_string())
+        };
+        assert_eq!(group("iterations = 1\nevaluations = 1", ""), Ok(()));
+        assert_eq!(group("once = true", ""), Ok(()));
+        let e = group("once = true\niterations = 1", "").unwrap_err();
+        assert!(e.contains("none with once"), "{e}");
+        let e = group("iterations = 1\nevaluations = 1", ", quick = false").unwrap_err();
+        assert!(e.contains("every value of an axis has quick = false"), "{e}");
+        let e = group(
+            "iterations = 1\nevaluations = 1",
+            ", iterations = { full = 0, quick = 1 }",
+        )
+        .unwrap_err();
+        assert!(e.contains("value 'a' has fewer than 1 iteration"), "{e}");
         assert!(
             parse("intro = 'x'\n")
                 .unwrap_err()
