@@ -22,6 +22,17 @@
 //! figures = ["mean_l1"]          # each judged in turn
 //! pairs = [["subtb", "tb"]]      # [claimed, against], each "row" or "row/figure"
 //! groups = []                    # the tables it is judged in; empty = every table
+//!
+//! [[headline]]                    # the paper's own figures, and our target for each
+//! text = "NLL within 0.3 nats of the paper's"
+//! figure = "nll"                  # a declared figure: its `better` sets the target's side
+//! beside = "nll_gfn"              # optional: a figure shown beside ours
+//! group = "2D synthetic"          # the table
+//! within = 0.3                    # target: the paper's worsened by this (or factor = 2: 2 × it)
+//! rows = [{ row = "2spirals EB-GFN", name = "2spirals", paper = 20.05 },
+//!         { row = "moons EB-GFN", name = "moons", paper = 19.59, unverified = true }]
+//! # a row's own `target = 5.5` overrides; an unverified figure, or one without a target, is
+//! # reported beside ours, not judged
 //! ```
 
 use std::path::Path;
@@ -32,7 +43,7 @@ use serde_json::Value;
 
 use crate::bench::Session;
 use crate::judge::{self, Better, Verdict};
-use crate::report::{Stats, fmt_num};
+use crate::report::{Stats, fmt_num, seeds_cell};
 use crate::suite::Suite;
 
 /// The claims of one suite, as read from its TOML file.
@@ -47,6 +58,73 @@ pub struct Claims {
     /// The claims, in the order they are reported.
     #[serde(default, rename = "claim")]
     pub claims: Vec<Claim>,
+    /// The paper's headline figures and our targets.
+    #[serde(default, rename = "headline")]
+    pub headlines: Vec<Headline>,
+}
+
+/// A paper's figures for some rows of one table, each with our target: the row's mean over seeds
+/// at most it (a figure where lower is better) or at least it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Headline {
+    /// The check, in words.
+    pub text: String,
+    /// The figure (declared; its `better` says which side of the target is met).
+    pub figure: String,
+    /// A figure shown beside ours.
+    #[serde(default)]
+    pub beside: Option<String>,
+    /// The table.
+    pub group: String,
+    /// Targets: the paper's figure worsened by this much …
+    #[serde(default)]
+    pub within: Option<f64>,
+    /// … or this many times the paper's.
+    #[serde(default)]
+    pub factor: Option<f64>,
+    /// The rows, in the order shown.
+    pub rows: Vec<HeadlineRow>,
+}
+
+/// One row's figure in the paper.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadlineRow {
+    /// The table row.
+    pub row: String,
+    /// Its short name in the summary line.
+    pub name: String,
+    /// The paper's figure.
+    pub paper: f64,
+    /// Recalled but not verified: reported beside ours, never judged.
+    #[serde(default)]
+    pub unverified: bool,
+    /// Our target, instead of one from `within` or `factor`.
+    #[serde(default)]
+    pub target: Option<f64>,
+}
+
+impl Headline {
+    /// A row's target (`None`: reported only) and its cell: `≤ 20.350 (paper 20.050 + 0.3)`.
+    pub fn target(&self, row: &HeadlineRow, better: Better) -> (Option<f64>, String) {
+        let (op, worse) = match better {
+            Better::Lower => ("≤", 1.0),
+            Better::Higher => ("≥", -1.0),
+        };
+        let p = row.paper;
+        match (row.unverified, row.target, self.within, self.factor) {
+            (true, ..) => (None, format!("— (paper ≈ {p}, unverified)")),
+            (false, Some(t), ..) => (Some(t), format!("{op} {t} (paper {p})")),
+            (false, None, Some(w), _) => {
+                let t = p + worse * w;
+                let sign = if worse > 0.0 { '+' } else { '−' };
+                (Some(t), format!("{op} {t:.3} (paper {p:.3} {sign} {w})"))
+            }
+            (false, None, None, Some(f)) => (Some(f * p), format!("{op} {:.3} ({f} × paper {p})", f * p)),
+            (false, None, None, None) => (None, format!("— (paper {p})")),
+        }
+    }
 }
 
 /// A figure of a run.
@@ -104,7 +182,8 @@ pub struct Claim {
 /// The claims of `suite`, or `None` when its file (if any) states none.
 pub fn of_suite(suite: &str) -> Option<Result<Claims>> {
     let text = crate::data_suite::file(suite)?;
-    let has_claims = toml::from_str::<toml::Table>(text).map_or(true, |t| t.contains_key("claim"));
+    let has_claims =
+        toml::from_str::<toml::Table>(text).map_or(true, |t| t.contains_key("claim") || t.contains_key("headline"));
     has_claims.then(|| parse(text).with_context(|| format!("xtask/suites/{suite}.toml")))
 }
 
@@ -151,6 +230,13 @@ pub fn parse(text: &str) -> Result<Claims> {
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
+            }
+        }
+    }
+    for h in &claims.headlines {
+        for id in std::iter::once(&h.figure).chain(&h.beside) {
+            if !claims.figures.iter().any(|f| &f.id == id) {
+                bail!("headline '{}': figure '{id}' is not declared", h.text);
             }
         }
     }
@@ -267,6 +353,75 @@ pub fn section(claims: &Claims, suite: &Suite, session: &Session, dir: &Path) ->
     }
     md.push('\n');
     md.push_str(&lines);
+    md.push_str(&headlines(claims, suite, session, dir));
+    md
+}
+
+/// The paper's headline figures: a table row per row named, a line per headline.
+fn headlines(claims: &Claims, suite: &Suite, session: &Session, dir: &Path) -> String {
+    if claims.headlines.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(
+        "\n### The paper's figures\n\nEach row's mean over seeds (± sample standard deviation) against a target set from \
+         the paper's figure.\n\n| check | measured | target | verdict | short by |\n|---|---|---|---|---|\n",
+    );
+    let mut lines = String::new();
+    let figure = |id: &str| {
+        claims
+            .figures
+            .iter()
+            .find(|f| f.id == id)
+            .expect("parse checked the figures")
+    };
+    for h in &claims.headlines {
+        let f = figure(&h.figure);
+        let stats = |row: &str, f: &Figure| Stats::of(&values(suite, session, dir, &h.group, row, f).0);
+        let (mut met, mut judged, mut missed) = (0, 0, Vec::new());
+        for r in &h.rows {
+            let (target, target_cell) = h.target(r, f.better);
+            let Some(s) = stats(&r.row, f) else {
+                md.push_str(&format!("| {} {} | — | {target_cell} | no data |  |\n", r.row, f.name));
+                continue;
+            };
+            let mut measured = seeds_cell(&s, Some(f.digits));
+            if let Some(b) = h.beside.as_deref().map(figure)
+                && let Some(bs) = stats(&r.row, b)
+            {
+                measured.push_str(&format!("; {} {}", b.name, seeds_cell(&bs, Some(b.digits))));
+            }
+            let shortfall = target.map(|t| match f.better {
+                Better::Lower => s.mean - t,
+                Better::Higher => t - s.mean,
+            });
+            let (verdict, short) = match shortfall {
+                None => ("reported", String::new()),
+                Some(by) if by <= 0.0 => ("**met**", String::new()),
+                Some(by) => ("**missed**", fmt_num(by, f.digits)),
+            };
+            if let Some(by) = shortfall {
+                judged += 1;
+                if by <= 0.0 {
+                    met += 1;
+                } else {
+                    missed.push(format!("{} by {short}", r.name));
+                }
+            }
+            md.push_str(&format!(
+                "| {} {} | {measured} | {target_cell} | {verdict} | {short} |\n",
+                r.row, f.name
+            ));
+        }
+        let verdict = match (judged, missed.is_empty()) {
+            (0, _) => "**no data**".to_string(),
+            (_, true) => format!("**met** ({met} of {met})"),
+            _ if met == 0 => format!("**missed** (short of the target: {})", missed.join("; ")),
+            _ => format!("**met {met} of {judged}** (short of the target: {})", missed.join("; ")),
+        };
+        lines.push_str(&format!("- *{}*: {verdict}.\n", h.text));
+    }
+    md.push('\n');
+    md.push_str(&lines);
     md
 }
 
@@ -333,6 +488,16 @@ mod tests {
             for claim in &c.claims {
                 for g in &claim.groups {
                     assert!(suite.runs.iter().any(|r| &r.group == g), "{}: no table '{g}'", name);
+                }
+            }
+            for h in &c.headlines {
+                for r in &h.rows {
+                    assert!(
+                        suite.runs.iter().any(|run| run.group == h.group && run.row == r.row),
+                        "{name}: no row '{}' in table '{}'",
+                        r.row,
+                        h.group
+                    );
                 }
             }
             let has_column = |k: &str| suite.metrics.iter().any(|m| m.key == k);
