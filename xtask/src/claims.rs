@@ -192,7 +192,7 @@ pub fn of_suite(suite: &str) -> Option<Result<Claims>> {
 pub fn parse(text: &str) -> Result<Claims> {
     let mut table: toml::Table = toml::from_str(text)?;
     table.remove("suite");
-    table.remove("paper"); // a suite's own figures (ebm's headline numbers: src/ebm.rs)
+    table.remove("paper"); // a suite's own settings (ebm's digits target: src/ebm.rs)
     let claims: Claims = table.try_into()?;
     for f in &claims.figures {
         if f.summary.is_some() && f.run_mean.is_some() {
@@ -234,6 +234,9 @@ pub fn parse(text: &str) -> Result<Claims> {
         }
     }
     for h in &claims.headlines {
+        if h.within.is_some() && h.factor.is_some() {
+            bail!("headline '{}': give at most one of within and factor", h.text);
+        }
         for id in std::iter::once(&h.figure).chain(&h.beside) {
             if !claims.figures.iter().any(|f| &f.id == id) {
                 bail!("headline '{}': figure '{id}' is not declared", h.text);
@@ -388,11 +391,16 @@ fn headlines(claims: &Claims, suite: &Suite, session: &Session, dir: &Path) -> S
                 md.push_str(&format!("| {} {} | — | {target_cell} | no data |  |\n", r.row, f.name));
                 continue;
             };
-            let mut measured = seeds_cell(&s, Some(f.digits));
+            // `mean ± std (n seeds)`; one seed has no spread to show.
+            let cell = |s: &Stats, d: usize| match s.n {
+                1 => format!("{} (1 seed)", fmt_num(s.mean, d)),
+                _ => seeds_cell(s, Some(d)),
+            };
+            let mut measured = cell(&s, f.digits);
             if let Some(b) = h.beside.as_deref().map(figure)
                 && let Some(bs) = stats(&r.row, b)
             {
-                measured.push_str(&format!("; {} {}", b.name, seeds_cell(&bs, Some(b.digits))));
+                measured.push_str(&format!("; {} {}", b.name, cell(&bs, b.digits)));
             }
             let shortfall = target.map(|t| match f.better {
                 Better::Lower => s.mean - t,
@@ -487,7 +495,7 @@ mod tests {
             let Some(c) = of_suite(name) else { continue };
             files += 1;
             let c = c.unwrap();
-            assert!(!c.claims.is_empty(), "{}: no claims", name);
+            assert!(!c.claims.is_empty() || !c.headlines.is_empty(), "{name}: no claims");
             let suite = crate::suite::build(name, &crate::suite::test_util::opts(false, None)).unwrap();
             for claim in &c.claims {
                 for g in &claim.groups {

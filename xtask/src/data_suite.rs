@@ -237,8 +237,8 @@ struct AxisValue {
     /// Its arguments to the peers (suites with `peers`).
     #[serde(default)]
     peer_args: Vec<String>,
-    /// Its own iterations, `{ full = N, quick = M }`, instead of the table's (`{iterations}` and
-    /// the evaluation interval follow them).
+    /// Its own iterations, `{ full = N, quick = M }`, instead of the table's (`{iterations}`
+    /// follows them, and the evaluation interval where the table gives `evaluations`).
     #[serde(default)]
     iterations: Option<FullQuick>,
     /// Whether `--quick` makes its runs.
@@ -341,6 +341,16 @@ pub fn parse(text: &str) -> Result<Grid> {
         }
         if g.quick_divide == Some(0) {
             bail!("group '{}': quick_divide is 0 (give a divisor of at least 1)", g.name);
+        }
+        let own_budget = g
+            .axes
+            .iter()
+            .any(|a| grid.values(a).iter().any(|v| v.iterations.is_some()));
+        if g.once && (g.seeds.is_some() || g.quick_divide.is_some() || own_budget) {
+            bail!(
+                "group '{}': a once table makes one run without iterations (no seeds, quick_divide or value iterations)",
+                g.name
+            );
         }
         for axis in &g.axes {
             if axis.values.is_empty() == axis.shared.is_none() {
@@ -941,9 +951,14 @@ mod tests {
             let flags = |args: &[String]| {
                 let at = args.iter().position(|a| a.starts_with("--")).unwrap_or(args.len());
                 let mut pairs: Vec<(String, String)> = Vec::new();
-                for (i, a) in args.iter().enumerate().skip(at).filter(|(_, a)| a.starts_with("--")) {
-                    let value = args.get(i + 1).filter(|v| !v.starts_with("--")).cloned();
-                    pairs.push((a.clone(), value.unwrap_or_default()));
+                let mut rest = args[at..].iter().peekable();
+                while let Some(flag) = rest.next() {
+                    assert!(
+                        flag.starts_with("--"),
+                        "{name}: '{flag}' is neither a flag nor its value"
+                    );
+                    let value = rest.next_if(|v| !v.starts_with("--")).cloned();
+                    pairs.push((flag.clone(), value.unwrap_or_default()));
                 }
                 pairs.sort();
                 (args[..at].to_vec(), pairs)

@@ -4,7 +4,9 @@
 //! paper's tasks that run offline: the seven 2D distributions quantised to 32-bit Gray codes,
 //! lattice Ising models (learning the couplings J), and 8×8 binary digits (standing in for MNIST).
 //! Quality is read from each run's final evaluation (`summary.json`) and its evaluations along
-//! the way (`metrics.jsonl`); the targets section checks the paper's headline numbers.
+//! the way (`metrics.jsonl`). The suite itself — the grid, the paper's figures and EB-GFN against
+//! PCD — is `suites/ebm.toml`; this module judges the digits against the Bernoulli baseline and
+//! draws the plots.
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -21,8 +23,7 @@ use crate::report::{Aggregate, Stats, fmt_num, records};
 use crate::suite::num;
 use gfn_record::EbmRecord;
 
-// The tables and rows this module reads, as `suites/ebm.toml` makes them (a test checks), and the
-// paper's headline numbers it judges them against.
+// The tables and rows this module reads, as `suites/ebm.toml` makes them (a test checks).
 
 /// Methods (`--ebm-method`), in row order: EB-GFN and PCD.
 const METHODS: [&str; 2] = ["ebgfn", "pcd"];
