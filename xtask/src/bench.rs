@@ -180,7 +180,8 @@ pub struct Session {
     pub resumed: Vec<Resumption>,
 }
 
-/// A `cargo xtask resume` call: when, with which source tree and binary, and which runs it made.
+/// A `cargo xtask resume` call: when, with which source tree and binary, and which runs it set out
+/// to make (a stopped resume leaves some to the next; the report credits each with what it made).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Resumption {
     /// When it started (RFC 3339, UTC).
@@ -191,7 +192,7 @@ pub struct Resumption {
     pub git: Git,
     /// The `gfn` binary it used (path, build time, size).
     pub gfn_binary: Option<Value>,
-    /// The runs it made, in plan order.
+    /// The runs it was to make (those missing when it started), in plan order.
     pub runs: Vec<String>,
 }
 
@@ -506,6 +507,33 @@ pub fn missing_runs(session: &Session) -> Vec<usize> {
         .collect()
 }
 
+/// What a suite run still lacks, for its reports: `None` when every planned run has a record,
+/// else `N of M planned runs have a record; none yet for GROUP (K runs), …` (groups in plan order).
+pub fn runs_left(session: &Session) -> Option<String> {
+    let missing = missing_runs(session);
+    if missing.is_empty() {
+        return None;
+    }
+    let mut groups: Vec<(&str, usize)> = Vec::new();
+    for &i in &missing {
+        let group = session.plan[i].group.as_str();
+        match groups.iter_mut().find(|(g, _)| *g == group) {
+            Some((_, k)) => *k += 1,
+            None => groups.push((group, 1)),
+        }
+    }
+    let groups: Vec<String> = groups
+        .iter()
+        .map(|(g, k)| format!("{g} ({k} run{})", if *k == 1 { "" } else { "s" }))
+        .collect();
+    Some(format!(
+        "{} of {} planned runs have a record; none yet for {}",
+        session.plan.len() - missing.len(),
+        session.plan.len(),
+        groups.join(", ")
+    ))
+}
+
 /// The session of a suite run in `dir` (its `results.json`) and its suite, planned as recorded.
 fn load(dir: &Path) -> Result<(Session, Suite)> {
     let path = dir.join("results.json");
@@ -732,7 +760,7 @@ fn peer_curve(output: &Value) -> Vec<CurvePoint> {
 /// earlier suite run from its `results.json`, with the current tables and plots.
 pub fn rerender(dir: &Path) -> Result<()> {
     let (session, suite) = load(dir)?;
-    report::write(dir, &suite, &session, session.finished.is_some())
+    report::write(dir, &suite, &session, true)
 }
 
 #[cfg(test)]
@@ -779,11 +807,24 @@ mod tests {
             runs: vec!["b".into(), "c".into()],
         });
         let suite = crate::suite::build("hypergrid", &session.request.options).unwrap();
-        let md = report::markdown(&suite, &session, &[], true);
+        // Stopped after making b: the report names b only; c is still missing.
+        session.runs[1].ok = true;
+        let md = report::markdown(&suite, &session, &[], false);
         assert!(
-            md.contains("Completed by `cargo xtask resume DIR` at now (gfn at commit 0123456789): b, c."),
+            md.contains("Completed by `cargo xtask resume DIR` at now (gfn at commit 0123456789): b.\n"),
             "{md}"
         );
+        assert!(md.contains("none yet for g (1 run)"), "{md}");
+        // A second resume makes c: each resume is credited with what it made.
+        let mut second = session.resumed[0].clone();
+        (second.at, second.runs) = ("later".into(), vec!["c".into()]);
+        session.resumed.push(second);
+        let mut c = session.runs[1].clone();
+        c.name = "c".into();
+        session.runs.push(c);
+        let md = report::markdown(&suite, &session, &[], true);
+        assert!(md.contains("at now (gfn at commit 0123456789): b.\n"), "{md}");
+        assert!(md.contains("at later (gfn at commit 0123456789): c.\n"), "{md}");
         let back: Session = serde_json::from_value(serde_json::to_value(&session).unwrap()).unwrap();
         assert_eq!(back.resumed[0].runs, ["b", "c"]);
     }

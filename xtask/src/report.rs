@@ -238,8 +238,11 @@ struct ResultsFile<'a> {
     aggregates: &'a [Aggregate],
 }
 
-/// Writes `results.json` and `results.md` into `dir`.
-pub fn write(dir: &Path, suite: &Suite, session: &Session, complete: bool) -> Result<()> {
+/// Writes `results.json` and `results.md` into `dir`; with `full`, the suite's plots and claims
+/// too (left out of the reports rewritten between runs). A session not marked finished is
+/// reported as incomplete, naming what has no record yet.
+pub fn write(dir: &Path, suite: &Suite, session: &Session, full: bool) -> Result<()> {
+    let complete = session.finished.is_some();
     let aggs = aggregates(suite, session);
     let file = ResultsFile {
         suite: suite.name,
@@ -250,13 +253,13 @@ pub fn write(dir: &Path, suite: &Suite, session: &Session, complete: bool) -> Re
     let json = serde_json::to_string_pretty(&file)? + "\n";
     write_atomic(&dir.join("results.json"), &json)?;
     let mut md = markdown(suite, session, &aggs, complete);
-    if complete && let Some(extra) = suite.extra {
+    if full && let Some(extra) = suite.extra {
         match extra(session, &aggs, dir) {
             Ok(text) => md.push_str(&text),
             Err(e) => md.push_str(&format!("\nPlots failed: {e:#}\n")),
         }
     }
-    if complete && let Some(claims) = crate::claims::of_suite(suite.name) {
+    if full && let Some(claims) = crate::claims::of_suite(suite.name) {
         md.push_str(&crate::claims::section(&claims?, suite, session, dir));
     }
     write_atomic(&dir.join("results.md"), &md)?;
@@ -297,11 +300,9 @@ pub fn markdown(suite: &Suite, session: &Session, aggs: &[Aggregate], complete: 
     let mut md = String::new();
     md.push_str(&format!("# Benchmark: {}\n\n", suite.name));
     if !complete {
-        md.push_str(&format!(
-            "**Incomplete**: {} of {} runs so far.\n\n",
-            session.runs.len(),
-            session.plan.len()
-        ));
+        let left = crate::bench::runs_left(session)
+            .unwrap_or_else(|| format!("{} of {} runs so far", session.runs.len(), session.plan.len()));
+        md.push_str(&format!("**Incomplete**: {left}.\n\n"));
     }
     md.push_str(&format!("Command: `{}`\n\n", session.request.command));
     let v = &session.versions;
@@ -322,13 +323,25 @@ pub fn markdown(suite: &Suite, session: &Session, aggs: &[Aggregate], complete: 
     facts.push(format!("{t} thread{} per run", if t == 1 { "" } else { "s" }));
     md.push_str(&facts.join(" · "));
     md.push_str("\n\n");
-    for r in &session.resumed {
+    // A resume made the runs it lists that have a record and that no later resume lists again
+    // (a resume that was stopped leaves its unfinished runs to the next).
+    for (i, r) in session.resumed.iter().enumerate() {
+        let made: Vec<&str> = r
+            .runs
+            .iter()
+            .filter(|n| session.runs.iter().any(|x| x.ok && &x.name == *n))
+            .filter(|n| !session.resumed[i + 1..].iter().any(|later| later.runs.contains(n)))
+            .map(String::as_str)
+            .collect();
+        if made.is_empty() {
+            continue;
+        }
         md.push_str(&format!(
             "Completed by `{}` at {} (gfn at commit {}): {}.\n\n",
             r.command,
             r.at,
             r.git.line(),
-            r.runs.join(", ")
+            made.join(", ")
         ));
     }
     for p in session.peers.iter().filter(|p| !p.available) {

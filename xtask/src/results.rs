@@ -4,7 +4,8 @@
 //!
 //! A generated section sits between `<!-- generated:<name>:begin -->` and
 //! `<!-- generated:<name>:end -->`; text outside the markers is left as it is. A suite without
-//! committed records keeps its old section.
+//! committed records keeps its old section; one whose records lack some planned runs (a long
+//! suite committed in pieces) is rendered from those it has, marked incomplete.
 
 use std::path::Path;
 
@@ -85,6 +86,12 @@ fn suite_summary((suite, json, results_md): &(String, Value, String)) -> String 
     let command = json.pointer("/request/command").and_then(Value::as_str).unwrap_or("?");
     let date = json["started"].as_str().unwrap_or("?");
     md.push_str(&format!("**{suite}** (`{command}`, {date}):\n\n"));
+    if json["finished"].is_null()
+        && let Ok(session) = serde_json::from_value::<crate::bench::Session>(json.clone())
+        && let Some(left) = crate::bench::runs_left(&session)
+    {
+        md.push_str(&format!("*Incomplete: {left}.*\n\n"));
+    }
     let aggs = json["aggregates"].as_array().cloned().unwrap_or_default();
     match suite.as_str() {
         "hypergrid" | "throughput" => {
@@ -281,20 +288,13 @@ fn generate(root: &Path, scratch: Option<&Path>) -> Result<(Documents, Vec<Strin
             eprintln!("{}: no records in {}; its sections are kept", name, records.display());
             continue;
         }
-        // A suite run in progress (a long suite is run over several sessions, its partial records
-        // committed and resumed): its documents wait until every planned run has a record.
+        // A suite run over several sessions is committed in pieces: its documents show the
+        // records so far, under a banner naming what has none yet.
         let text = std::fs::read_to_string(records.join("results.json"))?;
         let session: crate::bench::Session =
             serde_json::from_str(&text).with_context(|| format!("{}/results.json", records.display()))?;
-        let missing = crate::bench::missing_runs(&session).len();
-        if missing > 0 {
-            eprintln!(
-                "{}: {missing} of {} planned runs have no record yet in {}; its sections are kept",
-                name,
-                session.plan.len(),
-                records.display()
-            );
-            continue;
+        if let Some(left) = crate::bench::runs_left(&session) {
+            eprintln!("{name}: incomplete ({left})");
         }
         let dir = match scratch {
             Some(s) => {
@@ -459,10 +459,10 @@ mod committed {
         super::regenerate(true).unwrap();
     }
 
-    /// A suite whose records lack some planned run (a long suite committed in pieces) keeps its
-    /// documents; a complete one is rendered.
+    /// A suite whose records lack some planned run (a long suite committed in pieces) is rendered
+    /// from the runs it has, under a banner in RESULTS and the README naming what is missing.
     #[test]
-    fn a_suite_with_runs_left_keeps_its_documents() {
+    fn a_suite_with_runs_left_is_rendered_as_incomplete() {
         let real = crate::runner::Layout::detect().root;
         let root = std::env::temp_dir().join(format!("xtask-partial-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
@@ -470,18 +470,35 @@ mod committed {
         for f in ["README.md", "docs/RESULTS.md"] {
             std::fs::copy(real.join(f), root.join(f)).unwrap();
         }
-        super::copy_tree(
-            &real.join("docs/results/conditional"),
-            &root.join("docs/results/conditional"),
-        )
-        .unwrap();
+        super::copy_tree(&real.join("docs/results/pg/runs"), &root.join("docs/results/pg/runs")).unwrap();
         let text = std::fs::read_to_string(real.join("docs/results/pg/results.json")).unwrap();
         let mut pg: serde_json::Value = serde_json::from_str(&text).unwrap();
-        pg["runs"].as_array_mut().unwrap().pop();
+        let last = pg["runs"].as_array_mut().unwrap().pop().unwrap();
+        pg["finished"] = serde_json::Value::Null;
         std::fs::write(root.join("docs/results/pg/results.json"), pg.to_string()).unwrap();
         let scratch = root.join("scratch");
-        let (_, sources) = super::generate(&root, Some(&scratch)).unwrap();
-        assert_eq!(sources, ["conditional"]);
+        let (documents, sources) = super::generate(&root, Some(&scratch)).unwrap();
+        assert_eq!(sources, ["pg"]);
+        let group = last["group"].as_str().unwrap();
+        let planned = pg["plan"].as_array().unwrap().len();
+        let left = format!(
+            "{} of {planned} planned runs have a record; none yet for {group} (1 run).",
+            planned - 1
+        );
+        for (name, banner) in [
+            ("README.md", format!("*Incomplete: {left}*")),
+            ("RESULTS.md", format!("**Incomplete**: {left}")),
+        ] {
+            let (_, text) = documents.iter().find(|(p, _)| p.ends_with(name)).unwrap();
+            assert!(text.contains(&banner), "{name} lacks «{banner}»");
+        }
+        // The claims are still judged, on the runs there are.
+        let (_, results) = documents.iter().find(|(p, _)| p.ends_with("RESULTS.md")).unwrap();
+        let pg_section = results.split("<!-- generated:bench-pg:begin -->").nth(1).unwrap();
+        assert!(
+            pg_section.contains("The paper's claims"),
+            "the pg section has no claims"
+        );
         std::fs::remove_dir_all(&root).unwrap();
     }
 }
