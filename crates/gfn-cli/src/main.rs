@@ -175,6 +175,8 @@ fn failure<T>(r: Result<T>) -> Result<T, Fatal> {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists, so that every thread of the process inherits it.
+    gfn_core::denormals::FlushDenormals::enable_for_thread();
     let cli = Cli::parse();
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,6 +11,7 @@ pub mod batch;
 pub mod choice;
 pub mod conditional;
 pub mod dag;
+pub mod denormals;
 pub mod env;
 pub mod error;
 pub mod estimator;

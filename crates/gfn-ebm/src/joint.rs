@@ -246,6 +246,7 @@ impl JointTrainer {
     }
 
     fn step_on(&mut self, data: &[i32], rng: &mut GfnRng, tape: bool) -> Result<StepStats> {
+        let _flush = gfn_core::denormals::FlushDenormals::enable();
         let d = self.dim();
         let n = data.len() / d;
         if n == 0 || data.len() != n * d || data.iter().any(|&v| v != 0 && v != 1) {

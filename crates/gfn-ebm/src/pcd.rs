@@ -110,6 +110,7 @@ impl PcdTrainer {
 
     /// One PCD iteration on the data batch `data` (`[m, D]`, 0/1); returns the EBM loss.
     pub fn step(&mut self, data: &[i32], rng: &mut GfnRng) -> Result<f64> {
+        let _flush = gfn_core::denormals::FlushDenormals::enable();
         let d = self.ebm.dim();
         if data.is_empty() || !data.len().is_multiple_of(d) || data.iter().any(|&v| v != 0 && v != 1) {
             return Err(GfnError::invalid(

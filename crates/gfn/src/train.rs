@@ -378,6 +378,7 @@ impl Trainer {
     /// One training iteration, then the measurement samples; returns the loss. Errors name
     /// the iteration.
     pub fn step(&mut self) -> Result<f64> {
+        let _flush = gfn_core::denormals::FlushDenormals::enable();
         let it = self.iteration + 1;
         // A reward on a schedule (MIS's annealed β) follows the trajectories sampled so far.
         self.env.set_training_progress(self.trajectories);
@@ -837,6 +838,7 @@ impl Trainer {
 
     /// Evaluate now and append to the history.
     pub fn evaluate(&mut self) -> Result<EvalRecord> {
+        let _flush = gfn_core::denormals::FlushDenormals::enable();
         let log_z = self.net.log_z_estimate(&self.objective, self.env.as_ref())?;
         let log_pf = match &self.evaluator {
             Some(ev) => Some(self.net.exact_log_pf(ev, self.env.as_ref())?),
