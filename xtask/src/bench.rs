@@ -508,7 +508,8 @@ pub fn missing_runs(session: &Session) -> Vec<usize> {
 }
 
 /// What a suite run still lacks, for its reports: `None` when every planned run has a record,
-/// else `N of M planned runs have a record; none yet for GROUP (K runs), …` (groups in plan order).
+/// else `N of M planned runs have a record; still to run: GROUP (K of P runs), …` (groups in plan
+/// order, K of the P runs the group plans).
 pub fn runs_left(session: &Session) -> Option<String> {
     let missing = missing_runs(session);
     if missing.is_empty() {
@@ -524,10 +525,13 @@ pub fn runs_left(session: &Session) -> Option<String> {
     }
     let groups: Vec<String> = groups
         .iter()
-        .map(|(g, k)| format!("{g} ({k} run{})", if *k == 1 { "" } else { "s" }))
+        .map(|(g, k)| {
+            let planned = session.plan.iter().filter(|r| r.group == *g).count();
+            format!("{g} ({k} of {planned} run{})", if planned == 1 { "" } else { "s" })
+        })
         .collect();
     Some(format!(
-        "{} of {} planned runs have a record; none yet for {}",
+        "{} of {} planned runs have a record; still to run: {}",
         session.plan.len() - missing.len(),
         session.plan.len(),
         groups.join(", ")
@@ -814,7 +818,7 @@ mod tests {
             md.contains("Completed by `cargo xtask resume DIR` at now (gfn at commit 0123456789): b.\n"),
             "{md}"
         );
-        assert!(md.contains("none yet for g (1 run)"), "{md}");
+        assert!(md.contains("still to run: g (1 of "), "{md}");
         // A second resume makes c: each resume is credited with what it made.
         let mut second = session.resumed[0].clone();
         (second.at, second.runs) = ("later".into(), vec!["c".into()]);

@@ -289,7 +289,7 @@ fn generate(root: &Path, scratch: Option<&Path>) -> Result<(Documents, Vec<Strin
             continue;
         }
         // A suite run over several sessions is committed in pieces: its documents show the
-        // records so far, under a banner naming what has none yet.
+        // records so far, under a banner naming the runs still to make.
         let text = std::fs::read_to_string(records.join("results.json"))?;
         let session: crate::bench::Session =
             serde_json::from_str(&text).with_context(|| format!("{}/results.json", records.display()))?;
@@ -481,9 +481,16 @@ mod committed {
         assert_eq!(sources, ["pg"]);
         let group = last["group"].as_str().unwrap();
         let planned = pg["plan"].as_array().unwrap().len();
+        let in_group = pg["plan"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["group"] == group)
+            .count();
         let left = format!(
-            "{} of {planned} planned runs have a record; none yet for {group} (1 run).",
-            planned - 1
+            "{} of {planned} planned runs have a record; still to run: {group} (1 of {in_group} run{}).",
+            planned - 1,
+            if in_group == 1 { "" } else { "s" }
         );
         for (name, banner) in [
             ("README.md", format!("*Incomplete: {left}*")),
